@@ -1,0 +1,51 @@
+# axchat: `make run` sets everything up and answers a prompt; `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# CPU build, from the local wheel store; an unpinned torch pulls a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+SOCKET ?= $(CURDIR)/.cache/run/axchat.sock
+PROMPT ?= Give me a joke
+
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: run test venv dev lint clean stop
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(BIN)/.dev-installed: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+dev: $(BIN)/.dev-installed
+
+# Start a daemon on the default model unless one already answers, then ask it.
+run: venv
+	@mkdir -p $(dir $(SOCKET)) && chmod 700 $(dir $(SOCKET))
+	@if ! $(BIN)/axchat status --socket $(SOCKET) --timeout 1 >/dev/null 2>&1; then \
+	  echo "starting the daemon (log: .cache/run/daemon.log)..."; \
+	  $(BIN)/python -m axchat.devrun start --socket $(SOCKET) --log .cache/run/daemon.log; \
+	fi
+	$(BIN)/axchat ask --socket $(SOCKET) --stats "$(PROMPT)"
+	@echo "The daemon keeps running: try '$(BIN)/axchat ask --socket $(SOCKET) \"...\"'; 'make stop' ends it."
+
+stop:
+	@$(BIN)/python -m axchat.devrun stop --socket $(SOCKET)
+
+test: dev
+	$(BIN)/python -m pytest -q
+
+lint: dev
+	$(BIN)/pip install -q ruff mypy
+	$(BIN)/ruff check axchat tests bench
+	$(BIN)/mypy axchat
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

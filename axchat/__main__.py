@@ -1,0 +1,5 @@
+import sys
+
+from axchat.cli import main
+
+sys.exit(main())

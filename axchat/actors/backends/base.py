@@ -1,0 +1,65 @@
+"""What a device backend must provide. The device actor and the scheduler plan only
+from this interface, so the torch and AIPU backends are interchangeable."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+class ModelLoadError(Exception):
+    """The model could not be loaded; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    backend: str  # "torch", "aipu"
+    model: str  # the name clients see and may ask for
+    device: str  # "cpu", "cuda:0", "metis-0:1:0"
+    dtype: str
+    context_length: int
+    vocab_size: int
+    eos_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the scheduler may ask of the backend."""
+
+    max_batch: int  # sequences one decode step can advance
+    kv_survives_switch: bool  # False: running another sequence destroys this one's KV
+
+
+class DeviceBackend(abc.ABC):
+    """All methods are synchronous and are called from one dedicated thread (the
+    Axelera runtime requires a single thread; torch is simply happier so)."""
+
+    info: BackendInfo
+    capabilities: Capabilities
+
+    @abc.abstractmethod
+    def prefill(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Start `seq_id` from `token_ids`; return float32 logits (vocab,) for the
+        next token. Allocates the sequence's KV."""
+
+    @abc.abstractmethod
+    def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
+        """Feed one token to each sequence; return float32 logits (len(seq_ids), vocab)."""
+
+    @abc.abstractmethod
+    def release(self, seq_id: int) -> None:
+        """Free the sequence's KV. Releasing an unknown sequence is a no-op."""
+
+    @abc.abstractmethod
+    def live_sequences(self) -> int:
+        """How many sequences hold KV now."""
+
+    def temperature_c(self) -> float | None:
+        """Device temperature if the backend can read one."""
+        return None
+
+    def close(self) -> None:
+        """Free the device. Called once, from the device thread."""

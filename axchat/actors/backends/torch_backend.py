@@ -1,0 +1,139 @@
+"""Device backend on Hugging Face transformers: any causal LM, on CPU or CUDA."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device} asked for, but torch sees no CUDA device")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # float32 is the safe CPU default; measured dtype choice is a later change.
+        return torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose auto, {', '.join(_DTYPES)}") from None
+
+
+def model_display_name(model: str) -> str:
+    path = Path(model).expanduser()
+    return path.resolve().name if path.exists() else model
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or os.sep in model and Path(model).expanduser().exists()
+
+
+def load_config(model: str) -> Any:
+    """The model's config, or a one-line ModelLoadError saying what is wrong."""
+    path = Path(model).expanduser()
+    if _looks_like_path(model) and not path.exists():
+        raise ModelLoadError(f"model path {model} does not exist")
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load a model config from {model}: {first}") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelLoadError(f"{model} is a {config.model_type!r} model, not a causal language model")
+    return config
+
+
+class TorchBackend(DeviceBackend):
+    def __init__(self, model: Any, info: BackendInfo, max_batch: int) -> None:
+        self.model = model
+        self.info = info
+        self.capabilities = Capabilities(max_batch=max_batch, kv_survives_switch=True)
+        self._device = torch.device(info.device)
+        self._caches: dict[int, DynamicCache] = {}
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        context: int | None = None,
+        threads: int | None = None,
+        max_batch: int = 8,
+    ) -> "TorchBackend":
+        device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
+        if threads:
+            torch.set_num_threads(threads)
+        config = load_config(model)
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"cannot load model weights from {model}: {first}") from None
+        lm = lm.to(device).eval()
+        model_context = int(getattr(config, "max_position_embeddings", 0) or 2048)
+        if context is not None and context > model_context:
+            raise ModelLoadError(f"--context {context} is more than the model's {model_context} positions")
+        eos = lm.generation_config.eos_token_id
+        eos_ids = tuple(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        info = BackendInfo(
+            backend="torch",
+            model=model_display_name(model),
+            device=device,
+            dtype=str(torch_dtype).removeprefix("torch."),
+            context_length=context or model_context,
+            vocab_size=int(config.vocab_size),
+            eos_ids=eos_ids,
+        )
+        log.info("loaded %s on %s as %s, %d threads", info.model, device, info.dtype, torch.get_num_threads())
+        return cls(lm, info, max_batch)
+
+    @torch.inference_mode()
+    def prefill(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
+        cache = DynamicCache(config=self.model.config)
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self._device)
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self._caches[seq_id] = cache
+        return out.logits[0, -1].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
+        # One forward per sequence for now: each has its own cache of its own length.
+        rows = []
+        for seq_id, token in zip(seq_ids, token_ids):
+            ids = torch.tensor([[token]], dtype=torch.long, device=self._device)
+            out = self.model(input_ids=ids, past_key_values=self._caches[seq_id], use_cache=True)
+            rows.append(out.logits[0, -1].float().cpu().numpy())
+        return np.stack(rows)
+
+    def release(self, seq_id: int) -> None:
+        self._caches.pop(seq_id, None)
+
+    def live_sequences(self) -> int:
+        return len(self._caches)
+
+    def close(self) -> None:
+        self._caches.clear()
+        self.model = None

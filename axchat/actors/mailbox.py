@@ -1,0 +1,112 @@
+"""The actor base: one inproc ZeroMQ inbox read in order, a close sentinel, and one
+supervisor hook that hears about every handler failure."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from typing import Protocol
+
+import zmq
+import zmq.asyncio
+
+from axchat.actors import messages as m
+from axchat.daemon.sockets import make_socket
+
+log = logging.getLogger(__name__)
+
+
+class ActorState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    CLOSING = "closing"  # got Close: no more reads, cleanup under way
+    CLOSED = "closed"
+
+
+class Supervisor(Protocol):
+    def on_handler_error(self, actor: "Actor", msg: m.ActorMessage, exc: BaseException) -> None: ...
+
+
+class Bus:
+    """Names -> inproc endpoints. Each actor binds its own inbox and keeps one PUSH
+    socket per peer it talks to; moving an actor out of process means changing the
+    endpoint scheme here, nothing else."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, namespace: str) -> None:
+        self.ctx = ctx
+        self.namespace = namespace
+
+    def endpoint(self, name: str) -> str:
+        return f"inproc://{self.namespace}/{name}"
+
+
+class Actor:
+    """Subclasses set `name` and implement `handle`. `handle` must return quickly:
+    blocking work goes to an executor or a task the actor owns."""
+
+    name: str = "actor"
+
+    def __init__(self, bus: Bus, supervisor: Supervisor) -> None:
+        self.bus = bus
+        self.supervisor = supervisor
+        self.state = ActorState.CREATED
+        self._inbox = make_socket(bus.ctx, zmq.PULL, bind=bus.endpoint(self.name))
+        self._outboxes: dict[str, zmq.asyncio.Socket] = {}
+
+    async def run(self) -> None:
+        self.state = ActorState.RUNNING
+        try:
+            await self.on_start()
+            while self.state is ActorState.RUNNING:
+                frame = await self._inbox.recv(copy=True)
+                msg = m.decode(frame)
+                if isinstance(msg, m.Close):
+                    break
+                try:
+                    await self.handle(msg)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # one failed message must not stop the actor
+                    self.supervisor.on_handler_error(self, msg, exc)
+        finally:
+            self.state = ActorState.CLOSING
+            try:
+                await self.on_close()
+            finally:
+                self._close_sockets()
+                self.state = ActorState.CLOSED
+
+    async def handle(self, msg: m.ActorMessage) -> None:
+        raise NotImplementedError
+
+    async def on_start(self) -> None:
+        """Hook: runs inside the actor's task before the first message."""
+
+    async def on_close(self) -> None:
+        """Hook: release what the actor owns. Runs even when the task is cancelled."""
+
+    async def send(self, to: str, msg: m.ActorMessage) -> None:
+        sock = self._outboxes.get(to)
+        if sock is None:
+            sock = make_socket(self.bus.ctx, zmq.PUSH, connect=self.bus.endpoint(to))
+            self._outboxes[to] = sock
+        await sock.send(m.encode(msg), copy=False)
+
+    def _close_sockets(self) -> None:
+        for sock in self._outboxes.values():
+            sock.close(linger=0)
+        self._outboxes.clear()
+        self._inbox.close(linger=0)
+
+
+async def send_close(bus: Bus, name: str) -> None:
+    """Put the close sentinel in an actor's inbox (from outside the actor)."""
+    sock = make_socket(bus.ctx, zmq.PUSH, connect=bus.endpoint(name))
+    # Give the sentinel time to land: with linger 0 a close could drop it.
+    sock.setsockopt(zmq.LINGER, 1000)
+    try:
+        await sock.send(m.encode(m.Close()))
+    finally:
+        sock.close(linger=0)
+

@@ -1,0 +1,191 @@
+"""Messages the daemon's actors send one another over inproc ZeroMQ, as MessagePack.
+
+These never leave the daemon, so they can change freely; they are still plain
+msgspec structs (no Python objects, no pickle) so that any actor could move to its
+own process by changing an endpoint. `rid` is the daemon-wide request number the
+front door assigns; clients never see it.
+
+Request flow (each arrow one message):
+  front door -Encode-> tokenizer -Admit-> device <-Logits/Sampled-> sampler
+  device -TokenOut/Ended-> tokenizer -TextOut/Finished-> telemetry -Outbound-> front door
+Everything a client receives for a request passes through that one chain, so its
+frames arrive in order and the terminal frame is always last.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from axchat.protocol.v1 import ChatMessage, ErrorInfo, FinishReason, Sampling
+
+
+class _Internal(msgspec.Struct, tag_field="t", gc=False):
+    pass
+
+
+class Close(_Internal, tag="close"):
+    """Mailbox sentinel: the actor finishes what it holds and stops reading."""
+
+
+class Encode(_Internal, tag="encode"):
+    rid: int
+    label: str  # for log lines: the client's request id and peer
+    messages: list[ChatMessage] | None
+    prompt: str | None
+    sampling: Sampling
+    received_ns: int  # time.monotonic_ns() when the front door read the frame
+    cpu_ns: int  # time.process_time_ns() then, for the per-request CPU figure
+
+
+class CancelRequest(_Internal, tag="cancel"):
+    """Stop this request at the next step boundary. Travels front door -> tokenizer ->
+    device so it can never overtake the request it cancels."""
+
+    rid: int
+    reason: FinishReason = "cancelled"
+
+
+class Admit(_Internal, tag="admit"):
+    rid: int
+    prompt_ids: list[int]
+    sampling: Sampling
+    eos_ids: list[int]
+
+
+class Logits(_Internal, tag="logits"):
+    """One row of float32 logits. The first of a request carries what the sampler
+    needs to set up (`sampling`, `context_ids`); later ones only the row."""
+
+    rid: int
+    data: bytes
+    sampling: Sampling | None = None
+    context_ids: list[int] | None = None
+
+
+class Sampled(_Internal, tag="sampled"):
+    rid: int
+    token_id: int
+
+
+class ForgetSequence(_Internal, tag="forget"):
+    rid: int
+
+
+class StopSequence(_Internal, tag="stop"):
+    """Tokenizer -> device: a stop string matched, end it as `stop`."""
+
+    rid: int
+
+
+class TokenOut(_Internal, tag="token"):
+    rid: int
+    token_id: int
+
+
+class DeviceTimings(msgspec.Struct, gc=False):
+    queue_ms: float = 0.0
+    prefill_ms: float = 0.0
+    first_token_ns: int = 0
+    last_token_ns: int = 0
+    prefill_start_ns: int = 0
+
+
+class Ended(_Internal, tag="ended"):
+    rid: int
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    timings: DeviceTimings
+    error: ErrorInfo | None = None
+
+
+class TextOut(_Internal, tag="text"):
+    rid: int
+    text: str
+    token_ids: list[int]
+
+
+class Finished(_Internal, tag="finished"):
+    rid: int
+    label: str
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    tokenize_ms: float
+    received_ns: int
+    cpu_ns: int
+    timings: DeviceTimings
+    error: ErrorInfo | None = None
+
+
+class Rejected(_Internal, tag="rejected"):
+    """A request refused before it reached the device (context overflow, bad sampling)."""
+
+    rid: int
+    label: str
+    error: ErrorInfo
+
+
+class StatusQuery(_Internal, tag="status_query"):
+    rid: int
+    state: str
+
+
+class DeviceReport(_Internal, tag="device_report"):
+    rid: int
+    state: str
+    running: int
+    queued: int
+    kv_sequences: int
+
+
+class Outbound(_Internal, tag="outbound"):
+    """Telemetry -> front door: an encoded protocol body for the request's client."""
+
+    rid: int
+    body: bytes
+    final: bool
+
+
+class Abort(_Internal, tag="abort"):
+    """Supervisor -> front door: a handler failed on this request; answer the client
+    with an error now, and drop anything that still arrives for it."""
+
+    rid: int
+    error: ErrorInfo
+
+
+ActorMessage = Union[
+    Close,
+    Encode,
+    CancelRequest,
+    Admit,
+    Logits,
+    Sampled,
+    ForgetSequence,
+    StopSequence,
+    TokenOut,
+    Ended,
+    TextOut,
+    Finished,
+    Rejected,
+    StatusQuery,
+    DeviceReport,
+    Outbound,
+    Abort,
+]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(ActorMessage)
+
+
+def encode(msg: ActorMessage) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(frame: bytes) -> ActorMessage:
+    return _decoder.decode(frame)

@@ -1,0 +1,269 @@
+"""Per-request token sampling from a row of logits: greedy or seeded random draws with
+Hugging Face's repetition penalty, temperature, top-k, top-p and min-p, in numpy."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from axchat.protocol.v1 import Sampling
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+
+# Cumulative sums over the whole vocabulary are sequential and slow in numpy, so weight
+# vectors longer than this are summed a block at a time and only the chosen block is
+# walked.
+_BLOCK = 1024
+# How many of the best candidates top-p sorts before falling back to sorting them all.
+_NUCLEUS_TRY = 1024
+
+
+def validate(params: Sampling) -> str | None:
+    """Return a sentence naming the first bad field of `params`, or None when all are fine."""
+    t = params.temperature
+    if not _is_real(t) or not math.isfinite(t) or t < 0:
+        return f"sampling.temperature must be a finite number >= 0, got {t!r}"
+    if not _is_int(params.top_k) or params.top_k < 0:
+        return f"sampling.top_k must be an integer >= 0 (0 = off), got {params.top_k!r}"
+    # Written as `not (...)` so that NaN, which fails every comparison, is rejected too.
+    if not _is_real(params.top_p) or not (0 < params.top_p <= 1):
+        return f"sampling.top_p must be in (0, 1], got {params.top_p!r}"
+    if not _is_real(params.min_p) or not (0 <= params.min_p <= 1):
+        return f"sampling.min_p must be in [0, 1], got {params.min_p!r}"
+    rp = params.repetition_penalty
+    if not _is_real(rp) or not math.isfinite(rp) or not rp > 0:
+        return f"sampling.repetition_penalty must be a finite number > 0, got {rp!r}"
+    if not _is_int(params.max_tokens) or params.max_tokens < 1:
+        return f"sampling.max_tokens must be an integer >= 1, got {params.max_tokens!r}"
+    # PCG64 refuses negative seeds; catching it here makes it a client error, not a crash.
+    if params.seed is not None and (not _is_int(params.seed) or params.seed < 0):
+        return f"sampling.seed must be null or an integer >= 0, got {params.seed!r}"
+    if len(params.stop) > MAX_STOP_STRINGS:
+        return f"sampling.stop must hold at most {MAX_STOP_STRINGS} strings, got {len(params.stop)}"
+    for i, s in enumerate(params.stop):
+        if not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS:
+            got = f"{len(s)} characters" if isinstance(s, str) else type(s).__name__
+            return f"sampling.stop[{i}] must be a non-empty string of at most {MAX_STOP_CHARS} characters, got {got}"
+    return None
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+class SequenceSampler:
+    """Per-request sampling state: the parameters, a seeded RNG, token counts for the repetition penalty.
+
+    Greedy (temperature 0) takes the argmax of the penalised logits and ignores top_k,
+    top_p, min_p and the RNG. Otherwise the warpers run in Hugging Face's order:
+    repetition penalty, temperature, top_k, top_p, min_p, then a float64 softmax and one
+    draw from a PCG64 generator seeded once per request. NaN logits count as -inf; when
+    no usable logit is left (all -inf or NaN) `choose` returns the raw array's argmax
+    rather than fail, and when some logits are +inf it draws uniformly among those.
+    `choose` never writes to the array it is given (the device hands over read-only
+    buffers).
+    """
+
+    __slots__ = ("params", "generated", "_rng", "_greedy", "_penalty", "_seen", "_ids", "_n_ids", "_max_id")
+
+    def __init__(self, params: Sampling, context_ids: Sequence[int]) -> None:
+        self.params = params
+        self.generated: list[int] = []
+        # A temperature that is 0 in float32 would divide the best logit 0 by 0; it is
+        # greedy in all but name.
+        self._greedy = bool(np.float32(params.temperature) == 0)
+        self._penalty = float(params.repetition_penalty)
+        # Made even when greedy: it is cheap, and then every sampler has one to inspect.
+        self._rng = np.random.Generator(np.random.PCG64(params.seed))
+        ids = np.unique(np.asarray(context_ids, dtype=np.int64))
+        ids = ids[ids >= 0]  # a negative id would index from the vocabulary's end
+        # The penalty touches each seen id once however often it occurs, so a set plus a
+        # growing id array (for fancy indexing) is all it needs; both grow by one at most
+        # per token instead of being rebuilt from the history.
+        self._seen: set[int] = set(ids.tolist())
+        self._ids = np.empty(max(64, 2 * ids.size), dtype=np.intp)
+        self._ids[: ids.size] = ids
+        self._n_ids = int(ids.size)
+        self._max_id = int(ids[-1]) if ids.size else -1
+
+    @property
+    def greedy(self) -> bool:
+        return self._greedy
+
+    def choose(self, logits: np.ndarray) -> int:
+        """Pick the next token from a 1-D row of logits and record it in the history."""
+        x = np.asarray(logits)
+        if x.ndim != 1 or x.size == 0:
+            raise ValueError(f"logits must be a non-empty 1-D array, got shape {x.shape}")
+        token = self._choose_greedy(x) if self._greedy else self._choose_sampled(x)
+        self._record(token)
+        return token
+
+    # ------------------------------------------------------------------ greedy
+
+    def _choose_greedy(self, x: np.ndarray) -> int:
+        i = int(np.argmax(x))
+        v = x[i]
+        if np.isnan(v):  # argmax returns the first NaN when there is one
+            return self._greedy_slow(x)
+        if self._penalty == 1.0 or self._n_ids == 0:
+            return i
+        # A penalty above 1 only lowers seen logits, so an unseen argmax stays the argmax:
+        # the common case costs one pass and no copy.
+        if self._penalty > 1.0 and i not in self._seen:
+            return i
+        return self._greedy_slow(x)
+
+    def _greedy_slow(self, x: np.ndarray) -> int:
+        y = self._working_copy(x)
+        i = int(np.argmax(y))
+        if np.isneginf(y[i]):
+            return int(np.argmax(x))
+        return i
+
+    # ------------------------------------------------------------------ sampled
+
+    def _choose_sampled(self, x: np.ndarray) -> int:
+        p = self.params
+        y = self._working_copy(x)
+        n = y.size
+        m = float(y.max())
+        if m == -math.inf:
+            return int(np.argmax(x))
+        if m == math.inf:
+            # Infinite logits would make the softmax NaN; they hold all the mass between
+            # them, so share it evenly.
+            top = np.flatnonzero(y == math.inf)
+            return int(top[self._rng.integers(top.size)])
+
+        k = p.top_k if 0 < p.top_k < n else n
+        # Top-k is scale-invariant, so it can run before the temperature without changing
+        # HF's result. Only values are selected (np.partition and np.sort are 2-4x faster
+        # than their arg- forms); `_token_of` maps the drawn value back to a token id.
+        cand = y if k == n else np.partition(y, n - k)[n - k :]
+        if p.top_p < 1.0:
+            vals, w = _nucleus(cand, m, p.temperature, p.top_p)
+        else:
+            vals, w = cand, _weights(cand, m, p.temperature)
+        if p.min_p > 0.0:
+            # HF compares renormalised probabilities with min_p * max; the best weight is
+            # exactly 1 and renormalising keeps ratios, so this is the same test.
+            w = np.where(w >= p.min_p, w, 0.0)
+        j = _first_reaching(w, self._rng.random() * float(np.sum(w)), strict=True)
+        return j if vals is y else _token_of(y, vals, j)
+
+    # ------------------------------------------------------------------ shared
+
+    def _working_copy(self, x: np.ndarray) -> np.ndarray:
+        """Copy of `x` with NaN as -inf and the repetition penalty applied."""
+        # float16 widens to float32 and float64 stays, so the penalty keeps the input's precision.
+        y = x.astype(np.promote_types(x.dtype, np.float32), copy=True)
+        # max() propagates NaN, so one reduction decides whether the masking pass is needed.
+        if np.isnan(y.max()):
+            y[np.isnan(y)] = -np.inf
+        if self._penalty != 1.0 and self._n_ids:
+            ids = self._ids[: self._n_ids]
+            if self._max_id >= y.size:  # ids from another vocabulary would IndexError
+                ids = ids[ids < y.size]
+            v = y[ids]
+            y[ids] = np.where(v > 0, v / self._penalty, v * self._penalty)
+        return y
+
+    def _record(self, token: int) -> None:
+        self.generated.append(token)
+        if token in self._seen:
+            return
+        self._seen.add(token)
+        if self._n_ids == self._ids.size:
+            self._ids = np.concatenate([self._ids, np.empty_like(self._ids)])
+        self._ids[self._n_ids] = token
+        self._n_ids += 1
+        self._max_id = max(self._max_id, token)
+
+
+def _weights(vals: np.ndarray, m: float, temperature: float) -> np.ndarray:
+    """Unnormalised softmax of `vals / temperature` in float64, the best weight exactly 1.
+
+    Subtracting the max before dividing means the division cannot overflow. The exp runs
+    in float32, twice as fast as float64 here, since the logits carry float32 precision
+    anyway; sums and cumulative sums, where a 128k-term float32 total would drift, are
+    float64.
+    """
+    z = vals - vals.dtype.type(m)  # in the logits' own dtype, so float64 rows cannot overflow
+    z /= temperature
+    z = z.astype(np.float32, copy=False)
+    np.exp(z, out=z)
+    return z.astype(np.float64)
+
+
+def _nucleus(cand: np.ndarray, m: float, temperature: float, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """The top-p nucleus of `cand`: its values in descending order and their weights.
+
+    The nucleus is the shortest descending prefix whose weight reaches top_p of the whole,
+    never empty. Real rows put that mass on a few tokens, so the best _NUCLEUS_TRY values
+    are sorted first and the full sort (milliseconds at 128k) only runs when they fall
+    short.
+    """
+    n = cand.size
+    total = float(np.sum(_weights(cand, m, temperature)))
+    target = top_p * total
+    if n > 4 * _NUCLEUS_TRY:
+        vals = np.sort(np.partition(cand, n - _NUCLEUS_TRY)[n - _NUCLEUS_TRY :])[::-1]
+        w = _weights(vals, m, temperature)
+        if float(np.sum(w)) < target:
+            vals = np.sort(cand)[::-1]
+            w = _weights(vals, m, temperature)
+    else:
+        vals = np.sort(cand)[::-1]
+        w = _weights(vals, m, temperature)
+    cut = _first_reaching(w, target)
+    return vals[: cut + 1], w[: cut + 1]
+
+
+def _first_reaching(w: np.ndarray, target: float, strict: bool = False) -> int:
+    """Index of the first prefix of `w` whose sum reaches `target` (exceeds it if strict).
+
+    With strict=True and target = u * sum(w), u in [0, 1), this is an inverse-CDF draw
+    that never lands on a zero weight. Rounding may leave the target beyond the last
+    prefix sum; then the last positive weight is returned.
+    """
+    side = "right" if strict else "left"
+    n = w.size
+    if n <= 4 * _BLOCK:
+        start, seg = 0, w
+    else:
+        sums = np.cumsum(np.add.reduceat(w, np.arange(0, n, _BLOCK)))
+        b = int(np.searchsorted(sums, target, side=side))
+        if b >= sums.size:
+            return _last_positive(w)
+        if b:
+            target -= float(sums[b - 1])
+        start, seg = b * _BLOCK, w[b * _BLOCK : (b + 1) * _BLOCK]
+    i = int(np.searchsorted(np.cumsum(seg), target, side=side))
+    if i >= seg.size:
+        return start + _last_positive(seg)
+    return start + i
+
+
+def _last_positive(w: np.ndarray) -> int:
+    nz = np.flatnonzero(w > 0)
+    return int(nz[-1]) if nz.size else w.size - 1
+
+
+def _token_of(y: np.ndarray, vals: np.ndarray, j: int) -> int:
+    """Token id of candidate `j`, where `vals` holds values selected from `y`.
+
+    Equal logits are interchangeable, so the r-th candidate with a given value maps to
+    the r-th token (in id order) holding that value; the mapping is one-to-one because
+    the candidates are a sub-multiset of `y`.
+    """
+    v = vals[j]
+    rank = int(np.count_nonzero(vals[:j] == v))
+    return int(np.flatnonzero(y == v)[rank])

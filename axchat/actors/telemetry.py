@@ -1,0 +1,123 @@
+"""Telemetry actor: the last stop before the front door. It measures what the client
+sees (time to first visible text), turns each finished request into the seed's
+figures and one log line, and assembles status replies."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import psutil
+
+from axchat.actors import messages as m
+from axchat.actors.backends.base import BackendInfo
+from axchat.actors.mailbox import Actor, Bus, Supervisor
+from axchat.protocol import v1
+from axchat.stats_line import format_host, format_stats
+
+log = logging.getLogger("axchat.requests")
+
+
+def read_temperature_c() -> float | None:
+    """Hottest sensor psutil can read, or None where the platform exposes none."""
+    reader = getattr(psutil, "sensors_temperatures", None)
+    if reader is None:
+        return None
+    try:
+        sensors = reader()
+    except (OSError, RuntimeError):
+        return None
+    readings = [t.current for entries in sensors.values() for t in entries if t.current]
+    return max(readings) if readings else None
+
+
+class TelemetryActor(Actor):
+    name = "telemetry"
+
+    def __init__(self, bus: Bus, supervisor: Supervisor, info: BackendInfo) -> None:
+        super().__init__(bus, supervisor)
+        self._info = info
+        self._started = time.monotonic()
+        self._process = psutil.Process(os.getpid())
+        self._process.cpu_percent(None)  # primes the counter status reports from
+        self._first_text_ns: dict[int, int] = {}
+        self.requests_total = 0
+        self.completion_tokens_total = 0
+
+    async def handle(self, msg: m.ActorMessage) -> None:
+        if isinstance(msg, m.TextOut):
+            self._first_text_ns.setdefault(msg.rid, time.monotonic_ns())
+            await self._out(msg.rid, v1.Delta(text=msg.text, token_ids=msg.token_ids), final=False)
+        elif isinstance(msg, m.Finished):
+            await self._finished(msg)
+        elif isinstance(msg, m.Rejected):
+            self.requests_total += 1
+            log.info("request %s rejected code=%s: %s", msg.label, msg.error.code, msg.error.message)
+            await self._out(msg.rid, v1.Error(code=msg.error.code, message=msg.error.message), final=True)
+        elif isinstance(msg, m.DeviceReport):
+            await self._out(msg.rid, self._status(msg), final=True)
+        else:
+            raise TypeError(f"telemetry got unexpected {type(msg).__name__}")
+
+    async def _out(self, rid: int, body: v1.DaemonMessage, *, final: bool) -> None:
+        await self.send("frontdoor", m.Outbound(rid=rid, body=v1.encode_body(body), final=final))
+
+    async def _finished(self, msg: m.Finished) -> None:
+        now = time.monotonic_ns()
+        first = self._first_text_ns.pop(msg.rid, 0)
+        t = msg.timings
+        # Gen spans the whole device run (prefill start to last token), as the seed's
+        # does, so Tokens/sec = Tokens / Gen reads the same way.
+        generate_ms = (t.last_token_ns - t.prefill_start_ns) / 1e6 if t.last_token_ns else 0.0
+        wall_ns = max(now - msg.received_ns, 1)
+        stats = v1.Stats(
+            tokenize_ms=msg.tokenize_ms,
+            queue_ms=t.queue_ms,
+            prefill_ms=t.prefill_ms,
+            ttft_ms=(first - msg.received_ns) / 1e6 if first else 0.0,
+            generate_ms=generate_ms,
+            tokens_per_s=msg.completion_tokens / (generate_ms / 1e3) if generate_ms > 0 else 0.0,
+            completion_tokens=msg.completion_tokens,
+            # Process CPU time over the request's wall time; 100 = one core busy.
+            cpu_percent=(time.process_time_ns() - msg.cpu_ns) / wall_ns * 100,
+            device_temp_c=read_temperature_c(),
+        )
+        usage = v1.Usage(
+            prompt_tokens=msg.prompt_tokens,
+            completion_tokens=msg.completion_tokens,
+            cached_tokens=msg.cached_tokens,
+        )
+        self.requests_total += 1
+        self.completion_tokens_total += msg.completion_tokens
+        log.info(
+            "request %s finish=%s prompt_tokens=%d | %s | %s",
+            msg.label,
+            msg.reason,
+            msg.prompt_tokens,
+            format_stats(stats),
+            format_host(stats),
+        )
+        done = v1.Done(finish_reason=msg.reason, usage=usage, stats=stats, error=msg.error)
+        await self._out(msg.rid, done, final=True)
+
+    def _status(self, report: m.DeviceReport) -> v1.StatusReply:
+        info = self._info
+        return v1.StatusReply(
+            state="draining" if report.state == "draining" else "serving",
+            model=info.model,
+            backend=info.backend,
+            device=info.device,
+            dtype=info.dtype,
+            context_length=info.context_length,
+            uptime_s=time.monotonic() - self._started,
+            running=report.running,
+            queued=report.queued,
+            kv_sequences=report.kv_sequences,
+            requests_total=self.requests_total,
+            completion_tokens_total=self.completion_tokens_total,
+            cpu_percent=self._process.cpu_percent(None),
+            rss_bytes=self._process.memory_info().rss,
+            device_temp_c=read_temperature_c(),
+            pid=os.getpid(),
+        )

@@ -1,0 +1,213 @@
+"""Tokenizer actor: chat template and encoding on the way in; incremental,
+UTF-8-safe detokenization and stop strings on the way out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from axchat.actors import messages as m
+from axchat.actors.detokenizer import IncrementalDetokenizer, StopMatcher
+from axchat.actors.mailbox import Actor, Bus, Supervisor
+from axchat.protocol.v1 import ChatMessage, ErrorInfo
+
+log = logging.getLogger(__name__)
+
+# Used only for tokenizers that ship no chat template of their own.
+FALLBACK_TEMPLATE_NOTE = "tokenizer has no chat template; using plain 'role: content' lines"
+
+
+@dataclass
+class _Stream:
+    label: str
+    received_ns: int
+    cpu_ns: int
+    tokenize_ms: float
+    detok: IncrementalDetokenizer
+    stops: StopMatcher
+    pending_ids: list[int] = field(default_factory=list)
+    emitted_tokens: int = 0
+
+
+class TokenizerActor(Actor):
+    name = "tokenizer"
+
+    def __init__(
+        self,
+        bus: Bus,
+        supervisor: Supervisor,
+        tokenizer: Any,
+        *,
+        context_length: int,
+        eos_ids: Sequence[int],
+    ) -> None:
+        super().__init__(bus, supervisor)
+        self._tok = tokenizer
+        self._context_length = context_length
+        self._eos_ids = sorted(set(eos_ids))
+        # One thread: encodes finish in arrival order, so a cancel that follows an
+        # encode is always seen after it.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="axchat-tokenize")
+        self._encoding: dict[int, asyncio.Task[None]] = {}
+        self._cancelled_while_encoding: set[int] = set()
+        self._streams: dict[int, _Stream] = {}
+        self._has_template = bool(getattr(tokenizer, "chat_template", None))
+
+    async def handle(self, msg: m.ActorMessage) -> None:
+        if isinstance(msg, m.Encode):
+            task = asyncio.create_task(self._encode(msg), name=f"encode-{msg.rid}")
+            self._encoding[msg.rid] = task
+            task.add_done_callback(lambda t, msg=msg: self._encode_done(msg, t))
+        elif isinstance(msg, m.TokenOut):
+            await self._token(msg)
+        elif isinstance(msg, m.Ended):
+            await self._ended(msg)
+        elif isinstance(msg, m.CancelRequest):
+            if msg.rid in self._encoding:
+                self._cancelled_while_encoding.add(msg.rid)
+            else:
+                await self.send("device", msg)
+        else:
+            raise TypeError(f"tokenizer got unexpected {type(msg).__name__}")
+
+    def _encode_done(self, msg: m.Encode, task: asyncio.Task[None]) -> None:
+        self._encoding.pop(msg.rid, None)
+        self._cancelled_while_encoding.discard(msg.rid)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            self.supervisor.on_handler_error(self, msg, exc)
+
+    async def _encode(self, msg: m.Encode) -> None:
+        t0 = time.perf_counter()
+        ids = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._encode_blocking, msg.messages, msg.prompt
+        )
+        tokenize_ms = (time.perf_counter() - t0) * 1e3
+        if msg.rid in self._cancelled_while_encoding:
+            await self.send("telemetry", self._finished_early(msg, len(ids), tokenize_ms))
+            return
+        error = self._check_fits(ids)
+        if error is not None:
+            await self.send("telemetry", m.Rejected(rid=msg.rid, label=msg.label, error=error))
+            return
+        self._streams[msg.rid] = _Stream(
+            label=msg.label,
+            received_ns=msg.received_ns,
+            cpu_ns=msg.cpu_ns,
+            tokenize_ms=tokenize_ms,
+            detok=IncrementalDetokenizer(self._tok, ids),
+            stops=StopMatcher(msg.sampling.stop),
+        )
+        await self.send("device", m.Admit(rid=msg.rid, prompt_ids=ids, sampling=msg.sampling, eos_ids=self._eos_ids))
+
+    def _encode_blocking(self, messages: list[ChatMessage] | None, prompt: str | None) -> list[int]:
+        if messages is not None:
+            text = self._render_chat(messages)
+            return list(self._tok(text, add_special_tokens=False)["input_ids"])
+        return list(self._tok(prompt or "")["input_ids"])
+
+    def _render_chat(self, messages: list[ChatMessage]) -> str:
+        convo = [{"role": msg.role, "content": msg.content} for msg in messages]
+        if self._has_template:
+            return str(self._tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=False))
+        return "".join(f"{c['role']}: {c['content']}\n" for c in convo) + "assistant:"
+
+    def _check_fits(self, ids: list[int]) -> ErrorInfo | None:
+        if not ids:
+            return ErrorInfo(code="invalid_field", message="the prompt encodes to zero tokens")
+        if len(ids) >= self._context_length:
+            return ErrorInfo(
+                code="context_overflow",
+                message=(
+                    f"the prompt is {len(ids)} tokens but the model's context is "
+                    f"{self._context_length} tokens, including the reply"
+                ),
+            )
+        return None
+
+    def _finished_early(self, msg: m.Encode, prompt_tokens: int, tokenize_ms: float) -> m.Finished:
+        return m.Finished(
+            rid=msg.rid,
+            label=msg.label,
+            reason="cancelled",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=0,
+            cached_tokens=0,
+            tokenize_ms=tokenize_ms,
+            received_ns=msg.received_ns,
+            cpu_ns=msg.cpu_ns,
+            timings=m.DeviceTimings(),
+        )
+
+    async def _token(self, msg: m.TokenOut) -> None:
+        stream = self._streams.get(msg.rid)
+        if stream is None or stream.stops.stopped:
+            return  # tokens the device made before it heard about the stop string
+        stream.emitted_tokens += 1
+        stream.pending_ids.append(msg.token_id)
+        # Decoding one token's window takes microseconds; an executor hop would cost
+        # more than the work, so this stays on the loop.
+        text = stream.stops.feed(stream.detok.push(msg.token_id))
+        if stream.stops.stopped:
+            await self.send("device", m.StopSequence(rid=msg.rid))
+        if text or stream.stops.stopped:
+            await self._emit(msg.rid, stream, text)
+
+    async def _emit(self, rid: int, stream: _Stream, text: str) -> None:
+        ids, stream.pending_ids = stream.pending_ids, []
+        if text or ids:
+            await self.send("telemetry", m.TextOut(rid=rid, text=text, token_ids=ids))
+
+    async def _ended(self, msg: m.Ended) -> None:
+        stream = self._streams.pop(msg.rid, None)
+        if stream is None:
+            return
+        reason = msg.reason
+        completion = msg.completion_tokens
+        if stream.stops.stopped:
+            reason, completion = "stop", stream.emitted_tokens
+        else:
+            tail = stream.stops.feed(stream.detok.flush())
+            tail += stream.stops.flush()
+            if stream.stops.stopped:  # the stop string completed in the last bytes
+                reason = "stop"
+            if tail or stream.pending_ids:
+                await self._emit(msg.rid, stream, tail)
+        await self.send(
+            "telemetry",
+            m.Finished(
+                rid=msg.rid,
+                label=stream.label,
+                reason=reason,
+                prompt_tokens=msg.prompt_tokens,
+                completion_tokens=completion,
+                cached_tokens=msg.cached_tokens,
+                tokenize_ms=stream.tokenize_ms,
+                received_ns=stream.received_ns,
+                cpu_ns=stream.cpu_ns,
+                timings=msg.timings,
+                error=msg.error,
+            ),
+        )
+
+    async def on_close(self) -> None:
+        for task in list(self._encoding.values()):
+            task.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def load_tokenizer(model: str) -> Any:
+    """The model's own tokenizer, or a one-line ModelLoadError."""
+    from transformers import AutoTokenizer
+
+    from axchat.actors.backends.base import ModelLoadError
+
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load a tokenizer from {model}: {first}") from None

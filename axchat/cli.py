@@ -1,0 +1,42 @@
+"""The `axchat` command: dispatches to a subcommand module, importing only that one,
+so `axchat ask` never pays for the daemon's imports."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "serve": ("axchat.daemon.serve", "run the daemon: load a model once, serve many clients"),
+    "ask": ("axchat.frontends.ask", "ask one question and stream the answer"),
+    "status": ("axchat.frontends.status", "show what the daemon is doing"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: axchat COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "`axchat COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from axchat import __version__
+
+        print(f"axchat {__version__}")
+        return 0
+    entry = COMMANDS.get(argv[0])
+    if entry is None:
+        print(f"axchat: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(entry[0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

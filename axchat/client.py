@@ -1,0 +1,124 @@
+"""A blocking client of the daemon for command-line frontends.
+
+Imports only pyzmq, msgspec and the protocol, so a frontend built on it starts in
+milliseconds. Every wait has a deadline: a daemon that stops answering shows up as
+`DaemonUnavailable`, never as a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import zmq
+
+from axchat import endpoint as ep
+from axchat.protocol import v1
+
+HOW_TO_START = "start one with `axchat serve` (or `make run` in a checkout)"
+
+
+class DaemonUnavailable(Exception):
+    """No daemon answered; the message says where we looked and how to start one."""
+
+
+class RequestFailed(Exception):
+    def __init__(self, error: v1.Error) -> None:
+        super().__init__(f"{error.code}: {error.message}")
+        self.error = error
+
+
+@dataclass
+class GenerateStream:
+    """Events of one generate, in order; ends after `done` or `error`."""
+
+    client: "Client"
+    request_id: str
+    stall_timeout_s: float
+
+    def __iter__(self) -> Iterator[v1.DaemonMessage]:
+        while True:
+            body = self.client._recv_for(self.request_id, self.stall_timeout_s)
+            yield body
+            if isinstance(body, v1.TERMINAL):
+                return
+
+    def cancel(self) -> None:
+        self.client._send(self.request_id, v1.Cancel())
+
+
+class Client:
+    def __init__(self, socket: str | None = None, *, connect_timeout_s: float = 3.0) -> None:
+        self.endpoint = ep.to_zmq(socket)
+        self.connect_timeout_s = connect_timeout_s
+        self._ctx = zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(self.endpoint)
+        self._prefix = uuid.uuid4().hex[:8]
+        self._counter = 0
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ requests
+
+    def hello(self) -> v1.Welcome:
+        """Handshake; raises DaemonUnavailable when nothing answers in time."""
+        path = ep.ipc_path(self.endpoint)
+        if path is not None and not path.exists():
+            raise DaemonUnavailable(f"no axchat daemon is running at {path}; {HOW_TO_START}")
+        reply = self._call(v1.Hello(client=f"axchat-cli/{os.getpid()}"), self.connect_timeout_s)
+        assert isinstance(reply, v1.Welcome)
+        return reply
+
+    def status(self) -> v1.StatusReply:
+        reply = self._call(v1.Status(), self.connect_timeout_s)
+        assert isinstance(reply, v1.StatusReply)
+        return reply
+
+    def generate(self, request: v1.Generate, *, stall_timeout_s: float = 300.0) -> GenerateStream:
+        rid = self._next_id()
+        self._send(rid, request)
+        return GenerateStream(self, rid, stall_timeout_s)
+
+    # ------------------------------------------------------------ plumbing
+
+    def _next_id(self) -> str:
+        self._counter += 1
+        return f"{self._prefix}-{self._counter}"
+
+    def _send(self, request_id: str, body: v1.ClientMessage) -> None:
+        self._sock.send_multipart(v1.encode(v1.Envelope(id=request_id), body))
+
+    def _call(self, body: v1.ClientMessage, timeout_s: float) -> v1.DaemonMessage:
+        rid = self._next_id()
+        self._send(rid, body)
+        reply = self._recv_for(rid, timeout_s)
+        if isinstance(reply, v1.Error):
+            raise RequestFailed(reply)
+        return reply
+
+    def _recv_for(self, request_id: str, timeout_s: float) -> v1.DaemonMessage:
+        """Next frame for `request_id`; frames for earlier, abandoned ids are skipped."""
+        while True:
+            if not self._sock.poll(int(timeout_s * 1000)):
+                raise DaemonUnavailable(
+                    f"the axchat daemon at {ep.describe(self.endpoint)} did not answer within {timeout_s:g}s; "
+                    f"is it running? {HOW_TO_START}"
+                )
+            env_raw, body_raw = self._sock.recv_multipart()
+            env = v1.decode_envelope(env_raw)
+            body = v1.decode_daemon_body(body_raw)
+            if env.id == request_id:
+                return body
+            if env.id == "" and isinstance(body, v1.Error):
+                raise RequestFailed(body)

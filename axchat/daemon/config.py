@@ -1,0 +1,64 @@
+"""`axchat serve` settings: the flags, their defaults, and the parsed result."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from axchat.protocol.v1 import DEFAULT_MAX_FRAME_BYTES
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str | None  # None: the default model (built on first use)
+    backend: str = "torch"
+    device: str = "auto"
+    dtype: str = "auto"
+    socket: str | None = None
+    context: int | None = None
+    threads: int | None = None
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    drain_timeout_s: float = 10.0
+    log_level: str = "info"
+
+
+def default_threads() -> int:
+    """Cores this process may use (affinity/cgroup aware), leaving one for the event
+    loop and the actors when there are enough to spare."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return cores - 1 if cores >= 4 else cores
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="axchat serve", description="Run the axchat daemon: load a model once, serve many clients.")
+    p.add_argument("--model", help="local model directory or Hugging Face hub id (default: the built-in tiny test model)")
+    p.add_argument("--backend", default="torch", choices=["torch"], help="device backend (default: torch)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--socket", help="socket path or tcp:// endpoint (default: $AXCHAT_SOCKET or $XDG_RUNTIME_DIR/axchat/axchat.sock)")
+    p.add_argument("--context", type=int, help="context length in tokens (default: the model's)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: usable cores, minus one when 4 or more)")
+    p.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES, help="largest frame a client may send")
+    p.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to let requests finish on SIGTERM")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def parse(argv: list[str]) -> ServeConfig:
+    args = build_parser().parse_args(argv)
+    return ServeConfig(
+        model=args.model,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        socket=args.socket,
+        context=args.context,
+        threads=args.threads or default_threads(),
+        max_frame_bytes=args.max_frame_bytes,
+        drain_timeout_s=args.drain_timeout,
+        log_level=args.log_level,
+    )

@@ -1,0 +1,274 @@
+"""The front door: the ROUTER socket clients talk to. It checks every frame, answers
+bad ones with a typed error, and routes good requests into the actor chain."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+import msgspec
+import zmq
+
+from axchat import __version__
+from axchat.actors import messages as m
+from axchat.actors.backends.base import BackendInfo
+from axchat.actors.mailbox import Actor, Bus, Supervisor
+from axchat.actors.sampling import validate as validate_sampling
+from axchat.daemon.sockets import make_socket
+from axchat.protocol import v1
+
+log = logging.getLogger(__name__)
+
+# Frames beyond this many times the limit make ZeroMQ drop the connection outright,
+# so a hostile client cannot make us buffer gigabytes just to refuse them.
+HARD_LIMIT_FACTOR = 8
+# Replies queued for one slow client before we treat it as gone.
+CLIENT_SNDHWM = 10_000
+
+
+@dataclass
+class _Live:
+    identity: bytes
+    client_id: str
+    kind: str  # "generate" or "status"
+
+
+class FrontDoor(Actor):
+    name = "frontdoor"
+
+    def __init__(
+        self,
+        bus: Bus,
+        supervisor: Supervisor,
+        *,
+        endpoint: str,
+        info: BackendInfo,
+        model_aliases: tuple[str, ...] = (),
+        max_frame_bytes: int = v1.DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        super().__init__(bus, supervisor)
+        self._info = info
+        self._model_names = {info.model, *model_aliases}
+        self._max_frame = max_frame_bytes
+        self._router = make_socket(
+            bus.ctx,
+            zmq.ROUTER,
+            bind=endpoint,
+            hwm=CLIENT_SNDHWM,
+            max_msg_bytes=max_frame_bytes * HARD_LIMIT_FACTOR,
+            router_mandatory=True,
+        )
+        self._rids = itertools.count(1)
+        self._live: dict[int, _Live] = {}
+        self._by_client: dict[tuple[bytes, str], int] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.draining = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def on_start(self) -> None:
+        self._reader = asyncio.create_task(self._read_clients(), name="frontdoor-reader")
+
+    async def on_close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.wait([self._reader])
+        self._router.close(linger=0)
+
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    async def cancel_all(self) -> None:
+        for rid, live in list(self._live.items()):
+            if live.kind == "generate":
+                await self.send("tokenizer", m.CancelRequest(rid=rid))
+
+    @property
+    def live_requests(self) -> int:
+        return len(self._live)
+
+    # ------------------------------------------------------------ client -> actors
+
+    async def _read_clients(self) -> None:
+        while True:
+            frames = await self._router.recv_multipart(copy=True)
+            try:
+                await self._dispatch(frames[0], frames[1:])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let one client's frame stop the door
+                log.exception("peer %s: unexpected failure handling a frame", frames[0].hex())
+                await self._reply(frames[0], "", v1.Error(code="internal", message="internal error handling frame"))
+
+    async def _dispatch(self, identity: bytes, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            return await self._reject(identity, "", "bad_frame", f"expected 2 frames [envelope, body], got {len(frames)}")
+        raw_env, raw_body = frames
+        too_big = max(len(raw_env), len(raw_body)) > self._max_frame
+        try:
+            env = v1.decode_envelope(raw_env) if len(raw_env) <= self._max_frame else None
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return await self._reject(identity, "", "bad_frame", f"envelope: {exc}")
+        rid_label = env.id if env is not None else ""
+        if too_big:
+            size = max(len(raw_env), len(raw_body))
+            return await self._reject(
+                identity, rid_label, "frame_too_large", f"frame is {size} bytes; the limit is {self._max_frame}"
+            )
+        assert env is not None
+        if env.v != v1.PROTOCOL_MAJOR:
+            return await self._reject(
+                identity,
+                env.id,
+                "unsupported_version",
+                f"this daemon speaks protocol {v1.PROTOCOL_MAJOR}.x; the client sent version {env.v}",
+            )
+        try:
+            body = v1.decode_client_body(raw_body)
+        except msgspec.ValidationError as exc:
+            code = "unknown_type" if "`$.type`" in str(exc) else "invalid_field"
+            return await self._reject(identity, env.id, code, f"body: {exc}")
+        except msgspec.DecodeError as exc:
+            return await self._reject(identity, env.id, "bad_frame", f"body: {exc}")
+
+        if isinstance(body, v1.Generate):
+            await self._generate(identity, env.id, body)
+        elif isinstance(body, v1.Cancel):
+            rid = self._by_client.get((identity, env.id))
+            if rid is None:
+                return await self._reject(identity, env.id, "unknown_request", f"no live request with id {env.id!r}")
+            await self.send("tokenizer", m.CancelRequest(rid=rid))
+        elif isinstance(body, v1.Status):
+            rid = self._register(identity, env.id, "status")
+            await self.send("device", m.StatusQuery(rid=rid, state="draining" if self.draining else "serving"))
+        elif isinstance(body, v1.Hello):
+            await self._hello(identity, env.id, body)
+        elif isinstance(body, v1.Ping):
+            await self._reply(identity, env.id, v1.Pong())
+
+    async def _hello(self, identity: bytes, client_id: str, hello: v1.Hello) -> None:
+        major = hello.protocol.split(".", 1)[0]
+        if major != str(v1.PROTOCOL_MAJOR):
+            return await self._reject(
+                identity,
+                client_id,
+                "unsupported_version",
+                f"this daemon speaks protocol {v1.PROTOCOL_VERSION}; the client speaks {hello.protocol}",
+            )
+        info = self._info
+        await self._reply(
+            identity,
+            client_id,
+            v1.Welcome(
+                protocol=v1.PROTOCOL_VERSION,
+                server_version=__version__,
+                model=info.model,
+                backend=info.backend,
+                device=info.device,
+                dtype=info.dtype,
+                context_length=info.context_length,
+                max_frame_bytes=self._max_frame,
+            ),
+        )
+
+    async def _generate(self, identity: bytes, client_id: str, gen: v1.Generate) -> None:
+        problem = self._check_generate(gen)
+        if problem is not None:
+            code, text = problem
+            return await self._reject(identity, client_id, code, text)
+        if self.draining:
+            return await self._reject(identity, client_id, "shutting_down", "the daemon is shutting down")
+        if (identity, client_id) in self._by_client:
+            return await self._reject(
+                identity, client_id, "duplicate_request", f"request id {client_id!r} is already running"
+            )
+        rid = self._register(identity, client_id, "generate")
+        await self.send(
+            "tokenizer",
+            m.Encode(
+                rid=rid,
+                label=f"{client_id}@{identity.hex()[:8]}",
+                messages=gen.messages,
+                prompt=gen.prompt,
+                sampling=gen.sampling,
+                received_ns=time.monotonic_ns(),
+                cpu_ns=time.process_time_ns(),
+            ),
+        )
+
+    def _check_generate(self, gen: v1.Generate) -> tuple[v1.ErrorCode, str] | None:
+        if (gen.messages is None) == (gen.prompt is None):
+            return "invalid_field", "generate needs exactly one of `messages` or `prompt`"
+        if gen.messages is not None and not gen.messages:
+            return "invalid_field", "`messages` is empty"
+        if gen.model is not None and gen.model not in self._model_names:
+            return "unknown_model", f"model {gen.model!r} is not served here; this daemon serves {self._info.model!r}"
+        sampling_problem = validate_sampling(gen.sampling)
+        if sampling_problem is not None:
+            return "invalid_field", sampling_problem
+        return None
+
+    def _register(self, identity: bytes, client_id: str, kind: str) -> int:
+        rid = next(self._rids)
+        self._live[rid] = _Live(identity, client_id, kind)
+        if kind == "generate":
+            self._by_client[(identity, client_id)] = rid
+        self.idle.clear()
+        return rid
+
+    def _forget(self, rid: int) -> _Live | None:
+        live = self._live.pop(rid, None)
+        if live is not None and live.kind == "generate":
+            self._by_client.pop((live.identity, live.client_id), None)
+        if not self._live:
+            self.idle.set()
+        return live
+
+    # ------------------------------------------------------------ actors -> client
+
+    async def handle(self, msg: m.ActorMessage) -> None:
+        if isinstance(msg, m.Outbound):
+            live = self._live.get(msg.rid)
+            if live is None:
+                return  # its client vanished or it was aborted
+            if msg.final:
+                self._forget(msg.rid)
+            await self._send_raw(live.identity, live.client_id, msg.body)
+        elif isinstance(msg, m.Abort):
+            live = self._forget(msg.rid)
+            if live is not None:
+                await self._reply(live.identity, live.client_id, v1.Error(code=msg.error.code, message=msg.error.message))
+        else:
+            raise TypeError(f"front door got unexpected {type(msg).__name__}")
+
+    async def _reject(self, identity: bytes, client_id: str, code: v1.ErrorCode, text: str) -> None:
+        log.warning("peer %s request %r: %s: %s", identity.hex()[:8], client_id, code, text)
+        await self._reply(identity, client_id, v1.Error(code=code, message=text))
+
+    async def _reply(self, identity: bytes, client_id: str, body: v1.DaemonMessage) -> None:
+        await self._send_raw(identity, client_id, v1.encode_body(body))
+
+    async def _send_raw(self, identity: bytes, client_id: str, body: bytes) -> None:
+        frames = [identity, v1.encode_envelope(v1.Envelope(id=client_id)), body]
+        try:
+            await self._router.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            if exc.errno not in (errno.EHOSTUNREACH, zmq.EAGAIN):
+                raise
+            await self._client_gone(identity, "disconnected" if exc.errno == errno.EHOSTUNREACH else "not reading")
+
+    async def _client_gone(self, identity: bytes, why: str) -> None:
+        """A client we cannot reach any more: cancel all it asked for, free its KV."""
+        gone = [rid for rid, live in self._live.items() if live.identity == identity]
+        if gone:
+            log.info("peer %s %s; cancelling %d request(s)", identity.hex()[:8], why, len(gone))
+        for rid in gone:
+            live = self._forget(rid)
+            if live is not None and live.kind == "generate":
+                await self.send("tokenizer", m.CancelRequest(rid=rid))

@@ -1,0 +1,34 @@
+"""`axchat serve`: parse flags, set up logging, run the daemon, map failures to exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from axchat.daemon.config import parse
+from axchat.daemon.logs import setup_logging
+from axchat.daemon.server import StartupError, run
+
+log = logging.getLogger("axchat.daemon")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(sys.argv[1:] if argv is None else argv)
+    setup_logging(cfg.log_level)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is optional: plain asyncio serves the same protocol
+        runner = asyncio.run
+    try:
+        return runner(run(cfg))
+    except StartupError as exc:
+        # One line, no traceback: these are the user's to fix, not bugs.
+        print(f"axchat serve: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

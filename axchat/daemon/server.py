@@ -1,0 +1,220 @@
+"""The daemon's lifecycle: load the model, start the actors in order, serve, and on a
+signal drain then stop everything in reverse order.
+
+States: loading -> serving -> draining -> stopped. Signal handlers only set an event;
+all the work happens here, on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from axchat import endpoint as ep
+from axchat.actors.backends import DeviceBackend, ModelLoadError, load_backend
+from axchat.actors.device import DeviceActor
+from axchat.actors.mailbox import Actor, Bus, send_close
+from axchat.actors.sampler import SamplerActor
+from axchat.actors.telemetry import TelemetryActor
+from axchat.actors.tokenizer import TokenizerActor, load_tokenizer
+from axchat.daemon.config import ServeConfig
+from axchat.daemon.frontdoor import FrontDoor
+from axchat.daemon.supervisor import DaemonSupervisor
+
+log = logging.getLogger("axchat.daemon")
+
+ACTOR_CLOSE_TIMEOUT_S = 5.0
+CONTEXT_TERM_TIMEOUT_S = 5.0
+CANCEL_GRACE_S = 5.0
+
+
+class StartupError(Exception):
+    """Anything that stops the daemon before it serves; one line for the user."""
+
+
+def resolve_model(cfg: ServeConfig) -> str:
+    if cfg.model:
+        return cfg.model
+    from axchat.testing import tiny_model
+
+    target = tiny_model.default_model_dir()
+    log.info("no --model given: using the tiny random test model at %s (its text is noise)", target)
+    tiny_model.ensure(target)
+    return str(target)
+
+
+def claim_endpoint(endpoint: str) -> None:
+    """Make the socket's private directory and clear a stale socket file, refusing if
+    a live daemon already answers there."""
+    path = ep.ipc_path(endpoint)
+    if path is None:
+        return
+    ep.prepare_private_dir(path.parent)
+    if not path.exists():
+        return
+    from axchat.client import Client, DaemonUnavailable, RequestFailed
+
+    with Client(endpoint, connect_timeout_s=0.5) as probe:
+        try:
+            probe.hello()
+        except DaemonUnavailable:
+            log.info("removing stale socket %s", path)
+            path.unlink(missing_ok=True)
+            return
+        except RequestFailed:
+            pass
+    raise StartupError(f"another axchat daemon is already serving at {path}")
+
+
+async def load_model(cfg: ServeConfig, model: str) -> tuple[DeviceBackend, Any]:
+    loop = asyncio.get_running_loop()
+    try:
+        backend = await loop.run_in_executor(
+            None,
+            lambda: load_backend(
+                cfg.backend, model, device=cfg.device, dtype=cfg.dtype, context=cfg.context, threads=cfg.threads
+            ),
+        )
+        tokenizer = await loop.run_in_executor(None, load_tokenizer, model)
+    except ModelLoadError as exc:
+        raise StartupError(str(exc)) from None
+    return backend, tokenizer
+
+
+async def run(cfg: ServeConfig) -> int:
+    """Serve until SIGTERM/SIGINT. Returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    endpoint = ep.to_zmq(cfg.socket)
+    try:
+        claim_endpoint(endpoint)
+    except ep.EndpointError as exc:
+        raise StartupError(str(exc)) from None
+    model = resolve_model(cfg)
+    log.info("loading %s (backend %s, device %s, dtype %s)", model, cfg.backend, cfg.device, cfg.dtype)
+    backend, tokenizer = await load_model(cfg, model)
+    info = backend.info
+    eos_ids = set(info.eos_ids)
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(int(tokenizer.eos_token_id))
+
+    async with AsyncExitStack() as stack:
+        ctx = zmq.asyncio.Context()
+        stack.callback(_term_context, ctx)
+        bus = Bus(ctx, f"axchat-{os.getpid()}")
+        supervisor = DaemonSupervisor(bus)
+        stack.callback(supervisor.close)
+
+        # Consumers first, so nothing is ever sent to an inbox that does not exist;
+        # the front door last, so no client is served before the chain is whole.
+        telemetry = TelemetryActor(bus, supervisor, info)
+        sampler = SamplerActor(bus, supervisor)
+        device = DeviceActor(bus, supervisor, backend)
+        tok = TokenizerActor(bus, supervisor, tokenizer, context_length=info.context_length, eos_ids=sorted(eos_ids))
+        try:
+            door = FrontDoor(
+                bus,
+                supervisor,
+                endpoint=endpoint,
+                info=info,
+                model_aliases=(model,),
+                max_frame_bytes=cfg.max_frame_bytes,
+            )
+        except zmq.ZMQError as exc:
+            raise StartupError(f"cannot listen on {ep.describe(endpoint)}: {exc}") from None
+        _restrict_socket_file(endpoint)
+        actors: list[Actor] = [telemetry, sampler, device, tok, door]
+        tasks: list[asyncio.Task[None]] = []
+        for actor in actors:
+            task = asyncio.create_task(actor.run(), name=f"actor-{actor.name}")
+            task.add_done_callback(lambda t, a=actor: supervisor.actor_exited(a, t))
+            tasks.append(task)
+        # Reverse order on the way out, whatever happens below.
+        stack.push_async_callback(_close_actors, bus, supervisor, list(zip(actors, tasks))[::-1])
+        stack.callback(_unlink_socket, endpoint)
+
+        log.info(
+            "ready: serving %s on %s (%s, %s, context %d)",
+            info.model,
+            ep.describe(endpoint),
+            info.device,
+            info.dtype,
+            info.context_length,
+        )
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopper, supervisor.fatal], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if supervisor.fatal.done():
+            log.critical("stopping after a fatal actor failure")
+            return 1
+        await _drain(door, cfg.drain_timeout_s)
+    log.info("stopped")
+    return 0
+
+
+async def _drain(door: FrontDoor, timeout_s: float) -> None:
+    door.begin_drain()
+    log.info("draining: %d request(s) in flight, up to %.1fs", door.live_requests, timeout_s)
+    try:
+        await asyncio.wait_for(door.idle.wait(), timeout_s)
+        return
+    except TimeoutError:
+        pass
+    log.info("drain timeout: cancelling %d request(s)", door.live_requests)
+    await door.cancel_all()
+    try:
+        await asyncio.wait_for(door.idle.wait(), CANCEL_GRACE_S)
+    except TimeoutError:
+        log.warning("%d request(s) did not finish cancelling; their clients get no final frame", door.live_requests)
+
+
+async def _close_actors(bus: Bus, supervisor: DaemonSupervisor, ordered: list[tuple[Actor, asyncio.Task[None]]]) -> None:
+    supervisor.stopping = True
+    errors: list[BaseException] = []
+    for actor, task in ordered:
+        if not task.done():
+            await send_close(bus, actor.name)
+            done, _ = await asyncio.wait([task], timeout=ACTOR_CLOSE_TIMEOUT_S)
+            if not done:
+                log.warning("actor %s did not close in %.0fs; cancelling it", actor.name, ACTOR_CLOSE_TIMEOUT_S)
+                task.cancel()
+                await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            errors.append(task.exception())  # type: ignore[arg-type]
+    for exc in errors:
+        log.error("actor failed while closing", exc_info=exc)
+
+
+def _term_context(ctx: zmq.asyncio.Context) -> None:
+    # Every socket is closed by its owner before this runs; a context that will not
+    # terminate means one leaked, and we say so rather than hang.
+    import threading
+
+    t = threading.Thread(target=ctx.term, daemon=True)
+    t.start()
+    t.join(CONTEXT_TERM_TIMEOUT_S)
+    if t.is_alive():
+        log.error("ZeroMQ context did not terminate in %.0fs: a socket was left open", CONTEXT_TERM_TIMEOUT_S)
+
+
+def _restrict_socket_file(endpoint: str) -> None:
+    path = ep.ipc_path(endpoint)
+    if path is not None and path.exists():
+        os.chmod(path, 0o660)
+
+
+def _unlink_socket(endpoint: str) -> None:
+    path = ep.ipc_path(endpoint)
+    if path is not None:
+        Path(path).unlink(missing_ok=True)

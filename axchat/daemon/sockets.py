@@ -1,0 +1,44 @@
+"""The one place that makes ZeroMQ sockets, so linger, limits and cleanup are set alike."""
+
+from __future__ import annotations
+
+import zmq
+import zmq.asyncio
+
+# Unsent frames are worthless once we decided to close: never let a peer that is gone
+# keep the context from terminating.
+LINGER_MS = 0
+
+
+def make_socket(
+    ctx: zmq.asyncio.Context,
+    kind: int,
+    *,
+    bind: str | None = None,
+    connect: str | None = None,
+    hwm: int = 0,
+    max_msg_bytes: int = -1,
+    router_mandatory: bool = False,
+) -> zmq.asyncio.Socket:
+    """A socket with the project's defaults. `hwm=0` means unbounded: the inproc
+    links between actors carry at most what admission already bounded, and a full
+    pipe there would deadlock the device/sampler round trip."""
+    sock = ctx.socket(kind)
+    try:
+        sock.setsockopt(zmq.LINGER, LINGER_MS)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        if max_msg_bytes >= 0:
+            sock.setsockopt(zmq.MAXMSGSIZE, max_msg_bytes)
+        if router_mandatory:
+            # Sending to a peer that disconnected raises instead of dropping silently:
+            # that is how the daemon learns a client vanished mid-stream.
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if bind is not None:
+            sock.bind(bind)
+        if connect is not None:
+            sock.connect(connect)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock

@@ -1,0 +1,66 @@
+"""The supervisor: hears every actor failure. A failure tied to one request fails
+that request alone; anything else is fatal, and the daemon exits for its service
+manager to restart it rather than limp on wedged."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import zmq
+
+from axchat.actors import messages as m
+from axchat.actors.mailbox import Actor, Bus
+from axchat.daemon.sockets import make_socket
+from axchat.protocol.v1 import ErrorInfo
+
+log = logging.getLogger(__name__)
+
+
+class DaemonSupervisor:
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self.fatal: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self._outboxes: dict[str, zmq.asyncio.Socket] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False  # set by the server before it closes actors on purpose
+
+    def on_handler_error(self, actor: Actor, msg: m.ActorMessage, exc: BaseException) -> None:
+        rid = getattr(msg, "rid", None)
+        if rid is None:
+            log.critical("actor %s failed outside any request", actor.name, exc_info=exc)
+            if not self.fatal.done():
+                self.fatal.set_result(exc)
+            return
+        log.error("actor %s failed on %s for request %d", actor.name, type(msg).__name__, rid, exc_info=exc)
+        error = ErrorInfo(code="internal", message=f"{actor.name} failed: {type(exc).__name__}: {exc}")
+        task = asyncio.get_running_loop().create_task(self._fail_request(rid, error))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def actor_exited(self, actor: Actor, task: asyncio.Task[None]) -> None:
+        """Done-callback for actor tasks: an actor that stops on its own is fatal."""
+        if self.stopping or self.fatal.done():
+            return
+        exc = (None if task.cancelled() else task.exception()) or RuntimeError(f"actor {actor.name} stopped")
+        log.critical("actor %s exited", actor.name, exc_info=exc)
+        self.fatal.set_result(exc)
+
+    async def _fail_request(self, rid: int, error: ErrorInfo) -> None:
+        # The client hears first; then the device drops the sequence if it holds one.
+        await self._send("frontdoor", m.Abort(rid=rid, error=error))
+        await self._send("device", m.CancelRequest(rid=rid, reason="error"))
+
+    async def _send(self, to: str, msg: m.ActorMessage) -> None:
+        sock = self._outboxes.get(to)
+        if sock is None:
+            sock = make_socket(self._bus.ctx, zmq.PUSH, connect=self._bus.endpoint(to))
+            self._outboxes[to] = sock
+        await sock.send(m.encode(msg))
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for sock in self._outboxes.values():
+            sock.close(linger=0)
+        self._outboxes.clear()

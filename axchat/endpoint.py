@@ -1,0 +1,73 @@
+"""Where the daemon listens: socket path resolution and the private runtime directory.
+
+Shared by the daemon and every frontend, so it imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+ENV_SOCKET = "AXCHAT_SOCKET"
+SOCKET_NAME = "axchat.sock"
+
+
+class EndpointError(Exception):
+    """The socket location is unusable; the message says why, in one line."""
+
+
+def default_socket() -> str:
+    """`$AXCHAT_SOCKET`, else `$XDG_RUNTIME_DIR/axchat/axchat.sock`, else a private
+    per-user directory under /tmp."""
+    env = os.environ.get(ENV_SOCKET)
+    if env:
+        return env
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "axchat" if runtime else Path("/tmp") / f"axchat-{os.getuid()}"
+    return str(base / SOCKET_NAME)
+
+
+def to_zmq(socket: str | None) -> str:
+    """A ZeroMQ endpoint for a path or endpoint; None means the default."""
+    socket = socket or default_socket()
+    if "://" in socket:
+        return socket
+    return "ipc://" + os.path.abspath(os.path.expanduser(socket))
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    return Path(endpoint.removeprefix("ipc://")) if endpoint.startswith("ipc://") else None
+
+
+def describe(endpoint: str) -> str:
+    path = ipc_path(endpoint)
+    return str(path) if path is not None else endpoint
+
+
+def prepare_private_dir(directory: Path) -> None:
+    """Create the socket's directory (mode 0700) or check an existing one.
+
+    The directory is the access control: ZeroMQ's ipc sockets have no credentials
+    of their own. An existing directory must be ours and closed to others; group
+    access is allowed so that the system service can share with its group.
+    """
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=False)
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise EndpointError(f"cannot create socket directory {directory}: {exc.strerror}") from None
+    info = os.stat(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        raise EndpointError(f"{directory} exists and is not a directory")
+    if info.st_uid != os.getuid():
+        raise EndpointError(f"refusing socket directory {directory}: owned by uid {info.st_uid}, not {os.getuid()}")
+    if info.st_mode & 0o007:
+        mode = stat.S_IMODE(info.st_mode)
+        raise EndpointError(
+            f"refusing socket directory {directory}: mode {mode:04o} lets every user in; "
+            "use a directory with mode 0700 (or 0750 for a group)"
+        )

@@ -1,0 +1,148 @@
+"""`axchat ask`: one question, the answer streamed to stdout from a warm daemon.
+
+Loads only the protocol and pyzmq (no torch, transformers or numpy): its start-up
+time is what makes the daemon worth having.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import TextIO
+
+import msgspec
+
+from axchat.client import Client, DaemonUnavailable, RequestFailed
+from axchat.protocol import v1
+from axchat.stats_line import format_host, format_stats
+
+EXIT_NO_DAEMON = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+CANCEL_WAIT_S = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="axchat ask", description="Ask the axchat daemon one question; the answer streams to stdout.")
+    p.add_argument("prompt", nargs="?", help="the question; `-` or a piped stdin reads it from stdin")
+    p.add_argument("--socket", help="daemon socket path or endpoint (default: $AXCHAT_SOCKET or the per-user default)")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--raw", action="store_true", help="send the prompt as raw text, without the chat template")
+    p.add_argument("--ignore-eos", action="store_true", help=argparse.SUPPRESS)  # benchmarks need exact lengths
+    p.add_argument("--stats", action="store_true", help="print the seed's timing line to stderr")
+    p.add_argument("--json", action="store_true", help="print NDJSON events instead of text")
+    return p
+
+
+def read_prompt(args: argparse.Namespace, stdin: TextIO) -> str:
+    if args.prompt == "-" or (args.prompt is None and not stdin.isatty()):
+        return stdin.read()
+    if args.prompt is None:
+        raise SystemExit("axchat ask: give a prompt, or pipe one on stdin")
+    return str(args.prompt)
+
+
+def build_request(args: argparse.Namespace, prompt: str) -> v1.Generate:
+    sampling = v1.Sampling(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        stop=list(args.stop),
+        ignore_eos=args.ignore_eos,
+    )
+    if args.raw:
+        return v1.Generate(prompt=prompt, sampling=sampling)
+    messages = []
+    if args.system:
+        messages.append(v1.ChatMessage(role="system", content=args.system))
+    messages.append(v1.ChatMessage(role="user", content=prompt))
+    return v1.Generate(messages=messages, sampling=sampling)
+
+
+def _json_line(out: TextIO, event: dict[str, object]) -> None:
+    out.write(json.dumps(event, ensure_ascii=False) + "\n")
+    out.flush()
+
+
+def _emit(body: v1.DaemonMessage, args: argparse.Namespace, out: TextIO) -> None:
+    if isinstance(body, v1.Delta):
+        if args.json:
+            _json_line(out, {"type": "delta", "text": body.text, "token_ids": body.token_ids})
+        else:
+            out.write(body.text)
+            out.flush()
+    elif isinstance(body, v1.Done):
+        if args.json:
+            _json_line(out, {"type": "done", **msgspec.to_builtins(body)})
+        else:
+            out.write("\n")
+            out.flush()
+        if args.stats:
+            print(format_stats(body.stats), file=sys.stderr)
+            print(format_host(body.stats), file=sys.stderr)
+    elif isinstance(body, v1.Error) and args.json:
+        _json_line(out, msgspec.to_builtins(body))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    prompt = read_prompt(args, sys.stdin)
+    out = sys.stdout
+    try:
+        with Client(args.socket) as client:
+            client.hello()
+            stream = client.generate(build_request(args, prompt))
+            interrupted = False
+            events = iter(stream)
+            while True:
+                try:
+                    body = next(events)
+                except StopIteration:
+                    break
+                except KeyboardInterrupt:
+                    if interrupted:
+                        return EXIT_INTERRUPTED  # second Ctrl-C: leave without waiting
+                    interrupted = True
+                    # Ask the daemon to stop, then read on until it confirms, so the
+                    # request is really gone from the card before we exit.
+                    stream.cancel()
+                    stream.stall_timeout_s = CANCEL_WAIT_S
+                    continue
+                _emit(body, args, out)
+                if isinstance(body, v1.Error):
+                    print(f"axchat ask: {body.code}: {body.message}", file=sys.stderr)
+                    return EXIT_FAILED
+                if isinstance(body, v1.Done) and body.finish_reason == "error" and body.error is not None:
+                    print(f"axchat ask: {body.error.code}: {body.error.message}", file=sys.stderr)
+                    return EXIT_FAILED
+            return EXIT_INTERRUPTED if interrupted else 0
+    except DaemonUnavailable as exc:
+        print(f"axchat ask: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    except RequestFailed as exc:
+        print(f"axchat ask: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # before the request started: nothing to cancel
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `axchat ask ... | head` closed our stdout: stop quietly, as other CLIs do.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""`axchat status`: what the daemon serves and what it is doing, for people or `--json`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import msgspec
+
+from axchat.client import Client, DaemonUnavailable, RequestFailed
+
+EXIT_NO_DAEMON = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="axchat status", description="Show the axchat daemon's model and load.")
+    p.add_argument("--socket", help="daemon socket path or endpoint")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    return p
+
+
+def _human(status: dict[str, object]) -> str:
+    temp = status.get("device_temp_c")
+    uptime = float(status["uptime_s"])  # type: ignore[arg-type]
+    return "\n".join(
+        [
+            f"model:    {status['model']} ({status['backend']} on {status['device']}, {status['dtype']})",
+            f"context:  {status['context_length']} tokens",
+            f"state:    {status['state']}, up {uptime:.0f}s, pid {status['pid']}",
+            f"requests: {status['running']} running, {status['queued']} queued, {status['requests_total']} served",
+            f"tokens:   {status['completion_tokens_total']} generated; {status['kv_sequences']} KV sequence(s) held",
+            f"host:     CPU {status['cpu_percent']:.1f}%, RSS {int(status['rss_bytes']) / 2**20:.0f} MiB, "  # type: ignore[call-overload]
+            f"temp {'n/a' if temp is None else f'{temp:.1f}°C'}",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with Client(args.socket, connect_timeout_s=args.timeout) as client:
+            client.hello()
+            status = msgspec.to_builtins(client.status())
+    except DaemonUnavailable as exc:
+        print(f"axchat status: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    except RequestFailed as exc:
+        print(f"axchat status: {exc}", file=sys.stderr)
+        return 1
+    status.pop("type", None)
+    print(json.dumps(status) if args.json else _human(status))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Wire protocol version 1: the messages a client and the daemon exchange.
+
+Every ZeroMQ message is two frames, ``[envelope, body]``, each one MessagePack map.
+The envelope says which request a frame belongs to; the body's ``type`` tag says
+what it is. Keeping them apart lets the daemon name the request in its error even
+when the body is unreadable. Rules for evolving this file: new fields go last and
+carry defaults, so older peers still decode; a removed or retyped field means a new
+major version and a new module. See docs/protocol.md for the prose version.
+
+This module imports only msgspec and the standard library: ``axchat ask`` loads it
+and must start in milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+PROTOCOL_MAJOR = 1
+PROTOCOL_MINOR = 0
+PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
+
+# Default cap on one frame's size; the daemon announces its own in `welcome`.
+DEFAULT_MAX_FRAME_BYTES = 1 << 20
+
+ErrorCode = Literal[
+    "bad_frame",  # not two frames, or a frame that is not MessagePack
+    "unknown_type",  # the body's `type` tag names no message of this version
+    "invalid_field",  # a field is missing, of the wrong type or out of range
+    "frame_too_large",  # a frame is over the daemon's `max_frame_bytes`
+    "unsupported_version",  # the envelope's major version is not this daemon's
+    "duplicate_request",  # this client already has a live request with that id
+    "unknown_request",  # cancel named no live request of this client
+    "unknown_model",  # generate named a model this daemon does not serve
+    "context_overflow",  # the prompt does not fit in the model's context
+    "busy",  # admission limits reached; retry after `retry_after_s`
+    "shutting_down",  # the daemon is draining and admits nothing new
+    "internal",  # a bug or device failure; the daemon keeps serving
+]
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+class _Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True):
+    """Base of every body: a tagged MessagePack map."""
+
+
+class Envelope(msgspec.Struct, omit_defaults=True, gc=False):
+    """First frame. `id` is chosen by the client and echoed on every reply to it."""
+
+    id: str
+    v: int = PROTOCOL_MAJOR
+
+
+# ---------------------------------------------------------------- client -> daemon
+
+
+class Hello(_Message, tag="hello"):
+    protocol: str = PROTOCOL_VERSION
+    client: str = ""
+
+
+class ChatMessage(msgspec.Struct, omit_defaults=True, gc=False):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class Sampling(msgspec.Struct, omit_defaults=True, gc=False):
+    """Sampling knobs. Defaults are greedy decoding, as the seed script does."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: list[str] = []
+    ignore_eos: bool = False  # benchmarks need an exact token count
+
+
+class Generate(_Message, tag="generate"):
+    """Either `messages` (chat-templated by the daemon) or a raw `prompt`, not both."""
+
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+    sampling: Sampling = msgspec.field(default_factory=Sampling)
+    model: str | None = None  # None = whatever the daemon serves
+
+
+class Cancel(_Message, tag="cancel"):
+    """Cancels the live request whose id is the envelope's `id`."""
+
+
+class Status(_Message, tag="status"):
+    pass
+
+
+class Ping(_Message, tag="ping"):
+    pass
+
+
+ClientMessage = Union[Hello, Generate, Cancel, Status, Ping]
+
+# ---------------------------------------------------------------- daemon -> client
+
+
+class Welcome(_Message, tag="welcome"):
+    protocol: str
+    server_version: str
+    model: str
+    backend: str
+    device: str
+    dtype: str
+    context_length: int
+    max_frame_bytes: int
+
+
+class Delta(_Message, tag="delta"):
+    text: str
+    token_ids: list[int]
+
+
+class Usage(msgspec.Struct, gc=False):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class Stats(msgspec.Struct, gc=False):
+    """The seed's --show-stats figures, each measured, in milliseconds unless named."""
+
+    tokenize_ms: float = 0.0
+    queue_ms: float = 0.0
+    prefill_ms: float = 0.0
+    ttft_ms: float = 0.0
+    generate_ms: float = 0.0
+    tokens_per_s: float = 0.0
+    completion_tokens: int = 0
+    cpu_percent: float = 0.0
+    device_temp_c: float | None = None
+
+
+class ErrorInfo(msgspec.Struct, gc=False):
+    code: ErrorCode
+    message: str
+
+
+class Done(_Message, tag="done"):
+    """Last frame of a generate that started. `error` is set when finish_reason is error."""
+
+    finish_reason: FinishReason
+    usage: Usage
+    stats: Stats
+    error: ErrorInfo | None = None
+
+
+class Error(_Message, tag="error"):
+    """Last frame of a request that failed before it started, or of a bad frame."""
+
+    code: ErrorCode
+    message: str
+    retry_after_s: float | None = None
+
+
+class StatusReply(_Message, tag="status_reply"):
+    state: Literal["serving", "draining"]
+    model: str
+    backend: str
+    device: str
+    dtype: str
+    context_length: int
+    uptime_s: float
+    running: int
+    queued: int
+    kv_sequences: int
+    requests_total: int
+    completion_tokens_total: int
+    cpu_percent: float
+    rss_bytes: int
+    device_temp_c: float | None = None
+    pid: int = 0
+
+
+class Pong(_Message, tag="pong"):
+    pass
+
+
+DaemonMessage = Union[Welcome, Delta, Done, Error, StatusReply, Pong]
+
+# Replies after which nothing more comes for that request id.
+TERMINAL = (Welcome, Done, Error, StatusReply, Pong)
+
+# ---------------------------------------------------------------- codecs
+
+_encoder = msgspec.msgpack.Encoder()
+_envelope_decoder = msgspec.msgpack.Decoder(Envelope)
+_client_decoder = msgspec.msgpack.Decoder(ClientMessage)
+_daemon_decoder = msgspec.msgpack.Decoder(DaemonMessage)
+
+
+def encode(envelope: Envelope, body: ClientMessage | DaemonMessage) -> list[bytes]:
+    return [_encoder.encode(envelope), _encoder.encode(body)]
+
+
+def encode_body(body: ClientMessage | DaemonMessage) -> bytes:
+    return _encoder.encode(body)
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    return _encoder.encode(envelope)
+
+
+def decode_envelope(frame: bytes) -> Envelope:
+    return _envelope_decoder.decode(frame)
+
+
+def decode_client_body(frame: bytes) -> ClientMessage:
+    return _client_decoder.decode(frame)
+
+
+def decode_daemon_body(frame: bytes) -> DaemonMessage:
+    return _daemon_decoder.decode(frame)

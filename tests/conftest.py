@@ -1,0 +1,166 @@
+"""Shared fixtures: the tiny model, real daemon subprocesses, raw protocol clients.
+
+Every wait has a deadline; nothing sleeps to synchronise. Sockets are closed by the
+fixture that opened them.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from axchat.protocol import v1
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+READY_TIMEOUT_S = 90.0
+REPLY_TIMEOUT_S = 30.0
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from axchat.testing import tiny_model
+
+    return tiny_model.build(tmp_path_factory.mktemp("models") / "tiny", seed=0, shape="tiny")
+
+
+def short_socket_dir() -> Path:
+    """ipc paths are limited to ~107 bytes, so not under pytest's long tmp paths."""
+    return Path(tempfile.mkdtemp(prefix="axc-"))
+
+
+class DaemonProcess:
+    """`axchat serve` as a real subprocess, with its stderr collected line by line."""
+
+    def __init__(self, model: Path | str, *extra: str, socket: str | None = None, env: dict[str, str] | None = None):
+        self.socket_dir = short_socket_dir()
+        self.socket = socket or str(self.socket_dir / "d.sock")
+        cmd = [sys.executable, "-m", "axchat", "serve", "--model", str(model), "--socket", self.socket, *extra]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=full_env, text=True)
+        self.lines: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def wait_for_line(self, needle: str, timeout_s: float = READY_TIMEOUT_S) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"daemon never logged {needle!r}; log:\n" + "\n".join(self.lines))
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(
+                    f"daemon exited ({self.proc.wait()}) before logging {needle!r}; log:\n" + "\n".join(self.lines)
+                )
+            if needle in line:
+                return line
+
+    def wait_ready(self) -> "DaemonProcess":
+        self.wait_for_line("ready:")
+        return self
+
+    def log_text(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("daemon did not exit after signal; log:\n" + self.log_text())
+        finally:
+            self._reader.join(timeout=5)
+
+
+class RawClient:
+    """A bare DEALER socket speaking frames, for tests that must send bad ones."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint if "://" in endpoint else "ipc://" + endpoint)
+
+    def send(self, request_id: str, body: v1.ClientMessage) -> None:
+        self.sock.send_multipart(v1.encode(v1.Envelope(id=request_id), body))
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        self.sock.send_multipart(frames)
+
+    def recv(self, timeout_s: float = REPLY_TIMEOUT_S) -> tuple[v1.Envelope, v1.DaemonMessage]:
+        if not self.sock.poll(int(timeout_s * 1000)):
+            raise AssertionError(f"no reply within {timeout_s}s")
+        env, body = self.sock.recv_multipart()
+        return v1.decode_envelope(env), v1.decode_daemon_body(body)
+
+    def request(self, body: v1.ClientMessage, timeout_s: float = REPLY_TIMEOUT_S) -> v1.DaemonMessage:
+        rid = uuid.uuid4().hex[:8]
+        self.send(rid, body)
+        env, reply = self.recv(timeout_s)
+        assert env.id == rid
+        return reply
+
+    def stream(self, request_id: str, timeout_s: float = REPLY_TIMEOUT_S) -> Iterator[v1.DaemonMessage]:
+        """Frames for `request_id` until its terminal one."""
+        while True:
+            env, body = self.recv(timeout_s)
+            if env.id != request_id:
+                continue
+            yield body
+            if isinstance(body, v1.TERMINAL):
+                return
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture(scope="session")
+def daemon(tiny_model_dir: Path) -> Iterator[DaemonProcess]:
+    """One daemon for the tests that only need a serving one."""
+    d = DaemonProcess(tiny_model_dir).wait_ready()
+    yield d
+    code = d.stop()
+    assert code == 0, d.log_text()
+
+
+@pytest.fixture
+def raw(daemon: DaemonProcess) -> Iterator[RawClient]:
+    client = RawClient(daemon.socket)
+    yield client
+    client.close()
+
+
+def chat(text: str, **sampling: object) -> v1.Generate:
+    return v1.Generate(
+        messages=[v1.ChatMessage(role="user", content=text)],
+        sampling=v1.Sampling(**sampling),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,130 @@
+"""Nothing a client sends may crash or wedge the daemon: each bad frame gets a typed
+error naming the problem, and the daemon goes on serving."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from conftest import RawClient, chat
+
+from axchat.protocol import v1
+
+pack = msgspec.msgpack.encode
+
+
+def env(rid: str = "r", v: int = 1) -> bytes:
+    return pack({"id": rid, "v": v})
+
+
+def expect_error(raw: RawClient, code: str, *needles: str) -> v1.Error:
+    _, body = raw.recv()
+    assert isinstance(body, v1.Error), body
+    assert body.code == code, body
+    for needle in needles:
+        assert needle in body.message, body.message
+    return body
+
+
+def still_serving(raw: RawClient) -> None:
+    raw.send("ok", chat("are you alive?", max_tokens=3, ignore_eos=True))
+    frames = list(raw.stream("ok"))
+    assert isinstance(frames[-1], v1.Done) and frames[-1].usage.completion_tokens == 3
+
+
+CASES = [
+    pytest.param([b"\xc1\xc1 not msgpack"], "bad_frame", ["expected 2 frames"], id="single-garbage-frame"),
+    pytest.param([b"\xc1garbage", b"\x00"], "bad_frame", ["envelope"], id="garbage-envelope"),
+    pytest.param([env(), b"\xc1\xc1"], "bad_frame", ["body", "malformed"], id="garbage-body"),
+    pytest.param([env(), pack({"type": "make_coffee"})], "unknown_type", ["make_coffee", "$.type"], id="unknown-tag"),
+    pytest.param([env(), pack({"no": "tag"})], "invalid_field", ["type"], id="missing-tag"),
+    pytest.param(
+        [env(), pack({"type": "generate", "prompt": "hi", "sampling": {"temperature": "hot"}})],
+        "invalid_field",
+        ["$.sampling.temperature", "float"],
+        id="wrong-field-type",
+    ),
+    pytest.param(
+        [env(), pack({"type": "generate", "messages": [{"role": "robot", "content": "x"}]})],
+        "invalid_field",
+        ["role"],
+        id="bad-role",
+    ),
+    pytest.param([env(v=2), pack({"type": "ping"})], "unsupported_version", ["protocol 1", "version 2"], id="envelope-v2"),
+    pytest.param([env(), pack({"type": "hello", "protocol": "2.0"})], "unsupported_version", ["2.0"], id="hello-v2"),
+    pytest.param(
+        [env(), pack({"type": "generate", "prompt": "a", "messages": [{"role": "user", "content": "b"}]})],
+        "invalid_field",
+        ["exactly one"],
+        id="prompt-and-messages",
+    ),
+    pytest.param([env(), pack({"type": "generate", "messages": []})], "invalid_field", ["empty"], id="no-messages"),
+    pytest.param(
+        [env(), pack({"type": "generate", "prompt": "hi", "sampling": {"top_p": 1.5}})],
+        "invalid_field",
+        ["top_p"],
+        id="top-p-out-of-range",
+    ),
+    pytest.param(
+        [env(), pack({"type": "generate", "prompt": "hi", "model": "gpt-17"})],
+        "unknown_model",
+        ["gpt-17"],
+        id="unknown-model",
+    ),
+    pytest.param([env("nope"), pack({"type": "cancel"})], "unknown_request", ["nope"], id="cancel-unknown"),
+]
+
+
+@pytest.mark.parametrize("frames,code,needles", CASES)
+def test_bad_frame_gets_typed_error_and_daemon_serves_on(
+    raw: RawClient, frames: list[bytes], code: str, needles: list[str]
+) -> None:
+    raw.send_frames(frames)
+    expect_error(raw, code, *needles)
+    still_serving(raw)
+
+
+def test_oversized_frame(raw: RawClient) -> None:
+    welcome = raw.request(v1.Hello())
+    assert isinstance(welcome, v1.Welcome)
+    huge = "word " * (welcome.max_frame_bytes // 5 + 100)
+    raw.send("big", v1.Generate(prompt=huge))
+    err = expect_error(raw, "frame_too_large", str(welcome.max_frame_bytes))
+    assert err is not None
+    still_serving(raw)
+
+
+def test_prompt_longer_than_context(raw: RawClient) -> None:
+    welcome = raw.request(v1.Hello())
+    assert isinstance(welcome, v1.Welcome)
+    # Small in bytes, long in tokens: under the frame limit, over the context.
+    long_prompt = " ".join(f"w{i}" for i in range(welcome.context_length * 2))
+    raw.send("long", v1.Generate(prompt=long_prompt))
+    expect_error(raw, "context_overflow", str(welcome.context_length))
+    still_serving(raw)
+
+
+def test_duplicate_request_id(raw: RawClient) -> None:
+    raw.send("dup", chat("first", max_tokens=1500, ignore_eos=True))
+    raw.send("dup", chat("second", max_tokens=5))
+    errors, frames = [], []
+    for _ in range(200):
+        _, body = raw.recv()
+        if isinstance(body, v1.Error):
+            errors.append(body)
+            break
+        frames.append(body)
+    assert errors and errors[0].code == "duplicate_request"
+    raw.send("dup", v1.Cancel())
+    done = list(raw.stream("dup"))[-1]
+    assert isinstance(done, v1.Done) and done.finish_reason == "cancelled"
+    still_serving(raw)
+
+
+def test_hello_reports_model(raw: RawClient, tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    welcome = raw.request(v1.Hello())
+    assert isinstance(welcome, v1.Welcome)
+    assert welcome.protocol == v1.PROTOCOL_VERSION
+    assert welcome.model == tiny_model_dir.name
+    assert welcome.backend == "torch" and welcome.device == "cpu" and welcome.dtype == "float32"
+    assert welcome.context_length == 2048
+    assert isinstance(raw.request(v1.Ping()), v1.Pong)
