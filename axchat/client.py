@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import msgspec
 import zmq
 
 from axchat import endpoint as ep
@@ -117,7 +118,11 @@ class Client:
                 )
             env_raw, body_raw = self._sock.recv_multipart()
             env = v1.decode_envelope(env_raw)
-            body = v1.decode_daemon_body(body_raw)
+            try:
+                body = v1.decode_daemon_body(body_raw)
+            except msgspec.ValidationError:
+                continue  # a message type from a newer minor version: not for us
+
             if env.id == request_id:
                 return body
             if env.id == "" and isinstance(body, v1.Error):

@@ -6,6 +6,7 @@ fixture that opened them.
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import signal
@@ -108,6 +109,7 @@ class RawClient:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint if "://" in endpoint else "ipc://" + endpoint)
+        self._held: dict[str, collections.deque[tuple[v1.Envelope, v1.DaemonMessage]]] = {}
 
     def send(self, request_id: str, body: v1.ClientMessage) -> None:
         self.sock.send_multipart(v1.encode(v1.Envelope(id=request_id), body))
@@ -115,25 +117,32 @@ class RawClient:
     def send_frames(self, frames: list[bytes]) -> None:
         self.sock.send_multipart(frames)
 
-    def recv(self, timeout_s: float = REPLY_TIMEOUT_S) -> tuple[v1.Envelope, v1.DaemonMessage]:
-        if not self.sock.poll(int(timeout_s * 1000)):
-            raise AssertionError(f"no reply within {timeout_s}s")
-        env, body = self.sock.recv_multipart()
-        return v1.decode_envelope(env), v1.decode_daemon_body(body)
+    def recv(self, timeout_s: float = REPLY_TIMEOUT_S, *, want: str | None = None) -> tuple[v1.Envelope, v1.DaemonMessage]:
+        """Next frame (for `want` only, if given). Frames for other ids are kept for
+        their own readers, so interleaved requests never steal each other's frames."""
+        for rid, frames in self._held.items():
+            if frames and (want is None or rid == want):
+                return frames.popleft()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000)):
+                raise AssertionError(f"no reply{'' if want is None else ' for ' + want} within {timeout_s}s")
+            raw_env, raw_body = self.sock.recv_multipart()
+            frame = (v1.decode_envelope(raw_env), v1.decode_daemon_body(raw_body))
+            if want is None or frame[0].id == want:
+                return frame
+            self._held.setdefault(frame[0].id, collections.deque()).append(frame)
 
     def request(self, body: v1.ClientMessage, timeout_s: float = REPLY_TIMEOUT_S) -> v1.DaemonMessage:
         rid = uuid.uuid4().hex[:8]
         self.send(rid, body)
-        env, reply = self.recv(timeout_s)
-        assert env.id == rid
-        return reply
+        return self.recv(timeout_s, want=rid)[1]
 
     def stream(self, request_id: str, timeout_s: float = REPLY_TIMEOUT_S) -> Iterator[v1.DaemonMessage]:
         """Frames for `request_id` until its terminal one."""
         while True:
-            env, body = self.recv(timeout_s)
-            if env.id != request_id:
-                continue
+            _, body = self.recv(timeout_s, want=request_id)
             yield body
             if isinstance(body, v1.TERMINAL):
                 return

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 import numpy as np
 import pytest
 
-from axchat.actors.sampling import SequenceSampler, _first_reaching, validate
+from axchat.actors.sampling import (
+    _NUCLEUS_TRY,
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    SequenceSampler,
+    _first_reaching,
+    _nucleus,
+    _weights,
+    validate,
+)
 from axchat.protocol.v1 import Sampling
 
 VOCAB = 128256
@@ -157,6 +167,16 @@ def test_repetition_penalty_greedy_matches_reference(penalty: float) -> None:
         seen.add(token)
 
 
+def test_seen_set_grows_with_every_new_token() -> None:
+    # A penalty this large sinks any seen positive logit below every unseen one, so
+    # greedy must walk the logits in descending order, past the id buffer's first size.
+    x = np.abs(_logits(18, 500)) + 0.1
+    s = SequenceSampler(Sampling(repetition_penalty=1e6), [])
+    steps = 300
+    got = [s.choose(x) for _ in range(steps)]
+    np.testing.assert_array_equal(got, np.argsort(-x, kind="stable")[:steps])
+
+
 def test_context_ids_outside_vocabulary_are_ignored() -> None:
     x = _logits(7, 10)
     s = SequenceSampler(Sampling(repetition_penalty=2.0), [-1, 10, 10_000])
@@ -238,9 +258,9 @@ def test_higher_temperature_flattens() -> None:
 )
 def test_warpers_match_reference_distribution(params: Sampling) -> None:
     x = _logits(12, 12, scale=1.5)
-    x[[3, 9]] = x[5]  # ties, so that value-to-token mapping is exercised
+    x[[3, 9]] = x.max()  # tied best tokens, so that every setting maps values back to ids
     expected = _reference_probs(x, params)
-    draws = _draws(msgspec.structs.replace(params, seed=99), x, 20_000)
+    draws = _draws(msgspec.structs.replace(params, seed=99), x, 10_000)
     _assert_matches(draws, expected)
 
 
@@ -253,6 +273,65 @@ def test_large_vocabulary_matches_reference(params: Sampling) -> None:
     expected = _reference_probs(x, params)
     draws = _draws(msgspec.structs.replace(params, seed=5), x, 3000)
     _assert_matches(draws, expected)
+
+
+def _reference_nucleus(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
+    """Ids of the top-p nucleus by a full stable sort in float64, equal logits in id order."""
+    order = np.argsort(-logits.astype(np.float64), kind="stable")
+    probs = np.exp((logits[order].astype(np.float64) - logits.max()) / temperature)
+    cum = np.cumsum(probs / probs.sum())
+    return order[: int(np.searchsorted(cum, top_p)) + 1]
+
+
+def _nucleus_ids(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
+    """Ids `_nucleus` keeps, whichever of its forms (short sorted copy, or masked weights) it returns."""
+    m = float(logits.max())
+    w = _weights(logits, m, temperature, np.empty(logits.size))
+    vals, kept = _nucleus(logits, w, m, temperature, top_p)
+    if vals is logits:
+        return np.flatnonzero(kept > 0)
+    assert np.all(np.diff(vals) <= 0), "the short form is sorted best first"
+    # Equal logits join in id order, so the r-th copy of a value is its r-th id.
+    ids = [int(np.flatnonzero(logits == v)[int(np.count_nonzero(vals[:i] == v))]) for i, v in enumerate(vals)]
+    return np.array(ids)
+
+
+@pytest.mark.parametrize(
+    ("n", "scale", "top_p"),
+    [
+        (50, 1.0, 0.5),  # short vocabulary: one small sort
+        (4 * _NUCLEUS_TRY + 1, 3.0, 0.9),  # peaked: the best _NUCLEUS_TRY hold the nucleus
+        (VOCAB, 3.0, 0.9),
+        (VOCAB, 1.0, 0.9),  # flat: the nucleus runs past _NUCLEUS_TRY, bucket path
+        (VOCAB, 0.2, 0.3),
+        (VOCAB, 1.0, 1e-9),
+    ],
+)
+def test_nucleus_matches_full_sort(n: int, scale: float, top_p: float) -> None:
+    for temperature in (0.8, 1.5):
+        x = _logits(16, n, scale)
+        x[::97] = np.round(x[::97], 1)  # many equal logits
+        x[::89] = -np.inf
+        # Tie the tokens ranked around the nucleus edge, so the cut falls inside a run of
+        # equal logits and must take them in id order.
+        edge = _reference_nucleus(x, temperature, top_p).size - 1
+        order = np.argsort(-x, kind="stable")
+        x[order[max(0, edge - 1) : edge + 6]] = x[order[edge]]
+        expected = _reference_nucleus(x, temperature, top_p)
+        tied = np.flatnonzero(x == x[expected[-1]])
+        assert 0 < np.isin(tied, expected).sum() < tied.size, "the edge must cut through the tie"
+        got = _nucleus_ids(x, temperature, top_p)
+        np.testing.assert_array_equal(np.sort(got), np.sort(expected))
+
+
+def test_flat_top_p_draws_stay_in_nucleus() -> None:
+    x = _logits(17, VOCAB)
+    nucleus = _reference_nucleus(x, 0.8, 0.5)
+    assert nucleus.size > _NUCLEUS_TRY, "the row must be flat enough to take the bucket path"
+    draws = _draws(Sampling(temperature=0.8, top_p=0.5, seed=4), x, 300)
+    assert np.isin(draws, nucleus).all()
+    # A draw outside would be likely: half the mass lies beyond the nucleus.
+    assert len(set(draws.tolist())) > 250
 
 
 @pytest.mark.parametrize("n", [1, 5, 4096, 4097, 50_000])
@@ -271,19 +350,22 @@ def test_first_reaching_matches_cumsum_search(n: int) -> None:
 # ---------------------------------------------------------------- non-finite logits
 
 
-@pytest.mark.parametrize("params", [Sampling(), Sampling(temperature=1.0, seed=0), Sampling(temperature=1.0, top_p=0.9, seed=0)])
+@pytest.mark.parametrize(
+    "params", [Sampling(), Sampling(temperature=1.0, seed=0), Sampling(temperature=1.0, top_p=0.9, seed=0)]
+)
 def test_nan_logits_are_never_chosen(params: Sampling) -> None:
     x = _logits(14, 1000)
     nan_at = np.random.default_rng(14).choice(1000, size=300, replace=False)
     x[nan_at] = np.nan
-    x[int(nan_at[0])] = np.nan
     draws = _draws(params, x, 300)
     assert not np.isin(draws, nan_at).any()
     if params.temperature == 0:
         assert set(draws.tolist()) == {int(np.nanargmax(x))}
 
 
-@pytest.mark.parametrize("params", [Sampling(), Sampling(temperature=1.0, seed=0), Sampling(temperature=1.0, top_k=3, seed=0)])
+@pytest.mark.parametrize(
+    "params", [Sampling(), Sampling(temperature=1.0, seed=0), Sampling(temperature=1.0, top_k=3, seed=0)]
+)
 @pytest.mark.parametrize("fill", [np.nan, -np.inf])
 def test_all_unusable_logits_fall_back_to_raw_argmax(params: Sampling, fill: float) -> None:
     x = np.full(50, fill, dtype=np.float32)
@@ -295,6 +377,33 @@ def test_positive_infinity_shares_the_mass() -> None:
     x[[4, 40]] = np.inf
     draws = _draws(Sampling(temperature=1.0, seed=0), x, 400)
     assert set(draws.tolist()) == {4, 40}
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_other_float_dtypes(dtype: type) -> None:
+    x: np.ndarray = _logits(19, 3000).astype(dtype)
+    assert SequenceSampler(Sampling(), []).choose(x) == int(np.argmax(x))
+    assert SequenceSampler(Sampling(temperature=1.0, top_k=1, seed=0), []).choose(x) == int(np.argmax(x))
+    draws = _draws(Sampling(temperature=0.5, top_p=0.5, seed=0), x, 50)
+    assert np.isin(draws, _reference_nucleus(x, 0.5, 0.5)).all()
+
+
+def test_temperature_too_small_for_float32_is_greedy() -> None:
+    assert SequenceSampler(Sampling(temperature=1e-50), []).greedy
+    assert not SequenceSampler(Sampling(temperature=1e-30), []).greedy
+
+
+def test_threads_do_not_share_scratch_state() -> None:
+    # Samplers on different threads (and different vocabulary sizes) must give exactly
+    # what each gives alone.
+    def run(seed: int) -> list[int]:
+        s = SequenceSampler(Sampling(temperature=0.9, top_k=500, top_p=0.9, min_p=0.01, seed=seed), [])
+        return [s.choose(_logits(step, 20_000 + 1000 * seed)) for step in range(30)]
+
+    alone = [run(seed) for seed in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(run, range(4)))
+    assert together == alone
 
 
 def test_bad_logits_shape_is_rejected() -> None:
@@ -311,7 +420,7 @@ def test_bad_logits_shape_is_rejected() -> None:
 def test_validate_accepts_defaults_and_typical_settings() -> None:
     assert validate(Sampling()) is None
     assert validate(Sampling(temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.1, seed=0)) is None
-    assert validate(Sampling(top_p=1.0, min_p=1.0, stop=["x" * 256] * 16)) is None
+    assert validate(Sampling(top_p=1.0, min_p=1.0, stop=["x" * MAX_STOP_CHARS] * MAX_STOP_STRINGS)) is None
 
 
 @pytest.mark.parametrize(
@@ -331,9 +440,9 @@ def test_validate_accepts_defaults_and_typical_settings() -> None:
         ("repetition_penalty", math.inf),
         ("max_tokens", 0),
         ("seed", -1),
-        ("stop", ["x"] * 17),
+        ("stop", ["x"] * (MAX_STOP_STRINGS + 1)),
         ("stop", ["ok", ""]),
-        ("stop", ["x" * 257]),
+        ("stop", ["x" * (MAX_STOP_CHARS + 1)]),
     ],
 )
 def test_validate_rejects_each_bad_field(field: str, value: object) -> None:

@@ -59,16 +59,17 @@ class Actor:
         try:
             await self.on_start()
             while self.state is ActorState.RUNNING:
-                frame = await self._inbox.recv(copy=True)
-                msg = m.decode(frame)
+                msg = m.decode(await self._inbox.recv(copy=True))
                 if isinstance(msg, m.Close):
                     break
-                try:
-                    await self.handle(msg)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # one failed message must not stop the actor
-                    self.supervisor.on_handler_error(self, msg, exc)
+                await self._handle_one(msg)
+            # The sentinel came down its own pipe and may have overtaken mail that
+            # had already arrived on others: finish that, then stop.
+            self.state = ActorState.CLOSING
+            while await self._inbox.poll(0):
+                msg = m.decode(await self._inbox.recv(copy=True))
+                if not isinstance(msg, m.Close):
+                    await self._handle_one(msg)
         finally:
             self.state = ActorState.CLOSING
             try:
@@ -76,6 +77,14 @@ class Actor:
             finally:
                 self._close_sockets()
                 self.state = ActorState.CLOSED
+
+    async def _handle_one(self, msg: m.ActorMessage) -> None:
+        try:
+            await self.handle(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one failed message must not stop the actor
+            self.supervisor.on_handler_error(self, msg, exc)
 
     async def handle(self, msg: m.ActorMessage) -> None:
         raise NotImplementedError

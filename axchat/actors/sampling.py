@@ -4,7 +4,9 @@ Hugging Face's repetition penalty, temperature, top-k, top-p and min-p, in numpy
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -17,8 +19,14 @@ MAX_STOP_CHARS = 256
 # vectors longer than this are summed a block at a time and only the chosen block is
 # walked.
 _BLOCK = 1024
-# How many of the best candidates top-p sorts before falling back to sorting them all.
-_NUCLEUS_TRY = 1024
+# Top-p first sorts only this many of the best candidates: a real row's nucleus is
+# usually far smaller, and a partition costs a fraction of a full sort.
+_NUCLEUS_TRY = 4096
+# When that falls short, candidates are bucketed by how many nats below the best they
+# lie, so that only the bucket where the nucleus ends needs sorting. The last bucket
+# takes everything further down.
+_BUCKETS_PER_NAT = 64
+_BUCKETS = 64 * _BUCKETS_PER_NAT
 
 
 def validate(params: Sampling) -> str | None:
@@ -59,26 +67,30 @@ def _is_real(v: object) -> bool:
 
 
 class SequenceSampler:
-    """Per-request sampling state: the parameters, a seeded RNG, token counts for the repetition penalty.
+    """Per-request sampling state: the parameters, a seeded RNG, the seen tokens for the repetition penalty.
 
     Greedy (temperature 0) takes the argmax of the penalised logits and ignores top_k,
     top_p, min_p and the RNG. Otherwise the warpers run in Hugging Face's order:
-    repetition penalty, temperature, top_k, top_p, min_p, then a float64 softmax and one
-    draw from a PCG64 generator seeded once per request. NaN logits count as -inf; when
-    no usable logit is left (all -inf or NaN) `choose` returns the raw array's argmax
-    rather than fail, and when some logits are +inf it draws uniformly among those.
-    `choose` never writes to the array it is given (the device hands over read-only
-    buffers).
+    repetition penalty, temperature, top_k, top_p, min_p, then a softmax normalised in
+    float64 and one draw from a PCG64 generator seeded once per request, so a seed and a
+    sequence of logits fix the tokens. The penalty, as in HF, depends on whether a token
+    occurred (prompt or output), not how often. NaN logits count as -inf; when no usable
+    logit is left (all -inf or NaN) `choose` returns the raw array's argmax rather than
+    fail, and when some logits are +inf it draws uniformly among those, ignoring the
+    other settings. `choose` never writes to the array it is given (the device hands
+    over read-only buffers); it is not safe to call on one sampler from two threads at
+    once, but different samplers may run on different threads.
     """
 
-    __slots__ = ("params", "generated", "_rng", "_greedy", "_penalty", "_seen", "_ids", "_n_ids", "_max_id")
+    __slots__ = ("_greedy", "_ids", "_max_id", "_n_ids", "_penalty", "_rng", "_seen", "generated", "params")
 
     def __init__(self, params: Sampling, context_ids: Sequence[int]) -> None:
         self.params = params
         self.generated: list[int] = []
-        # A temperature that is 0 in float32 would divide the best logit 0 by 0; it is
-        # greedy in all but name.
-        self._greedy = bool(np.float32(params.temperature) == 0)
+        # A temperature that rounds to 0 in float32 would divide the best logit 0 by 0:
+        # greedy in all but name. Negative or NaN ones (validate() refuses them) end up
+        # here too rather than inverting the distribution.
+        self._greedy = not np.float32(params.temperature) > 0
         self._penalty = float(params.repetition_penalty)
         # Made even when greedy: it is cheap, and then every sampler has one to inspect.
         self._rng = np.random.Generator(np.random.PCG64(params.seed))
@@ -111,18 +123,19 @@ class SequenceSampler:
     def _choose_greedy(self, x: np.ndarray) -> int:
         i = int(np.argmax(x))
         v = x[i]
-        if np.isnan(v):  # argmax returns the first NaN when there is one
-            return self._greedy_slow(x)
+        has_nan = bool(np.isnan(v))  # argmax returns the first NaN when there is one
+        if has_nan:
+            return self._greedy_slow(x, has_nan)
         if self._penalty == 1.0 or self._n_ids == 0:
             return i
         # A penalty above 1 only lowers seen logits, so an unseen argmax stays the argmax:
         # the common case costs one pass and no copy.
         if self._penalty > 1.0 and i not in self._seen:
             return i
-        return self._greedy_slow(x)
+        return self._greedy_slow(x, has_nan)
 
-    def _greedy_slow(self, x: np.ndarray) -> int:
-        y = self._working_copy(x)
+    def _greedy_slow(self, x: np.ndarray, has_nan: bool) -> int:
+        y = self._working_copy(x, has_nan)
         i = int(np.argmax(y))
         if np.isneginf(y[i]):
             return int(np.argmax(x))
@@ -132,7 +145,7 @@ class SequenceSampler:
 
     def _choose_sampled(self, x: np.ndarray) -> int:
         p = self.params
-        y = self._working_copy(x)
+        y = self._working_copy(x, None)
         n = y.size
         m = float(y.max())
         if m == -math.inf:
@@ -143,30 +156,38 @@ class SequenceSampler:
             top = np.flatnonzero(y == math.inf)
             return int(top[self._rng.integers(top.size)])
 
-        k = p.top_k if 0 < p.top_k < n else n
         # Top-k is scale-invariant, so it can run before the temperature without changing
         # HF's result. Only values are selected (np.partition and np.sort are 2-4x faster
         # than their arg- forms); `_token_of` maps the drawn value back to a token id.
-        cand = y if k == n else np.partition(y, n - k)[n - k :]
+        cand = y
+        if 0 < p.top_k < n:
+            sel = _scratch("sel", n, y.dtype)
+            np.copyto(sel, y)
+            sel.partition(n - p.top_k)
+            cand = sel[n - p.top_k :]
+        vals, w = cand, _weights(cand, m, p.temperature, _scratch("w", cand.size, np.float64))
         if p.top_p < 1.0:
-            vals, w = _nucleus(cand, m, p.temperature, p.top_p)
-        else:
-            vals, w = cand, _weights(cand, m, p.temperature)
+            vals, w = _nucleus(cand, w, m, p.temperature, p.top_p)
         if p.min_p > 0.0:
             # HF compares renormalised probabilities with min_p * max; the best weight is
             # exactly 1 and renormalising keeps ratios, so this is the same test.
-            w = np.where(w >= p.min_p, w, 0.0)
+            # (Multiplying by the mask: assigning through a scattered boolean mask is 5x slower.)
+            w *= w >= p.min_p
         j = _first_reaching(w, self._rng.random() * float(np.sum(w)), strict=True)
         return j if vals is y else _token_of(y, vals, j)
 
     # ------------------------------------------------------------------ shared
 
-    def _working_copy(self, x: np.ndarray) -> np.ndarray:
-        """Copy of `x` with NaN as -inf and the repetition penalty applied."""
+    def _working_copy(self, x: np.ndarray, has_nan: bool | None) -> np.ndarray:
+        """Copy of `x` in scratch memory, NaN turned to -inf, the repetition penalty applied.
+
+        `has_nan` says whether `x` holds NaN, when the caller already knows; None to check.
+        """
         # float16 widens to float32 and float64 stays, so the penalty keeps the input's precision.
-        y = x.astype(np.promote_types(x.dtype, np.float32), copy=True)
+        y = _scratch("y", x.size, np.promote_types(x.dtype, np.float32))
+        np.copyto(y, x, casting="unsafe")
         # max() propagates NaN, so one reduction decides whether the masking pass is needed.
-        if np.isnan(y.max()):
+        if has_nan or (has_nan is None and np.isnan(y.max())):
             y[np.isnan(y)] = -np.inf
         if self._penalty != 1.0 and self._n_ids:
             ids = self._ids[: self._n_ids]
@@ -188,43 +209,83 @@ class SequenceSampler:
         self._max_id = max(self._max_id, token)
 
 
-def _weights(vals: np.ndarray, m: float, temperature: float) -> np.ndarray:
-    """Unnormalised softmax of `vals / temperature` in float64, the best weight exactly 1.
+_local = threading.local()
 
-    Subtracting the max before dividing means the division cannot overflow. The exp runs
-    in float32, twice as fast as float64 here, since the logits carry float32 precision
-    anyway; sums and cumulative sums, where a 128k-term float32 total would drift, are
-    float64.
+
+def _scratch(name: str, n: int, dtype: np.dtype | type) -> np.ndarray:
+    """A reusable per-thread array of `n` elements, valid until the next call on this thread.
+
+    Fresh vocabulary-sized arrays on every token cost page faults (glibc returns large
+    blocks to the kernel on free), measured at as much time as the arithmetic itself.
     """
-    z = vals - vals.dtype.type(m)  # in the logits' own dtype, so float64 rows cannot overflow
+    buf: np.ndarray | None = getattr(_local, name, None)
+    if buf is None or buf.size < n or buf.dtype != dtype:
+        buf = np.empty(n, dtype=dtype)
+        setattr(_local, name, buf)
+    return buf[:n]
+
+
+def _weights(vals: np.ndarray, m: float, temperature: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Unnormalised softmax of `vals / temperature` as float64, the best weight exactly 1.
+
+    Subtracting the max before dividing means the division cannot overflow. For float32
+    logits the exp runs in float32, twice as fast as float64 here and as precise as its
+    input; sums and cumulative sums, where a 128k-term float32 total would drift, are
+    float64. `out`, when given, receives the result.
+    """
+    z = np.empty(vals.size, vals.dtype) if out is None else _scratch("z", vals.size, vals.dtype)
+    np.subtract(vals, vals.dtype.type(m), out=z)
     z /= temperature
-    z = z.astype(np.float32, copy=False)
     np.exp(z, out=z)
-    return z.astype(np.float64)
+    if out is None:
+        return z.astype(np.float64, copy=False)
+    np.copyto(out, z)
+    return out
 
 
-def _nucleus(cand: np.ndarray, m: float, temperature: float, top_p: float) -> tuple[np.ndarray, np.ndarray]:
-    """The top-p nucleus of `cand`: its values in descending order and their weights.
+def _nucleus(
+    cand: np.ndarray, w: np.ndarray, m: float, temperature: float, top_p: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut `cand`, weighted by `w`, to its top-p nucleus; returns the values and weights to draw from.
 
-    The nucleus is the shortest descending prefix whose weight reaches top_p of the whole,
-    never empty. Real rows put that mass on a few tokens, so the best _NUCLEUS_TRY values
-    are sorted first and the full sort (milliseconds at 128k) only runs when they fall
-    short.
+    The nucleus is the shortest run of best candidates whose weight reaches top_p of the
+    whole, never empty; equal logits join it in id order. The result is either a short
+    sorted copy or `cand` itself with `w` zeroed, in place, outside the nucleus.
     """
     n = cand.size
-    total = float(np.sum(_weights(cand, m, temperature)))
-    target = top_p * total
-    if n > 4 * _NUCLEUS_TRY:
-        vals = np.sort(np.partition(cand, n - _NUCLEUS_TRY)[n - _NUCLEUS_TRY :])[::-1]
-        w = _weights(vals, m, temperature)
-        if float(np.sum(w)) < target:
-            vals = np.sort(cand)[::-1]
-            w = _weights(vals, m, temperature)
-    else:
+    target = top_p * float(np.sum(w))
+    if n <= 4 * _NUCLEUS_TRY:
         vals = np.sort(cand)[::-1]
-        w = _weights(vals, m, temperature)
-    cut = _first_reaching(w, target)
-    return vals[: cut + 1], w[: cut + 1]
+        ws = _weights(vals, m, temperature)
+        cut = _first_reaching(ws, target)
+        return vals[: cut + 1], ws[: cut + 1]
+    part = _scratch("part", n, cand.dtype)
+    np.copyto(part, cand)
+    part.partition(n - _NUCLEUS_TRY)
+    vals = np.sort(part[n - _NUCLEUS_TRY :])[::-1]
+    ws = _weights(vals, m, temperature)
+    if float(np.sum(ws)) >= target:
+        cut = _first_reaching(ws, target)
+        return vals[: cut + 1], ws[: cut + 1]
+
+    # A flat row: histogram the mass by distance below the best logit, then sort only
+    # the bucket where the running total crosses the target.
+    d = _scratch("z", n, cand.dtype)
+    np.subtract(cand.dtype.type(m), cand, out=d)
+    d /= temperature  # divided, then scaled: a tiny temperature gives inf, never 0 * inf
+    d *= _BUCKETS_PER_NAT
+    np.minimum(d, _BUCKETS - 1, out=d)
+    bucket = _scratch("bucket", n, np.intp)
+    np.copyto(bucket, d, casting="unsafe")  # truncation is floor here: d >= 0
+    cum = np.cumsum(np.bincount(bucket, weights=w, minlength=_BUCKETS))
+    b = min(int(np.searchsorted(cum, target, side="left")), _BUCKETS - 1)
+    before = float(cum[b - 1]) if b else 0.0
+    members = np.flatnonzero(bucket == b)
+    members = members[np.argsort(-cand[members], kind="stable")]
+    cut = _first_reaching(w[members], target - before)
+    w *= bucket <= b  # not w[bucket > b] = 0: a scattered boolean mask is 5x slower
+    w[members[cut + 1 :]] = 0.0
+    return cand, w
 
 
 def _first_reaching(w: np.ndarray, target: float, strict: bool = False) -> int:
@@ -234,7 +295,7 @@ def _first_reaching(w: np.ndarray, target: float, strict: bool = False) -> int:
     that never lands on a zero weight. Rounding may leave the target beyond the last
     prefix sum; then the last positive weight is returned.
     """
-    side = "right" if strict else "left"
+    side: Literal["left", "right"] = "right" if strict else "left"
     n = w.size
     if n <= 4 * _BLOCK:
         start, seg = 0, w

@@ -1,6 +1,5 @@
-"""Telemetry actor: the last stop before the front door. It measures what the client
-sees (time to first visible text), turns each finished request into the seed's
-figures and one log line, and assembles status replies."""
+"""Telemetry actor: the last stop before the front door. It turns each finished
+request into the seed's figures and one log line, and assembles status replies."""
 
 from __future__ import annotations
 
@@ -41,13 +40,11 @@ class TelemetryActor(Actor):
         self._started = time.monotonic()
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent(None)  # primes the counter status reports from
-        self._first_text_ns: dict[int, int] = {}
         self.requests_total = 0
         self.completion_tokens_total = 0
 
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.TextOut):
-            self._first_text_ns.setdefault(msg.rid, time.monotonic_ns())
             await self._out(msg.rid, v1.Delta(text=msg.text, token_ids=msg.token_ids), final=False)
         elif isinstance(msg, m.Finished):
             await self._finished(msg)
@@ -65,7 +62,6 @@ class TelemetryActor(Actor):
 
     async def _finished(self, msg: m.Finished) -> None:
         now = time.monotonic_ns()
-        first = self._first_text_ns.pop(msg.rid, 0)
         t = msg.timings
         # Gen spans the whole device run (prefill start to last token), as the seed's
         # does, so Tokens/sec = Tokens / Gen reads the same way.
@@ -75,7 +71,9 @@ class TelemetryActor(Actor):
             tokenize_ms=msg.tokenize_ms,
             queue_ms=t.queue_ms,
             prefill_ms=t.prefill_ms,
-            ttft_ms=(first - msg.received_ns) / 1e6 if first else 0.0,
+            # From the frame's arrival to the first token leaving the sampler, as the
+            # seed measures it; a token whose text is held back still counts.
+            ttft_ms=(t.first_token_ns - msg.received_ns) / 1e6 if t.first_token_ns else 0.0,
             generate_ms=generate_ms,
             tokens_per_s=msg.completion_tokens / (generate_ms / 1e3) if generate_ms > 0 else 0.0,
             completion_tokens=msg.completion_tokens,

@@ -31,7 +31,6 @@ ErrorCode = Literal[
     "frame_too_large",  # a frame is over the daemon's `max_frame_bytes`
     "unsupported_version",  # the envelope's major version is not this daemon's
     "duplicate_request",  # this client already has a live request with that id
-    "unknown_request",  # cancel named no live request of this client
     "unknown_model",  # generate named a model this daemon does not serve
     "context_overflow",  # the prompt does not fit in the model's context
     "busy",  # admission limits reached; retry after `retry_after_s`

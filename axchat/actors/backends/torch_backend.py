@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+from transformers.utils import logging as transformers_logging
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
@@ -70,6 +72,10 @@ class TorchBackend(DeviceBackend):
         self.capabilities = Capabilities(max_batch=max_batch, kv_survives_switch=True)
         self._device = torch.device(info.device)
         self._caches: dict[int, DynamicCache] = {}
+        # transformers 5.x renamed `past_key_values` to `cache` (the old name warns,
+        # then goes away); ask the model which one it takes.
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
     def load(
@@ -87,6 +93,7 @@ class TorchBackend(DeviceBackend):
         if threads:
             torch.set_num_threads(threads)
         config = load_config(model)
+        transformers_logging.disable_progress_bar()  # a progress bar is noise in a service log
         try:
             lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
         except (OSError, ValueError) as exc:
@@ -114,7 +121,7 @@ class TorchBackend(DeviceBackend):
     def prefill(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
         cache = DynamicCache(config=self.model.config)
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self._device)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
         self._caches[seq_id] = cache
         return out.logits[0, -1].float().cpu().numpy()
 
@@ -124,7 +131,7 @@ class TorchBackend(DeviceBackend):
         rows = []
         for seq_id, token in zip(seq_ids, token_ids):
             ids = torch.tensor([[token]], dtype=torch.long, device=self._device)
-            out = self.model(input_ids=ids, past_key_values=self._caches[seq_id], use_cache=True)
+            out = self.model(input_ids=ids, use_cache=True, **{self._cache_kw: self._caches[seq_id]})
             rows.append(out.logits[0, -1].float().cpu().numpy())
         return np.stack(rows)
 
