@@ -35,7 +35,7 @@ class RequestFailed(Exception):
 class GenerateStream:
     """Events of one generate, in order; ends after `done` or `error`."""
 
-    client: "Client"
+    client: Client
     request_id: str
     stall_timeout_s: float
 
@@ -54,7 +54,7 @@ class Client:
     def __init__(self, socket: str | None = None, *, connect_timeout_s: float = 3.0) -> None:
         self.endpoint = ep.to_zmq(socket)
         self.connect_timeout_s = connect_timeout_s
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(self.endpoint)
@@ -64,7 +64,7 @@ class Client:
     def close(self) -> None:
         self._sock.close(linger=0)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,6 +7,7 @@ and its pid beside the socket, so `make run` twice reuses the same daemon.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -68,10 +69,8 @@ def stop(socket: str) -> int:
     except (OSError, ValueError):
         print("no daemon started by `make run` is known here", file=sys.stderr)
         return 0
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     pid_file.unlink(missing_ok=True)
     print(f"sent SIGTERM to the daemon (pid {pid})", file=sys.stderr)
     return 0

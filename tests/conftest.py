@@ -81,7 +81,7 @@ class DaemonProcess:
             if needle in line:
                 return line
 
-    def wait_ready(self) -> "DaemonProcess":
+    def wait_ready(self) -> DaemonProcess:
         self.wait_for_line("ready:")
         return self
 
@@ -96,7 +96,7 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError("daemon did not exit after signal; log:\n" + self.log_text())
+            raise AssertionError("daemon did not exit after signal; log:\n" + self.log_text()) from None
         finally:
             self._reader.join(timeout=5)
 

@@ -113,9 +113,7 @@ class DeviceActor(Actor):
             return
         seq.completion_tokens += 1
         await self.send("tokenizer", m.TokenOut(rid=seq.rid, token_id=token))
-        if seq.completion_tokens >= seq.sampling.max_tokens:
-            await self._end(seq, "length")
-        elif len(seq.prompt_ids) + seq.completion_tokens >= self._context_length:
+        if seq.completion_tokens >= seq.sampling.max_tokens or len(seq.prompt_ids) + seq.completion_tokens >= self._context_length:
             await self._end(seq, "length")
         else:
             seq.next_token = token
@@ -128,9 +126,10 @@ class DeviceActor(Actor):
                 self._waiting.remove(seq)
                 await self._end(seq, reason)
                 return
-        seq = self._running.get(rid)
-        if seq is None:
+        running = self._running.get(rid)
+        if running is None:
             return
+        seq = running
         if seq.state is SeqState.COMPUTING:
             seq.pending_end = reason
         else:
@@ -211,7 +210,7 @@ class DeviceActor(Actor):
         )
         if logits is None:
             return
-        for seq, row in zip(seqs, logits):
+        for seq, row in zip(seqs, logits, strict=True):
             if await self._ended_during_forward(seq):
                 continue
             seq.state = SeqState.SAMPLING

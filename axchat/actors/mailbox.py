@@ -25,7 +25,7 @@ class ActorState(enum.Enum):
 
 
 class Supervisor(Protocol):
-    def on_handler_error(self, actor: "Actor", msg: m.ActorMessage, exc: BaseException) -> None: ...
+    def on_handler_error(self, actor: Actor, msg: m.ActorMessage, exc: BaseException) -> None: ...
 
 
 class Bus:

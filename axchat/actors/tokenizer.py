@@ -4,11 +4,13 @@ UTF-8-safe detokenization and stop strings on the way out."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from axchat.actors import messages as m
 from axchat.actors.detokenizer import IncrementalDetokenizer, StopMatcher
@@ -61,7 +63,7 @@ class TokenizerActor(Actor):
         if isinstance(msg, m.Encode):
             task = asyncio.create_task(self._encode(msg), name=f"encode-{msg.rid}")
             self._encoding[msg.rid] = task
-            task.add_done_callback(lambda t, msg=msg: self._encode_done(msg, t))
+            task.add_done_callback(functools.partial(self._encode_done, msg))
         elif isinstance(msg, m.TokenOut):
             await self._token(msg)
         elif isinstance(msg, m.Ended):

@@ -90,6 +90,11 @@ class FrontDoor(Actor):
                 await self.send("tokenizer", m.CancelRequest(rid=rid))
 
     @property
+    def bound_endpoint(self) -> str:
+        """The endpoint as bound: a `tcp://host:*` request resolved to its real port."""
+        return self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    @property
     def live_requests(self) -> int:
         return len(self._live)
 
@@ -132,7 +137,7 @@ class FrontDoor(Actor):
         try:
             body = v1.decode_client_body(raw_body)
         except msgspec.ValidationError as exc:
-            code = "unknown_type" if "`$.type`" in str(exc) else "invalid_field"
+            code: v1.ErrorCode = "unknown_type" if "`$.type`" in str(exc) else "invalid_field"
             return await self._reject(identity, env.id, code, f"body: {exc}")
         except msgspec.DecodeError as exc:
             return await self._reject(identity, env.id, "bad_frame", f"body: {exc}")

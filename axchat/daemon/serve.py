@@ -6,24 +6,26 @@ import asyncio
 import logging
 import sys
 
-from axchat.daemon.config import parse
+from axchat.daemon.config import ServeConfig, parse
 from axchat.daemon.logs import setup_logging
 from axchat.daemon.server import StartupError, run
 
 log = logging.getLogger("axchat.daemon")
 
 
+def _run_loop(cfg: ServeConfig) -> int:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional: plain asyncio serves the same protocol
+        return asyncio.run(run(cfg))
+    return uvloop.run(run(cfg))
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(sys.argv[1:] if argv is None else argv)
     setup_logging(cfg.log_level)
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # uvloop is optional: plain asyncio serves the same protocol
-        runner = asyncio.run
-    try:
-        return runner(run(cfg))
+        return _run_loop(cfg)
     except StartupError as exc:
         # One line, no traceback: these are the user's to fix, not bugs.
         print(f"axchat serve: error: {exc}", file=sys.stderr)

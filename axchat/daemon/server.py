@@ -8,6 +8,7 @@ all the work happens here, on the loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -138,22 +139,23 @@ async def run(cfg: ServeConfig) -> int:
         tasks: list[asyncio.Task[None]] = []
         for actor in actors:
             task = asyncio.create_task(actor.run(), name=f"actor-{actor.name}")
-            task.add_done_callback(lambda t, a=actor: supervisor.actor_exited(a, t))
+            task.add_done_callback(functools.partial(supervisor.actor_exited, actor))
             tasks.append(task)
         # Reverse order on the way out, whatever happens below.
-        stack.push_async_callback(_close_actors, bus, supervisor, list(zip(actors, tasks))[::-1])
+        stack.push_async_callback(_close_actors, bus, supervisor, list(zip(actors, tasks, strict=True))[::-1])
         stack.callback(_unlink_socket, endpoint)
 
         log.info(
             "ready: serving %s on %s (%s, %s, context %d)",
             info.model,
-            ep.describe(endpoint),
+            ep.describe(door.bound_endpoint),
             info.device,
             info.dtype,
             info.context_length,
         )
         stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait([stopper, supervisor.fatal], return_when=asyncio.FIRST_COMPLETED)
+        waiters: list[asyncio.Future[Any]] = [stopper, supervisor.fatal]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if supervisor.fatal.done():
             log.critical("stopping after a fatal actor failure")

@@ -189,7 +189,7 @@ def build_tokenizer(vocab_size: int = 1000, *, model_max_length: int = 2048) -> 
     # transformers 5 always installs a pass-through TemplateProcessing (add_bos_token=False);
     # clearing it keeps tokenizer.json saying plainly that no special tokens get added. On load,
     # transformers reinstalls the same pass-through processor, which is equivalent.
-    fast._tokenizer.post_processor = None
+    fast._tokenizer.post_processor = None  # type: ignore[attr-defined]
     fast.chat_template = CHAT_TEMPLATE
     return fast
 

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 import zmq.asyncio
 
@@ -118,6 +119,6 @@ async def test_bad_internal_frame_is_not_silently_dropped(bus: Bus) -> None:
     push.connect(bus.endpoint("echo"))
     await push.send(b"\xc1")
     push.close(linger=0)
-    with pytest.raises(Exception):
+    with pytest.raises(msgspec.DecodeError):
         await asyncio.wait_for(task, 5)
     assert echo.state is ActorState.CLOSED

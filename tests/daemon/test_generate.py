@@ -105,7 +105,7 @@ def test_cancel_stops_within_a_step_and_frees_kv(raw: RawClient, daemon: DaemonP
     assert done.usage.completion_tokens <= received + in_flight + 1
     assert done.usage.completion_tokens < LONG
     wait_until_idle(raw)
-    deltas, after = collect(raw, "next", chat("still there?", max_tokens=5))
+    _deltas, after = collect(raw, "next", chat("still there?", max_tokens=5))
     assert isinstance(after, v1.Done) and after.usage.completion_tokens > 0
 
 
@@ -138,7 +138,7 @@ def test_status_answers_fast_during_a_long_generation(raw: RawClient, daemon: Da
     busy = RawClient(daemon.socket)
     try:
         busy.send("busy", chat("a very long story", max_tokens=LONG, ignore_eos=True))
-        env, first = busy.recv()
+        _env, first = busy.recv()
         assert isinstance(first, v1.Delta)
         latencies = []
         for _ in range(20):

@@ -155,3 +155,27 @@ def test_idle_daemon_exits_zero_on_signal(tiny_model_dir: Path, sig: int) -> Non
     assert d.stop(sig) == 0
     assert "stopped" in d.log_text()
     assert not Path(d.socket).exists()
+
+
+def test_tcp_endpoint_and_context_flag(tiny_model_dir: Path) -> None:
+    d = DaemonProcess(tiny_model_dir, "--context", "256", socket="tcp://127.0.0.1:*")
+    try:
+        ready = d.wait_for_line("ready:")
+        endpoint = ready.split(" on ")[1].split(" ")[0]
+        assert endpoint.startswith("tcp://127.0.0.1:")
+        client = RawClient(endpoint)
+        try:
+            welcome = client.request(v1.Hello())
+            assert isinstance(welcome, v1.Welcome) and welcome.context_length == 256
+            client.send("long", v1.Generate(prompt=" ".join(f"w{i}" for i in range(300))))
+            _, err = client.recv()
+            assert isinstance(err, v1.Error) and err.code == "context_overflow" and "256" in err.message
+            # A reply may use the context up to its last position, then stops as `length`.
+            client.send("fill", v1.Generate(prompt="hello", sampling=v1.Sampling(max_tokens=1000, ignore_eos=True)))
+            done = list(client.stream("fill"))[-1]
+            assert isinstance(done, v1.Done) and done.finish_reason == "length"
+            assert done.usage.prompt_tokens + done.usage.completion_tokens == 256
+        finally:
+            client.close()
+    finally:
+        assert d.stop() == 0

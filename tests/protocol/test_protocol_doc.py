@@ -236,7 +236,7 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=False))
     return type(a) is type(b) and a == b
 
 
@@ -262,7 +262,7 @@ def test_every_struct_has_exactly_its_fields(field_tables: dict[str, Table]) -> 
         if tag_of(cls):
             expected = ["type", *expected]
         documented = [first_code(row[0]) for row in table.rows]
-        for row, name in zip(table.rows, documented):
+        for row, name in zip(table.rows, documented, strict=False):
             if row[0] != f"`{name}`":
                 problems.append(f"`{key}`: the Field cell {row[0]!r} should be just the backticked name")
         if sorted(documented, key=str) != sorted(expected):

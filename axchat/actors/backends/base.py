@@ -4,8 +4,8 @@ from this interface, so the torch and AIPU backends are interchangeable."""
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -61,5 +61,5 @@ class DeviceBackend(abc.ABC):
         """Device temperature if the backend can read one."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends have nothing to free
         """Free the device. Called once, from the device thread."""

@@ -5,14 +5,15 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
-from transformers.utils import logging as transformers_logging
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.utils import logging as transformers_logging
 
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
 
@@ -47,7 +48,7 @@ def model_display_name(model: str) -> str:
 
 
 def _looks_like_path(model: str) -> bool:
-    return model.startswith(("/", "./", "../", "~")) or os.sep in model and Path(model).expanduser().exists()
+    return model.startswith(("/", "./", "../", "~")) or (os.sep in model and Path(model).expanduser().exists())
 
 
 def load_config(model: str) -> Any:
@@ -87,7 +88,7 @@ class TorchBackend(DeviceBackend):
         context: int | None = None,
         threads: int | None = None,
         max_batch: int = 8,
-    ) -> "TorchBackend":
+    ) -> TorchBackend:
         device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, device)
         if threads:
@@ -99,7 +100,7 @@ class TorchBackend(DeviceBackend):
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"cannot load model weights from {model}: {first}") from None
-        lm = lm.to(device).eval()
+        lm = lm.to(device).eval()  # type: ignore[arg-type]  # transformers' stubs mistype .to()
         model_context = int(getattr(config, "max_position_embeddings", 0) or 2048)
         if context is not None and context > model_context:
             raise ModelLoadError(f"--context {context} is more than the model's {model_context} positions")
@@ -129,7 +130,7 @@ class TorchBackend(DeviceBackend):
     def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
         # One forward per sequence for now: each has its own cache of its own length.
         rows = []
-        for seq_id, token in zip(seq_ids, token_ids):
+        for seq_id, token in zip(seq_ids, token_ids, strict=True):
             ids = torch.tensor([[token]], dtype=torch.long, device=self._device)
             out = self.model(input_ids=ids, use_cache=True, **{self._cache_kw: self._caches[seq_id]})
             rows.append(out.logits[0, -1].float().cpu().numpy())

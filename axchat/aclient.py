@@ -1,0 +1,176 @@
+"""An asyncio client of the daemon, for frontends that run an event loop (the TUI, the
+web bridge). One DEALER socket carries any number of concurrent requests; a reader
+task routes each frame to its request's queue.
+
+Imports only pyzmq, msgspec and the protocol. Every wait has a deadline, and a reader
+failure reaches every waiting request instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from axchat import endpoint as ep
+from axchat.client import HOW_TO_START, DaemonUnavailable, RequestFailed
+from axchat.protocol import v1
+
+__all__ = ["AsyncClient", "DaemonUnavailable", "GenerateHandle", "RequestFailed"]
+
+
+class GenerateHandle:
+    """One running generate: iterate it for `delta`s up to `done`/`error`; `cancel()`
+    asks the daemon to stop it (the stream then ends with `done`, cancelled)."""
+
+    def __init__(self, client: AsyncClient, request_id: str, queue: asyncio.Queue[v1.DaemonMessage | BaseException]):
+        self.client = client
+        self.request_id = request_id
+        self._queue = queue
+        self.finished = False
+
+    async def cancel(self) -> None:
+        if not self.finished:
+            await self.client._send(self.request_id, v1.Cancel())
+
+    async def events(self, stall_timeout_s: float = 300.0) -> AsyncIterator[v1.DaemonMessage]:
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), stall_timeout_s)
+                except TimeoutError:
+                    raise DaemonUnavailable(
+                        f"the daemon at {ep.describe(self.client.endpoint)} sent nothing for {stall_timeout_s:g}s"
+                    ) from None
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, v1.TERMINAL):
+                    self.finished = True
+                    return
+        finally:
+            self.client._forget(self.request_id)
+
+
+class AsyncClient:
+    def __init__(self, socket: str | None = None, *, connect_timeout_s: float = 3.0) -> None:
+        self.endpoint = ep.to_zmq(socket)
+        self.connect_timeout_s = connect_timeout_s
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(self.endpoint)
+        self._prefix = uuid.uuid4().hex[:8]
+        self._counter = 0
+        self._waiting: dict[str, asyncio.Queue[v1.DaemonMessage | BaseException]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.wait([self._reader])
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ requests
+
+    async def hello(self) -> v1.Welcome:
+        path = ep.ipc_path(self.endpoint)
+        if path is not None and not path.exists():
+            raise DaemonUnavailable(f"no axchat daemon is running at {path}; {HOW_TO_START}")
+        reply = await self._call(v1.Hello(client=f"axchat-async/{os.getpid()}"))
+        assert isinstance(reply, v1.Welcome)
+        return reply
+
+    async def status(self) -> v1.StatusReply:
+        reply = await self._call(v1.Status())
+        assert isinstance(reply, v1.StatusReply)
+        return reply
+
+    async def generate(self, request: v1.Generate) -> GenerateHandle:
+        rid, queue = self._open()
+        await self._send(rid, request)
+        return GenerateHandle(self, rid, queue)
+
+    # ------------------------------------------------------------ plumbing
+
+    def _open(self) -> tuple[str, asyncio.Queue[v1.DaemonMessage | BaseException]]:
+        self._counter += 1
+        rid = f"{self._prefix}-{self._counter}"
+        queue: asyncio.Queue[v1.DaemonMessage | BaseException] = asyncio.Queue()
+        self._waiting[rid] = queue
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read(), name="axchat-client-reader")
+        return rid, queue
+
+    def _forget(self, rid: str) -> None:
+        self._waiting.pop(rid, None)
+
+    async def _send(self, rid: str, body: v1.ClientMessage) -> None:
+        await self._sock.send_multipart(v1.encode(v1.Envelope(id=rid), body))
+
+    async def _call(self, body: v1.ClientMessage) -> v1.DaemonMessage:
+        rid, queue = self._open()
+        try:
+            await self._send(rid, body)
+            try:
+                item = await asyncio.wait_for(queue.get(), self.connect_timeout_s)
+            except TimeoutError:
+                raise DaemonUnavailable(
+                    f"the axchat daemon at {ep.describe(self.endpoint)} did not answer within "
+                    f"{self.connect_timeout_s:g}s; is it running? {HOW_TO_START}"
+                ) from None
+        finally:
+            self._forget(rid)
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, v1.Error):
+            raise RequestFailed(item)
+        return item
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                env_raw, body_raw = await self._sock.recv_multipart()
+                env = v1.decode_envelope(env_raw)
+                try:
+                    body = v1.decode_daemon_body(body_raw)
+                except msgspec.ValidationError:
+                    continue  # a message type from a newer minor version
+                if env.id == "" and isinstance(body, v1.Error):
+                    # Not tied to a request: every waiter hears it.
+                    for queue in self._waiting.values():
+                        queue.put_nowait(RequestFailed(body))
+                    continue
+                queue = self._waiting.get(env.id)
+                if queue is not None:
+                    queue.put_nowait(body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # forward, never swallow: waiters must not hang
+            for queue in self._waiting.values():
+                queue.put_nowait(exc)
+            raise
+
+
+@contextlib.asynccontextmanager
+async def connect(socket: str | None = None, *, connect_timeout_s: float = 3.0) -> AsyncIterator[AsyncClient]:
+    """A client that has said hello (so the daemon is known to be there)."""
+    client = AsyncClient(socket, connect_timeout_s=connect_timeout_s)
+    try:
+        await client.hello()
+        yield client
+    finally:
+        await client.close()
