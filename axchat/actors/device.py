@@ -1,27 +1,29 @@
-"""Device actor: owns the backend and every sequence's KV; runs prefill and decode
-steps on one device thread while its mailbox keeps answering."""
+"""Device actor: owns the backend and every sequence's KV; schedules prefill chunks
+and batched decode steps on one device thread while its mailbox keeps answering."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
+from axchat.actors.fair_queue import FairQueue
 from axchat.actors.mailbox import Actor, Bus, Supervisor
-from axchat.protocol.v1 import ErrorInfo, FinishReason, Sampling
+from axchat.protocol.v1 import ErrorInfo, FinishReason, RequestInfo, Sampling
 
 log = logging.getLogger(__name__)
 
 
 class SeqState(enum.Enum):
-    WAITING = "waiting"  # admitted, not yet given a slot
-    NEW = "new"  # has a slot, needs its prefill
+    WAITING = "waiting"  # admitted, in line for a slot
+    PREFILL = "prefill"  # has a slot, prompt not all fed yet
     COMPUTING = "computing"  # in a forward pass on the device thread
     SAMPLING = "sampling"  # logits are with the sampler
     READY = "ready"  # next token known, waiting for a decode step
@@ -30,16 +32,38 @@ class SeqState(enum.Enum):
 @dataclass
 class _Sequence:
     rid: int
+    label: str
+    client: str
     prompt_ids: list[int]
     sampling: Sampling
     eos_ids: frozenset[int]
     state: SeqState = SeqState.WAITING
+    prefilled: int = 0  # prompt tokens in the device's KV so far (cached ones included)
+    cached_tokens: int = 0  # of those, restored from the prefix cache
+    fed: list[int] = field(default_factory=list)  # generated tokens fed back by decode steps
     next_token: int = -1
     completion_tokens: int = 0
+    queue_position: int = 0
     # Set when a cancel arrives during a forward pass: acted on when it returns.
     pending_end: FinishReason | None = None
     admitted_ns: int = field(default_factory=time.monotonic_ns)
     timings: m.DeviceTimings = field(default_factory=m.DeviceTimings)
+
+    def info(self) -> RequestInfo:
+        state: Literal["queued", "prefill", "decode"] = "decode"
+        if self.state is SeqState.WAITING:
+            state = "queued"
+        elif self.prefilled < len(self.prompt_ids):
+            state = "prefill"
+        return RequestInfo(
+            id=self.label,
+            state=state,
+            prompt_tokens=len(self.prompt_ids),
+            prefilled_tokens=self.prefilled,
+            completion_tokens=self.completion_tokens,
+            max_tokens=self.sampling.max_tokens,
+            queue_position=self.queue_position,
+        )
 
 
 def _ms(ns: int) -> float:
@@ -49,20 +73,25 @@ def _ms(ns: int) -> float:
 class DeviceActor(Actor):
     name = "device"
 
-    def __init__(self, bus: Bus, supervisor: Supervisor, backend: DeviceBackend, *, max_running: int | None = None) -> None:
+    def __init__(
+        self, bus: Bus, supervisor: Supervisor, backend: DeviceBackend, *, max_running: int | None = None
+    ) -> None:
         super().__init__(bus, supervisor)
         self.backend = backend
         caps = backend.capabilities
         # A backend that loses KV when another sequence runs can only hold one.
         limit = caps.max_batch if caps.kv_survives_switch else 1
-        self._max_running = min(max_running or limit, limit)
+        self.max_running = min(max_running or limit, limit)
+        self._chunk = caps.prefill_chunk
+        self._prefix_cache = caps.prefix_cache
         self._context_length = backend.info.context_length
         # The one thread that touches the device, for the life of the daemon.
         self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="axchat-device")
-        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._waiting: FairQueue[_Sequence] = FairQueue()
         self._running: dict[int, _Sequence] = {}
         self._wake = asyncio.Event()
         self._stepper: asyncio.Task[None] | None = None
+        self._decode_next = False  # alternates prefill chunks with decode steps
 
     # ------------------------------------------------------------ mailbox
 
@@ -71,14 +100,17 @@ class DeviceActor(Actor):
         self._stepper.add_done_callback(self._stepper_done)
 
     def _stepper_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
             # The step loop must never die quietly: that would wedge every request.
-            self.supervisor.on_handler_error(self, m.Close(), task.exception())  # type: ignore[arg-type]
+            self.supervisor.on_handler_error(self, m.Close(), exc)
 
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.Admit):
-            seq = _Sequence(msg.rid, msg.prompt_ids, msg.sampling, frozenset(msg.eos_ids))
-            self._waiting.append(seq)
+            seq = _Sequence(msg.rid, msg.label, msg.client, msg.prompt_ids, msg.sampling, frozenset(msg.eos_ids))
+            self._waiting.push(seq)
+            if len(self._running) >= self.max_running:
+                await self._announce_positions()  # it waits: say where it stands
             self._wake.set()
         elif isinstance(msg, m.Sampled):
             await self._sampled(msg)
@@ -86,18 +118,24 @@ class DeviceActor(Actor):
             reason: FinishReason = msg.reason if isinstance(msg, m.CancelRequest) else "stop"
             await self._stop(msg.rid, reason)
         elif isinstance(msg, m.StatusQuery):
-            await self.send(
-                "telemetry",
-                m.DeviceReport(
-                    rid=msg.rid,
-                    state=msg.state,
-                    running=len(self._running),
-                    queued=len(self._waiting),
-                    kv_sequences=self.backend.live_sequences(),
-                ),
-            )
+            await self.send("telemetry", self._report(msg))
         else:
             raise TypeError(f"device got unexpected {type(msg).__name__}")
+
+    def _report(self, query: m.StatusQuery) -> m.DeviceReport:
+        requests = [s.info() for s in self._running.values()] + [s.info() for s in self._waiting.in_order()]
+        entries, nbytes = self.backend.prefix_cache_usage()
+        return m.DeviceReport(
+            rid=query.rid,
+            state=query.state,
+            running=len(self._running),
+            queued=len(self._waiting),
+            kv_sequences=self.backend.live_sequences(),
+            requests=requests,
+            max_running=self.max_running,
+            prefix_cache_entries=entries,
+            prefix_cache_bytes=nbytes,
+        )
 
     async def _sampled(self, msg: m.Sampled) -> None:
         seq = self._running.get(msg.rid)
@@ -113,7 +151,8 @@ class DeviceActor(Actor):
             return
         seq.completion_tokens += 1
         await self.send("tokenizer", m.TokenOut(rid=seq.rid, token_id=token))
-        if seq.completion_tokens >= seq.sampling.max_tokens or len(seq.prompt_ids) + seq.completion_tokens >= self._context_length:
+        full = len(seq.prompt_ids) + seq.completion_tokens >= self._context_length
+        if seq.completion_tokens >= seq.sampling.max_tokens or full:
             await self._end(seq, "length")
         else:
             seq.next_token = token
@@ -121,15 +160,14 @@ class DeviceActor(Actor):
             self._wake.set()
 
     async def _stop(self, rid: int, reason: FinishReason) -> None:
-        for seq in self._waiting:
-            if seq.rid == rid:
-                self._waiting.remove(seq)
-                await self._end(seq, reason)
-                return
-        running = self._running.get(rid)
-        if running is None:
+        waiting = self._waiting.remove(rid)
+        if waiting is not None:
+            await self._end(waiting, reason)
+            await self._announce_positions()
             return
-        seq = running
+        seq = self._running.get(rid)
+        if seq is None:
+            return
         if seq.state is SeqState.COMPUTING:
             seq.pending_end = reason
         else:
@@ -137,8 +175,11 @@ class DeviceActor(Actor):
 
     async def _end(self, seq: _Sequence, reason: FinishReason, error: ErrorInfo | None = None) -> None:
         self._running.pop(seq.rid, None)
+        keep = None
+        if self._prefix_cache and reason != "error" and seq.prefilled:
+            keep = (seq.client, seq.prompt_ids[: seq.prefilled] + seq.fed)
         # Queued behind any forward pass in flight, so KV is never freed under it.
-        asyncio.get_running_loop().run_in_executor(self._device_thread, self.backend.release, seq.rid)
+        asyncio.get_running_loop().run_in_executor(self._device_thread, self.backend.release, seq.rid, keep)
         await self.send("sampler", m.ForgetSequence(rid=seq.rid))
         await self.send(
             "tokenizer",
@@ -147,7 +188,7 @@ class DeviceActor(Actor):
                 reason=reason,
                 prompt_tokens=len(seq.prompt_ids),
                 completion_tokens=seq.completion_tokens,
-                cached_tokens=0,
+                cached_tokens=seq.cached_tokens,
                 timings=seq.timings,
                 error=error,
             ),
@@ -160,43 +201,82 @@ class DeviceActor(Actor):
         while True:
             await self._wake.wait()
             self._wake.clear()
-            self._admit()
-            fresh = [s for s in self._running.values() if s.state is SeqState.NEW]
-            if fresh:
-                await self._prefill(fresh[0])
+            if await self._admit():
+                await self._announce_positions()
+            if await self._step():
                 self._wake.set()  # more may be runnable
-                continue
-            ready = [s for s in self._running.values() if s.state is SeqState.READY]
-            if ready:
-                await self._decode(ready[: self.backend.capabilities.max_batch])
-                self._wake.set()
 
-    def _admit(self) -> None:
-        while self._waiting and len(self._running) < self._max_running:
-            seq = self._waiting.popleft()
-            seq.state = SeqState.NEW
+    async def _step(self) -> bool:
+        """Run one prefill chunk or one decode step; False when nothing could run."""
+        prefilling = [s for s in self._running.values() if s.state is SeqState.PREFILL]
+        # Decode only once every running sequence has its next token: stepping the
+        # first one back from the sampler alone would split the batch into singles.
+        sampling = any(s.state is SeqState.SAMPLING for s in self._running.values())
+        ready = [] if sampling else [s for s in self._running.values() if s.state is SeqState.READY]
+        if ready and (self._decode_next or not prefilling):
+            self._decode_next = False
+            await self._decode(ready[: self.backend.capabilities.max_batch])
+            return True
+        if prefilling:
+            self._decode_next = True
+            await self._prefill_chunk(prefilling[0])
+            return True
+        return False
+
+    async def _admit(self) -> bool:
+        admitted = False
+        while self._waiting and len(self._running) < self.max_running:
+            seq = self._waiting.pop()
+            seq.state = SeqState.PREFILL
+            seq.queue_position = 0
             self._running[seq.rid] = seq
+            admitted = True
+        return admitted
 
-    async def _forward(self, seqs: list[_Sequence], fn, *args):  # type: ignore[no-untyped-def]
+    async def _announce_positions(self) -> None:
+        for position, seq in enumerate(self._waiting.in_order(), start=1):
+            if seq.queue_position != position:
+                seq.queue_position = position
+                await self.send("tokenizer", m.QueuePosition(rid=seq.rid, position=position))
+
+    async def _forward(self, seqs: list[_Sequence], fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn` on the device thread; None when it failed (the sequences are ended)."""
         for seq in seqs:
             seq.state = SeqState.COMPUTING
         try:
             return await asyncio.get_running_loop().run_in_executor(self._device_thread, fn, *args)
         except Exception as exc:
-            log.exception("forward pass failed for requests %s", [s.rid for s in seqs])
+            log.exception("forward pass failed for requests %s", [s.label for s in seqs])
             for seq in seqs:
                 await self._end(seq, "error", ErrorInfo(code="internal", message=f"device error: {exc}"))
             return None
 
-    async def _prefill(self, seq: _Sequence) -> None:
+    async def _prefill_chunk(self, seq: _Sequence) -> None:
         start = time.monotonic_ns()
-        seq.timings.prefill_start_ns = start
-        seq.timings.queue_ms = _ms(start - seq.admitted_ns)
-        logits = await self._forward([seq], self.backend.prefill, seq.rid, seq.prompt_ids)
+        fresh = seq.timings.prefill_start_ns == 0
+        if fresh:
+            seq.timings.prefill_start_ns = start
+            seq.timings.queue_ms = _ms(start - seq.admitted_ns)
+        if fresh and self._prefix_cache:
+            restored = await self._forward([seq], self.backend.start, seq.rid, seq.prompt_ids, seq.client)
+            if restored is None:
+                return
+            seq.prefilled = seq.cached_tokens = int(restored)
+            if await self._ended_during_forward(seq):
+                return
+        total = len(seq.prompt_ids)
+        end = total if self._chunk is None else min(total, seq.prefilled + self._chunk)
+        piece = seq.prompt_ids[seq.prefilled : end]
+        fn = self.backend.extend if seq.prefilled or self._prefix_cache else self.backend.prefill
+        logits = await self._forward([seq], fn, seq.rid, piece)
         if logits is None:
             return
-        seq.timings.prefill_ms = _ms(time.monotonic_ns() - start)
+        seq.timings.prefill_ms += _ms(time.monotonic_ns() - start)
+        seq.prefilled = end
         if await self._ended_during_forward(seq):
+            return
+        if end < total:
+            seq.state = SeqState.PREFILL  # more chunks; other users' steps go between
             return
         seq.state = SeqState.SAMPLING
         await self.send(
@@ -205,9 +285,9 @@ class DeviceActor(Actor):
         )
 
     async def _decode(self, seqs: list[_Sequence]) -> None:
-        logits = await self._forward(
-            seqs, self.backend.decode, [s.rid for s in seqs], [s.next_token for s in seqs]
-        )
+        for seq in seqs:
+            seq.fed.append(seq.next_token)
+        logits = await self._forward(seqs, self.backend.decode, [s.rid for s in seqs], [s.next_token for s in seqs])
         if logits is None:
             return
         for seq, row in zip(seqs, logits, strict=True):

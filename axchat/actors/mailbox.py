@@ -102,6 +102,11 @@ class Actor:
             self._outboxes[to] = sock
         await sock.send(m.encode(msg), copy=False)
 
+    def discard(self) -> None:
+        """Release an actor that will never run (start-up failed after it was made)."""
+        self._close_sockets()
+        self.state = ActorState.CLOSED
+
     def _close_sockets(self) -> None:
         for sock in self._outboxes.values():
             sock.close(linger=0)

@@ -18,7 +18,7 @@ from typing import Union
 
 import msgspec
 
-from axchat.protocol.v1 import ChatMessage, ErrorInfo, FinishReason, Sampling
+from axchat.protocol.v1 import ChatMessage, ErrorInfo, FinishReason, RequestInfo, Sampling
 
 
 class _Internal(msgspec.Struct, tag_field="t", gc=False):
@@ -32,6 +32,7 @@ class Close(_Internal, tag="close"):
 class Encode(_Internal, tag="encode"):
     rid: int
     label: str  # for log lines: the client's request id and peer
+    client: str  # the peer: the unit of fairness and of prefix-cache privacy
     messages: list[ChatMessage] | None
     prompt: str | None
     sampling: Sampling
@@ -49,9 +50,18 @@ class CancelRequest(_Internal, tag="cancel"):
 
 class Admit(_Internal, tag="admit"):
     rid: int
+    label: str
+    client: str
     prompt_ids: list[int]
     sampling: Sampling
     eos_ids: list[int]
+
+
+class QueuePosition(_Internal, tag="queue_position"):
+    """Device -> tokenizer -> telemetry: the request's place in line changed."""
+
+    rid: int
+    position: int
 
 
 class Logits(_Internal, tag="logits"):
@@ -110,6 +120,7 @@ class TextOut(_Internal, tag="text"):
 
 class Finished(_Internal, tag="finished"):
     rid: int
+    trimmed_messages: int
     label: str
     reason: FinishReason
     prompt_tokens: int
@@ -141,6 +152,10 @@ class DeviceReport(_Internal, tag="device_report"):
     running: int
     queued: int
     kv_sequences: int
+    requests: list[RequestInfo] = []
+    max_running: int = 0
+    prefix_cache_entries: int = 0
+    prefix_cache_bytes: int = 0
 
 
 class Outbound(_Internal, tag="outbound"):
@@ -169,6 +184,7 @@ ActorMessage = Union[
     ForgetSequence,
     StopSequence,
     TokenOut,
+    QueuePosition,
     Ended,
     TextOut,
     Finished,

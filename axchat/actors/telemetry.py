@@ -3,6 +3,7 @@ request into the seed's figures and one log line, and assembles status replies."
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -16,6 +17,8 @@ from axchat.protocol import v1
 from axchat.stats_line import format_host, format_stats
 
 log = logging.getLogger("axchat.requests")
+
+RATE_WINDOW_S = 10.0
 
 
 def read_temperature_c() -> float | None:
@@ -34,9 +37,12 @@ def read_temperature_c() -> float | None:
 class TelemetryActor(Actor):
     name = "telemetry"
 
-    def __init__(self, bus: Bus, supervisor: Supervisor, info: BackendInfo) -> None:
+    def __init__(self, bus: Bus, supervisor: Supervisor, info: BackendInfo, *, max_queued: int = 0) -> None:
         super().__init__(bus, supervisor)
         self._info = info
+        self._max_queued = max_queued
+        # (finish time, completion tokens) of recent requests, for the aggregate rate.
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._started = time.monotonic()
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent(None)  # primes the counter status reports from
@@ -46,6 +52,8 @@ class TelemetryActor(Actor):
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.TextOut):
             await self._out(msg.rid, v1.Delta(text=msg.text, token_ids=msg.token_ids), final=False)
+        elif isinstance(msg, m.QueuePosition):
+            await self._out(msg.rid, v1.Queued(position=msg.position), final=False)
         elif isinstance(msg, m.Finished):
             await self._finished(msg)
         elif isinstance(msg, m.Rejected):
@@ -89,14 +97,19 @@ class TelemetryActor(Actor):
         self.requests_total += 1
         self.completion_tokens_total += msg.completion_tokens
         log.info(
-            "request %s finish=%s prompt_tokens=%d | %s | %s",
+            "request %s finish=%s prompt_tokens=%d cached_tokens=%d trimmed_messages=%d | %s | %s",
             msg.label,
             msg.reason,
             msg.prompt_tokens,
+            msg.cached_tokens,
+            msg.trimmed_messages,
             format_stats(stats),
             format_host(stats),
         )
-        done = v1.Done(finish_reason=msg.reason, usage=usage, stats=stats, error=msg.error)
+        self._recent.append((time.monotonic(), msg.completion_tokens))
+        done = v1.Done(
+            finish_reason=msg.reason, usage=usage, stats=stats, error=msg.error, trimmed_messages=msg.trimmed_messages
+        )
         await self._out(msg.rid, done, final=True)
 
     def _status(self, report: m.DeviceReport) -> v1.StatusReply:
@@ -118,4 +131,17 @@ class TelemetryActor(Actor):
             rss_bytes=self._process.memory_info().rss,
             device_temp_c=read_temperature_c(),
             pid=os.getpid(),
+            requests=report.requests,
+            tokens_per_s=self._recent_rate(),
+            max_running=report.max_running,
+            max_queued=self._max_queued,
+            prefix_cache_entries=report.prefix_cache_entries,
+            prefix_cache_bytes=report.prefix_cache_bytes,
         )
+
+    def _recent_rate(self, window_s: float = RATE_WINDOW_S) -> float:
+        """Completion tokens per second over the last `window_s`, all requests together."""
+        cutoff = time.monotonic() - window_s
+        while self._recent and self._recent[0][0] < cutoff:
+            self._recent.popleft()
+        return sum(n for _, n in self._recent) / window_s

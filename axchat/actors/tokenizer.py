@@ -26,6 +26,7 @@ FALLBACK_TEMPLATE_NOTE = "tokenizer has no chat template; using plain 'role: con
 @dataclass
 class _Stream:
     label: str
+    trimmed_messages: int
     received_ns: int
     cpu_ns: int
     tokenize_ms: float
@@ -68,6 +69,8 @@ class TokenizerActor(Actor):
             await self._token(msg)
         elif isinstance(msg, m.Ended):
             await self._ended(msg)
+        elif isinstance(msg, m.QueuePosition):
+            await self.send("telemetry", msg)  # same pipe as the text that follows it
         elif isinstance(msg, m.CancelRequest):
             if msg.rid in self._encoding:
                 self._cancelled_while_encoding.add(msg.rid)
@@ -85,8 +88,9 @@ class TokenizerActor(Actor):
 
     async def _encode(self, msg: m.Encode) -> None:
         t0 = time.perf_counter()
-        ids = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._encode_blocking, msg.messages, msg.prompt
+        reserve = min(msg.sampling.max_tokens, self._context_length // 8)
+        ids, trimmed = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._encode_blocking, msg.messages, msg.prompt, reserve
         )
         tokenize_ms = (time.perf_counter() - t0) * 1e3
         if msg.rid in self._cancelled_while_encoding:
@@ -98,19 +102,55 @@ class TokenizerActor(Actor):
             return
         self._streams[msg.rid] = _Stream(
             label=msg.label,
+            trimmed_messages=trimmed,
             received_ns=msg.received_ns,
             cpu_ns=msg.cpu_ns,
             tokenize_ms=tokenize_ms,
             detok=IncrementalDetokenizer(self._tok, ids),
             stops=StopMatcher(msg.sampling.stop),
         )
-        await self.send("device", m.Admit(rid=msg.rid, prompt_ids=ids, sampling=msg.sampling, eos_ids=self._eos_ids))
+        await self.send(
+            "device",
+            m.Admit(
+                rid=msg.rid,
+                label=msg.label,
+                client=msg.client,
+                prompt_ids=ids,
+                sampling=msg.sampling,
+                eos_ids=self._eos_ids,
+            ),
+        )
 
-    def _encode_blocking(self, messages: list[ChatMessage] | None, prompt: str | None) -> list[int]:
-        if messages is not None:
-            text = self._render_chat(messages)
-            return list(self._tok(text, add_special_tokens=False)["input_ids"])
-        return list(self._tok(prompt or "")["input_ids"])
+    def _encode_blocking(
+        self, messages: list[ChatMessage] | None, prompt: str | None, reserve: int
+    ) -> tuple[list[int], int]:
+        """Token ids, and how many messages were dropped to make them fit."""
+        if messages is None:
+            return list(self._tok(prompt or "")["input_ids"]), 0
+        return self._fit_chat(messages, self._context_length - reserve)
+
+    def _encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+        return list(self._tok(self._render_chat(messages), add_special_tokens=False)["input_ids"])
+
+    def _fit_chat(self, messages: list[ChatMessage], limit: int) -> tuple[list[int], int]:
+        """Drop the oldest whole turns (a user message and the replies after it) until
+        the conversation leaves `limit` tokens free for the reply; the system prompt
+        and the newest turn always stay. Silent truncation is what users hate about
+        other servers: the count goes back in `done.trimmed_messages`."""
+        ids = self._encode_chat(messages)
+        if len(ids) <= limit:
+            return ids, 0
+        system = messages[:1] if messages[0].role == "system" else []
+        turns: list[list[ChatMessage]] = []
+        for msg in messages[len(system) :]:
+            if msg.role == "user" or not turns:
+                turns.append([])
+            turns[-1].append(msg)
+        dropped = 0
+        while len(turns) > 1 and len(ids) > limit:
+            dropped += len(turns.pop(0))
+            ids = self._encode_chat(system + [msg for turn in turns for msg in turn])
+        return ids, dropped
 
     def _render_chat(self, messages: list[ChatMessage]) -> str:
         convo = [{"role": msg.role, "content": msg.content} for msg in messages]
@@ -125,8 +165,8 @@ class TokenizerActor(Actor):
             return ErrorInfo(
                 code="context_overflow",
                 message=(
-                    f"the prompt is {len(ids)} tokens but the model's context is "
-                    f"{self._context_length} tokens, including the reply"
+                    f"the prompt is {len(ids)} tokens (after dropping every older turn that could go) "
+                    f"but the model's context is {self._context_length} tokens, including the reply"
                 ),
             )
         return None
@@ -134,6 +174,7 @@ class TokenizerActor(Actor):
     def _finished_early(self, msg: m.Encode, prompt_tokens: int, tokenize_ms: float) -> m.Finished:
         return m.Finished(
             rid=msg.rid,
+            trimmed_messages=0,
             label=msg.label,
             reason="cancelled",
             prompt_tokens=prompt_tokens,
@@ -183,6 +224,7 @@ class TokenizerActor(Actor):
             "telemetry",
             m.Finished(
                 rid=msg.rid,
+                trimmed_messages=stream.trimmed_messages,
                 label=stream.label,
                 reason=reason,
                 prompt_tokens=msg.prompt_tokens,

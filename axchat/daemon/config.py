@@ -21,6 +21,10 @@ class ServeConfig:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     drain_timeout_s: float = 10.0
     log_level: str = "info"
+    max_running: int | None = None  # None: what the backend can batch
+    max_queued: int = 32
+    max_per_client: int = 8
+    prefix_cache_mb: int = 256
 
 
 def default_threads() -> int:
@@ -45,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES, help="largest frame a client may send")
     p.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to let requests finish on SIGTERM")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--max-running", type=int, help="sequences on the device at once (default: the backend's batch)")
+    p.add_argument("--max-queued", type=int, default=32, help="requests waiting for a slot, all clients together")
+    p.add_argument("--max-per-client", type=int, default=8, help="requests running or waiting, per client")
+    p.add_argument("--prefix-cache-mb", type=int, default=256, help="memory for kept conversation KV (0 turns it off)")
     return p
 
 
@@ -61,4 +69,8 @@ def parse(argv: list[str]) -> ServeConfig:
         max_frame_bytes=args.max_frame_bytes,
         drain_timeout_s=args.drain_timeout,
         log_level=args.log_level,
+        max_running=args.max_running,
+        max_queued=args.max_queued,
+        max_per_client=args.max_per_client,
+        prefix_cache_mb=args.prefix_cache_mb,
     )

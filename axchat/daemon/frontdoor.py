@@ -4,6 +4,7 @@ bad ones with a typed error, and routes good requests into the actor chain."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import itertools
 import logging
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 HARD_LIMIT_FACTOR = 8
 # Replies queued for one slow client before we treat it as gone.
 CLIENT_SNDHWM = 10_000
+# A hint, not a promise: long enough for a short request to finish somewhere.
+BUSY_RETRY_AFTER_S = 1.0
 
 
 @dataclass
@@ -49,8 +52,15 @@ class FrontDoor(Actor):
         info: BackendInfo,
         model_aliases: tuple[str, ...] = (),
         max_frame_bytes: int = v1.DEFAULT_MAX_FRAME_BYTES,
+        max_live: int = 1 << 30,
+        max_live_per_client: int = 1 << 30,
     ) -> None:
         super().__init__(bus, supervisor)
+        # Admission: running + queued requests, in all and per client. Past either the
+        # client hears `busy` at once instead of waiting in an unbounded line.
+        self._max_live = max_live
+        self._max_live_per_client = max_live_per_client
+        self._live_per_client: collections.Counter[bytes] = collections.Counter()
         self._info = info
         self._model_names = {info.model, *model_aliases}
         self._max_frame = max_frame_bytes
@@ -62,10 +72,16 @@ class FrontDoor(Actor):
             max_msg_bytes=max_frame_bytes * HARD_LIMIT_FACTOR,
             router_mandatory=True,
         )
+        # Which connection (file descriptor) each peer spoke on, so a disconnect seen by
+        # the socket monitor can be tied to the peers whose work must stop at once,
+        # even while it is queued or prefilling and nothing is being sent to them.
+        self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._peers_by_fd: dict[int, set[bytes]] = collections.defaultdict(set)
         self._rids = itertools.count(1)
         self._live: dict[int, _Live] = {}
         self._by_client: dict[tuple[bytes, str], int] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self.draining = False
         self.idle = asyncio.Event()
         self.idle.set()
@@ -74,11 +90,16 @@ class FrontDoor(Actor):
 
     async def on_start(self) -> None:
         self._reader = asyncio.create_task(self._read_clients(), name="frontdoor-reader")
+        self._watcher = asyncio.create_task(self._watch_disconnects(), name="frontdoor-disconnects")
 
     async def on_close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.wait([self._reader])
+        tasks = [t for t in (self._reader, self._watcher) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self._router.disable_monitor()
+        self._monitor.close(linger=0)
         self._router.close(linger=0)
 
     def begin_drain(self) -> None:
@@ -102,7 +123,11 @@ class FrontDoor(Actor):
 
     async def _read_clients(self) -> None:
         while True:
-            frames = await self._router.recv_multipart(copy=True)
+            parts = await self._router.recv_multipart(copy=False)
+            fd = parts[0].get(zmq.SRCFD)
+            frames = [part.bytes for part in parts]
+            if fd >= 0:
+                self._peers_by_fd[fd].add(frames[0])
             try:
                 await self._dispatch(frames[0], frames[1:])
             except asyncio.CancelledError:
@@ -112,6 +137,8 @@ class FrontDoor(Actor):
                 await self._reply(frames[0], "", v1.Error(code="internal", message="internal error handling frame"))
 
     async def _dispatch(self, identity: bytes, frames: list[bytes]) -> None:
+        if frames == [b""]:
+            return await self._client_gone(identity, "disconnected")
         if len(frames) != 2:
             return await self._reject(identity, "", "bad_frame", f"expected 2 frames [envelope, body], got {len(frames)}")
         raw_env, raw_body = frames
@@ -194,12 +221,19 @@ class FrontDoor(Actor):
             return await self._reject(
                 identity, client_id, "duplicate_request", f"request id {client_id!r} is already running"
             )
+        busy = self._over_limit(identity)
+        if busy is not None:
+            log.info("peer %s request %r: busy: %s", identity.hex()[:8], client_id, busy)
+            return await self._reply(
+                identity, client_id, v1.Error(code="busy", message=busy, retry_after_s=BUSY_RETRY_AFTER_S)
+            )
         rid = self._register(identity, client_id, "generate")
         await self.send(
             "tokenizer",
             m.Encode(
                 rid=rid,
                 label=f"{client_id}@{identity.hex()[:8]}",
+                client=identity.hex(),
                 messages=gen.messages,
                 prompt=gen.prompt,
                 sampling=gen.sampling,
@@ -220,11 +254,19 @@ class FrontDoor(Actor):
             return "invalid_field", sampling_problem
         return None
 
+    def _over_limit(self, identity: bytes) -> str | None:
+        if self._live_per_client[identity] >= self._max_live_per_client:
+            return f"this client already has {self._max_live_per_client} requests running or queued"
+        if len(self._by_client) >= self._max_live:
+            return f"the daemon has {self._max_live} requests running or queued"
+        return None
+
     def _register(self, identity: bytes, client_id: str, kind: str) -> int:
         rid = next(self._rids)
         self._live[rid] = _Live(identity, client_id, kind)
         if kind == "generate":
             self._by_client[(identity, client_id)] = rid
+            self._live_per_client[identity] += 1
         self.idle.clear()
         return rid
 
@@ -232,6 +274,9 @@ class FrontDoor(Actor):
         live = self._live.pop(rid, None)
         if live is not None and live.kind == "generate":
             self._by_client.pop((live.identity, live.client_id), None)
+            self._live_per_client[live.identity] -= 1
+            if self._live_per_client[live.identity] <= 0:
+                del self._live_per_client[live.identity]
         if not self._live:
             self.idle.set()
         return live
@@ -268,6 +313,16 @@ class FrontDoor(Actor):
             if exc.errno not in (errno.EHOSTUNREACH, zmq.EAGAIN):
                 raise
             await self._client_gone(identity, "disconnected" if exc.errno == errno.EHOSTUNREACH else "not reading")
+
+    async def _watch_disconnects(self) -> None:
+        while True:
+            event = await self._monitor.recv_multipart()
+            fd = int.from_bytes(event[0][2:6], "little")  # zmq event frame: u16 event, u32 value
+            for identity in self._peers_by_fd.pop(fd, set()):
+                # The fd number may already serve a new peer; only a peer we can no
+                # longer reach is gone. The probe is a `pong` with id "", which
+                # clients ignore.
+                await self._send_raw(identity, "", v1.encode_body(v1.Pong()))
 
     async def _client_gone(self, identity: bytes, why: str) -> None:
         """A client we cannot reach any more: cancel all it asked for, free its KV."""

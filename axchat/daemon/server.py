@@ -81,7 +81,13 @@ async def load_model(cfg: ServeConfig, model: str) -> tuple[DeviceBackend, Any]:
         backend = await loop.run_in_executor(
             None,
             lambda: load_backend(
-                cfg.backend, model, device=cfg.device, dtype=cfg.dtype, context=cfg.context, threads=cfg.threads
+                cfg.backend,
+                model,
+                device=cfg.device,
+                dtype=cfg.dtype,
+                context=cfg.context,
+                threads=cfg.threads,
+                prefix_cache_bytes=cfg.prefix_cache_mb << 20,
             ),
         )
         tokenizer = await loop.run_in_executor(None, load_tokenizer, model)
@@ -119,9 +125,9 @@ async def run(cfg: ServeConfig) -> int:
 
         # Consumers first, so nothing is ever sent to an inbox that does not exist;
         # the front door last, so no client is served before the chain is whole.
-        telemetry = TelemetryActor(bus, supervisor, info)
+        telemetry = TelemetryActor(bus, supervisor, info, max_queued=cfg.max_queued)
         sampler = SamplerActor(bus, supervisor)
-        device = DeviceActor(bus, supervisor, backend)
+        device = DeviceActor(bus, supervisor, backend, max_running=cfg.max_running)
         tok = TokenizerActor(bus, supervisor, tokenizer, context_length=info.context_length, eos_ids=sorted(eos_ids))
         try:
             door = FrontDoor(
@@ -131,8 +137,12 @@ async def run(cfg: ServeConfig) -> int:
                 info=info,
                 model_aliases=(model,),
                 max_frame_bytes=cfg.max_frame_bytes,
+                max_live=device.max_running + cfg.max_queued,
+                max_live_per_client=cfg.max_per_client,
             )
         except zmq.ZMQError as exc:
+            for made in (telemetry, sampler, device, tok):
+                made.discard()
             raise StartupError(f"cannot listen on {ep.describe(endpoint)}: {exc}") from None
         _restrict_socket_file(endpoint)
         actors: list[Actor] = [telemetry, sampler, device, tok, door]

@@ -94,6 +94,11 @@ def _emit(body: v1.DaemonMessage, args: argparse.Namespace, out: TextIO) -> None
         if args.stats:
             print(format_stats(body.stats), file=sys.stderr)
             print(format_host(body.stats), file=sys.stderr)
+    elif isinstance(body, v1.Queued):
+        if args.json:
+            _json_line(out, {"type": "queued", "position": body.position})
+        elif sys.stderr.isatty():
+            print(f"axchat: waiting for the device, position {body.position} in line", file=sys.stderr)
     elif isinstance(body, v1.Error) and args.json:
         _json_line(out, msgspec.to_builtins(body))
 

@@ -33,8 +33,24 @@ def _human(status: dict[str, object]) -> str:
             f"tokens:   {status['completion_tokens_total']} generated; {status['kv_sequences']} KV sequence(s) held",
             f"host:     CPU {status['cpu_percent']:.1f}%, RSS {int(status['rss_bytes']) / 2**20:.0f} MiB, "  # type: ignore[call-overload]
             f"temp {'n/a' if temp is None else f'{temp:.1f}°C'}",
+            f"rate:     {status.get('tokens_per_s', 0.0):.1f} tokens/s over the last 10s; "
+            f"slots {status.get('max_running', 0)}, queue limit {status.get('max_queued', 0)}",
+            f"cache:    {status.get('prefix_cache_entries', 0)} kept conversation(s), "
+            f"{int(status.get('prefix_cache_bytes', 0)) / 2**20:.1f} MiB",  # type: ignore[call-overload]
+            *_request_lines(status.get("requests") or []),  # type: ignore[arg-type]
         ]
     )
+
+
+def _request_lines(requests: list[dict[str, object]]) -> list[str]:
+    lines = []
+    for r in requests:
+        where = f"#{r['queue_position']} in line" if r["state"] == "queued" else str(r["state"])
+        lines.append(
+            f"  {r['id']:<24} {where:<12} prompt {r['prefilled_tokens']}/{r['prompt_tokens']}, "
+            f"reply {r['completion_tokens']}/{r['max_tokens']}"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -153,6 +153,15 @@ class Done(_Message, tag="done"):
     usage: Usage
     stats: Stats
     error: ErrorInfo | None = None
+    # Oldest whole turns dropped so the conversation fit the context (system kept).
+    trimmed_messages: int = 0
+
+
+class Queued(_Message, tag="queued"):
+    """The request waits for a device slot; sent when its place in line changes.
+    Position 1 is next. Not terminal: deltas and `done` follow."""
+
+    position: int
 
 
 class Error(_Message, tag="error"):
@@ -161,6 +170,18 @@ class Error(_Message, tag="error"):
     code: ErrorCode
     message: str
     retry_after_s: float | None = None
+
+
+class RequestInfo(msgspec.Struct, gc=False):
+    """One request the daemon holds, for `status`."""
+
+    id: str  # the client's request id, with the first 8 hex digits of its peer
+    state: Literal["queued", "prefill", "decode"]
+    prompt_tokens: int
+    prefilled_tokens: int
+    completion_tokens: int
+    max_tokens: int
+    queue_position: int = 0
 
 
 class StatusReply(_Message, tag="status_reply"):
@@ -180,13 +201,19 @@ class StatusReply(_Message, tag="status_reply"):
     rss_bytes: int
     device_temp_c: float | None = None
     pid: int = 0
+    requests: list[RequestInfo] = []
+    tokens_per_s: float = 0.0  # all requests together, over the last 10 seconds
+    max_running: int = 0
+    max_queued: int = 0
+    prefix_cache_entries: int = 0
+    prefix_cache_bytes: int = 0
 
 
 class Pong(_Message, tag="pong"):
     pass
 
 
-DaemonMessage = Union[Welcome, Delta, Done, Error, StatusReply, Pong]
+DaemonMessage = Union[Welcome, Delta, Done, Error, StatusReply, Pong, Queued]
 
 # Replies after which nothing more comes for that request id.
 TERMINAL = (Welcome, Done, Error, StatusReply, Pong)

@@ -15,11 +15,14 @@ def load_backend(
     dtype: str = "auto",
     context: int | None = None,
     threads: int | None = None,
+    prefix_cache_bytes: int = 0,
 ) -> DeviceBackend:
     if backend == "torch":
         from axchat.actors.backends.torch_backend import TorchBackend
 
-        return TorchBackend.load(model, device=device, dtype=dtype, context=context, threads=threads)
+        return TorchBackend.load(
+            model, device=device, dtype=dtype, context=context, threads=threads, prefix_cache_bytes=prefix_cache_bytes
+        )
     raise ModelLoadError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
 
 

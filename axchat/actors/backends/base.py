@@ -31,6 +31,11 @@ class Capabilities:
 
     max_batch: int  # sequences one decode step can advance
     kv_survives_switch: bool  # False: running another sequence destroys this one's KV
+    # Longest prompt piece one forward may take; None: the whole prompt at once (static
+    # shapes). Chunks let decode steps of other users run between them.
+    prefill_chunk: int | None = None
+    # Keeps finished sequences' KV and restores the longest matching prefix (`start`).
+    prefix_cache: bool = False
 
 
 class DeviceBackend(abc.ABC):
@@ -45,17 +50,35 @@ class DeviceBackend(abc.ABC):
         """Start `seq_id` from `token_ids`; return float32 logits (vocab,) for the
         next token. Allocates the sequence's KV."""
 
+    def extend(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
+        """Feed more prompt tokens to a started sequence (a chunk of a long prompt);
+        return float32 logits (vocab,) after the last. Only called when
+        `capabilities.prefill_chunk` is set."""
+        raise NotImplementedError(f"{type(self).__name__} cannot extend a sequence")
+
     @abc.abstractmethod
     def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
         """Feed one token to each sequence; return float32 logits (len(seq_ids), vocab)."""
 
+    def start(self, seq_id: int, prompt_ids: Sequence[int], salt: str) -> int:
+        """Begin `seq_id` with the KV of the longest cached prefix of `prompt_ids`
+        kept under `salt` (never all of it: the last token must be fed to get logits).
+        Returns how many prompt tokens that covers; the rest comes through `extend`.
+        Only called when `capabilities.prefix_cache` is set."""
+        raise NotImplementedError(f"{type(self).__name__} has no prefix cache")
+
     @abc.abstractmethod
-    def release(self, seq_id: int) -> None:
-        """Free the sequence's KV. Releasing an unknown sequence is a no-op."""
+    def release(self, seq_id: int, keep: tuple[str, list[int]] | None = None) -> None:
+        """Free the sequence's KV, or with `keep=(salt, token_ids)` (the tokens its KV
+        covers) hand it to the prefix cache. Releasing an unknown sequence is a no-op."""
 
     @abc.abstractmethod
     def live_sequences(self) -> int:
         """How many sequences hold KV now."""
+
+    def prefix_cache_usage(self) -> tuple[int, int]:
+        """(entries, bytes) held by the prefix cache."""
+        return 0, 0
 
     def temperature_c(self) -> float | None:
         """Device temperature if the backend can read one."""

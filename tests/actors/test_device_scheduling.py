@@ -1,0 +1,129 @@
+"""The device actor's schedule, in process, on the real torch backend with a call log:
+a long prompt is prefilled in chunks with other sequences' decode steps between them."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq.asyncio
+
+from axchat.actors import messages as m
+from axchat.actors.backends.torch_backend import TorchBackend
+from axchat.actors.device import DeviceActor
+from axchat.actors.mailbox import Actor, Bus, send_close
+from axchat.actors.sampler import SamplerActor
+from axchat.protocol.v1 import Sampling
+
+
+class LoggedTorchBackend(TorchBackend):
+    """The real backend, recording each call as (kind, sequence ids, tokens fed)."""
+
+    calls: list[tuple[str, tuple[int, ...], int]]
+
+    def prefill(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
+        self.calls.append(("prefill", (seq_id,), len(token_ids)))
+        return super().prefill(seq_id, token_ids)
+
+    def extend(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
+        self.calls.append(("extend", (seq_id,), len(token_ids)))
+        return super().extend(seq_id, token_ids)
+
+    def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
+        self.calls.append(("decode", tuple(seq_ids), len(token_ids)))
+        return super().decode(seq_ids, token_ids)
+
+
+class Collector(Actor):
+    """Stands in for the tokenizer: counts tokens per request and notes endings."""
+
+    def __init__(self, bus: Bus, sup: object, name: str) -> None:
+        self.name = name
+        super().__init__(bus, sup)  # type: ignore[arg-type]
+        self.tokens: dict[int, int] = {}
+        self.ended: dict[int, m.Ended] = {}
+        self.changed = asyncio.Event()
+
+    async def handle(self, msg: m.ActorMessage) -> None:
+        if isinstance(msg, m.TokenOut):
+            self.tokens[msg.rid] = self.tokens.get(msg.rid, 0) + 1
+        elif isinstance(msg, m.Ended):
+            self.ended[msg.rid] = msg
+        self.changed.set()
+
+    async def until(self, predicate, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+class FailLoudly:
+    def on_handler_error(self, actor: Actor, msg: m.ActorMessage, exc: BaseException) -> None:
+        raise AssertionError(f"{actor.name} failed on {msg}") from exc
+
+
+@pytest.fixture
+async def rig(tiny_model_dir: Path) -> AsyncIterator[tuple[Bus, LoggedTorchBackend, Collector, DeviceActor]]:
+    backend = LoggedTorchBackend.load(str(tiny_model_dir), threads=1)
+    backend.capabilities = dataclasses.replace(backend.capabilities, prefill_chunk=64)
+    backend.calls = []
+    ctx = zmq.asyncio.Context()
+    bus = Bus(ctx, "sched")
+    sup = FailLoudly()
+    tokenizer = Collector(bus, sup, "tokenizer")
+    device = DeviceActor(bus, sup, backend)  # type: ignore[arg-type]
+    others = [Collector(bus, sup, "telemetry"), SamplerActor(bus, sup), device]  # type: ignore[arg-type]
+    tasks = [asyncio.create_task(a.run()) for a in [tokenizer, *others]]
+    yield bus, backend, tokenizer, device
+    for actor, task in zip([tokenizer, *others], tasks, strict=True):
+        await send_close(bus, actor.name)
+        await asyncio.wait_for(task, 10)
+    term = threading.Thread(target=ctx.term, daemon=True)
+    term.start()
+    term.join(5)
+    assert not term.is_alive(), "a socket leaked"
+
+
+def admit(rid: int, n_prompt: int, max_tokens: int) -> m.Admit:
+    return m.Admit(
+        rid=rid,
+        label=f"r{rid}",
+        client=f"c{rid}",
+        prompt_ids=[5 + (i % 50) for i in range(n_prompt)],
+        sampling=Sampling(max_tokens=max_tokens, ignore_eos=True),
+        eos_ids=[2],
+    )
+
+
+async def test_long_prompt_is_chunked_between_decode_steps(rig) -> None:  # type: ignore[no-untyped-def]
+    bus, backend, tokenizer, device = rig
+    sender = Collector(bus, FailLoudly(), "test-sender")
+    try:
+        await sender.send("device", admit(1, 8, max_tokens=400))
+        await tokenizer.until(lambda: tokenizer.tokens.get(1, 0) >= 3)
+        await sender.send("device", admit(2, 300, max_tokens=5))
+        await tokenizer.until(lambda: 2 in tokenizer.ended)
+        await sender.send("device", m.CancelRequest(rid=1))
+        await tokenizer.until(lambda: 1 in tokenizer.ended)
+    finally:
+        sender.discard()
+
+    long_calls = [i for i, (kind, seqs, _) in enumerate(backend.calls) if 2 in seqs and kind in ("prefill", "extend")]
+    assert [backend.calls[i][2] for i in long_calls] == [64, 64, 64, 64, 44]  # 300 tokens in chunks of 64
+    between = backend.calls[long_calls[0] : long_calls[-1]]
+    decodes_of_short = [c for c in between if c[0] == "decode" and 1 in c[1]]
+    # The short request kept streaming: a decode step after every chunk.
+    assert len(decodes_of_short) >= len(long_calls) - 1
+    assert any(c[0] == "decode" and set(c[1]) == {1, 2} for c in backend.calls)  # then they batch
+    assert tokenizer.ended[2].completion_tokens == 5 and tokenizer.ended[2].reason == "length"
+    assert tokenizer.ended[1].reason == "cancelled"
+    # Releases run on the device thread after any forward in flight; anything queued
+    # there after them runs after them.
+    await asyncio.get_running_loop().run_in_executor(device._device_thread, lambda: None)
+    assert backend.live_sequences() == 0

@@ -1,0 +1,207 @@
+"""Many users on one device: batching, fairness, admission limits, queue visibility,
+context trimming, and cancelling clients that vanish while they wait."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import DaemonProcess, RawClient, chat
+
+from axchat.protocol import v1
+
+PROMPTS = [f"Prompt number {i}: tell me about {topic}" for i, topic in enumerate(
+    ["rain", "bread", "computers", "the sea", "music", "trees", "stars", "trains"]
+)]
+
+
+def tokens_of(client: RawClient, rid: str) -> tuple[list[int], v1.Done]:
+    ids: list[int] = []
+    for body in client.stream(rid):
+        if isinstance(body, v1.Delta):
+            ids.extend(body.token_ids)
+        elif isinstance(body, v1.Done):
+            return ids, body
+        elif not isinstance(body, v1.Queued):
+            raise AssertionError(body)
+    raise AssertionError("no done")
+
+
+@pytest.fixture
+def clients(daemon: DaemonProcess) -> Iterator[list[RawClient]]:
+    made = [RawClient(daemon.socket) for _ in PROMPTS]
+    yield made
+    for c in made:
+        c.close()
+
+
+def test_greedy_output_is_the_same_alone_or_beside_seven_others(daemon: DaemonProcess, clients: list[RawClient]) -> None:
+    alone = []
+    for i, prompt in enumerate(PROMPTS):
+        clients[0].send(f"alone{i}", chat(prompt, max_tokens=24, ignore_eos=True))
+        alone.append(tokens_of(clients[0], f"alone{i}")[0])
+    for i, (client, prompt) in enumerate(zip(clients, PROMPTS, strict=True)):
+        client.send(f"together{i}", chat(prompt, max_tokens=24, ignore_eos=True))
+    together = [tokens_of(client, f"together{i}")[0] for i, client in enumerate(clients)]
+    assert together == alone
+    # The daemon had room for all eight at once.
+    status = clients[0].request(v1.Status())
+    assert isinstance(status, v1.StatusReply) and status.max_running >= 8
+
+
+@pytest.fixture
+def one_slot(tiny_model_dir: Path) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(tiny_model_dir, "--max-running", "1", "--max-queued", "3", "--max-per-client", "3").wait_ready()
+    yield d
+    assert d.stop() == 0
+
+
+def test_round_robin_admission_and_queue_positions(one_slot: DaemonProcess) -> None:
+    a, b = RawClient(one_slot.socket), RawClient(one_slot.socket)
+    try:
+        a.send("a1", chat("hog the device", max_tokens=1500, ignore_eos=True))
+        env, first = a.recv(want="a1")
+        assert isinstance(first, v1.Delta)  # a1 holds the only slot
+        a.send("a2", chat("second of a", max_tokens=2, ignore_eos=True))
+        assert a.recv(want="a2")[1] == v1.Queued(position=1)
+        a.send("a3", chat("third of a", max_tokens=2, ignore_eos=True))
+        assert a.recv(want="a3")[1] == v1.Queued(position=2)
+        b.send("b1", chat("b wants a turn", max_tokens=2, ignore_eos=True))
+        # Round robin across clients: b goes before a's third request.
+        assert b.recv(want="b1")[1] == v1.Queued(position=2)
+        assert a.recv(want="a3")[1] == v1.Queued(position=3)
+
+        status = b.request(v1.Status())
+        assert isinstance(status, v1.StatusReply)
+        assert (status.running, status.queued) == (1, 3)
+        queued = {r.id.split("@")[0]: r.queue_position for r in status.requests if r.state == "queued"}
+        assert queued == {"a2": 1, "b1": 2, "a3": 3}
+
+        # A fourth waiting request is over --max-queued: refused at once, with a hint.
+        c = RawClient(one_slot.socket)
+        try:
+            c.send("c1", chat("one too many", max_tokens=2))
+            _, busy = c.recv(want="c1")
+            assert isinstance(busy, v1.Error) and busy.code == "busy" and busy.retry_after_s
+        finally:
+            c.close()
+
+        a.send("a1", v1.Cancel())
+        for client, rid in ((a, "a1"), (a, "a2"), (b, "b1"), (a, "a3")):
+            assert isinstance(list(client.stream(rid))[-1], v1.Done)
+    finally:
+        a.close()
+        b.close()
+    finished = [line.split("request ")[1].split("@")[0] for line in one_slot.lines if "finish=" in line]
+    assert finished == ["a1", "a2", "b1", "a3"]
+
+
+def test_per_client_limit(one_slot: DaemonProcess) -> None:
+    a = RawClient(one_slot.socket)
+    try:
+        for i in range(3):
+            a.send(f"r{i}", chat("wait", max_tokens=200, ignore_eos=True))
+        a.send("r3", chat("one more", max_tokens=2))
+        _, busy = a.recv(want="r3")
+        assert isinstance(busy, v1.Error) and busy.code == "busy" and "this client" in busy.message
+        for i in range(3):
+            a.send(f"r{i}", v1.Cancel())
+        for i in range(3):
+            assert isinstance(list(a.stream(f"r{i}"))[-1], v1.Done)
+    finally:
+        a.close()
+
+
+def test_client_that_vanishes_while_queued_is_cancelled(one_slot: DaemonProcess) -> None:
+    hog = RawClient(one_slot.socket)
+    try:
+        hog.send("hog", chat("hog", max_tokens=1500, ignore_eos=True))
+        assert isinstance(hog.recv(want="hog")[1], v1.Delta)
+        waiter = subprocess.Popen(
+            [sys.executable, "-m", "axchat", "ask", "--socket", one_slot.socket, "--json", "never served"],
+            stdout=subprocess.PIPE,
+        )
+        assert waiter.stdout is not None
+        waiter.stdout.readline()  # its first event: the queued position (ask prints nothing for it)
+        waiter.kill()
+        waiter.wait(10)
+        one_slot.wait_for_line("cancelling 1 request", timeout_s=15)
+        deadline = time.monotonic() + 15
+        while True:
+            status = hog.request(v1.Status())
+            assert isinstance(status, v1.StatusReply)
+            if status.queued == 0:
+                break
+            assert time.monotonic() < deadline, status
+        assert status.running == 1  # the hog is untouched
+        hog.send("hog", v1.Cancel())
+        assert isinstance(list(hog.stream("hog"))[-1], v1.Done)
+    finally:
+        hog.close()
+
+
+@pytest.fixture
+def small_context(tiny_model_dir: Path) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(tiny_model_dir, "--context", "256").wait_ready()
+    yield d
+    assert d.stop() == 0
+
+
+def test_long_history_drops_oldest_turns_and_says_so(small_context: DaemonProcess) -> None:
+    client = RawClient(small_context.socket)
+    try:
+        history = [v1.ChatMessage(role="system", content="You are terse.")]
+        for i in range(12):
+            history.append(v1.ChatMessage(role="user", content=f"question {i} " + "about weather " * 4))
+            history.append(v1.ChatMessage(role="assistant", content=f"answer {i} " + "it rains " * 4))
+        history.append(v1.ChatMessage(role="user", content="and the last question?"))
+        client.send("t", v1.Generate(messages=history, sampling=v1.Sampling(max_tokens=16, ignore_eos=True)))
+        ids, done = tokens_of(client, "t")
+        assert done.trimmed_messages > 0 and done.trimmed_messages % 2 == 0  # whole turns
+        assert done.usage.prompt_tokens + 16 <= 256
+        assert done.usage.completion_tokens == 16 and len(ids) == 16
+
+        huge = [v1.ChatMessage(role="user", content="word " * 400)]
+        client.send("h", v1.Generate(messages=huge))
+        _, err = client.recv(want="h")
+        assert isinstance(err, v1.Error) and err.code == "context_overflow" and "256" in err.message
+    finally:
+        client.close()
+
+
+def test_prefix_cache_serves_the_next_turn_only_to_the_same_client(daemon: DaemonProcess) -> None:
+    alice, mallory = RawClient(daemon.socket), RawClient(daemon.socket)
+    try:
+        turn1 = [v1.ChatMessage(role="user", content="Remember the number 7, please.")]
+        alice.send("t1", v1.Generate(messages=turn1, sampling=v1.Sampling(max_tokens=12)))
+        _, first = tokens_of(alice, "t1")
+        assert first.usage.cached_tokens == 0
+        reply = daemon_text(alice, turn1)  # greedy: the same reply again, now as text
+        turn2 = [*turn1, v1.ChatMessage(role="assistant", content=reply), v1.ChatMessage(role="user", content="Which?")]
+
+        alice.send("t2", v1.Generate(messages=turn2, sampling=v1.Sampling(max_tokens=12)))
+        cached_ids, cached = tokens_of(alice, "t2")
+        assert cached.usage.cached_tokens > 0
+        assert cached.usage.cached_tokens < cached.usage.prompt_tokens
+
+        # Another client asking the same gets no share of alice's cache...
+        mallory.send("m2", v1.Generate(messages=turn2, sampling=v1.Sampling(max_tokens=12)))
+        fresh_ids, fresh = tokens_of(mallory, "m2")
+        assert fresh.usage.cached_tokens == 0
+        # ...and the cached path computes exactly what a full prefill does.
+        assert cached_ids == fresh_ids
+        status = alice.request(v1.Status())
+        assert isinstance(status, v1.StatusReply)
+        assert status.prefix_cache_entries >= 2 and status.prefix_cache_bytes > 0
+    finally:
+        alice.close()
+        mallory.close()
+
+
+def daemon_text(client: RawClient, messages: list[v1.ChatMessage]) -> str:
+    client.send("text", v1.Generate(messages=messages, sampling=v1.Sampling(max_tokens=12)))
+    return "".join(b.text for b in client.stream("text") if isinstance(b, v1.Delta))
