@@ -64,7 +64,7 @@ def test_round_robin_admission_and_queue_positions(one_slot: DaemonProcess) -> N
     a, b = RawClient(one_slot.socket), RawClient(one_slot.socket)
     try:
         a.send("a1", chat("hog the device", max_tokens=1500, ignore_eos=True))
-        env, first = a.recv(want="a1")
+        _, first = a.recv(want="a1")
         assert isinstance(first, v1.Delta)  # a1 holds the only slot
         a.send("a2", chat("second of a", max_tokens=2, ignore_eos=True))
         assert a.recv(want="a2")[1] == v1.Queued(position=1)
