@@ -8,6 +8,7 @@ milliseconds. Every wait has a deadline: a daemon that stops answering shows up 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ class Client:
         self._sock.connect(self.endpoint)
         self._prefix = uuid.uuid4().hex[:8]
         self._counter = 0
+        # Set from `welcome`: how often to ping while waiting, so the daemon knows we live.
+        self.heartbeat_s: float | None = None
+        self._last_sent = time.monotonic()
 
     def close(self) -> None:
         self._sock.close(linger=0)
@@ -79,6 +83,8 @@ class Client:
             raise DaemonUnavailable(f"no axchat daemon is running at {path}; {HOW_TO_START}")
         reply = self._call(v1.Hello(client=f"axchat-cli/{os.getpid()}"), self.connect_timeout_s)
         assert isinstance(reply, v1.Welcome)
+        if reply.client_timeout_s > 0:
+            self.heartbeat_s = reply.client_timeout_s / 3
         return reply
 
     def status(self) -> v1.StatusReply:
@@ -99,6 +105,7 @@ class Client:
 
     def _send(self, request_id: str, body: v1.ClientMessage) -> None:
         self._sock.send_multipart(v1.encode(v1.Envelope(id=request_id), body))
+        self._last_sent = time.monotonic()
 
     def _call(self, body: v1.ClientMessage, timeout_s: float) -> v1.DaemonMessage:
         rid = self._next_id()
@@ -110,12 +117,25 @@ class Client:
 
     def _recv_for(self, request_id: str, timeout_s: float) -> v1.DaemonMessage:
         """Next frame for `request_id`; frames for earlier, abandoned ids are skipped."""
+        deadline = time.monotonic() + timeout_s
         while True:
-            if not self._sock.poll(int(timeout_s * 1000)):
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise DaemonUnavailable(
                     f"the axchat daemon at {ep.describe(self.endpoint)} did not answer within {timeout_s:g}s; "
                     f"is it running? {HOW_TO_START}"
                 )
+            wait = left
+            if self.heartbeat_s is not None:
+                # The daemon hears only what we send, not what we read: ping on a
+                # schedule even while frames keep coming. Its pong is skipped below.
+                due = self._last_sent + self.heartbeat_s - time.monotonic()
+                if due <= 0:
+                    self._send(self._next_id(), v1.Ping())
+                    continue
+                wait = min(left, due)
+            if not self._sock.poll(max(1, int(wait * 1000))):
+                continue
             env_raw, body_raw = self._sock.recv_multipart()
             env = v1.decode_envelope(env_raw)
             try:

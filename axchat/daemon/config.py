@@ -25,6 +25,7 @@ class ServeConfig:
     max_queued: int = 32
     max_per_client: int = 8
     prefix_cache_mb: int = 256
+    client_timeout_s: float = 30.0
 
 
 def default_threads() -> int:
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-running", type=int, help="sequences on the device at once (default: the backend's batch)")
     p.add_argument("--max-queued", type=int, default=32, help="requests waiting for a slot, all clients together")
     p.add_argument("--max-per-client", type=int, default=8, help="requests running or waiting, per client")
+    p.add_argument("--client-timeout", type=float, default=30.0, help="cancel requests of a client silent this long (0: never)")
     p.add_argument("--prefix-cache-mb", type=int, default=256, help="memory for kept conversation KV (0 turns it off)")
     return p
 
@@ -73,4 +75,5 @@ def parse(argv: list[str]) -> ServeConfig:
         max_queued=args.max_queued,
         max_per_client=args.max_per_client,
         prefix_cache_mb=args.prefix_cache_mb,
+        client_timeout_s=args.client_timeout,
     )

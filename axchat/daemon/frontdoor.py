@@ -54,6 +54,7 @@ class FrontDoor(Actor):
         max_frame_bytes: int = v1.DEFAULT_MAX_FRAME_BYTES,
         max_live: int = 1 << 30,
         max_live_per_client: int = 1 << 30,
+        client_timeout_s: float = 0.0,
     ) -> None:
         super().__init__(bus, supervisor)
         # Admission: running + queued requests, in all and per client. Past either the
@@ -61,6 +62,11 @@ class FrontDoor(Actor):
         self._max_live = max_live
         self._max_live_per_client = max_live_per_client
         self._live_per_client: collections.Counter[bytes] = collections.Counter()
+        # Liveness on the data path: a client with live requests must send something
+        # (a `ping` will do) at least this often; a silent one is treated as gone.
+        self._client_timeout_s = client_timeout_s
+        self._last_seen: dict[bytes, float] = {}
+        self._liveness: asyncio.Task[None] | None = None
         self._info = info
         self._model_names = {info.model, *model_aliases}
         self._max_frame = max_frame_bytes
@@ -91,9 +97,11 @@ class FrontDoor(Actor):
     async def on_start(self) -> None:
         self._reader = asyncio.create_task(self._read_clients(), name="frontdoor-reader")
         self._watcher = asyncio.create_task(self._watch_disconnects(), name="frontdoor-disconnects")
+        if self._client_timeout_s > 0:
+            self._liveness = asyncio.create_task(self._expire_silent_clients(), name="frontdoor-liveness")
 
     async def on_close(self) -> None:
-        tasks = [t for t in (self._reader, self._watcher) if t is not None]
+        tasks = [t for t in (self._reader, self._watcher, self._liveness) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -128,6 +136,7 @@ class FrontDoor(Actor):
             frames = [part.bytes for part in parts]
             if fd >= 0:
                 self._peers_by_fd[fd].add(frames[0])
+            self._last_seen[frames[0]] = time.monotonic()  # any traffic counts as a heartbeat
             try:
                 await self._dispatch(frames[0], frames[1:])
             except asyncio.CancelledError:
@@ -207,6 +216,7 @@ class FrontDoor(Actor):
                 dtype=info.dtype,
                 context_length=info.context_length,
                 max_frame_bytes=self._max_frame,
+                client_timeout_s=self._client_timeout_s,
             ),
         )
 
@@ -313,6 +323,18 @@ class FrontDoor(Actor):
             if exc.errno not in (errno.EHOSTUNREACH, zmq.EAGAIN):
                 raise
             await self._client_gone(identity, "disconnected" if exc.errno == errno.EHOSTUNREACH else "not reading")
+
+    async def _expire_silent_clients(self) -> None:
+        while True:
+            await asyncio.sleep(self._client_timeout_s / 4)  # a period, not a synchronisation
+            cutoff = time.monotonic() - self._client_timeout_s
+            silent = {live.identity for live in self._live.values() if self._last_seen.get(live.identity, 0) < cutoff}
+            for identity in silent:
+                await self._client_gone(identity, f"silent for over {self._client_timeout_s:g}s")
+            # Forget peers with nothing live, so the map does not grow without bound.
+            active = {live.identity for live in self._live.values()}
+            for identity in [i for i in self._last_seen if i not in active and self._last_seen[i] < cutoff]:
+                del self._last_seen[identity]
 
     async def _watch_disconnects(self) -> None:
         while True:

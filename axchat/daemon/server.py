@@ -139,6 +139,7 @@ async def run(cfg: ServeConfig) -> int:
                 max_frame_bytes=cfg.max_frame_bytes,
                 max_live=device.max_running + cfg.max_queued,
                 max_live_per_client=cfg.max_per_client,
+                client_timeout_s=cfg.client_timeout_s,
             )
         except zmq.ZMQError as exc:
             for made in (telemetry, sampler, device, tok):

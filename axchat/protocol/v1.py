@@ -114,6 +114,9 @@ class Welcome(_Message, tag="welcome"):
     dtype: str
     context_length: int
     max_frame_bytes: int
+    # A client with live requests must send a frame (`ping`) at least this often, or
+    # its requests are cancelled; 0 = no such rule.
+    client_timeout_s: float = 0.0
 
 
 class Delta(_Message, tag="delta"):

@@ -205,3 +205,28 @@ def test_prefix_cache_serves_the_next_turn_only_to_the_same_client(daemon: Daemo
 def daemon_text(client: RawClient, messages: list[v1.ChatMessage]) -> str:
     client.send("text", v1.Generate(messages=messages, sampling=v1.Sampling(max_tokens=12)))
     return "".join(b.text for b in client.stream("text") if isinstance(b, v1.Delta))
+
+
+def test_silent_client_is_cancelled_and_a_pinging_one_is_not(tiny_model_dir: Path) -> None:
+    d = DaemonProcess(tiny_model_dir, "--client-timeout", "0.5").wait_ready()
+    silent = RawClient(d.socket)
+    try:
+        welcome = silent.request(v1.Hello())
+        assert isinstance(welcome, v1.Welcome) and welcome.client_timeout_s == 0.5
+        silent.send("quiet", chat("then go quiet", max_tokens=1900, ignore_eos=True))
+        # We read nothing and send nothing more: the daemon must give up on us.
+        d.wait_for_line("silent for over 0.5s", timeout_s=30)
+        line = d.wait_for_line("finish=cancelled", timeout_s=30)
+        assert int(line.split("Tokens: ")[1].split()[0]) < 1900
+
+        # `ask` pings while it waits, so a long answer survives the same rule.
+        ask = subprocess.run(
+            [sys.executable, "-m", "axchat", "ask", "--socket", d.socket, "--json", "--max-tokens", "300", "--ignore-eos", "hi"],
+            capture_output=True,
+            timeout=100,
+        )
+        assert ask.returncode == 0, ask.stderr
+        assert b'"finish_reason": "length"' in ask.stdout.splitlines()[-1]
+    finally:
+        silent.close()
+        assert d.stop() == 0
