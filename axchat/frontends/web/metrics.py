@@ -76,10 +76,16 @@ class BridgeMetrics:
         for name, help_text, value in (
             ("axchat_web_prompt_tokens_total", "Prompt tokens of finished requests.", self.prompt_tokens),
             ("axchat_web_completion_tokens_total", "Completion tokens of finished requests.", self.completion_tokens),
-            ("axchat_web_prefix_cache_hit_tokens_total", "Prompt tokens served from the daemon's prefix cache.", self.cached_tokens),
+            (
+                "axchat_web_prefix_cache_hit_tokens_total",
+                "Prompt tokens served from the daemon's prefix cache.",
+                self.cached_tokens,
+            ),
         ):
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {value}"]
-        lines += _gauge("axchat_daemon_up", "1 when the daemon answered this scrape's status request.", int(status is not None))
+        lines += _gauge(
+            "axchat_daemon_up", "1 when the daemon answered this scrape's status request.", int(status is not None)
+        )
         if status is not None:
             lines += _gauge("axchat_daemon_running_requests", "Requests the daemon is generating.", status.running)
             lines += _gauge("axchat_daemon_queued_requests", "Requests waiting for a device slot.", status.queued)

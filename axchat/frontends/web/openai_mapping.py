@@ -77,6 +77,7 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
         max_tokens=defaults.max_tokens if max_tokens is None else max_tokens,
         seed=req.seed,
         stop=stop,
+        ignore_eos=req.ignore_eos,
     )
 
 

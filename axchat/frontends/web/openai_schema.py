@@ -43,6 +43,7 @@ class _Common(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    ignore_eos: bool = False
 
 
 class ChatCompletionRequest(_Common, kw_only=True):
@@ -67,4 +68,3 @@ def decode_body(raw: bytes, kind: type[Body]) -> Body:
         raise bad_request(f"invalid request body: {exc}", param=found.group(1) if found else None) from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-

@@ -60,8 +60,13 @@ async def serve(host: str, port: int, socket: str | None, api_key: str | None) -
         for address in runner.addresses:
             bound_host, bound_port = address[0], address[1]
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-            log.info("listening: http://%s:%d/ (daemon %s, %s)", shown, bound_port, socket or "default socket",
-                     "API key required" if api_key else "no API key")
+            log.info(
+                "listening: http://%s:%d/ (daemon %s, %s)",
+                shown,
+                bound_port,
+                socket or "default socket",
+                "API key required" if api_key else "no API key",
+            )
         await stop.wait()
         log.info("shutting down")
     finally:
@@ -72,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(args.log_level)
     if importlib.util.find_spec("aiohttp") is None:
-        print("axchat web: error: aiohttp is not installed; install the web extra: pip install 'axchat[web]'", file=sys.stderr)
+        print(
+            "axchat web: error: aiohttp is not installed; install the web extra: pip install 'axchat[web]'",
+            file=sys.stderr,
+        )
         return 1
     api_key = args.api_key or os.environ.get(ENV_API_KEY) or None
     if api_key is None and not is_loopback(args.host):
