@@ -8,6 +8,7 @@ import urllib.request
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from web_bridge import BridgeProcess, bridge_fixture, client_fixture, model_name_fixture  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,12 +33,15 @@ def test_chat_completion_whole(client: openai.OpenAI, model_name: str) -> None:
 
 
 def test_chat_stream_matches_whole_and_ends_with_usage(client: openai.OpenAI, model_name: str) -> None:
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "count"}]
-    whole = client.chat.completions.create(model=model_name, messages=messages, max_tokens=9)  # type: ignore[arg-type]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "count"},
+    ]
+    whole = client.chat.completions.create(model=model_name, messages=messages, max_tokens=9)
     chunks = list(
         client.chat.completions.create(
             model=model_name,
-            messages=messages,  # type: ignore[arg-type]
+            messages=messages,
             max_tokens=9,
             stream=True,
             stream_options={"include_usage": True},

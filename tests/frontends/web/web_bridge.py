@@ -11,10 +11,9 @@ import re
 import sys
 from collections.abc import Iterator
 
+import openai
 import pytest
 from conftest import DaemonProcess, LoggedProcess
-
-openai = pytest.importorskip("openai")
 
 LISTENING = re.compile(r"listening: (http://\S+/)")
 API_KEY = "test-key-0123456789"

@@ -97,7 +97,10 @@ async function send(prompt) {
       if (!choice) continue;
       if (choice.finish_reason) finish = choice.finish_reason;
       if (choice.delta?.content) {
-        firstAt ??= performance.now();
+        if (firstAt === null) {
+          firstAt = performance.now();
+          $("status").textContent = "answering…";
+        }
         answer += choice.delta.content;
         bubble.innerHTML = axMarkdown.render(answer);
         bubble.scrollIntoView({ block: "end" });
