@@ -33,7 +33,8 @@ def own_daemon(tiny_model_dir: Path) -> Iterator[DaemonProcess]:
 
 @pytest.fixture(scope="module")
 def own_bridge(own_daemon: DaemonProcess) -> Iterator[BridgeProcess]:
-    yield from started_bridge(own_daemon.socket)
+    with started_bridge(own_daemon.socket) as bridge:
+        yield bridge
 
 
 def open_request(bridge: BridgeProcess, body: dict[str, object]) -> socket.socket:

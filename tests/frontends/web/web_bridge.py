@@ -7,6 +7,7 @@ their function names (`*_fixture`); pytest knows them by `name=`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ class BridgeProcess(LoggedProcess):
         return openai.OpenAI(base_url=self.url + "v1", api_key=api_key, max_retries=0, timeout=30)
 
 
+@contextlib.contextmanager
 def started_bridge(socket: str, *extra: str) -> Iterator[BridgeProcess]:
     bridge = BridgeProcess(socket, *extra).wait_listening()
     yield bridge
@@ -48,12 +50,14 @@ def started_bridge(socket: str, *extra: str) -> Iterator[BridgeProcess]:
 
 @pytest.fixture(scope="session", name="bridge")
 def bridge_fixture(daemon: DaemonProcess) -> Iterator[BridgeProcess]:
-    yield from started_bridge(daemon.socket)
+    with started_bridge(daemon.socket) as bridge:
+        yield bridge
 
 
 @pytest.fixture(scope="session", name="keyed_bridge")
 def keyed_bridge_fixture(daemon: DaemonProcess) -> Iterator[BridgeProcess]:
-    yield from started_bridge(daemon.socket, "--api-key", API_KEY)
+    with started_bridge(daemon.socket, "--api-key", API_KEY) as bridge:
+        yield bridge
 
 
 @pytest.fixture(name="client")
