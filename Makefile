@@ -10,7 +10,7 @@ PROMPT ?= Give me a joke
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test venv dev lint clean stop
+.PHONY: run test venv dev lint clean stop browser
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,14 @@ run: venv
 stop:
 	@$(BIN)/python -m axchat.devrun stop --socket $(SOCKET)
 
-test: dev
+# The chat page tests drive Debian's chromium; as root, install it when missing.
+# Without it (not root, no apt) those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not installed: the chat page tests will be skipped"; }
+
+test: dev browser
 	$(BIN)/python -m pytest -q
 
 lint: dev

@@ -10,6 +10,7 @@ COMMANDS = {
     "serve": ("axchat.daemon.serve", "run the daemon: load a model once, serve many clients"),
     "ask": ("axchat.frontends.ask", "ask one question and stream the answer"),
     "status": ("axchat.frontends.status", "show what the daemon is doing"),
+    "web": ("axchat.frontends.web.serve", "serve an OpenAI-compatible API and a chat page over HTTP"),
 }
 
 

@@ -43,13 +43,12 @@ def short_socket_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="axc-"))
 
 
-class DaemonProcess:
-    """`axchat serve` as a real subprocess, with its stderr collected line by line."""
+class LoggedProcess:
+    """A real subprocess with its stderr collected line by line, for waiting on log lines."""
 
-    def __init__(self, model: Path | str, *extra: str, socket: str | None = None, env: dict[str, str] | None = None):
-        self.socket_dir = short_socket_dir()
-        self.socket = socket or str(self.socket_dir / "d.sock")
-        cmd = [sys.executable, "-m", "axchat", "serve", "--model", str(model), "--socket", self.socket, *extra]
+    name = "process"
+
+    def __init__(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=full_env, text=True)
         self.lines: list[str] = []
@@ -69,21 +68,17 @@ class DaemonProcess:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"daemon never logged {needle!r}; log:\n" + "\n".join(self.lines))
+                raise AssertionError(f"{self.name} never logged {needle!r}; log:\n" + "\n".join(self.lines))
             try:
                 line = self._lines.get(timeout=left)
             except queue.Empty:
                 continue
             if line is None:
                 raise AssertionError(
-                    f"daemon exited ({self.proc.wait()}) before logging {needle!r}; log:\n" + "\n".join(self.lines)
+                    f"{self.name} exited ({self.proc.wait()}) before logging {needle!r}; log:\n" + "\n".join(self.lines)
                 )
             if needle in line:
                 return line
-
-    def wait_ready(self) -> DaemonProcess:
-        self.wait_for_line("ready:")
-        return self
 
     def log_text(self) -> str:
         return "\n".join(self.lines)
@@ -96,9 +91,25 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError("daemon did not exit after signal; log:\n" + self.log_text()) from None
+            raise AssertionError(f"{self.name} did not exit after signal; log:\n" + self.log_text()) from None
         finally:
             self._reader.join(timeout=5)
+
+
+class DaemonProcess(LoggedProcess):
+    """`axchat serve` as a real subprocess."""
+
+    name = "daemon"
+
+    def __init__(self, model: Path | str, *extra: str, socket: str | None = None, env: dict[str, str] | None = None):
+        self.socket_dir = short_socket_dir()
+        self.socket = socket or str(self.socket_dir / "d.sock")
+        cmd = [sys.executable, "-m", "axchat", "serve", "--model", str(model), "--socket", self.socket, *extra]
+        super().__init__(cmd, env)
+
+    def wait_ready(self) -> DaemonProcess:
+        self.wait_for_line("ready:")
+        return self
 
 
 class RawClient:

@@ -1,0 +1,11 @@
+"""Typed keys for what the bridge keeps on its aiohttp Application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from axchat.frontends.web.daemon_link import DaemonLink
+from axchat.frontends.web.metrics import BridgeMetrics
+
+LINK = web.AppKey("link", DaemonLink)
+METRICS = web.AppKey("metrics", BridgeMetrics)

@@ -1,0 +1,141 @@
+"""OpenAI request fields onto protocol v1 `generate`, and daemon replies onto OpenAI's
+response objects (`chat.completion`, `chat.completion.chunk`, `text_completion`).
+
+Defaults follow axchat, not OpenAI: an absent `temperature` is 0 (greedy, as `axchat
+ask`), an absent `max_tokens` is the daemon's 256. A daemon-side cancel (the daemon
+draining) ends the choice with "stop", the closest of OpenAI's finish reasons.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from axchat.frontends.web.errors import bad_request
+from axchat.frontends.web.openai_schema import ChatCompletionRequest, CompletionRequest, InMessage
+from axchat.protocol import v1
+
+# OpenAI's "developer" role is its newer name for "system".
+_ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+
+FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "stop"}
+
+
+def chat_to_generate(req: ChatCompletionRequest) -> v1.Generate:
+    if not req.messages:
+        raise bad_request("`messages` must not be empty", param="messages")
+    messages = [_message(i, m) for i, m in enumerate(req.messages)]
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    return v1.Generate(messages=messages, sampling=_sampling(req, max_tokens), model=req.model)
+
+
+def completion_to_generate(req: CompletionRequest) -> v1.Generate:
+    prompt = req.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise bad_request("only one prompt per request is supported", param="prompt")
+        prompt = prompt[0]
+    return v1.Generate(prompt=prompt, sampling=_sampling(req, req.max_tokens), model=req.model)
+
+
+def include_usage(req: ChatCompletionRequest | CompletionRequest) -> bool:
+    return req.stream_options is not None and req.stream_options.include_usage
+
+
+def _message(index: int, msg: InMessage) -> v1.ChatMessage:
+    role = _ROLES.get(msg.role)
+    if role is None:
+        raise bad_request(f"unsupported role {msg.role!r}", param=f"messages[{index}].role")
+    content = msg.content
+    if isinstance(content, list):
+        # Text parts only: the daemon serves text models.
+        if any(part.type != "text" for part in content):
+            raise bad_request("only text content parts are supported", param=f"messages[{index}].content")
+        content = "".join(part.text or "" for part in content)
+    return v1.ChatMessage(role=role, content=content or "")
+
+
+def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> v1.Sampling:
+    if req.n not in (None, 1):
+        raise bad_request("only n=1 is supported", param="n")
+    defaults = v1.Sampling()
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    # Range checks are the daemon's (`invalid_field` becomes a 400 naming the field).
+    return v1.Sampling(
+        temperature=defaults.temperature if req.temperature is None else req.temperature,
+        top_p=defaults.top_p if req.top_p is None else req.top_p,
+        top_k=defaults.top_k if req.top_k is None else req.top_k,
+        min_p=defaults.min_p if req.min_p is None else req.min_p,
+        repetition_penalty=defaults.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
+        max_tokens=defaults.max_tokens if max_tokens is None else max_tokens,
+        seed=req.seed,
+        stop=stop,
+        ignore_eos=req.ignore_eos,
+    )
+
+
+def usage_body(usage: v1.Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
+class ResponseShape:
+    """The objects of one response, chat or text: same id, model and timestamp on each."""
+
+    def __init__(self, kind: Literal["chat", "text"], model: str) -> None:
+        self.kind = kind
+        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+        self.model = model
+        self.created = int(time.time())
+
+    def _envelope(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "system_fingerprint": None}
+
+    def _choice(self, text: str | None, finish_reason: str | None, *, whole: bool) -> dict[str, Any]:
+        if self.kind == "text":
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        if whole:
+            message = {"role": "assistant", "content": text, "refusal": None}
+            return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+        delta = {} if text is None else {"content": text}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None, with_usage: bool) -> dict[str, Any]:
+        body = self._envelope("chat.completion.chunk" if self.kind == "chat" else "text_completion")
+        body["choices"] = choices
+        if with_usage:
+            body["usage"] = usage
+        return body
+
+    def first_chunk(self, with_usage: bool) -> dict[str, Any] | None:
+        """OpenAI opens a chat stream with the role and empty content; text streams have no opener."""
+        if self.kind != "chat":
+            return None
+        choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        return self._chunk([choice], None, with_usage)
+
+    def text_chunk(self, text: str, with_usage: bool) -> dict[str, Any]:
+        return self._chunk([self._choice(text, None, whole=False)], None, with_usage)
+
+    def finish_chunk(self, finish_reason: str, with_usage: bool) -> dict[str, Any]:
+        return self._chunk([self._choice(None, finish_reason, whole=False)], None, with_usage)
+
+    def usage_chunk(self, usage: v1.Usage) -> dict[str, Any]:
+        return self._chunk([], usage_body(usage), True)
+
+    def whole(self, text: str, finish_reason: str, usage: v1.Usage) -> dict[str, Any]:
+        body = self._envelope("chat.completion" if self.kind == "chat" else "text_completion")
+        body["choices"] = [self._choice(text, finish_reason, whole=True)]
+        body["usage"] = usage_body(usage)
+        return body

@@ -1,0 +1,63 @@
+"""What HTTP clients see when the daemon is not there or is shutting down: 503 with
+Retry-After, in OpenAI's error shape."""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import DaemonProcess, short_socket_dir
+from test_disconnect import open_request, read_until
+from test_openai_api import get, parse_prometheus, post
+from web_bridge import BridgeProcess, started_bridge
+
+pytestmark = pytest.mark.timeout(120)
+HELLO = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+
+
+@pytest.fixture
+def orphan_bridge() -> Iterator[BridgeProcess]:
+    with started_bridge(str(short_socket_dir() / "nobody.sock")) as bridge:
+        yield bridge
+
+
+def test_no_daemon_is_503_with_retry_after(orphan_bridge: BridgeProcess) -> None:
+    assert get(orphan_bridge.url + "health")[0] == 200
+    status, body, _ = get(orphan_bridge.url + "ready")
+    assert status == 503 and body["status"] == "unavailable"
+    status, body, headers = post(orphan_bridge.url + "v1/chat/completions", HELLO)
+    assert status == 503 and body["error"]["code"] == "daemon_unavailable"
+    assert int(headers["Retry-After"]) >= 1
+    assert "axchat serve" in body["error"]["message"]
+    with urllib.request.urlopen(orphan_bridge.url + "metrics", timeout=30) as resp:
+        assert parse_prometheus(resp.read().decode())["axchat_daemon_up"] == 0
+
+
+def test_draining_daemon_is_503_shutting_down(tiny_model_dir: Path) -> None:
+    daemon = DaemonProcess(tiny_model_dir, "--drain-timeout", "60").wait_ready()
+    try:
+        with started_bridge(daemon.socket) as bridge:
+            # A long stream keeps the daemon draining, not stopped, after SIGTERM.
+            conn = open_request(
+                bridge,
+                {
+                    "messages": [{"role": "user", "content": "talk"}],
+                    "stream": True,
+                    "max_tokens": 1500,
+                    "ignore_eos": True,
+                },
+            )
+            read_until(conn, b"data: {")
+            daemon.proc.send_signal(signal.SIGTERM)
+            daemon.wait_for_line("draining:")
+            status, body, headers = post(bridge.url + "v1/chat/completions", HELLO)
+            assert status == 503 and body["error"]["code"] == "shutting_down"
+            assert int(headers["Retry-After"]) >= 1
+            conn.close()  # cancels the stream, so the daemon can finish draining
+            assert daemon.stop() == 0, daemon.log_text()
+    finally:
+        daemon.stop()

@@ -1,0 +1,86 @@
+"""The OpenAI <-> protocol mapping on its own: request fields, error statuses."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from axchat.frontends.web import openai_mapping as mapping
+from axchat.frontends.web.errors import ApiError, from_daemon
+from axchat.frontends.web.openai_schema import ChatCompletionRequest, CompletionRequest, decode_body
+from axchat.protocol import v1
+
+
+def chat(**fields: object) -> ChatCompletionRequest:
+    body = {"messages": [{"role": "user", "content": "hi"}], **fields}
+    return decode_body(msgspec.json.encode(body), ChatCompletionRequest)
+
+
+def test_defaults_are_axchats() -> None:
+    gen = mapping.chat_to_generate(chat())
+    assert gen.sampling == v1.Sampling() and gen.model is None
+
+
+def test_fields_map_onto_sampling() -> None:
+    gen = mapping.chat_to_generate(
+        chat(temperature=0.7, top_p=0.9, max_tokens=5, max_completion_tokens=9, stop="END", seed=3, model="m")
+    )
+    s = gen.sampling
+    assert (s.temperature, s.top_p, s.max_tokens, s.stop, s.seed) == (0.7, 0.9, 9, ["END"], 3)
+    assert gen.model == "m"
+
+
+def test_messages_roles_and_content_parts() -> None:
+    gen = mapping.chat_to_generate(
+        chat(
+            messages=[
+                {"role": "developer", "content": "rules"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": None},
+            ]
+        )
+    )
+    assert gen.messages == [
+        v1.ChatMessage(role="system", content="rules"),
+        v1.ChatMessage(role="user", content="ab"),
+        v1.ChatMessage(role="assistant", content=""),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
+    ],
+)
+def test_unsupported_requests_are_400(fields: dict[str, object], param: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        mapping.chat_to_generate(chat(**fields))
+    assert caught.value.status == 400 and caught.value.param == param
+
+
+def test_completion_prompt_list_of_one() -> None:
+    req = decode_body(b'{"prompt": ["once"]}', CompletionRequest)
+    assert mapping.completion_to_generate(req).prompt == "once"
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "retry_after"),
+    [
+        ("invalid_field", 400, None),
+        ("context_overflow", 400, None),
+        ("unknown_model", 404, None),
+        ("busy", 429, "2"),
+        ("shutting_down", 503, "5"),
+        ("internal", 500, None),
+        ("duplicate_request", 500, None),
+    ],
+)
+def test_daemon_codes_to_http(code: v1.ErrorCode, status: int, retry_after: str | None) -> None:
+    error = from_daemon(code, "x", 1.2 if code == "busy" else None)
+    assert error.status == status
+    assert error.headers().get("Retry-After") == retry_after
+    assert set(error.body()["error"]) == {"message", "type", "param", "code"}
