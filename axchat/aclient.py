@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -70,11 +71,15 @@ class AsyncClient:
         self._counter = 0
         self._waiting: dict[str, asyncio.Queue[v1.DaemonMessage | BaseException]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._last_sent = time.monotonic()
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.wait([self._reader])
+        tasks = [t for t in (self._reader, self._heartbeat) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
         self._sock.close(linger=0)
         self._ctx.term()
 
@@ -92,6 +97,8 @@ class AsyncClient:
             raise DaemonUnavailable(f"no axchat daemon is running at {path}; {HOW_TO_START}")
         reply = await self._call(v1.Hello(client=f"axchat-async/{os.getpid()}"))
         assert isinstance(reply, v1.Welcome)
+        if reply.client_timeout_s > 0 and self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._keep_alive(reply.client_timeout_s / 3), name="axchat-heartbeat")
         return reply
 
     async def status(self) -> v1.StatusReply:
@@ -120,6 +127,16 @@ class AsyncClient:
 
     async def _send(self, rid: str, body: v1.ClientMessage) -> None:
         await self._sock.send_multipart(v1.encode(v1.Envelope(id=rid), body))
+        self._last_sent = time.monotonic()
+
+    async def _keep_alive(self, every_s: float) -> None:
+        """While requests are live, make sure the daemon hears from us every `every_s`:
+        it hears only what we send, never what we read."""
+        while True:
+            await asyncio.sleep(every_s)  # a period, not a synchronisation
+            if self._waiting and time.monotonic() - self._last_sent >= every_s:
+                self._counter += 1
+                await self._send(f"{self._prefix}-ping-{self._counter}", v1.Ping())
 
     async def _call(self, body: v1.ClientMessage) -> v1.DaemonMessage:
         rid, queue = self._open()

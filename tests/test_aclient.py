@@ -56,3 +56,14 @@ async def test_no_daemon() -> None:
 def daemon_model_name(daemon: DaemonProcess) -> str:
     ready = next(line for line in daemon.lines if "ready:" in line)
     return ready.split("serving ")[1].split(" on ")[0]
+
+
+async def test_async_client_pings_so_a_long_answer_survives_the_liveness_rule(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    d = DaemonProcess(tiny_model_dir, "--client-timeout", "0.5").wait_ready()
+    try:
+        async with connect(d.socket) as client:
+            _, done = await run(client, "long one", 300)
+            assert done.finish_reason == "length" and done.usage.completion_tokens == 300
+        assert "silent for over" not in d.log_text()
+    finally:
+        assert d.stop() == 0
