@@ -253,5 +253,4 @@ def load_tokenizer(model: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load a tokenizer from {model}: {first}") from None
+        raise ModelLoadError.because(f"cannot load a tokenizer from {model}", exc) from None

@@ -13,6 +13,12 @@ import numpy as np
 class ModelLoadError(Exception):
     """The model could not be loaded; the message is one line for the user."""
 
+    @classmethod
+    def because(cls, what: str, exc: BaseException) -> ModelLoadError:
+        """`what: <first line of exc>`: library errors run to pages; the user needs one line."""
+        text = str(exc).strip()
+        return cls(f"{what}: {text.splitlines()[0] if text else type(exc).__name__}")
+
 
 @dataclass(frozen=True)
 class BackendInfo:

@@ -60,8 +60,7 @@ def load_config(model: str) -> Any:
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load a model config from {model}: {first}") from None
+        raise ModelLoadError.because(f"cannot load a model config from {model}", exc) from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ModelLoadError(f"{model} is a {config.model_type!r} model, not a causal language model")
     return config
@@ -118,8 +117,7 @@ class TorchBackend(DeviceBackend):
         try:
             lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
         except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"cannot load model weights from {model}: {first}") from None
+            raise ModelLoadError.because(f"cannot load model weights from {model}", exc) from None
         lm = lm.to(device).eval()  # type: ignore[arg-type]  # transformers' stubs mistype .to()
         model_context = int(getattr(config, "max_position_embeddings", 0) or 2048)
         if context is not None and context > model_context:
