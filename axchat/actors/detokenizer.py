@@ -30,6 +30,8 @@ class IncrementalDetokenizer:
         self._ids: list[int] = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:])
         self._prefix = 0
         self._read = len(self._ids)
+        # True while the newest bytes are part of an unfinished character.
+        self.holding = False
 
     def push(self, token_id: int) -> str:
         self._ids.append(token_id)
@@ -44,9 +46,8 @@ class IncrementalDetokenizer:
             return ""
         before = self._decode(self._ids[self._prefix : self._read])
         after = self._decode(self._ids[self._prefix :])
-        if len(after) <= len(before) and not final:
-            return ""
-        if after.endswith(REPLACEMENT) and not final:
+        self.holding = after.endswith(REPLACEMENT) and not final
+        if self.holding or (len(after) <= len(before) and not final):
             return ""
         # `after` extends `before` for every well-behaved tokenizer; one that rewrote
         # earlier text could not take back what was already shown anyway.
@@ -67,6 +68,11 @@ class StopMatcher:
         self._stops = [s for s in stops if s]
         self._held = ""
         self.stopped = False
+
+    @property
+    def holding(self) -> bool:
+        """Text is held back because it may be the start of a stop string."""
+        return bool(self._held)
 
     def feed(self, text: str) -> str:
         """Text safe to show now. Sets `stopped` once a stop string appeared."""

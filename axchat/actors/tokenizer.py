@@ -197,7 +197,10 @@ class TokenizerActor(Actor):
         text = stream.stops.feed(stream.detok.push(msg.token_id))
         if stream.stops.stopped:
             await self.send("device", m.StopSequence(rid=msg.rid))
-        if text or stream.stops.stopped:
+        # A token that adds no text and holds nothing back (one the tokenizer cannot
+        # spell, say) still gets its delta, so token ids stream as they are made.
+        nothing_held = not stream.detok.holding and not stream.stops.holding
+        if text or stream.stops.stopped or nothing_held:
             await self._emit(msg.rid, stream, text)
 
     async def _emit(self, rid: int, stream: _Stream, text: str) -> None:

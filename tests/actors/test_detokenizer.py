@@ -73,3 +73,13 @@ def test_no_stop_strings_pass_through() -> None:
     stops = StopMatcher([])
     assert stops.feed("abc") == "abc"
     assert stops.flush() == ""
+
+
+def test_holding_says_when_a_character_is_unfinished(tok) -> None:  # type: ignore[no-untyped-def]
+    ids = tok("🙂", add_special_tokens=False)["input_ids"]
+    detok = IncrementalDetokenizer(tok, prompt_ids=[])
+    detok.push(ids[0])
+    assert detok.holding
+    for i in ids[1:]:
+        detok.push(i)
+    assert not detok.holding
