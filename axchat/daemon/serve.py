@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from axchat.daemon.config import ServeConfig, parse
+from axchat.daemon.config import ConfigError, ServeConfig, parse
 from axchat.daemon.logs import setup_logging
 from axchat.daemon.server import StartupError, run
 
@@ -22,7 +22,11 @@ def _run_loop(cfg: ServeConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = parse(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"axchat serve: error: {exc}", file=sys.stderr)
+        return 2
     setup_logging(cfg.log_level)
     try:
         return _run_loop(cfg)

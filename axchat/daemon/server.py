@@ -54,13 +54,13 @@ def resolve_model(cfg: ServeConfig) -> str:
     return str(target)
 
 
-def claim_endpoint(endpoint: str) -> None:
+def claim_endpoint(endpoint: str, group: int | None = None) -> None:
     """Make the socket's private directory and clear a stale socket file, refusing if
     a live daemon already answers there."""
     path = ep.ipc_path(endpoint)
     if path is None:
         return
-    ep.prepare_private_dir(path.parent)
+    ep.prepare_private_dir(path.parent, group)
     if not path.exists():
         return
     from axchat.client import Client, DaemonUnavailable, RequestFailed
@@ -124,7 +124,8 @@ async def run(cfg: ServeConfig) -> int:
 
         endpoint = ep.to_zmq(cfg.socket)
         try:
-            claim_endpoint(endpoint)
+            group = ep.resolve_group(cfg.socket_group)
+            claim_endpoint(endpoint, group)
         except ep.EndpointError as exc:
             raise StartupError(str(exc)) from None
         model = resolve_model(cfg)
@@ -174,7 +175,9 @@ async def _serve(
             )
         except zmq.ZMQError as exc:
             raise StartupError(f"cannot listen on {ep.describe(endpoint)}: {exc}") from None
-        _restrict_socket_file(endpoint)
+        path = ep.ipc_path(endpoint)
+        if path is not None:
+            ep.restrict_socket_file(path, cfg.socket_mode, ep.resolve_group(cfg.socket_group))
         actors: list[Actor] = [telemetry, sampler, device, tok, door]
         tasks: list[asyncio.Task[None]] = []
         for actor in actors:
@@ -260,12 +263,6 @@ def _term_context(ctx: zmq.asyncio.Context) -> None:
     t.join(CONTEXT_TERM_TIMEOUT_S)
     if t.is_alive():
         log.error("ZeroMQ context did not terminate in %.0fs: a socket was left open", CONTEXT_TERM_TIMEOUT_S)
-
-
-def _restrict_socket_file(endpoint: str) -> None:
-    path = ep.ipc_path(endpoint)
-    if path is not None and path.exists():
-        os.chmod(path, 0o660)
 
 
 def _unlink_socket(endpoint: str) -> None:
