@@ -28,6 +28,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"axchat serve: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
+    if cfg.check:
+        from axchat.daemon.check import CheckFailed, check
+
+        try:
+            print(f"axchat serve --check: {check(cfg)}", file=sys.stderr)
+        except CheckFailed as exc:
+            print(f"axchat serve: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         return _run_loop(cfg)
     except StartupError as exc:
