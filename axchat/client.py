@@ -8,12 +8,14 @@ milliseconds. Every wait has a deadline: a daemon that stops answering shows up 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import msgspec
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from axchat import endpoint as ep
 from axchat.protocol import v1
@@ -29,6 +31,19 @@ class RequestFailed(Exception):
     def __init__(self, error: v1.Error) -> None:
         super().__init__(f"{error.code}: {error.message}")
         self.error = error
+
+
+class DaemonRestarted(RequestFailed):
+    """The connection dropped while a request was in flight: its answer will never come."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(
+            v1.Error(
+                code="daemon_restarted",
+                message=f"the connection to the axchat daemon at {ep.describe(endpoint)} dropped mid-request "
+                "(the daemon stopped or was restarted)",
+            )
+        )
 
 
 @dataclass
@@ -57,11 +72,16 @@ class Client:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # The daemon sends nothing while a request waits (queued, or a long prefill), so
+        # silence proves nothing: the socket monitor says when the connection drops.
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._sock.connect(self.endpoint)
         self._prefix = uuid.uuid4().hex[:8]
         self._counter = 0
 
     def close(self) -> None:
+        self._sock.disable_monitor()
+        self._monitor.close(linger=0)
         self._sock.close(linger=0)
 
     def __enter__(self) -> Client:
@@ -98,7 +118,16 @@ class Client:
         return f"{self._prefix}-{self._counter}"
 
     def _send(self, request_id: str, body: v1.ClientMessage) -> None:
+        if not isinstance(body, v1.Cancel):
+            self._dropped_since_last_send()  # a drop before this request is not its problem
         self._sock.send_multipart(v1.encode(v1.Envelope(id=request_id), body))
+
+    def _dropped_since_last_send(self) -> bool:
+        dropped = False
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            dropped = dropped or event["event"] == zmq.EVENT_DISCONNECTED
+        return dropped
 
     def _call(self, body: v1.ClientMessage, timeout_s: float) -> v1.DaemonMessage:
         rid = self._next_id()
@@ -110,8 +139,17 @@ class Client:
 
     def _recv_for(self, request_id: str, timeout_s: float) -> v1.DaemonMessage:
         """Next frame for `request_id`; frames for earlier, abandoned ids are skipped."""
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         while True:
-            if not self._sock.poll(int(timeout_s * 1000)):
+            ready = dict(poller.poll(int(timeout_s * 1000)))
+            if self._sock not in ready and self._monitor in ready:
+                # Frames already received still count; only a drop with nothing to read ends it.
+                if self._dropped_since_last_send():
+                    raise DaemonRestarted(self.endpoint)
+                continue
+            if not ready:
                 raise DaemonUnavailable(
                     f"the axchat daemon at {ep.describe(self.endpoint)} did not answer within {timeout_s:g}s; "
                     f"is it running? {HOW_TO_START}"
@@ -127,3 +165,24 @@ class Client:
                 return body
             if env.id == "" and isinstance(body, v1.Error):
                 raise RequestFailed(body)
+
+
+def connect(socket: str | None = None, *, wait_s: float = 0.0, connect_timeout_s: float = 3.0) -> Client:
+    """A client that has had its `welcome`. With `wait_s`, keeps trying that long for a
+    daemon that is (re)starting, backing off to a second between tries."""
+    deadline = time.monotonic() + wait_s
+    pause = 0.05
+    while True:
+        client = Client(socket, connect_timeout_s=connect_timeout_s)
+        try:
+            client.hello()
+            return client
+        except DaemonUnavailable:
+            client.close()
+            if time.monotonic() + pause >= deadline:
+                raise
+        except BaseException:
+            client.close()
+            raise
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
