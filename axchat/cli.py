@@ -10,6 +10,7 @@ COMMANDS = {
     "serve": ("axchat.daemon.serve", "run the daemon: load a model once, serve many clients"),
     "ask": ("axchat.frontends.ask", "ask one question and stream the answer"),
     "status": ("axchat.frontends.status", "show what the daemon is doing"),
+    "stop": ("axchat.frontends.stop", "ask the local daemon to drain and exit"),
     "service": ("axchat.daemon.units", "print or install the systemd unit (--user for a per-user one)"),
 }
 

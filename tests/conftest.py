@@ -26,6 +26,9 @@ from axchat.protocol import v1
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A client that finds no daemon must not start one behind a test's back; the tests of
+# autostart remove this on purpose.
+os.environ.setdefault("AXCHAT_NO_AUTOSTART", "1")
 
 READY_TIMEOUT_S = 90.0
 REPLY_TIMEOUT_S = 30.0

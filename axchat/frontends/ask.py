@@ -14,7 +14,8 @@ from typing import TextIO
 
 import msgspec
 
-from axchat.client import DaemonRestarted, DaemonUnavailable, RequestFailed, connect
+from axchat import autostart
+from axchat.client import Client, DaemonRestarted, DaemonUnavailable, RequestFailed, connect
 from axchat.protocol import v1
 from axchat.stats_line import format_host, format_stats
 
@@ -43,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true", help=argparse.SUPPRESS)  # benchmarks need exact lengths
     p.add_argument("--stats", action="store_true", help="print the seed's timing line to stderr")
     p.add_argument("--json", action="store_true", help="print NDJSON events instead of text")
+    p.add_argument(
+        "--no-autostart",
+        action="store_true",
+        help="when no daemon answers, fail instead of starting one (also: AXCHAT_NO_AUTOSTART=1)",
+    )
     return p
 
 
@@ -108,8 +114,18 @@ class _Restarted(Exception):
         self.streamed = streamed
 
 
+def _connect(args: argparse.Namespace, wait_s: float) -> Client:
+    if not autostart.enabled(args.no_autostart):
+        return connect(args.socket, wait_s=wait_s)
+    try:
+        return connect(args.socket)
+    except DaemonUnavailable:
+        autostart.start_daemon(args.socket, sys.stderr)
+        return connect(args.socket)
+
+
 def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, *, wait_s: float = 0.0) -> int:
-    with connect(args.socket, wait_s=wait_s) as client:
+    with _connect(args, wait_s) as client:
         stream = client.generate(build_request(args, prompt))
         interrupted = False
         streamed = False
