@@ -31,7 +31,7 @@ def test_two_asks_at_once_start_exactly_one_daemon(tiny_model_dir: Path, tmp_pat
     results = [a.communicate(timeout=180) for a in asks]
     log = tmp_path / "state" / "axchat" / "daemon.log"
     try:
-        for a, (out, err) in zip(asks, results, strict=True):
+        for a, (_out, err) in zip(asks, results, strict=True):
             assert a.returncode == 0, err + "\n" + (log.read_text() if log.exists() else "")
         assert results[0][0] == results[1][0] and results[0][0].strip()
         starters = [err for _, err in results if "starting one" in err]
