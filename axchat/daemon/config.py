@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "max_frame_bytes": "largest frame a client may send",
         "drain_timeout": "seconds to let requests finish on SIGTERM (default: 10)",
         "log_level": f"{', '.join(LOG_LEVELS)} (default: info)",
-        "keep_alive": "unload the model after this long idle: 5m, 30s, 0 (after each request) or forever (default)",
+        "keep_alive": "unload the model after this long idle: 5m, 30s, 0 or forever (default); not implemented yet",
         "socket_group": "group (name or gid) given access to the socket and its directory",
         "socket_mode": "socket file mode, octal (default: 0660)",
     }

@@ -129,6 +129,10 @@ async def run(cfg: ServeConfig) -> int:
         except ep.EndpointError as exc:
             raise StartupError(str(exc)) from None
         model = resolve_model(cfg)
+        if cfg.keep_alive_s is not None:
+            # Parsed and validated so config files can carry it; unloading is issue 5's
+            # remaining piece.
+            log.warning("keep_alive=%gs is not implemented yet: the model stays loaded", cfg.keep_alive_s)
         log.info("loading %s (backend %s, device %s, dtype %s)", model, cfg.backend, cfg.device, cfg.dtype)
         phase.text = f"loading {model}"
         notifier.status(phase.text)
