@@ -74,7 +74,13 @@ class Client:
         self._sock.setsockopt(zmq.LINGER, 0)
         # The daemon sends nothing while a request waits (queued, or a long prefill), so
         # silence proves nothing: the socket monitor says when the connection drops.
-        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        # A unique inproc name: pyzmq's default derives it from the fd, which a closed
+        # and reopened client can reuse while the old name is still being released.
+        monitor_addr = f"inproc://axchat-client-monitor-{uuid.uuid4().hex}"
+        self._sock.monitor(monitor_addr, zmq.EVENT_DISCONNECTED)
+        self._monitor = self._ctx.socket(zmq.PAIR)
+        self._monitor.setsockopt(zmq.LINGER, 0)
+        self._monitor.connect(monitor_addr)
         self._sock.connect(self.endpoint)
         self._prefix = uuid.uuid4().hex[:8]
         self._counter = 0
@@ -172,17 +178,18 @@ def connect(socket: str | None = None, *, wait_s: float = 0.0, connect_timeout_s
     daemon that is (re)starting, backing off to a second between tries."""
     deadline = time.monotonic() + wait_s
     pause = 0.05
-    while True:
-        client = Client(socket, connect_timeout_s=connect_timeout_s)
-        try:
-            client.hello()
-            return client
-        except DaemonUnavailable:
-            client.close()
-            if time.monotonic() + pause >= deadline:
-                raise
-        except BaseException:
-            client.close()
-            raise
-        time.sleep(pause)
-        pause = min(pause * 2, 1.0)
+    client = Client(socket, connect_timeout_s=connect_timeout_s)
+    try:
+        while True:
+            try:
+                client.hello()
+                return client
+            except (DaemonUnavailable, DaemonRestarted):
+                # One socket throughout: ZeroMQ reconnects it by itself once a daemon binds.
+                if time.monotonic() + pause >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+    except BaseException:
+        client.close()
+        raise
