@@ -10,7 +10,7 @@ PROMPT ?= Give me a joke
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test venv dev lint clean stop browser
+.PHONY: run test venv dev lint clean stop browser systemd-analyze
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,18 @@ browser:
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium not installed: the chat page tests will be skipped"; }
 
-test: dev browser
+
+# tests/daemon/test_units.py runs `systemd-analyze verify` on the units; Debian's
+# `systemd` package provides it. Installed only when we are root with apt-get, else
+# that test skips and says why.
+systemd-analyze:
+	@if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's systemd package for systemd-analyze..."; \
+	  apt-get install -y -q systemd >/dev/null || echo "could not install systemd; the unit-file test will skip"; \
+	fi
+
+
+test: dev browser systemd-analyze
 	$(BIN)/python -m pytest -q
 
 lint: dev

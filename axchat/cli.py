@@ -11,6 +11,8 @@ COMMANDS = {
     "ask": ("axchat.frontends.ask", "ask one question and stream the answer"),
     "status": ("axchat.frontends.status", "show what the daemon is doing"),
     "web": ("axchat.frontends.web.serve", "serve an OpenAI-compatible API and a chat page over HTTP"),
+    "stop": ("axchat.frontends.stop", "ask the local daemon to drain and exit"),
+    "service": ("axchat.daemon.units", "print or install the systemd unit (--user for a per-user one)"),
 }
 
 

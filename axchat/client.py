@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from axchat import endpoint as ep
 from axchat.protocol import v1
@@ -30,6 +31,19 @@ class RequestFailed(Exception):
     def __init__(self, error: v1.Error) -> None:
         super().__init__(f"{error.code}: {error.message}")
         self.error = error
+
+
+class DaemonRestarted(RequestFailed):
+    """The connection dropped while a request was in flight: its answer will never come."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(
+            v1.Error(
+                code="daemon_restarted",
+                message=f"the connection to the axchat daemon at {ep.describe(endpoint)} dropped mid-request "
+                "(the daemon stopped or was restarted)",
+            )
+        )
 
 
 @dataclass
@@ -58,6 +72,15 @@ class Client:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # The daemon sends nothing while a request waits (queued, or a long prefill), so
+        # silence proves nothing: the socket monitor says when the connection drops.
+        # A unique inproc name: pyzmq's default derives it from the fd, which a closed
+        # and reopened client can reuse while the old name is still being released.
+        monitor_addr = f"inproc://axchat-client-monitor-{uuid.uuid4().hex}"
+        self._sock.monitor(monitor_addr, zmq.EVENT_DISCONNECTED)
+        self._monitor = self._ctx.socket(zmq.PAIR)
+        self._monitor.setsockopt(zmq.LINGER, 0)
+        self._monitor.connect(monitor_addr)
         self._sock.connect(self.endpoint)
         self._prefix = uuid.uuid4().hex[:8]
         self._counter = 0
@@ -66,6 +89,8 @@ class Client:
         self._last_sent = time.monotonic()
 
     def close(self) -> None:
+        self._sock.disable_monitor()
+        self._monitor.close(linger=0)
         self._sock.close(linger=0)
 
     def __enter__(self) -> Client:
@@ -104,8 +129,19 @@ class Client:
         return f"{self._prefix}-{self._counter}"
 
     def _send(self, request_id: str, body: v1.ClientMessage) -> None:
+        if not isinstance(body, (v1.Cancel, v1.Ping)):
+            # A drop before this request is not its problem. (A heartbeat ping must not
+            # swallow a drop that happened during the request it keeps alive.)
+            self._dropped_since_last_send()
         self._sock.send_multipart(v1.encode(v1.Envelope(id=request_id), body))
         self._last_sent = time.monotonic()
+
+    def _dropped_since_last_send(self) -> bool:
+        dropped = False
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            dropped = dropped or event["event"] == zmq.EVENT_DISCONNECTED
+        return dropped
 
     def _call(self, body: v1.ClientMessage, timeout_s: float) -> v1.DaemonMessage:
         rid = self._next_id()
@@ -118,6 +154,9 @@ class Client:
     def _recv_for(self, request_id: str, timeout_s: float) -> v1.DaemonMessage:
         """Next frame for `request_id`; frames for earlier, abandoned ids are skipped."""
         deadline = time.monotonic() + timeout_s
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -134,7 +173,11 @@ class Client:
                     self._send(self._next_id(), v1.Ping())
                     continue
                 wait = min(left, due)
-            if not self._sock.poll(max(1, int(wait * 1000))):
+            ready = dict(poller.poll(max(1, int(wait * 1000))))
+            if self._sock not in ready:
+                # Frames already received still count; only a drop with nothing to read ends it.
+                if self._monitor in ready and self._dropped_since_last_send():
+                    raise DaemonRestarted(self.endpoint)
                 continue
             env_raw, body_raw = self._sock.recv_multipart()
             env = v1.decode_envelope(env_raw)
@@ -147,3 +190,25 @@ class Client:
                 return body
             if env.id == "" and isinstance(body, v1.Error):
                 raise RequestFailed(body)
+
+
+def connect(socket: str | None = None, *, wait_s: float = 0.0, connect_timeout_s: float = 3.0) -> Client:
+    """A client that has had its `welcome`. With `wait_s`, keeps trying that long for a
+    daemon that is (re)starting, backing off to a second between tries."""
+    deadline = time.monotonic() + wait_s
+    pause = 0.05
+    client = Client(socket, connect_timeout_s=connect_timeout_s)
+    try:
+        while True:
+            try:
+                client.hello()
+                return client
+            except (DaemonUnavailable, DaemonRestarted):
+                # One socket throughout: ZeroMQ reconnects it by itself once a daemon binds.
+                if time.monotonic() + pause >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+    except BaseException:
+        client.close()
+        raise

@@ -45,16 +45,21 @@ def describe(endpoint: str) -> str:
     return str(path) if path is not None else endpoint
 
 
-def prepare_private_dir(directory: Path) -> None:
-    """Create the socket's directory (mode 0700) or check an existing one.
+def prepare_private_dir(directory: Path, group: int | None = None) -> None:
+    """Create the socket's directory (mode 0700, or 0750 shared with `group`) or check
+    an existing one.
 
     The directory is the access control: ZeroMQ's ipc sockets have no credentials
     of their own. An existing directory must be ours and closed to others; group
-    access is allowed so that the system service can share with its group.
+    access is allowed so that the system service can share with its group (systemd's
+    `RuntimeDirectory=` creates it with `RuntimeDirectoryMode=0750`).
     """
+    mode = 0o700 if group is None else 0o750
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=False)
-        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+        directory.mkdir(mode=mode, parents=True, exist_ok=False)
+        os.chmod(directory, mode)  # mkdir's mode is filtered by the umask
+        if group is not None:
+            os.chown(directory, -1, group)
         return
     except FileExistsError:
         pass
@@ -66,8 +71,38 @@ def prepare_private_dir(directory: Path) -> None:
     if info.st_uid != os.getuid():
         raise EndpointError(f"refusing socket directory {directory}: owned by uid {info.st_uid}, not {os.getuid()}")
     if info.st_mode & 0o007:
-        mode = stat.S_IMODE(info.st_mode)
+        current = stat.S_IMODE(info.st_mode)
         raise EndpointError(
-            f"refusing socket directory {directory}: mode {mode:04o} lets every user in; "
+            f"refusing socket directory {directory}: mode {current:04o} lets every user in; "
             "use a directory with mode 0700 (or 0750 for a group)"
         )
+    if group is not None:
+        # Ours and closed to others: hand it to the group that is meant to get in.
+        try:
+            if info.st_gid != group:
+                os.chown(directory, -1, group)
+            if not info.st_mode & 0o050:
+                os.chmod(directory, stat.S_IMODE(info.st_mode) | 0o050)
+        except OSError as exc:
+            raise EndpointError(f"cannot give group {group} the socket directory {directory}: {exc.strerror}") from None
+
+
+def restrict_socket_file(path: Path, mode: int = 0o660, group: int | None = None) -> None:
+    """Set the bound socket's mode (and group): a client needs write access to it."""
+    os.chmod(path, mode)
+    if group is not None:
+        os.chown(path, -1, group)
+
+
+def resolve_group(name: str | None) -> int | None:
+    """A group name or numeric gid as a gid; None stays None."""
+    if name is None:
+        return None
+    if name.isdigit():
+        return int(name)
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise EndpointError(f"socket group {name!r} does not exist") from None

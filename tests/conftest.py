@@ -26,6 +26,9 @@ from axchat.protocol import v1
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A client that finds no daemon must not start one behind a test's back; the tests of
+# autostart remove this on purpose.
+os.environ.setdefault("AXCHAT_NO_AUTOSTART", "1")
 
 READY_TIMEOUT_S = 90.0
 REPLY_TIMEOUT_S = 30.0
@@ -184,3 +187,26 @@ def chat(text: str, **sampling: object) -> v1.Generate:
         messages=[v1.ChatMessage(role="user", content=text)],
         sampling=v1.Sampling(**sampling),  # type: ignore[arg-type]
     )
+
+
+def ask_streaming(socket: str, *args: str, timeout_s: float = 60.0) -> subprocess.Popen[bytes]:
+    """`axchat ask` as a running process, returned once the first byte of its answer
+    has reached stdout (the rest stays in the pipe)."""
+    ask = subprocess.Popen(
+        [sys.executable, "-m", "axchat", "ask", "--socket", socket, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    started = threading.Event()
+
+    def wait_output() -> None:
+        assert ask.stdout is not None
+        if ask.stdout.read(1):
+            started.set()
+
+    threading.Thread(target=wait_output, daemon=True).start()
+    if not started.wait(timeout_s):
+        ask.kill()
+        ask.wait()
+        raise AssertionError(f"axchat ask printed nothing within {timeout_s}s")
+    return ask

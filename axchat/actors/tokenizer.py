@@ -120,6 +120,13 @@ class TokenizerActor(Actor):
                 eos_ids=self._eos_ids,
             ),
         )
+        # A cancel that came in while the admit was being sent was parked as "while
+        # encoding"; from here on the device owns the request, so pass it on now, in the
+        # same step that stops parking them, or it is lost.
+        self._encoding.pop(msg.rid, None)
+        if msg.rid in self._cancelled_while_encoding:
+            self._cancelled_while_encoding.discard(msg.rid)
+            await self.send("device", m.CancelRequest(rid=msg.rid))
 
     def _encode_blocking(
         self, messages: list[ChatMessage] | None, prompt: str | None, reserve: int

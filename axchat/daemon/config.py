@@ -1,12 +1,29 @@
-"""`axchat serve` settings: the flags, their defaults, and the parsed result."""
+"""`axchat serve` settings: defaults, config files, `AXCHAT_*` variables and flags.
+
+Precedence, lowest first: built-in defaults, `/etc/axchat/config.toml`,
+`$XDG_CONFIG_HOME/axchat/config.toml` (or the one file `$AXCHAT_CONFIG` / `--config`
+names instead of both), `AXCHAT_*` environment variables, command-line flags. Every
+source goes through the same converters, so a bad value reads the same wherever it was.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from dataclasses import dataclass
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 from axchat.protocol.v1 import DEFAULT_MAX_FRAME_BYTES
+
+SYSTEM_CONFIG = Path("/etc/axchat/config.toml")
+ENV_CONFIG = "AXCHAT_CONFIG"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -26,6 +43,173 @@ class ServeConfig:
     max_per_client: int = 8
     prefix_cache_mb: int = 256
     client_timeout_s: float = 30.0
+    keep_alive_s: float | None = None  # None: keep the model loaded for ever
+    socket_group: str | None = None  # group that may use the socket (system layout)
+    socket_mode: int = 0o660
+    check: bool = False  # validate settings, model and device, then exit
+
+
+class ConfigError(Exception):
+    """A setting is unknown or has a bad value; the message names where it came from."""
+
+
+# ---------------------------------------------------------------- value converters
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def convert(value: object) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return convert
+
+
+def _positive_int(value: object) -> int:
+    if isinstance(value, str):
+        value = int(value, 10)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _non_negative_int(value: object) -> int:
+    if isinstance(value, str):
+        value = int(value, 10)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value!r}")
+    return value
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, str):
+        value = float(value)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"expected seconds >= 0, got {value!r}")
+    return float(value)
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+FOREVER = ("forever", "infinity", "inf", "-1")
+
+
+def parse_duration(value: object) -> float | None:
+    """`5m`, `90s`, `1h`, `0` or a number of seconds; `forever` (or -1) means None."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return None if value < 0 else float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration such as 5m, 30s or forever, got {value!r}")
+    text = value.strip().lower()
+    if text in FOREVER:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text)
+    if match is None:
+        raise ValueError(f"expected a duration such as 5m, 30s, 0 or forever, got {value!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _mode(value: object) -> int:
+    if isinstance(value, str):
+        value = int(value, 8)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
+        raise ValueError(f"expected a file mode such as 0660, got {value!r}")
+    if value & 0o007:
+        raise ValueError(f"mode {value:04o} would let every user use the socket")
+    return value
+
+
+def _group(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    return _str(value)
+
+
+# key in files (and, upper-cased, in AXCHAT_* names) -> (ServeConfig field, converter)
+SETTINGS: dict[str, tuple[str, Callable[[object], Any]]] = {
+    "model": ("model", _str),
+    "backend": ("backend", _choice("torch")),
+    "device": ("device", _str),
+    "dtype": ("dtype", _choice(*DTYPES)),
+    "socket": ("socket", _str),
+    "context": ("context", _positive_int),
+    "threads": ("threads", _positive_int),
+    "max_frame_bytes": ("max_frame_bytes", _positive_int),
+    "drain_timeout": ("drain_timeout_s", _seconds),
+    "log_level": ("log_level", _choice(*LOG_LEVELS)),
+    "keep_alive": ("keep_alive_s", parse_duration),
+    "socket_group": ("socket_group", _group),
+    "socket_mode": ("socket_mode", _mode),
+    "max_running": ("max_running", _positive_int),
+    "max_queued": ("max_queued", _positive_int),
+    "max_per_client": ("max_per_client", _positive_int),
+    "prefix_cache_mb": ("prefix_cache_mb", _non_negative_int),
+    "client_timeout": ("client_timeout_s", _seconds),
+}
+
+
+def env_name(key: str) -> str:
+    return "AXCHAT_" + key.upper()
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _convert(key: str, value: object, source: str) -> tuple[str, Any]:
+    field, convert = SETTINGS[key]
+    try:
+        return field, convert(value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {key}: {exc}") from None
+
+
+# ---------------------------------------------------------------- sources
+
+
+def config_files(environ: Mapping[str, str], explicit: str | None = None) -> list[Path]:
+    """The files to read, lowest precedence first. An explicit file must exist."""
+    named = explicit or environ.get(ENV_CONFIG)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return [path]
+    xdg = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME") or "/nonexistent") / ".config")
+    candidates = [SYSTEM_CONFIG, Path(xdg) / "axchat" / "config.toml"]
+    return [p for p in candidates if p.is_file()]
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    values = {}
+    for key, value in table.items():
+        if key not in SETTINGS:
+            raise ConfigError(f"{path}: unknown key {key!r}; known keys: {', '.join(SETTINGS)}")
+        field, converted = _convert(key, value, str(path))
+        values[field] = converted
+    return values
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values = {}
+    for key in SETTINGS:
+        raw = environ.get(env_name(key))
+        if raw:  # empty means unset, as for AXCHAT_SOCKET elsewhere
+            field, converted = _convert(key, raw, f"${env_name(key)}")
+            values[field] = converted
+    return values
 
 
 def default_threads() -> int:
@@ -39,41 +223,50 @@ def default_threads() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="axchat serve", description="Run the axchat daemon: load a model once, serve many clients.")
-    p.add_argument("--model", help="local model directory or Hugging Face hub id (default: the built-in tiny test model)")
-    p.add_argument("--backend", default="torch", choices=["torch"], help="device backend (default: torch)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--socket", help="socket path or tcp:// endpoint (default: $AXCHAT_SOCKET or $XDG_RUNTIME_DIR/axchat/axchat.sock)")
-    p.add_argument("--context", type=int, help="context length in tokens (default: the model's)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: usable cores, minus one when 4 or more)")
-    p.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES, help="largest frame a client may send")
-    p.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to let requests finish on SIGTERM")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--max-running", type=int, help="sequences on the device at once (default: the backend's batch)")
-    p.add_argument("--max-queued", type=int, default=32, help="requests waiting for a slot, all clients together")
-    p.add_argument("--max-per-client", type=int, default=8, help="requests running or waiting, per client")
-    p.add_argument("--client-timeout", type=float, default=30.0, help="cancel requests of a client silent this long (0: never)")
-    p.add_argument("--prefix-cache-mb", type=int, default=256, help="memory for kept conversation KV (0 turns it off)")
+    p = argparse.ArgumentParser(
+        prog="axchat serve",
+        description="Run the axchat daemon: load a model once, serve many clients. Settings come from "
+        "/etc/axchat/config.toml, then $XDG_CONFIG_HOME/axchat/config.toml (or $AXCHAT_CONFIG), then "
+        "AXCHAT_* variables, then these flags.",
+        argument_default=argparse.SUPPRESS,  # only flags actually given override the layers below
+    )
+    help_for = {
+        "model": "local model directory or Hugging Face hub id (default: the built-in tiny test model)",
+        "backend": "device backend (default: torch)",
+        "device": "auto, cpu, cuda or cuda:N (default: auto)",
+        "dtype": f"{', '.join(DTYPES)} (default: auto)",
+        "socket": "socket path or tcp:// endpoint (default: $AXCHAT_SOCKET or $XDG_RUNTIME_DIR/axchat/axchat.sock)",
+        "context": "context length in tokens (default: the model's)",
+        "threads": "torch intra-op threads (default: usable cores, minus one when 4 or more)",
+        "max_frame_bytes": "largest frame a client may send",
+        "drain_timeout": "seconds to let requests finish on SIGTERM (default: 10)",
+        "log_level": f"{', '.join(LOG_LEVELS)} (default: info)",
+        "keep_alive": "unload the model after this long idle: 5m, 30s, 0 or forever (default); not implemented yet",
+        "socket_group": "group (name or gid) given access to the socket and its directory",
+        "socket_mode": "socket file mode, octal (default: 0660)",
+        "max_running": "sequences on the device at once (default: what the backend batches)",
+        "max_queued": "requests waiting for a slot, all clients together (default: 32)",
+        "max_per_client": "requests running or waiting, per client connection (default: 8)",
+        "prefix_cache_mb": "memory for kept conversation KV, 0 turns reuse off (default: 256)",
+        "client_timeout": "cancel the requests of a client silent this many seconds, 0: never (default: 30)",
+    }
+    for key, text in help_for.items():
+        p.add_argument(flag_name(key), dest=key, metavar=key.upper(), help=text)
+    p.add_argument("--config", help="read this config file instead of the system and user ones")
+    p.add_argument("--check", action="store_true", help="check the settings, model and device quickly, then exit")
     return p
 
 
-def parse(argv: list[str]) -> ServeConfig:
-    args = build_parser().parse_args(argv)
-    return ServeConfig(
-        model=args.model,
-        backend=args.backend,
-        device=args.device,
-        dtype=args.dtype,
-        socket=args.socket,
-        context=args.context,
-        threads=args.threads or default_threads(),
-        max_frame_bytes=args.max_frame_bytes,
-        drain_timeout_s=args.drain_timeout,
-        log_level=args.log_level,
-        max_running=args.max_running,
-        max_queued=args.max_queued,
-        max_per_client=args.max_per_client,
-        prefix_cache_mb=args.prefix_cache_mb,
-        client_timeout_s=args.client_timeout,
-    )
+def parse(argv: list[str], environ: Mapping[str, str] | None = None) -> ServeConfig:
+    env = os.environ if environ is None else environ
+    args = vars(build_parser().parse_args(argv))
+    cfg = ServeConfig(model=None)
+    for path in config_files(env, args.pop("config", None)):
+        cfg = replace(cfg, **read_file(path))
+    cfg = replace(cfg, **read_env(env))
+    check = bool(args.pop("check", False))
+    flags = dict(_convert(key, value, flag_name(key)) for key, value in args.items())
+    cfg = replace(cfg, **flags, check=check)
+    if cfg.threads is None:
+        cfg = replace(cfg, threads=default_threads())
+    return cfg

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from axchat.daemon.config import ServeConfig, parse
+from axchat.daemon.config import ConfigError, ServeConfig, parse
 from axchat.daemon.logs import setup_logging
 from axchat.daemon.server import StartupError, run
 
@@ -22,8 +22,21 @@ def _run_loop(cfg: ServeConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = parse(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"axchat serve: error: {exc}", file=sys.stderr)
+        return 2
     setup_logging(cfg.log_level)
+    if cfg.check:
+        from axchat.daemon.check import CheckFailed, check
+
+        try:
+            print(f"axchat serve --check: {check(cfg)}", file=sys.stderr)
+        except CheckFailed as exc:
+            print(f"axchat serve: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         return _run_loop(cfg)
     except StartupError as exc:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from axchat.actors.telemetry import TelemetryActor
 from axchat.actors.tokenizer import TokenizerActor, load_tokenizer
 from axchat.daemon.config import ServeConfig
 from axchat.daemon.frontdoor import FrontDoor
+from axchat.daemon.notify import Notifier, ping_watchdog
 from axchat.daemon.supervisor import DaemonSupervisor
 
 log = logging.getLogger("axchat.daemon")
@@ -52,13 +54,13 @@ def resolve_model(cfg: ServeConfig) -> str:
     return str(target)
 
 
-def claim_endpoint(endpoint: str) -> None:
+def claim_endpoint(endpoint: str, group: int | None = None) -> None:
     """Make the socket's private directory and clear a stale socket file, refusing if
     a live daemon already answers there."""
     path = ep.ipc_path(endpoint)
     if path is None:
         return
-    ep.prepare_private_dir(path.parent)
+    ep.prepare_private_dir(path.parent, group)
     if not path.exists():
         return
     from axchat.client import Client, DaemonUnavailable, RequestFailed
@@ -96,6 +98,19 @@ async def load_model(cfg: ServeConfig, model: str) -> tuple[DeviceBackend, Any]:
     return backend, tokenizer
 
 
+@dataclass
+class _Phase:
+    """What the service manager is told we are doing; the watchdog pinger reports it."""
+
+    text: str = "starting"
+    door: FrontDoor | None = None
+
+    def describe(self) -> str:
+        if self.door is not None and self.text == "serving":
+            return f"serving {self.door.live_requests} request(s)"
+        return self.text
+
+
 async def run(cfg: ServeConfig) -> int:
     """Serve until SIGTERM/SIGINT. Returns the process exit code."""
     loop = asyncio.get_running_loop()
@@ -103,14 +118,44 @@ async def run(cfg: ServeConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    endpoint = ep.to_zmq(cfg.socket)
-    try:
-        claim_endpoint(endpoint)
-    except ep.EndpointError as exc:
-        raise StartupError(str(exc)) from None
-    model = resolve_model(cfg)
-    log.info("loading %s (backend %s, device %s, dtype %s)", model, cfg.backend, cfg.device, cfg.dtype)
-    backend, tokenizer = await load_model(cfg, model)
+    notifier = Notifier.from_env()
+    phase = _Phase()
+
+    async with AsyncExitStack() as outer:
+        outer.callback(notifier.close)
+        # Pinging starts before the load: the loop is free while the model loads in a
+        # worker thread, and a loop wedged even then should be restarted.
+        pinger = asyncio.create_task(ping_watchdog(notifier, phase.describe), name="sd-watchdog")
+        outer.push_async_callback(_cancel_task, pinger)
+
+        endpoint = ep.to_zmq(cfg.socket)
+        try:
+            group = ep.resolve_group(cfg.socket_group)
+            claim_endpoint(endpoint, group)
+        except ep.EndpointError as exc:
+            raise StartupError(str(exc)) from None
+        model = resolve_model(cfg)
+        if cfg.keep_alive_s is not None:
+            # Parsed and validated so config files can carry it; unloading is issue 5's
+            # remaining piece.
+            log.warning("keep_alive=%gs is not implemented yet: the model stays loaded", cfg.keep_alive_s)
+        log.info("loading %s (backend %s, device %s, dtype %s)", model, cfg.backend, cfg.device, cfg.dtype)
+        phase.text = f"loading {model}"
+        notifier.status(phase.text)
+        backend, tokenizer = await load_model(cfg, model)
+        return await _serve(cfg, stop, notifier, phase, endpoint, model, backend, tokenizer)
+
+
+async def _serve(
+    cfg: ServeConfig,
+    stop: asyncio.Event,
+    notifier: Notifier,
+    phase: _Phase,
+    endpoint: str,
+    model: str,
+    backend: DeviceBackend,
+    tokenizer: Any,
+) -> int:
     info = backend.info
     eos_ids = set(info.eos_ids)
     if tokenizer.eos_token_id is not None:
@@ -145,7 +190,9 @@ async def run(cfg: ServeConfig) -> int:
             for made in (telemetry, sampler, device, tok):
                 made.discard()
             raise StartupError(f"cannot listen on {ep.describe(endpoint)}: {exc}") from None
-        _restrict_socket_file(endpoint)
+        path = ep.ipc_path(endpoint)
+        if path is not None:
+            ep.restrict_socket_file(path, cfg.socket_mode, ep.resolve_group(cfg.socket_group))
         actors: list[Actor] = [telemetry, sampler, device, tok, door]
         tasks: list[asyncio.Task[None]] = []
         for actor in actors:
@@ -164,16 +211,28 @@ async def run(cfg: ServeConfig) -> int:
             info.dtype,
             info.context_length,
         )
+        phase.door, phase.text = door, "serving"
+        notifier.ready(f"serving {info.model}")
         stopper = asyncio.create_task(stop.wait())
         waiters: list[asyncio.Future[Any]] = [stopper, supervisor.fatal]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if supervisor.fatal.done():
             log.critical("stopping after a fatal actor failure")
+            notifier.stopping("stopping after a fatal actor failure")
             return 1
+        phase.text = "draining"
+        notifier.stopping(f"draining {door.live_requests} request(s)")
         await _drain(door, cfg.drain_timeout_s)
     log.info("stopped")
     return 0
+
+
+async def _cancel_task(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled() and task.exception() is not None:
+        log.error("watchdog pinger failed", exc_info=task.exception())
 
 
 async def _drain(door: FrontDoor, timeout_s: float) -> None:
@@ -219,12 +278,6 @@ def _term_context(ctx: zmq.asyncio.Context) -> None:
     t.join(CONTEXT_TERM_TIMEOUT_S)
     if t.is_alive():
         log.error("ZeroMQ context did not terminate in %.0fs: a socket was left open", CONTEXT_TERM_TIMEOUT_S)
-
-
-def _restrict_socket_file(endpoint: str) -> None:
-    path = ep.ipc_path(endpoint)
-    if path is not None and path.exists():
-        os.chmod(path, 0o660)
 
 
 def _unlink_socket(endpoint: str) -> None:

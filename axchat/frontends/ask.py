@@ -14,7 +14,8 @@ from typing import TextIO
 
 import msgspec
 
-from axchat.client import Client, DaemonUnavailable, RequestFailed
+from axchat import autostart
+from axchat.client import Client, DaemonRestarted, DaemonUnavailable, RequestFailed, connect
 from axchat.protocol import v1
 from axchat.stats_line import format_host, format_stats
 
@@ -22,6 +23,8 @@ EXIT_NO_DAEMON = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 CANCEL_WAIT_S = 5.0
+# After a restart, how long to wait for the daemon to serve again (a model reload).
+RESTART_WAIT_S = 120.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true", help=argparse.SUPPRESS)  # benchmarks need exact lengths
     p.add_argument("--stats", action="store_true", help="print the seed's timing line to stderr")
     p.add_argument("--json", action="store_true", help="print NDJSON events instead of text")
+    p.add_argument(
+        "--no-autostart",
+        action="store_true",
+        help="when no daemon answers, fail instead of starting one (also: AXCHAT_NO_AUTOSTART=1)",
+    )
     return p
 
 
@@ -103,38 +111,73 @@ def _emit(body: v1.DaemonMessage, args: argparse.Namespace, out: TextIO) -> None
         _json_line(out, msgspec.to_builtins(body))
 
 
+class _Restarted(Exception):
+    """The daemon went away mid-request; `streamed` says whether any of the answer showed."""
+
+    def __init__(self, cause: DaemonRestarted, streamed: bool) -> None:
+        super().__init__(str(cause))
+        self.streamed = streamed
+
+
+def _connect(args: argparse.Namespace, wait_s: float) -> Client:
+    if not autostart.enabled(args.no_autostart):
+        return connect(args.socket, wait_s=wait_s)
+    try:
+        return connect(args.socket)
+    except DaemonUnavailable:
+        autostart.start_daemon(args.socket, sys.stderr)
+        return connect(args.socket)
+
+
+def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, *, wait_s: float = 0.0) -> int:
+    with _connect(args, wait_s) as client:
+        stream = client.generate(build_request(args, prompt))
+        interrupted = False
+        streamed = False
+        events = iter(stream)
+        while True:
+            try:
+                body = next(events)
+            except StopIteration:
+                break
+            except DaemonRestarted as exc:
+                raise _Restarted(exc, streamed) from None
+            except KeyboardInterrupt:
+                if interrupted:
+                    return EXIT_INTERRUPTED  # second Ctrl-C: leave without waiting
+                interrupted = True
+                # Ask the daemon to stop, then read on until it confirms, so the
+                # request is really gone from the card before we exit.
+                stream.cancel()
+                stream.stall_timeout_s = CANCEL_WAIT_S
+                continue
+            streamed = streamed or isinstance(body, v1.Delta)
+            _emit(body, args, out)
+            if isinstance(body, v1.Error):
+                print(f"axchat ask: {body.code}: {body.message}", file=sys.stderr)
+                return EXIT_FAILED
+            if isinstance(body, v1.Done) and body.finish_reason == "error" and body.error is not None:
+                print(f"axchat ask: {body.error.code}: {body.error.message}", file=sys.stderr)
+                return EXIT_FAILED
+        return EXIT_INTERRUPTED if interrupted else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prompt = read_prompt(args, sys.stdin)
     out = sys.stdout
     try:
-        with Client(args.socket) as client:
-            client.hello()
-            stream = client.generate(build_request(args, prompt))
-            interrupted = False
-            events = iter(stream)
-            while True:
-                try:
-                    body = next(events)
-                except StopIteration:
-                    break
-                except KeyboardInterrupt:
-                    if interrupted:
-                        return EXIT_INTERRUPTED  # second Ctrl-C: leave without waiting
-                    interrupted = True
-                    # Ask the daemon to stop, then read on until it confirms, so the
-                    # request is really gone from the card before we exit.
-                    stream.cancel()
-                    stream.stall_timeout_s = CANCEL_WAIT_S
-                    continue
-                _emit(body, args, out)
-                if isinstance(body, v1.Error):
-                    print(f"axchat ask: {body.code}: {body.message}", file=sys.stderr)
-                    return EXIT_FAILED
-                if isinstance(body, v1.Done) and body.finish_reason == "error" and body.error is not None:
-                    print(f"axchat ask: {body.error.code}: {body.error.message}", file=sys.stderr)
-                    return EXIT_FAILED
-            return EXIT_INTERRUPTED if interrupted else 0
+        try:
+            return _ask_once(args, prompt, out)
+        except _Restarted as exc:
+            if exc.streamed:
+                raise
+            # Nothing was shown yet, so asking again cannot repeat or garble the answer.
+            print(f"axchat ask: {exc}; retrying once", file=sys.stderr)
+            return _ask_once(args, prompt, out, wait_s=RESTART_WAIT_S)
+    except _Restarted as exc:
+        print(f"axchat ask: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except DaemonUnavailable as exc:
         print(f"axchat ask: {exc}", file=sys.stderr)
         return EXIT_NO_DAEMON

@@ -36,6 +36,7 @@ ErrorCode = Literal[
     "busy",  # admission limits reached; retry after `retry_after_s`
     "shutting_down",  # the daemon is draining and admits nothing new
     "internal",  # a bug or device failure; the daemon keeps serving
+    "daemon_restarted",  # never sent: a client's own verdict when its connection dropped mid-request
 ]
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]

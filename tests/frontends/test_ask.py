@@ -7,9 +7,8 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 
-from conftest import DaemonProcess, RawClient, chat, short_socket_dir
+from conftest import DaemonProcess, RawClient, ask_streaming, chat, short_socket_dir
 
 from axchat.protocol import v1
 
@@ -110,20 +109,7 @@ def test_ask_without_daemon_says_how_to_start_one() -> None:
 
 
 def test_ctrl_c_cancels_on_the_daemon(daemon: DaemonProcess) -> None:
-    ask = subprocess.Popen(
-        [sys.executable, "-m", "axchat", "ask", "--socket", daemon.socket, "--max-tokens", "1500", "--ignore-eos", "Hi"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    started = threading.Event()
-
-    def wait_output() -> None:
-        assert ask.stdout is not None
-        if ask.stdout.read(1):
-            started.set()
-
-    threading.Thread(target=wait_output, daemon=True).start()
-    assert started.wait(30)
+    ask = ask_streaming(daemon.socket, "--max-tokens", "1500", "--ignore-eos", "Hi", timeout_s=30)
     ask.send_signal(signal.SIGINT)
     assert ask.wait(30) == 130
     line = daemon.wait_for_line("finish=cancelled", timeout_s=15)

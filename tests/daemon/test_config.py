@@ -1,0 +1,124 @@
+"""Settings layering: defaults < /etc file < user file < AXCHAT_* < flags."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from axchat.daemon import config
+from axchat.daemon.config import ConfigError, ServeConfig, parse, parse_duration
+
+
+@pytest.fixture
+def layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, dict[str, str]]:
+    system = tmp_path / "etc" / "config.toml"
+    user = tmp_path / "xdg" / "axchat" / "config.toml"
+    system.parent.mkdir(parents=True)
+    user.parent.mkdir(parents=True)
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", system)
+    return system, user, {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+
+
+def test_defaults_without_any_source(layout: tuple[Path, Path, dict[str, str]]) -> None:
+    _, _, env = layout
+    cfg = parse([], env)
+    assert cfg.model is None and cfg.device == "auto" and cfg.keep_alive_s is None
+    assert cfg.drain_timeout_s == ServeConfig.drain_timeout_s and cfg.socket_mode == 0o660
+    assert cfg.threads is not None and cfg.threads >= 1
+
+
+def test_each_layer_overrides_the_one_below(layout: tuple[Path, Path, dict[str, str]]) -> None:
+    system, user, env = layout
+    system.write_text(
+        'model = "/sys/model"\ndevice = "cpu"\ndtype = "float32"\ncontext = 512\n'
+        'log_level = "warning"\nsocket_group = "axchat"\nsocket_mode = 0o660\n'
+    )
+    user.write_text('device = "cuda"\ncontext = 1024\nkeep_alive = "5m"\n')
+    env = {**env, "AXCHAT_CONTEXT": "256", "AXCHAT_DRAIN_TIMEOUT": "3", "AXCHAT_KEEP_ALIVE": "30s"}
+    cfg = parse(["--keep-alive", "0", "--log-level", "debug"], env)
+    assert cfg.model == "/sys/model"  # only in /etc
+    assert cfg.dtype == "float32" and cfg.socket_group == "axchat" and cfg.socket_mode == 0o660
+    assert cfg.device == "cuda"  # user file over /etc
+    assert cfg.context == 256  # environment over both files
+    assert cfg.drain_timeout_s == 3.0
+    assert cfg.keep_alive_s == 0.0  # flag over environment over user file
+    assert cfg.log_level == "debug"  # flag over /etc
+
+
+def test_axchat_config_replaces_both_files(layout: tuple[Path, Path, dict[str, str]], tmp_path: Path) -> None:
+    system, user, env = layout
+    system.write_text('device = "cpu"\n')
+    user.write_text('dtype = "bfloat16"\n')
+    only = tmp_path / "only.toml"
+    only.write_text('model = "/only"\n')
+    cfg = parse([], {**env, "AXCHAT_CONFIG": str(only)})
+    assert (cfg.model, cfg.device, cfg.dtype) == ("/only", "auto", "auto")
+    flag = tmp_path / "flag.toml"
+    flag.write_text('model = "/flag"\n')
+    assert parse(["--config", str(flag)], {**env, "AXCHAT_CONFIG": str(only)}).model == "/flag"
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse([], {**env, "AXCHAT_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def test_unknown_key_names_the_key_and_the_file(layout: tuple[Path, Path, dict[str, str]]) -> None:
+    _, user, env = layout
+    user.write_text('model = "/m"\nkeep_alvie = "5m"\n')
+    with pytest.raises(ConfigError) as err:
+        parse([], env)
+    assert str(user) in str(err.value) and "'keep_alvie'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('context = "big"\n', "context"),
+        ("context = -3\n", "context"),
+        ('dtype = "float8"\n', "dtype"),
+        ("socket_mode = 0o666\n", "socket_mode"),
+        ("model = \n", "not valid TOML"),
+    ],
+)
+def test_bad_values_name_the_file_and_key(layout: tuple[Path, Path, dict[str, str]], text: str, where: str) -> None:
+    _, user, env = layout
+    user.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        parse([], env)
+    assert str(user) in str(err.value) and where in str(err.value)
+
+
+def test_bad_environment_value_names_the_variable(layout: tuple[Path, Path, dict[str, str]]) -> None:
+    _, _, env = layout
+    with pytest.raises(ConfigError, match=r"\$AXCHAT_THREADS"):
+        parse([], {**env, "AXCHAT_THREADS": "many"})
+    with pytest.raises(ConfigError, match="--keep-alive"):
+        parse(["--keep-alive", "soon"], env)
+
+
+def test_durations() -> None:
+    assert parse_duration("5m") == 300.0
+    assert parse_duration("90s") == 90.0 and parse_duration("90") == 90.0
+    assert parse_duration("1.5h") == 5400.0
+    assert parse_duration("0") == 0.0 and parse_duration(0) == 0.0
+    assert parse_duration("forever") is None and parse_duration(-1) is None
+    with pytest.raises(ValueError):
+        parse_duration("5 minutes")
+
+
+def test_serve_reports_a_config_error_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "config.toml"
+    bad.write_text('modle = "x"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "axchat", "serve"],
+        env={**os.environ, "AXCHAT_CONFIG": str(bad)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"axchat serve: error: {bad}: unknown key 'modle'; known keys: " + ", ".join(
+        config.SETTINGS
+    )

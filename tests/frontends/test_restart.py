@@ -1,0 +1,67 @@
+"""A daemon that dies mid-request: its client hears `daemon_restarted`, and `ask`
+retries once when nothing of the answer had been shown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import DaemonProcess, ask_streaming, chat, short_socket_dir
+from test_ask import axchat, reference_text
+
+PROBLEM_DAEMON = Path(__file__).resolve().parents[1] / "problemdaemon.py"
+
+
+def test_kill_9_mid_stream_then_restart(tiny_model_dir: Path) -> None:
+    first = DaemonProcess(tiny_model_dir).wait_ready()
+    ask = ask_streaming(first.socket, "--max-tokens", "1900", "--ignore-eos", "Hi")
+    try:
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+        assert ask.wait(30) == 1
+        assert ask.stderr is not None
+        stderr = ask.stderr.read().decode()
+        assert "daemon_restarted" in stderr and "retrying" not in stderr  # part of the answer was shown
+    finally:
+        if ask.poll() is None:
+            ask.kill()
+            ask.wait()
+    second = DaemonProcess(tiny_model_dir, socket=first.socket).wait_ready()
+    try:
+        proc = axchat("ask", "--socket", second.socket, "--max-tokens", "8", "Hello again")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == reference_text(second, chat("Hello again", max_tokens=8)) + "\n"
+    finally:
+        assert second.stop() == 0
+
+
+def test_ask_retries_once_when_nothing_was_shown(tiny_model_dir: Path) -> None:
+    sock = str(short_socket_dir() / "d.sock")
+    problem = subprocess.Popen(
+        [sys.executable, str(PROBLEM_DAEMON), sock],
+        env={**os.environ, "AXCHAT_PROBLEM": "die_on_generate"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert problem.stdout is not None and problem.stdout.readline().strip() == "listening"
+    ask = subprocess.Popen(
+        [sys.executable, "-m", "axchat", "ask", "--socket", sock, "--max-tokens", "8", "Try twice"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert problem.wait(60) == 3  # it died holding the request
+        real = DaemonProcess(tiny_model_dir, socket=sock).wait_ready()
+        try:
+            out, err = ask.communicate(timeout=120)
+            assert ask.returncode == 0, err.decode()
+            assert "daemon_restarted" in err.decode() and "retrying once" in err.decode()
+            assert out.decode() == reference_text(real, chat("Try twice", max_tokens=8)) + "\n"
+        finally:
+            assert real.stop() == 0
+    finally:
+        if ask.poll() is None:
+            ask.kill()
+            ask.wait()
