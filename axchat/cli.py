@@ -11,6 +11,7 @@ COMMANDS = {
     "ask": ("axchat.frontends.ask", "ask one question and stream the answer"),
     "status": ("axchat.frontends.status", "show what the daemon is doing"),
     "web": ("axchat.frontends.web.serve", "serve an OpenAI-compatible API and a chat page over HTTP"),
+    "extract-embeddings": ("axchat.actors.backends.aipu_embeddings", "write a model's input embeddings for --device aipu"),
 }
 
 
