@@ -26,6 +26,9 @@ class ServeConfig:
     max_per_client: int = 8
     prefix_cache_mb: int = 256
     client_timeout_s: float = 30.0
+    build_root: str | None = None  # aipu: where the SDK's compiled models live
+    aipu_device: str | None = None  # aipu: which card; None: the first
+    aipu_runtime: str | None = None  # aipu: real or emulator; None: $AXCHAT_AIPU_RUNTIME, else real
 
 
 def default_threads() -> int:
@@ -41,8 +44,8 @@ def default_threads() -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="axchat serve", description="Run the axchat daemon: load a model once, serve many clients.")
     p.add_argument("--model", help="local model directory or Hugging Face hub id (default: the built-in tiny test model)")
-    p.add_argument("--backend", default="torch", choices=["torch"], help="device backend (default: torch)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--backend", default="torch", choices=["torch", "aipu"], help="device backend (default: torch; --device aipu implies aipu)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, or aipu for an Axelera Metis card (default: auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--socket", help="socket path or tcp:// endpoint (default: $AXCHAT_SOCKET or $XDG_RUNTIME_DIR/axchat/axchat.sock)")
     p.add_argument("--context", type=int, help="context length in tokens (default: the model's)")
@@ -55,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-per-client", type=int, default=8, help="requests running or waiting, per client")
     p.add_argument("--client-timeout", type=float, default=30.0, help="cancel requests of a client silent this long (0: never)")
     p.add_argument("--prefix-cache-mb", type=int, default=256, help="memory for kept conversation KV (0 turns it off)")
+    aipu = p.add_argument_group("aipu (Axelera Metis)")
+    aipu.add_argument("--build-root", help="the Voyager SDK's build directory (default: $AXELERA_FRAMEWORK/build)")
+    aipu.add_argument("--aipu-device", help="card to use, e.g. metis-0:1:0 (default: the first)")
+    aipu.add_argument(
+        "--aipu-runtime", choices=["real", "emulator"], help="real SDK or the emulated card (default: $AXCHAT_AIPU_RUNTIME or real)"
+    )
     return p
 
 
@@ -62,7 +71,7 @@ def parse(argv: list[str]) -> ServeConfig:
     args = build_parser().parse_args(argv)
     return ServeConfig(
         model=args.model,
-        backend=args.backend,
+        backend="aipu" if args.device == "aipu" else args.backend,
         device=args.device,
         dtype=args.dtype,
         socket=args.socket,
@@ -76,4 +85,7 @@ def parse(argv: list[str]) -> ServeConfig:
         max_per_client=args.max_per_client,
         prefix_cache_mb=args.prefix_cache_mb,
         client_timeout_s=args.client_timeout,
+        build_root=args.build_root,
+        aipu_device=args.aipu_device,
+        aipu_runtime=args.aipu_runtime,
     )

@@ -99,7 +99,9 @@ class EmulatedConnection:
         """`path`: a Hugging Face causal LM directory (a model.json's parent's parent
         for a real build is not a model the emulator can run)."""
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()
         model = AutoModelForCausalLM.from_pretrained(path).eval()
         return EmulatedInstance(model, self._context)
 

@@ -14,6 +14,7 @@ import struct
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,11 @@ def load_embeddings(path: str | Path) -> np.ndarray:
         if info.compress_type == zipfile.ZIP_STORED:
             matrix = _memmap_npy_at(path, _member_data_offset(path, info))
         else:
-            log.info("%s is compressed: inflating %.0f MB into RAM (extract it uncompressed to map it)", path, info.file_size / 1e6)
+            log.info(
+                "%s is compressed: inflating %.0f MB into RAM (extract it uncompressed to map it)",
+                path,
+                info.file_size / 1e6,
+            )
             with np.load(path) as npz:
                 matrix = npz[EMBEDDINGS_KEY]
     if matrix.ndim != 2:
@@ -99,7 +104,8 @@ def extract_embeddings(model: str, out: str | Path, *, compressed: bool = False)
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    weight = lm.get_input_embeddings().weight.detach().to(torch.float32).numpy()
+    layer: Any = lm.get_input_embeddings()
+    weight = layer.weight.detach().to(torch.float32).numpy()
     return write_embeddings(weight, out, compressed=compressed)
 
 
@@ -110,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("model", help="local model directory or Hugging Face hub id")
     p.add_argument("out", help="output .npz (or .npy)")
-    p.add_argument("--compressed", action="store_true", help="zip-deflate the .npz, as the SDK ships it (cannot be memory-mapped)")
+    p.add_argument(
+        "--compressed", action="store_true", help="zip-deflate the .npz, as the SDK ships it (cannot be memory-mapped)"
+    )
     args = p.parse_args(argv)
     try:
         out = extract_embeddings(args.model, args.out, compressed=args.compressed)

@@ -25,7 +25,9 @@ class AipuError(ModelLoadError):
 
 class SdkMissing(AipuError):
     def __init__(self, detail: str = "") -> None:
-        super().__init__(f"the Axelera runtime is not importable{f' ({detail})' if detail else ''}; {VOYAGER_INSTALL_HINT}")
+        super().__init__(
+            f"the Axelera runtime is not importable{f' ({detail})' if detail else ''}; {VOYAGER_INSTALL_HINT}"
+        )
 
 
 class NoCard(AipuError):
@@ -145,7 +147,9 @@ class RealRuntime:
         for dev in self._devices():
             name = str(getattr(dev, "name", dev))
             mem = getattr(dev, "memory_size", None) or getattr(dev, "memory", None)
-            cards.append(CardInfo(name=name, memory_gb=float(mem) / (1 << 30) if isinstance(mem, int | float) else None))
+            cards.append(
+                CardInfo(name=name, memory_gb=float(mem) / (1 << 30) if isinstance(mem, int | float) else None)
+            )
         return cards
 
     def connect(self, device: str, cores: int) -> Connection:
