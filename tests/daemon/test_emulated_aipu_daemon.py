@@ -5,6 +5,8 @@ context with the SDK's reply reserve."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +27,9 @@ def emulated_card_env(tmp: Path) -> dict[str, str]:
     return {"AXCHAT_AIPU_EMULATOR_DIR": str(tmp / "card"), "XDG_CACHE_HOME": str(tmp / "cache")}
 
 
-def aipu_daemon(model: Path, tmp: Path, *extra: str) -> DaemonProcess:
-    return DaemonProcess(model, "--device", "aipu", "--aipu-runtime", "emulator", *extra, env=emulated_card_env(tmp))
+def aipu_daemon(model: Path, tmp: Path, *extra: str, env: dict[str, str] | None = None) -> DaemonProcess:
+    env = {**emulated_card_env(tmp), **(env or {})}
+    return DaemonProcess(model, "--device", "aipu", "--aipu-runtime", "emulator", *extra, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +125,28 @@ def test_emulated_aipu_second_daemon_on_the_same_card_fails(
     assert "metis-0:1:0 is in use by another process" in second.log_text()
 
 
+def fake_triton_trace(directory: Path) -> dict[str, str]:
+    """A `triton_trace` on PATH that prints one slog line and exits, as a poll would."""
+    directory.mkdir()
+    tool = directory / "triton_trace"
+    tool.write_text('#!/bin/sh\necho "slog: power=3.2W core_temps=[51.0, 57.5, 49.25, 50]"\n')
+    tool.chmod(0o755)
+    return {"PATH": f"{directory}{os.pathsep}{os.environ['PATH']}"}
+
+
 def test_emulated_aipu_trims_history_to_the_static_context(tiny_model_dir: Path, tmp_path: Path) -> None:
-    d = aipu_daemon(tiny_model_dir, tmp_path, "--context", "256").wait_ready()
+    d = aipu_daemon(tiny_model_dir, tmp_path, "--context", "256", env=fake_triton_trace(tmp_path / "bin")).wait_ready()
     client = RawClient(d.socket)
     try:
+        # The hottest core from triton_trace wins over the host's sensors.
+        deadline = time.monotonic() + 15
+        while True:
+            status = client.request(v1.Status())
+            assert isinstance(status, v1.StatusReply)
+            if status.device_temp_c is not None and status.device_temp_c == 57.5:
+                break
+            assert time.monotonic() < deadline, status.device_temp_c
+            client.sock.poll(200)  # a bounded pause between polls (nothing arrives on it)
         history = [v1.ChatMessage(role="system", content="You are terse.")]
         for i in range(12):
             history.append(v1.ChatMessage(role="user", content=f"question {i} " + "about weather " * 4))
