@@ -124,6 +124,8 @@ class AipuBackend(DeviceBackend):
         if kind == "real":
             if entry is None:
                 raise ModelLoadError(f"{model} is not a precompiled Metis model; choose one of: {', '.join(CATALOG)}")
+            # The SDK first: without it the compiled files cannot exist either.
+            runtime_impl = rt.load_runtime(kind, context=entry.context)
             root = Path(build_root) if build_root else default_build_root()
             model_path = root / model / "model" / "model.json"
             if not model_path.is_file():
@@ -154,12 +156,12 @@ class AipuBackend(DeviceBackend):
                 embeddings_path = emulator_embeddings(model_dir)
             except (OSError, ValueError) as exc:
                 raise ModelLoadError.because(f"cannot extract the input embeddings of {model_dir}", exc) from None
+            runtime_impl = rt.load_runtime(kind, context=static_context)
         try:
             embeddings = load_embeddings(embeddings_path)
         except EmbeddingsError as exc:
             raise ModelLoadError(str(exc)) from None
 
-        runtime_impl = rt.load_runtime(kind, context=static_context)
         cards = runtime_impl.list_devices()
         if not cards:
             raise rt.NoCard()
