@@ -13,6 +13,7 @@ COMMANDS = {
     "web": ("axchat.frontends.web.serve", "serve an OpenAI-compatible API and a chat page over HTTP"),
     "stop": ("axchat.frontends.stop", "ask the local daemon to drain and exit"),
     "service": ("axchat.daemon.units", "print or install the systemd unit (--user for a per-user one)"),
+    "extract-embeddings": ("axchat.actors.backends.aipu_embeddings", "write a model's input embeddings for --device aipu"),
 }
 
 

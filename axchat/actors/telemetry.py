@@ -7,6 +7,7 @@ import collections
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -37,8 +38,18 @@ def read_temperature_c() -> float | None:
 class TelemetryActor(Actor):
     name = "telemetry"
 
-    def __init__(self, bus: Bus, supervisor: Supervisor, info: BackendInfo, *, max_queued: int = 0) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        supervisor: Supervisor,
+        info: BackendInfo,
+        *,
+        max_queued: int = 0,
+        temperature: Callable[[], float | None] | None = None,
+    ) -> None:
         super().__init__(bus, supervisor)
+        # The backend's own reading (an AIPU's cores) wins over the host's sensors.
+        self._device_temperature = temperature
         self._info = info
         self._max_queued = max_queued
         # (finish time, completion tokens) of recent requests, for the aggregate rate.
@@ -87,7 +98,7 @@ class TelemetryActor(Actor):
             completion_tokens=msg.completion_tokens,
             # Process CPU time over the request's wall time; 100 = one core busy.
             cpu_percent=(time.process_time_ns() - msg.cpu_ns) / wall_ns * 100,
-            device_temp_c=read_temperature_c(),
+            device_temp_c=self._temperature_c(),
         )
         usage = v1.Usage(
             prompt_tokens=msg.prompt_tokens,
@@ -129,7 +140,7 @@ class TelemetryActor(Actor):
             completion_tokens_total=self.completion_tokens_total,
             cpu_percent=self._process.cpu_percent(None),
             rss_bytes=self._process.memory_info().rss,
-            device_temp_c=read_temperature_c(),
+            device_temp_c=self._temperature_c(),
             pid=os.getpid(),
             requests=report.requests,
             tokens_per_s=self._recent_rate(),
@@ -138,6 +149,10 @@ class TelemetryActor(Actor):
             prefix_cache_entries=report.prefix_cache_entries,
             prefix_cache_bytes=report.prefix_cache_bytes,
         )
+
+    def _temperature_c(self) -> float | None:
+        reading = self._device_temperature() if self._device_temperature is not None else None
+        return reading if reading is not None else read_temperature_c()
 
     def _recent_rate(self, window_s: float = RATE_WINDOW_S) -> float:
         """Completion tokens per second over the last `window_s`, all requests together."""

@@ -47,10 +47,12 @@ class TokenizerActor(Actor):
         *,
         context_length: int,
         eos_ids: Sequence[int],
+        reply_reserve: int | None = None,
     ) -> None:
         super().__init__(bus, supervisor)
         self._tok = tokenizer
         self._context_length = context_length
+        self._reply_reserve = reply_reserve or context_length // 8
         self._eos_ids = sorted(set(eos_ids))
         # One thread: encodes finish in arrival order, so a cancel that follows an
         # encode is always seen after it.
@@ -88,7 +90,7 @@ class TokenizerActor(Actor):
 
     async def _encode(self, msg: m.Encode) -> None:
         t0 = time.perf_counter()
-        reserve = min(msg.sampling.max_tokens, self._context_length // 8)
+        reserve = min(msg.sampling.max_tokens, self._reply_reserve)
         ids, trimmed = await asyncio.get_running_loop().run_in_executor(
             self._pool, self._encode_blocking, msg.messages, msg.prompt, reserve
         )

@@ -47,6 +47,9 @@ class ServeConfig:
     socket_group: str | None = None  # group that may use the socket (system layout)
     socket_mode: int = 0o660
     check: bool = False  # validate settings, model and device, then exit
+    build_root: str | None = None  # aipu: where the SDK's compiled models live
+    aipu_device: str | None = None  # aipu: which card; None: the first
+    aipu_runtime: str | None = None  # aipu: real or emulator; None: $AXCHAT_AIPU_RUNTIME, else real
 
 
 class ConfigError(Exception):
@@ -133,7 +136,7 @@ def _group(value: object) -> str:
 # key in files (and, upper-cased, in AXCHAT_* names) -> (ServeConfig field, converter)
 SETTINGS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "model": ("model", _str),
-    "backend": ("backend", _choice("torch")),
+    "backend": ("backend", _choice("torch", "aipu")),
     "device": ("device", _str),
     "dtype": ("dtype", _choice(*DTYPES)),
     "socket": ("socket", _str),
@@ -150,6 +153,9 @@ SETTINGS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "max_per_client": ("max_per_client", _positive_int),
     "prefix_cache_mb": ("prefix_cache_mb", _non_negative_int),
     "client_timeout": ("client_timeout_s", _seconds),
+    "build_root": ("build_root", _str),
+    "aipu_device": ("aipu_device", _str),
+    "aipu_runtime": ("aipu_runtime", _choice("real", "emulator")),
 }
 
 
@@ -232,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     help_for = {
         "model": "local model directory or Hugging Face hub id (default: the built-in tiny test model)",
-        "backend": "device backend (default: torch)",
-        "device": "auto, cpu, cuda or cuda:N (default: auto)",
+        "backend": "device backend: torch or aipu (default: torch; --device aipu implies aipu)",
+        "device": "auto, cpu, cuda, cuda:N, or aipu for an Axelera Metis card (default: auto)",
         "dtype": f"{', '.join(DTYPES)} (default: auto)",
         "socket": "socket path or tcp:// endpoint (default: $AXCHAT_SOCKET or $XDG_RUNTIME_DIR/axchat/axchat.sock)",
         "context": "context length in tokens (default: the model's)",
@@ -249,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         "max_per_client": "requests running or waiting, per client connection (default: 8)",
         "prefix_cache_mb": "memory for kept conversation KV, 0 turns reuse off (default: 256)",
         "client_timeout": "cancel the requests of a client silent this many seconds, 0: never (default: 30)",
+        "build_root": "aipu: the Voyager SDK's build directory (default: $AXELERA_FRAMEWORK/build)",
+        "aipu_device": "aipu: card to use, e.g. metis-0:1:0 (default: the first)",
+        "aipu_runtime": "aipu: real or emulator (default: $AXCHAT_AIPU_RUNTIME, else real)",
     }
     for key, text in help_for.items():
         p.add_argument(flag_name(key), dest=key, metavar=key.upper(), help=text)
@@ -269,4 +278,6 @@ def parse(argv: list[str], environ: Mapping[str, str] | None = None) -> ServeCon
     cfg = replace(cfg, **flags, check=check)
     if cfg.threads is None:
         cfg = replace(cfg, threads=default_threads())
+    if cfg.device == "aipu":
+        cfg = replace(cfg, backend="aipu")
     return cfg

@@ -90,9 +90,12 @@ async def load_model(cfg: ServeConfig, model: str) -> tuple[DeviceBackend, Any]:
                 context=cfg.context,
                 threads=cfg.threads,
                 prefix_cache_bytes=cfg.prefix_cache_mb << 20,
+                build_root=cfg.build_root,
+                aipu_device=cfg.aipu_device,
+                aipu_runtime=cfg.aipu_runtime,
             ),
         )
-        tokenizer = await loop.run_in_executor(None, load_tokenizer, model)
+        tokenizer = await loop.run_in_executor(None, load_tokenizer, backend.info.tokenizer or model)
     except ModelLoadError as exc:
         raise StartupError(str(exc)) from None
     return backend, tokenizer
@@ -170,10 +173,17 @@ async def _serve(
 
         # Consumers first, so nothing is ever sent to an inbox that does not exist;
         # the front door last, so no client is served before the chain is whole.
-        telemetry = TelemetryActor(bus, supervisor, info, max_queued=cfg.max_queued)
+        telemetry = TelemetryActor(bus, supervisor, info, max_queued=cfg.max_queued, temperature=backend.temperature_c)
         sampler = SamplerActor(bus, supervisor)
         device = DeviceActor(bus, supervisor, backend, max_running=cfg.max_running)
-        tok = TokenizerActor(bus, supervisor, tokenizer, context_length=info.context_length, eos_ids=sorted(eos_ids))
+        tok = TokenizerActor(
+            bus,
+            supervisor,
+            tokenizer,
+            context_length=info.context_length,
+            eos_ids=sorted(eos_ids),
+            reply_reserve=info.reply_reserve,
+        )
         try:
             door = FrontDoor(
                 bus,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "aipu")
 
 
 def load_backend(
@@ -16,12 +16,21 @@ def load_backend(
     context: int | None = None,
     threads: int | None = None,
     prefix_cache_bytes: int = 0,
+    build_root: str | None = None,
+    aipu_device: str | None = None,
+    aipu_runtime: str | None = None,
 ) -> DeviceBackend:
     if backend == "torch":
         from axchat.actors.backends.torch_backend import TorchBackend
 
         return TorchBackend.load(
             model, device=device, dtype=dtype, context=context, threads=threads, prefix_cache_bytes=prefix_cache_bytes
+        )
+    if backend == "aipu":
+        from axchat.actors.backends.aipu_backend import AipuBackend
+
+        return AipuBackend.load(
+            model, context=context, build_root=build_root, aipu_device=aipu_device, runtime=aipu_runtime
         )
     raise ModelLoadError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
 

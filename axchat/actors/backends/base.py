@@ -29,6 +29,10 @@ class BackendInfo:
     context_length: int
     vocab_size: int
     eos_ids: tuple[int, ...] = ()
+    # Tokens kept free for the reply when trimming chat history; None: min(max_tokens, context // 8).
+    reply_reserve: int | None = None
+    # Where the tokenizer comes from when it is not the model argument (a precompiled model's HF id).
+    tokenizer: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,170 @@
+"""The aipu backend's pieces in-process, against the emulated card: embeddings files
+(mapped, not inflated), the adapter's errors, the emulator's card-like behaviour."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from axchat.actors.backends import aipu_runtime as rt
+from axchat.actors.backends.aipu_backend import AipuBackend, reply_reserve_for
+from axchat.actors.backends.aipu_embeddings import extract_embeddings, load_embeddings, write_embeddings
+from axchat.actors.backends.aipu_temperature import hottest_core_c
+from axchat.actors.backends.base import ModelLoadError
+from axchat.testing.aipu_emulator import LOCK_DIR_ENV, EmulatedRuntime, EmulatorError
+
+
+@pytest.fixture
+def card_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private lock directory: this test's emulated card, nobody else's."""
+    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path / "locks"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def backend(card_dir: Path, tiny_model_dir: Path) -> Iterator[AipuBackend]:
+    b = AipuBackend.load(str(tiny_model_dir), runtime="emulator", context=64)
+    yield b
+    b.close()
+
+
+@pytest.mark.parametrize(("name", "compressed", "mapped"), [("e.npz", False, True), ("e.npy", False, True), ("e.npz", True, False)])
+def test_emulated_aipu_embeddings_round_trip(tmp_path: Path, name: str, compressed: bool, mapped: bool) -> None:
+    matrix = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    path = write_embeddings(matrix, tmp_path / name, compressed=compressed)
+    loaded = load_embeddings(path)
+    assert isinstance(loaded, np.memmap) is mapped
+    assert loaded.dtype == np.float16 and np.array_equal(loaded, matrix.astype(np.float16))
+    if path.suffix == ".npz":
+        with np.load(path) as npz:  # the SDK's layout, readable by plain numpy
+            assert set(npz.files) == {"embeddings", "vocab_size", "embedding_dim", "dtype"}
+            assert int(npz["vocab_size"]) == 300 and int(npz["embedding_dim"]) == 16 and str(npz["dtype"]) == "float16"
+
+
+def test_emulated_aipu_extract_embeddings_matches_the_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    out = extract_embeddings(str(tiny_model_dir), tmp_path / "tiny.npz")
+    weight = AutoModelForCausalLM.from_pretrained(tiny_model_dir).get_input_embeddings().weight.detach().numpy()
+    loaded = load_embeddings(out)
+    assert isinstance(loaded, np.memmap)
+    assert np.array_equal(loaded, weight.astype(np.float16))
+
+
+def test_emulated_aipu_extract_embeddings_command(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "sdk.npz"
+    done = subprocess.run(
+        [sys.executable, "-m", "axchat", "extract-embeddings", str(tiny_model_dir), str(out), "--compressed"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1000 x 64" in done.stdout
+    assert not isinstance(load_embeddings(out), np.memmap)  # compressed: inflated, and logged
+
+
+def test_emulated_aipu_capabilities_and_reserve(backend: AipuBackend) -> None:
+    caps = backend.capabilities
+    assert (caps.max_batch, caps.kv_survives_switch, caps.prefill_chunk, caps.prefix_cache) == (1, False, None, False)
+    assert backend.info.backend == "aipu" and backend.info.context_length == 64
+    assert backend.info.reply_reserve == 64
+    assert [reply_reserve_for(c) for c in (512, 1024, 2048)] == [64, 128, 128]
+
+
+def test_emulated_aipu_one_sequence_on_the_card(backend: AipuBackend) -> None:
+    first = backend.prefill(1, [5, 6, 7])
+    assert first.dtype == np.float32 and first.shape == (1000,)
+    assert backend.decode([1], [int(first.argmax())]).shape == (1, 1000)
+    backend.prefill(2, [8, 9])  # the card restarts: sequence 1's KV is gone
+    with pytest.raises(RuntimeError, match="holds sequence 2"):
+        backend.decode([1], [3])
+    with pytest.raises(ValueError, match="at least two tokens"):
+        backend.prefill(3, [4])
+    backend.release(2)
+    assert backend.live_sequences() == 0
+
+
+def test_emulated_aipu_restart_gives_the_same_logits(backend: AipuBackend) -> None:
+    a = backend.prefill(1, [5, 6, 7, 8])
+    backend.decode([1], [9])
+    b = backend.prefill(2, [5, 6, 7, 8])
+    assert np.array_equal(a, b)
+
+
+def test_emulated_aipu_static_context(backend: AipuBackend) -> None:
+    backend.prefill(1, list(range(1, 64)))  # positions 0..62
+    backend.decode([1], [5])  # position 63: the last one
+    with pytest.raises(RuntimeError, match="static context of 64"):
+        backend.decode([1], [5])
+
+
+def test_emulated_aipu_card_refuses_bad_shapes_and_positions(card_dir: Path, tiny_model_dir: Path) -> None:
+    conn = EmulatedRuntime(context=8).connect("metis-0:1:0", 4)
+    try:
+        inst = conn.load_model(str(tiny_model_dir))
+        out = np.zeros(1000, np.int8)
+        with pytest.raises(EmulatorError, match="int8"):
+            inst.run(np.zeros((2, 64), np.float16), out)
+        inst.run(np.zeros((8, 128), np.int8), out)
+        with pytest.raises(EmulatorError, match="past the static context"):
+            inst.run(np.zeros((1, 128), np.int8), out)
+    finally:
+        conn.close()
+
+
+def test_emulated_aipu_connect_is_exclusive_across_processes(card_dir: Path) -> None:
+    runtime = EmulatedRuntime()
+    held = runtime.connect("metis-0:1:0", 4)
+    try:
+        with pytest.raises(rt.CardInUse, match="metis-0:1:0 is in use"):
+            runtime.connect("metis-0:1:0", 4)
+        other = subprocess.run(
+            [sys.executable, "-c", "from axchat.testing.aipu_emulator import EmulatedRuntime as R; R().connect('metis-0:1:0', 4)"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert other.returncode != 0 and "CardInUse" in other.stderr
+    finally:
+        held.close()
+    runtime.connect("metis-0:1:0", 4).close()  # free again once released
+
+
+def test_emulated_aipu_errors_are_one_line(
+    card_dir: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(rt.NoCard, match="metis-9:9:9"):
+        AipuBackend.load(str(tiny_model_dir), runtime="emulator", aipu_device="metis-9:9:9")
+    with pytest.raises(ModelLoadError, match="not a precompiled Metis model"):
+        AipuBackend.load("no-such-model", runtime="real")
+    name = "llama-3-1-8b-1024-4core-static"
+    try:
+        import axelera  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        with pytest.raises(rt.SdkMissing, match="install the Voyager SDK"):
+            AipuBackend.load(name, runtime="real", build_root=str(tmp_path))
+    # The rest stands a 4 GB emulated card in for the SDK.
+    monkeypatch.setattr(rt, "RealRuntime", lambda: EmulatedRuntime(memory_gb=4))
+    with pytest.raises(rt.FilesMissing, match=r"model\.json"):
+        AipuBackend.load(name, runtime="real", build_root=str(tmp_path))
+    (tmp_path / name / "model").mkdir(parents=True)
+    (tmp_path / name / "model" / "model.json").write_text("{}")
+    with pytest.raises(rt.FilesMissing, match="extract-embeddings"):
+        AipuBackend.load(name, runtime="real", build_root=str(tmp_path))
+    write_embeddings(np.zeros((10, 4)), tmp_path / name / "embeddings.npz")
+    with pytest.raises(rt.CardTooSmall, match="needs a 16 GB card; metis-0:1:0 has 4 GB"):
+        AipuBackend.load(name, runtime="real", build_root=str(tmp_path))
+    for exc in (rt.SdkMissing(), rt.NoCard(), rt.CardInUse("metis-0:1:0"), rt.FilesMissing("x", "/y")):
+        assert "\n" not in str(exc) and str(exc)
+
+
+def test_emulated_aipu_hottest_core_from_triton_trace_line() -> None:
+    assert hottest_core_c("slog: t=12 power=3.1W core_temps=[41.5, 44.0, 39, 43]") == 44.0
+    assert hottest_core_c("no temperatures here") is None
