@@ -286,6 +286,7 @@ class ChatApp(App[None]):
                         detail = event.error.message if event.error else "unknown error"
                         self.fail_answer(pending, f"the daemon failed to answer: {detail}")
                     else:
+                        await stream.stop()  # the bubble shows every token before the turn is kept
                         self.settle_answer(pending, event.finish_reason, event)
                 elif isinstance(event, v1.Error):
                     self.fail_answer(pending, f"{event.code}: {event.message}; your prompt is back in the input")
@@ -296,6 +297,7 @@ class ChatApp(App[None]):
                 # Best effort: the daemon also cancels the requests of clients that vanish.
                 with contextlib.suppress(TimeoutError, zmq.ZMQError):
                     await asyncio.wait_for(pending.handle.cancel(), CANCEL_SEND_S)
+            await stream.stop()
             self.settle_answer(pending, "cancelled", None)
             raise
         except (DaemonUnavailable, zmq.ZMQError) as exc:

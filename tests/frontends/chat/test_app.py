@@ -77,7 +77,7 @@ async def answered(pilot: Pilot[None], turns: int) -> ChatApp:
 
 
 async def test_send_streams_the_answer_into_a_bubble(daemon: DaemonProcess, store: ConversationStore) -> None:
-    first, done1 = reference(daemon, [user("Hello there")], max_tokens=12)
+    first, _ = reference(daemon, [user("Hello there")], max_tokens=12)
     app = make_app(daemon.socket, store, max_tokens=12)
     async with app.run_test(size=(100, 40)) as pilot:
         await connected(pilot)
@@ -103,3 +103,121 @@ async def test_send_streams_the_answer_into_a_bubble(daemon: DaemonProcess, stor
         assert "TTFT: " in footer and "Tokens/sec: " in footer and "CPU %: " in footer
     saved = store.latest()
     assert saved is not None and [t.content for t in saved.turns] == ["Hello there", first, "And then?", second]
+
+
+async def test_escape_cancels_the_answer_on_the_daemon(daemon: DaemonProcess, store: ConversationStore) -> None:
+    app = make_app(daemon.socket, store, max_tokens=1500, ignore_eos=True)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await connected(pilot)
+        await send(pilot, "Go on forever")
+        await wait_until(pilot, lambda: app.pending is not None and app.pending.text, "the first tokens")
+        assert app.pending is not None and app.pending.handle is not None
+        request_id = app.pending.handle.request_id
+        await pilot.press("escape")
+        await answered(pilot, 2)
+        line = daemon.wait_for_line(f"request {request_id}@", timeout_s=WAIT_S)
+        assert "finish=cancelled" in line
+        tokens = int(line.split("Tokens: ")[1].split()[0])
+        assert 0 < tokens < 1500
+        partial = app.conversation.turns[-1]
+        assert partial.role == "assistant" and partial.finish_reason == "cancelled" and partial.content
+        bubble = app.query_one(AssistantBubble)
+        assert bubble.source == partial.content and bubble.border_subtitle == "stopped"
+        assert "stopped" in app.query_one(StatusLine).text
+    saved = store.latest()
+    assert saved is not None and saved.turns[-1].finish_reason == "cancelled"
+
+
+async def test_ctrl_c_stops_the_answer_then_quits(daemon: DaemonProcess, store: ConversationStore) -> None:
+    app = make_app(daemon.socket, store, max_tokens=1500, ignore_eos=True)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await connected(pilot)
+        await send(pilot, "Talk")
+        await wait_until(pilot, lambda: app.pending is not None and app.pending.text, "the first tokens")
+        await pilot.press("ctrl+c")
+        await answered(pilot, 2)
+        assert app.is_running and app.conversation.turns[-1].finish_reason == "cancelled"
+        assert "Ctrl+C again quits" in app.query_one(StatusLine).text
+        await pilot.press("ctrl+c")
+        await wait_until(pilot, lambda: not app.is_running, "the app to quit")
+
+
+async def test_slash_commands(daemon: DaemonProcess, store: ConversationStore, tmp_path: Path) -> None:
+    app = make_app(daemon.socket, store, max_tokens=10)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await connected(pilot)
+        status = app.query_one(StatusLine)
+
+        await send(pilot, "/system Be brief.")
+        assert app.conversation.system == "Be brief." and status.text == "system prompt set"
+        await send(pilot, "Hi")
+        await answered(pilot, 2)
+        expected, _ = reference(daemon, [v1.ChatMessage(role="system", content="Be brief."), user("Hi")], max_tokens=10)
+        assert app.last_request is not None and app.last_request.messages is not None
+        assert app.last_request.messages[0] == v1.ChatMessage(role="system", content="Be brief.")
+        assert app.query_one(AssistantBubble).source == expected
+
+        await send(pilot, "/temperature 0.7")
+        assert status.text == "temperature 0.7" and "temperature 0.7" in app.query_one(InfoFooter).text
+        await send(pilot, "More")
+        await answered(pilot, 4)
+        assert app.last_request.sampling.temperature == 0.7
+
+        transcript = tmp_path / "chat.md"
+        await send(pilot, f"/save {transcript}")
+        text = transcript.read_text()
+        assert "**System:**\n\nBe brief." in text
+        assert f"**User:**\n\nHi\n\n**Assistant:**\n\n{expected}\n" in text and "**User:**\n\nMore" in text
+        assert status.text == f"saved 4 turns to {transcript}"
+
+        assert "TTFT: " in app.query_one(InfoFooter).text
+        await send(pilot, "/stats")
+        assert "TTFT: " not in app.query_one(InfoFooter).text and status.text == "stats hidden"
+        await send(pilot, "/stats")
+        assert "TTFT: " in app.query_one(InfoFooter).text
+
+        await send(pilot, "/help")
+        await wait_until(pilot, lambda: app.query(NoteBubble), "the help note")
+        assert "/temperature T" in app.query_one(NoteBubble).source
+
+        await send(pilot, "/clear")
+        await wait_until(pilot, lambda: not app.query(UserBubble), "the view to empty")
+        assert app.conversation.turns == [] and app.conversation.system == "Be brief."
+        assert app.conversation.temperature == 0.7
+
+        await send(pilot, "/bogus")
+        assert "unknown command /bogus" in status.text and app.query_one(PromptInput).text == "/bogus"
+
+
+async def test_resume_reopens_the_last_conversation(daemon: DaemonProcess, store: ConversationStore) -> None:
+    from axchat.frontends.chat.conversation import open_conversation
+
+    earlier = Conversation(turns=[Turn("user", "Old question"), Turn("assistant", "Old answer", "stop")])
+    store.save(Conversation(turns=[Turn("user", "older still")]))
+    store.save(earlier)
+    conversation = open_conversation(store, resume=True, system=None, temperature=None)
+    assert conversation.id == earlier.id
+    app = make_app(daemon.socket, store, conversation, max_tokens=8)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await connected(pilot)
+        assert [b.text for b in app.query(UserBubble)] == ["Old question"]
+        assert [b.source for b in app.query(AssistantBubble)] == ["Old answer"]
+        await send(pilot, "New question")
+        await answered(pilot, 4)
+        assert app.last_request is not None
+        assert app.last_request.messages == [user("Old question"), assistant("Old answer"), user("New question")]
+    assert store.latest() is not None and store.latest().id == earlier.id  # type: ignore[union-attr]
+
+
+async def test_no_daemon_keeps_the_prompt(store: ConversationStore) -> None:
+    socket = str(short_socket_dir() / "none.sock")
+    app = make_app(socket, store)
+    async with app.run_test(size=(100, 40)) as pilot:
+        status = app.query_one(StatusLine)
+        await wait_until(pilot, lambda: "no axchat daemon is running" in status.text, "the status line")
+        assert socket in status.text and "axchat serve" in status.text
+        assert "not connected" in app.query_one(InfoFooter).text
+        await send(pilot, "Anyone there?")
+        assert app.query_one(PromptInput).text == "Anyone there?"
+        assert "kept in the input" in status.text
+        assert not app.query(UserBubble) and app.conversation.turns == []
