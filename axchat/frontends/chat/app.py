@@ -99,6 +99,7 @@ class ChatApp(App[None]):
         max_tokens: int = 512,
         ignore_eos: bool = False,
         reconnect_cap_s: float = RECONNECT_CAP_S,
+        heartbeat_s: float = HEARTBEAT_S,
     ) -> None:
         super().__init__()
         self.socket = socket
@@ -107,6 +108,7 @@ class ChatApp(App[None]):
         self.max_tokens = max_tokens
         self.ignore_eos = ignore_eos
         self.reconnect_cap_s = reconnect_cap_s
+        self.heartbeat_s = heartbeat_s
         self.client: AsyncClient | None = None
         self.welcome: v1.Welcome | None = None
         self.pending: PendingAnswer | None = None
@@ -115,6 +117,7 @@ class ChatApp(App[None]):
         self.show_stats = True
         self._quit_armed = False
         self._last_traffic = time.monotonic()
+        self._pinging = False
 
     # ------------------------------------------------------------ layout
 
@@ -139,7 +142,7 @@ class ChatApp(App[None]):
         prompt.focus()
         self.refresh_footer()
         self.connect_daemon()
-        self.set_interval(HEARTBEAT_S, self.check_daemon)
+        self.set_interval(self.heartbeat_s, self.check_daemon)
 
     @property
     def status_line(self) -> StatusLine:
@@ -173,7 +176,7 @@ class ChatApp(App[None]):
     # ------------------------------------------------------------ connection
 
     @work(exclusive=True, group="connect")
-    async def connect_daemon(self) -> None:
+    async def connect_daemon(self, lost: str | None = None) -> None:
         """Hello until a daemon answers, backing off to a cap."""
         old, self.client, self.welcome = self.client, None, None
         if old is not None:
@@ -181,7 +184,10 @@ class ChatApp(App[None]):
         self.refresh_footer()
         delay = RECONNECT_FIRST_S
         where = describe(to_zmq(self.socket))
-        self.status_line.say(f"connecting to the daemon at {where}…")
+        if lost is None:
+            self.status_line.say(f"connecting to the daemon at {where}…")
+        else:
+            self.status_line.say(f"daemon gone ({lost}); reconnecting…", error=True)
         while True:
             client = AsyncClient(self.socket, connect_timeout_s=CONNECT_TIMEOUT_S)
             try:
@@ -202,10 +208,12 @@ class ChatApp(App[None]):
             return
 
     def check_daemon(self) -> None:
-        if self.client is not None and time.monotonic() - self._last_traffic >= HEARTBEAT_S:
+        quiet = time.monotonic() - self._last_traffic >= self.heartbeat_s
+        if self.client is not None and quiet and not self._pinging:
+            self._pinging = True  # one ping at a time: a new one must not cancel the one waiting
             self.ping_daemon(self.client)
 
-    @work(exclusive=True, group="heartbeat")
+    @work(group="heartbeat")
     async def ping_daemon(self, client: AsyncClient) -> None:
         try:
             await client.status()
@@ -213,6 +221,8 @@ class ChatApp(App[None]):
             if client is self.client:
                 self.daemon_lost(str(exc))
             return
+        finally:
+            self._pinging = False
         self._last_traffic = time.monotonic()
 
     def daemon_lost(self, reason: str) -> None:
@@ -221,8 +231,7 @@ class ChatApp(App[None]):
             pending.lost_daemon = True
             self.fail_answer(pending, f"the daemon went away ({reason}); your prompt is back in the input")
             self.workers.cancel_group(self, "answer")
-        self.status_line.say(f"daemon gone: {reason}; reconnecting…", error=True)
-        self.connect_daemon()
+        self.connect_daemon(lost=reason)
 
     # ------------------------------------------------------------ input
 
@@ -284,7 +293,10 @@ class ChatApp(App[None]):
                 elif isinstance(event, v1.Done):
                     if event.finish_reason == "error":
                         detail = event.error.message if event.error else "unknown error"
-                        self.fail_answer(pending, f"the daemon failed to answer: {detail}")
+                        self.fail_answer(pending, f"the daemon failed to answer: {detail}; your prompt is back")
+                    elif event.finish_reason == "cancelled":
+                        # Not ours (ours ends the worker first): the daemon is shutting down.
+                        self.fail_answer(pending, "the daemon stopped the answer; your prompt is back in the input")
                     else:
                         await stream.stop()  # the bubble shows every token before the turn is kept
                         self.settle_answer(pending, event.finish_reason, event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -221,3 +222,38 @@ async def test_no_daemon_keeps_the_prompt(store: ConversationStore) -> None:
         assert app.query_one(PromptInput).text == "Anyone there?"
         assert "kept in the input" in status.text
         assert not app.query(UserBubble) and app.conversation.turns == []
+
+
+async def test_daemon_restart_gives_the_prompt_back_and_reconnects(
+    tiny_model_dir: Path, store: ConversationStore
+) -> None:
+    first = DaemonProcess(tiny_model_dir).wait_ready()
+    second: DaemonProcess | None = None
+    try:
+        app = make_app(first.socket, store, max_tokens=1500, ignore_eos=True, heartbeat_s=0.5, reconnect_cap_s=1.0)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await connected(pilot)
+            prompt_input, status = app.query_one(PromptInput), app.query_one(StatusLine)
+            await send(pilot, "Long answer please")
+            await wait_until(pilot, lambda: app.pending is not None and app.pending.text, "the first tokens")
+            first.stop(signal.SIGKILL)  # no goodbye: only the heartbeat can tell
+            await wait_until(pilot, lambda: prompt_input.text == "Long answer please", "the prompt to come back")
+            assert app.conversation.turns == []
+            await wait_until(pilot, lambda: not app.query(UserBubble) and not app.query(AssistantBubble), "no bubbles")
+            saved = store.latest()
+            assert saved is not None and saved.draft == "Long answer please"  # a crash now loses nothing
+            await wait_until(pilot, lambda: "daemon unavailable" in status.text, "the status line to say so")
+            assert app.client is None and "not connected" in app.query_one(InfoFooter).text
+
+            second = DaemonProcess(tiny_model_dir, socket=first.socket).wait_ready()
+            await wait_until(pilot, lambda: status.text.startswith("connected"), "the reconnect")
+            app.max_tokens, app.ignore_eos = 6, False
+            prompt_input.focus()
+            await pilot.press("enter")
+            await answered(pilot, 2)
+            assert app.conversation.turns[0].content == "Long answer please" and app.conversation.draft == ""
+            assert app.query_one(AssistantBubble).source == app.conversation.turns[1].content
+    finally:
+        first.stop(signal.SIGKILL)
+        if second is not None:
+            assert second.stop() == 0, second.log_text()
