@@ -158,9 +158,9 @@ class AsyncClient:
                     for queue in self._waiting.values():
                         queue.put_nowait(RequestFailed(body))
                     continue
-                queue = self._waiting.get(env.id)
-                if queue is not None:
-                    queue.put_nowait(body)
+                waiter = self._waiting.get(env.id)
+                if waiter is not None:
+                    waiter.put_nowait(body)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # forward, never swallow: waiters must not hang
