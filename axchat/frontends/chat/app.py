@@ -67,15 +67,15 @@ class ChatApp(App[None]):
     TITLE = "axchat"
     CSS = """
     ConversationView { height: 1fr; padding: 0 1; }
-    .bubble { border: round $primary-darken-1; padding: 0 1; margin: 0 0 1 0; height: auto; }
-    UserBubble { border: round $accent; margin-left: 8; }
-    AssistantBubble { margin-right: 8; }
+    .bubble { border: round $primary-darken-1; padding: 0 1; height: auto; }
+    UserBubble.bubble { border: round $accent; margin: 0 0 1 8; }
+    AssistantBubble.bubble { margin: 0 8 1 0; }
     AssistantBubble.stopped { border: round $warning; }
     .note { border: dashed $secondary; padding: 0 1; margin: 0 0 1 0; }
     StatusLine { height: 1; padding: 0 1; color: $text-muted; }
     StatusLine.error { color: $error; }
     PromptInput { height: auto; max-height: 10; min-height: 3; }
-    InfoFooter { height: auto; max-height: 2; padding: 0 1; background: $panel; color: $text-muted; }
+    InfoFooter { height: auto; max-height: 3; padding: 0 1; background: $panel; color: $text-muted; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "stop_answer", "Stop answer", priority=True),
@@ -157,11 +157,9 @@ class ChatApp(App[None]):
         if self.welcome is None:
             parts.append("not connected")
         else:
-            used = (
-                0
-                if self.last_done is None
-                else self.last_done.usage.prompt_tokens + self.last_done.usage.completion_tokens
-            )
+            # Unknown until an answer finishes in this session (a stopped one reports nothing).
+            usage = None if self.last_done is None else self.last_done.usage
+            used = "?" if usage is None else str(usage.prompt_tokens + usage.completion_tokens)
             parts += [
                 self.welcome.model,
                 self.welcome.device,
@@ -170,7 +168,7 @@ class ChatApp(App[None]):
         parts.append(f"temperature {self.conversation.temperature:g}")
         text = " · ".join(parts)
         if self.show_stats and self.last_done is not None:
-            text += "\n" + format_stats(self.last_done.stats) + " | " + format_host(self.last_done.stats)
+            text += "\n" + format_stats(self.last_done.stats) + "\n" + format_host(self.last_done.stats)
         self.query_one(InfoFooter).show(text)
 
     # ------------------------------------------------------------ connection
@@ -257,7 +255,9 @@ class ChatApp(App[None]):
             )
             return
         if self.pending is not None:
+            # Stop it now, not when the new worker starts: mounting the new bubbles awaits.
             self.settle_answer(self.pending, "cancelled", None)
+            self.workers.cancel_group(self, "answer")
         user_turn = Turn("user", prompt)
         self.conversation.turns.append(user_turn)
         self.conversation.draft = ""

@@ -11,7 +11,7 @@ import pytest
 from conftest import DaemonProcess, RawClient, short_socket_dir
 from textual.pilot import Pilot
 
-from axchat.frontends.chat.app import ChatApp
+from axchat.frontends.chat.app import ChatApp, PendingAnswer
 from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn
 from axchat.frontends.chat.widgets import AssistantBubble, InfoFooter, NoteBubble, PromptInput, StatusLine, UserBubble
 from axchat.protocol import v1
@@ -77,6 +77,16 @@ async def answered(pilot: Pilot[None], turns: int) -> ChatApp:
     return app
 
 
+async def streaming(pilot: Pilot[None], prompt: str) -> PendingAnswer:
+    """Send `prompt` and wait until its answer has begun to stream."""
+    app = pilot.app
+    assert isinstance(app, ChatApp)
+    await send(pilot, prompt)
+    await wait_until(pilot, lambda: app.pending is not None and app.pending.text, "the first tokens")
+    assert app.pending is not None and app.pending.handle is not None
+    return app.pending
+
+
 async def test_send_streams_the_answer_into_a_bubble(daemon: DaemonProcess, store: ConversationStore) -> None:
     first, _ = reference(daemon, [user("Hello there")], max_tokens=12)
     app = make_app(daemon.socket, store, max_tokens=12)
@@ -110,10 +120,9 @@ async def test_escape_cancels_the_answer_on_the_daemon(daemon: DaemonProcess, st
     app = make_app(daemon.socket, store, max_tokens=1500, ignore_eos=True)
     async with app.run_test(size=(100, 40)) as pilot:
         await connected(pilot)
-        await send(pilot, "Go on forever")
-        await wait_until(pilot, lambda: app.pending is not None and app.pending.text, "the first tokens")
-        assert app.pending is not None and app.pending.handle is not None
-        request_id = app.pending.handle.request_id
+        pending = await streaming(pilot, "Go on forever")
+        assert pending.handle is not None
+        request_id = pending.handle.request_id
         await pilot.press("escape")
         await answered(pilot, 2)
         line = daemon.wait_for_line(f"request {request_id}@", timeout_s=WAIT_S)
@@ -133,14 +142,34 @@ async def test_ctrl_c_stops_the_answer_then_quits(daemon: DaemonProcess, store: 
     app = make_app(daemon.socket, store, max_tokens=1500, ignore_eos=True)
     async with app.run_test(size=(100, 40)) as pilot:
         await connected(pilot)
-        await send(pilot, "Talk")
-        await wait_until(pilot, lambda: app.pending is not None and app.pending.text, "the first tokens")
+        await streaming(pilot, "Talk")
         await pilot.press("ctrl+c")
         await answered(pilot, 2)
         assert app.is_running and app.conversation.turns[-1].finish_reason == "cancelled"
         assert "Ctrl+C again quits" in app.query_one(StatusLine).text
         await pilot.press("ctrl+c")
         await wait_until(pilot, lambda: not app.is_running, "the app to quit")
+
+
+async def test_a_new_prompt_stops_the_running_answer(daemon: DaemonProcess, store: ConversationStore) -> None:
+    app = make_app(daemon.socket, store, max_tokens=1500, ignore_eos=True)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await connected(pilot)
+        first = await streaming(pilot, "One")
+        assert first.handle is not None
+        second = await streaming(pilot, "Two")
+        line = daemon.wait_for_line(f"request {first.handle.request_id}@", timeout_s=WAIT_S)
+        assert "finish=cancelled" in line
+        turns = app.conversation.turns
+        assert [t.content for t in turns[:3]] == ["One", first.text, "Two"] and turns[1].finish_reason == "cancelled"
+        assert app.last_request is not None and app.last_request.messages == [
+            user("One"),
+            assistant(first.text),
+            user("Two"),
+        ]
+        await pilot.press("escape")
+        await answered(pilot, 4)
+        assert app.conversation.turns[3] == Turn("assistant", second.text, "cancelled")
 
 
 async def test_slash_commands(daemon: DaemonProcess, store: ConversationStore, tmp_path: Path) -> None:
@@ -234,8 +263,7 @@ async def test_daemon_restart_gives_the_prompt_back_and_reconnects(
         async with app.run_test(size=(100, 40)) as pilot:
             await connected(pilot)
             prompt_input, status = app.query_one(PromptInput), app.query_one(StatusLine)
-            await send(pilot, "Long answer please")
-            await wait_until(pilot, lambda: app.pending is not None and app.pending.text, "the first tokens")
+            await streaming(pilot, "Long answer please")
             first.stop(signal.SIGKILL)  # no goodbye: only the heartbeat can tell
             await wait_until(pilot, lambda: prompt_input.text == "Long answer please", "the prompt to come back")
             assert app.conversation.turns == []
