@@ -53,6 +53,7 @@ class PendingAnswer:
     """One exchange in flight: the user's turn, its bubbles, the answer so far."""
 
     prompt: str
+    conversation: Conversation  # the one it belongs to, even after a /clear
     user_turn: Turn
     user_bubble: UserBubble
     bubble: AssistantBubble
@@ -268,7 +269,7 @@ class ChatApp(App[None]):
         bubble.add_class("streaming")
         await view.mount_all([user_bubble, bubble])
         view.anchor()
-        self.pending = PendingAnswer(prompt, user_turn, user_bubble, bubble)
+        self.pending = PendingAnswer(prompt, self.conversation, user_turn, user_bubble, bubble)
         request = v1.Generate(
             messages=self.conversation.messages(),
             sampling=v1.Sampling(
@@ -328,8 +329,8 @@ class ChatApp(App[None]):
         pending.settled = True
         if self.pending is pending:
             self.pending = None
-        self.conversation.turns.append(Turn("assistant", pending.text, finish_reason))
-        self.store.save(self.conversation)
+        pending.conversation.turns.append(Turn("assistant", pending.text, finish_reason))
+        self.store.save(pending.conversation)
         pending.bubble.mark_finished(finish_reason)
         self.post_message(self.AnswerEnded(finish_reason, done))
 
@@ -340,8 +341,9 @@ class ChatApp(App[None]):
         pending.settled = True
         if self.pending is pending:
             self.pending = None
-        if pending.user_turn in self.conversation.turns:
-            self.conversation.turns.remove(pending.user_turn)
+        if pending.user_turn in pending.conversation.turns:
+            pending.conversation.turns.remove(pending.user_turn)
+            self.store.save(pending.conversation)
         prompt_input = self.prompt_input
         typed = prompt_input.text
         prompt_input.text = pending.prompt + ("\n" + typed if typed.strip() else "")

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import TextIO
 
-from axchat.client import Client, DaemonUnavailable, RequestFailed
+from axchat.client import Client, DaemonUnavailable, GenerateStream, RequestFailed
 from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn, open_conversation
 from axchat.protocol import v1
 
@@ -51,30 +51,35 @@ class PlainChat:
             self.client = None
 
     def loop(self, stdin: TextIO) -> int:
-        while True:
-            self.out.write("User: ")
-            self.out.flush()
-            try:
-                line = stdin.readline()
-            except KeyboardInterrupt:
-                self.out.write("\n")
-                return 0
-            if not line:  # EOF
-                self.out.write("\n")
-                return 0
-            line = line.rstrip("\n")
-            if self.echo:
-                self.out.write(line + "\n")
-            text = line.strip()
-            if text in LEAVE_WORDS:
-                return 0
-            if text == "clear":
-                self.conversation = self.conversation.fresh()
-                self.store.save(self.conversation)
-                self.out.write("(conversation cleared)\n")
-                continue
-            if text:
-                self.answer(line)
+        # Ctrl-C outside an answer leaves; `answer` catches its own to stop the answer.
+        try:
+            while self.turn(stdin):
+                pass
+        except KeyboardInterrupt:
+            self.out.write("\n")
+        return 0
+
+    def turn(self, stdin: TextIO) -> bool:
+        """Read one line and act on it; False when the user leaves."""
+        self.out.write("User: ")
+        self.out.flush()
+        line = stdin.readline()
+        if not line:  # EOF
+            self.out.write("\n")
+            return False
+        line = line.rstrip("\n")
+        if self.echo:
+            self.out.write(line + "\n")
+        text = line.strip()
+        if text in LEAVE_WORDS:
+            return False
+        if text == "clear":
+            self.conversation = self.conversation.fresh()
+            self.store.save(self.conversation)
+            self.out.write("(conversation cleared)\n")
+        elif text:
+            self.answer(line)
+        return True
 
     def answer(self, prompt: str) -> None:
         user_turn = Turn("user", prompt)
@@ -105,25 +110,27 @@ class PlainChat:
         stream = client.generate(request, stall_timeout_s=STALL_TIMEOUT_S)
         self.out.write("Assistant: ")
         self.out.flush()
-        text, interrupted = "", False
-        events = iter(stream)
+        received: list[str] = []
+        interrupted = False
         while True:
+            # Ctrl-C can land anywhere in the loop that shows the answer (a signal is
+            # taken at any backward jump), so the whole loop sits inside this try.
             try:
-                body = next(events)
-            except StopIteration:
-                raise DaemonUnavailable("the stream ended without an answer") from None
+                return self.show(stream, received)
             except KeyboardInterrupt:
                 if interrupted:  # a second Ctrl-C: stop waiting for the daemon's word
                     self.out.write("\n")
                     self.drop_client()
-                    return "cancelled", text
+                    return "cancelled", "".join(received)
                 interrupted = True
                 stream.cancel()
                 stream.stall_timeout_s = CANCEL_WAIT_S
-                events = iter(stream)  # the interrupted generator is finished
-                continue
+
+    def show(self, stream: GenerateStream, received: list[str]) -> tuple[str, str]:
+        """Write the answer as it streams; its finish reason and whole text."""
+        for body in stream:
             if isinstance(body, v1.Delta):
-                text += body.text
+                received.append(body.text)
                 self.out.write(body.text)
                 self.out.flush()
             elif isinstance(body, v1.Done):
@@ -133,10 +140,11 @@ class PlainChat:
                     raise RequestFailed(v1.Error(code="internal", message=detail))
                 self.out.write(" [stopped]\n" if body.finish_reason == "cancelled" else "\n")
                 self.out.flush()
-                return body.finish_reason, text
+                return body.finish_reason, "".join(received)
             elif isinstance(body, v1.Error):
                 self.out.write("\n")
                 raise RequestFailed(body)
+        raise DaemonUnavailable("the stream ended without an answer")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -170,6 +170,14 @@ async def test_a_new_prompt_stops_the_running_answer(daemon: DaemonProcess, stor
         await pilot.press("escape")
         await answered(pilot, 4)
         assert app.conversation.turns[3] == Turn("assistant", second.text, "cancelled")
+        # /clear mid-answer: the stopped answer stays with the conversation it belongs to.
+        before = app.conversation
+        third = await streaming(pilot, "Three")
+        await send(pilot, "/clear")
+        await wait_until(pilot, lambda: app.pending is None and before.turns[-1].role == "assistant", "the stop")
+        assert app.conversation.turns == []
+        kept = store.load(store.path_of(before))
+        assert kept.turns[-2:] == [Turn("user", "Three"), Turn("assistant", third.text, "cancelled")]
 
 
 async def test_slash_commands(daemon: DaemonProcess, store: ConversationStore, tmp_path: Path) -> None:
