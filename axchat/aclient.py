@@ -44,7 +44,10 @@ class GenerateHandle:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), stall_timeout_s)
+                    # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that lands
+                    # as a frame arrives, and a stopped answer would stream on.
+                    async with asyncio.timeout(stall_timeout_s):
+                        item = await self._queue.get()
                 except TimeoutError:
                     raise DaemonUnavailable(
                         f"the daemon at {ep.describe(self.client.endpoint)} sent nothing for {stall_timeout_s:g}s"
@@ -143,7 +146,8 @@ class AsyncClient:
         try:
             await self._send(rid, body)
             try:
-                item = await asyncio.wait_for(queue.get(), self.connect_timeout_s)
+                async with asyncio.timeout(self.connect_timeout_s):  # see events()
+                    item = await queue.get()
             except TimeoutError:
                 raise DaemonUnavailable(
                     f"the axchat daemon at {ep.describe(self.endpoint)} did not answer within "

@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "serve": ("axchat.daemon.serve", "run the daemon: load a model once, serve many clients"),
     "ask": ("axchat.frontends.ask", "ask one question and stream the answer"),
+    "chat": ("axchat.frontends.chat", "chat in the terminal (full screen, or --plain lines)"),
     "status": ("axchat.frontends.status", "show what the daemon is doing"),
     "web": ("axchat.frontends.web.serve", "serve an OpenAI-compatible API and a chat page over HTTP"),
     "stop": ("axchat.frontends.stop", "ask the local daemon to drain and exit"),

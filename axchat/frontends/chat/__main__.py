@@ -1,0 +1,5 @@
+import sys
+
+from axchat.frontends.chat.main import main
+
+sys.exit(main())

@@ -1,0 +1,439 @@
+"""The full-screen chat: sends the whole conversation each turn and streams the answer
+into a Markdown bubble, reconnecting when the daemon goes away.
+
+Every answer is one exclusive async worker; a new prompt, Esc, Ctrl+C or a lost
+daemon cancels it. A cancelled answer is cancelled on the daemon too and kept as a
+partial turn; an answer the daemon could not give puts the prompt back in the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import zmq
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.widgets import Markdown
+from textual.worker import Worker, WorkerState
+
+from axchat.aclient import AsyncClient, DaemonUnavailable, GenerateHandle, RequestFailed
+from axchat.endpoint import describe, to_zmq
+from axchat.frontends.chat import commands
+from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn, open_conversation
+from axchat.frontends.chat.widgets import (
+    AssistantBubble,
+    ConversationView,
+    InfoFooter,
+    NoteBubble,
+    PromptInput,
+    StatusLine,
+    UserBubble,
+)
+from axchat.protocol import v1
+from axchat.stats_line import format_host, format_stats
+
+CONNECT_TIMEOUT_S = 3.0
+HEARTBEAT_S = 5.0  # ask the daemon for its status after this long without traffic
+STALL_TIMEOUT_S = 300.0  # the heartbeat notices a dead daemon long before this
+RECONNECT_FIRST_S = 0.5
+RECONNECT_CAP_S = 8.0
+CANCEL_SEND_S = 1.0
+
+
+@dataclass
+class PendingAnswer:
+    """One exchange in flight: the user's turn, its bubbles, the answer so far."""
+
+    prompt: str
+    conversation: Conversation  # the one it belongs to, even after a /clear
+    user_turn: Turn
+    user_bubble: UserBubble
+    bubble: AssistantBubble
+    text: str = ""
+    handle: GenerateHandle | None = None
+    settled: bool = False
+    lost_daemon: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+class ChatApp(App[None]):
+    TITLE = "axchat"
+    CSS = """
+    ConversationView { height: 1fr; padding: 0 1; }
+    .bubble { border: round $primary-darken-1; padding: 0 1; height: auto; }
+    UserBubble.bubble { border: round $accent; margin: 0 0 1 8; }
+    AssistantBubble.bubble { margin: 0 8 1 0; }
+    AssistantBubble.stopped { border: round $warning; }
+    .note { border: dashed $secondary; padding: 0 1; margin: 0 0 1 0; }
+    StatusLine { height: 1; padding: 0 1; color: $text-muted; }
+    StatusLine.error { color: $error; }
+    PromptInput { height: auto; max-height: 10; min-height: 3; }
+    InfoFooter { height: auto; max-height: 3; padding: 0 1; background: $panel; color: $text-muted; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "stop_answer", "Stop answer", priority=True),
+        Binding("ctrl+c", "interrupt", "Stop / quit", priority=True),
+    ]
+
+    class AnswerEnded(Message):
+        """An answer stopped streaming: `finish_reason` from the daemon, or "failed"."""
+
+        def __init__(self, finish_reason: str, done: v1.Done | None) -> None:
+            super().__init__()
+            self.finish_reason = finish_reason
+            self.done = done
+
+    def __init__(
+        self,
+        *,
+        socket: str | None,
+        conversation: Conversation,
+        store: ConversationStore,
+        max_tokens: int = 512,
+        ignore_eos: bool = False,
+        reconnect_cap_s: float = RECONNECT_CAP_S,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> None:
+        super().__init__()
+        self.socket = socket
+        self.conversation = conversation
+        self.store = store
+        self.max_tokens = max_tokens
+        self.ignore_eos = ignore_eos
+        self.reconnect_cap_s = reconnect_cap_s
+        self.heartbeat_s = heartbeat_s
+        self.client: AsyncClient | None = None
+        self.welcome: v1.Welcome | None = None
+        self.pending: PendingAnswer | None = None
+        self.last_request: v1.Generate | None = None
+        self.last_done: v1.Done | None = None
+        self.show_stats = True
+        self._quit_armed = False
+        self._last_traffic = time.monotonic()
+        self._pinging = False
+
+    # ------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield ConversationView(id="conversation")
+        yield StatusLine(id="status")
+        yield PromptInput(id="prompt")
+        yield InfoFooter(id="footer")
+
+    async def on_mount(self) -> None:
+        view = self.query_one(ConversationView)
+        for turn in self.conversation.turns:
+            if turn.role == "user":
+                await view.mount(UserBubble(turn.content))
+            else:
+                bubble = AssistantBubble(turn.content)
+                await view.mount(bubble)
+                bubble.mark_finished(turn.finish_reason or "stop")
+        prompt = self.query_one(PromptInput)
+        if self.conversation.draft:
+            prompt.text = self.conversation.draft
+        prompt.focus()
+        self.refresh_footer()
+        self.connect_daemon()
+        self.set_interval(self.heartbeat_s, self.check_daemon)
+
+    @property
+    def status_line(self) -> StatusLine:
+        return self.query_one(StatusLine)
+
+    @property
+    def prompt_input(self) -> PromptInput:
+        return self.query_one(PromptInput)
+
+    def refresh_footer(self) -> None:
+        parts: list[str] = []
+        if self.welcome is None:
+            parts.append("not connected")
+        else:
+            # Unknown until an answer finishes in this session (a stopped one reports nothing).
+            usage = None if self.last_done is None else self.last_done.usage
+            used = "?" if usage is None else str(usage.prompt_tokens + usage.completion_tokens)
+            parts += [
+                self.welcome.model,
+                self.welcome.device,
+                f"context {used}/{self.welcome.context_length}",
+            ]
+        parts.append(f"temperature {self.conversation.temperature:g}")
+        text = " · ".join(parts)
+        if self.show_stats and self.last_done is not None:
+            text += "\n" + format_stats(self.last_done.stats) + "\n" + format_host(self.last_done.stats)
+        self.query_one(InfoFooter).show(text)
+
+    # ------------------------------------------------------------ connection
+
+    @work(exclusive=True, group="connect")
+    async def connect_daemon(self, lost: str | None = None) -> None:
+        """Hello until a daemon answers, backing off to a cap."""
+        old, self.client, self.welcome = self.client, None, None
+        if old is not None:
+            await old.close()
+        self.refresh_footer()
+        delay = RECONNECT_FIRST_S
+        where = describe(to_zmq(self.socket))
+        if lost is None:
+            self.status_line.say(f"connecting to the daemon at {where}…")
+        else:
+            self.status_line.say(f"daemon gone ({lost}); reconnecting…", error=True)
+        while True:
+            client = AsyncClient(self.socket, connect_timeout_s=CONNECT_TIMEOUT_S)
+            try:
+                welcome = await client.hello()
+            except (DaemonUnavailable, RequestFailed) as exc:
+                await client.close()
+                self.status_line.say(f"daemon unavailable: {exc} (retrying in {delay:g}s)", error=True)
+                await asyncio.sleep(delay)  # the backoff itself, not a synchronisation
+                delay = min(delay * 2, self.reconnect_cap_s)
+                continue
+            except asyncio.CancelledError:
+                await client.close()
+                raise
+            self.client, self.welcome = client, welcome
+            self._last_traffic = time.monotonic()
+            self.status_line.say(f"connected: {welcome.model} on {welcome.device} ({where})")
+            self.refresh_footer()
+            return
+
+    def check_daemon(self) -> None:
+        quiet = time.monotonic() - self._last_traffic >= self.heartbeat_s
+        if self.client is not None and quiet and not self._pinging:
+            self._pinging = True  # one ping at a time: a new one must not cancel the one waiting
+            self.ping_daemon(self.client)
+
+    @work(group="heartbeat")
+    async def ping_daemon(self, client: AsyncClient) -> None:
+        try:
+            await client.status()
+        except (DaemonUnavailable, RequestFailed, zmq.ZMQError) as exc:
+            if client is self.client:
+                self.daemon_lost(str(exc))
+            return
+        finally:
+            self._pinging = False
+        self._last_traffic = time.monotonic()
+
+    def daemon_lost(self, reason: str) -> None:
+        pending = self.pending
+        if pending is not None and not pending.settled:
+            pending.lost_daemon = True
+            self.fail_answer(pending, f"the daemon went away ({reason}); your prompt is back in the input")
+            self.workers.cancel_group(self, "answer")
+        self.connect_daemon(lost=reason)
+
+    # ------------------------------------------------------------ input
+
+    @on(PromptInput.Submitted)
+    async def on_prompt_submitted(self, event: PromptInput.Submitted) -> None:
+        self._quit_armed = False
+        try:
+            command = commands.parse(event.text)
+        except commands.CommandError as exc:
+            self.status_line.say(str(exc), error=True)
+            return
+        event.prompt_input.clear()
+        if command is not None:
+            await self.run_command(command)
+            return
+        await self.send_prompt(commands.unescape_prompt(event.text))
+
+    async def send_prompt(self, prompt: str) -> None:
+        if self.client is None:
+            self.prompt_input.text = prompt
+            self.status_line.say(
+                f"{self.status_line.text.split(' (retrying')[0]}; your prompt is kept in the input", error=True
+            )
+            return
+        if self.pending is not None:
+            # Stop it now, not when the new worker starts: mounting the new bubbles awaits.
+            self.settle_answer(self.pending, "cancelled", None)
+            self.workers.cancel_group(self, "answer")
+        user_turn = Turn("user", prompt)
+        self.conversation.turns.append(user_turn)
+        self.conversation.draft = ""
+        self.store.save(self.conversation)
+        view = self.query_one(ConversationView)
+        user_bubble = UserBubble(prompt)
+        bubble = AssistantBubble()
+        bubble.add_class("streaming")
+        await view.mount_all([user_bubble, bubble])
+        view.anchor()
+        self.pending = PendingAnswer(prompt, self.conversation, user_turn, user_bubble, bubble)
+        request = v1.Generate(
+            messages=self.conversation.messages(),
+            sampling=v1.Sampling(
+                temperature=self.conversation.temperature, max_tokens=self.max_tokens, ignore_eos=self.ignore_eos
+            ),
+        )
+        self.stream_answer(self.client, request, self.pending)
+
+    # ------------------------------------------------------------ answers
+
+    @work(exclusive=True, group="answer")
+    async def stream_answer(self, client: AsyncClient, request: v1.Generate, pending: PendingAnswer) -> None:
+        self.last_request = request
+        stream = Markdown.get_stream(pending.bubble)
+        try:
+            pending.handle = await client.generate(request)
+            async for event in pending.handle.events(stall_timeout_s=STALL_TIMEOUT_S):
+                self._last_traffic = time.monotonic()
+                if isinstance(event, v1.Delta):
+                    pending.text += event.text
+                    await stream.write(event.text)
+                elif isinstance(event, v1.Done):
+                    if event.finish_reason == "error":
+                        detail = event.error.message if event.error else "unknown error"
+                        self.fail_answer(pending, f"the daemon failed to answer: {detail}; your prompt is back")
+                    elif event.finish_reason == "cancelled":
+                        # Not ours (ours ends the worker first): the daemon is shutting down.
+                        self.fail_answer(pending, "the daemon stopped the answer; your prompt is back in the input")
+                    else:
+                        await stream.stop()  # the bubble shows every token before the turn is kept
+                        self.settle_answer(pending, event.finish_reason, event)
+                elif isinstance(event, v1.Error):
+                    self.fail_answer(pending, f"{event.code}: {event.message}; your prompt is back in the input")
+                    if event.code == "shutting_down":
+                        self.daemon_lost("it is shutting down")
+        except asyncio.CancelledError:
+            if pending.handle is not None and not pending.lost_daemon:
+                # Best effort: the daemon also cancels the requests of clients that vanish.
+                with contextlib.suppress(TimeoutError, zmq.ZMQError):
+                    await asyncio.wait_for(pending.handle.cancel(), CANCEL_SEND_S)
+            await stream.stop()
+            self.settle_answer(pending, "cancelled", None)
+            raise
+        except (DaemonUnavailable, zmq.ZMQError) as exc:
+            pending.lost_daemon = True
+            self.fail_answer(pending, f"the daemon went away ({exc}); your prompt is back in the input")
+            self.daemon_lost(str(exc))
+        except RequestFailed as exc:
+            self.fail_answer(pending, str(exc))
+        finally:
+            await stream.stop()
+
+    def settle_answer(self, pending: PendingAnswer, finish_reason: str, done: v1.Done | None) -> None:
+        """Keep the answer (whole or partial) in the conversation, once."""
+        if pending.settled:
+            return
+        pending.settled = True
+        if self.pending is pending:
+            self.pending = None
+        pending.conversation.turns.append(Turn("assistant", pending.text, finish_reason))
+        self.store.save(pending.conversation)
+        pending.bubble.mark_finished(finish_reason)
+        self.post_message(self.AnswerEnded(finish_reason, done))
+
+    def fail_answer(self, pending: PendingAnswer, reason: str) -> None:
+        """The daemon gave no answer: forget the turn, give the prompt back."""
+        if pending.settled:
+            return
+        pending.settled = True
+        if self.pending is pending:
+            self.pending = None
+        if pending.user_turn in pending.conversation.turns:
+            pending.conversation.turns.remove(pending.user_turn)
+            self.store.save(pending.conversation)
+        prompt_input = self.prompt_input
+        typed = prompt_input.text
+        prompt_input.text = pending.prompt + ("\n" + typed if typed.strip() else "")
+        self.conversation.draft = prompt_input.text
+        self.store.save(self.conversation)
+        pending.user_bubble.remove()
+        pending.bubble.remove()
+        self.status_line.say(reason, error=True)
+        self.post_message(self.AnswerEnded("failed", None))
+
+    @on(AnswerEnded)
+    def on_answer_ended(self, event: AnswerEnded) -> None:
+        if event.done is not None:
+            self.last_done = event.done
+            self.refresh_footer()
+
+    def action_stop_answer(self) -> None:
+        if self.pending is not None:
+            self.workers.cancel_group(self, "answer")
+            self.status_line.say("answer stopped")
+
+    def action_interrupt(self) -> None:
+        if self.pending is not None:
+            self.action_stop_answer()
+            self._quit_armed = True
+            self.status_line.say("answer stopped; Ctrl+C again quits")
+        elif self._quit_armed:
+            self.exit()
+        else:
+            self._quit_armed = True
+            self.status_line.say("Ctrl+C again quits")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        # A worker that died of a bug must say so, not leave a bubble streaming forever.
+        if event.state == WorkerState.ERROR and event.worker.group == "answer" and self.pending is not None:
+            self.fail_answer(self.pending, f"internal error: {event.worker.error!r}")
+
+    # ------------------------------------------------------------ slash commands
+
+    async def run_command(self, command: commands.Command) -> None:
+        conversation = self.conversation
+        if isinstance(command, commands.SetSystem):
+            conversation.system = command.text
+            self.store.save(conversation)
+            self.status_line.say("system prompt set" if command.text else "system prompt cleared")
+        elif isinstance(command, commands.SetTemperature):
+            conversation.temperature = command.value
+            self.store.save(conversation)
+            self.status_line.say(f"temperature {command.value:g}")
+            self.refresh_footer()
+        elif isinstance(command, commands.Clear):
+            if self.pending is not None:
+                self.action_stop_answer()
+            self.conversation = conversation.fresh()
+            self.store.save(self.conversation)
+            await self.query_one(ConversationView).remove_children()
+            self.last_done = None
+            self.refresh_footer()
+            self.status_line.say("new conversation" + (" (system prompt kept)" if conversation.system else ""))
+        elif isinstance(command, commands.Save):
+            path = Path(command.path).expanduser()
+            try:
+                path.write_text(conversation.to_markdown(), encoding="utf-8")
+            except OSError as exc:
+                self.status_line.say(f"could not save: {exc}", error=True)
+            else:
+                self.status_line.say(f"saved {len(conversation.turns)} turns to {path}")
+        elif isinstance(command, commands.ToggleStats):
+            self.show_stats = not self.show_stats
+            self.refresh_footer()
+            self.status_line.say("stats shown" if self.show_stats else "stats hidden")
+        elif isinstance(command, commands.Help):
+            view = self.query_one(ConversationView)
+            await view.mount(NoteBubble(commands.HELP))
+            view.anchor()
+
+    async def on_unmount(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+
+def run(args: argparse.Namespace) -> int:
+    store = ConversationStore()
+    app = ChatApp(
+        socket=args.socket,
+        conversation=open_conversation(store, resume=args.resume, system=args.system, temperature=args.temperature),
+        store=store,
+        max_tokens=args.max_tokens,
+        ignore_eos=args.ignore_eos,
+    )
+    app.run()
+    return 0

@@ -1,0 +1,39 @@
+"""`axchat chat`: flags, and the choice between the full-screen app and the line chat.
+
+Imports neither Textual nor the model stack until it knows which one runs, so
+`axchat chat --plain` starts as fast as `axchat ask`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="axchat chat", description="Chat with the axchat daemon (full screen, or --plain lines)."
+    )
+    p.add_argument("--socket", help="daemon socket path or endpoint (default: $AXCHAT_SOCKET or the per-user default)")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--temperature", type=float, help="0 = greedy (default)")
+    p.add_argument("--max-tokens", type=int, default=512, help="longest answer, in tokens (default 512)")
+    p.add_argument("--resume", action="store_true", help="reopen the last conversation")
+    p.add_argument("--plain", action="store_true", help="line-by-line chat (automatic when stdout is not a terminal)")
+    p.add_argument("--ignore-eos", action="store_true", help=argparse.SUPPRESS)  # tests need answers that run on
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.plain or not sys.stdout.isatty():
+        from axchat.frontends.chat import plain
+
+        return plain.run(args)
+    from axchat.frontends.chat import app
+
+    return app.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""`axchat chat --plain`: `User:` / `Assistant:` lines on stdin and stdout, for ssh
+sessions, pipes and screen readers. Blocking client; same conversation files as the
+full-screen app, so `--resume` works in either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from axchat.client import Client, DaemonUnavailable, GenerateStream, RequestFailed
+from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn, open_conversation
+from axchat.protocol import v1
+
+EXIT_NO_DAEMON = 2
+EXIT_INTERRUPTED = 130
+# Without the TUI's heartbeat, a daemon silent this long is taken for gone.
+STALL_TIMEOUT_S = 120.0
+CANCEL_WAIT_S = 5.0
+LEAVE_WORDS = frozenset({"exit", "quit"})
+
+
+class PlainChat:
+    def __init__(self, args: argparse.Namespace, store: ConversationStore, out: TextIO, echo: bool) -> None:
+        self.args = args
+        self.store = store
+        self.out = out
+        self.echo = echo  # stdin is not a terminal: show what was read, so stdout is a transcript
+        self.conversation: Conversation = open_conversation(
+            store, resume=args.resume, system=args.system, temperature=args.temperature
+        )
+        self.client: Client | None = None
+        self.welcome: v1.Welcome | None = None
+
+    def connect(self) -> Client:
+        if self.client is None:
+            client = Client(self.args.socket)
+            try:
+                self.welcome = client.hello()
+            except BaseException:
+                client.close()
+                raise
+            self.client = client
+        return self.client
+
+    def drop_client(self) -> None:
+        # A fresh socket next turn: frames queued for a dead daemon must not reach a new one.
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def loop(self, stdin: TextIO) -> int:
+        # Ctrl-C outside an answer leaves; `answer` catches its own to stop the answer.
+        try:
+            while self.turn(stdin):
+                pass
+        except KeyboardInterrupt:
+            self.out.write("\n")
+        return 0
+
+    def turn(self, stdin: TextIO) -> bool:
+        """Read one line and act on it; False when the user leaves."""
+        self.out.write("User: ")
+        self.out.flush()
+        line = stdin.readline()
+        if not line:  # EOF
+            self.out.write("\n")
+            return False
+        line = line.rstrip("\n")
+        if self.echo:
+            self.out.write(line + "\n")
+        text = line.strip()
+        if text in LEAVE_WORDS:
+            return False
+        if text == "clear":
+            self.conversation = self.conversation.fresh()
+            self.store.save(self.conversation)
+            self.out.write("(conversation cleared)\n")
+        elif text:
+            self.answer(line)
+        return True
+
+    def answer(self, prompt: str) -> None:
+        user_turn = Turn("user", prompt)
+        self.conversation.turns.append(user_turn)
+        self.store.save(self.conversation)
+        try:
+            client = self.connect()
+            finish_reason, text = self.stream(client)
+        except (DaemonUnavailable, RequestFailed) as exc:
+            if isinstance(exc, DaemonUnavailable):
+                self.drop_client()
+            self.conversation.turns.remove(user_turn)
+            self.store.save(self.conversation)
+            print(f"axchat chat: not answered: {exc}", file=sys.stderr)
+            return
+        self.conversation.turns.append(Turn("assistant", text, finish_reason))
+        self.store.save(self.conversation)
+
+    def stream(self, client: Client) -> tuple[str, str]:
+        request = v1.Generate(
+            messages=self.conversation.messages(),
+            sampling=v1.Sampling(
+                temperature=self.conversation.temperature,
+                max_tokens=self.args.max_tokens,
+                ignore_eos=self.args.ignore_eos,
+            ),
+        )
+        stream = client.generate(request, stall_timeout_s=STALL_TIMEOUT_S)
+        self.out.write("Assistant: ")
+        self.out.flush()
+        received: list[str] = []
+        interrupted = False
+        while True:
+            # Ctrl-C can land anywhere in the loop that shows the answer (a signal is
+            # taken at any backward jump), so the whole loop sits inside this try.
+            try:
+                return self.show(stream, received)
+            except KeyboardInterrupt:
+                if interrupted:  # a second Ctrl-C: stop waiting for the daemon's word
+                    self.out.write("\n")
+                    self.drop_client()
+                    return "cancelled", "".join(received)
+                interrupted = True
+                stream.cancel()
+                stream.stall_timeout_s = CANCEL_WAIT_S
+
+    def show(self, stream: GenerateStream, received: list[str]) -> tuple[str, str]:
+        """Write the answer as it streams; its finish reason and whole text."""
+        for body in stream:
+            if isinstance(body, v1.Delta):
+                received.append(body.text)
+                self.out.write(body.text)
+                self.out.flush()
+            elif isinstance(body, v1.Done):
+                if body.finish_reason == "error":
+                    self.out.write("\n")
+                    detail = body.error.message if body.error else "unknown error"
+                    raise RequestFailed(v1.Error(code="internal", message=detail))
+                self.out.write(" [stopped]\n" if body.finish_reason == "cancelled" else "\n")
+                self.out.flush()
+                return body.finish_reason, "".join(received)
+            elif isinstance(body, v1.Error):
+                self.out.write("\n")
+                raise RequestFailed(body)
+        raise DaemonUnavailable("the stream ended without an answer")
+
+
+def run(args: argparse.Namespace) -> int:
+    chat = PlainChat(args, ConversationStore(), sys.stdout, echo=not sys.stdin.isatty())
+    try:
+        chat.connect()
+    except DaemonUnavailable as exc:
+        print(f"axchat chat: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    welcome = chat.welcome
+    if sys.stdin.isatty() and welcome is not None:
+        print(
+            f"axchat chat: {welcome.model} on {welcome.device}. Ctrl-C stops an answer; "
+            "`clear` starts over; `exit`, `quit` or Ctrl-D leaves.",
+            file=sys.stderr,
+        )
+    if chat.conversation.turns:
+        print(f"axchat chat: resumed a conversation of {len(chat.conversation.turns)} turns", file=sys.stderr)
+    try:
+        return chat.loop(sys.stdin)
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:  # while connecting, before any answer started
+        return EXIT_INTERRUPTED
+    finally:
+        chat.drop_client()
