@@ -41,6 +41,26 @@ class Bus:
         return f"inproc://{self.namespace}/{name}"
 
 
+class Outboxes:
+    """One PUSH socket per peer, made on first use; whoever sends to actors owns one."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self._socks: dict[str, zmq.asyncio.Socket] = {}
+
+    async def send(self, to: str, msg: m.ActorMessage) -> None:
+        sock = self._socks.get(to)
+        if sock is None:
+            sock = make_socket(self._bus.ctx, zmq.PUSH, connect=self._bus.endpoint(to))
+            self._socks[to] = sock
+        await sock.send(m.encode(msg), copy=False)
+
+    def close(self) -> None:
+        for sock in self._socks.values():
+            sock.close(linger=0)
+        self._socks.clear()
+
+
 class Actor:
     """Subclasses set `name` and implement `handle`. `handle` must return quickly:
     blocking work goes to an executor or a task the actor owns."""
@@ -52,7 +72,7 @@ class Actor:
         self.supervisor = supervisor
         self.state = ActorState.CREATED
         self._inbox = make_socket(bus.ctx, zmq.PULL, bind=bus.endpoint(self.name))
-        self._outboxes: dict[str, zmq.asyncio.Socket] = {}
+        self._outboxes = Outboxes(bus)
 
     async def run(self) -> None:
         self.state = ActorState.RUNNING
@@ -96,11 +116,7 @@ class Actor:
         """Hook: release what the actor owns. Runs even when the task is cancelled."""
 
     async def send(self, to: str, msg: m.ActorMessage) -> None:
-        sock = self._outboxes.get(to)
-        if sock is None:
-            sock = make_socket(self.bus.ctx, zmq.PUSH, connect=self.bus.endpoint(to))
-            self._outboxes[to] = sock
-        await sock.send(m.encode(msg), copy=False)
+        await self._outboxes.send(to, msg)
 
     def discard(self) -> None:
         """Release an actor that will never run (start-up failed after it was made)."""
@@ -108,9 +124,7 @@ class Actor:
         self.state = ActorState.CLOSED
 
     def _close_sockets(self) -> None:
-        for sock in self._outboxes.values():
-            sock.close(linger=0)
-        self._outboxes.clear()
+        self._outboxes.close()
         self._inbox.close(linger=0)
 
 

@@ -7,11 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import zmq
-
 from axchat.actors import messages as m
-from axchat.actors.mailbox import Actor, Bus
-from axchat.daemon.sockets import make_socket
+from axchat.actors.mailbox import Actor, Bus, Outboxes
 from axchat.protocol.v1 import ErrorInfo
 
 log = logging.getLogger(__name__)
@@ -21,7 +18,7 @@ class DaemonSupervisor:
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
         self.fatal: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-        self._outboxes: dict[str, zmq.asyncio.Socket] = {}
+        self._outboxes = Outboxes(bus)
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopping = False  # set by the server before it closes actors on purpose
 
@@ -48,19 +45,10 @@ class DaemonSupervisor:
 
     async def _fail_request(self, rid: int, error: ErrorInfo) -> None:
         # The client hears first; then the device drops the sequence if it holds one.
-        await self._send("frontdoor", m.Abort(rid=rid, error=error))
-        await self._send("device", m.CancelRequest(rid=rid, reason="error"))
-
-    async def _send(self, to: str, msg: m.ActorMessage) -> None:
-        sock = self._outboxes.get(to)
-        if sock is None:
-            sock = make_socket(self._bus.ctx, zmq.PUSH, connect=self._bus.endpoint(to))
-            self._outboxes[to] = sock
-        await sock.send(m.encode(msg))
+        await self._outboxes.send("frontdoor", m.Abort(rid=rid, error=error))
+        await self._outboxes.send("device", m.CancelRequest(rid=rid, reason="error"))
 
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for sock in self._outboxes.values():
-            sock.close(linger=0)
-        self._outboxes.clear()
+        self._outboxes.close()
