@@ -29,10 +29,7 @@ import argparse
 import json
 import os
 import platform
-import re
 import select
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,28 +39,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _common import BenchError, Daemon, Log, bench_env, cpus_busy, loadavg, machine, run_main, tail
+
 HERE = Path(__file__).resolve().parent
 SEED_SCRIPT = HERE / "_seed_style.py"
 PHASES_TAG = "ONESHOT_PHASES "  # same as bench/_seed_style.py
 DEFAULT_PROMPT = "Explain in two sentences why the sky is blue."
 
-READY_RE = re.compile(r"\bready:")
-THREADS_RE = re.compile(r"loaded .* as \S+, (\d+) threads")
-STOP_TIMEOUT_S = 60.0  # the daemon's drain timeout (10s) plus actor and context shutdown
 STATUS_TIMEOUT_S = 30.0
 
-
-class BenchError(Exception):
-    """Something failed: the message is for the user, one paragraph."""
-
-
-def log(msg: str) -> None:
-    print(f"oneshot: {msg}", file=sys.stderr, flush=True)
-
-
-def tail(text: str, lines: int = 15) -> str:
-    kept = text.strip().splitlines()[-lines:]
-    return "\n".join("    " + line for line in kept) if kept else "    (nothing)"
+log = Log("oneshot")
 
 
 # ---------------------------------------------------------------- processes
@@ -128,62 +113,6 @@ def timed_run(cmd: list[str], env: dict[str, str], timeout_s: float, what: str) 
     return Run(wall_s=wall, first_s=first, stdout=b"".join(chunks), stderr=stderr)
 
 
-class Daemon:
-    """One `axchat serve` on a socket in a private temporary directory."""
-
-    def __init__(self, python: str, model: str, env: dict[str, str], serve_args: list[str]) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="axchat-oneshot-"))  # mode 0700
-        self.socket = str(self.dir / "axchat.sock")
-        self.log_path = self.dir / "serve.log"
-        self.cmd = [python, "-m", "axchat", "serve", "--model", model, "--socket", self.socket, *serve_args]
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.ready_s: float | None = None
-        self.exit_code: int | None = None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def start(self, timeout_s: float) -> None:
-        log(f"starting daemon: {' '.join(self.cmd)}")
-        with open(self.log_path, "wb") as out:
-            t0 = time.monotonic()
-            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=self.env)
-        deadline = t0 + timeout_s
-        while True:
-            text = self.log_text()
-            if READY_RE.search(text):
-                self.ready_s = time.monotonic() - t0
-                log(f"daemon ready after {self.ready_s:.1f}s")
-                return
-            code = self.proc.poll()
-            if code is not None:
-                raise BenchError(f"daemon exited with status {code} before it was ready. Its log ends:\n" + tail(text))
-            if time.monotonic() > deadline:
-                raise BenchError(f"daemon not ready after {timeout_s:.0f}s (no 'ready:' line). Its log ends:\n" + tail(text))
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """SIGTERM, then wait for the exit; a daemon that will not go is killed and reported."""
-        if self.proc is None or self.exit_code is not None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.exit_code = self.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.exit_code = self.proc.returncode
-            raise BenchError(f"daemon still running {STOP_TIMEOUT_S:.0f}s after SIGTERM; killed it. Its log ends:\n" + tail(self.log_text())) from None
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -208,58 +137,10 @@ def model_shape(model_dir: Path) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "platform": platform.platform(),
-        "arch": platform.machine(),
-        "processor": _cpu_model() or platform.processor(),
-        "nproc": usable,
-        "cpu_count": os.cpu_count(),
-    }
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def _loadavg() -> float | None:
+def _load1() -> float | None:
     """1-minute load average: other work on the machine makes every figure noisier."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def _cpus_busy(window_s: float = 1.0) -> float | None:
-    """CPUs' worth of work other processes did over window_s just now (Linux /proc/stat);
-    unlike the load average, not inflated by a bench run that has just finished."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields[:8]), idle  # user..steal; guest time is already in user
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(window_s)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    total = total1 - total0
-    if total <= 0:
-        return None
-    cpus = os.cpu_count() or 1
-    return round((1 - (idle1 - idle0) / total) * cpus, 2)
+    avg = loadavg()
+    return avg[0] if avg else None
 
 
 def _notes(phases: dict[str, Any], busy_start: float | None, nproc: int, spreads: dict[str, list[float]]) -> list[str]:
@@ -335,14 +216,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError(f"--model {args.model}: no such directory")
     shape = model_shape(model_dir)
     python = sys.executable
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("AXCHAT_SOCKET", None)
+    env = bench_env()
     ask = ask_command(python)
     n, runs, timeout = args.max_tokens, args.runs, args.timeout
-    load_start = _loadavg()
-    busy_start = _cpus_busy()
+    load_start = _load1()
+    busy_start = cpus_busy()
 
-    daemon = Daemon(python, str(model_dir), env, args.serve_arg)
+    daemon = Daemon(str(model_dir), args.serve_arg, log)
     try:
         daemon.start(args.ready_timeout)
         status_run = timed_run([*ask, "status", "--socket", daemon.socket, "--json"], env, STATUS_TIMEOUT_S, "axchat status")
@@ -350,8 +230,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             status = json.loads(status_run.stdout)
         except ValueError:
             raise BenchError(f"axchat status --json printed no JSON: {status_run.stdout[:200]!r}") from None
-        m = THREADS_RE.search(daemon.log_text())
-        daemon_threads = int(m.group(1)) if m else None
+        daemon_threads = daemon.threads()
 
         seed_dtype = status["dtype"] if args.seed_dtype == "match" else args.seed_dtype
         seed_cmd = [python, str(SEED_SCRIPT), "--model", str(model_dir), f"--prompt={args.prompt}", "--max-tokens", str(n), "--dtype", seed_dtype]
@@ -417,15 +296,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         ask_ids = [t for e in events if e.get("type") == "delta" for t in e["token_ids"]]
         seed_ids = seed_ph[-1]["new_token_ids"]
     finally:
-        try:
-            daemon.stop()
-        finally:
-            serve_log = daemon.log_text()
-            daemon.cleanup()
-    if daemon.exit_code != 0:
-        raise BenchError(f"daemon exited with status {daemon.exit_code} on SIGTERM (expected 0). Its log ends:\n" + tail(serve_log))
-    log("daemon stopped cleanly (exit 0)")
-    warnings = sorted({line.strip() for line in serve_log.splitlines() if re.search(r"Warning|WARNING|ERROR|CRITICAL|Traceback", line)})
+        warnings = daemon.finish()
 
     seed_s, ask_s = med(seed_wall), med(ask_wall)
     notes = _notes(seed_ph[-1], busy_start, machine()["nproc"] or 1, {"seed_style": seed_wall, "ask_warm": ask_wall})
@@ -457,7 +328,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": seed_ph[-1]["torch"],
         "transformers": seed_ph[-1]["transformers"],
-        "machine": {**machine(), "cpus_busy_before": busy_start, "loadavg_1m_start": load_start, "loadavg_1m_end": _loadavg()},
+        "machine": {**machine(), "cpus_busy_before": busy_start, "loadavg_1m_start": load_start, "loadavg_1m_end": _load1()},
         "ask_command": " ".join(ask),
         "daemon_log_warnings": warnings,
         "notes": notes,
@@ -470,23 +341,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # unwind through the finally blocks: the daemon gets stopped
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
-    try:
-        result = bench(args)
-    except BenchError as exc:
-        print(f"oneshot: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("oneshot: interrupted", file=sys.stderr)
-        return 130
-    print(json.dumps(result, indent=2))
-    return 0
+    return run_main("oneshot", bench, parse_args(argv))
 
 
 if __name__ == "__main__":
