@@ -60,7 +60,12 @@ class _Handler(BaseHTTPRequestHandler):
             if (repo := self._repo(m.group(1))) is None:
                 return
             listing = [
-                {"type": "file", "path": p, "size": len(b), **({"lfs": {"size": len(b)}} if p.endswith(".safetensors") else {})}
+                {
+                    "type": "file",
+                    "path": p,
+                    "size": len(b),
+                    **({"lfs": {"size": len(b)}} if p.endswith(".safetensors") else {}),
+                }
                 for p, b in repo.files.items()
             ]
             self._send(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})

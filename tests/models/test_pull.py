@@ -24,7 +24,9 @@ SKIPPED = {"pytorch_model.bin": os.urandom(4096), "README.md": b"# tiny\n", "onn
 
 @pytest.fixture(scope="module")
 def model_files(tiny_model_dir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in tiny_model_dir.iterdir() if p.is_file() and p.name != tiny_model.MARKER_FILE}
+    return {
+        p.name: p.read_bytes() for p in tiny_model_dir.iterdir() if p.is_file() and p.name != tiny_model.MARKER_FILE
+    }
 
 
 @pytest.fixture
@@ -40,8 +42,8 @@ def data_home(tmp_path: Path) -> Path:
 
 
 def axchat_pull(name: str, endpoint: str, data_home: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "HF_ENDPOINT": endpoint, "XDG_DATA_HOME": str(data_home), **env}
-    full_env.pop("HF_TOKEN", None) if "HF_TOKEN" not in env else None
+    full_env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}  # only the test's token, if any
+    full_env.update(HF_ENDPOINT=endpoint, XDG_DATA_HOME=str(data_home), **env)
     return subprocess.run(
         [sys.executable, "-m", "axchat", "pull", name], env=full_env, capture_output=True, text=True, timeout=60
     )
@@ -110,9 +112,7 @@ def test_no_network_is_one_line_and_leaves_nothing(data_home: Path) -> None:
     assert files_under(data_home) == []
 
 
-def test_gated_model_asks_for_a_token_and_sends_it(
-    model_files: dict[str, bytes], data_home: Path
-) -> None:
+def test_gated_model_asks_for_a_token_and_sends_it(model_files: dict[str, bytes], data_home: Path) -> None:
     state = HubState(repos={"meta-llama/Llama-3.2-1B-Instruct": Repo(model_files, token="s3cret")})
     with hub_server(state) as url:
         refused = axchat_pull("llama-3.2-1b", url, data_home)
