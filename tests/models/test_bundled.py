@@ -3,12 +3,16 @@ model, and answers "Give me a joke" with a joke from its training corpus, stream
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, RawClient, chat
+from conftest import DaemonProcess, RawClient, chat, short_socket_dir
 from pyjokes import jokes_en
 
 from axchat.protocol import v1
@@ -66,3 +70,27 @@ def test_give_me_a_joke_streams_a_joke_from_the_corpus(client: RawClient) -> Non
 def test_tell_me_a_quote_is_a_quote_from_the_corpus(client: RawClient) -> None:
     text = "".join(d.text for d in answer(client, "quote", chat("Tell me a quote", max_tokens=120)))
     assert any(s in text for s in sentences(FORTUNES.read_text().split("\n%\n"))), text
+
+
+def test_serve_check_names_the_default_and_a_pulled_catalog_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`--model` spellings reach the daemon's own checks: none (axchat-mini) and a catalog name."""
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    shutil.copytree(tiny_model_dir, tmp_path / "data" / "axchat" / "models" / "smollm2-135m")  # as if pulled
+    env = {**os.environ, "AXCHAT_CONFIG": str(config), "XDG_DATA_HOME": str(tmp_path / "data")}
+    env.pop("AXCHAT_MODEL", None)
+    sock_dir = short_socket_dir()
+    sock = str(sock_dir / "d.sock")
+    for named, expected in (
+        ([], "ok: model axchat-mini (llama)"),
+        (["--model", "smollm2-135m"], "ok: model smollm2-135m (llama)"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "axchat", "serve", "--check", "--socket", sock, *named],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0 and expected in proc.stderr, proc.stderr
+    shutil.rmtree(sock_dir, ignore_errors=True)
