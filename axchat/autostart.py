@@ -23,7 +23,7 @@ from axchat.client import Client, DaemonUnavailable, RequestFailed
 
 ENV_NO_AUTOSTART = "AXCHAT_NO_AUTOSTART"
 LOCK_NAME = "axchat.lock"
-# The first start may build the default model or load a large one.
+# The first start may load a large model (the default, axchat-mini, takes a second or two).
 READY_TIMEOUT_S = 600.0
 PROGRESS_EVERY_S = 1.0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from axchat import endpoint as ep
 from axchat.client import Client, DaemonUnavailable
 
-READY_TIMEOUT_S = 600.0  # first use builds the default model
+READY_TIMEOUT_S = 600.0  # a large --model can take minutes to load
 
 
 def _pid_file(socket: str) -> Path:
@@ -37,6 +37,7 @@ def _answers(socket: str) -> bool:
 
 def start(socket: str, log: Path, extra: list[str]) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
+    offset = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "axchat", "serve", "--socket", socket, *extra],
@@ -53,6 +54,7 @@ def start(socket: str, log: Path, extra: list[str]) -> int:
         except subprocess.TimeoutExpired:
             if _answers(socket):
                 print(f"daemon ready (pid {proc.pid})", file=sys.stderr)
+                _show_model_hint(log, offset)
                 return 0
             continue
         print(f"the daemon exited with code {code}; its log ({log}):", file=sys.stderr)
@@ -60,6 +62,16 @@ def start(socket: str, log: Path, extra: list[str]) -> int:
         return 1
     print(f"the daemon was not ready after {READY_TIMEOUT_S:.0f}s; see {log}", file=sys.stderr)
     return 1
+
+
+def _show_model_hint(log: Path, offset: int) -> None:
+    """Repeat the daemon's "how to use a real model" line, which would otherwise sit
+    unseen in its log file."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        for line in f.read().decode(errors="replace").splitlines():
+            if "no --model given" in line:
+                print(line.split(": ", 1)[-1], file=sys.stderr)
 
 
 def stop(socket: str) -> int:

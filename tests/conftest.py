@@ -104,10 +104,14 @@ class DaemonProcess(LoggedProcess):
 
     name = "daemon"
 
-    def __init__(self, model: Path | str, *extra: str, socket: str | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self, model: Path | str | None, *extra: str, socket: str | None = None, env: dict[str, str] | None = None
+    ):
+        """model None: no --model flag, so the daemon serves its default (axchat-mini)."""
         self.socket_dir = short_socket_dir()
         self.socket = socket or str(self.socket_dir / "d.sock")
-        cmd = [sys.executable, "-m", "axchat", "serve", "--model", str(model), "--socket", self.socket, *extra]
+        named = ["--model", str(model)] if model is not None else []
+        cmd = [sys.executable, "-m", "axchat", "serve", *named, "--socket", self.socket, *extra]
         super().__init__(cmd, env)
 
     def wait_ready(self) -> DaemonProcess:

@@ -28,13 +28,12 @@ def check(cfg: ServeConfig) -> str:
     if cfg.backend != "torch":
         raise CheckFailed(f"unknown backend {cfg.backend!r}")
     from axchat.actors.backends import torch_backend
+    from axchat.models.resolve import resolve
 
     try:
-        if cfg.model is None:
-            model = "the built-in tiny test model (built on first use)"
-        else:
-            config = torch_backend.load_config(cfg.model)
-            model = f"{cfg.model} ({config.model_type})"
+        resolved = resolve(cfg.model)
+        config = torch_backend.load_config(resolved.source)
+        model = f"{resolved.aliases[0]} ({config.model_type})"
         device = torch_backend.resolve_device(cfg.device)
         dtype = str(torch_backend.resolve_dtype(cfg.dtype, device)).removeprefix("torch.")
     except ModelLoadError as exc:

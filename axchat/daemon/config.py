@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,  # only flags actually given override the layers below
     )
     help_for = {
-        "model": "local model directory or Hugging Face hub id (default: the built-in tiny test model)",
+        "model": "catalog name (axchat models), local model directory or Hugging Face hub id (default: the bundled axchat-mini)",
         "backend": "device backend: torch or aipu (default: torch; --device aipu implies aipu)",
         "device": "auto, cpu, cuda, cuda:N, or aipu for an Axelera Metis card (default: auto)",
         "dtype": f"{', '.join(DTYPES)} (default: auto)",

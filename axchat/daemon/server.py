@@ -31,6 +31,7 @@ from axchat.daemon.config import ServeConfig
 from axchat.daemon.frontdoor import FrontDoor
 from axchat.daemon.notify import Notifier, ping_watchdog
 from axchat.daemon.supervisor import DaemonSupervisor
+from axchat.models.resolve import ResolvedModel, resolve
 
 log = logging.getLogger("axchat.daemon")
 
@@ -43,15 +44,12 @@ class StartupError(Exception):
     """Anything that stops the daemon before it serves; one line for the user."""
 
 
-def resolve_model(cfg: ServeConfig) -> str:
-    if cfg.model:
-        return cfg.model
-    from axchat.testing import tiny_model
-
-    target = tiny_model.default_model_dir()
-    log.info("no --model given: using the tiny random test model at %s (its text is noise)", target)
-    tiny_model.ensure(target)
-    return str(target)
+def resolve_model(cfg: ServeConfig) -> ResolvedModel:
+    """--model as the user named it (bundled, catalog, path or hub id), or axchat-mini."""
+    resolved = resolve(cfg.model)
+    if resolved.note:
+        log.info("%s", resolved.note)
+    return resolved
 
 
 def claim_endpoint(endpoint: str, group: int | None = None) -> None:
@@ -137,7 +135,8 @@ async def run(cfg: ServeConfig) -> int:
             claim_endpoint(endpoint, group)
         except ep.EndpointError as exc:
             raise StartupError(str(exc)) from None
-        model = resolve_model(cfg)
+        resolved = resolve_model(cfg)
+        model = resolved.source
         if cfg.keep_alive_s is not None:
             # Parsed and validated so config files can carry it; unloading is issue 5's
             # remaining piece.
@@ -146,7 +145,7 @@ async def run(cfg: ServeConfig) -> int:
         phase.text = f"loading {model}"
         notifier.status(phase.text)
         backend, tokenizer = await load_model(cfg, model)
-        return await _serve(cfg, stop, notifier, phase, endpoint, model, backend, tokenizer)
+        return await _serve(cfg, stop, notifier, phase, endpoint, resolved, backend, tokenizer)
 
 
 async def _serve(
@@ -155,7 +154,7 @@ async def _serve(
     notifier: Notifier,
     phase: _Phase,
     endpoint: str,
-    model: str,
+    model: ResolvedModel,
     backend: DeviceBackend,
     tokenizer: Any,
 ) -> int:
@@ -190,7 +189,7 @@ async def _serve(
                 supervisor,
                 endpoint=endpoint,
                 info=info,
-                model_aliases=(model,),
+                model_aliases=(model.source, *model.aliases),
                 max_frame_bytes=cfg.max_frame_bytes,
                 max_live=device.max_running + cfg.max_queued,
                 max_live_per_client=cfg.max_per_client,

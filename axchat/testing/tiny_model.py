@@ -35,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,8 +157,14 @@ def default_model_dir() -> Path:
     return Path(cache) / "axchat" / "models" / "tiny-random"
 
 
-def build_tokenizer(vocab_size: int = 1000, *, model_max_length: int = 2048) -> PreTrainedTokenizerFast:
-    """Train the byte-level BPE on corpus.txt and wrap it as a transformers fast tokenizer."""
+def build_tokenizer(
+    vocab_size: int = 1000, *, model_max_length: int = 2048, texts: Iterable[str] | None = None
+) -> PreTrainedTokenizerFast:
+    """Train the byte-level BPE on texts (default: corpus.txt) and wrap it as a transformers fast tokenizer.
+
+    models/train_mini.py passes its own corpus, so axchat-mini and the test model share one
+    tokenizer recipe (special tokens, chat template, no implicit BOS).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -173,7 +180,9 @@ def build_tokenizer(vocab_size: int = 1000, *, model_max_length: int = 2048) -> 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([CORPUS_PATH.read_text(encoding="utf-8")], trainer=trainer)
+    if texts is None:
+        texts = [CORPUS_PATH.read_text(encoding="utf-8")]
+    tok.train_from_iterator(texts, trainer=trainer)
 
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,

@@ -114,14 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="axchat extract-embeddings",
         description="Write a causal LM's input embeddings (float16 [vocab, hidden]) for the aipu backend.",
     )
-    p.add_argument("model", help="local model directory or Hugging Face hub id")
+    p.add_argument("model", help="catalog name, local model directory or Hugging Face hub id")
     p.add_argument("out", help="output .npz (or .npy)")
     p.add_argument(
         "--compressed", action="store_true", help="zip-deflate the .npz, as the SDK ships it (cannot be memory-mapped)"
     )
     args = p.parse_args(argv)
     try:
-        out = extract_embeddings(args.model, args.out, compressed=args.compressed)
+        from axchat.models.resolve import resolve
+
+        out = extract_embeddings(resolve(args.model).source, args.out, compressed=args.compressed)
     except (OSError, ValueError) as exc:
         print(f"axchat extract-embeddings: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1

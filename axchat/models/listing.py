@@ -1,0 +1,62 @@
+"""`axchat models`: the models on this machine (bundled and pulled) and the catalogs
+(hub models `axchat pull` knows by name, Metis precompiled models), marking what is here.
+
+Reads config.json files only: no torch, transformers or Voyager SDK import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from axchat.actors.backends.aipu_catalog import CATALOG as AIPU_CATALOG
+from axchat.models import catalog, store
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    return [
+        "  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in (header, *rows)
+    ]
+
+
+def render() -> str:
+    root = store.store_root()
+    bundled = store.describe(catalog.BUNDLED_DIR, catalog.BUNDLED_NAME)
+    local = store.local_models(root)
+    lines = [f"Local models ({root}):"]
+    rows = [
+        [m.name, _size(m.size_bytes), str(m.context or "?"), m.architecture, note]
+        for m, note in [(bundled, "bundled demo (jokes and quotes)"), *((m, "") for m in local)]
+    ]
+    lines += _table(["NAME", "SIZE", "CONTEXT", "ARCHITECTURE", ""], rows)
+
+    present = {m.name for m in local}
+    lines += ["", "Catalog (axchat pull NAME, then axchat serve --model NAME):"]
+    rows = []
+    for m in catalog.CATALOG.values():
+        status = "pulled" if m.name in present else ""
+        if m.gated:
+            status = ", ".join(filter(None, [status, "gated: needs HF_TOKEN"]))
+        rows.append([m.name, m.hub_id, f"~{m.approx_gb:g} GB", m.licence, status])
+    lines += _table(["NAME", "HUB ID", "DOWNLOAD", "LICENCE", ""], rows)
+
+    lines += ["", "Metis (AIPU) precompiled models (axchat serve --backend aipu --model NAME):"]
+    rows = [[m.name, str(m.context), str(m.cores), f"{m.card_gb:g} GB", m.tokenizer] for m in AIPU_CATALOG.values()]
+    lines += _table(["NAME", "CONTEXT", "CORES", "CARD", "TOKENIZER"], rows)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="axchat models", description=__doc__.split("\n\n")[0]).parse_args(argv)
+    print(render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

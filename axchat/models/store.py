@@ -1,0 +1,79 @@
+"""The local model store, `$XDG_DATA_HOME/axchat/models` (`~/.local/share/...`): one
+directory per pulled model, named for the catalog name or the hub id (`org--name`).
+
+A model directory appears only when complete (`axchat pull` renames a finished staging
+directory into place), so whatever is here can be loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from axchat.models import catalog
+
+# Hidden, so a half-pulled model never looks like a model; kept across runs so a pull resumes.
+STAGING_DIR = ".partial"
+
+
+def store_root() -> Path:
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "axchat" / "models"
+
+
+def dir_name(name: str) -> str:
+    """Where a catalog name or hub id lives in the store; a catalog model's hub id maps to
+    its short name, so pulling either spelling fills the same directory."""
+    if name in catalog.CATALOG:
+        return name
+    entry = catalog.by_hub_id(name)
+    if entry is not None:
+        return entry.name
+    return name.replace("/", "--")
+
+
+def display_name(directory: str) -> str:
+    return directory if directory in catalog.CATALOG else directory.replace("--", "/", 1)
+
+
+def pulled_dir(name: str, root: Path | None = None) -> Path | None:
+    """The store directory for a catalog name or hub id, if that model has been pulled."""
+    path = (root or store_root()) / dir_name(name)
+    return path if (path / "config.json").is_file() else None
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    name: str
+    path: Path
+    size_bytes: int
+    context: int | None
+    architecture: str
+
+
+def describe(path: Path, name: str) -> LocalModel:
+    """Name, size on disk, context length and architecture, from config.json alone."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    text = config.get("text_config") or config  # multimodal configs nest the language model's
+    context = text.get("max_position_embeddings")
+    architecture = ", ".join(config.get("architectures") or []) or config.get("model_type") or "unknown"
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return LocalModel(name, path, size, context if isinstance(context, int) else None, architecture)
+
+
+def local_models(root: Path | None = None) -> list[LocalModel]:
+    """Every complete model in the store, by name."""
+    root = root or store_root()
+    if not root.is_dir():
+        return []
+    found = [
+        describe(path, display_name(path.name))
+        for path in sorted(root.iterdir())
+        if path.is_dir() and not path.name.startswith(".") and (path / "config.json").is_file()
+    ]
+    return found
