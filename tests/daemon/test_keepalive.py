@@ -157,23 +157,24 @@ def test_ask_shows_loading_then_the_same_answer(kad: KeepAliveDaemon, client: Ra
     assert text(reloaded) == text(warm)
 
 
-def test_clients_queue_behind_a_reload_and_may_cancel(kad: KeepAliveDaemon, client: RawClient) -> None:
+def test_clients_queue_behind_a_reload_and_may_cancel_or_leave(kad: KeepAliveDaemon, client: RawClient) -> None:
     request = chat("Two of us", max_tokens=8)
     client.send("ref", request)
     reference = answer(list(client.stream("ref")))
     wait_status(client, "unloaded")
     kad.gate.unlink()  # hold the next load at its weights stage
-    others = [RawClient(kad.socket) for _ in range(3)]
+    others = [RawClient(kad.socket) for _ in range(4)]
     try:
-        a, b, quitter = others
+        a, b, quitter, leaver = others
         a.send("a", request)
         b.send("b", request)
         quitter.send("q", request)
-        for c, rid in ((a, "a"), (b, "b"), (quitter, "q")):
+        leaver.send("l", request)
+        for c, rid in ((a, "a"), (b, "b"), (quitter, "q"), (leaver, "l")):
             first = c.recv(want=rid)[1]
             assert isinstance(first, v1.Loading), first
         held = wait_status(client, "loading")
-        assert held.load_stage == "weights" and held.queued == 3 and not held.loaded
+        assert held.load_stage == "weights" and held.queued == 4 and not held.loaded
         started = time.monotonic()
         assert status(client).load_stage == "weights"
         assert time.monotonic() - started < STATUS_FAST_S  # the loop is free while it loads
@@ -181,6 +182,12 @@ def test_clients_queue_behind_a_reload_and_may_cancel(kad: KeepAliveDaemon, clie
         quitter.send("q", v1.Cancel())
         rest = [f for f in quitter.stream("q") if not isinstance(f, v1.Loading)]
         assert len(rest) == 1 and isinstance(rest[0], v1.Done) and rest[0].finish_reason == "cancelled", rest
+        leaver.close()  # gone without a word: the daemon notices and drops its request
+        others.remove(leaver)
+        deadline = time.monotonic() + STATE_TIMEOUT_S
+        while (now := status(client)).queued != 2:
+            assert time.monotonic() < deadline, f"the vanished client's request still waits: {now}"
+            time.sleep(0.05)  # a polling period, bounded by the deadline
         # Both still wait, and hear about it at least once a second or so.
         assert isinstance(a.recv(want="a", timeout_s=10)[1], v1.Loading)
         assert isinstance(b.recv(want="b", timeout_s=10)[1], v1.Loading)
