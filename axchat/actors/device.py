@@ -166,7 +166,8 @@ class DeviceActor(Actor):
             max_running=self.max_running,
             prefix_cache_entries=entries,
             prefix_cache_bytes=nbytes,
-            loaded=self.residency is Residency.LOADED,
+            # Still loaded until unloading has finished freeing it.
+            loaded=self.residency in (Residency.LOADED, Residency.UNLOADING),
             unloads_at=self._idle.unloads_at,
             load_stage=self._load.stage if self._load is not None else None,
         )

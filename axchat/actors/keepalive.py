@@ -5,6 +5,8 @@ drives these; they hold no scheduling of their own."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import enum
 import gc
 import sys
@@ -77,8 +79,25 @@ class IdleTimer:
 
 def free_device_memory() -> None:
     """After the backend's last reference is dropped: collect it now rather than at some
-    later collection, and hand cached CUDA blocks back so other processes can use them."""
+    later collection, hand cached CUDA blocks back so other processes can use them, and
+    ask the C allocator to return freed heap pages to the system."""
     gc.collect()
     torch = sys.modules.get("torch")  # never import it here: the AIPU path has no torch
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+    _trim_c_heap()
+
+
+def _trim_c_heap() -> None:
+    # glibc keeps freed memory in its arenas (after a few large frees it stops using
+    # mmap for big blocks), so without a trim the weights' pages stay resident: the
+    # process would look as big unloaded as loaded. Not glibc: nothing to do.
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
