@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Client(args.socket, connect_timeout_s=args.timeout) as client:
             client.hello()
-            status = msgspec.to_builtins(client.status())
+            # Every field, defaults too (the wire omits them): a script reads `loaded` as is.
+            status = msgspec.to_builtins(msgspec.structs.asdict(client.status()))
     except DaemonUnavailable as exc:
         print(f"axchat status: {exc}", file=sys.stderr)
         return EXIT_NO_DAEMON

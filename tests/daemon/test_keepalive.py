@@ -107,6 +107,10 @@ def test_idle_model_is_unloaded_and_status_says_when(kad: KeepAliveDaemon, clien
         _, said = kad.notify.until("STATUS", timeout_s=10)
     # (Our own status polls may count among the requests.)
     assert said["STATUS"].startswith("serving ") and said["STATUS"].endswith(" request(s), model unloaded (idle)")
+    shown = subprocess.run(
+        [sys.executable, "-m", "axchat", "status", "--socket", kad.socket], capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0 and "memory:   model unloaded after idling" in shown.stdout, shown
     # Unloaded, the daemon answers at once.
     started = time.monotonic()
     for _ in range(5):
