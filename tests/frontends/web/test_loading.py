@@ -4,6 +4,8 @@ its answer, the same as it would from a loaded model."""
 
 from __future__ import annotations
 
+import re
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,3 +40,7 @@ def test_streamed_and_whole_answers_wait_through_a_reload(unloading_daemon: Daem
         assert whole.choices[0].message.content == expected
         stream = client.chat.completions.create(model=model, messages=messages, max_tokens=6, stream=True)  # type: ignore[arg-type]
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected
+        with urllib.request.urlopen(bridge.url + "metrics", timeout=30) as reply:
+            metrics = reply.read().decode()
+        # Unloaded again by the time of the scrape (keep-alive 0), or still unloading.
+        assert re.search(r"^axchat_daemon_model_loaded [01]$", metrics, re.M), metrics
