@@ -3,7 +3,9 @@ web bridge). One DEALER socket carries any number of concurrent requests; a read
 task routes each frame to its request's queue.
 
 Imports only pyzmq, msgspec and the protocol. Every wait has a deadline, and a reader
-failure reaches every waiting request instead of vanishing.
+failure reaches every waiting request instead of vanishing. As in the blocking client, a
+socket monitor tells when the connection drops: requests in flight then fail with
+`DaemonRestarted` at once, since their answers will never come.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from collections.abc import AsyncIterator
 import msgspec
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from axchat import endpoint as ep
-from axchat.client import HOW_TO_START, DaemonUnavailable, RequestFailed
+from axchat.client import HOW_TO_START, DaemonRestarted, DaemonUnavailable, RequestFailed
 from axchat.protocol import v1
 
-__all__ = ["AsyncClient", "DaemonUnavailable", "GenerateHandle", "RequestFailed"]
+__all__ = ["AsyncClient", "DaemonRestarted", "DaemonUnavailable", "GenerateHandle", "RequestFailed"]
 
 
 class GenerateHandle:
@@ -64,11 +67,17 @@ class GenerateHandle:
 
 class AsyncClient:
     def __init__(self, socket: str | None = None, *, connect_timeout_s: float = 3.0) -> None:
-        self.endpoint = ep.to_zmq(socket)
+        self.endpoint = ep.client_endpoint(socket)
         self.connect_timeout_s = connect_timeout_s
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # A unique inproc name, for the reason given in axchat/client.py.
+        monitor_addr = f"inproc://axchat-aclient-monitor-{uuid.uuid4().hex}"
+        self._sock.monitor(monitor_addr, zmq.EVENT_DISCONNECTED)
+        self._monitor = self._ctx.socket(zmq.PAIR)
+        self._monitor.setsockopt(zmq.LINGER, 0)
+        self._monitor.connect(monitor_addr)
         self._sock.connect(self.endpoint)
         self._prefix = uuid.uuid4().hex[:8]
         self._counter = 0
@@ -83,6 +92,8 @@ class AsyncClient:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        self._sock.disable_monitor()
+        self._monitor.close(linger=0)
         self._sock.close(linger=0)
         self._ctx.term()
 
@@ -162,8 +173,20 @@ class AsyncClient:
         return item
 
     async def _read(self) -> None:
+        poller = zmq.asyncio.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         try:
+            while await self._monitor.poll(0):
+                await self._monitor.recv_multipart()  # a drop before any request now in flight
             while True:
+                ready = dict(await poller.poll())
+                if self._sock not in ready:
+                    # Frames already received still count; a drop matters once none is left.
+                    event = parse_monitor_message(await self._monitor.recv_multipart())
+                    if event["event"] == zmq.EVENT_DISCONNECTED:
+                        self._dropped()
+                    continue
                 env_raw, body_raw = await self._sock.recv_multipart()
                 env = v1.decode_envelope(env_raw)
                 try:
@@ -184,6 +207,12 @@ class AsyncClient:
             for queue in self._waiting.values():
                 queue.put_nowait(exc)
             raise
+
+    def _dropped(self) -> None:
+        """The connection went down: nothing in flight will be answered. ZeroMQ
+        reconnects the socket by itself, so later requests may find a daemon again."""
+        for rid in list(self._waiting):
+            self._waiting.pop(rid).put_nowait(DaemonRestarted(self.endpoint))
 
 
 @contextlib.asynccontextmanager

@@ -89,7 +89,7 @@ def _spawn_and_wait(endpoint: str, socket_path: str, deadline: float, progress: 
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "axchat", "serve", "--socket", socket_path],
+            [sys.executable, "-m", "axchat", "serve", "--socket", socket_path, "--autostarted"],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,

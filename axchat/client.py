@@ -67,7 +67,7 @@ class GenerateStream:
 
 class Client:
     def __init__(self, socket: str | None = None, *, connect_timeout_s: float = 3.0) -> None:
-        self.endpoint = ep.to_zmq(socket)
+        self.endpoint = ep.client_endpoint(socket)
         self.connect_timeout_s = connect_timeout_s
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)

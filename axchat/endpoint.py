@@ -11,6 +11,8 @@ from pathlib import Path
 
 ENV_SOCKET = "AXCHAT_SOCKET"
 SOCKET_NAME = "axchat.sock"
+# The system unit's socket (`RuntimeDirectory=axchat`), for members of its group.
+SYSTEM_SOCKET = "/run/axchat/axchat.sock"
 
 
 class EndpointError(Exception):
@@ -34,6 +36,21 @@ def to_zmq(socket: str | None) -> str:
     if "://" in socket:
         return socket
     return "ipc://" + os.path.abspath(os.path.expanduser(socket))
+
+
+def client_endpoint(socket: str | None) -> str:
+    """Where a client looks: as `to_zmq`, except that when nothing was chosen (no
+    `--socket`, no `$AXCHAT_SOCKET`) and there is no per-user daemon socket, the system
+    service's socket if this user can see it (a member of its group). The daemon never
+    uses this: it listens where it is told."""
+    if socket or os.environ.get(ENV_SOCKET):
+        return to_zmq(socket)
+    own = to_zmq(None)
+    path = ipc_path(own)
+    # os.path.exists, not Path.exists: a directory we may not enter is "not there".
+    if path is not None and not os.path.exists(path) and os.path.exists(SYSTEM_SOCKET):
+        return to_zmq(SYSTEM_SOCKET)
+    return own
 
 
 def ipc_path(endpoint: str) -> Path | None:

@@ -1,12 +1,16 @@
 """Device actor: owns the backend and every sequence's KV; schedules prefill chunks
-and batched decode steps on one device thread while its mailbox keeps answering."""
+and batched decode steps on one device thread while its mailbox keeps answering.
+With keep-alive it also unloads the backend when idle and loads it again, on that same
+thread, when the next request comes (states in `actors/keepalive.py`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,10 +19,14 @@ from typing import Any, Literal
 from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
 from axchat.actors.fair_queue import FairQueue
+from axchat.actors.keepalive import LOADING_TICK_S, IdleTimer, LoadProgress, Residency, free_device_memory
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.protocol.v1 import ErrorInfo, FinishReason, RequestInfo, Sampling
 
 log = logging.getLogger(__name__)
+
+# Loads a backend on the device thread, telling the callback each stage it enters.
+BackendLoader = Callable[[Callable[[str], None]], DeviceBackend]
 
 
 class SeqState(enum.Enum):
@@ -74,15 +82,24 @@ class DeviceActor(Actor):
     name = "device"
 
     def __init__(
-        self, bus: Bus, supervisor: Supervisor, backend: DeviceBackend, *, max_running: int | None = None
+        self,
+        bus: Bus,
+        supervisor: Supervisor,
+        backend: DeviceBackend,
+        *,
+        max_running: int | None = None,
+        keep_alive_s: float | None = None,
+        loader: BackendLoader | None = None,
     ) -> None:
         super().__init__(bus, supervisor)
-        self.backend = backend
+        # None while unloaded. Only this actor holds it, so dropping it frees the model.
+        self.backend: DeviceBackend | None = backend
         caps = backend.capabilities
         # A backend that loses KV when another sequence runs can only hold one.
         limit = caps.max_batch if caps.kv_survives_switch else 1
         self.max_running = min(max_running or limit, limit)
         self._chunk = caps.prefill_chunk
+        self._max_batch = caps.max_batch
         self._prefix_cache = caps.prefix_cache
         self._context_length = backend.info.context_length
         # The one thread that touches the device, for the life of the daemon.
@@ -92,24 +109,37 @@ class DeviceActor(Actor):
         self._wake = asyncio.Event()
         self._stepper: asyncio.Task[None] | None = None
         self._decode_next = False  # alternates prefill chunks with decode steps
+        # Keep-alive. The tokenizer stays loaded: it is small, and it must keep working
+        # while the model is away (a prompt is tokenized before the device sees it).
+        self._loader = loader
+        self.residency = Residency.LOADED
+        self._idle = IdleTimer(keep_alive_s if loader is not None else None, self._idle_expired)
+        self._load: LoadProgress | None = None
+        self._load_changed = asyncio.Event()
+        self._last_load_s: float | None = None
+        self._residency_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ mailbox
 
     async def on_start(self) -> None:
         self._stepper = asyncio.create_task(self._step_loop(), name="device-steps")
-        self._stepper.add_done_callback(self._stepper_done)
+        self._stepper.add_done_callback(self._task_done)
+        self._idle.start()
 
-    def _stepper_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[None]) -> None:
         exc = None if task.cancelled() else task.exception()
         if exc is not None:
-            # The step loop must never die quietly: that would wedge every request.
+            # The step loop or a load must never die quietly: that would wedge every request.
             self.supervisor.on_handler_error(self, m.Close(), exc)
 
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.Admit):
             seq = _Sequence(msg.rid, msg.label, msg.client, msg.prompt_ids, msg.sampling, frozenset(msg.eos_ids))
+            self._idle.stop()
             self._waiting.push(seq)
-            if len(self._running) >= self.max_running:
+            if self.residency is not Residency.LOADED:
+                await self._need_model(seq)
+            elif len(self._running) >= self.max_running:
                 await self._announce_positions()  # it waits: say where it stands
             self._wake.set()
         elif isinstance(msg, m.Sampled):
@@ -124,18 +154,29 @@ class DeviceActor(Actor):
 
     def _report(self, query: m.StatusQuery) -> m.DeviceReport:
         requests = [s.info() for s in self._running.values()] + [s.info() for s in self._waiting.in_order()]
-        entries, nbytes = self.backend.prefix_cache_usage()
+        backend = self.backend
+        entries, nbytes = backend.prefix_cache_usage() if backend is not None else (0, 0)
         return m.DeviceReport(
             rid=query.rid,
             state=query.state,
             running=len(self._running),
             queued=len(self._waiting),
-            kv_sequences=self.backend.live_sequences(),
+            kv_sequences=backend.live_sequences() if backend is not None else 0,
             requests=requests,
             max_running=self.max_running,
             prefix_cache_entries=entries,
             prefix_cache_bytes=nbytes,
+            # Still loaded until unloading has finished freeing it.
+            loaded=self.residency in (Residency.LOADED, Residency.UNLOADING),
+            unloads_at=self._idle.unloads_at,
+            load_stage=self._load.stage if self._load is not None else None,
         )
+
+    def temperature_c(self) -> float | None:
+        """The backend's own reading; None while unloaded. For telemetry, which must not
+        hold the backend itself (that would keep an unloaded model in memory)."""
+        backend = self.backend
+        return backend.temperature_c() if backend is not None else None
 
     async def _sampled(self, msg: m.Sampled) -> None:
         seq = self._running.get(msg.rid)
@@ -178,8 +219,10 @@ class DeviceActor(Actor):
         keep = None
         if self._prefix_cache and reason != "error" and seq.prefilled:
             keep = (seq.client, seq.prompt_ids[: seq.prefilled] + seq.fed)
-        # Queued behind any forward pass in flight, so KV is never freed under it.
-        asyncio.get_running_loop().run_in_executor(self._device_thread, self.backend.release, seq.rid, keep)
+        # Queued behind any forward pass in flight, so KV is never freed under it. No
+        # backend: the sequence waited for a reload and never had KV.
+        if self.backend is not None:
+            asyncio.get_running_loop().run_in_executor(self._device_thread, self.backend.release, seq.rid, keep)
         await self.send("sampler", m.ForgetSequence(rid=seq.rid))
         await self.send(
             "tokenizer",
@@ -194,6 +237,8 @@ class DeviceActor(Actor):
             ),
         )
         self._wake.set()  # a slot may have opened
+        if not self._running and not self._waiting and self.residency is Residency.LOADED:
+            self._idle.start()
 
     # ------------------------------------------------------------ steps
 
@@ -201,6 +246,8 @@ class DeviceActor(Actor):
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self.residency is not Residency.LOADED:
+                continue  # the reload wakes us when the model is back
             if await self._admit():
                 await self._announce_positions()
             if await self._step():
@@ -215,7 +262,7 @@ class DeviceActor(Actor):
         ready = [] if sampling else [s for s in self._running.values() if s.state is SeqState.READY]
         if ready and (self._decode_next or not prefilling):
             self._decode_next = False
-            await self._decode(ready[: self.backend.capabilities.max_batch])
+            await self._decode(ready[: self._max_batch])
             return True
         if prefilling:
             self._decode_next = True
@@ -234,10 +281,115 @@ class DeviceActor(Actor):
         return admitted
 
     async def _announce_positions(self) -> None:
+        if self.residency is not Residency.LOADED:
+            return  # they wait for the model, and hear `loading` instead
         for position, seq in enumerate(self._waiting.in_order(), start=1):
             if seq.queue_position != position:
                 seq.queue_position = position
                 await self.send("tokenizer", m.QueuePosition(rid=seq.rid, position=position))
+
+    # ------------------------------------------------------------ keep-alive
+
+    def _idle_expired(self) -> None:
+        if self._running or self._waiting or self.residency is not Residency.LOADED:
+            return  # a request slipped in as the timer fired
+        self.residency = Residency.UNLOADING
+        self._residency_task = asyncio.create_task(self._unload(), name="device-unload")
+        self._residency_task.add_done_callback(self._task_done)
+
+    async def _unload(self) -> None:
+        backend, self.backend = self.backend, None
+        assert backend is not None
+        log.info("keep-alive: no request for %gs; unloading the model", self._idle.keep_alive_s)
+        loop = asyncio.get_running_loop()
+        try:
+            # On the device thread, after any release still queued there.
+            await loop.run_in_executor(self._device_thread, backend.close)
+        except Exception:
+            log.exception("closing the backend failed; dropping it anyway")
+        gone = weakref.ref(backend)
+        del backend
+        await loop.run_in_executor(self._device_thread, free_device_memory)
+        self.residency = Residency.UNLOADED
+        if gone() is None:
+            log.info("keep-alive: model unloaded and its memory freed; the next request loads it again")
+        else:
+            # A bug: something else holds the backend, so its memory stays taken.
+            log.warning("keep-alive: model unloaded but still referenced elsewhere; its memory is not freed")
+        if self._waiting:
+            self._begin_reload()  # a request came while it was unloading
+
+    async def _need_model(self, seq: _Sequence) -> None:
+        """`seq` arrived while the model is not loaded: start loading it, or say how far
+        the load in progress has got."""
+        if self.residency is Residency.UNLOADED:
+            self._begin_reload()
+        elif self.residency is Residency.LOADING and self._load is not None:
+            await self.send("tokenizer", self._loading_event(seq, self._load))
+        # UNLOADING: `_unload` starts the reload once the device is free.
+
+    def _begin_reload(self) -> None:
+        self.residency = Residency.LOADING
+        self._load = LoadProgress()
+        self._residency_task = asyncio.create_task(self._reload(self._load), name="device-reload")
+        self._residency_task.add_done_callback(self._task_done)
+
+    async def _reload(self, progress: LoadProgress) -> None:
+        assert self._loader is not None
+        loop = asyncio.get_running_loop()
+
+        def stage(name: str) -> None:  # called on the device thread
+            loop.call_soon_threadsafe(self._stage_entered, progress, name)
+
+        log.info("keep-alive: a request arrived; loading the model again")
+        teller = asyncio.create_task(self._tell_loading(progress), name="device-loading-events")
+        try:
+            backend = await loop.run_in_executor(self._device_thread, self._loader, stage)
+        except Exception as exc:
+            log.exception("reloading the model failed")
+            self._load, self.residency = None, Residency.UNLOADED
+            error = ErrorInfo(code="load_failed", message=f"loading the model again failed: {exc}")
+            while self._waiting:
+                await self._end(self._waiting.pop(), "error", error)
+            return
+        finally:
+            teller.cancel()
+            await asyncio.wait([teller])
+        self._last_load_s = progress.elapsed_s()
+        self.backend, self._load, self.residency = backend, None, Residency.LOADED
+        log.info("keep-alive: model loaded again in %.1fs", self._last_load_s)
+        if self._waiting:
+            self._wake.set()
+        else:
+            self._idle.start()  # everyone who waited cancelled
+
+    def _stage_entered(self, progress: LoadProgress, name: str) -> None:
+        progress.stage = name
+        self._load_changed.set()
+
+    async def _tell_loading(self, progress: LoadProgress) -> None:
+        """Every waiting request hears where the load stands: at each new stage and
+        once a tick between, so its client sees progress rather than silence."""
+        while True:
+            self._load_changed.clear()
+            for seq in list(self._waiting.in_order()):
+                if seq.rid in self._waiting.positions():  # not cancelled during a send
+                    await self.send("tokenizer", self._loading_event(seq, progress))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LOADING_TICK_S):
+                    await self._load_changed.wait()
+
+    def _loading_event(self, seq: _Sequence, progress: LoadProgress) -> m.Loading:
+        return m.Loading(
+            rid=seq.rid, stage=progress.stage, elapsed_s=progress.elapsed_s(), last_load_s=self._last_load_s
+        )
+
+    # ------------------------------------------------------------ forward passes
+
+    def _loaded(self) -> DeviceBackend:
+        # Steps run only while LOADED (the step loop checks), and unloading waits for idle.
+        assert self.backend is not None, "a step ran while the model was unloaded"
+        return self.backend
 
     async def _forward(self, seqs: list[_Sequence], fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn` on the device thread; None when it failed (the sequences are ended)."""
@@ -258,7 +410,7 @@ class DeviceActor(Actor):
             seq.timings.prefill_start_ns = start
             seq.timings.queue_ms = _ms(start - seq.admitted_ns)
         if fresh and self._prefix_cache:
-            restored = await self._forward([seq], self.backend.start, seq.rid, seq.prompt_ids, seq.client)
+            restored = await self._forward([seq], self._loaded().start, seq.rid, seq.prompt_ids, seq.client)
             if restored is None:
                 return
             seq.prefilled = seq.cached_tokens = int(restored)
@@ -267,7 +419,8 @@ class DeviceActor(Actor):
         total = len(seq.prompt_ids)
         end = total if self._chunk is None else min(total, seq.prefilled + self._chunk)
         piece = seq.prompt_ids[seq.prefilled : end]
-        fn = self.backend.extend if seq.prefilled or self._prefix_cache else self.backend.prefill
+        backend = self._loaded()
+        fn = backend.extend if seq.prefilled or self._prefix_cache else backend.prefill
         logits = await self._forward([seq], fn, seq.rid, piece)
         if logits is None:
             return
@@ -287,7 +440,7 @@ class DeviceActor(Actor):
     async def _decode(self, seqs: list[_Sequence]) -> None:
         for seq in seqs:
             seq.fed.append(seq.next_token)
-        logits = await self._forward(seqs, self.backend.decode, [s.rid for s in seqs], [s.next_token for s in seqs])
+        logits = await self._forward(seqs, self._loaded().decode, [s.rid for s in seqs], [s.next_token for s in seqs])
         if logits is None:
             return
         for seq, row in zip(seqs, logits, strict=True):
@@ -303,9 +456,14 @@ class DeviceActor(Actor):
         return False
 
     async def on_close(self) -> None:
-        if self._stepper is not None:
-            self._stepper.cancel()
-            await asyncio.wait([self._stepper])  # waits without swallowing our own cancel
+        self._idle.stop()
+        for task in (self._stepper, self._residency_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])  # waits without swallowing our own cancel
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._device_thread, self.backend.close)
+        # Queued behind an unload or a load still running there; a cancelled load's
+        # backend is lost with the process.
+        if self.backend is not None:
+            await loop.run_in_executor(self._device_thread, self.backend.close)
         self._device_thread.shutdown(wait=False)

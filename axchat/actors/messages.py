@@ -64,6 +64,16 @@ class QueuePosition(_Internal, tag="queue_position"):
     position: int
 
 
+class Loading(_Internal, tag="loading"):
+    """Device -> tokenizer -> telemetry: the request waits for the model to be loaded
+    again (keep-alive unloaded it); where the load stands."""
+
+    rid: int
+    stage: str
+    elapsed_s: float
+    last_load_s: float | None = None
+
+
 class Logits(_Internal, tag="logits"):
     """One row of float32 logits. The first of a request carries what the sampler
     needs to set up (`sampling`, `context_ids`); later ones only the row."""
@@ -156,6 +166,9 @@ class DeviceReport(_Internal, tag="device_report"):
     max_running: int = 0
     prefix_cache_entries: int = 0
     prefix_cache_bytes: int = 0
+    loaded: bool = True
+    unloads_at: float | None = None
+    load_stage: str | None = None
 
 
 class Outbound(_Internal, tag="outbound"):
@@ -185,6 +198,7 @@ ActorMessage = Union[
     StopSequence,
     TokenOut,
     QueuePosition,
+    Loading,
     Ended,
     TextOut,
     Finished,

@@ -65,6 +65,11 @@ class TelemetryActor(Actor):
             await self._out(msg.rid, v1.Delta(text=msg.text, token_ids=msg.token_ids), final=False)
         elif isinstance(msg, m.QueuePosition):
             await self._out(msg.rid, v1.Queued(position=msg.position), final=False)
+        elif isinstance(msg, m.Loading):
+            body = v1.Loading(
+                model=self._info.model, stage=msg.stage, elapsed_s=msg.elapsed_s, last_load_s=msg.last_load_s
+            )
+            await self._out(msg.rid, body, final=False)
         elif isinstance(msg, m.Finished):
             await self._finished(msg)
         elif isinstance(msg, m.Rejected):
@@ -148,6 +153,9 @@ class TelemetryActor(Actor):
             max_queued=self._max_queued,
             prefix_cache_entries=report.prefix_cache_entries,
             prefix_cache_bytes=report.prefix_cache_bytes,
+            loaded=report.loaded,
+            unloads_at=report.unloads_at,
+            load_stage=report.load_stage,
         )
 
     def _temperature_c(self) -> float | None:

@@ -71,7 +71,7 @@ class TokenizerActor(Actor):
             await self._token(msg)
         elif isinstance(msg, m.Ended):
             await self._ended(msg)
-        elif isinstance(msg, m.QueuePosition):
+        elif isinstance(msg, (m.QueuePosition, m.Loading)):
             await self.send("telemetry", msg)  # same pipe as the text that follows it
         elif isinstance(msg, m.CancelRequest):
             if msg.rid in self._encoding:

@@ -24,6 +24,10 @@ SYSTEM_CONFIG = Path("/etc/axchat/config.toml")
 ENV_CONFIG = "AXCHAT_CONFIG"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Keep-alive of a daemon a client started for you (`--autostarted`), as Ollama does: a
+# per-user daemon nobody asked for should not hold a model's memory all day. A service
+# someone installed keeps its model for ever unless told otherwise.
+AUTOSTART_KEEP_ALIVE_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -247,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         "max_frame_bytes": "largest frame a client may send",
         "drain_timeout": "seconds to let requests finish on SIGTERM (default: 10)",
         "log_level": f"{', '.join(LOG_LEVELS)} (default: info)",
-        "keep_alive": "unload the model after this long idle: 5m, 30s, 0 or forever (default); not implemented yet",
+        "keep_alive": "unload the model after this long with no request, reload it on the next: 5m, 30s, 0 "
+        "or forever (default; 5m with --autostarted)",
         "socket_group": "group (name or gid) given access to the socket and its directory",
         "socket_mode": "socket file mode, octal (default: 0660)",
         "max_running": "sequences on the device at once (default: what the backend batches)",
@@ -263,13 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag_name(key), dest=key, metavar=key.upper(), help=text)
     p.add_argument("--config", help="read this config file instead of the system and user ones")
     p.add_argument("--check", action="store_true", help="check the settings, model and device quickly, then exit")
+    p.add_argument(
+        "--autostarted",
+        action="store_true",
+        help="set by a client that starts a daemon for you: keep-alive defaults to 5m instead of forever",
+    )
     return p
 
 
 def parse(argv: list[str], environ: Mapping[str, str] | None = None) -> ServeConfig:
     env = os.environ if environ is None else environ
     args = vars(build_parser().parse_args(argv))
-    cfg = ServeConfig(model=None)
+    autostarted = bool(args.pop("autostarted", False))
+    # Only the built-in default differs: config files, environment and flags still win.
+    cfg = ServeConfig(model=None, keep_alive_s=AUTOSTART_KEEP_ALIVE_S if autostarted else None)
     for path in config_files(env, args.pop("config", None)):
         cfg = replace(cfg, **read_file(path))
     cfg = replace(cfg, **read_env(env))

@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 
 # How often STATUS= is refreshed when nothing else wakes the pinger.
 STATUS_REFRESH_S = 1.0
+# During the start-up load, each tick asks systemd for this much more time from now
+# (EXTEND_TIMEOUT_USEC): a slow load is not killed by TimeoutStartSec, while a loop
+# that stops turning is, this long after its last word.
+EXTEND_TIMEOUT_S = 30.0
 
 
 class Notifier:
@@ -55,8 +59,15 @@ class Notifier:
             # The manager is gone or its socket is full: nothing to do but say so once.
             log.warning("sd_notify to %r failed: %s", os.environ.get("NOTIFY_SOCKET"), exc)
 
-    def status(self, text: str) -> None:
-        self.send(STATUS=text)
+    def status(self, text: str, *, extend_timeout_s: float | None = None) -> None:
+        if extend_timeout_s is None:
+            self.send(STATUS=text)
+        else:
+            self.send(STATUS=text, EXTEND_TIMEOUT_USEC=_usec(extend_timeout_s))
+
+    def extend_timeout(self, seconds: float) -> None:
+        """Ask for `seconds` more from now to finish starting (or stopping)."""
+        self.send(EXTEND_TIMEOUT_USEC=_usec(seconds))
 
     def ready(self, status: str) -> None:
         self.send(READY=1, STATUS=status, MAINPID=os.getpid())
@@ -71,6 +82,10 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _usec(seconds: float) -> int:
+    return int(seconds * 1_000_000)
 
 
 def watchdog_usec(environ: Mapping[str, str], pid: int) -> int | None:
@@ -88,10 +103,15 @@ def watchdog_usec(environ: Mapping[str, str], pid: int) -> int | None:
     return usec if usec > 0 else None
 
 
-async def ping_watchdog(notifier: Notifier, status: Callable[[], str | None] | None = None) -> None:
+async def ping_watchdog(
+    notifier: Notifier,
+    status: Callable[[], str | None] | None = None,
+    extending: Callable[[], bool] | None = None,
+) -> None:
     """Run on the event loop for the daemon's life: a ping per half timeout proves the
     loop itself turns, so a wedged loop stops pinging and systemd restarts us. Also
-    refreshes `STATUS=` when `status()` has something new to say."""
+    refreshes `STATUS=` when `status()` has something new to say, and extends the start
+    timeout each tick while `extending()` says the long start-up load is running."""
     interval = notifier.watchdog_interval_s
     tick = min(interval, STATUS_REFRESH_S) if interval else STATUS_REFRESH_S
     last_ping = 0.0
@@ -107,6 +127,8 @@ async def ping_watchdog(notifier: Notifier, status: Callable[[], str | None] | N
         if text is not None and text != last_status:
             notifier.status(text)
             last_status = text
+        if extending is not None and extending():
+            notifier.extend_timeout(EXTEND_TIMEOUT_S)
         await asyncio.sleep(tick)
 
 

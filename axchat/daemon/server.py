@@ -2,7 +2,8 @@
 signal drain then stop everything in reverse order.
 
 States: loading -> serving -> draining -> stopped. Signal handlers only set an event;
-all the work happens here, on the loop.
+all the work happens here, on the loop. (While serving, keep-alive may unload and
+reload the model: the device actor owns that.)
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import zmq
 import zmq.asyncio
 
 from axchat import endpoint as ep
-from axchat.actors.backends import DeviceBackend, ModelLoadError, load_backend
+from axchat.actors.backends import DeviceBackend, ModelLoadError
 from axchat.actors.device import DeviceActor
+from axchat.actors.keepalive import Residency
 from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.sampler import SamplerActor
 from axchat.actors.telemetry import TelemetryActor
-from axchat.actors.tokenizer import TokenizerActor, load_tokenizer
+from axchat.actors.tokenizer import TokenizerActor
+from axchat.daemon import model_load
 from axchat.daemon.config import ServeConfig
 from axchat.daemon.frontdoor import FrontDoor
-from axchat.daemon.notify import Notifier, ping_watchdog
+from axchat.daemon.notify import EXTEND_TIMEOUT_S, Notifier, ping_watchdog
 from axchat.daemon.supervisor import DaemonSupervisor
 from axchat.models.resolve import ResolvedModel, resolve
 
@@ -75,28 +78,18 @@ def claim_endpoint(endpoint: str, group: int | None = None) -> None:
     raise StartupError(f"another axchat daemon is already serving at {path}")
 
 
-async def load_model(cfg: ServeConfig, model: str) -> tuple[DeviceBackend, Any]:
+async def load_model(cfg: ServeConfig, model: str, phase: _Phase | None = None) -> tuple[DeviceBackend, Any]:
+    """The start-up load, its stages shown in `phase` (so in systemd's STATUS=)."""
     loop = asyncio.get_running_loop()
+
+    def stage(name: str) -> None:  # called from the loading thread
+        if phase is not None:
+            loop.call_soon_threadsafe(setattr, phase, "text", f"loading {model}: {name}")
+
     try:
-        backend = await loop.run_in_executor(
-            None,
-            lambda: load_backend(
-                cfg.backend,
-                model,
-                device=cfg.device,
-                dtype=cfg.dtype,
-                context=cfg.context,
-                threads=cfg.threads,
-                prefix_cache_bytes=cfg.prefix_cache_mb << 20,
-                build_root=cfg.build_root,
-                aipu_device=cfg.aipu_device,
-                aipu_runtime=cfg.aipu_runtime,
-            ),
-        )
-        tokenizer = await loop.run_in_executor(None, load_tokenizer, backend.info.tokenizer or model)
+        return await model_load.load_model(cfg, model, stage)
     except ModelLoadError as exc:
         raise StartupError(str(exc)) from None
-    return backend, tokenizer
 
 
 @dataclass
@@ -105,11 +98,24 @@ class _Phase:
 
     text: str = "starting"
     door: FrontDoor | None = None
+    device: DeviceActor | None = None
 
     def describe(self) -> str:
         if self.door is not None and self.text == "serving":
-            return f"serving {self.door.live_requests} request(s)"
+            return f"serving {self.door.live_requests} request(s){self._residency()}"
         return self.text
+
+    def _residency(self) -> str:
+        device = self.device
+        if device is None or device.residency is Residency.LOADED:
+            return ""
+        if device.residency is Residency.LOADING:
+            return ", model loading again"
+        return ", model unloaded (idle)"
+
+    def starting_load(self) -> bool:
+        """Still in the start-up load, which systemd's start timeout must not cut short."""
+        return self.door is None and self.text.startswith("loading")
 
 
 async def run(cfg: ServeConfig) -> int:
@@ -126,7 +132,9 @@ async def run(cfg: ServeConfig) -> int:
         outer.callback(notifier.close)
         # Pinging starts before the load: the loop is free while the model loads in a
         # worker thread, and a loop wedged even then should be restarted.
-        pinger = asyncio.create_task(ping_watchdog(notifier, phase.describe), name="sd-watchdog")
+        pinger = asyncio.create_task(
+            ping_watchdog(notifier, phase.describe, extending=phase.starting_load), name="sd-watchdog"
+        )
         outer.push_async_callback(_cancel_task, pinger)
 
         endpoint = ep.to_zmq(cfg.socket)
@@ -137,15 +145,19 @@ async def run(cfg: ServeConfig) -> int:
             raise StartupError(str(exc)) from None
         resolved = resolve_model(cfg)
         model = resolved.source
-        if cfg.keep_alive_s is not None:
-            # Parsed and validated so config files can carry it; unloading is issue 5's
-            # remaining piece.
-            log.warning("keep_alive=%gs is not implemented yet: the model stays loaded", cfg.keep_alive_s)
-        log.info("loading %s (backend %s, device %s, dtype %s)", model, cfg.backend, cfg.device, cfg.dtype)
+        log.info(
+            "loading %s (backend %s, device %s, dtype %s, keep-alive %s)",
+            model,
+            cfg.backend,
+            cfg.device,
+            cfg.dtype,
+            "forever" if cfg.keep_alive_s is None else f"{cfg.keep_alive_s:g}s",
+        )
         phase.text = f"loading {model}"
-        notifier.status(phase.text)
-        backend, tokenizer = await load_model(cfg, model)
-        return await _serve(cfg, stop, notifier, phase, endpoint, resolved, backend, tokenizer)
+        notifier.status(phase.text, extend_timeout_s=EXTEND_TIMEOUT_S)
+        # Unpacked straight into the call: no name here may keep the backend alive once
+        # keep-alive unloads it.
+        return await _serve(cfg, stop, notifier, phase, endpoint, resolved, *await load_model(cfg, model, phase))
 
 
 async def _serve(
@@ -172,9 +184,19 @@ async def _serve(
 
         # Consumers first, so nothing is ever sent to an inbox that does not exist;
         # the front door last, so no client is served before the chain is whole.
-        telemetry = TelemetryActor(bus, supervisor, info, max_queued=cfg.max_queued, temperature=backend.temperature_c)
+        device = DeviceActor(
+            bus,
+            supervisor,
+            backend,
+            max_running=cfg.max_running,
+            keep_alive_s=cfg.keep_alive_s,
+            loader=model_load.device_loader(cfg, model.source),
+        )
+        del backend  # the device actor is its one owner, so that unloading frees it
+        # Telemetry asks the device actor, never the backend: holding the backend (even
+        # a bound method of it) would keep an unloaded model in memory.
+        telemetry = TelemetryActor(bus, supervisor, info, max_queued=cfg.max_queued, temperature=device.temperature_c)
         sampler = SamplerActor(bus, supervisor)
-        device = DeviceActor(bus, supervisor, backend, max_running=cfg.max_running)
         tok = TokenizerActor(
             bus,
             supervisor,
@@ -220,7 +242,7 @@ async def _serve(
             info.dtype,
             info.context_length,
         )
-        phase.door, phase.text = door, "serving"
+        phase.door, phase.device, phase.text = door, device, "serving"
         notifier.ready(f"serving {info.model}")
         stopper = asyncio.create_task(stop.wait())
         waiters: list[asyncio.Future[Any]] = [stopper, supervisor.fatal]

@@ -1,9 +1,12 @@
-"""`axchat service print|install [--user]`: the systemd unit files in `systemd/`, with
-`ExecStart=` pointed at this installation's `axchat`."""
+"""`axchat service print|install [--user]`: the systemd unit files, with `ExecStart=`
+pointed at this installation's `axchat`. The templates are package data
+(`axchat/daemon/systemd/`, linked from the checkout's `systemd/`), so a wheel install
+has them too."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import os
 import shlex
 import shutil
@@ -11,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-UNIT_DIR = Path(__file__).resolve().parents[2] / "systemd"
+UNIT_PACKAGE = "axchat.daemon"
+UNIT_DIR = "systemd"  # inside UNIT_PACKAGE
 SYSTEM_UNIT = "axchat.service"
 USER_UNIT = "axchat-user.service"
 INSTALLED_NAME = "axchat.service"  # both install as axchat.service in their own manager
@@ -35,12 +39,16 @@ def axchat_command() -> str:
     return f"{shlex.quote(sys.executable)} -m axchat"
 
 
+def template(user: bool) -> importlib.resources.abc.Traversable:
+    return importlib.resources.files(UNIT_PACKAGE) / UNIT_DIR / (USER_UNIT if user else SYSTEM_UNIT)
+
+
 def render(user: bool, command: str | None = None) -> str:
-    template = UNIT_DIR / (USER_UNIT if user else SYSTEM_UNIT)
+    unit = template(user)
     try:
-        text = template.read_text()
+        text = unit.read_text()
     except OSError as exc:
-        raise UnitError(f"cannot read the unit template {template}: {exc.strerror}") from None
+        raise UnitError(f"cannot read the unit template {unit}: {exc.strerror}") from None
     return text.replace(TEMPLATE_EXEC, command or axchat_command())
 
 

@@ -16,6 +16,7 @@ import msgspec
 
 from axchat import autostart
 from axchat.client import Client, DaemonRestarted, DaemonUnavailable, RequestFailed, connect
+from axchat.frontends.loading import loading_line
 from axchat.protocol import v1
 from axchat.stats_line import format_host, format_stats
 
@@ -86,7 +87,35 @@ def _json_line(out: TextIO, event: dict[str, object]) -> None:
     out.flush()
 
 
-def _emit(body: v1.DaemonMessage, args: argparse.Namespace, out: TextIO) -> None:
+class _LoadingLine:
+    """The `loading` progress on a terminal's stderr: one line, rewritten in place, and
+    cleared before the answer starts. Nothing when stderr is not a terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.shown = False
+
+    def show(self, body: v1.Loading) -> None:
+        if self.stream.isatty():
+            self.stream.write(f"\r\033[Kaxchat: {loading_line(body)}")
+            self.stream.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
+
+
+def _emit(body: v1.DaemonMessage, args: argparse.Namespace, out: TextIO, loading: _LoadingLine) -> None:
+    if isinstance(body, v1.Loading):
+        if args.json:
+            _json_line(out, msgspec.to_builtins(body))
+        else:
+            loading.show(body)
+        return
+    loading.clear()
     if isinstance(body, v1.Delta):
         if args.json:
             _json_line(out, {"type": "delta", "text": body.text, "token_ids": body.token_ids})
@@ -135,6 +164,7 @@ def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, *, wait_s: flo
         interrupted = False
         streamed = False
         events = iter(stream)
+        loading = _LoadingLine(sys.stderr)
         while True:
             try:
                 body = next(events)
@@ -152,7 +182,7 @@ def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, *, wait_s: flo
                 stream.stall_timeout_s = CANCEL_WAIT_S
                 continue
             streamed = streamed or isinstance(body, v1.Delta)
-            _emit(body, args, out)
+            _emit(body, args, out, loading)
             if isinstance(body, v1.Error):
                 print(f"axchat ask: {body.code}: {body.message}", file=sys.stderr)
                 return EXIT_FAILED

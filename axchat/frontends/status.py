@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import msgspec
 
@@ -28,6 +29,7 @@ def _human(status: dict[str, object]) -> str:
         [
             f"model:    {status['model']} ({status['backend']} on {status['device']}, {status['dtype']})",
             f"context:  {status['context_length']} tokens",
+            f"memory:   {_residency(status)}",
             f"state:    {status['state']}, up {uptime:.0f}s, pid {status['pid']}",
             f"requests: {status['running']} running, {status['queued']} queued, {status['requests_total']} served",
             f"tokens:   {status['completion_tokens_total']} generated; {status['kv_sequences']} KV sequence(s) held",
@@ -40,6 +42,19 @@ def _human(status: dict[str, object]) -> str:
             *_request_lines(status.get("requests") or []),  # type: ignore[arg-type]
         ]
     )
+
+
+def _residency(status: dict[str, object], now: float | None = None) -> str:
+    """Whether the model is on the device and when keep-alive will unload it."""
+    if status.get("load_stage") is not None:
+        return f"model loading again ({status['load_stage']})"
+    if not status.get("loaded", True):
+        return "model unloaded after idling; the next request loads it"
+    unloads_at = status.get("unloads_at")
+    if unloads_at is None:
+        return "model loaded" + (" (busy)" if status.get("running") or status.get("queued") else "")
+    left = max(0.0, float(unloads_at) - (time.time() if now is None else now))  # type: ignore[arg-type]
+    return f"model loaded; unloads in {left:.0f}s if no request comes"
 
 
 def _request_lines(requests: list[dict[str, object]]) -> list[str]:
@@ -58,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Client(args.socket, connect_timeout_s=args.timeout) as client:
             client.hello()
-            status = msgspec.to_builtins(client.status())
+            # Every field, defaults too (the wire omits them): a script reads `loaded` as is.
+            status = msgspec.to_builtins(msgspec.structs.asdict(client.status()))
     except DaemonUnavailable as exc:
         print(f"axchat status: {exc}", file=sys.stderr)
         return EXIT_NO_DAEMON

@@ -18,7 +18,7 @@ from typing import Literal, Union
 import msgspec
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 0
+PROTOCOL_MINOR = 1  # 1.1: the `loading` event, status_reply's model residency fields
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # Default cap on one frame's size; the daemon announces its own in `welcome`.
@@ -36,6 +36,7 @@ ErrorCode = Literal[
     "busy",  # admission limits reached; retry after `retry_after_s`
     "shutting_down",  # the daemon is draining and admits nothing new
     "internal",  # a bug or device failure; the daemon keeps serving
+    "load_failed",  # the model was unloaded (keep-alive) and reloading it failed
     "daemon_restarted",  # never sent: a client's own verdict when its connection dropped mid-request
 ]
 
@@ -168,6 +169,17 @@ class Queued(_Message, tag="queued"):
     position: int
 
 
+class Loading(_Message, tag="loading"):
+    """The model was unloaded after idling (keep-alive) and is being loaded again for
+    this request; sent when the stage changes and about once a second meanwhile. Not
+    terminal: `queued`, `delta`s and `done` follow once it is loaded."""
+
+    model: str
+    stage: str  # "config", "weights", "warm-up": what the load is doing now
+    elapsed_s: float  # since this load began
+    last_load_s: float | None = None  # how long the previous load took, as a guide
+
+
 class Error(_Message, tag="error"):
     """Last frame of a request that failed before it started, or of a bad frame."""
 
@@ -211,13 +223,19 @@ class StatusReply(_Message, tag="status_reply"):
     max_queued: int = 0
     prefix_cache_entries: int = 0
     prefix_cache_bytes: int = 0
+    # Keep-alive: whether the model is on the device now; when it will be unloaded for
+    # idling (Unix time), None when never (no keep-alive, or requests are live); and the
+    # stage of a reload in progress.
+    loaded: bool = True
+    unloads_at: float | None = None
+    load_stage: str | None = None
 
 
 class Pong(_Message, tag="pong"):
     pass
 
 
-DaemonMessage = Union[Welcome, Delta, Done, Error, StatusReply, Pong, Queued]
+DaemonMessage = Union[Welcome, Delta, Done, Error, StatusReply, Pong, Queued, Loading]
 
 # Replies after which nothing more comes for that request id.
 TERMINAL = (Welcome, Done, Error, StatusReply, Pong)

@@ -31,6 +31,17 @@ def test_defaults_without_any_source(layout: tuple[Path, Path, dict[str, str]]) 
     assert cfg.threads is not None and cfg.threads >= 1
 
 
+def test_an_autostarted_daemon_unloads_after_5m_unless_a_setting_says_otherwise(
+    layout: tuple[Path, Path, dict[str, str]],
+) -> None:
+    _, user, env = layout
+    assert parse(["--autostarted"], env).keep_alive_s == config.AUTOSTART_KEEP_ALIVE_S == 300.0
+    assert parse(["--autostarted"], {**env, "AXCHAT_KEEP_ALIVE": "forever"}).keep_alive_s is None
+    user.write_text('keep_alive = "1h"\n')
+    assert parse(["--autostarted"], env).keep_alive_s == 3600.0
+    assert parse([], env).keep_alive_s == 3600.0
+
+
 def test_each_layer_overrides_the_one_below(layout: tuple[Path, Path, dict[str, str]]) -> None:
     system, user, env = layout
     system.write_text(

@@ -95,6 +95,9 @@ def test_ready_watchdog_and_stopping(tiny_model_dir: Path, listener: tuple[str, 
         d.wait_for_line("ready:", timeout_s=5)
         assert any(m.get("STATUS", "").startswith("loading ") for m in before), before
         assert not any("READY" in m for m in before)
+        # The long start-up load asks for more time than TimeoutStartSec would give.
+        extended = [int(m["EXTEND_TIMEOUT_USEC"]) for m in before if "EXTEND_TIMEOUT_USEC" in m]
+        assert extended and min(extended) >= 10_000_000, before
 
         client = RawClient(d.socket)
         client.send("long", chat("go on", max_tokens=600, ignore_eos=True))
@@ -105,6 +108,7 @@ def test_ready_watchdog_and_stopping(tiny_model_dir: Path, listener: tuple[str, 
         during = lst.drain()
         done = frames[-1]
         assert isinstance(done, v1.Done) and done.usage.completion_tokens == 600
+        assert not any("EXTEND_TIMEOUT_USEC" in m for _, m in early + during)  # only while starting
         pings = [t for t, m in during if m.get("WATCHDOG") == "1"]
         assert len(pings) >= 3, during
         gaps = [b - a for a, b in itertools.pairwise(pings)]

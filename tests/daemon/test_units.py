@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,41 @@ def test_serve_check_fails_on_a_device_torch_cannot_see(tiny_model_dir: Path, tm
     if proc.returncode == 0:
         pytest.skip("this machine has a CUDA device")
     assert proc.returncode == 1 and "no CUDA device" in proc.stderr
+
+
+def test_the_units_ship_in_the_wheel(tmp_path: Path) -> None:
+    """`axchat service print` from a wheel install, not a checkout: the templates are
+    package data, found through importlib.resources."""
+    root = Path(__file__).resolve().parents[2]
+    src = tmp_path / "src"
+    # Built from a copy, so the build leaves nothing in the checkout.
+    shutil.copytree(root / "axchat", src / "axchat", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if build.returncode != 0 and "No module named" in build.stderr:
+        pytest.skip(f"cannot build a wheel here: {build.stderr.strip().splitlines()[-1]}")
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("axchat-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    for user in (False, True):
+        assert (site / "axchat" / "daemon" / "systemd" / units.template(user).name).is_file()
+    # The installed copy alone on the path, run from elsewhere.
+    proc = subprocess.run(
+        [sys.executable, "-c", "from axchat.daemon import units; print(units.__file__); print(units.render(True, 'AXCHAT'))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    where, text = proc.stdout.split("\n", 1)
+    assert where.startswith(str(site))
+    assert "ExecStart=AXCHAT serve" in text and text.rstrip("\n") == units.render(True, "AXCHAT").rstrip("\n")

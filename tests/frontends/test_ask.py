@@ -125,6 +125,8 @@ def test_status_json(daemon: DaemonProcess) -> None:
     assert status["uptime_s"] > 0 and status["state"] == "serving"
     human = axchat("status", "--socket", daemon.socket)
     assert human.returncode == 0 and "context:  2048 tokens" in human.stdout
+    assert status["loaded"] is True and status["unloads_at"] is None  # no keep-alive: for ever
+    assert "memory:   model loaded\n" in human.stdout
 
 
 def test_ask_imports_no_torch_transformers_or_numpy() -> None:

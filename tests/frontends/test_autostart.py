@@ -42,6 +42,7 @@ def test_two_asks_at_once_start_exactly_one_daemon(tiny_model_dir: Path, tmp_pat
         status = run(env, "status", "--json")
         assert status.returncode == 0, status.stderr
         pid = json.loads(status.stdout)["pid"]
+        assert "keep-alive 300s" in text  # a daemon nobody installed lets its model go when idle
     finally:
         stop = run(env, "stop")
     assert stop.returncode == 0, stop.stderr

@@ -1,5 +1,5 @@
-"""A daemon that dies mid-request: its client hears `daemon_restarted`, and `ask`
-retries once when nothing of the answer had been shown."""
+"""A daemon that dies mid-request: its client hears `daemon_restarted`, and `ask` and
+`chat` retry once when nothing of the answer had been shown."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def test_kill_9_mid_stream_then_restart(tiny_model_dir: Path) -> None:
         assert second.stop() == 0
 
 
-def test_ask_retries_once_when_nothing_was_shown(tiny_model_dir: Path) -> None:
-    sock = str(short_socket_dir() / "d.sock")
+def start_problem_daemon(sock: str) -> subprocess.Popen[str]:
+    """A daemon that says hello, then dies as soon as a generate arrives."""
     problem = subprocess.Popen(
         [sys.executable, str(PROBLEM_DAEMON), sock],
         env={**os.environ, "AXCHAT_PROBLEM": "die_on_generate"},
@@ -46,6 +46,12 @@ def test_ask_retries_once_when_nothing_was_shown(tiny_model_dir: Path) -> None:
         text=True,
     )
     assert problem.stdout is not None and problem.stdout.readline().strip() == "listening"
+    return problem
+
+
+def test_ask_retries_once_when_nothing_was_shown(tiny_model_dir: Path) -> None:
+    sock = str(short_socket_dir() / "d.sock")
+    problem = start_problem_daemon(sock)
     ask = subprocess.Popen(
         [sys.executable, "-m", "axchat", "ask", "--socket", sock, "--max-tokens", "8", "Try twice"],
         stdout=subprocess.PIPE,
@@ -65,3 +71,34 @@ def test_ask_retries_once_when_nothing_was_shown(tiny_model_dir: Path) -> None:
         if ask.poll() is None:
             ask.kill()
             ask.wait()
+
+
+def test_plain_chat_retries_once_when_nothing_was_shown(tiny_model_dir: Path, tmp_path: Path) -> None:
+    sock = str(short_socket_dir() / "d.sock")
+    problem = start_problem_daemon(sock)
+    chat_proc = subprocess.Popen(
+        [sys.executable, "-m", "axchat", "chat", "--plain", "--socket", sock, "--max-tokens", "8"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")},
+    )
+    assert chat_proc.stdin is not None
+    chat_proc.stdin.write(b"Try twice\n")
+    chat_proc.stdin.close()
+    try:
+        assert problem.wait(60) == 3  # it died holding the request
+        real = DaemonProcess(tiny_model_dir, socket=sock).wait_ready()
+        try:
+            assert chat_proc.wait(120) == 0
+            assert chat_proc.stdout is not None and chat_proc.stderr is not None
+            out, err = chat_proc.stdout.read().decode(), chat_proc.stderr.read().decode()
+            assert "daemon_restarted" in err and "retrying once" in err, err
+            expected = reference_text(real, chat("Try twice", max_tokens=8))
+            assert out == f"User: Try twice\nAssistant: {expected}\nUser: \n", out
+        finally:
+            assert real.stop() == 0
+    finally:
+        if chat_proc.poll() is None:
+            chat_proc.kill()
+            chat_proc.wait()

@@ -22,10 +22,11 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widgets import Markdown
+from textual.widgets.markdown import MarkdownStream
 from textual.worker import Worker, WorkerState
 
-from axchat.aclient import AsyncClient, DaemonUnavailable, GenerateHandle, RequestFailed
-from axchat.endpoint import describe, to_zmq
+from axchat.aclient import AsyncClient, DaemonRestarted, DaemonUnavailable, GenerateHandle, RequestFailed
+from axchat.endpoint import client_endpoint, describe
 from axchat.frontends.chat import commands
 from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn, open_conversation
 from axchat.frontends.chat.widgets import (
@@ -37,6 +38,7 @@ from axchat.frontends.chat.widgets import (
     StatusLine,
     UserBubble,
 )
+from axchat.frontends.loading import loading_line
 from axchat.protocol import v1
 from axchat.stats_line import format_host, format_stats
 
@@ -46,6 +48,9 @@ STALL_TIMEOUT_S = 300.0  # the heartbeat notices a dead daemon long before this
 RECONNECT_FIRST_S = 0.5
 RECONNECT_CAP_S = 8.0
 CANCEL_SEND_S = 1.0
+# After the daemon restarted mid-request, how long to wait for it to serve again (a
+# model load) before asking once more, as `axchat ask` does.
+RESTART_WAIT_S = 120.0
 
 
 @dataclass
@@ -61,6 +66,7 @@ class PendingAnswer:
     handle: GenerateHandle | None = None
     settled: bool = False
     lost_daemon: bool = False
+    loading_shown: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
@@ -119,6 +125,7 @@ class ChatApp(App[None]):
         self._quit_armed = False
         self._last_traffic = time.monotonic()
         self._pinging = False
+        self._awaiting_restart = False  # the answer worker waits for a restarted daemon
 
     # ------------------------------------------------------------ layout
 
@@ -182,7 +189,7 @@ class ChatApp(App[None]):
             await old.close()
         self.refresh_footer()
         delay = RECONNECT_FIRST_S
-        where = describe(to_zmq(self.socket))
+        where = describe(client_endpoint(self.socket))
         if lost is None:
             self.status_line.say(f"connecting to the daemon at {where}…")
         else:
@@ -208,7 +215,7 @@ class ChatApp(App[None]):
 
     def check_daemon(self) -> None:
         quiet = time.monotonic() - self._last_traffic >= self.heartbeat_s
-        if self.client is not None and quiet and not self._pinging:
+        if self.client is not None and quiet and not self._pinging and not self._awaiting_restart:
             self._pinging = True  # one ping at a time: a new one must not cancel the one waiting
             self.ping_daemon(self.client)
 
@@ -285,26 +292,17 @@ class ChatApp(App[None]):
         self.last_request = request
         stream = Markdown.get_stream(pending.bubble)
         try:
-            pending.handle = await client.generate(request)
-            async for event in pending.handle.events(stall_timeout_s=STALL_TIMEOUT_S):
-                self._last_traffic = time.monotonic()
-                if isinstance(event, v1.Delta):
-                    pending.text += event.text
-                    await stream.write(event.text)
-                elif isinstance(event, v1.Done):
-                    if event.finish_reason == "error":
-                        detail = event.error.message if event.error else "unknown error"
-                        self.fail_answer(pending, f"the daemon failed to answer: {detail}; your prompt is back")
-                    elif event.finish_reason == "cancelled":
-                        # Not ours (ours ends the worker first): the daemon is shutting down.
-                        self.fail_answer(pending, "the daemon stopped the answer; your prompt is back in the input")
-                    else:
-                        await stream.stop()  # the bubble shows every token before the turn is kept
-                        self.settle_answer(pending, event.finish_reason, event)
-                elif isinstance(event, v1.Error):
-                    self.fail_answer(pending, f"{event.code}: {event.message}; your prompt is back in the input")
-                    if event.code == "shutting_down":
-                        self.daemon_lost("it is shutting down")
+            try:
+                await self._stream_events(client, request, pending, stream)
+            except DaemonRestarted as exc:
+                if pending.text:
+                    raise
+                # Nothing shown yet, so asking again cannot repeat or garble the answer.
+                self.status_line.say(f"{exc}; asking once more when it is back…", error=True)
+                if not await self._daemon_back(client):
+                    raise
+                self.status_line.say("the daemon is back; asked again")
+                await self._stream_events(client, request, pending, stream)
         except asyncio.CancelledError:
             if pending.handle is not None and not pending.lost_daemon:
                 # Best effort: the daemon also cancels the requests of clients that vanish.
@@ -313,7 +311,7 @@ class ChatApp(App[None]):
             await stream.stop()
             self.settle_answer(pending, "cancelled", None)
             raise
-        except (DaemonUnavailable, zmq.ZMQError) as exc:
+        except (DaemonUnavailable, DaemonRestarted, zmq.ZMQError) as exc:
             pending.lost_daemon = True
             self.fail_answer(pending, f"the daemon went away ({exc}); your prompt is back in the input")
             self.daemon_lost(str(exc))
@@ -321,6 +319,56 @@ class ChatApp(App[None]):
             self.fail_answer(pending, str(exc))
         finally:
             await stream.stop()
+
+    async def _stream_events(
+        self, client: AsyncClient, request: v1.Generate, pending: PendingAnswer, stream: MarkdownStream
+    ) -> None:
+        pending.handle = await client.generate(request)
+        async for event in pending.handle.events(stall_timeout_s=STALL_TIMEOUT_S):
+            self._last_traffic = time.monotonic()
+            if isinstance(event, v1.Loading):
+                pending.loading_shown = True
+                self.status_line.say(loading_line(event))
+            elif isinstance(event, v1.Delta):
+                if pending.loading_shown:
+                    pending.loading_shown = False
+                    self.status_line.say("model loaded again")
+                pending.text += event.text
+                await stream.write(event.text)
+            elif isinstance(event, v1.Done):
+                if event.finish_reason == "error":
+                    detail = event.error.message if event.error else "unknown error"
+                    self.fail_answer(pending, f"the daemon failed to answer: {detail}; your prompt is back")
+                elif event.finish_reason == "cancelled":
+                    # Not ours (ours ends the worker first): the daemon is shutting down.
+                    self.fail_answer(pending, "the daemon stopped the answer; your prompt is back in the input")
+                else:
+                    await stream.stop()  # the bubble shows every token before the turn is kept
+                    self.settle_answer(pending, event.finish_reason, event)
+            elif isinstance(event, v1.Error):
+                self.fail_answer(pending, f"{event.code}: {event.message}; your prompt is back in the input")
+                if event.code == "shutting_down":
+                    self.daemon_lost("it is shutting down")
+
+    async def _daemon_back(self, client: AsyncClient) -> bool:
+        """Wait for a restarted daemon to answer `hello` on the same socket (ZeroMQ
+        reconnects it by itself), backing off to a second; False after RESTART_WAIT_S.
+        The heartbeat holds off meanwhile: this wait is its job done more patiently."""
+        self._awaiting_restart = True
+        deadline = time.monotonic() + RESTART_WAIT_S
+        pause = 0.05
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    self.welcome = await client.hello()
+                    self._last_traffic = time.monotonic()
+                    return True
+                except (DaemonUnavailable, RequestFailed):
+                    await asyncio.sleep(pause)  # the backoff itself, not a synchronisation
+                    pause = min(pause * 2, 1.0)
+            return False
+        finally:
+            self._awaiting_restart = False
 
     def settle_answer(self, pending: PendingAnswer, finish_reason: str, done: v1.Done | None) -> None:
         """Keep the answer (whole or partial) in the conversation, once."""

@@ -9,8 +9,9 @@ import argparse
 import sys
 from typing import TextIO
 
-from axchat.client import Client, DaemonUnavailable, GenerateStream, RequestFailed
+from axchat.client import Client, DaemonRestarted, DaemonUnavailable, GenerateStream, RequestFailed, connect
 from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn, open_conversation
+from axchat.frontends.loading import loading_line
 from axchat.protocol import v1
 
 EXIT_NO_DAEMON = 2
@@ -18,6 +19,9 @@ EXIT_INTERRUPTED = 130
 # Without the TUI's heartbeat, a daemon silent this long is taken for gone.
 STALL_TIMEOUT_S = 120.0
 CANCEL_WAIT_S = 5.0
+# After the daemon restarted mid-request, how long to wait for it to serve again (a
+# model load) before asking once more, as `axchat ask` does.
+RESTART_WAIT_S = 120.0
 LEAVE_WORDS = frozenset({"exit", "quit"})
 
 
@@ -32,6 +36,7 @@ class PlainChat:
         )
         self.client: Client | None = None
         self.welcome: v1.Welcome | None = None
+        self.prefix_due = False  # "Assistant: " waits for the answer, after any `loading` lines
 
     def connect(self) -> Client:
         if self.client is None:
@@ -85,9 +90,18 @@ class PlainChat:
         user_turn = Turn("user", prompt)
         self.conversation.turns.append(user_turn)
         self.store.save(self.conversation)
+        received: list[str] = []
         try:
-            client = self.connect()
-            finish_reason, text = self.stream(client)
+            try:
+                finish_reason, text = self.stream(self.connect(), received)
+            except DaemonRestarted as exc:
+                if received:
+                    raise
+                # Nothing shown yet, so asking again cannot repeat or garble the answer.
+                print(f"axchat chat: {exc}; retrying once", file=sys.stderr)
+                self.drop_client()
+                self.client = connect(self.args.socket, wait_s=RESTART_WAIT_S)
+                finish_reason, text = self.stream(self.client, received)
         except (DaemonUnavailable, RequestFailed) as exc:
             if isinstance(exc, DaemonUnavailable):
                 self.drop_client()
@@ -98,7 +112,7 @@ class PlainChat:
         self.conversation.turns.append(Turn("assistant", text, finish_reason))
         self.store.save(self.conversation)
 
-    def stream(self, client: Client) -> tuple[str, str]:
+    def stream(self, client: Client, received: list[str]) -> tuple[str, str]:
         request = v1.Generate(
             messages=self.conversation.messages(),
             sampling=v1.Sampling(
@@ -108,9 +122,7 @@ class PlainChat:
             ),
         )
         stream = client.generate(request, stall_timeout_s=STALL_TIMEOUT_S)
-        self.out.write("Assistant: ")
-        self.out.flush()
-        received: list[str] = []
+        self.prefix_due = True
         interrupted = False
         while True:
             # Ctrl-C can land anywhere in the loop that shows the answer (a signal is
@@ -128,7 +140,17 @@ class PlainChat:
 
     def show(self, stream: GenerateStream, received: list[str]) -> tuple[str, str]:
         """Write the answer as it streams; its finish reason and whole text."""
+        last_stage = None
         for body in stream:
+            if isinstance(body, v1.Loading):
+                # A line per stage, on a terminal only: a transcript on stdout stays clean.
+                if sys.stderr.isatty() and body.stage != last_stage:
+                    print(f"({loading_line(body)})", file=sys.stderr)
+                last_stage = body.stage
+                continue
+            if self.prefix_due:
+                self.out.write("Assistant: ")
+                self.prefix_due = False
             if isinstance(body, v1.Delta):
                 received.append(body.text)
                 self.out.write(body.text)
@@ -137,7 +159,7 @@ class PlainChat:
                 if body.finish_reason == "error":
                     self.out.write("\n")
                     detail = body.error.message if body.error else "unknown error"
-                    raise RequestFailed(v1.Error(code="internal", message=detail))
+                    raise RequestFailed(v1.Error(code=body.error.code if body.error else "internal", message=detail))
                 self.out.write(" [stopped]\n" if body.finish_reason == "cancelled" else "\n")
                 self.out.flush()
                 return body.finish_reason, "".join(received)

@@ -89,6 +89,9 @@ class BridgeMetrics:
         if status is not None:
             lines += _gauge("axchat_daemon_running_requests", "Requests the daemon is generating.", status.running)
             lines += _gauge("axchat_daemon_queued_requests", "Requests waiting for a device slot.", status.queued)
+            lines += _gauge(
+                "axchat_daemon_model_loaded", "1 while the model is loaded (keep-alive unloads it when idle).", int(status.loaded)
+            )
         return "\n".join(lines) + "\n"
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +20,7 @@ from axchat.frontends.chat.widgets import AssistantBubble, InfoFooter, NoteBubbl
 from axchat.protocol import v1
 
 WAIT_S = 30.0
+PROBLEM_DAEMON = Path(__file__).resolve().parents[2] / "problemdaemon.py"
 
 
 async def wait_until(pilot: Pilot[None], condition: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> None:
@@ -301,3 +305,39 @@ async def test_daemon_restart_gives_the_prompt_back_and_reconnects(
         first.stop(signal.SIGKILL)
         if second is not None:
             assert second.stop() == 0, second.log_text()
+
+
+async def test_daemon_dying_before_any_token_is_asked_again(tiny_model_dir: Path, store: ConversationStore) -> None:
+    """The async client hears the drop itself (socket monitor), and with nothing shown
+    yet the app asks once more when the daemon is back, without the user's help."""
+    sock = str(short_socket_dir() / "d.sock")
+    problem = subprocess.Popen(
+        [sys.executable, str(PROBLEM_DAEMON), sock],
+        env={**os.environ, "AXCHAT_PROBLEM": "die_on_generate"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert problem.stdout is not None and problem.stdout.readline().strip() == "listening"
+    real: DaemonProcess | None = None
+    try:
+        app = make_app(sock, store, max_tokens=6)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await connected(pilot)
+            status = app.query_one(StatusLine)
+            await send(pilot, "Try twice")
+            await wait_until(pilot, lambda: problem.poll() is not None, "the problem daemon to die")
+            assert problem.returncode == 3
+            await wait_until(pilot, lambda: "daemon_restarted" in status.text, "the status line to say so")
+            assert app.pending is not None and app.conversation.turns[0].content == "Try twice"
+            real = DaemonProcess(tiny_model_dir, socket=sock).wait_ready()
+            await answered(pilot, 2)
+            expected, _ = reference(real, [user("Try twice")], max_tokens=6)
+            assert app.conversation.turns[1].content == expected
+            assert app.query_one(PromptInput).text == ""  # nothing was handed back
+            assert "asked again" in status.text
+    finally:
+        if problem.poll() is None:
+            problem.kill()
+            problem.wait()
+        if real is not None:
+            assert real.stop() == 0, real.log_text()
