@@ -107,7 +107,10 @@ class DaemonProcess(LoggedProcess):
     def __init__(self, model: Path | str, *extra: str, socket: str | None = None, env: dict[str, str] | None = None):
         self.socket_dir = short_socket_dir()
         self.socket = socket or str(self.socket_dir / "d.sock")
-        cmd = [sys.executable, "-m", "axchat", "serve", "--model", str(model), "--socket", self.socket, *extra]
+        # float32 unless a test says otherwise: tests compare greedy output with
+        # transformers' float32 reference, and "auto" may measure bfloat16 faster.
+        pinned = () if "--dtype" in extra else ("--dtype", "float32")
+        cmd = [sys.executable, "-m", "axchat", "serve", "--model", str(model), "--socket", self.socket, *pinned, *extra]
         super().__init__(cmd, env)
 
     def wait_ready(self) -> DaemonProcess:

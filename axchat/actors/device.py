@@ -4,6 +4,7 @@ and batched decode steps on one device thread while its mailbox keeps answering.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 import time
@@ -70,6 +71,47 @@ def _ms(ns: int) -> float:
     return ns / 1e6
 
 
+class DecodeClock:
+    """The decode forward's time against the daemon's own time between two decode
+    steps back to back (logits to the sampler, the sampled token back, the actors'
+    hops): the latter is what the daemon adds to every token of every stream.
+
+    Over the last `window` steps; a prefill chunk between two decode steps is not
+    overhead, so such a gap is not counted.
+    """
+
+    def __init__(self, window: int = 64) -> None:
+        self._forward: collections.deque[int] = collections.deque(maxlen=window)
+        self._gaps: collections.deque[int] = collections.deque(maxlen=window)
+        self._last_end_ns = 0
+
+    def timed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` as run on the device thread, its duration recorded as a decode forward."""
+
+        def run(*args: Any) -> Any:
+            start = time.monotonic_ns()
+            try:
+                return fn(*args)
+            finally:
+                end = time.monotonic_ns()
+                self._forward.append(end - start)
+                if self._last_end_ns:
+                    self._gaps.append(start - self._last_end_ns)
+                self._last_end_ns = end
+
+        return run
+
+    def interrupted(self) -> None:
+        """Something other than a decode step ran: the next gap is not overhead."""
+        self._last_end_ns = 0
+
+    def step_ms(self) -> float:
+        return _ms(sum(self._forward) // len(self._forward)) if self._forward else 0.0
+
+    def overhead_ms(self) -> float:
+        return _ms(sum(self._gaps) // len(self._gaps)) if self._gaps else 0.0
+
+
 class DeviceActor(Actor):
     name = "device"
 
@@ -92,6 +134,8 @@ class DeviceActor(Actor):
         self._wake = asyncio.Event()
         self._stepper: asyncio.Task[None] | None = None
         self._decode_next = False  # alternates prefill chunks with decode steps
+        self.clock = DecodeClock()
+        self._timed_decode = self.clock.timed(backend.decode)
 
     # ------------------------------------------------------------ mailbox
 
@@ -135,6 +179,8 @@ class DeviceActor(Actor):
             max_running=self.max_running,
             prefix_cache_entries=entries,
             prefix_cache_bytes=nbytes,
+            step_ms=self.clock.step_ms(),
+            overhead_ms_per_token=self.clock.overhead_ms(),
         )
 
     async def _sampled(self, msg: m.Sampled) -> None:
@@ -219,6 +265,7 @@ class DeviceActor(Actor):
             return True
         if prefilling:
             self._decode_next = True
+            self.clock.interrupted()
             await self._prefill_chunk(prefilling[0])
             return True
         return False
@@ -287,7 +334,7 @@ class DeviceActor(Actor):
     async def _decode(self, seqs: list[_Sequence]) -> None:
         for seq in seqs:
             seq.fed.append(seq.next_token)
-        logits = await self._forward(seqs, self.backend.decode, [s.rid for s in seqs], [s.next_token for s in seqs])
+        logits = await self._forward(seqs, self._timed_decode, [s.rid for s in seqs], [s.next_token for s in seqs])
         if logits is None:
             return
         for seq, row in zip(seqs, logits, strict=True):

@@ -156,6 +156,8 @@ class DeviceReport(_Internal, tag="device_report"):
     max_running: int = 0
     prefix_cache_entries: int = 0
     prefix_cache_bytes: int = 0
+    step_ms: float = 0.0
+    overhead_ms_per_token: float = 0.0
 
 
 class Outbound(_Internal, tag="outbound"):

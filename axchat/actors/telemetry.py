@@ -148,6 +148,13 @@ class TelemetryActor(Actor):
             max_queued=self._max_queued,
             prefix_cache_entries=report.prefix_cache_entries,
             prefix_cache_bytes=report.prefix_cache_bytes,
+            decode_path=info.decode_path,
+            threads=info.threads,
+            dtype_reason=info.dtype_reason,
+            compiled=info.compiled,
+            compile_s=info.compile_s,
+            step_ms=report.step_ms,
+            overhead_ms_per_token=report.overhead_ms_per_token,
         )
 
     def _temperature_c(self) -> float | None:

@@ -90,6 +90,7 @@ async def load_model(cfg: ServeConfig, model: str) -> tuple[DeviceBackend, Any]:
                 context=cfg.context,
                 threads=cfg.threads,
                 prefix_cache_bytes=cfg.prefix_cache_mb << 20,
+                compile=cfg.compile,
                 build_root=cfg.build_root,
                 aipu_device=cfg.aipu_device,
                 aipu_runtime=cfg.aipu_runtime,

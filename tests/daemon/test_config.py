@@ -28,7 +28,7 @@ def test_defaults_without_any_source(layout: tuple[Path, Path, dict[str, str]]) 
     cfg = parse([], env)
     assert cfg.model is None and cfg.device == "auto" and cfg.keep_alive_s is None
     assert cfg.drain_timeout_s == ServeConfig.drain_timeout_s and cfg.socket_mode == 0o660
-    assert cfg.threads is not None and cfg.threads >= 1
+    assert cfg.threads is None and cfg.compile is False  # None: measured at load from the usable cores
 
 
 def test_each_layer_overrides_the_one_below(layout: tuple[Path, Path, dict[str, str]]) -> None:
