@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PROBE_PROMPT = 32  # tokens fed before timing, so attention has some length to read
 PROBE_STEPS = 6
+PROBE_CHUNK = 32  # a prompt chunk's tokens when timing prefill
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,23 @@ class Tuned:
 
 def step_ms(lean: LeanLlama, steps: int = PROBE_STEPS, slot: int = 0) -> float:
     """Median milliseconds of a batch-1 decode step on `slot` (its KV is overwritten)."""
+    return _probe(lean, rows=1, chunk=1, repeats=steps, first_slot=slot)
+
+
+def _probe(lean: LeanLlama, rows: int, chunk: int, repeats: int, first_slot: int = 0) -> float:
+    """Median milliseconds of a forward of `chunk` tokens on each of `rows` slots,
+    after a PROBE_PROMPT-token prompt in each and one untimed forward."""
+    slots = list(range(first_slot, first_slot + rows))
     with torch.inference_mode():
         prompt = torch.arange(PROBE_PROMPT, device=lean.device)[None] % 8
-        lean.forward(prompt, [slot], [0])
-        token = torch.zeros((1, 1), dtype=torch.long, device=lean.device)
-        lean.forward(token, [slot], [PROBE_PROMPT])  # first-call allocations off the clock
+        for slot in slots:
+            lean.forward(prompt, [slot], [0])
+        tokens = torch.zeros((rows, chunk), dtype=torch.long, device=lean.device)
+        lean.forward(tokens, slots, [PROBE_PROMPT] * rows)  # first-call allocations off the clock
         times = []
-        for i in range(steps):
+        for i in range(repeats):
             t0 = time.perf_counter()
-            lean.forward(token, [slot], [PROBE_PROMPT + 1 + i])
+            lean.forward(tokens, slots, [PROBE_PROMPT + (i + 1) * chunk] * rows)
             times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
 
@@ -52,21 +61,41 @@ def step_ms(lean: LeanLlama, steps: int = PROBE_STEPS, slot: int = 0) -> float:
 def choose(
     build: Callable[[torch.dtype], LeanLlama], dtypes: Sequence[torch.dtype], threads: Sequence[int]
 ) -> Tuned:
-    """Time a few decode steps for each dtype and thread count; keep the fastest."""
-    timings: dict[tuple[torch.dtype, int], float] = {}
+    """Time what the scheduler runs (a batch-1 decode step, a full-batch decode step,
+    a prompt chunk) for each dtype and thread count; keep the candidate whose worst
+    slowdown against the best on any of the three is smallest.
+
+    All three count: bfloat16 without native CPU support halves the bytes a batch-1
+    step reads, but its matmuls then run several times slower for a batch or a prompt.
+    """
+    timings: dict[tuple[torch.dtype, int], tuple[float, float, float]] = {}
     built: dict[torch.dtype, LeanLlama] = {}
     for dtype in dtypes:
-        built[dtype] = build(dtype)
+        lean = built[dtype] = build(dtype)
+        rows = lean.cache.shape[0]
         for n in threads:
             torch.set_num_threads(n)
-            timings[dtype, n] = step_ms(built[dtype])
-    (dtype, n), _ = min(timings.items(), key=lambda kv: kv[1])
+            timings[dtype, n] = (
+                _probe(lean, 1, 1, PROBE_STEPS),
+                _probe(lean, rows, 1, PROBE_STEPS // 2),
+                _probe(lean, 1, PROBE_CHUNK, 2),
+            )
+    best = [min(t[i] for t in timings.values()) for i in range(3)]
+
+    def regret(key: tuple[torch.dtype, int]) -> float:
+        return max(t / b for t, b in zip(timings[key], best, strict=True))
+
+    dtype, n = min(timings, key=regret)
     torch.set_num_threads(n)
-    measured = ", ".join(f"{_name(d)}/{t} threads {ms:.1f} ms" for (d, t), ms in timings.items())
+    rows = built[dtype].cache.shape[0]
+    measured = "; ".join(
+        f"{_name(d)}/{t} threads {b1:.1f}/{bn:.1f}/{pf:.1f} ms" for (d, t), (b1, bn, pf) in timings.items()
+    )
+    what = f"decode b1/decode b{rows}/prompt chunk of {PROBE_CHUNK}"
     if len(timings) == 1:
-        reason = f"as configured ({measured} per decode step)"
+        reason = f"as configured ({what}: {measured})"
     else:
-        reason = f"fastest measured decode step: {measured}"
+        reason = f"least slowdown on the worst of {what}: {measured}"
     return Tuned(built[dtype], dtype, n, reason)
 
 
