@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 PROBE_PROMPT = 32  # tokens fed before timing, so attention has some length to read
 PROBE_STEPS = 6
 PROBE_CHUNK = 32  # a prompt chunk's tokens when timing prefill
+PRUNE = 2.0  # a candidate this many times slower at batch-1 decode is not probed further
 
 
 @dataclass(frozen=True)
@@ -68,18 +69,22 @@ def choose(
     All three count: bfloat16 without native CPU support halves the bytes a batch-1
     step reads, but its matmuls then run several times slower for a batch or a prompt.
     """
-    timings: dict[tuple[torch.dtype, int], tuple[float, float, float]] = {}
-    built: dict[torch.dtype, LeanLlama] = {}
-    for dtype in dtypes:
-        lean = built[dtype] = build(dtype)
-        rows = lean.cache.shape[0]
+    built = {dtype: build(dtype) for dtype in dtypes}
+    b1: dict[tuple[torch.dtype, int], float] = {}
+    for dtype, lean in built.items():
         for n in threads:
             torch.set_num_threads(n)
-            timings[dtype, n] = (
-                _probe(lean, 1, 1, PROBE_STEPS),
-                _probe(lean, rows, 1, PROBE_STEPS // 2),
-                _probe(lean, 1, PROBE_CHUNK, 2),
-            )
+            b1[dtype, n] = _probe(lean, 1, 1, PROBE_STEPS)
+    timings: dict[tuple[torch.dtype, int], tuple[float, float, float]] = {}
+    for (dtype, n), ms in b1.items():
+        if ms > PRUNE * min(b1.values()):
+            # This far behind on the commonest step it cannot win; its slower probes
+            # would take seconds (a stalled thread pool) for nothing.
+            timings[dtype, n] = (ms, float("inf"), float("inf"))
+            continue
+        torch.set_num_threads(n)
+        lean = built[dtype]
+        timings[dtype, n] = (ms, _probe(lean, lean.cache.shape[0], 1, 2), _probe(lean, 1, PROBE_CHUNK, 1))
     best = [min(t[i] for t in timings.values()) for i in range(3)]
 
     def regret(key: tuple[torch.dtype, int]) -> float:
@@ -89,7 +94,8 @@ def choose(
     torch.set_num_threads(n)
     rows = built[dtype].cache.shape[0]
     measured = "; ".join(
-        f"{_name(d)}/{t} threads {b1:.1f}/{bn:.1f}/{pf:.1f} ms" for (d, t), (b1, bn, pf) in timings.items()
+        f"{_name(d)}/{t} threads " + "/".join(f"{x:.1f}" if x < float("inf") else "-" for x in ms) + " ms"
+        for (d, t), ms in timings.items()
     )
     what = f"decode b1/decode b{rows}/prompt chunk of {PROBE_CHUNK}"
     if len(timings) == 1:
