@@ -17,6 +17,7 @@ from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
 from axchat.actors.fair_queue import FairQueue
 from axchat.actors.mailbox import Actor, Bus, Supervisor
+from axchat.actors.sampling import SequenceSampler
 from axchat.protocol.v1 import ErrorInfo, FinishReason, RequestInfo, Sampling
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class _Sequence:
     pending_end: FinishReason | None = None
     admitted_ns: int = field(default_factory=time.monotonic_ns)
     timings: m.DeviceTimings = field(default_factory=m.DeviceTimings)
+    greedy: SequenceSampler | None = None  # set for greedy requests: sampled here, not by the sampler actor
 
     def info(self) -> RequestInfo:
         state: Literal["queued", "prefill", "decode"] = "decode"
@@ -187,11 +189,31 @@ class DeviceActor(Actor):
         seq = self._running.get(msg.rid)
         if seq is None or seq.state is not SeqState.SAMPLING:
             return  # ended while the sampler worked
+        await self._take_token(seq, msg.token_id)
+
+    async def _to_sampler(self, seq: _Sequence, logits: Any, first: bool) -> None:
+        """Hand a row of logits on for the next token. Greedy requests pick it here:
+        an argmax costs microseconds, the round trip through the sampler actor
+        (two hops and a copy of the row each way) about a millisecond a token."""
+        seq.state = SeqState.SAMPLING
+        if first:
+            sampler = SequenceSampler(seq.sampling, seq.prompt_ids)
+            seq.greedy = sampler if sampler.greedy else None
+        if seq.greedy is not None:
+            await self._take_token(seq, seq.greedy.choose(logits))
+        elif first:
+            await self.send(
+                "sampler",
+                m.Logits(rid=seq.rid, data=logits.tobytes(), sampling=seq.sampling, context_ids=seq.prompt_ids),
+            )
+        else:
+            await self.send("sampler", m.Logits(rid=seq.rid, data=logits.tobytes()))
+
+    async def _take_token(self, seq: _Sequence, token: int) -> None:
         now = time.monotonic_ns()
         if seq.completion_tokens == 0:
             seq.timings.first_token_ns = now
         seq.timings.last_token_ns = now
-        token = msg.token_id
         if token in seq.eos_ids and not seq.sampling.ignore_eos:
             await self._end(seq, "stop")
             return
@@ -325,11 +347,7 @@ class DeviceActor(Actor):
         if end < total:
             seq.state = SeqState.PREFILL  # more chunks; other users' steps go between
             return
-        seq.state = SeqState.SAMPLING
-        await self.send(
-            "sampler",
-            m.Logits(rid=seq.rid, data=logits.tobytes(), sampling=seq.sampling, context_ids=seq.prompt_ids),
-        )
+        await self._to_sampler(seq, logits, first=True)
 
     async def _decode(self, seqs: list[_Sequence]) -> None:
         for seq in seqs:
@@ -340,8 +358,7 @@ class DeviceActor(Actor):
         for seq, row in zip(seqs, logits, strict=True):
             if await self._ended_during_forward(seq):
                 continue
-            seq.state = SeqState.SAMPLING
-            await self.send("sampler", m.Logits(rid=seq.rid, data=row.tobytes()))
+            await self._to_sampler(seq, row, first=False)
 
     async def _ended_during_forward(self, seq: _Sequence) -> bool:
         if seq.pending_end is not None:
