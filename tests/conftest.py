@@ -109,7 +109,11 @@ class DaemonProcess(LoggedProcess):
         self.socket = socket or str(self.socket_dir / "d.sock")
         # float32 unless a test says otherwise: tests compare greedy output with
         # transformers' float32 reference, and "auto" may measure bfloat16 faster.
-        pinned = () if "--dtype" in extra else ("--dtype", "float32")
+        # No compile (the default today) unless a test asks: it would cost each daemon
+        # tens of seconds.
+        pinned = [] if "--dtype" in extra else ["--dtype", "float32"]
+        if not {"--compile", "--no-compile"} & set(extra):
+            pinned.append("--no-compile")
         cmd = [sys.executable, "-m", "axchat", "serve", "--model", str(model), "--socket", self.socket, *pinned, *extra]
         super().__init__(cmd, env)
 
