@@ -137,3 +137,15 @@ def test_compiled_decode_matches_eager_and_is_reported(tiny_model_dir: Path) -> 
     a = compiled.decode([1, 2], [3, 4])
     b_ = eager.decode([1, 2], [3, 4])
     np.testing.assert_allclose(a, b_, atol=ATOL)
+
+
+def test_generic_path_still_serves_other_architectures(tiny_model_dir: Path, reference) -> None:  # type: ignore[no-untyped-def]
+    """lean=False is the path every non-Llama model takes: same answers, batched too."""
+    generic = torch_backend.load(str(tiny_model_dir), dtype="float32", threads=1, prefix_cache_bytes=0, lean=False)
+    assert generic.info.decode_path == "generic"
+    a, b = prompt(13, 11), prompt(4, 12)
+    ta = int(np.argmax(generic.prefill(1, a)))
+    tb = int(np.argmax(generic.prefill(2, b)))
+    logits = generic.decode([1, 2], [ta, tb])
+    np.testing.assert_allclose(logits[0], ref_logits(reference, [*a, ta]), atol=ATOL)
+    np.testing.assert_allclose(logits[1], ref_logits(reference, [*b, tb]), atol=ATOL)
