@@ -167,12 +167,6 @@ class LeanLlama:
         self.mlp_block: Callable[..., torch.Tensor] = _mlp_block
         self.compiled = False
 
-    @property
-    def weight_bytes(self) -> int:
-        """Bytes of weights one decode step reads (the embedding row aside)."""
-        n = sum(t.nbytes for layer in self.layers for t in (layer.input_norm, layer.qkv, layer.o, layer.post_norm, layer.gate_up, layer.down))
-        return n + self.norm.nbytes + self.head.nbytes
-
     def forward(self, token_ids: torch.Tensor, slots: Sequence[int], starts: Sequence[int]) -> torch.Tensor:
         """Feed `token_ids` [rows, T] at positions starts[i].. of slots[i]; return float32
         logits [rows, vocab] after each row's last token.
