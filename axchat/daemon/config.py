@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         "dtype": f"{', '.join(DTYPES)} (default: auto)",
         "socket": "socket path or tcp:// endpoint (default: $AXCHAT_SOCKET or $XDG_RUNTIME_DIR/axchat/axchat.sock)",
         "context": "context length in tokens (default: the model's)",
-        "threads": "torch intra-op threads (default: usable cores, affinity and cgroup aware, minus one when 4 or more)",
+        "threads": "torch intra-op threads (default: measured at load, the usable cores against half of them; "
+        "usable: affinity and cgroup aware, minus one when 4 or more)",
         "compile": "true or false: compile the decode step at load, warmed up before ready (default: false)",
         "max_frame_bytes": "largest frame a client may send",
         "drain_timeout": "seconds to let requests finish on SIGTERM (default: 10)",
