@@ -191,7 +191,7 @@ class DeviceActor(Actor):
             return  # ended while the sampler worked
         await self._take_token(seq, msg.token_id)
 
-    async def _to_sampler(self, seq: _Sequence, logits: Any, first: bool) -> None:
+    async def _choose_next(self, seq: _Sequence, logits: Any, first: bool) -> None:
         """Hand a row of logits on for the next token. Greedy requests pick it here:
         an argmax costs microseconds, the round trip through the sampler actor
         (two hops and a copy of the row each way) about a millisecond a token."""
@@ -347,7 +347,7 @@ class DeviceActor(Actor):
         if end < total:
             seq.state = SeqState.PREFILL  # more chunks; other users' steps go between
             return
-        await self._to_sampler(seq, logits, first=True)
+        await self._choose_next(seq, logits, first=True)
 
     async def _decode(self, seqs: list[_Sequence]) -> None:
         for seq in seqs:
@@ -358,7 +358,7 @@ class DeviceActor(Actor):
         for seq, row in zip(seqs, logits, strict=True):
             if await self._ended_during_forward(seq):
                 continue
-            await self._to_sampler(seq, row, first=False)
+            await self._choose_next(seq, row, first=False)
 
     async def _ended_during_forward(self, seq: _Sequence) -> bool:
         if seq.pending_end is not None:
