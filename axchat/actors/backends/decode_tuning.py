@@ -46,9 +46,8 @@ def _probe(lean: LeanLlama, rows: int, chunk: int, repeats: int, first_slot: int
     after a PROBE_PROMPT-token prompt in each and one untimed forward."""
     slots = list(range(first_slot, first_slot + rows))
     with torch.inference_mode():
-        prompt = torch.arange(PROBE_PROMPT, device=lean.device)[None] % 8
-        for slot in slots:
-            lean.forward(prompt, [slot], [0])
+        prompt = (torch.arange(PROBE_PROMPT, device=lean.device)[None] % 8).expand(rows, -1)
+        lean.forward(prompt, slots, [0] * rows)  # one forward for all rows: load time counts
         tokens = torch.zeros((rows, chunk), dtype=torch.long, device=lean.device)
         lean.forward(tokens, slots, [PROBE_PROMPT] * rows)  # first-call allocations off the clock
         times = []
