@@ -35,7 +35,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import BenchError, Daemon, Log, Stream, cpus_busy, filler, greedy, loadavg, machine, model_info, rnd, run_main, stream
+from _common import (
+    BenchError,
+    Daemon,
+    Log,
+    Stream,
+    cpus_busy,
+    filler,
+    greedy,
+    loadavg,
+    machine,
+    model_info,
+    rnd,
+    run_main,
+    stream,
+)
 
 log = Log("decode")
 PROMPT_TOKENS = 32
