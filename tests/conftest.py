@@ -111,7 +111,14 @@ class DaemonProcess(LoggedProcess):
         self.socket_dir = short_socket_dir()
         self.socket = socket or str(self.socket_dir / "d.sock")
         named = ["--model", str(model)] if model is not None else []
-        cmd = [sys.executable, "-m", "axchat", "serve", *named, "--socket", self.socket, *extra]
+        # float32 unless a test says otherwise: tests compare greedy output with
+        # transformers' float32 reference, and "auto" may measure bfloat16 faster.
+        # No compile (the default today) unless a test asks: it would cost each daemon
+        # tens of seconds.
+        pinned = [] if "--dtype" in extra else ["--dtype", "float32"]
+        if not {"--compile", "--no-compile"} & set(extra):
+            pinned.append("--no-compile")
+        cmd = [sys.executable, "-m", "axchat", "serve", *named, "--socket", self.socket, *pinned, *extra]
         super().__init__(cmd, env)
 
     def wait_ready(self) -> DaemonProcess:

@@ -6,6 +6,7 @@ thread, when the next request comes (states in `actors/keepalive.py`)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import logging
@@ -21,6 +22,7 @@ from axchat.actors.backends.base import DeviceBackend
 from axchat.actors.fair_queue import FairQueue
 from axchat.actors.keepalive import LOADING_TICK_S, IdleTimer, LoadProgress, Residency, free_device_memory
 from axchat.actors.mailbox import Actor, Bus, Supervisor
+from axchat.actors.sampling import SequenceSampler
 from axchat.protocol.v1 import ErrorInfo, FinishReason, RequestInfo, Sampling
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class _Sequence:
     pending_end: FinishReason | None = None
     admitted_ns: int = field(default_factory=time.monotonic_ns)
     timings: m.DeviceTimings = field(default_factory=m.DeviceTimings)
+    greedy: SequenceSampler | None = None  # set for greedy requests: sampled here, not by the sampler actor
 
     def info(self) -> RequestInfo:
         state: Literal["queued", "prefill", "decode"] = "decode"
@@ -76,6 +79,47 @@ class _Sequence:
 
 def _ms(ns: int) -> float:
     return ns / 1e6
+
+
+class DecodeClock:
+    """The decode forward's time against the daemon's own time between two decode
+    steps back to back (logits to the sampler, the sampled token back, the actors'
+    hops): the latter is what the daemon adds to every token of every stream.
+
+    Over the last `window` steps; a prefill chunk between two decode steps is not
+    overhead, so such a gap is not counted.
+    """
+
+    def __init__(self, window: int = 64) -> None:
+        self._forward: collections.deque[int] = collections.deque(maxlen=window)
+        self._gaps: collections.deque[int] = collections.deque(maxlen=window)
+        self._last_end_ns = 0
+
+    def timed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` as run on the device thread, its duration recorded as a decode forward."""
+
+        def run(*args: Any) -> Any:
+            start = time.monotonic_ns()
+            try:
+                return fn(*args)
+            finally:
+                end = time.monotonic_ns()
+                self._forward.append(end - start)
+                if self._last_end_ns:
+                    self._gaps.append(start - self._last_end_ns)
+                self._last_end_ns = end
+
+        return run
+
+    def interrupted(self) -> None:
+        """Something other than a decode step ran: the next gap is not overhead."""
+        self._last_end_ns = 0
+
+    def step_ms(self) -> float:
+        return _ms(sum(self._forward) // len(self._forward)) if self._forward else 0.0
+
+    def overhead_ms(self) -> float:
+        return _ms(sum(self._gaps) // len(self._gaps)) if self._gaps else 0.0
 
 
 class DeviceActor(Actor):
@@ -118,6 +162,7 @@ class DeviceActor(Actor):
         self._load_changed = asyncio.Event()
         self._last_load_s: float | None = None
         self._residency_task: asyncio.Task[None] | None = None
+        self.clock = DecodeClock()
 
     # ------------------------------------------------------------ mailbox
 
@@ -170,6 +215,8 @@ class DeviceActor(Actor):
             loaded=self.residency in (Residency.LOADED, Residency.UNLOADING),
             unloads_at=self._idle.unloads_at,
             load_stage=self._load.stage if self._load is not None else None,
+            step_ms=self.clock.step_ms(),
+            overhead_ms_per_token=self.clock.overhead_ms(),
         )
 
     def temperature_c(self) -> float | None:
@@ -182,11 +229,31 @@ class DeviceActor(Actor):
         seq = self._running.get(msg.rid)
         if seq is None or seq.state is not SeqState.SAMPLING:
             return  # ended while the sampler worked
+        await self._take_token(seq, msg.token_id)
+
+    async def _choose_next(self, seq: _Sequence, logits: Any, first: bool) -> None:
+        """Hand a row of logits on for the next token. Greedy requests pick it here:
+        an argmax costs microseconds, the round trip through the sampler actor
+        (two hops and a copy of the row each way) about a millisecond a token."""
+        seq.state = SeqState.SAMPLING
+        if first:
+            sampler = SequenceSampler(seq.sampling, seq.prompt_ids)
+            seq.greedy = sampler if sampler.greedy else None
+        if seq.greedy is not None:
+            await self._take_token(seq, seq.greedy.choose(logits))
+        elif first:
+            await self.send(
+                "sampler",
+                m.Logits(rid=seq.rid, data=logits.tobytes(), sampling=seq.sampling, context_ids=seq.prompt_ids),
+            )
+        else:
+            await self.send("sampler", m.Logits(rid=seq.rid, data=logits.tobytes()))
+
+    async def _take_token(self, seq: _Sequence, token: int) -> None:
         now = time.monotonic_ns()
         if seq.completion_tokens == 0:
             seq.timings.first_token_ns = now
         seq.timings.last_token_ns = now
-        token = msg.token_id
         if token in seq.eos_ids and not seq.sampling.ignore_eos:
             await self._end(seq, "stop")
             return
@@ -266,6 +333,7 @@ class DeviceActor(Actor):
             return True
         if prefilling:
             self._decode_next = True
+            self.clock.interrupted()
             await self._prefill_chunk(prefilling[0])
             return True
         return False
@@ -431,23 +499,22 @@ class DeviceActor(Actor):
         if end < total:
             seq.state = SeqState.PREFILL  # more chunks; other users' steps go between
             return
-        seq.state = SeqState.SAMPLING
-        await self.send(
-            "sampler",
-            m.Logits(rid=seq.rid, data=logits.tobytes(), sampling=seq.sampling, context_ids=seq.prompt_ids),
-        )
+        await self._choose_next(seq, logits, first=True)
 
     async def _decode(self, seqs: list[_Sequence]) -> None:
         for seq in seqs:
             seq.fed.append(seq.next_token)
-        logits = await self._forward(seqs, self._loaded().decode, [s.rid for s in seqs], [s.next_token for s in seqs])
+        # Timed per call, not wrapped once: a kept bound method would hold the backend
+        # (and so an unloaded model) alive.
+        logits = await self._forward(
+            seqs, self.clock.timed(self._loaded().decode), [s.rid for s in seqs], [s.next_token for s in seqs]
+        )
         if logits is None:
             return
         for seq, row in zip(seqs, logits, strict=True):
             if await self._ended_during_forward(seq):
                 continue
-            seq.state = SeqState.SAMPLING
-            await self.send("sampler", m.Logits(rid=seq.rid, data=row.tobytes()))
+            await self._choose_next(seq, row, first=False)
 
     async def _ended_during_forward(self, seq: _Sequence) -> bool:
         if seq.pending_end is not None:

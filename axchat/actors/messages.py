@@ -169,6 +169,8 @@ class DeviceReport(_Internal, tag="device_report"):
     loaded: bool = True
     unloads_at: float | None = None
     load_stage: str | None = None
+    step_ms: float = 0.0
+    overhead_ms_per_token: float = 0.0
 
 
 class Outbound(_Internal, tag="outbound"):

@@ -156,6 +156,13 @@ class TelemetryActor(Actor):
             loaded=report.loaded,
             unloads_at=report.unloads_at,
             load_stage=report.load_stage,
+            decode_path=info.decode_path,
+            threads=info.threads,
+            dtype_reason=info.dtype_reason,
+            compiled=info.compiled,
+            compile_s=info.compile_s,
+            step_ms=report.step_ms,
+            overhead_ms_per_token=report.overhead_ms_per_token,
         )
 
     def _temperature_c(self) -> float | None:

@@ -39,6 +39,9 @@ class ServeConfig:
     socket: str | None = None
     context: int | None = None
     threads: int | None = None
+    # Compile the decode step at load (torch backend, lean path). Off by default: on
+    # this project's 2-core CPU it cost minutes and gained nothing measurable (bench/README.md).
+    compile: bool = False
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     drain_timeout_s: float = 10.0
     log_level: str = "info"
@@ -94,6 +97,18 @@ def _non_negative_int(value: object) -> int:
     return value
 
 
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def _seconds(value: object) -> float:
     if isinstance(value, str):
         value = float(value)
@@ -146,6 +161,7 @@ SETTINGS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "socket": ("socket", _str),
     "context": ("context", _positive_int),
     "threads": ("threads", _positive_int),
+    "compile": ("compile", _bool),
     "max_frame_bytes": ("max_frame_bytes", _positive_int),
     "drain_timeout": ("drain_timeout_s", _seconds),
     "log_level": ("log_level", _choice(*LOG_LEVELS)),
@@ -222,16 +238,6 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def default_threads() -> int:
-    """Cores this process may use (affinity/cgroup aware), leaving one for the event
-    loop and the actors when there are enough to spare."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return cores - 1 if cores >= 4 else cores
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="axchat serve",
@@ -247,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
         "dtype": f"{', '.join(DTYPES)} (default: auto)",
         "socket": "socket path or tcp:// endpoint (default: $AXCHAT_SOCKET or $XDG_RUNTIME_DIR/axchat/axchat.sock)",
         "context": "context length in tokens (default: the model's)",
-        "threads": "torch intra-op threads (default: usable cores, minus one when 4 or more)",
+        "threads": "torch intra-op threads (default: measured at load, the usable cores against half of them; "
+        "usable: affinity and cgroup aware, minus one when 4 or more)",
+        "compile": "true or false: compile the decode step at load, warmed up before ready (default: false)",
         "max_frame_bytes": "largest frame a client may send",
         "drain_timeout": "seconds to let requests finish on SIGTERM (default: 10)",
         "log_level": f"{', '.join(LOG_LEVELS)} (default: info)",
@@ -266,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for key, text in help_for.items():
         p.add_argument(flag_name(key), dest=key, metavar=key.upper(), help=text)
+    p.add_argument("--no-compile", dest="compile", action="store_const", const="false", help="same as --compile false")
     p.add_argument("--config", help="read this config file instead of the system and user ones")
     p.add_argument("--check", action="store_true", help="check the settings, model and device quickly, then exit")
     p.add_argument(
@@ -288,8 +297,6 @@ def parse(argv: list[str], environ: Mapping[str, str] | None = None) -> ServeCon
     check = bool(args.pop("check", False))
     flags = dict(_convert(key, value, flag_name(key)) for key, value in args.items())
     cfg = replace(cfg, **flags, check=check)
-    if cfg.threads is None:
-        cfg = replace(cfg, threads=default_threads())
     if cfg.device == "aipu":
         cfg = replace(cfg, backend="aipu")
     return cfg

@@ -8,9 +8,10 @@ import functools
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from axchat.actors.backends import DeviceBackend, ModelLoadError, load_backend
+from axchat.actors.backends import BackendInfo, DeviceBackend, ModelLoadError, load_backend
 from axchat.actors.tokenizer import load_tokenizer
 from axchat.daemon.config import ServeConfig
 
@@ -46,6 +47,7 @@ def load_device(cfg: ServeConfig, model: str, progress: Callable[[str], None] = 
         context=cfg.context,
         threads=cfg.threads,
         prefix_cache_bytes=cfg.prefix_cache_mb << 20,
+        compile=cfg.compile,
         build_root=cfg.build_root,
         aipu_device=cfg.aipu_device,
         aipu_runtime=cfg.aipu_runtime,
@@ -69,8 +71,20 @@ def _wait_for_test_gate() -> None:
         time.sleep(0.02)
 
 
-def device_loader(cfg: ServeConfig, model: str) -> Callable[[Callable[[str], None]], DeviceBackend]:
-    """What the device actor calls to load the model again after keep-alive unloaded it."""
+def device_loader(
+    cfg: ServeConfig, model: str, chosen: BackendInfo | None = None
+) -> Callable[[Callable[[str], None]], DeviceBackend]:
+    """What the device actor calls to load the model again after keep-alive unloaded it.
+
+    With `chosen` (the start-up load's info), a reload keeps the dtype and thread count
+    measured at start-up: measuring again would make the waiting client pay for it and
+    could pick differently under momentary load."""
+    if chosen is not None and cfg.backend == "torch":
+        cfg = replace(
+            cfg,
+            dtype=chosen.dtype if cfg.dtype == "auto" else cfg.dtype,
+            threads=cfg.threads or chosen.threads or None,
+        )
     return functools.partial(load_device, cfg, model)
 
 

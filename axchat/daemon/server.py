@@ -190,7 +190,7 @@ async def _serve(
             backend,
             max_running=cfg.max_running,
             keep_alive_s=cfg.keep_alive_s,
-            loader=model_load.device_loader(cfg, model.source),
+            loader=model_load.device_loader(cfg, model.source, info),
         )
         del backend  # the device actor is its one owner, so that unloading frees it
         # Telemetry asks the device actor, never the backend: holding the backend (even

@@ -39,6 +39,7 @@ def _human(status: dict[str, object]) -> str:
             f"slots {status.get('max_running', 0)}, queue limit {status.get('max_queued', 0)}",
             f"cache:    {status.get('prefix_cache_entries', 0)} kept conversation(s), "
             f"{int(status.get('prefix_cache_bytes', 0)) / 2**20:.1f} MiB",  # type: ignore[call-overload]
+            *_decode_lines(status),
             *_request_lines(status.get("requests") or []),  # type: ignore[arg-type]
         ]
     )
@@ -55,6 +56,18 @@ def _residency(status: dict[str, object], now: float | None = None) -> str:
         return "model loaded" + (" (busy)" if status.get("running") or status.get("queued") else "")
     left = max(0.0, float(unloads_at) - (time.time() if now is None else now))  # type: ignore[arg-type]
     return f"model loaded; unloads in {left:.0f}s if no request comes"
+
+
+def _decode_lines(status: dict[str, object]) -> list[str]:
+    """How a decode step runs and what it costs; absent for backends that do not say."""
+    if not status.get("decode_path"):
+        return []
+    compiled = f"compiled in {status.get('compile_s', 0.0):.1f}s" if status.get("compiled") else "not compiled"
+    return [
+        f"decode:   {status['decode_path']} path, {status.get('threads', 0)} thread(s), {compiled}; "
+        f"step {status.get('step_ms', 0.0):.1f} ms + {status.get('overhead_ms_per_token', 0.0):.2f} ms daemon overhead per token",
+        f"chosen:   {status.get('dtype_reason', '')}",
+    ]
 
 
 def _request_lines(requests: list[dict[str, object]]) -> list[str]:

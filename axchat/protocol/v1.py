@@ -229,6 +229,13 @@ class StatusReply(_Message, tag="status_reply"):
     loaded: bool = True
     unloads_at: float | None = None
     load_stage: str | None = None
+    decode_path: str = ""  # torch: "lean" (Llama-family fast path) or "generic"
+    threads: int = 0  # intra-op threads of the forward; 0: not applicable
+    dtype_reason: str = ""  # what was measured at load to choose dtype and threads
+    compiled: bool = False  # the decode step was compiled at load
+    compile_s: float = 0.0  # seconds that compile and warm-up took before ready
+    step_ms: float = 0.0  # mean decode forward, last 64 steps
+    overhead_ms_per_token: float = 0.0  # mean daemon time between two decode steps, last 64
 
 
 class Pong(_Message, tag="pong"):

@@ -14,29 +14,38 @@ import pytest
 import zmq.asyncio
 
 from axchat.actors import messages as m
-from axchat.actors.backends.torch_backend import TorchBackend
+from axchat.actors.backends import torch_backend
+from axchat.actors.backends.base import DeviceBackend
 from axchat.actors.device import DeviceActor
 from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.sampler import SamplerActor
 from axchat.protocol.v1 import Sampling
 
 
-class LoggedTorchBackend(TorchBackend):
-    """The real backend, recording each call as (kind, sequence ids, tokens fed)."""
+class LoggedTorchBackend:
+    """The real backend as the daemon loads it, recording each call as (kind, sequence
+    ids, tokens fed); everything else goes straight to it."""
 
-    calls: list[tuple[str, tuple[int, ...], int]]
+    def __init__(self, inner: DeviceBackend) -> None:
+        self.inner = inner
+        self.info = inner.info
+        self.capabilities = inner.capabilities
+        self.calls: list[tuple[str, tuple[int, ...], int]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
 
     def prefill(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
         self.calls.append(("prefill", (seq_id,), len(token_ids)))
-        return super().prefill(seq_id, token_ids)
+        return self.inner.prefill(seq_id, token_ids)
 
     def extend(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
         self.calls.append(("extend", (seq_id,), len(token_ids)))
-        return super().extend(seq_id, token_ids)
+        return self.inner.extend(seq_id, token_ids)
 
     def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
         self.calls.append(("decode", tuple(seq_ids), len(token_ids)))
-        return super().decode(seq_ids, token_ids)
+        return self.inner.decode(seq_ids, token_ids)
 
 
 class Collector(Actor):
@@ -70,9 +79,8 @@ class FailLoudly:
 
 @pytest.fixture
 async def rig(tiny_model_dir: Path) -> AsyncIterator[tuple[Bus, LoggedTorchBackend, Collector, DeviceActor]]:
-    backend = LoggedTorchBackend.load(str(tiny_model_dir), threads=1)
+    backend = LoggedTorchBackend(torch_backend.load(str(tiny_model_dir), threads=1))
     backend.capabilities = dataclasses.replace(backend.capabilities, prefill_chunk=64)
-    backend.calls = []
     ctx = zmq.asyncio.Context()
     bus = Bus(ctx, "sched")
     sup = FailLoudly()

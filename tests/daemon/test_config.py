@@ -28,7 +28,7 @@ def test_defaults_without_any_source(layout: tuple[Path, Path, dict[str, str]]) 
     cfg = parse([], env)
     assert cfg.model is None and cfg.device == "auto" and cfg.keep_alive_s is None
     assert cfg.drain_timeout_s == ServeConfig.drain_timeout_s and cfg.socket_mode == 0o660
-    assert cfg.threads is not None and cfg.threads >= 1
+    assert cfg.threads is None and cfg.compile is False  # None: measured at load from the usable cores
 
 
 def test_an_autostarted_daemon_unloads_after_5m_unless_a_setting_says_otherwise(
@@ -133,3 +133,25 @@ def test_serve_reports_a_config_error_in_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip() == f"axchat serve: error: {bad}: unknown key 'modle'; known keys: " + ", ".join(
         config.SETTINGS
     )
+
+
+def test_compile_comes_from_file_env_or_flag(layout: tuple[Path, Path, dict[str, str]]) -> None:
+    _, user, env = layout
+    user.write_text("compile = true\n")
+    assert parse([], env).compile is True
+    assert parse([], {**env, "AXCHAT_COMPILE": "false"}).compile is False
+    assert parse(["--no-compile"], env).compile is False
+    assert parse(["--compile", "on"], {**env, "AXCHAT_COMPILE": "no"}).compile is True
+    with pytest.raises(ConfigError, match="compile"):
+        parse(["--compile", "maybe"], env)
+
+
+def test_cgroup_quota_caps_the_usable_cores(tmp_path: Path) -> None:
+    from axchat.host_cores import cgroup_cpu_limit
+
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")
+    assert cgroup_cpu_limit(quota) == 2  # 1.5 CPUs: two threads may run
+    quota.write_text("max 100000\n")
+    assert cgroup_cpu_limit(quota) is None
+    assert cgroup_cpu_limit(tmp_path / "absent") is None

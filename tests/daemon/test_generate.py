@@ -186,3 +186,16 @@ def test_raw_prompt_without_template(raw: RawClient) -> None:
     assert isinstance(done, v1.Done) and done.usage.completion_tokens == 5
     assert done.stats.prefill_ms > 0 and done.stats.ttft_ms >= done.stats.prefill_ms
     assert done.stats.tokens_per_s > 0 and done.stats.generate_ms > 0
+
+
+def test_status_reports_the_decode_path_and_its_timings(raw: RawClient) -> None:
+    _deltas, done = collect(raw, "timed", chat("time me", max_tokens=24, ignore_eos=True))
+    assert isinstance(done, v1.Done) and done.usage.completion_tokens == 24
+    status = wait_until_idle(raw)
+    # The tiny model is Llama-shaped: the lean path, not compiled (the default), float32
+    # as the test daemons pin it, with the thread count and what was measured said.
+    assert status.decode_path == "lean" and status.dtype == "float32"
+    assert not status.compiled and status.compile_s == 0.0
+    assert status.threads >= 1 and "ms" in status.dtype_reason
+    # 23 decode steps back to back ran: both halves of a token's time were measured.
+    assert status.step_ms > 0 and status.overhead_ms_per_token > 0

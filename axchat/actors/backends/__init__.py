@@ -16,15 +16,22 @@ def load_backend(
     context: int | None = None,
     threads: int | None = None,
     prefix_cache_bytes: int = 0,
+    compile: bool = False,
     build_root: str | None = None,
     aipu_device: str | None = None,
     aipu_runtime: str | None = None,
 ) -> DeviceBackend:
     if backend == "torch":
-        from axchat.actors.backends.torch_backend import TorchBackend
+        from axchat.actors.backends import torch_backend
 
-        return TorchBackend.load(
-            model, device=device, dtype=dtype, context=context, threads=threads, prefix_cache_bytes=prefix_cache_bytes
+        return torch_backend.load(
+            model,
+            device=device,
+            dtype=dtype,
+            context=context,
+            threads=threads,
+            prefix_cache_bytes=prefix_cache_bytes,
+            compile=compile,
         )
     if backend == "aipu":
         from axchat.actors.backends.aipu_backend import AipuBackend

@@ -33,6 +33,12 @@ class BackendInfo:
     reply_reserve: int | None = None
     # Where the tokenizer comes from when it is not the model argument (a precompiled model's HF id).
     tokenizer: str | None = None
+    # How the decode step runs, for status and the log: "lean" or "generic" (torch), "" (others).
+    decode_path: str = ""
+    dtype_reason: str = ""  # why this dtype (and thread count): what was measured at load
+    threads: int = 0  # intra-op threads of the forward; 0: not applicable
+    compiled: bool = False
+    compile_s: float = 0.0  # compile and warm-up before ready
 
 
 @dataclass(frozen=True)

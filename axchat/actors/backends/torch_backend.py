@@ -6,6 +6,7 @@ import inspect
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.utils import logging as transformers_logging
 
+from axchat.actors.backends import decode_tuning, lean_llama
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
 from axchat.actors.backends.prefix_store import PrefixStore
+from axchat.host_cores import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +35,11 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """The dtype to load weights in. On CPU "auto" loads float32: the lean path then
+    measures float32 against bfloat16 (decode_tuning); the generic path keeps float32."""
     if dtype == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        # float32 is the safe CPU default; measured dtype choice is a later change.
         return torch.float32
     try:
         return _DTYPES[dtype]
@@ -64,6 +68,86 @@ def load_config(model: str) -> Any:
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ModelLoadError(f"{model} is a {config.model_type!r} model, not a causal language model")
     return config
+
+
+def load(
+    model: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    context: int | None = None,
+    threads: int | None = None,
+    max_batch: int = 8,
+    prefix_cache_bytes: int = 256 << 20,
+    compile: bool = False,
+    lean: bool = True,
+) -> DeviceBackend:
+    """The lean backend for Llama-family models (unless `lean` is False), else the
+    generic one. `threads` None: measured at load from the usable cores."""
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    torch.set_num_threads(threads or default_threads())
+    config = load_config(model)
+    transformers_logging.disable_progress_bar()  # a progress bar is noise in a service log
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError.because(f"cannot load model weights from {model}", exc) from None
+    lm = lm.to(device).eval()  # type: ignore[arg-type]  # transformers' stubs mistype .to()
+    model_context = int(getattr(config, "max_position_embeddings", 0) or 2048)
+    if context is not None and context > model_context:
+        raise ModelLoadError(f"--context {context} is more than the model's {model_context} positions")
+    eos = lm.generation_config.eos_token_id
+    eos_ids = tuple(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    info = BackendInfo(
+        backend="torch",
+        model=model_display_name(model),
+        device=device,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        context_length=context or model_context,
+        vocab_size=int(config.vocab_size),
+        eos_ids=eos_ids,
+        decode_path="generic",
+        threads=torch.get_num_threads(),
+    )
+    if lean and lean_llama.supports(lm):
+        return _load_lean(lm, info, dtype, threads, max_batch, prefix_cache_bytes, compile)
+    log.info("loaded %s on %s as %s, %d threads", info.model, device, info.dtype, torch.get_num_threads())
+    return TorchBackend(lm, info, max_batch, prefix_cache_bytes=prefix_cache_bytes)
+
+
+def _load_lean(
+    lm: Any, info: BackendInfo, dtype: str, threads: int | None, max_batch: int, prefix_cache_bytes: int, compile: bool
+) -> DeviceBackend:
+    from axchat.actors.backends.lean_backend import LeanTorchBackend
+
+    dtypes = [lm.dtype]
+    if dtype == "auto" and info.device == "cpu":
+        dtypes.append(torch.bfloat16)
+    # Explicit threads are kept; otherwise the usable cores, or half of them when that
+    # measures faster (other processes on the same cores stall a thread pool).
+    usable = default_threads()
+    thread_counts = [threads] if threads else sorted({usable, max(1, usable // 2)}, reverse=True)
+    tuned = decode_tuning.choose(lambda d: lean_llama.LeanLlama(lm, max_batch, info.context_length, d), dtypes, thread_counts)
+    lean = tuned.lean
+    if compile:
+        lean.compile()
+    warm_s = decode_tuning.warm_up(lean)
+    info = replace(
+        info,
+        dtype=str(tuned.dtype).removeprefix("torch."),
+        dtype_reason=tuned.reason,
+        decode_path="lean",
+        threads=tuned.threads,
+        compiled=compile,
+        compile_s=round(warm_s, 2) if compile else 0.0,
+    )
+    log.info(
+        "loaded %s on %s as %s, %d threads (lean Llama path; %s); %s",
+        info.model, info.device, info.dtype, tuned.threads, tuned.reason,
+        f"compiled in {warm_s:.1f}s" if compile else f"not compiled, warmed up in {warm_s:.1f}s",
+    )
+    return LeanTorchBackend(lean, info, prefix_cache_bytes=prefix_cache_bytes)
 
 
 def _kv(layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,46 +179,6 @@ class TorchBackend(DeviceBackend):
         # then goes away); ask the model which one it takes.
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
-
-    @classmethod
-    def load(
-        cls,
-        model: str,
-        *,
-        device: str = "auto",
-        dtype: str = "auto",
-        context: int | None = None,
-        threads: int | None = None,
-        max_batch: int = 8,
-        prefix_cache_bytes: int = 256 << 20,
-    ) -> TorchBackend:
-        device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, device)
-        if threads:
-            torch.set_num_threads(threads)
-        config = load_config(model)
-        transformers_logging.disable_progress_bar()  # a progress bar is noise in a service log
-        try:
-            lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError.because(f"cannot load model weights from {model}", exc) from None
-        lm = lm.to(device).eval()  # type: ignore[arg-type]  # transformers' stubs mistype .to()
-        model_context = int(getattr(config, "max_position_embeddings", 0) or 2048)
-        if context is not None and context > model_context:
-            raise ModelLoadError(f"--context {context} is more than the model's {model_context} positions")
-        eos = lm.generation_config.eos_token_id
-        eos_ids = tuple(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        info = BackendInfo(
-            backend="torch",
-            model=model_display_name(model),
-            device=device,
-            dtype=str(torch_dtype).removeprefix("torch."),
-            context_length=context or model_context,
-            vocab_size=int(config.vocab_size),
-            eos_ids=eos_ids,
-        )
-        log.info("loaded %s on %s as %s, %d threads", info.model, device, info.dtype, torch.get_num_threads())
-        return cls(lm, info, max_batch, prefix_cache_bytes=prefix_cache_bytes)
 
     @torch.inference_mode()
     def prefill(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:

@@ -1,0 +1,123 @@
+"""Choices about the decode step made by measuring it at load, not by assumption:
+which dtype and how many intra-op threads, and the warm-up (and compile) before ready.
+
+Why measure: on a CPU without native bfloat16 a bfloat16 matmul converts every weight
+and can lose to float32 although it reads half the bytes; on a CPU that other processes
+share, a second intra-op thread that gets descheduled stalls every small kernel for a
+time slice. Neither is knowable from the model's config.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from axchat.actors.backends.lean_llama import LeanLlama
+
+log = logging.getLogger(__name__)
+
+PROBE_PROMPT = 32  # tokens fed before timing, so attention has some length to read
+PROBE_STEPS = 6
+PROBE_CHUNK = 32  # a prompt chunk's tokens when timing prefill
+PRUNE = 2.0  # a candidate this many times slower at batch-1 decode is not probed further
+
+
+@dataclass(frozen=True)
+class Tuned:
+    lean: LeanLlama
+    dtype: torch.dtype
+    threads: int
+    reason: str  # one line for the log and status: what was measured
+
+
+def step_ms(lean: LeanLlama, steps: int = PROBE_STEPS, slot: int = 0) -> float:
+    """Median milliseconds of a batch-1 decode step on `slot` (its KV is overwritten)."""
+    return _probe(lean, rows=1, chunk=1, repeats=steps, first_slot=slot)
+
+
+def _probe(lean: LeanLlama, rows: int, chunk: int, repeats: int, first_slot: int = 0) -> float:
+    """Median milliseconds of a forward of `chunk` tokens on each of `rows` slots,
+    after a PROBE_PROMPT-token prompt in each and one untimed forward."""
+    slots = list(range(first_slot, first_slot + rows))
+    with torch.inference_mode():
+        prompt = (torch.arange(PROBE_PROMPT, device=lean.device)[None] % 8).expand(rows, -1)
+        lean.forward(prompt, slots, [0] * rows)  # one forward for all rows: load time counts
+        tokens = torch.zeros((rows, chunk), dtype=torch.long, device=lean.device)
+        lean.forward(tokens, slots, [PROBE_PROMPT] * rows)  # first-call allocations off the clock
+        times = []
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            lean.forward(tokens, slots, [PROBE_PROMPT + (i + 1) * chunk] * rows)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def choose(
+    build: Callable[[torch.dtype], LeanLlama], dtypes: Sequence[torch.dtype], threads: Sequence[int]
+) -> Tuned:
+    """Time what the scheduler runs (a batch-1 decode step, a full-batch decode step,
+    a prompt chunk) for each dtype and thread count; keep the candidate whose worst
+    slowdown against the best on any of the three is smallest.
+
+    All three count: bfloat16 without native CPU support halves the bytes a batch-1
+    step reads, but its matmuls then run several times slower for a batch or a prompt.
+    """
+    built = {dtype: build(dtype) for dtype in dtypes}
+    b1: dict[tuple[torch.dtype, int], float] = {}
+    for dtype, lean in built.items():
+        for n in threads:
+            torch.set_num_threads(n)
+            b1[dtype, n] = _probe(lean, 1, 1, PROBE_STEPS)
+    timings: dict[tuple[torch.dtype, int], tuple[float, float, float]] = {}
+    for (dtype, n), ms in b1.items():
+        if ms > PRUNE * min(b1.values()):
+            # This far behind on the commonest step it cannot win; its slower probes
+            # would take seconds (a stalled thread pool) for nothing.
+            timings[dtype, n] = (ms, float("inf"), float("inf"))
+            continue
+        torch.set_num_threads(n)
+        lean = built[dtype]
+        timings[dtype, n] = (ms, _probe(lean, lean.cache.shape[0], 1, 2), _probe(lean, 1, PROBE_CHUNK, 1))
+    best = [min(t[i] for t in timings.values()) for i in range(3)]
+
+    def regret(key: tuple[torch.dtype, int]) -> float:
+        return max(t / b for t, b in zip(timings[key], best, strict=True))
+
+    dtype, n = min(timings, key=regret)
+    torch.set_num_threads(n)
+    rows = built[dtype].cache.shape[0]
+    measured = "; ".join(
+        f"{_name(d)}/{t} threads " + "/".join(f"{x:.1f}" if x < float("inf") else "-" for x in ms) + " ms"
+        for (d, t), ms in timings.items()
+    )
+    what = f"decode b1/decode b{rows}/prompt chunk of {PROBE_CHUNK}"
+    if len(timings) == 1:
+        reason = f"as configured ({what}: {measured})"
+    else:
+        reason = f"least slowdown on the worst of {what}: {measured}"
+    return Tuned(built[dtype], dtype, n, reason)
+
+
+def warm_up(lean: LeanLlama) -> float:
+    """Run every shape family the scheduler uses (a prompt chunk, batch-1 and batched
+    decode) once, compiling them if the model is set to compile. Returns seconds."""
+    t0 = time.perf_counter()
+    slots = lean.cache.shape[0]
+    with torch.inference_mode():
+        for slot in range(min(slots, 2)):
+            step_ms(lean, steps=2, slot=slot)
+        if slots > 1:
+            tokens = torch.zeros((2, 1), dtype=torch.long, device=lean.device)
+            lean.forward(tokens, [0, 1], [PROBE_PROMPT + 3, PROBE_PROMPT + 3])
+            lean.forward(tokens, [0, 1], [PROBE_PROMPT + 4, PROBE_PROMPT + 4])
+    return time.perf_counter() - t0
+
+
+def _name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")

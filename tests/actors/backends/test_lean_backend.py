@@ -1,0 +1,151 @@
+"""The lean Llama path computes what transformers computes (float32): prefill, chunked
+extend, batched decode of sequences of different lengths, prefix-cache restore, and
+slots that move or are not contiguous."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from axchat.actors.backends import torch_backend
+from axchat.actors.backends.lean_backend import LeanTorchBackend
+
+ATOL = 1e-4  # float32, different op order than transformers' forward
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture
+def backend(tiny_model_dir: Path) -> LeanTorchBackend:
+    b = torch_backend.load(str(tiny_model_dir), dtype="float32", threads=1, prefix_cache_bytes=64 << 20)
+    assert isinstance(b, LeanTorchBackend)
+    return b
+
+
+def prompt(n: int, salt: int = 0) -> list[int]:
+    return [(7 * i + 11 * salt + 5) % 990 + 4 for i in range(n)]
+
+
+def ref_logits(model, ids: list[int]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0, -1].float().numpy()
+
+
+def greedy_reference(model, ids: list[int], n: int) -> list[int]:  # type: ignore[no-untyped-def]
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n)
+    return out[0, len(ids) :].tolist()
+
+
+def test_prefill_and_chunked_extend_match_transformers(backend: LeanTorchBackend, reference) -> None:  # type: ignore[no-untyped-def]
+    ids = prompt(300)  # longer than the cache's first capacity (256): it grows on the way
+    np.testing.assert_allclose(backend.prefill(1, ids[:40]), ref_logits(reference, ids[:40]), atol=ATOL)
+    for start in range(40, 300, 64):
+        chunk_end = min(300, start + 64)
+        logits = backend.extend(1, ids[start:chunk_end])
+    np.testing.assert_allclose(logits, ref_logits(reference, ids), atol=ATOL)
+
+
+def test_batched_decode_of_different_lengths_is_greedy_identical(backend: LeanTorchBackend, reference) -> None:  # type: ignore[no-untyped-def]
+    prompts = {10: prompt(5, 1), 11: prompt(37, 2), 12: prompt(120, 3)}
+    steps = 12
+    expected = {s: greedy_reference(reference, p, steps) for s, p in prompts.items()}
+    got: dict[int, list[int]] = {s: [] for s in prompts}
+    for s, p in prompts.items():
+        got[s].append(int(np.argmax(backend.prefill(s, p))))
+    for _ in range(steps - 1):
+        order = [12, 10, 11]  # not slot order: rows come back in the caller's order
+        logits = backend.decode(order, [got[s][-1] for s in order])
+        for s, row in zip(order, logits, strict=True):
+            got[s].append(int(np.argmax(row)))
+    assert got == expected
+    # And the logits of the last step are the reference's, row by row.
+    for s, row in zip(order, logits, strict=True):
+        np.testing.assert_allclose(row, ref_logits(reference, prompts[s] + got[s][:-1]), atol=ATOL)
+
+
+def test_release_moves_a_slot_and_scattered_slots_still_decode(backend: LeanTorchBackend, reference) -> None:  # type: ignore[no-untyped-def]
+    prompts = {1: prompt(9, 4), 2: prompt(17, 5), 3: prompt(25, 6)}
+    last = {s: int(np.argmax(backend.prefill(s, p))) for s, p in prompts.items()}
+    backend.release(1)  # sequence 3 moves into slot 0
+    assert backend.live_sequences() == 2
+    backend.prefill(4, prompt(3, 7))  # takes slot 2: sequences 3 and 2 are now slots 0 and 1
+    # Sequences 3 and 4 are slots 0 and 2: not one slice, so their KV is gathered.
+    logits = backend.decode([3, 4], [last[3], 5])
+    np.testing.assert_allclose(logits[0], ref_logits(reference, prompts[3] + [last[3]]), atol=ATOL)
+    np.testing.assert_allclose(logits[1], ref_logits(reference, [*prompt(3, 7), 5]), atol=ATOL)
+    row = backend.decode([2], [last[2]])[0]
+    np.testing.assert_allclose(row, ref_logits(reference, prompts[2] + [last[2]]), atol=ATOL)
+
+
+def test_prefix_cache_restore_matches_a_fresh_prefill(backend: LeanTorchBackend, reference) -> None:  # type: ignore[no-untyped-def]
+    first = prompt(50, 8)
+    backend.start(1, first, "alice")
+    backend.extend(1, first)
+    token = int(np.argmax(backend.decode([1], [7])[0]))
+    backend.release(1, keep=("alice", [*first, 7]))
+    assert backend.prefix_cache_usage()[0] == 1 and backend.live_sequences() == 0
+
+    turn2 = [*first, 7, token, *prompt(20, 9)]
+    assert backend.start(2, turn2, "bob") == 0  # another client's cache is not shared
+    backend.release(2)
+    restored = backend.start(3, turn2, "alice")
+    assert restored == 51
+    logits = backend.extend(3, turn2[restored:])
+    np.testing.assert_allclose(logits, ref_logits(reference, turn2), atol=ATOL)
+
+
+def test_llama3_rope_scaling_matches_transformers(tmp_path: Path) -> None:
+    """The rotary table comes from the model's own module, so scaled ropes are exact."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    model = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    from axchat.actors.backends.lean_llama import LeanLlama
+
+    lean = LeanLlama(model, slots=2, context=512)
+    ids = [(5 * i + 3) % 64 for i in range(200)]
+    with torch.inference_mode():
+        got = lean.forward(torch.tensor([ids]), [0], [0])[0].numpy()
+    np.testing.assert_allclose(got, ref_logits(model, ids), atol=ATOL)
+
+
+def test_compiled_decode_matches_eager_and_is_reported(tiny_model_dir: Path) -> None:
+    compiled = torch_backend.load(str(tiny_model_dir), dtype="float32", threads=1, prefix_cache_bytes=0, compile=True)
+    eager = torch_backend.load(str(tiny_model_dir), dtype="float32", threads=1, prefix_cache_bytes=0)
+    assert compiled.info.compiled and compiled.info.compile_s > 0 and compiled.info.decode_path == "lean"
+    assert not eager.info.compiled and eager.info.compile_s == 0
+    ids = prompt(30, 10)
+    for b in (compiled, eager):
+        b.prefill(1, ids)
+        b.prefill(2, ids[:11])
+    a = compiled.decode([1, 2], [3, 4])
+    b_ = eager.decode([1, 2], [3, 4])
+    np.testing.assert_allclose(a, b_, atol=ATOL)
+
+
+def test_generic_path_still_serves_other_architectures(tiny_model_dir: Path, reference) -> None:  # type: ignore[no-untyped-def]
+    """lean=False is the path every non-Llama model takes: same answers, batched too."""
+    generic = torch_backend.load(str(tiny_model_dir), dtype="float32", threads=1, prefix_cache_bytes=0, lean=False)
+    assert generic.info.decode_path == "generic"
+    a, b = prompt(13, 11), prompt(4, 12)
+    ta = int(np.argmax(generic.prefill(1, a)))
+    tb = int(np.argmax(generic.prefill(2, b)))
+    logits = generic.decode([1, 2], [ta, tb])
+    np.testing.assert_allclose(logits[0], ref_logits(reference, [*a, ta]), atol=ATOL)
+    np.testing.assert_allclose(logits[1], ref_logits(reference, [*b, tb]), atol=ATOL)
