@@ -35,7 +35,7 @@ async def test_concurrent_generates_share_one_socket(daemon: DaemonProcess) -> N
 
 async def test_cancel_ends_the_stream(daemon: DaemonProcess) -> None:
     async with connect(daemon.socket) as client:
-        handle = await client.generate(chat("go on", max_tokens=1500, ignore_eos=True))
+        handle = await client.generate(chat("go on", max_tokens=6000, ignore_eos=True))
         events = handle.events(stall_timeout_s=30)
         first = await anext(events)
         assert isinstance(first, v1.Delta)

@@ -47,7 +47,7 @@ def test_config_is_tiny_llama(model, tokenizer) -> None:
         4,
         2,
     )
-    assert config.max_position_embeddings == 2048
+    assert config.max_position_embeddings == 8192
     assert config.tie_word_embeddings is False
     assert config.vocab_size == len(tokenizer)
     assert model.dtype == torch.float32

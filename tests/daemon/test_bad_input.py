@@ -3,6 +3,8 @@ error naming the problem, and the daemon goes on serving."""
 
 from __future__ import annotations
 
+import json
+
 import msgspec
 import pytest
 from conftest import RawClient, chat
@@ -111,7 +113,7 @@ def test_prompt_longer_than_context(raw: RawClient) -> None:
 
 
 def test_duplicate_request_id(raw: RawClient) -> None:
-    raw.send("dup", chat("first", max_tokens=1500, ignore_eos=True))
+    raw.send("dup", chat("first", max_tokens=6000, ignore_eos=True))
     raw.send("dup", chat("second", max_tokens=5))
     errors, frames = [], []
     for _ in range(200):
@@ -133,5 +135,6 @@ def test_hello_reports_model(raw: RawClient, tiny_model_dir) -> None:  # type: i
     assert welcome.protocol == v1.PROTOCOL_VERSION
     assert welcome.model == tiny_model_dir.name
     assert welcome.backend == "torch" and welcome.device == "cpu" and welcome.dtype == "float32"
-    assert welcome.context_length == 2048
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert welcome.context_length == config["max_position_embeddings"]
     assert isinstance(raw.request(v1.Ping()), v1.Pong)

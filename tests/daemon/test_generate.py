@@ -13,7 +13,7 @@ from conftest import DaemonProcess, RawClient, chat
 
 from axchat.protocol import v1
 
-LONG = 1500  # tokens; far more than any test waits for
+LONG = 6000  # tokens; far more than any test waits for
 
 
 def collect(raw: RawClient, rid: str, request: v1.Generate) -> tuple[list[v1.Delta], v1.DaemonMessage]:

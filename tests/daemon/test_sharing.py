@@ -63,7 +63,7 @@ def one_slot(tiny_model_dir: Path) -> Iterator[DaemonProcess]:
 def test_round_robin_admission_and_queue_positions(one_slot: DaemonProcess) -> None:
     a, b = RawClient(one_slot.socket), RawClient(one_slot.socket)
     try:
-        a.send("a1", chat("hog the device", max_tokens=1500, ignore_eos=True))
+        a.send("a1", chat("hog the device", max_tokens=6000, ignore_eos=True))
         _, first = a.recv(want="a1")
         assert isinstance(first, v1.Delta)  # a1 holds the only slot
         a.send("a2", chat("second of a", max_tokens=2, ignore_eos=True))
@@ -119,7 +119,7 @@ def test_per_client_limit(one_slot: DaemonProcess) -> None:
 def test_client_that_vanishes_while_queued_is_cancelled(one_slot: DaemonProcess) -> None:
     hog = RawClient(one_slot.socket)
     try:
-        hog.send("hog", chat("hog", max_tokens=1500, ignore_eos=True))
+        hog.send("hog", chat("hog", max_tokens=6000, ignore_eos=True))
         assert isinstance(hog.recv(want="hog")[1], v1.Delta)
         waiter = subprocess.Popen(
             [sys.executable, "-m", "axchat", "ask", "--socket", one_slot.socket, "--json", "never served"],

@@ -3,6 +3,7 @@ marking what is pulled, and the Metis catalog, all without importing torch."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from axchat.actors.backends.aipu_catalog import CATALOG as AIPU_CATALOG
 from axchat.models import catalog
+from axchat.models.catalog import BUNDLED_DIR
 
 
 def test_models_lists_local_catalog_and_aipu(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -19,6 +21,8 @@ def test_models_lists_local_catalog_and_aipu(tmp_path: Path, tiny_model_dir: Pat
     shutil.copytree(tiny_model_dir, root / "someorg--chatty")  # as if pulled by hub id
     (root / ".partial" / "half-done").mkdir(parents=True)  # an unfinished pull is no model
     size_mb = sum(p.stat().st_size for p in tiny_model_dir.iterdir()) / 1e6
+    tiny_context = str(json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"])
+    mini_context = str(json.loads((BUNDLED_DIR / "config.json").read_text())["max_position_embeddings"])
 
     code = "import sys; from axchat.models import listing; listing.main([]); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     proc = subprocess.run(
@@ -35,8 +39,8 @@ def test_models_lists_local_catalog_and_aipu(tmp_path: Path, tiny_model_dir: Pat
     def row(name: str) -> list[str]:
         return next(line.split() for line in out if line.split()[:1] == [name])
 
-    assert row("someorg/chatty")[1:5] == [f"{size_mb:.1f}", "MB", "2048", "LlamaForCausalLM"]
-    assert row("axchat-mini")[3:5] == ["2048", "LlamaForCausalLM"]
+    assert row("someorg/chatty")[1:5] == [f"{size_mb:.1f}", "MB", tiny_context, "LlamaForCausalLM"]
+    assert row("axchat-mini")[3:5] == [mini_context, "LlamaForCausalLM"]
     assert "half-done" not in proc.stdout
     pulled_rows = [line for line in out if line.strip().startswith(tuple(catalog.CATALOG))]
     assert [line.split()[0] for line in pulled_rows if line.rstrip().endswith("pulled")] == ["smollm2-135m"]

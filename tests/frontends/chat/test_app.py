@@ -114,14 +114,14 @@ async def test_send_streams_the_answer_into_a_bubble(daemon: DaemonProcess, stor
         assert app.query(AssistantBubble)[1].source == second
         footer = app.query_one(InfoFooter).text
         used = done2.usage.prompt_tokens + done2.usage.completion_tokens
-        assert f"context {used}/2048" in footer and "cpu" in footer
+        assert f"context {used}/8192" in footer and "cpu" in footer
         assert "TTFT: " in footer and "Tokens/sec: " in footer and "CPU %: " in footer
     saved = store.latest()
     assert saved is not None and [t.content for t in saved.turns] == ["Hello there", first, "And then?", second]
 
 
 async def test_escape_cancels_the_answer_on_the_daemon(daemon: DaemonProcess, store: ConversationStore) -> None:
-    app = make_app(daemon.socket, store, max_tokens=1500, ignore_eos=True)
+    app = make_app(daemon.socket, store, max_tokens=6000, ignore_eos=True)
     async with app.run_test(size=(100, 40)) as pilot:
         await connected(pilot)
         pending = await streaming(pilot, "Go on forever")
@@ -132,7 +132,7 @@ async def test_escape_cancels_the_answer_on_the_daemon(daemon: DaemonProcess, st
         line = daemon.wait_for_line(f"request {request_id}@", timeout_s=WAIT_S)
         assert "finish=cancelled" in line
         tokens = int(line.split("Tokens: ")[1].split()[0])
-        assert 0 < tokens < 1500
+        assert 0 < tokens < 6000
         partial = app.conversation.turns[-1]
         assert partial.role == "assistant" and partial.finish_reason == "cancelled" and partial.content
         bubble = app.query_one(AssistantBubble)
@@ -143,7 +143,7 @@ async def test_escape_cancels_the_answer_on_the_daemon(daemon: DaemonProcess, st
 
 
 async def test_ctrl_c_stops_the_answer_then_quits(daemon: DaemonProcess, store: ConversationStore) -> None:
-    app = make_app(daemon.socket, store, max_tokens=1500, ignore_eos=True)
+    app = make_app(daemon.socket, store, max_tokens=6000, ignore_eos=True)
     async with app.run_test(size=(100, 40)) as pilot:
         await connected(pilot)
         await streaming(pilot, "Talk")
@@ -156,7 +156,7 @@ async def test_ctrl_c_stops_the_answer_then_quits(daemon: DaemonProcess, store: 
 
 
 async def test_a_new_prompt_stops_the_running_answer(daemon: DaemonProcess, store: ConversationStore) -> None:
-    app = make_app(daemon.socket, store, max_tokens=1500, ignore_eos=True)
+    app = make_app(daemon.socket, store, max_tokens=6000, ignore_eos=True)
     async with app.run_test(size=(100, 40)) as pilot:
         await connected(pilot)
         first = await streaming(pilot, "One")
@@ -279,7 +279,7 @@ async def test_daemon_restart_gives_the_prompt_back_and_reconnects(
     first = DaemonProcess(tiny_model_dir).wait_ready()
     second: DaemonProcess | None = None
     try:
-        app = make_app(first.socket, store, max_tokens=1500, ignore_eos=True, heartbeat_s=0.5, reconnect_cap_s=1.0)
+        app = make_app(first.socket, store, max_tokens=6000, ignore_eos=True, heartbeat_s=0.5, reconnect_cap_s=1.0)
         async with app.run_test(size=(100, 40)) as pilot:
             await connected(pilot)
             prompt_input, status = app.query_one(PromptInput), app.query_one(StatusLine)

@@ -64,7 +64,7 @@ def test_type_stream_and_stop(page: sync_api.Page, bridge: BridgeProcess, tmp_pa
     sync_api.expect(page.locator("#model")).not_to_be_empty()
     make_answers_long(page)
     page.click("#toggle-settings")
-    page.fill("#max-tokens", "1500")
+    page.fill("#max-tokens", "6000")
     page.fill("#system", "You are terse.")
     page.fill("#prompt", "Tell me a long story")
     page.press("#prompt", "Enter")

@@ -47,7 +47,7 @@ def test_draining_daemon_is_503_shutting_down(tiny_model_dir: Path) -> None:
                 {
                     "messages": [{"role": "user", "content": "talk"}],
                     "stream": True,
-                    "max_tokens": 1500,
+                    "max_tokens": 6000,
                     "ignore_eos": True,
                 },
             )
