@@ -21,6 +21,7 @@ from axchat.daemon.notify import Notifier, watchdog_usec
 from axchat.protocol import v1
 
 WATCHDOG_USEC = 1_000_000  # pings every 0.5 s; systemd would give up after 1 s
+LONG = 3000  # tokens: seconds of decoding even at the lean path's speed on the tiny model
 
 
 class NotifyListener:
@@ -100,14 +101,14 @@ def test_ready_watchdog_and_stopping(tiny_model_dir: Path, listener: tuple[str, 
         assert extended and min(extended) >= 10_000_000, before
 
         client = RawClient(d.socket)
-        client.send("long", chat("go on", max_tokens=600, ignore_eos=True))
+        client.send("long", chat("go on", max_tokens=LONG, ignore_eos=True))
         _, first = client.recv()
         assert isinstance(first, v1.Delta)
         early = lst.drain()
         frames = list(client.stream("long"))
         during = lst.drain()
         done = frames[-1]
-        assert isinstance(done, v1.Done) and done.usage.completion_tokens == 600
+        assert isinstance(done, v1.Done) and done.usage.completion_tokens == LONG
         assert not any("EXTEND_TIMEOUT_USEC" in m for _, m in early + during)  # only while starting
         pings = [t for t, m in during if m.get("WATCHDOG") == "1"]
         assert len(pings) >= 3, during

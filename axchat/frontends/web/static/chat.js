@@ -76,6 +76,15 @@ async function send(prompt) {
   let finish = null;
   const started = performance.now();
   let firstAt = null;
+  // Deltas can come hundreds a second; rendering the whole answer's Markdown for each
+  // would starve the page (the Stop button stops answering clicks). Render at most
+  // once a frame, and once more at the end.
+  let frame = 0; // a requested animation frame that will render, or 0
+  const render = () => {
+    frame = 0;
+    bubble.innerHTML = axMarkdown.render(answer);
+    bubble.scrollIntoView({ block: "end" });
+  };
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
@@ -102,8 +111,7 @@ async function send(prompt) {
           $("status").textContent = "answering…";
         }
         answer += choice.delta.content;
-        bubble.innerHTML = axMarkdown.render(answer);
-        bubble.scrollIntoView({ block: "end" });
+        if (!frame) frame = requestAnimationFrame(render);
       }
     }
     $("status").textContent = "";
@@ -122,6 +130,9 @@ async function send(prompt) {
   } finally {
     setRunning(null);
   }
+  // The last render now, and none later: a queued one would wipe the stats added below.
+  if (frame) cancelAnimationFrame(frame);
+  render();
   history.push({ role: "assistant", content: answer });
   const stats = document.createElement("span");
   stats.className = "stats muted";
