@@ -26,6 +26,7 @@ PROBE_PROMPT = 32  # tokens fed before timing, so attention has some length to r
 PROBE_STEPS = 6
 PROBE_CHUNK = 32  # a prompt chunk's tokens when timing prefill
 PRUNE = 2.0  # a candidate this many times slower at batch-1 decode is not probed further
+CHUNK_MIN, CHUNK_MAX, CHUNK_STEP = 16, 256, 16  # bounds of the prompt chunk chosen at load
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,23 @@ class Tuned:
     dtype: torch.dtype
     threads: int
     reason: str  # one line for the log and status: what was measured
+    prefill_chunk: int = CHUNK_MAX  # prompt tokens one forward takes between decode steps
+
+
+def chunk_for(batch_step_ms: float, chunk_ms: float, probe_chunk: int = PROBE_CHUNK) -> int:
+    """Prompt tokens per chunk so that one chunk costs about one full-batch decode step.
+
+    The device actor alternates prompt chunks with decode steps, so a chunk's time is
+    what every other stream waits on top of its own step while a long prompt goes in.
+    On a slow CPU (10 ms a prompt token for the SmolLM2 shape on one core) a fixed 256
+    made those streams stall 2.5 s a token; on a GPU a chunk costs little and this gives
+    the largest. The long prompt itself takes longer in more, smaller chunks: that is
+    the price of the others' stream not freezing.
+    """
+    if not (batch_step_ms > 0 and chunk_ms > 0) or batch_step_ms == float("inf") or chunk_ms == float("inf"):
+        return CHUNK_MAX
+    tokens = int(batch_step_ms / (chunk_ms / probe_chunk)) // CHUNK_STEP * CHUNK_STEP
+    return max(CHUNK_MIN, min(CHUNK_MAX, tokens))
 
 
 def step_ms(lean: LeanLlama, steps: int = PROBE_STEPS, slot: int = 0) -> float:
@@ -101,7 +119,10 @@ def choose(
         reason = f"as configured ({what}: {measured})"
     else:
         reason = f"least slowdown on the worst of {what}: {measured}"
-    return Tuned(built[dtype], dtype, n, reason)
+    _, batch_ms, chunk_ms = timings[dtype, n]
+    chunk = chunk_for(batch_ms, chunk_ms)
+    reason += f"; prompt chunks of {chunk} tokens (about one b{rows} decode step)"
+    return Tuned(built[dtype], dtype, n, reason, chunk)
 
 
 def warm_up(lean: LeanLlama) -> float:

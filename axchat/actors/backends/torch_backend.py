@@ -147,7 +147,7 @@ def _load_lean(
         info.model, info.device, info.dtype, tuned.threads, tuned.reason,
         f"compiled in {warm_s:.1f}s" if compile else f"not compiled, warmed up in {warm_s:.1f}s",
     )
-    return LeanTorchBackend(lean, info, prefix_cache_bytes=prefix_cache_bytes)
+    return LeanTorchBackend(lean, info, prefill_chunk=tuned.prefill_chunk, prefix_cache_bytes=prefix_cache_bytes)
 
 
 def _kv(layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
