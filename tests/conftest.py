@@ -221,3 +221,18 @@ def ask_streaming(socket: str, *args: str, timeout_s: float = 60.0) -> subproces
         ask.wait()
         raise AssertionError(f"axchat ask printed nothing within {timeout_s}s")
     return ask
+
+
+PROBLEM_DAEMON = Path(__file__).resolve().parent / "problemdaemon.py"
+
+
+def start_problem_daemon(sock: str) -> subprocess.Popen[str]:
+    """A daemon that says hello, then dies as soon as a generate arrives."""
+    problem = subprocess.Popen(
+        [sys.executable, str(PROBLEM_DAEMON), sock],
+        env={**os.environ, "AXCHAT_PROBLEM": "die_on_generate"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert problem.stdout is not None and problem.stdout.readline().strip() == "listening"
+    return problem

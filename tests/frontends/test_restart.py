@@ -9,10 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import DaemonProcess, ask_streaming, chat, short_socket_dir
+from conftest import DaemonProcess, ask_streaming, chat, short_socket_dir, start_problem_daemon
 from test_ask import axchat, reference_text
-
-PROBLEM_DAEMON = Path(__file__).resolve().parents[1] / "problemdaemon.py"
 
 
 def test_kill_9_mid_stream_then_restart(tiny_model_dir: Path) -> None:
@@ -35,18 +33,6 @@ def test_kill_9_mid_stream_then_restart(tiny_model_dir: Path) -> None:
         assert proc.stdout == reference_text(second, chat("Hello again", max_tokens=8)) + "\n"
     finally:
         assert second.stop() == 0
-
-
-def start_problem_daemon(sock: str) -> subprocess.Popen[str]:
-    """A daemon that says hello, then dies as soon as a generate arrives."""
-    problem = subprocess.Popen(
-        [sys.executable, str(PROBLEM_DAEMON), sock],
-        env={**os.environ, "AXCHAT_PROBLEM": "die_on_generate"},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert problem.stdout is not None and problem.stdout.readline().strip() == "listening"
-    return problem
 
 
 def test_ask_retries_once_when_nothing_was_shown(tiny_model_dir: Path) -> None:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, RawClient, short_socket_dir
+from conftest import DaemonProcess, RawClient, short_socket_dir, start_problem_daemon
 from textual.pilot import Pilot
 
 from axchat.frontends.chat.app import ChatApp, PendingAnswer
@@ -20,7 +17,6 @@ from axchat.frontends.chat.widgets import AssistantBubble, InfoFooter, NoteBubbl
 from axchat.protocol import v1
 
 WAIT_S = 30.0
-PROBLEM_DAEMON = Path(__file__).resolve().parents[2] / "problemdaemon.py"
 
 
 async def wait_until(pilot: Pilot[None], condition: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> None:
@@ -311,13 +307,7 @@ async def test_daemon_dying_before_any_token_is_asked_again(tiny_model_dir: Path
     """The async client hears the drop itself (socket monitor), and with nothing shown
     yet the app asks once more when the daemon is back, without the user's help."""
     sock = str(short_socket_dir() / "d.sock")
-    problem = subprocess.Popen(
-        [sys.executable, str(PROBLEM_DAEMON), sock],
-        env={**os.environ, "AXCHAT_PROBLEM": "die_on_generate"},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert problem.stdout is not None and problem.stdout.readline().strip() == "listening"
+    problem = start_problem_daemon(sock)
     real: DaemonProcess | None = None
     try:
         app = make_app(sock, store, max_tokens=6)
