@@ -10,6 +10,7 @@ time slice. Neither is knowable from the model's config.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -48,8 +49,8 @@ def chunk_for(batch_step_ms: float, chunk_ms: float, probe_chunk: int = PROBE_CH
     the largest. The long prompt itself takes longer in more, smaller chunks: that is
     the price of the others' stream not freezing.
     """
-    if not (batch_step_ms > 0 and chunk_ms > 0) or batch_step_ms == float("inf") or chunk_ms == float("inf"):
-        return CHUNK_MAX
+    if not (0 < batch_step_ms < math.inf and 0 < chunk_ms < math.inf):
+        return CHUNK_MAX  # a probe that did not run (pruned) or measured nothing
     tokens = int(batch_step_ms / (chunk_ms / probe_chunk)) // CHUNK_STEP * CHUNK_STEP
     return max(CHUNK_MIN, min(CHUNK_MAX, tokens))
 
