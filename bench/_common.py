@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 READY_RE = re.compile(r"\bready:")
-THREADS_RE = re.compile(r"loaded .* as \S+, (\d+) threads")
+# "4 threads" or "2 lanes of 1 thread" (decode_tuning.Plan), as the load log line says.
+THREADS_RE = re.compile(r"loaded .* as \S+, (\d+ threads|\d+ lanes of \d+ thread)\b")
 STOP_TIMEOUT_S = 60.0  # the daemon's drain timeout (10s) plus actor and context shutdown
 
 
@@ -73,9 +74,9 @@ class Daemon:
         except OSError:
             return self.final_log
 
-    def threads(self) -> int | None:
+    def threads(self) -> str | None:
         m = THREADS_RE.search(self.log_text())
-        return int(m.group(1)) if m else None
+        return m.group(1) if m else None
 
     def start(self, timeout_s: float) -> None:
         self.log(f"starting {self.label}: {' '.join(self.cmd)}")

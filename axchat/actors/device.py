@@ -22,6 +22,7 @@ from axchat.actors.backends.base import DeviceBackend
 from axchat.actors.fair_queue import FairQueue
 from axchat.actors.keepalive import LOADING_TICK_S, IdleTimer, LoadProgress, Residency, free_device_memory
 from axchat.actors.mailbox import Actor, Bus, Supervisor
+from axchat.actors.prompt_chunks import ChunkSizer
 from axchat.actors.sampling import SequenceSampler
 from axchat.protocol.v1 import ErrorInfo, FinishReason, RequestInfo, Sampling
 
@@ -33,6 +34,15 @@ log = logging.getLogger(__name__)
 # bench/concurrency.py, cut 8 clients' aggregate rate by a third on a slow CPU). Longer
 # prompts go in the backend's step-sized chunks so other streams keep moving.
 WHOLE_PROMPT = 128
+# Newcomers' whole prompts go in one forward together (backends with `prefill_rows`),
+# up to this many tokens counting the padding to the longest: starting them together
+# puts them in the same decode batch from their first token on, where one by one the
+# first ones would decode alone, paying each later prompt's forward between their
+# tokens. The bound keeps the pause it makes in running streams to a few prompts' worth.
+GROUP_TOKENS = 512
+# A long prompt's chunk when no other stream is decoding: nobody waits on it, so it goes
+# in large pieces (with others decoding, ChunkSizer sizes each chunk like their step).
+ALONE_CHUNK = 256
 
 # Loads a backend on the device thread, telling the callback each stage it enters.
 BackendLoader = Callable[[Callable[[str], None]], DeviceBackend]
@@ -55,6 +65,7 @@ class _Sequence:
     sampling: Sampling
     eos_ids: frozenset[int]
     state: SeqState = SeqState.WAITING
+    started: bool = False  # the backend holds KV for it (prefill or start has run)
     prefilled: int = 0  # prompt tokens in the device's KV so far (cached ones included)
     cached_tokens: int = 0  # of those, restored from the prefix cache
     fed: list[int] = field(default_factory=list)  # generated tokens fed back by decode steps
@@ -125,6 +136,11 @@ class DecodeClock:
     def step_ms(self) -> float:
         return _ms(sum(self._forward) // len(self._forward)) if self._forward else 0.0
 
+    def recent_step_ms(self, last: int = 4) -> float | None:
+        """The latest few decode forwards' mean: what the batch running now costs."""
+        recent = list(self._forward)[-last:]
+        return _ms(sum(recent) // len(recent)) if recent else None
+
     def overhead_ms(self) -> float:
         return _ms(sum(self._gaps) // len(self._gaps)) if self._gaps else 0.0
 
@@ -149,9 +165,10 @@ class DeviceActor(Actor):
         # A backend that loses KV when another sequence runs can only hold one.
         limit = caps.max_batch if caps.kv_survives_switch else 1
         self.max_running = min(max_running or limit, limit)
-        self._chunk = caps.prefill_chunk
+        self._chunks = None if caps.prefill_chunk is None else ChunkSizer(caps.prefill_chunk, max(caps.prefill_chunk, ALONE_CHUNK))
         self._max_batch = caps.max_batch
         self._prefix_cache = caps.prefix_cache
+        self._prefill_rows = caps.prefill_rows
         self._context_length = backend.info.context_length
         # The one thread that touches the device, for the life of the daemon.
         self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="axchat-device")
@@ -341,9 +358,72 @@ class DeviceActor(Actor):
         if prefilling:
             self._decode_next = True
             self.clock.interrupted()
+            if self._prefill_rows > 1:
+                # Short prompts first: one goes in a forward, where a long one would
+                # hold them for all of its chunks.
+                group = await self._prefill_group(prefilling)
+                if len(group) > 1:
+                    await self._prefill_together(group)
+                    return True
+                prefilling = group or [s for s in prefilling if s.rid in self._running and s.state is SeqState.PREFILL]
+                if not prefilling:
+                    return True  # ended while their prefixes were restored
             await self._prefill_chunk(prefilling[0])
             return True
         return False
+
+    async def _prefill_group(self, prefilling: list[_Sequence]) -> list[_Sequence]:
+        """Newcomers whose (uncached) prompts go whole in one forward together, oldest
+        first within GROUP_TOKENS. Their cached prefixes are restored first (one call on
+        the device thread for all), since only then is it known what is left to feed."""
+        fresh = [s for s in prefilling if not s.started]
+        if fresh:
+            await self._start(fresh)
+        group: list[_Sequence] = []
+        for seq in prefilling:
+            rest = len(seq.prompt_ids) - seq.prefilled
+            if seq.rid not in self._running or seq.state is not SeqState.PREFILL or rest > WHOLE_PROMPT:
+                continue
+            width = max([rest] + [len(s.prompt_ids) - s.prefilled for s in group])
+            if group and (width * (len(group) + 1) > GROUP_TOKENS or len(group) == self._prefill_rows):
+                break
+            group.append(seq)
+        return group
+
+    async def _start(self, seqs: list[_Sequence]) -> None:
+        """Give each sequence its KV, with the longest cached prefix of its prompt."""
+        now = time.monotonic_ns()
+        for seq in seqs:
+            seq.started = True
+            seq.timings.prefill_start_ns = now
+            seq.timings.queue_ms = _ms(now - seq.admitted_ns)
+        backend = self._loaded()
+        restored = await self._forward(
+            seqs, lambda: [backend.start(s.rid, s.prompt_ids, s.client) for s in seqs]
+        )
+        if restored is None:
+            return
+        for seq, n in zip(seqs, restored, strict=True):
+            seq.prefilled = seq.cached_tokens = int(n)
+            seq.state = SeqState.PREFILL
+            seq.timings.prefill_ms += _ms(time.monotonic_ns() - now)
+        for seq in seqs:
+            await self._ended_during_forward(seq)
+
+    async def _prefill_together(self, group: list[_Sequence]) -> None:
+        """The rest of each prompt in `group`, in one forward."""
+        start = time.monotonic_ns()
+        backend = self._loaded()
+        pieces = [s.prompt_ids[s.prefilled :] for s in group]
+        logits = await self._forward(group, backend.extend_batch, [s.rid for s in group], pieces)
+        if logits is None:
+            return
+        spent = _ms(time.monotonic_ns() - start)
+        for seq, row in zip(group, logits, strict=True):
+            seq.timings.prefill_ms += spent
+            seq.prefilled = len(seq.prompt_ids)
+            if not await self._ended_during_forward(seq):
+                await self._choose_next(seq, row, first=True)
 
     async def _admit(self) -> bool:
         admitted = False
@@ -485,6 +565,7 @@ class DeviceActor(Actor):
             seq.timings.prefill_start_ns = start
             seq.timings.queue_ms = _ms(start - seq.admitted_ns)
         if fresh and self._prefix_cache:
+            seq.started = True
             restored = await self._forward([seq], self._loaded().start, seq.rid, seq.prompt_ids, seq.client)
             if restored is None:
                 return
@@ -492,17 +573,23 @@ class DeviceActor(Actor):
             if await self._ended_during_forward(seq):
                 return
         total = len(seq.prompt_ids)
-        end = (
-            total
-            if self._chunk is None or total - seq.cached_tokens <= WHOLE_PROMPT
-            else min(total, seq.prefilled + self._chunk)
-        )
+        whole = self._chunks is None or total - seq.cached_tokens <= WHOLE_PROMPT
+        if whole:
+            end = total
+        else:
+            assert self._chunks is not None
+            decoding = any(s is not seq and s.prefilled >= len(s.prompt_ids) for s in self._running.values())
+            end = min(total, seq.prefilled + self._chunks.next(self.clock.recent_step_ms() if decoding else None))
         piece = seq.prompt_ids[seq.prefilled : end]
         backend = self._loaded()
-        fn = backend.extend if seq.prefilled or self._prefix_cache else backend.prefill
+        fn = backend.extend if seq.started else backend.prefill
+        seq.started = True
+        forward_start = time.monotonic_ns()
         logits = await self._forward([seq], fn, seq.rid, piece)
         if logits is None:
             return
+        if not whole and self._chunks is not None:
+            self._chunks.observe(len(piece), _ms(time.monotonic_ns() - forward_start))
         seq.timings.prefill_ms += _ms(time.monotonic_ns() - start)
         seq.prefilled = end
         if await self._ended_during_forward(seq):

@@ -157,7 +157,7 @@ class TelemetryActor(Actor):
             unloads_at=report.unloads_at,
             load_stage=report.load_stage,
             decode_path=info.decode_path,
-            threads=info.threads,
+            threads=info.threads * info.lanes,
             dtype_reason=info.dtype_reason,
             compiled=info.compiled,
             compile_s=info.compile_s,

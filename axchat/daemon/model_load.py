@@ -46,6 +46,7 @@ def load_device(cfg: ServeConfig, model: str, progress: Callable[[str], None] = 
         dtype=cfg.dtype,
         context=cfg.context,
         threads=cfg.threads,
+        lanes=cfg.lanes,
         prefix_cache_bytes=cfg.prefix_cache_mb << 20,
         compile=cfg.compile,
         build_root=cfg.build_root,
@@ -76,14 +77,16 @@ def device_loader(
 ) -> Callable[[Callable[[str], None]], DeviceBackend]:
     """What the device actor calls to load the model again after keep-alive unloaded it.
 
-    With `chosen` (the start-up load's info), a reload keeps the dtype and thread count
-    measured at start-up: measuring again would make the waiting client pay for it and
+    With `chosen` (the start-up load's info), a reload keeps the dtype, thread count and
+    lanes measured at start-up: measuring again would make the waiting client pay for it and
     could pick differently under momentary load."""
     if chosen is not None and cfg.backend == "torch":
         cfg = replace(
             cfg,
             dtype=chosen.dtype if cfg.dtype == "auto" else cfg.dtype,
-            threads=cfg.threads or chosen.threads or None,
+            # The measured plan, which already kept within an explicit --threads.
+            threads=chosen.threads or cfg.threads or None,
+            lanes=chosen.lanes if chosen.threads else None,
         )
     return functools.partial(load_device, cfg, model)
 

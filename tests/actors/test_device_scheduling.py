@@ -1,5 +1,6 @@
 """The device actor's schedule, in process, on the real torch backend with a call log:
-a long prompt is prefilled in chunks with other sequences' decode steps between them."""
+a long prompt is prefilled in chunks with other sequences' decode steps between them;
+newcomers' short prompts go in one forward together."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import zmq.asyncio
 from axchat.actors import messages as m
 from axchat.actors.backends import torch_backend
 from axchat.actors.backends.base import DeviceBackend
-from axchat.actors.device import DeviceActor
+from axchat.actors.device import ALONE_CHUNK, DeviceActor
+from axchat.actors.prompt_chunks import ROUND
 from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.sampler import SamplerActor
 from axchat.protocol.v1 import Sampling
@@ -31,6 +33,10 @@ class LoggedTorchBackend:
         self.info = inner.info
         self.capabilities = inner.capabilities
         self.calls: list[tuple[str, tuple[int, ...], int]] = []
+        # Cleared, a decode step waits on the device thread until it is set again.
+        self.decode_gate = threading.Event()
+        self.decode_gate.set()
+        self.decode_waiting = threading.Event()
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
@@ -43,8 +49,15 @@ class LoggedTorchBackend:
         self.calls.append(("extend", (seq_id,), len(token_ids)))
         return self.inner.extend(seq_id, token_ids)
 
+    def extend_batch(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
+        self.calls.append(("extend_batch", tuple(seq_ids), sum(len(p) for p in pieces)))
+        return self.inner.extend_batch(seq_ids, pieces)
+
     def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
         self.calls.append(("decode", tuple(seq_ids), len(token_ids)))
+        if not self.decode_gate.is_set():
+            self.decode_waiting.set()
+            assert self.decode_gate.wait(30), "the test never opened the gate"
         return self.inner.decode(seq_ids, token_ids)
 
 
@@ -56,6 +69,7 @@ class Collector(Actor):
         super().__init__(bus, sup)  # type: ignore[arg-type]
         self.tokens: dict[int, int] = {}
         self.ended: dict[int, m.Ended] = {}
+        self.reports: list[m.DeviceReport] = []
         self.changed = asyncio.Event()
 
     async def handle(self, msg: m.ActorMessage) -> None:
@@ -63,6 +77,8 @@ class Collector(Actor):
             self.tokens[msg.rid] = self.tokens.get(msg.rid, 0) + 1
         elif isinstance(msg, m.Ended):
             self.ended[msg.rid] = msg
+        elif isinstance(msg, m.DeviceReport):
+            self.reports.append(msg)
         self.changed.set()
 
     async def until(self, predicate, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
@@ -78,17 +94,18 @@ class FailLoudly:
 
 
 @pytest.fixture
-async def rig(tiny_model_dir: Path) -> AsyncIterator[tuple[Bus, LoggedTorchBackend, Collector, DeviceActor]]:
+async def rig(tiny_model_dir: Path) -> AsyncIterator[tuple[Bus, LoggedTorchBackend, Collector, DeviceActor, Collector]]:
     backend = LoggedTorchBackend(torch_backend.load(str(tiny_model_dir), threads=1))
     backend.capabilities = dataclasses.replace(backend.capabilities, prefill_chunk=64)
     ctx = zmq.asyncio.Context()
     bus = Bus(ctx, "sched")
     sup = FailLoudly()
     tokenizer = Collector(bus, sup, "tokenizer")
+    telemetry = Collector(bus, sup, "telemetry")
     device = DeviceActor(bus, sup, backend)  # type: ignore[arg-type]
-    others = [Collector(bus, sup, "telemetry"), SamplerActor(bus, sup), device]  # type: ignore[arg-type]
+    others = [telemetry, SamplerActor(bus, sup), device]  # type: ignore[arg-type]
     tasks = [asyncio.create_task(a.run()) for a in [tokenizer, *others]]
-    yield bus, backend, tokenizer, device
+    yield bus, backend, tokenizer, device, telemetry
     for actor, task in zip([tokenizer, *others], tasks, strict=True):
         await send_close(bus, actor.name)
         await asyncio.wait_for(task, 10)
@@ -110,7 +127,7 @@ def admit(rid: int, n_prompt: int, max_tokens: int) -> m.Admit:
 
 
 async def test_long_prompt_is_chunked_between_decode_steps(rig) -> None:  # type: ignore[no-untyped-def]
-    bus, backend, tokenizer, device = rig
+    bus, backend, tokenizer, device, _ = rig
     sender = Collector(bus, FailLoudly(), "test-sender")
     try:
         await sender.send("device", admit(1, 8, max_tokens=400))
@@ -123,7 +140,10 @@ async def test_long_prompt_is_chunked_between_decode_steps(rig) -> None:  # type
         sender.discard()
 
     long_calls = [i for i, (kind, seqs, _) in enumerate(backend.calls) if 2 in seqs and kind in ("prefill", "extend")]
-    assert [backend.calls[i][2] for i in long_calls] == [64, 64, 64, 64, 44]  # 300 tokens in chunks of 64
+    chunks = [backend.calls[i][2] for i in long_calls]
+    # 300 tokens in chunks: the first of the backend's 64, then sized like a decode step.
+    assert sum(chunks) == 300 and chunks[0] == 64 and len(chunks) >= 2
+    assert all(c <= ALONE_CHUNK and (c % ROUND == 0 or c == chunks[-1]) for c in chunks)
     between = backend.calls[long_calls[0] : long_calls[-1]]
     decodes_of_short = [c for c in between if c[0] == "decode" and 1 in c[1]]
     # The short request kept streaming: a decode step after every chunk.
@@ -135,3 +155,31 @@ async def test_long_prompt_is_chunked_between_decode_steps(rig) -> None:  # type
     # there after them runs after them.
     await asyncio.get_running_loop().run_in_executor(device._device_thread, lambda: None)
     assert backend.live_sequences() == 0
+
+
+async def test_newcomers_short_prompts_go_in_one_forward_together(rig) -> None:  # type: ignore[no-untyped-def]
+    bus, backend, tokenizer, _, telemetry = rig
+    sender = Collector(bus, FailLoudly(), "test-sender")
+    loop = asyncio.get_running_loop()
+    try:
+        backend.decode_gate.clear()  # request 1's first decode step holds the device
+        await sender.send("device", admit(1, 8, max_tokens=6))
+        assert await loop.run_in_executor(None, backend.decode_waiting.wait, 30)
+        for rid, n in ((2, 30), (3, 11), (4, 50)):  # they arrive while it computes
+            await sender.send("device", admit(rid, n, max_tokens=6))
+        # The device handles its mail in order: its answer to this comes after the admits.
+        await sender.send("device", m.StatusQuery(rid=99, state="test"))
+        await telemetry.until(lambda: bool(telemetry.reports))
+        assert telemetry.reports[0].running + telemetry.reports[0].queued == 4
+        backend.decode_gate.set()
+        await tokenizer.until(lambda: len(tokenizer.ended) == 4)
+    finally:
+        sender.discard()
+
+    feeds = [c for c in backend.calls if c[0] in ("prefill", "extend", "extend_batch")]
+    assert feeds[0] == ("extend", (1,), 8)
+    # All three newcomers, whole prompts, in one forward (prefix restore found nothing).
+    assert feeds[1:] == [("extend_batch", (2, 3, 4), 91)]
+    assert any(c[0] == "decode" and set(c[1]) == {1, 2, 3, 4} for c in backend.calls)
+    assert all(e.completion_tokens == 6 and e.reason == "length" for e in tokenizer.ended.values())
+

@@ -228,3 +228,17 @@ def test_a_failed_reload_fails_the_waiting_requests_and_the_daemon_serves_on(
         hidden.rename(config)
     client.send("z", request)
     assert answer(list(client.stream("z"))) == reference
+
+
+def test_a_reload_asks_for_the_plan_measured_at_start_up() -> None:
+    """dtype, threads and lanes chosen at start-up go back in, so nothing is measured again."""
+    from axchat.actors.backends.base import BackendInfo
+    from axchat.daemon.config import ServeConfig
+    from axchat.daemon.model_load import device_loader
+
+    chosen = BackendInfo(backend="torch", model="m", device="cpu", dtype="float32", context_length=64,
+                         vocab_size=10, threads=1, lanes=2)
+    for asked in (None, 2):  # measured from the usable cores, or within --threads 2
+        loader = device_loader(ServeConfig(model="m", threads=asked), "m", chosen)
+        cfg = loader.args[0]  # type: ignore[attr-defined]
+        assert (cfg.dtype, cfg.threads, cfg.lanes) == ("float32", 1, 2)

@@ -15,6 +15,7 @@ def load_backend(
     dtype: str = "auto",
     context: int | None = None,
     threads: int | None = None,
+    lanes: int | None = None,
     prefix_cache_bytes: int = 0,
     compile: bool = False,
     build_root: str | None = None,
@@ -30,6 +31,7 @@ def load_backend(
             dtype=dtype,
             context=context,
             threads=threads,
+            lanes=lanes,
             prefix_cache_bytes=prefix_cache_bytes,
             compile=compile,
         )

@@ -36,7 +36,8 @@ class BackendInfo:
     # How the decode step runs, for status and the log: "lean" or "generic" (torch), "" (others).
     decode_path: str = ""
     dtype_reason: str = ""  # why this dtype (and thread count): what was measured at load
-    threads: int = 0  # intra-op threads of the forward; 0: not applicable
+    threads: int = 0  # intra-op threads of the forward (per lane); 0: not applicable
+    lanes: int = 1  # threads that split each matmul's columns (lean path on a CPU)
     compiled: bool = False
     compile_s: float = 0.0  # compile and warm-up before ready
 
@@ -52,6 +53,8 @@ class Capabilities:
     prefill_chunk: int | None = None
     # Keeps finished sequences' KV and restores the longest matching prefix (`start`).
     prefix_cache: bool = False
+    # Sequences whose prompts one forward can take together (`extend_batch`); 1: one at a time.
+    prefill_rows: int = 1
 
 
 class DeviceBackend(abc.ABC):
@@ -72,6 +75,12 @@ class DeviceBackend(abc.ABC):
         `capabilities.prefill_chunk` is set."""
         raise NotImplementedError(f"{type(self).__name__} cannot extend a sequence")
 
+    def extend_batch(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
+        """Feed each started sequence its piece of prompt, in one forward where the
+        backend can; return float32 logits (len(seq_ids), vocab) after each piece.
+        Only called when `capabilities.prefill_rows` > 1."""
+        return np.stack([self.extend(seq_id, piece) for seq_id, piece in zip(seq_ids, pieces, strict=True)])
+
     @abc.abstractmethod
     def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
         """Feed one token to each sequence; return float32 logits (len(seq_ids), vocab)."""
@@ -80,7 +89,8 @@ class DeviceBackend(abc.ABC):
         """Begin `seq_id` with the KV of the longest cached prefix of `prompt_ids`
         kept under `salt` (never all of it: the last token must be fed to get logits).
         Returns how many prompt tokens that covers; the rest comes through `extend`.
-        Only called when `capabilities.prefix_cache` is set."""
+        Only called when `capabilities.prefix_cache` is set or `prefill_rows` > 1 (a
+        backend without a cache then starts the sequence empty and returns 0)."""
         raise NotImplementedError(f"{type(self).__name__} has no prefix cache")
 
     @abc.abstractmethod

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from axchat.actors.backends.lean_llama import LeanLlama
+from axchat.actors.backends.matmul_lanes import Lanes
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,32 @@ CHUNK_MIN, CHUNK_MAX, CHUNK_STEP = 16, 256, 16  # bounds of the prompt chunk cho
 
 
 @dataclass(frozen=True)
+class Plan:
+    """How the forward uses the cores: `threads` intra-op threads in each of `lanes`
+    threads that split every projection's columns (matmul_lanes)."""
+
+    threads: int
+    lanes: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.threads} threads" if self.lanes == 1 else f"{self.lanes} lanes of {self.threads} thread"
+
+
+def plans(budget: int, lanes: bool) -> list[Plan]:
+    """What to measure with `budget` cores: all of them in one thread pool, half of them
+    (other processes on the same cores stall a pool), and, on a CPU, one thread per
+    core each taking a share of every matmul's columns (`lanes`)."""
+    found = [Plan(budget), Plan(max(1, budget // 2))]
+    if lanes and budget > 1:
+        found.append(Plan(1, budget))
+    return list(dict.fromkeys(found))
+
+
+@dataclass(frozen=True)
 class Tuned:
     lean: LeanLlama
     dtype: torch.dtype
-    threads: int
+    plan: Plan
     reason: str  # one line for the log and status: what was measured
     prefill_chunk: int = CHUNK_MAX  # prompt tokens one forward takes between decode steps
 
@@ -77,53 +100,65 @@ def _probe(lean: LeanLlama, rows: int, chunk: int, repeats: int, first_slot: int
     return statistics.median(times) * 1e3
 
 
-def choose(
-    build: Callable[[torch.dtype], LeanLlama], dtypes: Sequence[torch.dtype], threads: Sequence[int]
-) -> Tuned:
+def choose(build: Callable[[torch.dtype], LeanLlama], dtypes: Sequence[torch.dtype], candidates: Sequence[Plan]) -> Tuned:
     """Time what the scheduler runs (a batch-1 decode step, a full-batch decode step,
-    a prompt chunk) for each dtype and thread count; keep the candidate whose worst
-    slowdown against the best on any of the three is smallest.
+    a prompt chunk) for each dtype and plan; keep the candidate whose worst slowdown
+    against the best on any of the three is smallest.
 
     All three count: bfloat16 without native CPU support halves the bytes a batch-1
     step reads, but its matmuls then run several times slower for a batch or a prompt.
     """
     built = {dtype: build(dtype) for dtype in dtypes}
-    b1: dict[tuple[torch.dtype, int], float] = {}
+    b1: dict[tuple[torch.dtype, Plan], float] = {}
     for dtype, lean in built.items():
-        for n in threads:
-            torch.set_num_threads(n)
-            b1[dtype, n] = _probe(lean, 1, 1, PROBE_STEPS)
-    timings: dict[tuple[torch.dtype, int], tuple[float, float, float]] = {}
-    for (dtype, n), ms in b1.items():
+        for plan in candidates:
+            _apply(lean, plan)
+            b1[dtype, plan] = _probe(lean, 1, 1, PROBE_STEPS)
+    timings: dict[tuple[torch.dtype, Plan], tuple[float, float, float]] = {}
+    for (dtype, plan), ms in b1.items():
         if ms > PRUNE * min(b1.values()):
             # This far behind on the commonest step it cannot win; its slower probes
             # would take seconds (a stalled thread pool) for nothing.
-            timings[dtype, n] = (ms, float("inf"), float("inf"))
+            timings[dtype, plan] = (ms, float("inf"), float("inf"))
             continue
-        torch.set_num_threads(n)
         lean = built[dtype]
-        timings[dtype, n] = (ms, _probe(lean, lean.cache.shape[0], 1, 2), _probe(lean, 1, PROBE_CHUNK, 1))
+        _apply(lean, plan)
+        timings[dtype, plan] = (ms, _probe(lean, lean.cache.shape[0], 1, 2), _probe(lean, 1, PROBE_CHUNK, 1))
     best = [min(t[i] for t in timings.values()) for i in range(3)]
 
-    def regret(key: tuple[torch.dtype, int]) -> float:
+    def regret(key: tuple[torch.dtype, Plan]) -> float:
         return max(t / b for t, b in zip(timings[key], best, strict=True))
 
-    dtype, n = min(timings, key=regret)
-    torch.set_num_threads(n)
+    dtype, plan = min(timings, key=regret)
+    for other, lean in built.items():
+        if other is not dtype:
+            lean.close()
+    _apply(built[dtype], plan)
     rows = built[dtype].cache.shape[0]
     measured = "; ".join(
-        f"{_name(d)}/{t} threads " + "/".join(f"{x:.1f}" if x < float("inf") else "-" for x in ms) + " ms"
-        for (d, t), ms in timings.items()
+        f"{_name(d)}/{p} " + "/".join(f"{x:.1f}" if x < float("inf") else "-" for x in ms) + " ms"
+        for (d, p), ms in timings.items()
     )
     what = f"decode b1/decode b{rows}/prompt chunk of {PROBE_CHUNK}"
     if len(timings) == 1:
         reason = f"as configured ({what}: {measured})"
     else:
         reason = f"least slowdown on the worst of {what}: {measured}"
-    _, batch_ms, chunk_ms = timings[dtype, n]
+    _, batch_ms, chunk_ms = timings[dtype, plan]
     chunk = chunk_for(batch_ms, chunk_ms)
     reason += f"; prompt chunks of {chunk} tokens (about one b{rows} decode step)"
-    return Tuned(built[dtype], dtype, n, reason, chunk)
+    return Tuned(built[dtype], dtype, plan, reason, chunk)
+
+
+def _apply(lean: LeanLlama, plan: Plan) -> None:
+    """Set the calling thread's intra-op threads and the model's lanes to `plan`."""
+    torch.set_num_threads(plan.threads)
+    current = lean.lanes.count if lean.lanes is not None else 1
+    if current != plan.lanes:
+        if plan.lanes > 1:
+            lean.use_lanes(Lanes(plan.lanes))
+        else:
+            lean.close()
 
 
 def warm_up(lean: LeanLlama) -> float:

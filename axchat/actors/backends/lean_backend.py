@@ -22,6 +22,7 @@ class LeanTorchBackend(DeviceBackend):
             kv_survives_switch=True,
             prefill_chunk=prefill_chunk,
             prefix_cache=prefix_cache_bytes > 0,
+            prefill_rows=lean.cache.shape[0],
         )
         # Kept KV: one tensor [layers, 2, kv_heads, tokens, head_dim] per entry.
         self._prefixes: PrefixStore[torch.Tensor] = PrefixStore(prefix_cache_bytes)
@@ -62,6 +63,24 @@ class LeanTorchBackend(DeviceBackend):
     @torch.inference_mode()
     def extend(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
         return self._feed(seq_id, token_ids)
+
+    @torch.inference_mode()
+    def extend_batch(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
+        # Rows padded at the end to the longest piece; a pad must stay inside the context
+        # (its KV lands there), else each piece goes alone.
+        width = max(len(p) for p in pieces)
+        if any(self._length[s] + width > self.lean.context for s in seq_ids):
+            return super().extend_batch(seq_ids, pieces)
+        order = sorted(range(len(seq_ids)), key=lambda i: self._slot[seq_ids[i]])
+        rows = [list(pieces[i]) + [0] * (width - len(pieces[i])) for i in order]
+        slots = [self._slot[seq_ids[i]] for i in order]
+        starts = [self._length[seq_ids[i]] for i in order]
+        logits = self.lean.forward(self._ids(rows), slots, starts, [len(pieces[i]) for i in order])
+        for i in order:
+            self._length[seq_ids[i]] += len(pieces[i])
+        out = np.empty((len(seq_ids), logits.shape[-1]), dtype=np.float32)
+        out[order] = logits.cpu().numpy()
+        return out
 
     @torch.inference_mode()
     def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
@@ -116,3 +135,4 @@ class LeanTorchBackend(DeviceBackend):
     def close(self) -> None:
         self._slot.clear()
         self._length.clear()
+        self.lean.close()  # its lane threads

@@ -18,6 +18,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from axchat.actors.backends.matmul_lanes import Lanes
+
+Linear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 # Architectures whose layer is exactly: RMSNorm, q/k/v projections without bias, rotary
 # embedding on q and k, attention with grouped KV heads, o projection, RMSNorm, SiLU-gated
 # MLP. Others use the generic transformers path.
@@ -163,13 +167,34 @@ class LeanLlama:
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # [context, head_dim]
         self.cache = SlotCache(len(self.layers), slots, self.kv_heads, self.head_dim, context, self.dtype, self.device)
         self.shape = _Shape(self.heads, self.kv_heads, self.head_dim, self.intermediate, self.eps)
+        # The matmul of every projection: F.linear, or one split across threads (use_lanes).
+        self.linear: Linear = F.linear
+        self.lanes: Lanes | None = None
         self.attention_inputs: Callable[..., Any] = _attention_inputs
         self.mlp_block: Callable[..., torch.Tensor] = _mlp_block
         self.compiled = False
 
-    def forward(self, token_ids: torch.Tensor, slots: Sequence[int], starts: Sequence[int]) -> torch.Tensor:
+    def use_lanes(self, lanes: Lanes) -> None:
+        """Run the projections on `lanes` (matmul_lanes); this object closes them."""
+        self.close()
+        self.lanes, self.linear = lanes, lanes.linear
+
+    def close(self) -> None:
+        """Stop any helper threads; the forward goes back to plain F.linear."""
+        if self.lanes is not None:
+            self.lanes.close()
+        self.lanes, self.linear = None, F.linear
+
+    def forward(
+        self, token_ids: torch.Tensor, slots: Sequence[int], starts: Sequence[int], lengths: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """Feed `token_ids` [rows, T] at positions starts[i].. of slots[i]; return float32
         logits [rows, vocab] after each row's last token.
+
+        `lengths`: each row's real tokens when rows of different lengths are padded at
+        the end to T (a batched prefill); the logits are taken after a row's last real
+        token. A pad's KV lands past the row's end, where no query of that row looks
+        (causal mask) and its next real token overwrites it.
 
         Rows must be in increasing slot order. Contiguous slots are read in place (the
         common case, the scheduler's batch); otherwise their KV is gathered.
@@ -177,9 +202,12 @@ class LeanLlama:
         view = self._view(token_ids.shape, slots, starts)
         x = F.embedding(token_ids, self.embed)
         for layer, keys, values in zip(self.layers, self.cache.keys, self.cache.values, strict=True):
-            x = _layer_forward(x, layer, keys, values, view, self.shape, self.attention_inputs, self.mlp_block)
-        x = _rms_norm(x[:, -1], self.norm, self.shape.eps)
-        return F.linear(x, self.head).float()
+            x = _layer_forward(x, layer, keys, values, view, self.shape, self.attention_inputs, self.mlp_block, self.linear)
+        if lengths is None:
+            last = x[:, -1]
+        else:
+            last = x[torch.arange(len(lengths), device=x.device), torch.tensor(lengths, device=x.device) - 1]
+        return self.linear(_rms_norm(last, self.norm, self.shape.eps), self.head).float()
 
     def _view(self, size: torch.Size, slots: Sequence[int], starts: Sequence[int]) -> _StepView:
         """Positions, rotary rows and the mask of one forward, built once for all layers."""
@@ -208,6 +236,7 @@ class LeanLlama:
         Dynamic shapes: one graph serves every layer, batch size and length. Cache
         writes and attention stay eager: their shapes change every step."""
         mode = "reduce-overhead" if self.device.type == "cuda" else None
+        self.close()  # a compiled graph cannot hand work to other threads
         self.attention_inputs = torch.compile(_attention_inputs, dynamic=True, mode=mode)
         self.mlp_block = torch.compile(_mlp_block, dynamic=True, mode=mode)
         self.compiled = True
@@ -215,9 +244,11 @@ class LeanLlama:
 
 def _layer_forward(
     x: torch.Tensor, layer: _Layer, keys: torch.Tensor, values: torch.Tensor, view: _StepView,
-    shape: _Shape, attention_inputs: Callable[..., Any], mlp_block: Callable[..., torch.Tensor],
+    shape: _Shape, attention_inputs: Callable[..., Any], mlp_block: Callable[..., torch.Tensor], linear: Linear,
 ) -> torch.Tensor:
-    q, k, v = attention_inputs(x, layer.input_norm, layer.qkv, view.cos, view.sin, shape.heads, shape.kv_heads, shape.head_dim, shape.eps)
+    q, k, v = attention_inputs(
+        x, layer.input_norm, layer.qkv, view.cos, view.sin, shape.heads, shape.kv_heads, shape.head_dim, shape.eps, linear
+    )
     # Into the cache at each row's positions: [rows, T] indices pick [rows, T, kv, d] places.
     keys[view.slot_t[:, None], :, view.positions] = k
     values[view.slot_t[:, None], :, view.positions] = v
@@ -228,16 +259,16 @@ def _layer_forward(
         k_all = keys[view.slot_t, :, : view.longest]
         v_all = values[view.slot_t, :, : view.longest]
     attn = _attention(q, k_all, v_all, view.mask, shape.kv_heads)
-    return mlp_block(x, attn, layer.o, layer.post_norm, layer.gate_up, layer.down, shape.intermediate, shape.eps)
+    return mlp_block(x, attn, layer.o, layer.post_norm, layer.gate_up, layer.down, shape.intermediate, shape.eps, linear)
 
 
 def _attention_inputs(
     x: torch.Tensor, norm: torch.Tensor, qkv_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-    heads: int, kv_heads: int, head_dim: int, eps: float,
+    heads: int, kv_heads: int, head_dim: int, eps: float, linear: Linear = F.linear,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q [rows, heads, T, d] rotated; k (rotated) and v as [rows, T, kv_heads, d], the cache's index order."""
     rows, steps, _ = x.shape
-    q, k, v = F.linear(_rms_norm(x, norm, eps), qkv_w).split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], -1)
+    q, k, v = linear(_rms_norm(x, norm, eps), qkv_w).split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], -1)
     q = _rotate(q.view(rows, steps, heads, head_dim).transpose(1, 2), cos, sin)
     k = _rotate(k.view(rows, steps, kv_heads, head_dim), cos.transpose(1, 2), sin.transpose(1, 2))
     return q, k, v.view(rows, steps, kv_heads, head_dim)
@@ -245,13 +276,13 @@ def _attention_inputs(
 
 def _mlp_block(
     x: torch.Tensor, attn: torch.Tensor, o_w: torch.Tensor, norm: torch.Tensor, gate_up_w: torch.Tensor,
-    down_w: torch.Tensor, intermediate: int, eps: float,
+    down_w: torch.Tensor, intermediate: int, eps: float, linear: Linear = F.linear,
 ) -> torch.Tensor:
     """The attention output projected and added, then the gated MLP and its residual."""
     rows, heads, steps, head_dim = attn.shape
-    x = x + F.linear(attn.transpose(1, 2).reshape(rows, steps, heads * head_dim), o_w)
-    gate, up = F.linear(_rms_norm(x, norm, eps), gate_up_w).split([intermediate, intermediate], -1)
-    return x + F.linear(F.silu(gate) * up, down_w)
+    x = x + linear(attn.transpose(1, 2).reshape(rows, steps, heads * head_dim), o_w)
+    gate, up = linear(_rms_norm(x, norm, eps), gate_up_w).split([intermediate, intermediate], -1)
+    return x + linear(F.silu(gate) * up, down_w)
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, kv_heads: int) -> torch.Tensor:

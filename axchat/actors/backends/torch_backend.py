@@ -77,13 +77,16 @@ def load(
     dtype: str = "auto",
     context: int | None = None,
     threads: int | None = None,
+    lanes: int | None = None,
     max_batch: int = 8,
     prefix_cache_bytes: int = 256 << 20,
     compile: bool = False,
     lean: bool = True,
 ) -> DeviceBackend:
     """The lean backend for Llama-family models (unless `lean` is False), else the
-    generic one. `threads` None: measured at load from the usable cores."""
+    generic one. `threads` None: measured at load from the usable cores. `lanes`
+    (lean path only) with `threads`: exactly that plan, as a reload after keep-alive
+    asks for the one measured at start-up."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     torch.set_num_threads(threads or default_threads())
@@ -111,24 +114,28 @@ def load(
         threads=torch.get_num_threads(),
     )
     if lean and lean_llama.supports(lm):
-        return _load_lean(lm, info, dtype, threads, max_batch, prefix_cache_bytes, compile)
+        return _load_lean(lm, info, dtype, threads, lanes, max_batch, prefix_cache_bytes, compile)
     log.info("loaded %s on %s as %s, %d threads", info.model, device, info.dtype, torch.get_num_threads())
     return TorchBackend(lm, info, max_batch, prefix_cache_bytes=prefix_cache_bytes)
 
 
 def _load_lean(
-    lm: Any, info: BackendInfo, dtype: str, threads: int | None, max_batch: int, prefix_cache_bytes: int, compile: bool
+    lm: Any, info: BackendInfo, dtype: str, threads: int | None, lanes: int | None, max_batch: int,
+    prefix_cache_bytes: int, compile: bool,
 ) -> DeviceBackend:
     from axchat.actors.backends.lean_backend import LeanTorchBackend
 
     dtypes = [lm.dtype]
     if dtype == "auto" and info.device == "cpu":
         dtypes.append(torch.bfloat16)
-    # Explicit threads are kept; otherwise the usable cores, or half of them when that
-    # measures faster (other processes on the same cores stall a thread pool).
-    usable = default_threads()
-    thread_counts = [threads] if threads else sorted({usable, max(1, usable // 2)}, reverse=True)
-    tuned = decode_tuning.choose(lambda d: lean_llama.LeanLlama(lm, max_batch, info.context_length, d), dtypes, thread_counts)
+    if threads and lanes:
+        candidates = [decode_tuning.Plan(threads, lanes)]
+    else:
+        # `--threads N` (else the usable cores) is the budget; how to spend it is measured.
+        # Lanes only on the CPU (a GPU has its own parallelism) and not compiled (a
+        # compiled graph cannot hand work to other threads).
+        candidates = decode_tuning.plans(threads or default_threads(), lanes=info.device == "cpu" and not compile)
+    tuned = decode_tuning.choose(lambda d: lean_llama.LeanLlama(lm, max_batch, info.context_length, d), dtypes, candidates)
     lean = tuned.lean
     if compile:
         lean.compile()
@@ -138,13 +145,14 @@ def _load_lean(
         dtype=str(tuned.dtype).removeprefix("torch."),
         dtype_reason=tuned.reason,
         decode_path="lean",
-        threads=tuned.threads,
+        threads=tuned.plan.threads,
+        lanes=tuned.plan.lanes,
         compiled=compile,
         compile_s=round(warm_s, 2) if compile else 0.0,
     )
     log.info(
-        "loaded %s on %s as %s, %d threads (lean Llama path; %s); %s",
-        info.model, info.device, info.dtype, tuned.threads, tuned.reason,
+        "loaded %s on %s as %s, %s (lean Llama path; %s); %s",
+        info.model, info.device, info.dtype, tuned.plan, tuned.reason,
         f"compiled in {warm_s:.1f}s" if compile else f"not compiled, warmed up in {warm_s:.1f}s",
     )
     return LeanTorchBackend(lean, info, prefill_chunk=tuned.prefill_chunk, prefix_cache_bytes=prefix_cache_bytes)

@@ -31,3 +31,13 @@ def test_a_slower_prompt_gets_smaller_chunks() -> None:
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("inf")])
 def test_unmeasured_timings_keep_the_largest_chunk(bad: float) -> None:
     assert chunk_for(bad, 10.0) == CHUNK_MAX and chunk_for(100.0, bad) == CHUNK_MAX
+
+
+def test_plans_measured_at_load() -> None:
+    from axchat.actors.backends.decode_tuning import Plan, plans
+
+    # Two cores: both in one pool, one, or one thread per lane splitting each matmul.
+    assert plans(2, lanes=True) == [Plan(2), Plan(1), Plan(1, 2)]
+    assert plans(6, lanes=False) == [Plan(6), Plan(3)]  # on a GPU, or compiled
+    assert plans(1, lanes=True) == [Plan(1)]
+    assert str(Plan(1, 2)) == "2 lanes of 1 thread" and str(Plan(4)) == "4 threads"

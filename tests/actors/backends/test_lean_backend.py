@@ -1,6 +1,7 @@
 """The lean Llama path computes what transformers computes (float32): prefill, chunked
-extend, batched decode of sequences of different lengths, prefix-cache restore, and
-slots that move or are not contiguous."""
+extend, batched decode of sequences of different lengths, prompts of different lengths
+in one forward, prefix-cache restore, slots that move or are not contiguous, and
+matmuls split across lanes."""
 
 from __future__ import annotations
 
@@ -101,6 +102,45 @@ def test_prefix_cache_restore_matches_a_fresh_prefill(backend: LeanTorchBackend,
     assert restored == 51
     logits = backend.extend(3, turn2[restored:])
     np.testing.assert_allclose(logits, ref_logits(reference, turn2), atol=ATOL)
+
+
+def test_prompts_of_different_lengths_in_one_forward_match_transformers(backend: LeanTorchBackend, reference) -> None:  # type: ignore[no-untyped-def]
+    """extend_batch pads rows to the longest; a cached prefix shortens one of them."""
+    history = prompt(40, 13)
+    backend.start(9, history, "carol")
+    backend.extend(9, history)
+    backend.release(9, keep=("carol", history))
+    prompts = {1: prompt(3, 14), 2: [*history, *prompt(6, 15)], 3: prompt(57, 16)}
+    cached = {s: backend.start(s, p, "carol") for s, p in prompts.items()}
+    assert cached == {1: 0, 2: 40, 3: 0}
+    order = [3, 1, 2]
+    logits = backend.extend_batch(order, [prompts[s][cached[s] :] for s in order])
+    for s, row in zip(order, logits, strict=True):
+        np.testing.assert_allclose(row, ref_logits(reference, prompts[s]), atol=ATOL)
+    # The pads' KV is past each row's end: the next decode step sees only real tokens.
+    first = {s: int(np.argmax(row)) for s, row in zip(order, logits, strict=True)}
+    step = backend.decode(order, [first[s] for s in order])
+    for s, row in zip(order, step, strict=True):
+        np.testing.assert_allclose(row, ref_logits(reference, [*prompts[s], first[s]]), atol=ATOL)
+
+
+def test_lanes_compute_bit_for_bit_what_one_thread_does(tiny_model_dir: Path, backend: LeanTorchBackend) -> None:
+    laned = torch_backend.load(str(tiny_model_dir), dtype="float32", threads=1, lanes=2, prefix_cache_bytes=0)
+    try:
+        assert isinstance(laned, LeanTorchBackend) and laned.lean.lanes is not None
+        assert (laned.info.threads, laned.info.lanes) == (1, 2)
+        prompts = {1: prompt(21, 17), 2: prompt(8, 18), 3: prompt(34, 19)}
+        for b in (backend, laned):
+            for s, p in prompts.items():
+                b.start(s, p, "dave")
+        one = backend.extend_batch(list(prompts), list(prompts.values()))
+        two = laned.extend_batch(list(prompts), list(prompts.values()))
+        assert np.array_equal(one, two)
+        tokens = [int(np.argmax(row)) for row in one]
+        assert np.array_equal(backend.decode(list(prompts), tokens), laned.decode(list(prompts), tokens))
+    finally:
+        laned.close()
+    assert laned.lean.lanes is None  # its helper threads are stopped
 
 
 def test_llama3_rope_scaling_matches_transformers(tmp_path: Path) -> None:

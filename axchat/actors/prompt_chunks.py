@@ -1,0 +1,44 @@
+"""How many tokens of a long prompt go in the next forward, from what forwards cost now.
+
+Why at run time and not only at load: the device actor alternates prompt chunks with
+decode steps, so every running stream waits one chunk on top of its own step. The load
+time probe sizes a chunk for a full batch at a shallow depth; in use the batch is often
+smaller (its step cheaper) and the long prompt's chunks get dearer as its KV grows
+(measured on the SmolLM2 shape on 2 cores: a 16-token chunk 270 ms at position 200,
+420 ms at 1700). Sizing each chunk from the latest costs keeps a chunk near one decode
+step of the batch actually running. With nobody decoding there is nobody to be fair to,
+and the prompt goes in the largest chunks.
+"""
+
+from __future__ import annotations
+
+MIN_TOKENS = 8  # below this a forward's fixed cost dominates
+ROUND = 8  # chunk sizes in multiples of this, so shapes repeat
+SMOOTHING = 0.5  # weight of the newest measurement of a prompt token's cost
+
+
+class ChunkSizer:
+    def __init__(self, initial: int, alone: int) -> None:
+        """`initial`: the load-time choice, used until a chunk has been measured;
+        `alone`: the chunk when no stream is decoding (and the upper bound)."""
+        self.alone = max(alone, MIN_TOKENS)
+        self.initial = min(max(initial, MIN_TOKENS), self.alone)
+        self._ms_per_token: float | None = None
+
+    def observe(self, tokens: int, ms: float) -> None:
+        """A chunk of `tokens` prompt tokens took `ms` in its forward."""
+        if tokens <= 0 or ms <= 0:
+            return
+        cost = ms / tokens
+        old = self._ms_per_token
+        self._ms_per_token = cost if old is None else SMOOTHING * cost + (1 - SMOOTHING) * old
+
+    def next(self, decode_step_ms: float | None) -> int:
+        """Tokens for the next chunk. `decode_step_ms`: what a decode step of the
+        streams running beside it costs now; None when nothing else is decoding."""
+        if decode_step_ms is None:
+            return self.alone
+        if self._ms_per_token is None or decode_step_ms <= 0:
+            return self.initial
+        tokens = int(decode_step_ms / self._ms_per_token) // ROUND * ROUND
+        return max(MIN_TOKENS, min(self.alone, tokens))
