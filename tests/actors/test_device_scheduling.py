@@ -18,8 +18,8 @@ from axchat.actors import messages as m
 from axchat.actors.backends import torch_backend
 from axchat.actors.backends.base import DeviceBackend
 from axchat.actors.device import ALONE_CHUNK, DeviceActor
-from axchat.actors.prompt_chunks import ROUND
 from axchat.actors.mailbox import Actor, Bus, send_close
+from axchat.actors.prompt_chunks import ROUND
 from axchat.actors.sampler import SamplerActor
 from axchat.protocol.v1 import Sampling
 
@@ -33,31 +33,35 @@ class LoggedTorchBackend:
         self.info = inner.info
         self.capabilities = inner.capabilities
         self.calls: list[tuple[str, tuple[int, ...], int]] = []
-        # Cleared, a decode step waits on the device thread until it is set again.
-        self.decode_gate = threading.Event()
-        self.decode_gate.set()
-        self.decode_waiting = threading.Event()
+        # A call of kind `hold` waits on the device thread (once `held` says so) until
+        # `gate` is set: what the actor does meanwhile is then what the test arranges.
+        self.hold: str | None = None
+        self.gate = threading.Event()
+        self.held = threading.Event()
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
+    def _log(self, kind: str, seq_ids: tuple[int, ...], tokens: int) -> None:
+        self.calls.append((kind, seq_ids, tokens))
+        if kind == self.hold and not self.gate.is_set():
+            self.held.set()
+            assert self.gate.wait(30), "the test never opened the gate"
+
     def prefill(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
-        self.calls.append(("prefill", (seq_id,), len(token_ids)))
+        self._log("prefill", (seq_id,), len(token_ids))
         return self.inner.prefill(seq_id, token_ids)
 
     def extend(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
-        self.calls.append(("extend", (seq_id,), len(token_ids)))
+        self._log("extend", (seq_id,), len(token_ids))
         return self.inner.extend(seq_id, token_ids)
 
     def extend_batch(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
-        self.calls.append(("extend_batch", tuple(seq_ids), sum(len(p) for p in pieces)))
+        self._log("extend_batch", tuple(seq_ids), sum(len(p) for p in pieces))
         return self.inner.extend_batch(seq_ids, pieces)
 
     def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
-        self.calls.append(("decode", tuple(seq_ids), len(token_ids)))
-        if not self.decode_gate.is_set():
-            self.decode_waiting.set()
-            assert self.decode_gate.wait(30), "the test never opened the gate"
+        self._log("decode", tuple(seq_ids), len(token_ids))
         return self.inner.decode(seq_ids, token_ids)
 
 
@@ -160,18 +164,10 @@ async def test_long_prompt_is_chunked_between_decode_steps(rig) -> None:  # type
 async def test_newcomers_short_prompts_go_in_one_forward_together(rig) -> None:  # type: ignore[no-untyped-def]
     bus, backend, tokenizer, _, telemetry = rig
     sender = Collector(bus, FailLoudly(), "test-sender")
-    loop = asyncio.get_running_loop()
     try:
-        backend.decode_gate.clear()  # request 1's first decode step holds the device
+        backend.hold = "decode"  # request 1's first decode step holds the device
         await sender.send("device", admit(1, 8, max_tokens=6))
-        assert await loop.run_in_executor(None, backend.decode_waiting.wait, 30)
-        for rid, n in ((2, 30), (3, 11), (4, 50)):  # they arrive while it computes
-            await sender.send("device", admit(rid, n, max_tokens=6))
-        # The device handles its mail in order: its answer to this comes after the admits.
-        await sender.send("device", m.StatusQuery(rid=99, state="test"))
-        await telemetry.until(lambda: bool(telemetry.reports))
-        assert telemetry.reports[0].running + telemetry.reports[0].queued == 4
-        backend.decode_gate.set()
+        await arrive_while_held(backend, sender, telemetry, [admit(2, 30, 6), admit(3, 11, 6), admit(4, 50, 6)])
         await tokenizer.until(lambda: len(tokenizer.ended) == 4)
     finally:
         sender.discard()
@@ -183,3 +179,36 @@ async def test_newcomers_short_prompts_go_in_one_forward_together(rig) -> None: 
     assert any(c[0] == "decode" and set(c[1]) == {1, 2, 3, 4} for c in backend.calls)
     assert all(e.completion_tokens == 6 and e.reason == "length" for e in tokenizer.ended.values())
 
+
+
+async def test_a_short_prompt_goes_before_a_long_prompts_next_chunk(rig) -> None:  # type: ignore[no-untyped-def]
+    _, backend, tokenizer, _, telemetry = rig
+    sender = Collector(rig[0], FailLoudly(), "test-sender")
+    try:
+        backend.hold = "extend"  # the long prompt's first chunk holds the device
+        await sender.send("device", admit(1, 600, max_tokens=2))  # more than a chunk + WHOLE_PROMPT
+        await arrive_while_held(backend, sender, telemetry, [admit(2, 8, max_tokens=3)])
+        await tokenizer.until(lambda: len(tokenizer.ended) == 2)
+    finally:
+        sender.discard()
+
+    feeds = [c for c in backend.calls if c[0] == "extend"]
+    long_chunks = [c[2] for c in feeds if c[1] == (1,)]
+    assert feeds[0] == ("extend", (1,), ALONE_CHUNK)  # nobody decoding: the largest chunk
+    assert feeds[1] == ("extend", (2,), 8)  # then the short one, whole, before the rest
+    assert sum(long_chunks) == 600
+    assert tokenizer.ended[1].completion_tokens == 2 and tokenizer.ended[2].completion_tokens == 3
+
+
+async def arrive_while_held(backend, sender, telemetry, admits) -> None:  # type: ignore[no-untyped-def]
+    """Send `admits` while the held call waits on the device thread, make sure the device
+    actor has taken them in, then let the call go on."""
+    assert await asyncio.get_running_loop().run_in_executor(None, backend.held.wait, 30)
+    for msg in admits:
+        await sender.send("device", msg)
+    # The device handles its mail in order: its answer to this comes after the admits.
+    await sender.send("device", m.StatusQuery(rid=99, state="test"))
+    await telemetry.until(lambda: bool(telemetry.reports))
+    report = telemetry.reports[-1]
+    assert report.running + report.queued == 1 + len(admits)
+    backend.gate.set()

@@ -1,4 +1,5 @@
-"""Linear layers split by output columns across threads ("lanes"), each a one-thread torch.
+"""Linear layers split by output columns across threads ("lanes"), each a one-thread torch;
+and any other work split in independent parts (attention by query positions).
 
 Why: on a small CPU, a decode step for several sequences is a matmul with a handful of
 rows (one per sequence), and MKL does not spread such a thin matmul over its threads:
@@ -14,7 +15,9 @@ thread but the hand-off cost, so it stays whole, except for a big vocabulary hea
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +25,18 @@ import torch.nn.functional as F
 # A weight with at least this many output rows (a vocabulary head) is split even for
 # one row of input: it is large enough that the second thread's share beats the hand-off.
 SPLIT_ALWAYS_ROWS = 16384
+# Below this many multiply-adds a matmul takes about as long as handing half of it to
+# another thread (tens of microseconds): a small model's projections stay whole.
+MIN_SPLIT_MACS = 1 << 18
 ALIGN = 16  # split points on multiples of this many columns (whole SIMD vectors)
+
+
+T = TypeVar("T")
+
+
+def _in_inference_mode(fn: Callable[..., T], *args: Any) -> T:
+    with torch.inference_mode():  # per thread: the helpers need it as the caller has it
+        return fn(*args)
 
 
 def _mm_into(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
@@ -54,11 +68,16 @@ class Lanes:
         features = x.shape[-1]
         rows = x.numel() // features if features else 0
         n = w.shape[0]
-        if helpers is None or (rows < 2 and n < SPLIT_ALWAYS_ROWS) or n < ALIGN * self.count:
+        if (
+            helpers is None
+            or (rows < 2 and n < SPLIT_ALWAYS_ROWS)
+            or rows * n * features < MIN_SPLIT_MACS
+            or n < ALIGN * self.count
+        ):
             return F.linear(x, w)
         flat = x.reshape(rows, features)
         out = x.new_empty((rows, n))
-        bounds = self._bounds(n)
+        bounds = self.bounds(n, ALIGN)
         futures: list[Future[None]] = [helpers.submit(_mm_into, flat, w[a:b], out[:, a:b]) for a, b in bounds[1:]]
         try:
             a, b = bounds[0]
@@ -69,8 +88,24 @@ class Lanes:
                 f.result()
         return out.view(*x.shape[:-1], n)
 
-    def _bounds(self, n: int) -> list[tuple[int, int]]:
-        step = -(-n // self.count // ALIGN) * ALIGN
+    def map(self, fn: Callable[..., T], parts: Sequence[tuple[Any, ...]]) -> list[T]:
+        """[fn(*part) for part in parts], the first on the calling thread while the
+        helpers take the others; at most one part per lane."""
+        if len(parts) > self.count:
+            raise ValueError(f"{len(parts)} parts for {self.count} lanes")
+        helpers = self._helpers
+        if helpers is None or len(parts) < 2:
+            return [fn(*part) for part in parts]
+        futures = [helpers.submit(_in_inference_mode, fn, *part) for part in parts[1:]]
+        try:
+            first = fn(*parts[0])
+        finally:
+            rest = [f.result() for f in futures]
+        return [first, *rest]
+
+    def bounds(self, n: int, align: int = 1) -> list[tuple[int, int]]:
+        """[0, n) cut into at most `count` runs of about equal length, on multiples of `align`."""
+        step = -(-n // self.count // align) * align
         return [(a, min(n, a + step)) for a in range(0, n, step)]
 
     def close(self) -> None:

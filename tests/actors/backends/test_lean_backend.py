@@ -129,13 +129,18 @@ def test_lanes_compute_bit_for_bit_what_one_thread_does(tiny_model_dir: Path, ba
     try:
         assert isinstance(laned, LeanTorchBackend) and laned.lean.lanes is not None
         assert (laned.info.threads, laned.info.lanes) == (1, 2)
-        prompts = {1: prompt(21, 17), 2: prompt(8, 18), 3: prompt(34, 19)}
+        lanes = laned.lean.lanes
+        split_attention: list[int] = []
+        real_map = lanes.map
+        lanes.map = lambda fn, parts: split_attention.append(len(parts)) or real_map(fn, parts)  # type: ignore[method-assign]
+        prompts = {1: prompt(21, 17), 2: prompt(8, 18), 3: prompt(90, 19)}
         for b in (backend, laned):
             for s, p in prompts.items():
                 b.start(s, p, "dave")
         one = backend.extend_batch(list(prompts), list(prompts.values()))
         two = laned.extend_batch(list(prompts), list(prompts.values()))
         assert np.array_equal(one, two)
+        assert split_attention and set(split_attention) == {2}  # attention was shared out too
         tokens = [int(np.argmax(row)) for row in one]
         assert np.array_equal(backend.decode(list(prompts), tokens), laned.decode(list(prompts), tokens))
     finally:

@@ -1,5 +1,6 @@
 """A linear layer split by output columns across lanes equals F.linear exactly, for the
-shapes the lean forward uses; one-row matmuls of ordinary width are not split."""
+shapes the lean forward uses; one-row matmuls of ordinary width and small matmuls are
+not split."""
 
 from __future__ import annotations
 
@@ -14,12 +15,20 @@ from axchat.actors.backends.matmul_lanes import SPLIT_ALWAYS_ROWS, Lanes
 
 @pytest.fixture
 def lanes():  # type: ignore[no-untyped-def]
+    # As the lanes plan runs it: one intra-op thread on the calling thread too. (With
+    # more, MKL may split a matmul's reduction, and the unsplit result is not the
+    # one-thread result either.)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     made = Lanes(3)
     yield made
     made.close()
+    torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize(("shape", "out_features"), [((8, 96), 200), ((2, 5, 96), 200), ((1, 96), SPLIT_ALWAYS_ROWS)])
+@pytest.mark.parametrize(
+    ("shape", "out_features"), [((8, 192), 500), ((2, 5, 192), 300), ((1, 96), SPLIT_ALWAYS_ROWS), ((3, 8), 40)]
+)
 def test_split_linear_equals_f_linear(lanes: Lanes, shape: tuple[int, ...], out_features: int) -> None:
     torch.manual_seed(0)
     x, w = torch.randn(shape), torch.randn(out_features, shape[-1])
@@ -29,7 +38,7 @@ def test_split_linear_equals_f_linear(lanes: Lanes, shape: tuple[int, ...], out_
     assert torch.equal(got, F.linear(x, w))
 
 
-def test_one_row_of_ordinary_width_stays_on_the_calling_thread(lanes: Lanes, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_row_or_a_small_matmul_stays_on_the_calling_thread(lanes: Lanes, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: set[str] = set()
     real_mm = torch.mm
 
@@ -38,11 +47,12 @@ def test_one_row_of_ordinary_width_stays_on_the_calling_thread(lanes: Lanes, mon
         return real_mm(*args, **kwargs)
 
     monkeypatch.setattr(torch, "mm", spy)
-    x, w = torch.randn(1, 64), torch.randn(128, 64)
+    x, w = torch.randn(1, 256), torch.randn(1024, 256)
     with torch.inference_mode():
         assert torch.equal(lanes.linear(x, w), F.linear(x, w))
-        assert seen == set()  # F.linear, not the split
-        lanes.linear(torch.randn(4, 64), w)
+        assert torch.equal(lanes.linear(x[:, :8].expand(2, 8), w[:, :8]), F.linear(x[:, :8].expand(2, 8), w[:, :8]))
+        assert seen == set()  # F.linear both times, not the split
+        lanes.linear(torch.randn(4, 256), w)
     assert threading.current_thread().name in seen and any(name.startswith("axchat-lane") for name in seen)
 
 
@@ -51,3 +61,16 @@ def test_one_lane_is_plain_linear_and_bad_counts_are_refused() -> None:
     assert torch.equal(Lanes(1).linear(x, w), F.linear(x, w))
     with pytest.raises(ValueError, match="at least 1"):
         Lanes(0)
+
+
+def test_map_runs_the_first_part_here_and_the_rest_on_helpers_in_order(lanes: Lanes) -> None:
+    def where(i: int) -> tuple[int, str]:
+        return i, threading.current_thread().name
+
+    got = lanes.map(where, [(0,), (1,), (2,)])
+    assert [i for i, _ in got] == [0, 1, 2]
+    assert got[0][1] == threading.current_thread().name
+    assert all(name.startswith("axchat-lane") for _, name in got[1:])
+    assert lanes.bounds(10) == [(0, 4), (4, 8), (8, 10)] and lanes.bounds(100, 16) == [(0, 48), (48, 96), (96, 100)]
+    with pytest.raises(ValueError, match="4 parts for 3 lanes"):
+        lanes.map(where, [(i,) for i in range(4)])
