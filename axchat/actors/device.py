@@ -169,6 +169,7 @@ class DeviceActor(Actor):
         self._max_batch = caps.max_batch
         self._prefix_cache = caps.prefix_cache
         self._prefill_rows = caps.prefill_rows
+        self._mixed = caps.mixed_steps and caps.prefill_chunk is not None
         self._context_length = backend.info.context_length
         # The one thread that touches the device, for the life of the daemon.
         self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="axchat-device")
@@ -345,30 +346,42 @@ class DeviceActor(Actor):
                 self._wake.set()  # more may be runnable
 
     async def _step(self) -> bool:
-        """Run one prefill chunk or one decode step; False when nothing could run."""
+        """Run one prefill forward or one decode step (which may carry a long prompt's
+        chunk); False when nothing could run."""
         prefilling = [s for s in self._running.values() if s.state is SeqState.PREFILL]
         # Decode only once every running sequence has its next token: stepping the
         # first one back from the sampler alone would split the batch into singles.
         sampling = any(s.state is SeqState.SAMPLING for s in self._running.values())
         ready = [] if sampling else [s for s in self._running.values() if s.state is SeqState.READY]
-        if ready and (self._decode_next or not prefilling):
-            self._decode_next = False
-            await self._decode(ready[: self._max_batch])
-            return True
-        if prefilling:
-            self._decode_next = True
-            self.clock.interrupted()
+        if prefilling and not (ready and self._decode_next):
             if self._prefill_rows > 1:
                 # Short prompts first: one goes in a forward, where a long one would
                 # hold them for all of its chunks.
                 group = await self._prefill_group(prefilling)
-                if len(group) > 1:
-                    await self._prefill_together(group)
+                if group:
+                    self._decode_next = True
+                    self.clock.interrupted()
+                    if len(group) > 1:
+                        await self._prefill_together(group)
+                    else:
+                        await self._prefill_chunk(group[0])
                     return True
-                prefilling = group or [s for s in prefilling if s.rid in self._running and s.state is SeqState.PREFILL]
-                if not prefilling:
-                    return True  # ended while their prefixes were restored
-            await self._prefill_chunk(prefilling[0])
+                prefilling = [s for s in prefilling if s.rid in self._running and s.state is SeqState.PREFILL]
+            # Only long prompts left. With streams to decode, and a backend that can, a
+            # chunk rides in their decode step (below); else it takes a forward alone.
+            if prefilling and not (ready and self._mixed):
+                self._decode_next = True
+                self.clock.interrupted()
+                await self._prefill_chunk(prefilling[0])
+                return True
+        if ready:
+            self._decode_next = False
+            batch = ready[: self._max_batch]
+            rider = next((s for s in prefilling if s.started and s.state is SeqState.PREFILL), None)
+            if self._mixed and rider is not None:
+                await self._decode_with_chunk(batch, rider)
+            else:
+                await self._decode(batch)
             return True
         return False
 
@@ -382,13 +395,18 @@ class DeviceActor(Actor):
         group: list[_Sequence] = []
         for seq in prefilling:
             rest = len(seq.prompt_ids) - seq.prefilled
-            if seq.rid not in self._running or seq.state is not SeqState.PREFILL or rest > WHOLE_PROMPT:
+            # A long prompt's last chunk is not a short prompt: it keeps its own pace.
+            if seq.rid not in self._running or seq.state is not SeqState.PREFILL or not self._whole(seq):
                 continue
             width = max([rest] + [len(s.prompt_ids) - s.prefilled for s in group])
             if group and (width * (len(group) + 1) > GROUP_TOKENS or len(group) == self._prefill_rows):
                 break
             group.append(seq)
         return group
+
+    def _whole(self, seq: _Sequence) -> bool:
+        """Its prompt, less the cached prefix, goes in one forward (not in chunks)."""
+        return self._chunks is None or len(seq.prompt_ids) - seq.cached_tokens <= WHOLE_PROMPT
 
     async def _start(self, seqs: list[_Sequence]) -> None:
         """Give each sequence its KV, with the longest cached prefix of its prompt."""
@@ -573,7 +591,7 @@ class DeviceActor(Actor):
             if await self._ended_during_forward(seq):
                 return
         total = len(seq.prompt_ids)
-        whole = self._chunks is None or total - seq.cached_tokens <= WHOLE_PROMPT
+        whole = self._whole(seq)
         if whole:
             end = total
         else:
@@ -607,8 +625,42 @@ class DeviceActor(Actor):
         logits = await self._forward(
             seqs, self.clock.timed(self._loaded().decode), [s.rid for s in seqs], [s.next_token for s in seqs]
         )
-        if logits is None:
+        if logits is not None:
+            await self._decoded(seqs, logits)
+
+    async def _decode_with_chunk(self, seqs: list[_Sequence], rider: _Sequence) -> None:
+        """A decode step for `seqs` carrying the next chunk of `rider`'s long prompt.
+        The chunk is sized so that what it adds to the step is about one step (measured):
+        the streams then wait about two steps a token while the prompt goes in."""
+        assert self._chunks is not None
+        for seq in seqs:
+            seq.fed.append(seq.next_token)
+        step_ms = self.clock.recent_step_ms()
+        total = len(rider.prompt_ids)
+        end = min(total, rider.prefilled + self._chunks.next(step_ms or 0.0))
+        piece = rider.prompt_ids[rider.prefilled : end]
+        self.clock.interrupted()  # longer than a decode step: not one for the clock
+        start = time.monotonic_ns()
+        result = await self._forward(
+            [*seqs, rider], self._loaded().decode_and_extend,
+            [s.rid for s in seqs], [s.next_token for s in seqs], rider.rid, piece,
+        )
+        if result is None:
             return
+        spent = _ms(time.monotonic_ns() - start)
+        if step_ms:
+            self._chunks.observe(len(piece), max(spent - step_ms, spent * 0.05))
+        logits, chunk_logits = result
+        rider.timings.prefill_ms += spent
+        rider.prefilled = end
+        if not await self._ended_during_forward(rider):
+            if end < total:
+                rider.state = SeqState.PREFILL
+            else:
+                await self._choose_next(rider, chunk_logits, first=True)
+        await self._decoded(seqs, logits)
+
+    async def _decoded(self, seqs: list[_Sequence], logits: Any) -> None:
         for seq, row in zip(seqs, logits, strict=True):
             if await self._ended_during_forward(seq):
                 continue

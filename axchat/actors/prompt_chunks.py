@@ -1,13 +1,14 @@
 """How many tokens of a long prompt go in the next forward, from what forwards cost now.
 
-Why at run time and not only at load: the device actor alternates prompt chunks with
-decode steps, so every running stream waits one chunk on top of its own step. The load
-time probe sizes a chunk for a full batch at a shallow depth; in use the batch is often
-smaller (its step cheaper) and the long prompt's chunks get dearer as its KV grows
-(measured on the SmolLM2 shape on 2 cores: a 16-token chunk 270 ms at position 200,
-420 ms at 1700). Sizing each chunk from the latest costs keeps a chunk near one decode
-step of the batch actually running. With nobody decoding there is nobody to be fair to,
-and the prompt goes in the largest chunks.
+Why at run time and not only at load: while a long prompt goes in, every running stream
+waits for its chunk on top of its own decode step (the chunk rides in the step where
+the backend can, else takes a forward between two steps). The load-time probe sizes a
+chunk for a full batch at a shallow depth; in use the batch is often smaller (its step
+cheaper) and the chunks get dearer as the prompt's KV grows (SmolLM2 shape on 2 cores:
+a 16-token chunk 270 ms at position 200, 420 ms at 1700). Sizing each chunk from the
+latest costs keeps what it adds near one decode step of the batch actually running.
+With nobody decoding there is nobody to be fair to, and the prompt goes in the largest
+chunks.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class ChunkSizer:
         self._ms_per_token: float | None = None
 
     def observe(self, tokens: int, ms: float) -> None:
-        """A chunk of `tokens` prompt tokens took `ms` in its forward."""
+        """A chunk of `tokens` prompt tokens added `ms`: its own forward's time, or what
+        it added to the decode step that carried it."""
         if tokens <= 0 or ms <= 0:
             return
         cost = ms / tokens

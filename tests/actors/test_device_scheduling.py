@@ -64,6 +64,12 @@ class LoggedTorchBackend:
         self._log("decode", tuple(seq_ids), len(token_ids))
         return self.inner.decode(seq_ids, token_ids)
 
+    def decode_and_extend(
+        self, seq_ids: Sequence[int], token_ids: Sequence[int], chunk_seq: int, chunk_ids: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        self._log("decode+extend", (*seq_ids, chunk_seq), len(chunk_ids))  # tokens: the chunk's
+        return self.inner.decode_and_extend(seq_ids, token_ids, chunk_seq, chunk_ids)
+
 
 class Collector(Actor):
     """Stands in for the tokenizer: counts tokens per request and notes endings."""
@@ -98,9 +104,12 @@ class FailLoudly:
 
 
 @pytest.fixture
-async def rig(tiny_model_dir: Path) -> AsyncIterator[tuple[Bus, LoggedTorchBackend, Collector, DeviceActor, Collector]]:
+async def rig(request: pytest.FixtureRequest, tiny_model_dir: Path) -> AsyncIterator[tuple[Bus, LoggedTorchBackend, Collector, DeviceActor, Collector]]:
     backend = LoggedTorchBackend(torch_backend.load(str(tiny_model_dir), threads=1))
-    backend.capabilities = dataclasses.replace(backend.capabilities, prefill_chunk=64)
+    # Indirect parameter: whether decode steps may carry prompt chunks (the lean path's
+    # default); without, they alternate, as on backends that cannot.
+    mixed = getattr(request, "param", True)
+    backend.capabilities = dataclasses.replace(backend.capabilities, prefill_chunk=64, mixed_steps=mixed)
     ctx = zmq.asyncio.Context()
     bus = Bus(ctx, "sched")
     sup = FailLoudly()
@@ -130,8 +139,10 @@ def admit(rid: int, n_prompt: int, max_tokens: int) -> m.Admit:
     )
 
 
+@pytest.mark.parametrize("rig", [True, False], ids=["chunks-ride-in-decode-steps", "chunks-alternate"], indirect=True)
 async def test_long_prompt_is_chunked_between_decode_steps(rig) -> None:  # type: ignore[no-untyped-def]
     bus, backend, tokenizer, device, _ = rig
+    mixed = backend.capabilities.mixed_steps
     sender = Collector(bus, FailLoudly(), "test-sender")
     try:
         await sender.send("device", admit(1, 8, max_tokens=400))
@@ -143,15 +154,20 @@ async def test_long_prompt_is_chunked_between_decode_steps(rig) -> None:  # type
     finally:
         sender.discard()
 
-    long_calls = [i for i, (kind, seqs, _) in enumerate(backend.calls) if 2 in seqs and kind in ("prefill", "extend")]
+    feeds = ("prefill", "extend", "decode+extend")
+    long_calls = [i for i, (kind, seqs, _) in enumerate(backend.calls) if kind in feeds and seqs[-1] == 2]
     chunks = [backend.calls[i][2] for i in long_calls]
-    # 300 tokens in chunks: the first of the backend's 64, then sized like a decode step.
+    # 300 tokens in chunks: the first of the backend's 64, then sized from measured costs.
     assert sum(chunks) == 300 and chunks[0] == 64 and len(chunks) >= 2
     assert all(c <= ALONE_CHUNK and (c % ROUND == 0 or c == chunks[-1]) for c in chunks)
-    between = backend.calls[long_calls[0] : long_calls[-1]]
-    decodes_of_short = [c for c in between if c[0] == "decode" and 1 in c[1]]
-    # The short request kept streaming: a decode step after every chunk.
-    assert len(decodes_of_short) >= len(long_calls) - 1
+    # The short request kept streaming: each chunk went in one of its decode steps, or
+    # a decode step of its came after every chunk.
+    if mixed:
+        assert all(backend.calls[i][0] == "decode+extend" and backend.calls[i][1] == (1, 2) for i in long_calls)
+    else:
+        between = backend.calls[long_calls[0] : long_calls[-1]]
+        assert all(backend.calls[i][0] == "extend" for i in long_calls)
+        assert len([c for c in between if c[0] == "decode" and 1 in c[1]]) >= len(long_calls) - 1
     assert any(c[0] == "decode" and set(c[1]) == {1, 2} for c in backend.calls)  # then they batch
     assert tokenizer.ended[2].completion_tokens == 5 and tokenizer.ended[2].reason == "length"
     assert tokenizer.ended[1].reason == "cancelled"
@@ -192,8 +208,8 @@ async def test_a_short_prompt_goes_before_a_long_prompts_next_chunk(rig) -> None
     finally:
         sender.discard()
 
-    feeds = [c for c in backend.calls if c[0] == "extend"]
-    long_chunks = [c[2] for c in feeds if c[1] == (1,)]
+    feeds = [c for c in backend.calls if c[0] in ("extend", "decode+extend")]
+    long_chunks = [c[2] for c in feeds if c[1][-1] == 1]
     assert feeds[0] == ("extend", (1,), ALONE_CHUNK)  # nobody decoding: the largest chunk
     assert feeds[1] == ("extend", (2,), 8)  # then the short one, whole, before the rest
     assert sum(long_chunks) == 600

@@ -55,6 +55,8 @@ class Capabilities:
     prefix_cache: bool = False
     # Sequences whose prompts one forward can take together (`extend_batch`); 1: one at a time.
     prefill_rows: int = 1
+    # A decode step can carry a prompt chunk in the same forward (`decode_and_extend`).
+    mixed_steps: bool = False
 
 
 class DeviceBackend(abc.ABC):
@@ -84,6 +86,15 @@ class DeviceBackend(abc.ABC):
     @abc.abstractmethod
     def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
         """Feed one token to each sequence; return float32 logits (len(seq_ids), vocab)."""
+
+    def decode_and_extend(
+        self, seq_ids: Sequence[int], token_ids: Sequence[int], chunk_seq: int, chunk_ids: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A decode step for `seq_ids` and a prompt chunk for the started `chunk_seq`, in
+        one forward where the backend can (`capabilities.mixed_steps`): the weights are
+        read once for both, so the chunk adds little to the step. Returns the decode
+        logits (len(seq_ids), vocab) and the chunk's (vocab,)."""
+        return self.decode(seq_ids, token_ids), self.extend(chunk_seq, chunk_ids)
 
     def start(self, seq_id: int, prompt_ids: Sequence[int], salt: str) -> int:
         """Begin `seq_id` with the KV of the longest cached prefix of `prompt_ids`

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend
-from axchat.actors.backends.lean_llama import LeanLlama
+from axchat.actors.backends.lean_llama import Feed, LeanLlama
 from axchat.actors.backends.prefix_store import PrefixStore
 
 
@@ -23,6 +23,7 @@ class LeanTorchBackend(DeviceBackend):
             prefill_chunk=prefill_chunk,
             prefix_cache=prefix_cache_bytes > 0,
             prefill_rows=lean.cache.shape[0],
+            mixed_steps=True,
         )
         # Kept KV: one tensor [layers, 2, kv_heads, tokens, head_dim] per entry.
         self._prefixes: PrefixStore[torch.Tensor] = PrefixStore(prefix_cache_bytes)
@@ -84,11 +85,28 @@ class LeanTorchBackend(DeviceBackend):
 
     @torch.inference_mode()
     def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
-        # The forward wants rows in slot order; hand the logits back in the caller's.
+        order, feed = self._decode_feed(seq_ids, token_ids)
+        return self._decoded(seq_ids, order, self.lean.forward_feeds([feed])[0])
+
+    @torch.inference_mode()
+    def decode_and_extend(
+        self, seq_ids: Sequence[int], token_ids: Sequence[int], chunk_seq: int, chunk_ids: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        order, feed = self._decode_feed(seq_ids, token_ids)
+        start = self._length[chunk_seq]
+        chunk = Feed(self._ids([list(chunk_ids)]), [self._slot[chunk_seq]], [start])
+        decoded, chunk_logits = self.lean.forward_feeds([feed, chunk])
+        self._length[chunk_seq] = start + len(chunk_ids)
+        return self._decoded(seq_ids, order, decoded), chunk_logits[0].cpu().numpy()
+
+    def _decode_feed(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> tuple[list[int], Feed]:
+        # The forward wants rows in slot order; the logits go back in the caller's.
         order = sorted(range(len(seq_ids)), key=lambda i: self._slot[seq_ids[i]])
         slots = [self._slot[seq_ids[i]] for i in order]
         starts = [self._length[seq_ids[i]] for i in order]
-        logits = self.lean.forward(self._ids([[token_ids[i]] for i in order]), slots, starts)
+        return order, Feed(self._ids([[token_ids[i]] for i in order]), slots, starts)
+
+    def _decoded(self, seq_ids: Sequence[int], order: list[int], logits: torch.Tensor) -> np.ndarray:
         for i in order:
             self._length[seq_ids[i]] += 1
         out = np.empty((len(seq_ids), logits.shape[-1]), dtype=np.float32)

@@ -60,17 +60,42 @@ class _Shape:
 
 
 @dataclass(frozen=True)
+class Feed:
+    """Rows of one length for a forward: token_ids [rows, T] at positions starts[i]..
+    of slots[i], rows in increasing slot order. `lengths`: each row's real tokens when
+    rows are padded at the end to T (None: all T are real)."""
+
+    token_ids: torch.Tensor
+    slots: Sequence[int]
+    starts: Sequence[int]
+    lengths: Sequence[int] | None = None
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One feed as every layer of the forward sees it."""
+
+    begin: int  # its first token in the forward's flat list of tokens
+    rows: int
+    steps: int  # T
+    longest: int  # keys each row attends over (the longest row's)
+    positions: torch.Tensor  # [rows, T]
+    mask: torch.Tensor  # [rows, 1, T, L], additive
+    slot_t: torch.Tensor
+    first_slot: int  # -1: rows are not one contiguous run of slots
+
+    @property
+    def end(self) -> int:
+        return self.begin + self.rows * self.steps
+
+
+@dataclass(frozen=True)
 class _StepView:
     """What every layer of one forward shares."""
 
-    rows: int
-    longest: int  # keys each row attends over (the longest row's)
-    positions: torch.Tensor  # [rows, T]
-    cos: torch.Tensor
+    parts: list[_Part]
+    cos: torch.Tensor  # [tokens, 1, d]: each token's rotary row
     sin: torch.Tensor
-    mask: torch.Tensor
-    slot_t: torch.Tensor
-    first_slot: int  # -1: rows are not one contiguous run of slots
 
 
 class SlotCache:
@@ -202,39 +227,48 @@ class LeanLlama:
         Rows must be in increasing slot order. Contiguous slots are read in place (the
         common case, the scheduler's batch); otherwise their KV is gathered.
         """
-        view = self._view(token_ids.shape, slots, starts)
-        x = F.embedding(token_ids, self.embed)
+        return self.forward_feeds([Feed(token_ids, slots, starts, lengths)])[0]
+
+    def forward_feeds(self, feeds: Sequence[Feed]) -> list[torch.Tensor]:
+        """Several feeds of different lengths (a decode step's rows and a prompt chunk)
+        in one forward: every projection runs once over all their tokens, so the weights
+        are read once; attention runs per feed. Logits [rows, vocab] per feed."""
+        view = self._view(feeds)
+        ids = [f.token_ids.reshape(-1) for f in feeds]
+        x = F.embedding(ids[0] if len(ids) == 1 else torch.cat(ids), self.embed)  # [tokens, hidden]
         for layer, keys, values in zip(self.layers, self.cache.keys, self.cache.values, strict=True):
             x = _layer_forward(
                 x, layer, keys, values, view, self.shape, self.attention_inputs, self.mlp_block, self.linear, self.attend
             )
-        if lengths is None:
-            last = x[:, -1]
-        else:
-            last = x[torch.arange(len(lengths), device=x.device), torch.tensor(lengths, device=x.device) - 1]
-        return self.linear(_rms_norm(last, self.norm, self.shape.eps), self.head).float()
+        picks: list[int] = []
+        for feed, part in zip(feeds, view.parts, strict=True):
+            lengths = feed.lengths if feed.lengths is not None else [part.steps] * part.rows
+            picks += [part.begin + row * part.steps + n - 1 for row, n in enumerate(lengths)]
+        last = x[torch.tensor(picks, device=x.device)]
+        logits = self.linear(_rms_norm(last, self.norm, self.shape.eps), self.head).float()
+        return list(logits.split([p.rows for p in view.parts]))
 
-    def _view(self, size: torch.Size, slots: Sequence[int], starts: Sequence[int]) -> _StepView:
-        """Positions, rotary rows and the mask of one forward, built once for all layers."""
-        rows, steps = size
-        longest = max(starts) + steps
-        self.cache.reserve(longest)
+    def _view(self, feeds: Sequence[Feed]) -> _StepView:
+        """Positions, rotary rows and masks of one forward, built once for all layers."""
         dev = self.device
-        positions = torch.tensor(starts, device=dev)[:, None] + torch.arange(steps, device=dev)  # [rows, T]
-        # A query sees the keys at or before its own position in its own slot.
-        visible = torch.arange(longest, device=dev)[None, None, None, :] <= positions[:, None, :, None]
-        mask = torch.zeros(visible.shape, dtype=torch.float32, device=dev).masked_fill_(~visible, float("-inf"))
-        contiguous = list(slots) == list(range(slots[0], slots[0] + rows))
-        return _StepView(
-            rows=rows,
-            longest=longest,
-            positions=positions,
-            cos=self.cos[positions][:, None],  # [rows, 1, T, d]
-            sin=self.sin[positions][:, None],
-            mask=mask,  # [rows, 1, T, L], additive
-            slot_t=torch.tensor(slots, device=dev),
-            first_slot=slots[0] if contiguous else -1,
-        )
+        self.cache.reserve(max(max(f.starts) + f.token_ids.shape[1] for f in feeds))
+        parts: list[_Part] = []
+        begin = 0
+        for feed in feeds:
+            rows, steps = feed.token_ids.shape
+            longest = max(feed.starts) + steps
+            positions = torch.tensor(feed.starts, device=dev)[:, None] + torch.arange(steps, device=dev)  # [rows, T]
+            # A query sees the keys at or before its own position in its own slot.
+            visible = torch.arange(longest, device=dev)[None, None, None, :] <= positions[:, None, :, None]
+            mask = torch.zeros(visible.shape, dtype=torch.float32, device=dev).masked_fill_(~visible, float("-inf"))
+            slots = list(feed.slots)
+            contiguous = slots == list(range(slots[0], slots[0] + rows))
+            parts.append(
+                _Part(begin, rows, steps, longest, positions, mask, torch.tensor(slots, device=dev), slots[0] if contiguous else -1)
+            )
+            begin += rows * steps
+        flat = parts[0].positions.reshape(-1) if len(parts) == 1 else torch.cat([p.positions.reshape(-1) for p in parts])
+        return _StepView(parts=parts, cos=self.cos[flat][:, None], sin=self.sin[flat][:, None])
 
     def compile(self) -> None:
         """Compile the two dense pieces of a layer (inductor; on CUDA also CUDA graphs).
@@ -252,41 +286,46 @@ def _layer_forward(
     shape: _Shape, attention_inputs: Callable[..., Any], mlp_block: Callable[..., torch.Tensor], linear: Linear,
     attend: Callable[..., torch.Tensor],
 ) -> torch.Tensor:
-    q, k, v = attention_inputs(
-        x, layer.input_norm, layer.qkv, view.cos, view.sin, shape.heads, shape.kv_heads, shape.head_dim, shape.eps, linear
-    )
-    # Into the cache at each row's positions: [rows, T] indices pick [rows, T, kv, d] places.
-    keys[view.slot_t[:, None], :, view.positions] = k
-    values[view.slot_t[:, None], :, view.positions] = v
-    if view.first_slot >= 0:
-        k_all = keys[view.first_slot : view.first_slot + view.rows, :, : view.longest]
-        v_all = values[view.first_slot : view.first_slot + view.rows, :, : view.longest]
-    else:  # rows in scattered slots: gather them (a copy, only when the batch is not a slice)
-        k_all = keys[view.slot_t, :, : view.longest]
-        v_all = values[view.slot_t, :, : view.longest]
-    attn = attend(q, k_all, v_all, view.mask, shape.kv_heads)
-    return mlp_block(x, attn, layer.o, layer.post_norm, layer.gate_up, layer.down, shape.intermediate, shape.eps, linear)
+    heads, kv_heads, dim = shape.heads, shape.kv_heads, shape.head_dim
+    q, k, v = attention_inputs(x, layer.input_norm, layer.qkv, view.cos, view.sin, heads, kv_heads, dim, shape.eps, linear)
+    outs = []
+    for part in view.parts:
+        rows, steps = part.rows, part.steps
+        # Into the cache at each row's positions: [rows, T] indices pick [rows, T, kv, d] places.
+        keys[part.slot_t[:, None], :, part.positions] = k[part.begin : part.end].view(rows, steps, kv_heads, dim)
+        values[part.slot_t[:, None], :, part.positions] = v[part.begin : part.end].view(rows, steps, kv_heads, dim)
+        if part.first_slot >= 0:
+            k_all = keys[part.first_slot : part.first_slot + rows, :, : part.longest]
+            v_all = values[part.first_slot : part.first_slot + rows, :, : part.longest]
+        else:  # rows in scattered slots: gather them (a copy, only when the batch is not a slice)
+            k_all = keys[part.slot_t, :, : part.longest]
+            v_all = values[part.slot_t, :, : part.longest]
+        qp = q[part.begin : part.end].view(rows, steps, heads, dim).transpose(1, 2)
+        attn = attend(qp, k_all, v_all, part.mask, kv_heads)  # [rows, heads, T, d]
+        outs.append(attn.transpose(1, 2).reshape(rows * steps, heads * dim))
+    attn_flat = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return mlp_block(x, attn_flat, layer.o, layer.post_norm, layer.gate_up, layer.down, shape.intermediate, shape.eps, linear)
 
 
 def _attention_inputs(
     x: torch.Tensor, norm: torch.Tensor, qkv_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     heads: int, kv_heads: int, head_dim: int, eps: float, linear: Linear = F.linear,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q [rows, heads, T, d] rotated; k (rotated) and v as [rows, T, kv_heads, d], the cache's index order."""
-    rows, steps, _ = x.shape
+    """x [tokens, hidden] -> q [tokens, heads, d] and k [tokens, kv_heads, d], rotated, and v."""
+    tokens = x.shape[0]
     q, k, v = linear(_rms_norm(x, norm, eps), qkv_w).split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], -1)
-    q = _rotate(q.view(rows, steps, heads, head_dim).transpose(1, 2), cos, sin)
-    k = _rotate(k.view(rows, steps, kv_heads, head_dim), cos.transpose(1, 2), sin.transpose(1, 2))
-    return q, k, v.view(rows, steps, kv_heads, head_dim)
+    q = _rotate(q.view(tokens, heads, head_dim), cos, sin)
+    k = _rotate(k.view(tokens, kv_heads, head_dim), cos, sin)
+    return q, k, v.view(tokens, kv_heads, head_dim)
 
 
 def _mlp_block(
     x: torch.Tensor, attn: torch.Tensor, o_w: torch.Tensor, norm: torch.Tensor, gate_up_w: torch.Tensor,
     down_w: torch.Tensor, intermediate: int, eps: float, linear: Linear = F.linear,
 ) -> torch.Tensor:
-    """The attention output projected and added, then the gated MLP and its residual."""
-    rows, heads, steps, head_dim = attn.shape
-    x = x + linear(attn.transpose(1, 2).reshape(rows, steps, heads * head_dim), o_w)
+    """The attention output [tokens, heads*d] projected and added, then the gated MLP
+    and its residual."""
+    x = x + linear(attn, o_w)
     gate, up = linear(_rms_norm(x, norm, eps), gate_up_w).split([intermediate, intermediate], -1)
     return x + linear(F.silu(gate) * up, down_w)
 

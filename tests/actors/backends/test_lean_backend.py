@@ -124,6 +124,20 @@ def test_prompts_of_different_lengths_in_one_forward_match_transformers(backend:
         np.testing.assert_allclose(row, ref_logits(reference, [*prompts[s], first[s]]), atol=ATOL)
 
 
+def test_a_decode_step_carrying_a_prompt_chunk_matches_transformers(backend: LeanTorchBackend, reference) -> None:  # type: ignore[no-untyped-def]
+    a, b, long = prompt(12, 20), prompt(30, 21), prompt(100, 22)
+    ta, tb = int(np.argmax(backend.prefill(1, a))), int(np.argmax(backend.prefill(2, b)))
+    backend.start(3, long, "erin")
+    backend.extend(3, long[:40])
+    decoded, chunk = backend.decode_and_extend([2, 1], [tb, ta], 3, long[40:90])
+    np.testing.assert_allclose(decoded[0], ref_logits(reference, [*b, tb]), atol=ATOL)
+    np.testing.assert_allclose(decoded[1], ref_logits(reference, [*a, ta]), atol=ATOL)
+    np.testing.assert_allclose(chunk, ref_logits(reference, long[:90]), atol=ATOL)
+    # Every sequence's KV now ends where it should: the next step picks up from there.
+    last = backend.extend(3, long[90:])
+    np.testing.assert_allclose(last, ref_logits(reference, long), atol=ATOL)
+
+
 def test_lanes_compute_bit_for_bit_what_one_thread_does(tiny_model_dir: Path, backend: LeanTorchBackend) -> None:
     laned = torch_backend.load(str(tiny_model_dir), dtype="float32", threads=1, lanes=2, prefix_cache_bytes=0)
     try:
