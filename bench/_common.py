@@ -26,7 +26,7 @@ from typing import Any
 
 READY_RE = re.compile(r"\bready:")
 # "4 threads" or "2 lanes of 1 thread" (decode_tuning.Plan), as the load log line says.
-THREADS_RE = re.compile(r"loaded .* as \S+, (\d+ threads|\d+ lanes of \d+ thread)\b")
+THREADS_RE = re.compile(r"loaded .* as \S+, (\d+ threads?|\d+ lanes of \d+ threads?)\b")
 STOP_TIMEOUT_S = 60.0  # the daemon's drain timeout (10s) plus actor and context shutdown
 
 

@@ -40,7 +40,8 @@ class Plan:
     lanes: int = 1
 
     def __str__(self) -> str:
-        return f"{self.threads} threads" if self.lanes == 1 else f"{self.lanes} lanes of {self.threads} thread"
+        threads = f"{self.threads} thread{'s' if self.threads > 1 else ''}"
+        return threads if self.lanes == 1 else f"{self.lanes} lanes of {threads}"
 
 
 def plans(budget: int, lanes: bool) -> list[Plan]:

@@ -40,4 +40,4 @@ def test_plans_measured_at_load() -> None:
     assert plans(2, lanes=True) == [Plan(2), Plan(1), Plan(1, 2)]
     assert plans(6, lanes=False) == [Plan(6), Plan(3)]  # on a GPU, or compiled
     assert plans(1, lanes=True) == [Plan(1)]
-    assert str(Plan(1, 2)) == "2 lanes of 1 thread" and str(Plan(4)) == "4 threads"
+    assert str(Plan(1, 2)) == "2 lanes of 1 thread" and str(Plan(4)) == "4 threads" and str(Plan(1)) == "1 thread"
