@@ -393,15 +393,16 @@ class DeviceActor(Actor):
         if fresh:
             await self._start(fresh)
         group: list[_Sequence] = []
+        width = 0  # the longest piece in the group: every row is padded to it
         for seq in prefilling:
-            rest = len(seq.prompt_ids) - seq.prefilled
             # A long prompt's last chunk is not a short prompt: it keeps its own pace.
             if seq.rid not in self._running or seq.state is not SeqState.PREFILL or not self._whole(seq):
                 continue
-            width = max([rest] + [len(s.prompt_ids) - s.prefilled for s in group])
-            if group and (width * (len(group) + 1) > GROUP_TOKENS or len(group) == self._prefill_rows):
+            wider = max(width, len(seq.prompt_ids) - seq.prefilled)
+            if group and (wider * (len(group) + 1) > GROUP_TOKENS or len(group) == self._prefill_rows):
                 break
             group.append(seq)
+            width = wider
         return group
 
     def _whole(self, seq: _Sequence) -> bool:
@@ -421,11 +422,11 @@ class DeviceActor(Actor):
         )
         if restored is None:
             return
+        spent = _ms(time.monotonic_ns() - now)
         for seq, n in zip(seqs, restored, strict=True):
             seq.prefilled = seq.cached_tokens = int(n)
             seq.state = SeqState.PREFILL
-            seq.timings.prefill_ms += _ms(time.monotonic_ns() - now)
-        for seq in seqs:
+            seq.timings.prefill_ms += spent
             await self._ended_during_forward(seq)
 
     async def _prefill_together(self, group: list[_Sequence]) -> None:
@@ -439,9 +440,7 @@ class DeviceActor(Actor):
         spent = _ms(time.monotonic_ns() - start)
         for seq, row in zip(group, logits, strict=True):
             seq.timings.prefill_ms += spent
-            seq.prefilled = len(seq.prompt_ids)
-            if not await self._ended_during_forward(seq):
-                await self._choose_next(seq, row, first=True)
+            await self._prompt_fed(seq, len(seq.prompt_ids), row)
 
     async def _admit(self) -> bool:
         admitted = False
@@ -577,19 +576,14 @@ class DeviceActor(Actor):
             return None
 
     async def _prefill_chunk(self, seq: _Sequence) -> None:
+        if not seq.started and self._prefix_cache:
+            await self._start([seq])
+            if seq.rid not in self._running:
+                return  # the restore failed, or it was cancelled meanwhile
         start = time.monotonic_ns()
-        fresh = seq.timings.prefill_start_ns == 0
-        if fresh:
+        if seq.timings.prefill_start_ns == 0:
             seq.timings.prefill_start_ns = start
             seq.timings.queue_ms = _ms(start - seq.admitted_ns)
-        if fresh and self._prefix_cache:
-            seq.started = True
-            restored = await self._forward([seq], self._loaded().start, seq.rid, seq.prompt_ids, seq.client)
-            if restored is None:
-                return
-            seq.prefilled = seq.cached_tokens = int(restored)
-            if await self._ended_during_forward(seq):
-                return
         total = len(seq.prompt_ids)
         whole = self._whole(seq)
         if whole:
@@ -609,13 +603,17 @@ class DeviceActor(Actor):
         if not whole and self._chunks is not None:
             self._chunks.observe(len(piece), _ms(time.monotonic_ns() - forward_start))
         seq.timings.prefill_ms += _ms(time.monotonic_ns() - start)
+        await self._prompt_fed(seq, end, logits)
+
+    async def _prompt_fed(self, seq: _Sequence, end: int, logits: Any) -> None:
+        """A forward fed `seq`'s prompt up to `end`; `logits` are those after it."""
         seq.prefilled = end
         if await self._ended_during_forward(seq):
             return
-        if end < total:
+        if end < len(seq.prompt_ids):
             seq.state = SeqState.PREFILL  # more chunks; other users' steps go between
-            return
-        await self._choose_next(seq, logits, first=True)
+        else:
+            await self._choose_next(seq, logits, first=True)
 
     async def _decode(self, seqs: list[_Sequence]) -> None:
         for seq in seqs:
@@ -652,12 +650,7 @@ class DeviceActor(Actor):
             self._chunks.observe(len(piece), max(spent - step_ms, spent * 0.05))
         logits, chunk_logits = result
         rider.timings.prefill_ms += spent
-        rider.prefilled = end
-        if not await self._ended_during_forward(rider):
-            if end < total:
-                rider.state = SeqState.PREFILL
-            else:
-                await self._choose_next(rider, chunk_logits, first=True)
+        await self._prompt_fed(rider, end, chunk_logits)
         await self._decoded(seqs, logits)
 
     async def _decoded(self, seqs: list[_Sequence], logits: Any) -> None:

@@ -49,10 +49,8 @@ class LeanTorchBackend(DeviceBackend):
         return torch.tensor(rows, dtype=torch.long, device=self._device)
 
     def _feed(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
-        start = self._length[seq_id]
-        logits = self.lean.forward(self._ids([list(token_ids)]), [self._slot[seq_id]], [start])
-        self._length[seq_id] = start + len(token_ids)
-        return logits[0].cpu().numpy()
+        order, feed = self._rows([seq_id], [token_ids])
+        return self._advanced([seq_id], [token_ids], order, self.lean.forward_feeds([feed])[0])[0]
 
     # ------------------------------------------------------------ DeviceBackend
 
@@ -72,43 +70,45 @@ class LeanTorchBackend(DeviceBackend):
         width = max(len(p) for p in pieces)
         if any(self._length[s] + width > self.lean.context for s in seq_ids):
             return super().extend_batch(seq_ids, pieces)
-        order = sorted(range(len(seq_ids)), key=lambda i: self._slot[seq_ids[i]])
-        rows = [list(pieces[i]) + [0] * (width - len(pieces[i])) for i in order]
-        slots = [self._slot[seq_ids[i]] for i in order]
-        starts = [self._length[seq_ids[i]] for i in order]
-        logits = self.lean.forward(self._ids(rows), slots, starts, [len(pieces[i]) for i in order])
-        for i in order:
-            self._length[seq_ids[i]] += len(pieces[i])
-        out = np.empty((len(seq_ids), logits.shape[-1]), dtype=np.float32)
-        out[order] = logits.cpu().numpy()
-        return out
+        order, feed = self._rows(seq_ids, pieces)
+        return self._advanced(seq_ids, pieces, order, self.lean.forward_feeds([feed])[0])
 
     @torch.inference_mode()
     def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
-        order, feed = self._decode_feed(seq_ids, token_ids)
-        return self._decoded(seq_ids, order, self.lean.forward_feeds([feed])[0])
+        pieces = [[t] for t in token_ids]
+        order, feed = self._rows(seq_ids, pieces)
+        return self._advanced(seq_ids, pieces, order, self.lean.forward_feeds([feed])[0])
 
     @torch.inference_mode()
     def decode_and_extend(
         self, seq_ids: Sequence[int], token_ids: Sequence[int], chunk_seq: int, chunk_ids: Sequence[int]
     ) -> tuple[np.ndarray, np.ndarray]:
-        order, feed = self._decode_feed(seq_ids, token_ids)
-        start = self._length[chunk_seq]
-        chunk = Feed(self._ids([list(chunk_ids)]), [self._slot[chunk_seq]], [start])
+        pieces = [[t] for t in token_ids]
+        order, feed = self._rows(seq_ids, pieces)
+        _, chunk = self._rows([chunk_seq], [chunk_ids])
         decoded, chunk_logits = self.lean.forward_feeds([feed, chunk])
-        self._length[chunk_seq] = start + len(chunk_ids)
-        return self._decoded(seq_ids, order, decoded), chunk_logits[0].cpu().numpy()
+        self._length[chunk_seq] += len(chunk_ids)
+        return self._advanced(seq_ids, pieces, order, decoded), chunk_logits[0].cpu().numpy()
 
-    def _decode_feed(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> tuple[list[int], Feed]:
-        # The forward wants rows in slot order; the logits go back in the caller's.
+    def _rows(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> tuple[list[int], Feed]:
+        """One feed of each sequence's piece, in slot order as the forward wants it (the
+        order returned), rows padded at the end to the longest."""
         order = sorted(range(len(seq_ids)), key=lambda i: self._slot[seq_ids[i]])
-        slots = [self._slot[seq_ids[i]] for i in order]
-        starts = [self._length[seq_ids[i]] for i in order]
-        return order, Feed(self._ids([[token_ids[i]] for i in order]), slots, starts)
+        width = max(len(p) for p in pieces)
+        lengths = [len(pieces[i]) for i in order]
+        return order, Feed(
+            self._ids([list(pieces[i]) + [0] * (width - len(pieces[i])) for i in order]),
+            [self._slot[seq_ids[i]] for i in order],
+            [self._length[seq_ids[i]] for i in order],
+            lengths if min(lengths) < width else None,
+        )
 
-    def _decoded(self, seq_ids: Sequence[int], order: list[int], logits: torch.Tensor) -> np.ndarray:
-        for i in order:
-            self._length[seq_ids[i]] += 1
+    def _advanced(
+        self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]], order: list[int], logits: torch.Tensor
+    ) -> np.ndarray:
+        """Each sequence's KV now holds its piece; the logits go back in the caller's order."""
+        for seq_id, piece in zip(seq_ids, pieces, strict=True):
+            self._length[seq_id] += len(piece)
         out = np.empty((len(seq_ids), logits.shape[-1]), dtype=np.float32)
         out[order] = logits.cpu().numpy()
         return out

@@ -16,7 +16,7 @@ thread but the hand-off cost, so it stays whole, except for a big vocabulary hea
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 import torch
@@ -40,9 +40,7 @@ def _in_inference_mode(fn: Callable[..., T], *args: Any) -> T:
 
 
 def _mm_into(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
-    # Inference mode is per thread; `out` is an inference tensor made by the caller.
-    with torch.inference_mode():
-        torch.mm(x, w.t(), out=out)
+    torch.mm(x, w.t(), out=out)
 
 
 def _set_one_thread() -> None:
@@ -64,12 +62,11 @@ class Lanes:
         )
 
     def linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        helpers = self._helpers
         features = x.shape[-1]
         rows = x.numel() // features if features else 0
         n = w.shape[0]
         if (
-            helpers is None
+            self._helpers is None
             or (rows < 2 and n < SPLIT_ALWAYS_ROWS)
             or rows * n * features < MIN_SPLIT_MACS
             or n < ALIGN * self.count
@@ -77,15 +74,7 @@ class Lanes:
             return F.linear(x, w)
         flat = x.reshape(rows, features)
         out = x.new_empty((rows, n))
-        bounds = self.bounds(n, ALIGN)
-        futures: list[Future[None]] = [helpers.submit(_mm_into, flat, w[a:b], out[:, a:b]) for a, b in bounds[1:]]
-        try:
-            a, b = bounds[0]
-            torch.mm(flat, w[a:b].t(), out=out[:, a:b])
-        finally:
-            # Every helper is done with `out` before it is returned or dropped.
-            for f in futures:
-                f.result()
+        self.map(_mm_into, [(flat, w[a:b], out[:, a:b]) for a, b in self.bounds(n, ALIGN)])
         return out.view(*x.shape[:-1], n)
 
     def map(self, fn: Callable[..., T], parts: Sequence[tuple[Any, ...]]) -> list[T]:
@@ -100,8 +89,10 @@ class Lanes:
         try:
             first = fn(*parts[0])
         finally:
-            rest = [f.result() for f in futures]
-        return [first, *rest]
+            # Every helper is done with what the parts share (an output they fill)
+            # before it is returned or dropped, even when one of them failed.
+            wait(futures)
+        return [first, *(f.result() for f in futures)]
 
     def bounds(self, n: int, align: int = 1) -> list[tuple[int, int]]:
         """[0, n) cut into at most `count` runs of about equal length, on multiples of `align`."""
