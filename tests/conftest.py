@@ -33,6 +33,14 @@ os.environ.setdefault("AXCHAT_NO_AUTOSTART", "1")
 READY_TIMEOUT_S = 90.0
 REPLY_TIMEOUT_S = 30.0
 
+# The launcher every test daemon runs through: the real CLI plus held requests.
+TEST_DAEMON = Path(__file__).resolve().parent / "testdaemon.py"
+# A request the test daemon paces (tests/testdaemon.py): still running at the test's next
+# step on any machine, until the test cancels it or calls `release_held()`.
+HELD_TOKENS = 2000  # at least 40 s while held
+HELD: dict[str, object] = {"max_tokens": HELD_TOKENS, "ignore_eos": True}
+HELD_ARGS = ["--max-tokens", str(HELD_TOKENS), "--ignore-eos"]  # the same, for `ask` and `chat`
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -100,7 +108,7 @@ class LoggedProcess:
 
 
 class DaemonProcess(LoggedProcess):
-    """`axchat serve` as a real subprocess."""
+    """`axchat serve` as a real subprocess, through the test launcher (held requests)."""
 
     name = "daemon"
 
@@ -118,8 +126,13 @@ class DaemonProcess(LoggedProcess):
         pinned = [] if "--dtype" in extra else ["--dtype", "float32"]
         if not {"--compile", "--no-compile"} & set(extra):
             pinned.append("--no-compile")
-        cmd = [sys.executable, "-m", "axchat", "serve", *named, "--socket", self.socket, *pinned, *extra]
-        super().__init__(cmd, env)
+        cmd = [sys.executable, str(TEST_DAEMON), "serve", *named, "--socket", self.socket, *pinned, *extra]
+        self.release_file = self.socket_dir / "release-held"
+        super().__init__(cmd, {"AXCHAT_TEST_RELEASE_FILE": str(self.release_file), **(env or {})})
+
+    def release_held(self) -> None:
+        """Held requests run at full speed from now on, so they can finish."""
+        self.release_file.touch()
 
     def wait_ready(self) -> DaemonProcess:
         self.wait_for_line("ready:")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import DaemonProcess, chat, short_socket_dir
+from conftest import HELD, HELD_TOKENS, DaemonProcess, chat, short_socket_dir
 
 from axchat.aclient import AsyncClient, DaemonUnavailable, connect
 from axchat.protocol import v1
@@ -35,7 +35,7 @@ async def test_concurrent_generates_share_one_socket(daemon: DaemonProcess) -> N
 
 async def test_cancel_ends_the_stream(daemon: DaemonProcess) -> None:
     async with connect(daemon.socket) as client:
-        handle = await client.generate(chat("go on", max_tokens=6000, ignore_eos=True))
+        handle = await client.generate(chat("go on", **HELD))
         events = handle.events(stall_timeout_s=30)
         first = await anext(events)
         assert isinstance(first, v1.Delta)
@@ -62,8 +62,18 @@ async def test_async_client_pings_so_a_long_answer_survives_the_liveness_rule(ti
     d = DaemonProcess(tiny_model_dir, "--client-timeout", "0.5").wait_ready()
     try:
         async with connect(d.socket) as client:
-            _, done = await run(client, "long one", 300)
-            assert done.finish_reason == "length" and done.usage.completion_tokens == 300
+            # Held: its first 50 decode steps take at least 1 s, twice the timeout; then
+            # it runs to its end.
+            handle = await client.generate(chat("long one", **HELD))
+            deltas, done = 0, None
+            async for event in handle.events(stall_timeout_s=30):
+                deltas += isinstance(event, v1.Delta)
+                if deltas == 50:
+                    d.release_held()
+                if isinstance(event, v1.Done):
+                    done = event
+            assert done is not None and done.finish_reason == "length"
+            assert done.usage.completion_tokens == HELD_TOKENS
         assert "silent for over" not in d.log_text()
     finally:
         assert d.stop() == 0

@@ -141,13 +141,15 @@ def admit(rid: int, n_prompt: int, max_tokens: int) -> m.Admit:
 
 @pytest.mark.parametrize("rig", [True, False], ids=["chunks-ride-in-decode-steps", "chunks-alternate"], indirect=True)
 async def test_long_prompt_is_chunked_between_decode_steps(rig) -> None:  # type: ignore[no-untyped-def]
-    bus, backend, tokenizer, device, _ = rig
+    bus, backend, tokenizer, device, telemetry = rig
     mixed = backend.capabilities.mixed_steps
     sender = Collector(bus, FailLoudly(), "test-sender")
     try:
-        await sender.send("device", admit(1, 8, max_tokens=400))
-        await tokenizer.until(lambda: tokenizer.tokens.get(1, 0) >= 3)
-        await sender.send("device", admit(2, 300, max_tokens=5))
+        # The long prompt arrives while request 1's first decode step holds the device:
+        # request 1 is decoding then, on any machine, and has steps to spare for every chunk.
+        backend.hold = "decode"
+        await sender.send("device", admit(1, 8, max_tokens=4000))
+        await arrive_while_held(backend, sender, telemetry, [admit(2, 300, max_tokens=5)])
         await tokenizer.until(lambda: 2 in tokenizer.ended)
         await sender.send("device", m.CancelRequest(rid=1))
         await tokenizer.until(lambda: 1 in tokenizer.ended)

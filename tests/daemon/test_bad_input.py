@@ -7,7 +7,7 @@ import json
 
 import msgspec
 import pytest
-from conftest import RawClient, chat
+from conftest import HELD, RawClient, chat
 
 from axchat.protocol import v1
 
@@ -113,7 +113,7 @@ def test_prompt_longer_than_context(raw: RawClient) -> None:
 
 
 def test_duplicate_request_id(raw: RawClient) -> None:
-    raw.send("dup", chat("first", max_tokens=6000, ignore_eos=True))
+    raw.send("dup", chat("first", **HELD))
     raw.send("dup", chat("second", max_tokens=5))
     errors, frames = [], []
     for _ in range(200):

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, RawClient, chat
+from conftest import HELD, DaemonProcess, RawClient, chat
 
 from axchat.protocol import v1
 
@@ -94,7 +94,7 @@ def test_emulated_aipu_greedy_answer_equals_torch_where_int8_keeps_the_argmax(
 def test_emulated_aipu_serves_one_request_at_a_time_fairly(emulated: DaemonProcess) -> None:
     a, b = RawClient(emulated.socket), RawClient(emulated.socket)
     try:
-        a.send("a1", chat("hog the card", max_tokens=800, ignore_eos=True))
+        a.send("a1", chat("hog the card", **HELD))
         assert isinstance(a.recv(want="a1")[1], v1.Delta)  # a1 holds the card
         a.send("a2", chat("second of a", max_tokens=2, ignore_eos=True))
         assert a.recv(want="a2")[1] == v1.Queued(position=1)
@@ -111,6 +111,8 @@ def test_emulated_aipu_serves_one_request_at_a_time_fairly(emulated: DaemonProce
     finally:
         a.close()
         b.close()
+    # Each request's log line is written after its `done` went out: wait for the last.
+    emulated.wait_for_line("request a3@")
     finished = [line.split("request ")[1].split("@")[0] for line in emulated.lines if "finish=" in line]
     assert finished[-4:] == ["a1", "a2", "b1", "a3"]
 

@@ -9,11 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, RawClient, chat
+from conftest import HELD, HELD_ARGS, HELD_TOKENS, DaemonProcess, RawClient, chat
 
 from axchat.protocol import v1
-
-LONG = 6000  # tokens; far more than any test waits for
 
 
 def collect(raw: RawClient, rid: str, request: v1.Generate) -> tuple[list[v1.Delta], v1.DaemonMessage]:
@@ -64,7 +62,7 @@ def test_greedy_matches_model_generate(raw: RawClient, tiny_model_dir: Path, pro
 
 
 def test_first_delta_arrives_while_generation_still_runs(raw: RawClient) -> None:
-    raw.send("s", chat("stream please", max_tokens=LONG, ignore_eos=True))
+    raw.send("s", chat("stream please", **HELD))
     env, first = raw.recv()
     assert env.id == "s" and isinstance(first, v1.Delta)
     # The daemon still reports the request as running after we hold its first text:
@@ -74,7 +72,7 @@ def test_first_delta_arrives_while_generation_still_runs(raw: RawClient) -> None
     raw.send("s", v1.Cancel())
     *_, done = list(raw.stream("s"))
     assert isinstance(done, v1.Done) and done.finish_reason == "cancelled"
-    assert done.usage.completion_tokens < LONG
+    assert done.usage.completion_tokens < HELD_TOKENS
 
 
 def test_same_seed_same_text_other_seed_differs(raw: RawClient) -> None:
@@ -89,7 +87,7 @@ def test_same_seed_same_text_other_seed_differs(raw: RawClient) -> None:
 
 
 def test_cancel_stops_within_a_step_and_frees_kv(raw: RawClient, daemon: DaemonProcess) -> None:
-    raw.send("c", chat("long answer", max_tokens=LONG, ignore_eos=True))
+    raw.send("c", chat("long answer", **HELD))
     received = 0
     for body in raw.stream("c"):
         assert isinstance(body, v1.Delta)
@@ -103,7 +101,7 @@ def test_cancel_stops_within_a_step_and_frees_kv(raw: RawClient, daemon: DaemonP
     # Only tokens already in flight when the cancel landed may follow it.
     in_flight = sum(len(b.token_ids) for b in tail if isinstance(b, v1.Delta))
     assert done.usage.completion_tokens <= received + in_flight + 1
-    assert done.usage.completion_tokens < LONG
+    assert done.usage.completion_tokens < HELD_TOKENS
     wait_until_idle(raw)
     _deltas, after = collect(raw, "next", chat("still there?", max_tokens=5))
     assert isinstance(after, v1.Done) and after.usage.completion_tokens > 0
@@ -111,7 +109,7 @@ def test_cancel_stops_within_a_step_and_frees_kv(raw: RawClient, daemon: DaemonP
 
 def test_client_killed_mid_stream_is_cancelled(raw: RawClient, daemon: DaemonProcess) -> None:
     ask = subprocess.Popen(
-        [sys.executable, "-m", "axchat", "ask", "--socket", daemon.socket, "--max-tokens", str(LONG), "--ignore-eos", "hi"],
+        [sys.executable, "-m", "axchat", "ask", "--socket", daemon.socket, *HELD_ARGS, "hi"],
         stdout=subprocess.PIPE,
     )
     got_output = threading.Event()
@@ -128,7 +126,7 @@ def test_client_killed_mid_stream_is_cancelled(raw: RawClient, daemon: DaemonPro
     daemon.wait_for_line("cancelling 1 request", timeout_s=15)
     line = daemon.wait_for_line("finish=cancelled", timeout_s=15)
     tokens = int(line.split("Tokens: ")[1].split()[0])
-    assert tokens < LONG
+    assert tokens < HELD_TOKENS
     wait_until_idle(raw)
     _, done = collect(raw, "after-kill", chat("anyone?", max_tokens=3))
     assert isinstance(done, v1.Done)
@@ -137,7 +135,7 @@ def test_client_killed_mid_stream_is_cancelled(raw: RawClient, daemon: DaemonPro
 def test_status_answers_fast_during_a_long_generation(raw: RawClient, daemon: DaemonProcess) -> None:
     busy = RawClient(daemon.socket)
     try:
-        busy.send("busy", chat("a very long story", max_tokens=LONG, ignore_eos=True))
+        busy.send("busy", chat("a very long story", **HELD))
         _env, first = busy.recv()
         assert isinstance(first, v1.Delta)
         latencies = []

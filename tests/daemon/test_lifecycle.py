@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, RawClient, chat, short_socket_dir
+from conftest import HELD, HELD_TOKENS, DaemonProcess, RawClient, chat, short_socket_dir
 
 from axchat.protocol import v1
 
@@ -115,7 +115,7 @@ def test_sigterm_lets_running_request_finish_and_refuses_new_ones(tiny_model_dir
     d = DaemonProcess(tiny_model_dir, "--drain-timeout", "60").wait_ready()
     a, b = RawClient(d.socket), RawClient(d.socket)
     try:
-        a.send("run", chat("finish me", max_tokens=300, ignore_eos=True))
+        a.send("run", chat("finish me", **HELD))
         _, first = a.recv()
         assert isinstance(first, v1.Delta)
         d.proc.send_signal(signal.SIGTERM)
@@ -123,9 +123,10 @@ def test_sigterm_lets_running_request_finish_and_refuses_new_ones(tiny_model_dir
         b.send("late", chat("too late", max_tokens=3))
         _, refused = b.recv()
         assert isinstance(refused, v1.Error) and refused.code == "shutting_down"
+        d.release_held()  # now the running request may finish, inside the drain timeout
         done = list(a.stream("run"))[-1]
         assert isinstance(done, v1.Done) and done.finish_reason == "length"
-        assert done.usage.completion_tokens == 300
+        assert done.usage.completion_tokens == HELD_TOKENS
         assert d.stop() == 0
     finally:
         a.close()
@@ -136,13 +137,13 @@ def test_sigterm_past_drain_timeout_cancels_and_tells_the_client(tiny_model_dir:
     d = DaemonProcess(tiny_model_dir, "--drain-timeout", "0.2").wait_ready()
     a = RawClient(d.socket)
     try:
-        a.send("run", chat("never ends", max_tokens=1900, ignore_eos=True))
+        a.send("run", chat("never ends", **HELD))
         _, first = a.recv()
         assert isinstance(first, v1.Delta)
         d.proc.send_signal(signal.SIGTERM)
         done = list(a.stream("run"))[-1]
         assert isinstance(done, v1.Done) and done.finish_reason == "cancelled"
-        assert done.usage.completion_tokens < 1900
+        assert done.usage.completion_tokens < HELD_TOKENS
         assert d.stop() == 0
         assert "drain timeout: cancelling 1 request" in d.log_text()
     finally:

@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, RawClient, chat, short_socket_dir
+from conftest import HELD, HELD_TOKENS, DaemonProcess, RawClient, chat, short_socket_dir
 
 from axchat.daemon.notify import Notifier, watchdog_usec
 from axchat.protocol import v1
 
 WATCHDOG_USEC = 1_000_000  # pings every 0.5 s; systemd would give up after 1 s
-LONG = 3000  # tokens: seconds of decoding even at the lean path's speed on the tiny model
 
 
 class NotifyListener:
@@ -63,6 +62,17 @@ class NotifyListener:
                 return before, msg
             before.append(msg)
 
+    def collect_until(self, key: str, count: int, timeout_s: float = 30.0) -> list[tuple[float, dict[str, str]]]:
+        """Timestamped datagrams up to the `count`-th one carrying `key`."""
+        deadline = time.monotonic() + timeout_s
+        out: list[tuple[float, dict[str, str]]] = []
+        while sum(key in m for _, m in out) < count:
+            try:
+                out.append(self.messages.get(timeout=max(deadline - time.monotonic(), 0.01)))
+            except queue.Empty:
+                raise AssertionError(f"fewer than {count} {key} datagrams within {timeout_s}s: {out}") from None
+        return out
+
     def drain(self) -> list[tuple[float, dict[str, str]]]:
         out = []
         while True:
@@ -101,14 +111,18 @@ def test_ready_watchdog_and_stopping(tiny_model_dir: Path, listener: tuple[str, 
         assert extended and min(extended) >= 10_000_000, before
 
         client = RawClient(d.socket)
-        client.send("long", chat("go on", max_tokens=LONG, ignore_eos=True))
+        client.send("long", chat("go on", **HELD))
         _, first = client.recv()
         assert isinstance(first, v1.Delta)
         early = lst.drain()
+        # The answer is held (still running, whatever the machine's speed) while the loop
+        # pings; then it may run to its end.
+        during = lst.collect_until("WATCHDOG", 3)
+        d.release_held()
         frames = list(client.stream("long"))
-        during = lst.drain()
+        during += lst.drain()
         done = frames[-1]
-        assert isinstance(done, v1.Done) and done.usage.completion_tokens == LONG
+        assert isinstance(done, v1.Done) and done.usage.completion_tokens == HELD_TOKENS
         assert not any("EXTEND_TIMEOUT_USEC" in m for _, m in early + during)  # only while starting
         pings = [t for t, m in during if m.get("WATCHDOG") == "1"]
         assert len(pings) >= 3, during

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, RawClient, chat
+from conftest import HELD, HELD_ARGS, HELD_TOKENS, DaemonProcess, RawClient, chat
 
 from axchat.protocol import v1
 
@@ -63,7 +63,7 @@ def one_slot(tiny_model_dir: Path) -> Iterator[DaemonProcess]:
 def test_round_robin_admission_and_queue_positions(one_slot: DaemonProcess) -> None:
     a, b = RawClient(one_slot.socket), RawClient(one_slot.socket)
     try:
-        a.send("a1", chat("hog the device", max_tokens=6000, ignore_eos=True))
+        a.send("a1", chat("hog the device", **HELD))
         _, first = a.recv(want="a1")
         assert isinstance(first, v1.Delta)  # a1 holds the only slot
         a.send("a2", chat("second of a", max_tokens=2, ignore_eos=True))
@@ -96,6 +96,8 @@ def test_round_robin_admission_and_queue_positions(one_slot: DaemonProcess) -> N
     finally:
         a.close()
         b.close()
+    # Each request's log line is written after its `done` went out: wait for the last.
+    one_slot.wait_for_line("request a3@")
     finished = [line.split("request ")[1].split("@")[0] for line in one_slot.lines if "finish=" in line]
     assert finished == ["a1", "a2", "b1", "a3"]
 
@@ -104,7 +106,7 @@ def test_per_client_limit(one_slot: DaemonProcess) -> None:
     a = RawClient(one_slot.socket)
     try:
         for i in range(3):
-            a.send(f"r{i}", chat("wait", max_tokens=200, ignore_eos=True))
+            a.send(f"r{i}", chat("wait", **HELD))
         a.send("r3", chat("one more", max_tokens=2))
         _, busy = a.recv(want="r3")
         assert isinstance(busy, v1.Error) and busy.code == "busy" and "this client" in busy.message
@@ -119,7 +121,7 @@ def test_per_client_limit(one_slot: DaemonProcess) -> None:
 def test_client_that_vanishes_while_queued_is_cancelled(one_slot: DaemonProcess) -> None:
     hog = RawClient(one_slot.socket)
     try:
-        hog.send("hog", chat("hog", max_tokens=6000, ignore_eos=True))
+        hog.send("hog", chat("hog", **HELD))
         assert isinstance(hog.recv(want="hog")[1], v1.Delta)
         waiter = subprocess.Popen(
             [sys.executable, "-m", "axchat", "ask", "--socket", one_slot.socket, "--json", "never served"],
@@ -213,20 +215,29 @@ def test_silent_client_is_cancelled_and_a_pinging_one_is_not(tiny_model_dir: Pat
     try:
         welcome = silent.request(v1.Hello())
         assert isinstance(welcome, v1.Welcome) and welcome.client_timeout_s == 0.5
-        silent.send("quiet", chat("then go quiet", max_tokens=1900, ignore_eos=True))
+        silent.send("quiet", chat("then go quiet", **HELD))
         # We read nothing and send nothing more: the daemon must give up on us.
         d.wait_for_line("silent for over 0.5s", timeout_s=30)
         line = d.wait_for_line("finish=cancelled", timeout_s=30)
-        assert int(line.split("Tokens: ")[1].split()[0]) < 1900
+        assert int(line.split("Tokens: ")[1].split()[0]) < HELD_TOKENS
 
-        # `ask` pings while it waits, so a long answer survives the same rule.
-        ask = subprocess.run(
-            [sys.executable, "-m", "axchat", "ask", "--socket", d.socket, "--json", "--max-tokens", "300", "--ignore-eos", "hi"],
-            capture_output=True,
-            timeout=100,
+        # `ask` pings while it waits, so a long answer survives the same rule: held, its
+        # 50 decode steps take at least 1 s (twice the timeout), then it runs to its end.
+        ask = subprocess.Popen(
+            [sys.executable, "-m", "axchat", "ask", "--socket", d.socket, "--json", *HELD_ARGS, "hi"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
-        assert ask.returncode == 0, ask.stderr
-        assert b'"finish_reason": "length"' in ask.stdout.splitlines()[-1]
+        assert ask.stdout is not None
+        deltas = 0
+        while deltas < 50:
+            line_out = ask.stdout.readline()
+            assert line_out, ask.communicate(timeout=30)
+            deltas += b'"delta"' in line_out
+        d.release_held()
+        out, err = ask.communicate(timeout=100)
+        assert ask.returncode == 0, err
+        assert b'"finish_reason": "length"' in out.splitlines()[-1]
     finally:
         silent.close()
         assert d.stop() == 0

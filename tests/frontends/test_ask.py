@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from conftest import DaemonProcess, RawClient, ask_streaming, chat, short_socket_dir
+from conftest import HELD_ARGS, HELD_TOKENS, DaemonProcess, RawClient, ask_streaming, chat, short_socket_dir
 
 from axchat.protocol import v1
 
@@ -109,11 +109,11 @@ def test_ask_without_daemon_says_how_to_start_one() -> None:
 
 
 def test_ctrl_c_cancels_on_the_daemon(daemon: DaemonProcess) -> None:
-    ask = ask_streaming(daemon.socket, "--max-tokens", "6000", "--ignore-eos", "Hi", timeout_s=30)
+    ask = ask_streaming(daemon.socket, *HELD_ARGS, "Hi", timeout_s=30)
     ask.send_signal(signal.SIGINT)
     assert ask.wait(30) == 130
     line = daemon.wait_for_line("finish=cancelled", timeout_s=15)
-    assert int(line.split("Tokens: ")[1].split()[0]) < 6000
+    assert int(line.split("Tokens: ")[1].split()[0]) < HELD_TOKENS
 
 
 def test_status_json(daemon: DaemonProcess) -> None:

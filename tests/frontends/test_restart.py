@@ -9,13 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import DaemonProcess, ask_streaming, chat, short_socket_dir, start_problem_daemon
+from conftest import HELD_ARGS, DaemonProcess, ask_streaming, chat, short_socket_dir, start_problem_daemon
 from test_ask import axchat, reference_text
 
 
 def test_kill_9_mid_stream_then_restart(tiny_model_dir: Path) -> None:
     first = DaemonProcess(tiny_model_dir).wait_ready()
-    ask = ask_streaming(first.socket, "--max-tokens", "1900", "--ignore-eos", "Hi")
+    ask = ask_streaming(first.socket, *HELD_ARGS, "Hi")
     try:
         assert first.stop(signal.SIGKILL) == -signal.SIGKILL
         assert ask.wait(30) == 1

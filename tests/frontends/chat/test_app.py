@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, RawClient, short_socket_dir, start_problem_daemon
+from conftest import HELD, HELD_TOKENS, DaemonProcess, RawClient, short_socket_dir, start_problem_daemon
 from textual.pilot import Pilot
 
 from axchat.frontends.chat.app import ChatApp, PendingAnswer
@@ -117,7 +117,7 @@ async def test_send_streams_the_answer_into_a_bubble(daemon: DaemonProcess, stor
 
 
 async def test_escape_cancels_the_answer_on_the_daemon(daemon: DaemonProcess, store: ConversationStore) -> None:
-    app = make_app(daemon.socket, store, max_tokens=6000, ignore_eos=True)
+    app = make_app(daemon.socket, store, **HELD)
     async with app.run_test(size=(100, 40)) as pilot:
         await connected(pilot)
         pending = await streaming(pilot, "Go on forever")
@@ -128,7 +128,7 @@ async def test_escape_cancels_the_answer_on_the_daemon(daemon: DaemonProcess, st
         line = daemon.wait_for_line(f"request {request_id}@", timeout_s=WAIT_S)
         assert "finish=cancelled" in line
         tokens = int(line.split("Tokens: ")[1].split()[0])
-        assert 0 < tokens < 6000
+        assert 0 < tokens < HELD_TOKENS
         partial = app.conversation.turns[-1]
         assert partial.role == "assistant" and partial.finish_reason == "cancelled" and partial.content
         bubble = app.query_one(AssistantBubble)
@@ -139,7 +139,7 @@ async def test_escape_cancels_the_answer_on_the_daemon(daemon: DaemonProcess, st
 
 
 async def test_ctrl_c_stops_the_answer_then_quits(daemon: DaemonProcess, store: ConversationStore) -> None:
-    app = make_app(daemon.socket, store, max_tokens=6000, ignore_eos=True)
+    app = make_app(daemon.socket, store, **HELD)
     async with app.run_test(size=(100, 40)) as pilot:
         await connected(pilot)
         await streaming(pilot, "Talk")
@@ -152,7 +152,7 @@ async def test_ctrl_c_stops_the_answer_then_quits(daemon: DaemonProcess, store: 
 
 
 async def test_a_new_prompt_stops_the_running_answer(daemon: DaemonProcess, store: ConversationStore) -> None:
-    app = make_app(daemon.socket, store, max_tokens=6000, ignore_eos=True)
+    app = make_app(daemon.socket, store, **HELD)
     async with app.run_test(size=(100, 40)) as pilot:
         await connected(pilot)
         first = await streaming(pilot, "One")
@@ -275,7 +275,7 @@ async def test_daemon_restart_gives_the_prompt_back_and_reconnects(
     first = DaemonProcess(tiny_model_dir).wait_ready()
     second: DaemonProcess | None = None
     try:
-        app = make_app(first.socket, store, max_tokens=6000, ignore_eos=True, heartbeat_s=0.5, reconnect_cap_s=1.0)
+        app = make_app(first.socket, store, **HELD, heartbeat_s=0.5, reconnect_cap_s=1.0)
         async with app.run_test(size=(100, 40)) as pilot:
             await connected(pilot)
             prompt_input, status = app.query_one(PromptInput), app.query_one(StatusLine)

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import DaemonProcess, RawClient, short_socket_dir
+from conftest import HELD_ARGS, HELD_TOKENS, DaemonProcess, RawClient, short_socket_dir
 
 from axchat.protocol import v1
 
@@ -76,7 +76,7 @@ def test_no_daemon(tmp_path: Path) -> None:
 def test_ctrl_c_cancels_the_answer_then_quits_at_the_prompt(daemon: DaemonProcess, tmp_path: Path) -> None:
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "axchat", "chat", "--socket", daemon.socket, "--max-tokens", "6000", "--ignore-eos"],
+        [sys.executable, "-m", "axchat", "chat", "--socket", daemon.socket, *HELD_ARGS],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -107,7 +107,7 @@ def test_ctrl_c_cancels_the_answer_then_quits_at_the_prompt(daemon: DaemonProces
     line = daemon.wait_for_line("finish=cancelled", timeout_s=15)
     while line not in daemon.lines[log_start:]:  # an earlier test's cancel, still queued
         line = daemon.wait_for_line("finish=cancelled", timeout_s=15)
-    assert int(line.split("Tokens: ")[1].split()[0]) < 6000
+    assert int(line.split("Tokens: ")[1].split()[0]) < HELD_TOKENS
     proc.send_signal(signal.SIGINT)  # at the prompt: leaves
     assert proc.wait(30) == 0
     reader.join(5)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import HELD_TOKENS
 from playwright import sync_api
 from web_bridge import BridgeProcess, bridge_fixture  # noqa: F401
 
@@ -64,7 +65,7 @@ def test_type_stream_and_stop(page: sync_api.Page, bridge: BridgeProcess, tmp_pa
     sync_api.expect(page.locator("#model")).not_to_be_empty()
     make_answers_long(page)
     page.click("#toggle-settings")
-    page.fill("#max-tokens", "6000")
+    page.fill("#max-tokens", str(HELD_TOKENS))  # held by the test daemon
     page.fill("#system", "You are terse.")
     page.fill("#prompt", "Tell me a long story")
     page.press("#prompt", "Enter")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, short_socket_dir
+from conftest import HELD, DaemonProcess, short_socket_dir
 from test_disconnect import open_request, read_until
 from test_openai_api import get, parse_prometheus, post
 from web_bridge import BridgeProcess, started_bridge
@@ -47,8 +47,7 @@ def test_draining_daemon_is_503_shutting_down(tiny_model_dir: Path) -> None:
                 {
                     "messages": [{"role": "user", "content": "talk"}],
                     "stream": True,
-                    "max_tokens": 6000,
-                    "ignore_eos": True,
+                    **HELD,
                 },
             )
             read_until(conn, b"data: {")

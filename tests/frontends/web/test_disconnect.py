@@ -14,14 +14,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import DaemonProcess, RawClient
+from conftest import HELD, HELD_TOKENS, DaemonProcess, RawClient
 from web_bridge import BridgeProcess, started_bridge
 
 from axchat.protocol import v1
 
 pytestmark = pytest.mark.timeout(120)
 DEADLINE_S = 30.0
-LONG = {"max_tokens": 6000, "ignore_eos": True}  # many seconds of decoding on the tiny model
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +81,13 @@ def running(raw: RawClient) -> int:
 def test_closing_a_stream_cancels_on_the_daemon(
     own_daemon: DaemonProcess, own_bridge: BridgeProcess, daemon_status: RawClient
 ) -> None:
-    conn = open_request(own_bridge, {"messages": [{"role": "user", "content": "talk"}], "stream": True, **LONG})
+    conn = open_request(own_bridge, {"messages": [{"role": "user", "content": "talk"}], "stream": True, **HELD})
     # The first chunk leaves only after the daemon's first reply: it is generating.
     head = read_until(conn, b"data: {")
     assert head.startswith(b"HTTP/1.1 200")
     conn.close()
     line = own_daemon.wait_for_line("finish=cancelled", timeout_s=DEADLINE_S)
-    assert "Tokens: 6000" not in line
+    assert f"Tokens: {HELD_TOKENS}" not in line
     wait_until(lambda: running(daemon_status) == 0, "the daemon runs nothing")
     own_bridge.wait_for_line("closed-by-client", timeout_s=DEADLINE_S)
 
@@ -96,7 +95,7 @@ def test_closing_a_stream_cancels_on_the_daemon(
 def test_closing_a_whole_request_cancels_on_the_daemon(
     own_daemon: DaemonProcess, own_bridge: BridgeProcess, daemon_status: RawClient
 ) -> None:
-    conn = open_request(own_bridge, {"messages": [{"role": "user", "content": "talk"}], **LONG})
+    conn = open_request(own_bridge, {"messages": [{"role": "user", "content": "talk"}], **HELD})
     wait_until(lambda: running(daemon_status) == 1, "the daemon runs the request")
     conn.close()
     own_daemon.wait_for_line("finish=cancelled", timeout_s=DEADLINE_S)
