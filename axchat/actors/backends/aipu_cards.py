@@ -67,7 +67,7 @@ def connect_first_free(runtime: SdkRuntime, cards: list[CardInfo]) -> SdkConnect
         try:
             connection = runtime.connect(card)
         except CardInUse as exc:
-            log.info("%s", exc)
+            log.debug("%s", exc)
             busy.append(card.name)
             continue
         except AipuError as exc:
