@@ -200,6 +200,10 @@ class AipuBackend(DeviceBackend):
     def temperature_c(self) -> float | None:
         return None if self._probe is None else self._probe.reading_c()
 
+    def wait_temperature(self, timeout_s: float) -> float | None:
+        """The first reading, waiting up to `timeout_s` for it (None without `triton_trace`)."""
+        return None if self._probe is None else self._probe.wait_reading(timeout_s)
+
     def close(self) -> None:
         if self._probe is not None:
             self._probe.close()
