@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 RUNTIME_ENV = "AXCHAT_AIPU_RUNTIME"
 DEFAULT_EMULATED_CONTEXT = 1024
 
-__all__ = ["AipuBackend", "default_build_root", "emulator_embeddings", "reply_reserve_for"]
-
 
 def emulator_embeddings(model_dir: Path) -> Path:
     """The model's own `embeddings.npz`, else one extracted once into the user's cache."""
@@ -165,6 +163,11 @@ class AipuBackend(DeviceBackend):
             tokenizer,
         )
         return cls(instance, connection, embeddings, info, CoreTemperatureProbe.start_if_available())
+
+    @property
+    def logit_quantisation(self) -> tuple[float, int]:
+        """The output tensor's (scale, zero-point); (1.0, 0): raw int8 logits."""
+        return float(self._scale), int(self._zero_point)
 
     def _run(self, token_ids: Sequence[int]) -> np.ndarray:
         rows = np.ascontiguousarray(self._embeddings[np.asarray(token_ids, dtype=np.int64)], dtype=np.float16)

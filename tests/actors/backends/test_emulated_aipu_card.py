@@ -132,9 +132,7 @@ def test_emulated_aipu_card_memory_from_max_memory(build_root: Path, cards: pyte
         load(name, build_root).close()
     with pytest.raises(rt.CardTooSmall) as refused:
         load(BIG, build_root)
-    assert str(refused.value) == (
-        f"{BIG} needs a card with at least 16 GB of memory; metis-0:1:0 has 4.0 GB"
-    )
+    assert str(refused.value) == (f"{BIG} needs a card with at least 16 GB of memory; metis-0:1:0 has 4.0 GB")
     cards.setenv(emu.CARDS_ENV, "metis-0:1:0=4,metis-0:3:0=16")
     backend = load(BIG, build_root)  # the first card is too small: the second one
     try:
@@ -206,9 +204,7 @@ def test_emulated_aipu_temperature_from_recorded_triton_trace() -> None:
     assert hottest_core_c("[04:58:54.012,603] <inf> collector: started") is None
 
 
-def test_emulated_aipu_temperature_probe_runs_the_sdk_commands(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_emulated_aipu_temperature_probe_runs_the_sdk_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stand-in `triton_trace` (no card here) that logs its arguments and, asked to
     stream, prints the recorded output and then blocks as the real one does."""
     calls = tmp_path / "calls"
@@ -240,30 +236,27 @@ def test_emulated_aipu_temperature_probe_runs_the_sdk_commands(
 # ------------------------------------------------------------------ 7. logits
 
 
-def test_emulated_aipu_raw_int8_logits_by_default(build_root: Path, cards: pytest.MonkeyPatch) -> None:
+def first_logits(build_root: Path) -> tuple[np.ndarray, tuple[float, int]]:
+    """The logits after a three-token prompt, and the output tensor's (scale, zero-point)."""
     backend = load(SMALL, build_root)
     try:
-        logits = backend.prefill(1, [5, 6, 7])
+        return backend.prefill(1, [5, 6, 7]), backend.logit_quantisation
     finally:
         backend.close()
+
+
+def test_emulated_aipu_raw_int8_logits_by_default(build_root: Path, cards: pytest.MonkeyPatch) -> None:
+    logits, quantisation = first_logits(build_root)
+    assert quantisation == (1.0, 0)
     assert np.array_equal(logits, np.rint(logits)) and logits.min() >= -128 and logits.max() <= 127
     assert np.ptp(logits) > 20  # the int8 range is used, not a few levels
 
 
 def test_emulated_aipu_dequantises_with_scale_and_zero_point(build_root: Path, cards: pytest.MonkeyPatch) -> None:
-    raw_backend = load(SMALL, build_root)
-    try:
-        raw = raw_backend.prefill(1, [5, 6, 7])
-    finally:
-        raw_backend.close()
+    raw, _ = first_logits(build_root)
     cards.setenv(emu.LOGITS_ENV, "scaled:5")
-    backend = load(SMALL, build_root)
-    try:
-        scale, zero_point = backend._instance.output_scale, backend._instance.output_zero_point
-        assert (zero_point, scale != 1.0) == (5, True)
-        dequantised = backend.prefill(1, [5, 6, 7])
-    finally:
-        backend.close()
+    dequantised, (scale, zero_point) = first_logits(build_root)
+    assert zero_point == 5 and scale != 1.0
     # The card wrote raw + 5 (clipped); the backend took the 5 off and applied the scale.
     expected = (np.clip(raw + 5, -128, 127) - 5) * np.float32(scale)
     assert np.allclose(dequantised, expected, rtol=1e-6)
