@@ -99,10 +99,14 @@ class SdkConnection:
     def load_model(self, path: str) -> SdkInstance:
         try:
             model = self._context.load_model(path)
-            outputs = list(model.outputs())
             instance = self._connection.load_model_instance(model)
         except Exception as exc:  # the SDK raises its own types; one line is what the user needs
             raise AipuError.because(f"the Axelera runtime cannot load {path}", exc) from None
+        try:
+            outputs = list(model.outputs())
+        except Exception as exc:  # the seed never asks; raw int8 is what it then uses
+            log.warning("%s: no output tensor info (%s); using the raw int8 logits", path, _first_line(exc))
+            outputs = [None]
         if len(outputs) != 1:
             raise AipuError(f"{path} has {len(outputs)} output tensors; an LLM build has one (the logits)")
         return SdkInstance(instance, outputs[0])
