@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from axchat.actors.backends.aipu_build_tree import (
     tokenizer_source,
 )
 from axchat.actors.backends.aipu_cards import cards_with_memory, connect_first_free, select_cards
-from axchat.actors.backends.aipu_catalog import CATALOG, DEFAULT_DDR_GB, reply_reserve_for
+from axchat.actors.backends.aipu_catalog import CATALOG, DEFAULT_DDR_GB, CatalogModel, reply_reserve_for
 from axchat.actors.backends.aipu_embeddings import EmbeddingsError, extract_embeddings, load_embeddings
 from axchat.actors.backends.aipu_temperature import CoreTemperatureProbe
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
@@ -90,39 +91,22 @@ class AipuBackend(DeviceBackend):
         with an emulated build), or with the emulator a Hugging Face model directory."""
         kind = runtime or os.environ.get(RUNTIME_ENV) or "real"
         entry = CATALOG.get(model)
-        if entry is not None:
+        if entry is None:
+            if kind == "real":
+                raise ModelLoadError(f"{model} is not a precompiled Metis model; choose one of: {', '.join(CATALOG)}")
+            files = _model_dir_files(Path(model).expanduser(), context, tokenizer_dir)
+            sdk = rt.load_runtime(kind, context=files.context)
+        else:
             # The SDK first: without it the compiled files cannot exist either.
             sdk = rt.load_runtime(kind, context=entry.context)
             try:
-                root = Path(build_root) if build_root else default_build_root()
-                model_path = compiled_model(root, entry)
-                embeddings_path = model_embeddings(root, entry)
-                tokenizer = tokenizer_source(root, entry, tokenizer_dir)
+                files = _build_tree_files(entry, build_root, context, tokenizer_dir)
             except BaseException:
                 sdk.close()
                 raise
-            static_context, need_gb, name = entry.context, entry.ddr_gb, entry.name
-            if context is not None and context != static_context:
-                sdk.close()
-                raise ModelLoadError(
-                    f"{model} was compiled for a context of {static_context}; --context cannot change it"
-                )
-        elif kind == "real":
-            raise ModelLoadError(f"{model} is not a precompiled Metis model; choose one of: {', '.join(CATALOG)}")
-        else:
-            model_dir = Path(model).expanduser()
-            if not (model_dir / "config.json").is_file():
-                raise rt.FilesMissing("a Hugging Face model directory or a Metis catalog name", str(model_dir))
-            model_path, tokenizer, name = model_dir, tokenizer_dir or str(model_dir), model_dir.resolve().name
-            static_context, need_gb = context or _emulated_context(model_dir), DEFAULT_DDR_GB
-            try:
-                embeddings_path = emulator_embeddings(model_dir)
-            except (OSError, ValueError) as exc:
-                raise ModelLoadError.because(f"cannot extract the input embeddings of {model_dir}", exc) from None
-            sdk = rt.load_runtime(kind, context=static_context)
         try:
-            embeddings = load_embeddings(embeddings_path)
-            cards = cards_with_memory(select_cards(sdk.list_devices(), aipu_device), need_gb, name)
+            embeddings = load_embeddings(files.embeddings)
+            cards = cards_with_memory(select_cards(sdk.list_devices(), aipu_device), files.need_gb, files.name)
             connection = connect_first_free(sdk, cards)
         except EmbeddingsError as exc:
             sdk.close()
@@ -131,22 +115,22 @@ class AipuBackend(DeviceBackend):
             sdk.close()
             raise
         try:
-            instance = connection.load_model(str(model_path))
-            eos_ids = _eos_ids(model_path if entry is None else None)
+            instance = connection.load_model(str(files.model))
+            eos_ids = _eos_ids(files.model if entry is None else None)
         except BaseException:
             connection.close()
             raise
         card = connection.card
         info = BackendInfo(
             backend="aipu",
-            model=name,
+            model=files.name,
             device=card.name if kind == "real" else f"{card.name} (emulated)",
             dtype="int8",
-            context_length=static_context,
+            context_length=files.context,
             vocab_size=int(embeddings.shape[0]),
             eos_ids=eos_ids,
-            reply_reserve=reply_reserve_for(static_context),
-            tokenizer=tokenizer,
+            reply_reserve=reply_reserve_for(files.context),
+            tokenizer=files.tokenizer,
         )
         log.info(
             "loaded %s on %s (%s runtime, %d sub-devices, context %d, logits %s, embeddings %s%s, tokenizer %s)",
@@ -154,13 +138,13 @@ class AipuBackend(DeviceBackend):
             info.device,
             kind,
             rt.SUB_DEVICES,
-            static_context,
+            files.context,
             "raw int8"
             if (instance.output_scale, instance.output_zero_point) == (1.0, 0)
             else f"dequantised (scale {instance.output_scale:g}, zero-point {instance.output_zero_point})",
-            embeddings_path,
+            files.embeddings,
             ", memory-mapped" if isinstance(embeddings, np.memmap) else "",
-            tokenizer,
+            files.tokenizer,
         )
         return cls(instance, connection, embeddings, info, CoreTemperatureProbe.start_if_available())
 
@@ -211,6 +195,51 @@ class AipuBackend(DeviceBackend):
         if self._probe is not None:
             self._probe.close()
         self._connection.close()
+
+
+@dataclass(frozen=True)
+class _ModelFiles:
+    name: str  # what clients see and may ask for
+    model: Path  # what the runtime's load_model takes
+    embeddings: Path
+    tokenizer: str  # a directory or a hub id
+    context: int  # the static context
+    need_gb: float  # card memory
+
+
+def _build_tree_files(
+    entry: CatalogModel, build_root: str | None, context: int | None, tokenizer_dir: str | None
+) -> _ModelFiles:
+    """A precompiled model's files, from the SDK's build tree."""
+    if context is not None and context != entry.context:
+        raise ModelLoadError(f"{entry.name} was compiled for a context of {entry.context}; --context cannot change it")
+    root = Path(build_root) if build_root else default_build_root()
+    return _ModelFiles(
+        name=entry.name,
+        model=compiled_model(root, entry),
+        embeddings=model_embeddings(root, entry),
+        tokenizer=tokenizer_source(root, entry, tokenizer_dir),
+        context=entry.context,
+        need_gb=entry.ddr_gb,
+    )
+
+
+def _model_dir_files(model_dir: Path, context: int | None, tokenizer_dir: str | None) -> _ModelFiles:
+    """A Hugging Face model directory for the emulator, which compiles nothing."""
+    if not (model_dir / "config.json").is_file():
+        raise rt.FilesMissing("a Hugging Face model directory or a Metis catalog name", str(model_dir))
+    try:
+        embeddings = emulator_embeddings(model_dir)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError.because(f"cannot extract the input embeddings of {model_dir}", exc) from None
+    return _ModelFiles(
+        name=model_dir.resolve().name,
+        model=model_dir,
+        embeddings=embeddings,
+        tokenizer=tokenizer_dir or str(model_dir),
+        context=context or _emulated_context(model_dir),
+        need_gb=DEFAULT_DDR_GB,
+    )
 
 
 def _emulated_context(model_dir: Path) -> int:
