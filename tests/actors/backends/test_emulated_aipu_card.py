@@ -92,18 +92,18 @@ def test_emulated_aipu_tokenizer_from_the_build_tree_offline(
 # ------------------------------------------------------------------ 2. end-of-turn ids
 
 
-def with_added_token(tokenizer_dir: Path, out: Path, content: str, token_id: int) -> Path:
-    """A copy of a tokenizer whose special token `token_id` is renamed to `content`."""
+def with_marker(tokenizer_dir: Path, out: Path, marker: str) -> Path:
+    """A copy of the tiny tokenizer whose special token `<|pad|>` (id 3) is renamed `marker`."""
     shutil.copytree(tokenizer_dir, out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         path = out / name
-        path.write_text(path.read_text().replace('"<|pad|>"', json.dumps(content)))
+        path.write_text(path.read_text().replace('"<|pad|>"', json.dumps(marker)))
     return out
 
 
 @pytest.mark.parametrize("marker", ["<|end|>", "<|eot_id|>"])
 def test_emulated_aipu_end_of_turn_ids_include_the_marker(tiny_model_dir: Path, tmp_path: Path, marker: str) -> None:
-    tokenizer = load_tokenizer(str(with_added_token(tiny_model_dir, tmp_path / "tok", marker, 3)))
+    tokenizer = load_tokenizer(str(with_marker(tiny_model_dir, tmp_path / "tok", marker)))
     assert tokenizer.convert_tokens_to_ids(marker) == 3
     assert end_of_turn_ids(tokenizer) == {tokenizer.eos_token_id, 3}
     assert end_of_turn_ids(load_tokenizer(str(tiny_model_dir))) == {tokenizer.eos_token_id}
