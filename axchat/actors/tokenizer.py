@@ -256,6 +256,19 @@ class TokenizerActor(Actor):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+# Added tokens that end an assistant turn in chat templates whose `eos_token` is another
+# token: Phi-3's `<|end|>` (the Voyager SDK stops on it), Llama 3's `<|eot_id|>`.
+END_OF_TURN_MARKERS = ("<|end|>", "<|eot_id|>")
+
+
+def end_of_turn_ids(tokenizer: Any) -> set[int]:
+    """The tokenizer's eos and any end-of-turn marker it knows: a reply stops on each."""
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    ids.update(int(token_id) for token_id, token in decoder.items() if getattr(token, "content", str(token)) in END_OF_TURN_MARKERS)
+    return ids
+
+
 def load_tokenizer(model: str) -> Any:
     """The model's own tokenizer, or a one-line ModelLoadError."""
     from transformers import AutoTokenizer

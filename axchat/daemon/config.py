@@ -58,8 +58,9 @@ class ServeConfig:
     socket_mode: int = 0o660
     check: bool = False  # validate settings, model and device, then exit
     build_root: str | None = None  # aipu: where the SDK's compiled models live
-    aipu_device: str | None = None  # aipu: which card; None: the first
+    aipu_device: str | None = None  # aipu: card selector; None: $AXELERA_DEVICE_SELECTOR, else each in turn
     aipu_runtime: str | None = None  # aipu: real or emulator; None: $AXCHAT_AIPU_RUNTIME, else real
+    tokenizer_dir: str | None = None  # aipu: the tokenizer's directory; None: the build tree's, else the hub
 
 
 class ConfigError(Exception):
@@ -179,6 +180,7 @@ SETTINGS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "build_root": ("build_root", _str),
     "aipu_device": ("aipu_device", _str),
     "aipu_runtime": ("aipu_runtime", _choice("real", "emulator")),
+    "tokenizer_dir": ("tokenizer_dir", _str),
 }
 
 
@@ -272,8 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
         "prefix_cache_mb": "memory for kept conversation KV, 0 turns reuse off (default: 256)",
         "client_timeout": "cancel the requests of a client silent this many seconds, 0: never (default: 30)",
         "build_root": "aipu: the Voyager SDK's build directory (default: $AXELERA_FRAMEWORK/build)",
-        "aipu_device": "aipu: card to use, e.g. metis-0:1:0 (default: the first)",
+        "aipu_device": (
+            "aipu: card index, name or comma list, e.g. 1 or metis-0:1:0 "
+            "(default: $AXELERA_DEVICE_SELECTOR, else the first free card with enough memory)"
+        ),
         "aipu_runtime": "aipu: real or emulator (default: $AXCHAT_AIPU_RUNTIME, else real)",
+        "tokenizer_dir": "aipu: tokenizer directory (default: <build-root>/tokenizers/<org_model>, else the hub)",
     }
     for key, text in help_for.items():
         p.add_argument(flag_name(key), dest=key, metavar=key.upper(), help=text)

@@ -52,6 +52,7 @@ def load_device(cfg: ServeConfig, model: str, progress: Callable[[str], None] = 
         build_root=cfg.build_root,
         aipu_device=cfg.aipu_device,
         aipu_runtime=cfg.aipu_runtime,
+        tokenizer_dir=cfg.tokenizer_dir,
     )
     progress("warm-up")
     try:

@@ -28,7 +28,7 @@ from axchat.actors.keepalive import Residency
 from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.sampler import SamplerActor
 from axchat.actors.telemetry import TelemetryActor
-from axchat.actors.tokenizer import TokenizerActor
+from axchat.actors.tokenizer import TokenizerActor, end_of_turn_ids
 from axchat.daemon import model_load
 from axchat.daemon.config import ServeConfig
 from axchat.daemon.frontdoor import FrontDoor
@@ -171,9 +171,7 @@ async def _serve(
     tokenizer: Any,
 ) -> int:
     info = backend.info
-    eos_ids = set(info.eos_ids)
-    if tokenizer.eos_token_id is not None:
-        eos_ids.add(int(tokenizer.eos_token_id))
+    eos_ids = set(info.eos_ids) | end_of_turn_ids(tokenizer)
 
     async with AsyncExitStack() as stack:
         ctx = zmq.asyncio.Context()

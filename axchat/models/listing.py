@@ -47,7 +47,7 @@ def render() -> str:
     lines += _table(["NAME", "HUB ID", "DOWNLOAD", "LICENCE", ""], rows)
 
     lines += ["", "Metis (AIPU) precompiled models (axchat serve --backend aipu --model NAME):"]
-    rows = [[m.name, str(m.context), str(m.cores), f"{m.card_gb:g} GB", m.tokenizer] for m in AIPU_CATALOG.values()]
+    rows = [[m.name, str(m.context), str(m.cores), f"{m.ddr_gb:g} GB", m.hf_id] for m in AIPU_CATALOG.values()]
     lines += _table(["NAME", "CONTEXT", "CORES", "CARD", "TOKENIZER"], rows)
     return "\n".join(lines)
 

@@ -1,11 +1,15 @@
 """`axchat serve --device aipu` over the emulated Metis card, as a real subprocess:
 the same answers as torch where int8 logits keep the argmax, one request on the card
 at a time served fairly, the card held exclusively, history trimmed to the static
-context with the SDK's reply reserve."""
+context with the SDK's reply reserve; a catalog model from an emulated SDK build tree
+with its tokenizer offline, on the second card when the first is busy, stopping on
+Phi-3's `<|end|>`."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +17,11 @@ from pathlib import Path
 import pytest
 from conftest import HELD, DaemonProcess, RawClient, chat
 
+from axchat.actors.backends.aipu_backend import AipuBackend
+from axchat.actors.backends.aipu_catalog import CATALOG
+from axchat.actors.tokenizer import load_tokenizer
 from axchat.protocol import v1
+from axchat.testing import aipu_emulator as emu
 
 TOPICS = [
     "rain", "bread", "computers", "the sea", "music", "trees", "stars", "trains", "cats", "the moon",
@@ -128,10 +136,15 @@ def test_emulated_aipu_second_daemon_on_the_same_card_fails(
 
 
 def fake_triton_trace(directory: Path) -> dict[str, str]:
-    """A `triton_trace` on PATH that prints one slog line and exits, as a poll would."""
+    """A `triton_trace` on PATH (no card here): level changes succeed silently; the log
+    stream prints one collector line in the tool's format and ends, so it is run again."""
     directory.mkdir()
     tool = directory / "triton_trace"
-    tool.write_text('#!/bin/sh\necho "slog: power=3.2W core_temps=[51.0, 57.5, 49.25, 50]"\n')
+    tool.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *--slog-level*) exit 0;; esac\n'
+        'echo "[04:58:54.012,603] <inf> collector: core_temps=[51,57,49,50,48]"\n'
+    )
     tool.chmod(0o755)
     return {"PATH": f"{directory}{os.pathsep}{os.environ['PATH']}"}
 
@@ -145,7 +158,7 @@ def test_emulated_aipu_trims_history_to_the_static_context(tiny_model_dir: Path,
         while True:
             status = client.request(v1.Status())
             assert isinstance(status, v1.StatusReply)
-            if status.device_temp_c is not None and status.device_temp_c == 57.5:
+            if status.device_temp_c is not None and status.device_temp_c == 57.0:
                 break
             assert time.monotonic() < deadline, status.device_temp_c
             client.sock.poll(200)  # a bounded pause between polls (nothing arrives on it)
@@ -166,3 +179,88 @@ def test_emulated_aipu_trims_history_to_the_static_context(tiny_model_dir: Path,
     finally:
         client.close()
         assert d.stop() == 0, d.log_text()
+
+
+PHI3 = "phi3-mini-1024-4core-static"
+END_PROMPT = "Tell me about rivers."
+
+
+def phi3_style_build(tiny_model_dir: Path, root: Path, env: dict[str, str]) -> None:
+    """An emulated build of PHI3 from a copy of the tiny model, with Phi-3's end of turn:
+    the tokenizer's `<|pad|>` (id 3) renamed `<|end|>`, and the model's output row 3 made
+    a copy of the row of the token it answers END_PROMPT with, so that `<|end|>` ties
+    with that token and, the lower id, wins the argmax: the reply ends at once."""
+    from safetensors.numpy import load_file, save_file
+
+    model = root / "phi3-like-model"
+    shutil.copytree(tiny_model_dir, model)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        path = model / name
+        path.write_text(path.read_text().replace('"<|pad|>"', '"<|end|>"'))
+    tokenizer = load_tokenizer(str(model))
+    assert tokenizer.convert_tokens_to_ids("<|end|>") == 3 != tokenizer.eos_token_id
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": END_PROMPT}], add_generation_prompt=True, tokenize=False
+    )
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        backend = AipuBackend.load(str(model), runtime="emulator", context=64)
+        try:
+            first = int(backend.prefill(1, ids).argmax())
+        finally:
+            backend.close()
+    assert first > 3, first
+    weights = load_file(model / "model.safetensors")
+    weights["lm_head.weight"][3] = weights["lm_head.weight"][first]
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    emu.write_build_tree(root / "build", PHI3, model, context=1024, tokenizer_dir_name=CATALOG[PHI3].tokenizer_dir_name)
+
+
+@pytest.fixture(scope="module")
+def phi3_on_second_card(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """PHI3 served from its build tree on two emulated cards, the first held by another
+    connection: the daemon must take the second."""
+    tmp = tmp_path_factory.mktemp("phi3-build")
+    env = {**emulated_card_env(tmp), emu.CARDS_ENV: "metis-0:1:0=16,metis-0:3:0=16"}
+    phi3_style_build(tiny_model_dir, tmp, env)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(emu.LOCK_DIR_ENV, env[emu.LOCK_DIR_ENV])
+        other = emu.Context(cards=env[emu.CARDS_ENV])
+        held = other.device_connect(other.list_devices()[0], num_sub_devices=1)
+    try:
+        d = DaemonProcess(
+            PHI3, "--device", "aipu", "--aipu-runtime", "emulator", "--build-root", str(tmp / "build"), env=env
+        ).wait_ready()
+        yield d
+        assert d.stop() == 0, d.log_text()
+    finally:
+        held.release()
+
+
+def test_emulated_aipu_catalog_model_offline_on_the_second_card(phi3_on_second_card: DaemonProcess) -> None:
+    client = RawClient(phi3_on_second_card.socket)
+    try:
+        status = client.request(v1.Status())
+        assert isinstance(status, v1.StatusReply)
+        assert (status.model, status.device, status.context_length) == (PHI3, "metis-0:3:0 (emulated)", 1024)
+    finally:
+        client.close()
+    log = phi3_on_second_card.log_text()
+    assert "using metis-0:3:0 (metis-0:1:0 busy)" in log
+    # The tokenizer came from the build tree (the hub is offline here).
+    assert re.search(rf"tokenizer \S+/build/tokenizers/{CATALOG[PHI3].tokenizer_dir_name}\)", log)
+
+
+def test_emulated_aipu_phi3_end_of_turn_stops_the_reply(phi3_on_second_card: DaemonProcess) -> None:
+    client = RawClient(phi3_on_second_card.socket)
+    try:
+        for rid, ignore_eos, want in (("end", False, "stop"), ("on", True, "length")):
+            client.send(rid, chat(END_PROMPT, max_tokens=8, ignore_eos=ignore_eos))
+            done = list(client.stream(rid))[-1]
+            assert isinstance(done, v1.Done), done
+            assert done.finish_reason == want, done
+            assert done.usage.completion_tokens == (0 if want == "stop" else 8), done  # the end id is not counted
+    finally:
+        client.close()

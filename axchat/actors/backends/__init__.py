@@ -21,6 +21,7 @@ def load_backend(
     build_root: str | None = None,
     aipu_device: str | None = None,
     aipu_runtime: str | None = None,
+    tokenizer_dir: str | None = None,
 ) -> DeviceBackend:
     if backend == "torch":
         from axchat.actors.backends import torch_backend
@@ -39,7 +40,12 @@ def load_backend(
         from axchat.actors.backends.aipu_backend import AipuBackend
 
         return AipuBackend.load(
-            model, context=context, build_root=build_root, aipu_device=aipu_device, runtime=aipu_runtime
+            model,
+            context=context,
+            build_root=build_root,
+            aipu_device=aipu_device,
+            runtime=aipu_runtime,
+            tokenizer_dir=tokenizer_dir,
         )
     raise ModelLoadError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
 

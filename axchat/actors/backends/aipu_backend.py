@@ -12,12 +12,21 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from axchat.actors.backends import aipu_runtime as rt
-from axchat.actors.backends.aipu_catalog import CATALOG, reply_reserve_for
+from axchat.actors.backends.aipu_build_tree import (
+    compiled_model,
+    default_build_root,
+    find_embeddings,
+    model_embeddings,
+    tokenizer_source,
+)
+from axchat.actors.backends.aipu_cards import cards_with_memory, connect_first_free, select_cards
+from axchat.actors.backends.aipu_catalog import CATALOG, DEFAULT_DDR_GB, CatalogModel, reply_reserve_for
 from axchat.actors.backends.aipu_embeddings import EmbeddingsError, extract_embeddings, load_embeddings
 from axchat.actors.backends.aipu_temperature import CoreTemperatureProbe
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
@@ -26,19 +35,6 @@ log = logging.getLogger(__name__)
 
 RUNTIME_ENV = "AXCHAT_AIPU_RUNTIME"
 DEFAULT_EMULATED_CONTEXT = 1024
-
-
-def default_build_root() -> Path:
-    framework = os.environ.get("AXELERA_FRAMEWORK")
-    return Path(framework) / "build" if framework else Path("build")
-
-
-def find_embeddings(model_dir: Path) -> Path | None:
-    for pattern in ("embeddings.npz", "embeddings.npy", "*embed*.npz", "*embed*.npy", "**/*embed*.np[yz]"):
-        found = sorted(model_dir.glob(pattern))
-        if found:
-            return found[0]
-    return None
 
 
 def emulator_embeddings(model_dir: Path) -> Path:
@@ -59,8 +55,8 @@ def emulator_embeddings(model_dir: Path) -> Path:
 class AipuBackend(DeviceBackend):
     def __init__(
         self,
-        instance: rt.ModelInstance,
-        connection: rt.Connection,
+        instance: rt.SdkInstance,
+        connection: rt.SdkConnection,
         embeddings: np.ndarray,
         info: BackendInfo,
         probe: CoreTemperatureProbe | None = None,
@@ -72,6 +68,11 @@ class AipuBackend(DeviceBackend):
         self._embeddings = embeddings
         self._probe = probe
         self._logits = np.zeros(info.vocab_size, dtype=np.int8)
+        # Dequantise only where the output tensor says so: the seed feeds the raw int8
+        # values to argmax and softmax, and (1.0, 0) keeps exactly that.
+        self._scale = np.float32(instance.output_scale)
+        self._zero_point = np.float32(instance.output_zero_point)
+        self._raw = (instance.output_scale, instance.output_zero_point) == (1.0, 0)
         self._on_card: int | None = None  # the sequence whose KV the card holds
         self._position = 0
 
@@ -84,93 +85,83 @@ class AipuBackend(DeviceBackend):
         build_root: str | None = None,
         aipu_device: str | None = None,
         runtime: str | None = None,
+        tokenizer_dir: str | None = None,
     ) -> AipuBackend:
+        """`model`: a catalog name, found in the build tree (on a card, or on the emulator
+        with an emulated build), or with the emulator a Hugging Face model directory."""
         kind = runtime or os.environ.get(RUNTIME_ENV) or "real"
         entry = CATALOG.get(model)
-        if kind == "real":
-            if entry is None:
+        if entry is None:
+            if kind == "real":
                 raise ModelLoadError(f"{model} is not a precompiled Metis model; choose one of: {', '.join(CATALOG)}")
-            # The SDK first: without it the compiled files cannot exist either.
-            runtime_impl = rt.load_runtime(kind, context=entry.context)
-            root = Path(build_root) if build_root else default_build_root()
-            model_path = root / model / "model" / "model.json"
-            if not model_path.is_file():
-                raise rt.FilesMissing(
-                    "the compiled model",
-                    str(model_path),
-                    f"deploy it with the Voyager SDK (./deploy.py {model}) or pass --build-root",
-                )
-            embeddings_path = find_embeddings(root / model)
-            if embeddings_path is None:
-                raise rt.FilesMissing(
-                    "the input embeddings",
-                    str(root / model / "embeddings.npz"),
-                    f"write them with `axchat extract-embeddings {entry.tokenizer} {root / model / 'embeddings.npz'}`",
-                )
-            static_context, tokenizer, cores = entry.context, entry.tokenizer, entry.cores
-            if context is not None and context != static_context:
-                raise ModelLoadError(
-                    f"{model} was compiled for a context of {static_context}; --context cannot change it"
-                )
+            files = _model_dir_files(Path(model).expanduser(), context, tokenizer_dir)
+            sdk = rt.load_runtime(kind, context=files.context)
         else:
-            model_dir = Path(model).expanduser()
-            if not (model_dir / "config.json").is_file():
-                raise rt.FilesMissing("a Hugging Face model directory (the emulator runs one)", str(model_dir))
-            model_path, tokenizer, cores = model_dir, str(model_dir), 4
-            static_context = context or _emulated_context(model_dir)
+            # The SDK first: without it the compiled files cannot exist either.
+            sdk = rt.load_runtime(kind, context=entry.context)
             try:
-                embeddings_path = emulator_embeddings(model_dir)
-            except (OSError, ValueError) as exc:
-                raise ModelLoadError.because(f"cannot extract the input embeddings of {model_dir}", exc) from None
-            runtime_impl = rt.load_runtime(kind, context=static_context)
+                files = _build_tree_files(entry, build_root, context, tokenizer_dir)
+            except BaseException:
+                sdk.close()
+                raise
         try:
-            embeddings = load_embeddings(embeddings_path)
+            embeddings = load_embeddings(files.embeddings)
+            cards = cards_with_memory(select_cards(sdk.list_devices(), aipu_device), files.need_gb, files.name)
+            connection = connect_first_free(sdk, cards)
         except EmbeddingsError as exc:
+            sdk.close()
             raise ModelLoadError(str(exc)) from None
-
-        cards = runtime_impl.list_devices()
-        if not cards:
-            raise rt.NoCard()
-        card = next((c for c in cards if c.name == aipu_device), None) if aipu_device else cards[0]
-        if card is None:
-            raise rt.NoCard(aipu_device)
-        if entry is not None and card.memory_gb is not None and card.memory_gb + 0.5 < entry.card_gb:
-            raise rt.CardTooSmall(card.name, card.memory_gb, entry.card_gb, model)
-        connection = runtime_impl.connect(card.name, cores)
+        except BaseException:
+            sdk.close()
+            raise
         try:
-            instance = connection.load_model(str(model_path))
-            eos_ids = _eos_ids(model_path if kind != "real" else None)
+            instance = connection.load_model(str(files.model))
+            eos_ids = _eos_ids(files.model if entry is None else None)
         except BaseException:
             connection.close()
             raise
+        card = connection.card
         info = BackendInfo(
             backend="aipu",
-            model=model if entry is not None else model_dir.resolve().name,
+            model=files.name,
             device=card.name if kind == "real" else f"{card.name} (emulated)",
             dtype="int8",
-            context_length=static_context,
+            context_length=files.context,
             vocab_size=int(embeddings.shape[0]),
             eos_ids=eos_ids,
-            reply_reserve=reply_reserve_for(static_context),
-            tokenizer=tokenizer,
+            reply_reserve=reply_reserve_for(files.context),
+            tokenizer=files.tokenizer,
         )
         log.info(
-            "loaded %s on %s (%s runtime, %d cores, context %d, embeddings %s%s)",
+            "loaded %s on %s (%s runtime, %d sub-devices, context %d, logits %s, embeddings %s%s, tokenizer %s)",
             info.model,
             info.device,
             kind,
-            cores,
-            static_context,
-            embeddings_path,
+            rt.SUB_DEVICES,
+            files.context,
+            "raw int8"
+            if (instance.output_scale, instance.output_zero_point) == (1.0, 0)
+            else f"dequantised (scale {instance.output_scale:g}, zero-point {instance.output_zero_point})",
+            files.embeddings,
             ", memory-mapped" if isinstance(embeddings, np.memmap) else "",
+            files.tokenizer,
         )
         return cls(instance, connection, embeddings, info, CoreTemperatureProbe.start_if_available())
+
+    @property
+    def logit_quantisation(self) -> tuple[float, int]:
+        """The output tensor's (scale, zero-point); (1.0, 0): raw int8 logits."""
+        return float(self._scale), int(self._zero_point)
 
     def _run(self, token_ids: Sequence[int]) -> np.ndarray:
         rows = np.ascontiguousarray(self._embeddings[np.asarray(token_ids, dtype=np.int64)], dtype=np.float16)
         self._instance.run(rows.view(np.int8), self._logits)
         self._position += len(token_ids)
-        return self._logits.astype(np.float32) * np.float32(self._instance.logit_scale)
+        logits = self._logits.astype(np.float32)
+        if not self._raw:
+            logits -= self._zero_point
+            logits *= self._scale
+        return logits
 
     def prefill(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
         if len(token_ids) < 2:
@@ -196,10 +187,59 @@ class AipuBackend(DeviceBackend):
     def temperature_c(self) -> float | None:
         return None if self._probe is None else self._probe.reading_c()
 
+    def wait_temperature(self, timeout_s: float) -> float | None:
+        """The first reading, waiting up to `timeout_s` for it (None without `triton_trace`)."""
+        return None if self._probe is None else self._probe.wait_reading(timeout_s)
+
     def close(self) -> None:
         if self._probe is not None:
             self._probe.close()
         self._connection.close()
+
+
+@dataclass(frozen=True)
+class _ModelFiles:
+    name: str  # what clients see and may ask for
+    model: Path  # what the runtime's load_model takes
+    embeddings: Path
+    tokenizer: str  # a directory or a hub id
+    context: int  # the static context
+    need_gb: float  # card memory
+
+
+def _build_tree_files(
+    entry: CatalogModel, build_root: str | None, context: int | None, tokenizer_dir: str | None
+) -> _ModelFiles:
+    """A precompiled model's files, from the SDK's build tree."""
+    if context is not None and context != entry.context:
+        raise ModelLoadError(f"{entry.name} was compiled for a context of {entry.context}; --context cannot change it")
+    root = Path(build_root) if build_root else default_build_root()
+    return _ModelFiles(
+        name=entry.name,
+        model=compiled_model(root, entry),
+        embeddings=model_embeddings(root, entry),
+        tokenizer=tokenizer_source(root, entry, tokenizer_dir),
+        context=entry.context,
+        need_gb=entry.ddr_gb,
+    )
+
+
+def _model_dir_files(model_dir: Path, context: int | None, tokenizer_dir: str | None) -> _ModelFiles:
+    """A Hugging Face model directory for the emulator, which compiles nothing."""
+    if not (model_dir / "config.json").is_file():
+        raise rt.FilesMissing("a Hugging Face model directory or a Metis catalog name", str(model_dir))
+    try:
+        embeddings = emulator_embeddings(model_dir)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError.because(f"cannot extract the input embeddings of {model_dir}", exc) from None
+    return _ModelFiles(
+        name=model_dir.resolve().name,
+        model=model_dir,
+        embeddings=embeddings,
+        tokenizer=tokenizer_dir or str(model_dir),
+        context=context or _emulated_context(model_dir),
+        need_gb=DEFAULT_DDR_GB,
+    )
 
 
 def _emulated_context(model_dir: Path) -> int:

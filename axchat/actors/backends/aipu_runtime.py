@@ -1,11 +1,12 @@
-"""The contract between the aipu backend and an Axelera runtime, and the adapter for
-the real Voyager SDK. This is the only module that imports `axelera`."""
+"""The adapter over `axelera.runtime`: every call axchat makes into the Voyager SDK is in
+this module, and the emulator (`axchat.testing.aipu_emulator`) offers the same calls, so
+tests run this code as a card would. Also the errors a user sees when the card path fails."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -37,16 +38,23 @@ class NoCard(AipuError):
 
 
 class CardInUse(AipuError):
-    def __init__(self, device: str, detail: str = "") -> None:
+    def __init__(self, devices: list[str], detail: str = "") -> None:
+        which = f"Metis card {devices[0]} is" if len(devices) == 1 else f"Metis cards {', '.join(devices)} are"
         super().__init__(
-            f"Metis card {device} is in use by another process{f' ({detail})' if detail else ''}; "
+            f"{which} in use by another process{f' ({detail})' if detail else ''}; "
             "stop it or pick another card with --aipu-device"
         )
 
 
 class CardTooSmall(AipuError):
-    def __init__(self, device: str, have_gb: float, need_gb: float, model: str) -> None:
-        super().__init__(f"{model} needs a {need_gb:g} GB card; {device} has {have_gb:g} GB")
+    def __init__(self, model: str, need_gb: float, cards: list[tuple[str, float]]) -> None:
+        have = ", ".join(f"{name} has {gb:.1f} GB" for name, gb in cards)
+        super().__init__(f"{model} needs a card with at least {need_gb:g} GB of memory; {have}")
+
+
+class BadDeviceSelector(AipuError):
+    def __init__(self, selector: str, reason: str) -> None:
+        super().__init__(f"invalid Metis device selector {selector!r}: {reason} (`axdevice` lists cards)")
 
 
 class FilesMissing(AipuError):
@@ -56,38 +64,107 @@ class FilesMissing(AipuError):
 
 @dataclass(frozen=True)
 class CardInfo:
+    index: int  # position in the SDK's device list, which a selector's number names
     name: str  # "metis-0:1:0"
-    memory_gb: float | None = None  # None: the runtime did not say
+    memory_gb: float | None = None  # GiB; None: the runtime did not say (0 in early releases)
 
 
-class ModelInstance(Protocol):
-    """One loaded model on the card. `run` is synchronous and single-threaded."""
+# The seed always connects with 4 sub-devices "because we want all L1/L2 caches to be
+# used", whatever the model was compiled for.
+SUB_DEVICES = 4
 
-    # Multiply the int8 output by this for float logits (1.0 where the runtime gives none).
-    logit_scale: float
+
+class SdkInstance:
+    """One model on the card. `run` is synchronous and single-threaded."""
+
+    def __init__(self, instance: Any, output: Any) -> None:
+        self._instance = instance
+        # The output tensor's quantisation; the card's LLMs report 1.0 and 0 and the
+        # seed uses the raw int8 values, which is what (1.0, 0) means here too.
+        self.output_scale = float(getattr(output, "scale", 1.0))
+        self.output_zero_point = int(getattr(output, "zero_point", 0))
 
     def run(self, inputs: np.ndarray, outputs: np.ndarray) -> None:
         """`inputs`: int8 (n, 2*hidden), the fp16 embeddings' bytes; n > 1 restarts the
         sequence, n == 1 continues it. `outputs`: int8 (vocab,), written in place."""
+        self._instance.run([inputs], [outputs])
 
 
-class Connection(Protocol):
-    def load_model(self, path: str) -> ModelInstance: ...
+class SdkConnection:
+    def __init__(self, context: Any, connection: Any, card: CardInfo) -> None:
+        self.card = card
+        self._context = context
+        self._connection = connection
 
-    def close(self) -> None: ...
+    def load_model(self, path: str) -> SdkInstance:
+        try:
+            model = self._context.load_model(path)
+            instance = self._connection.load_model_instance(model)
+        except Exception as exc:  # the SDK raises its own types; one line is what the user needs
+            raise AipuError.because(f"the Axelera runtime cannot load {path}", exc) from None
+        try:
+            outputs = list(model.outputs())
+        except Exception as exc:  # the seed never asks; raw int8 is what it then uses
+            log.warning("%s: no output tensor info (%s); using the raw int8 logits", path, _first_line(exc))
+            outputs = [None]
+        if len(outputs) != 1:
+            raise AipuError(f"{path} has {len(outputs)} output tensors; an LLM build has one (the logits)")
+        return SdkInstance(instance, outputs[0])
+
+    def close(self) -> None:
+        for thing in (self._connection, self._context):
+            release = getattr(thing, "release", None)
+            if release is not None:
+                try:
+                    release()
+                except Exception:  # closing on the way out: log, never mask the real error
+                    log.exception("releasing the Axelera runtime failed")
 
 
-class AipuRuntime(Protocol):
-    name: str  # "real", "emulator"
+class SdkRuntime:
+    """`axelera.runtime` (or the emulator, which has the same calls) and one `Context`."""
 
-    def list_devices(self) -> list[CardInfo]: ...
+    def __init__(self, sdk: Any, context: Any, name: str) -> None:
+        self.name = name  # "real", "emulator"
+        self._sdk = sdk
+        self._context = context
+        self._devices: list[Any] = []
 
-    def connect(self, device: str, cores: int) -> Connection:
-        """Reserve `cores` of `device` for this process; CardInUse if another holds it."""
-        ...
+    def list_devices(self) -> list[CardInfo]:
+        self._devices = list(self._context.list_devices())
+        cards = []
+        for index, dev in enumerate(self._devices):
+            memory = getattr(dev, "max_memory", 0)
+            # Early releases leave `max_memory` at 0: unknown, not an empty card.
+            gb = float(memory) / (1 << 30) if isinstance(memory, int | float) and memory > 0 else None
+            cards.append(CardInfo(index=index, name=str(dev.name), memory_gb=gb))
+        return cards
+
+    def connect(self, card: CardInfo, sub_devices: int = SUB_DEVICES) -> SdkConnection:
+        """Reserve `sub_devices` of `card` for this process; CardInUse if another holds them."""
+        if not self._devices:
+            self.list_devices()
+        device = self._devices[card.index]
+        device_in_use = getattr(self._sdk, "DeviceInUse", None)
+        try:
+            connection = self._context.device_connect(device=device, num_sub_devices=sub_devices)
+        except Exception as exc:
+            if device_in_use is not None and isinstance(exc, device_in_use):
+                raise CardInUse([card.name], _first_line(exc)) from None
+            raise AipuError.because(f"cannot connect to {card.name}", exc) from None
+        return SdkConnection(self._context, connection, card)
+
+    def close(self) -> None:
+        """Release the context when no connection was made (a connection releases it)."""
+        try:
+            self._context.release()
+        except Exception:
+            log.exception("releasing the Axelera runtime failed")
 
 
-# ---------------------------------------------------------------- the real SDK
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _import_axelera() -> Any:
@@ -98,83 +175,15 @@ def _import_axelera() -> Any:
     return runtime
 
 
-class _RealInstance:
-    logit_scale = 1.0
-
-    def __init__(self, instance: Any) -> None:
-        self._instance = instance
-
-    def run(self, inputs: np.ndarray, outputs: np.ndarray) -> None:
-        self._instance.run([inputs], [outputs])
-
-
-class _RealConnection:
-    def __init__(self, context: Any, connection: Any) -> None:
-        self._context = context
-        self._connection = connection
-
-    def load_model(self, path: str) -> ModelInstance:
-        try:
-            model = self._context.load_model(path)
-            return _RealInstance(self._connection.load_model_instance(model))
-        except Exception as exc:  # the SDK raises its own types; one line is what the user needs
-            raise AipuError.because(f"the Axelera runtime cannot load {path}", exc) from None
-
-    def close(self) -> None:
-        for thing in (self._connection, self._context):
-            release = getattr(thing, "release", None) or getattr(thing, "close", None)
-            if release is not None:
-                try:
-                    release()
-                except Exception:  # closing on the way out: log, never mask the real error
-                    log.exception("releasing the Axelera runtime failed")
-
-
-class RealRuntime:
-    """`axelera.runtime`, imported on first use."""
-
-    name = "real"
-
-    def __init__(self) -> None:
-        self._runtime = _import_axelera()
-        self._context = self._runtime.Context()
-
-    def _devices(self) -> list[Any]:
-        return list(self._context.list_devices())
-
-    def list_devices(self) -> list[CardInfo]:
-        cards = []
-        for dev in self._devices():
-            name = str(getattr(dev, "name", dev))
-            mem = getattr(dev, "memory_size", None) or getattr(dev, "memory", None)
-            cards.append(
-                CardInfo(name=name, memory_gb=float(mem) / (1 << 30) if isinstance(mem, int | float) else None)
-            )
-        return cards
-
-    def connect(self, device: str, cores: int) -> Connection:
-        for dev in self._devices():
-            if str(getattr(dev, "name", dev)) == device:
-                break
-        else:
-            raise NoCard(device)
-        try:
-            connection = self._context.device_connect(dev, num_sub_devices=cores)
-        except Exception as exc:
-            text = str(exc).lower()
-            if "in use" in text or "busy" in text or "locked" in text:
-                raise CardInUse(device, str(exc).splitlines()[0]) from None
-            raise AipuError.because(f"cannot connect to {device}", exc) from None
-        return _RealConnection(self._context, connection)
-
-
-def load_runtime(kind: str, *, context: int = 1024) -> AipuRuntime:
-    """`real` (the Voyager SDK) or `emulator` (a transformers model, for tests and demos;
-    `context` is its static context: a real model's is fixed by its build)."""
+def load_runtime(kind: str, *, context: int = 1024) -> SdkRuntime:
+    """`real` (the Voyager SDK) or `emulator` (a transformers model behind the same calls,
+    for tests and demos; `context` is its static context for a model given as a Hugging
+    Face directory: a real model's is fixed by its build)."""
     if kind == "real":
-        return RealRuntime()
+        sdk = _import_axelera()
+        return SdkRuntime(sdk, sdk.Context(), kind)
     if kind == "emulator":
-        from axchat.testing.aipu_emulator import EmulatedRuntime
+        from axchat.testing import aipu_emulator
 
-        return EmulatedRuntime(context=context)
+        return SdkRuntime(aipu_emulator, aipu_emulator.Context(static_context=context), kind)
     raise AipuError(f"unknown aipu runtime {kind!r}; choose real or emulator")

@@ -14,9 +14,9 @@ import pytest
 from axchat.actors.backends import aipu_runtime as rt
 from axchat.actors.backends.aipu_backend import AipuBackend, reply_reserve_for
 from axchat.actors.backends.aipu_embeddings import extract_embeddings, load_embeddings, write_embeddings
-from axchat.actors.backends.aipu_temperature import hottest_core_c
 from axchat.actors.backends.base import ModelLoadError
-from axchat.testing.aipu_emulator import LOCK_DIR_ENV, EmulatedRuntime, EmulatorError
+from axchat.testing import aipu_emulator as emu
+from axchat.testing.aipu_emulator import LOCK_DIR_ENV, EmulatorError
 
 
 @pytest.fixture
@@ -106,41 +106,51 @@ def test_emulated_aipu_static_context(backend: AipuBackend) -> None:
 
 
 def test_emulated_aipu_card_refuses_bad_shapes_and_positions(card_dir: Path, tiny_model_dir: Path) -> None:
-    conn = EmulatedRuntime(context=8).connect("metis-0:1:0", 4)
+    ctx = emu.Context(static_context=8)
     try:
-        inst = conn.load_model(str(tiny_model_dir))
+        conn = ctx.device_connect(ctx.list_devices()[0], num_sub_devices=4)
+        inst = conn.load_model_instance(ctx.load_model(str(tiny_model_dir)))
         out = np.zeros(1000, np.int8)
         with pytest.raises(EmulatorError, match="int8"):
-            inst.run(np.zeros((2, 64), np.float16), out)
-        inst.run(np.zeros((8, 128), np.int8), out)
+            inst.run([np.zeros((2, 64), np.float16)], [out])
+        inst.run([np.zeros((8, 128), np.int8)], [out])
         with pytest.raises(EmulatorError, match="past the static context"):
-            inst.run(np.zeros((1, 128), np.int8), out)
+            inst.run([np.zeros((1, 128), np.int8)], [out])
     finally:
-        conn.close()
+        ctx.release()
 
 
-def test_emulated_aipu_connect_is_exclusive_across_processes(card_dir: Path) -> None:
-    runtime = EmulatedRuntime()
-    held = runtime.connect("metis-0:1:0", 4)
+HOLD_ONE_SUB_DEVICE = (
+    "from axchat.testing import aipu_emulator as e; c = e.Context(); "
+    "c.device_connect(c.list_devices()[0], num_sub_devices={n})"
+)
+
+
+def test_emulated_aipu_sub_devices_are_reserved_across_processes(card_dir: Path) -> None:
+    ctx = emu.Context()
+    card = ctx.list_devices()[0]
+    held = ctx.device_connect(card, num_sub_devices=3)
     try:
-        with pytest.raises(rt.CardInUse, match="metis-0:1:0 is in use"):
-            runtime.connect("metis-0:1:0", 4)
+        # One of four is free: another process may take it, but not two.
         other = subprocess.run(
-            [sys.executable, "-c", "from axchat.testing.aipu_emulator import EmulatedRuntime as R; R().connect('metis-0:1:0', 4)"],
-            capture_output=True,
-            text=True,
-            timeout=60,
+            [sys.executable, "-c", HOLD_ONE_SUB_DEVICE.format(n=2)], capture_output=True, text=True, timeout=60
         )
-        assert other.returncode != 0 and "CardInUse" in other.stderr
+        assert other.returncode != 0 and "DeviceInUse" in other.stderr
+        one = subprocess.run(
+            [sys.executable, "-c", HOLD_ONE_SUB_DEVICE.format(n=1)], capture_output=True, text=True, timeout=60
+        )
+        assert one.returncode == 0, one.stderr
+        with pytest.raises(emu.DeviceInUse, match="4 sub-devices asked, 1 free"):
+            ctx.device_connect(card, num_sub_devices=4)
     finally:
-        held.close()
-    runtime.connect("metis-0:1:0", 4).close()  # free again once released
+        held.release()
+    ctx.device_connect(card, num_sub_devices=4).release()  # all free again once released
 
 
 def test_emulated_aipu_errors_are_one_line(
     card_dir: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(rt.NoCard, match="metis-9:9:9"):
+    with pytest.raises(rt.BadDeviceSelector, match="metis-9:9:9"):
         AipuBackend.load(str(tiny_model_dir), runtime="emulator", aipu_device="metis-9:9:9")
     with pytest.raises(ModelLoadError, match="not a precompiled Metis model"):
         AipuBackend.load("no-such-model", runtime="real")
@@ -150,21 +160,21 @@ def test_emulated_aipu_errors_are_one_line(
     except ImportError:
         with pytest.raises(rt.SdkMissing, match="install the Voyager SDK"):
             AipuBackend.load(name, runtime="real", build_root=str(tmp_path))
-    # The rest stands a 4 GB emulated card in for the SDK.
-    monkeypatch.setattr(rt, "RealRuntime", lambda: EmulatedRuntime(memory_gb=4))
-    with pytest.raises(rt.FilesMissing, match=r"model\.json"):
-        AipuBackend.load(name, runtime="real", build_root=str(tmp_path))
+    # The rest runs the catalog path on the emulated SDK.
+    with pytest.raises(rt.FilesMissing, match=rf"model\.json; fetch it with the Voyager SDK: `axllm {name}` \(1\.5\)"):
+        AipuBackend.load(name, runtime="emulator", build_root=str(tmp_path))
     (tmp_path / name / "model").mkdir(parents=True)
     (tmp_path / name / "model" / "model.json").write_text("{}")
-    with pytest.raises(rt.FilesMissing, match="extract-embeddings"):
-        AipuBackend.load(name, runtime="real", build_root=str(tmp_path))
-    write_embeddings(np.zeros((10, 4)), tmp_path / name / "embeddings.npz")
-    with pytest.raises(rt.CardTooSmall, match="needs a 16 GB card; metis-0:1:0 has 4 GB"):
-        AipuBackend.load(name, runtime="real", build_root=str(tmp_path))
-    for exc in (rt.SdkMissing(), rt.NoCard(), rt.CardInUse("metis-0:1:0"), rt.FilesMissing("x", "/y")):
+    with pytest.raises(rt.FilesMissing, match=rf"`\./inference_llm\.py {name} --prompt hi` \(1\.3/1\.4\)"):
+        AipuBackend.load(name, runtime="emulator", build_root=str(tmp_path))
+    errors = (
+        rt.SdkMissing(),
+        rt.NoCard(),
+        rt.CardInUse(["metis-0:1:0"]),
+        rt.CardInUse(["metis-0:1:0", "metis-0:3:0"]),
+        rt.FilesMissing("x", "/y"),
+        rt.CardTooSmall("m", 16, [("metis-0:1:0", 4.0)]),
+        rt.BadDeviceSelector("7", "out of range"),
+    )
+    for exc in errors:
         assert "\n" not in str(exc) and str(exc)
-
-
-def test_emulated_aipu_hottest_core_from_triton_trace_line() -> None:
-    assert hottest_core_c("slog: t=12 power=3.1W core_temps=[41.5, 44.0, 39, 43]") == 44.0
-    assert hottest_core_c("no temperatures here") is None
