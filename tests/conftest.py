@@ -29,6 +29,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # A client that finds no daemon must not start one behind a test's back; the tests of
 # autostart remove this on purpose.
 os.environ.setdefault("AXCHAT_NO_AUTOSTART", "1")
+# A shell runs a background job (`make test &`) with SIGINT ignored, and children inherit
+# that: the clients the tests interrupt would then never see their Ctrl-C. A handler
+# (unlike SIG_IGN) is reset to the default across exec, so children get Python's usual one.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 READY_TIMEOUT_S = 90.0
 REPLY_TIMEOUT_S = 30.0
