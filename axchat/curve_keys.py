@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import zmq
 
@@ -46,8 +46,7 @@ class KeysError(Exception):
     """A key file or setting is missing, malformed or readable by others; one line says which."""
 
 
-@dataclass(frozen=True)
-class ClientKeys:
+class ClientKeys(NamedTuple):  # not a dataclass: that costs `axchat ask` milliseconds at import
     server_public: bytes  # Z85
     public: bytes
     secret: bytes
