@@ -73,14 +73,14 @@ class AsyncClient:
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # Set when a tcp:// daemon refuses our keys (ZeroMQ will not retry) or our key
+        # files are unusable: every request then fails at once with the cause, so a
+        # frontend handles it where it handles any unavailable daemon.
+        self._refused: str | None = None
         try:
             self._keys = secure(self._sock, self.endpoint)
-        except KeysRefused:
-            self._ctx.term()
-            raise
-        # Set when a tcp:// daemon refuses our keys: ZeroMQ will not retry, so every
-        # request from then on fails at once with the cause.
-        self._refused: str | None = None
+        except KeysRefused as exc:
+            self._keys, self._refused = None, str(exc)
         # A unique inproc name, for the reason given in axchat/client.py.
         monitor_addr = f"inproc://axchat-aclient-monitor-{uuid.uuid4().hex}"
         self._sock.monitor(monitor_addr, zmq.EVENT_DISCONNECTED | curve_keys.HANDSHAKE_EVENTS)

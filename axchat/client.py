@@ -38,7 +38,6 @@ def secure(sock: zmq.Socket, endpoint: str) -> curve_keys.ClientKeys | None:  # 
     try:
         return curve_keys.secure_client_socket(sock, endpoint)
     except curve_keys.KeysError as exc:
-        sock.close(linger=0)
         raise KeysRefused(str(exc)) from None
 
 
@@ -87,7 +86,11 @@ class Client:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._keys = secure(self._sock, self.endpoint)
+        try:
+            self._keys = secure(self._sock, self.endpoint)
+        except KeysRefused:
+            self._sock.close(linger=0)
+            raise
         self._refused: str | None = None
         # The daemon sends nothing while a request waits (queued, or a long prefill), so
         # silence proves nothing: the socket monitor says when the connection drops

@@ -282,4 +282,35 @@ def test_a_client_with_a_server_key_but_no_pair_of_its_own_is_told_what_to_do(
     as_client(tmp_path)  # type: ignore[operator]
     with pytest.raises(KeysRefused, match="axchat keys client"):
         Client("tcp://127.0.0.1:9", connect_timeout_s=PATIENT_S)
+
+    async def hello() -> None:  # the async client says so at its first request
+        async with AsyncClient("tcp://127.0.0.1:9", connect_timeout_s=PATIENT_S) as client:
+            await client.hello()
+
+    with pytest.raises(KeysRefused, match="axchat keys client"):
+        asyncio.run(asyncio.wait_for(hello(), PATIENT_S))
     assert ck.client_keys("ipc:///tmp/x.sock") is None  # local sockets never use keys
+
+
+def test_status_takes_its_keys_from_flags(curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path]) -> None:
+    _, endpoint = curve_daemon
+    env = client_env(key_dirs["nokeys"])  # nothing found by default: the flags must do it
+    good = key_dirs["good"]
+    flags = ["--server-key", str(good / "server.key"), "--client-key", str(good / "client.key_secret")]
+    ok = subprocess.run(
+        [sys.executable, "-m", "axchat", "status", "--socket", endpoint, "--json", *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["model"]
+    plain = subprocess.run(
+        [sys.executable, "-m", "axchat", "status", "--socket", endpoint, "--server-key", "none"],
+        env={**env, ck.ENV_KEYS_DIR: str(good)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert plain.returncode != 0 and "requires CURVE keys" in plain.stderr
