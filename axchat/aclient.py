@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import zmq
@@ -222,11 +223,13 @@ class AsyncClient:
                 queue.put_nowait(exc)
             raise
 
-    def _note_refusal(self, event: dict[str, object]) -> bool:
+    def _note_refusal(self, event: dict[str, Any]) -> bool:
         """A refused handshake fails every waiter now: no answer will ever come."""
-        why = curve_keys.refusal(int(event["event"]), int(event["value"]), self.endpoint, self._keys)  # type: ignore[call-overload]
+        if self._refused is not None:
+            return True  # the first cause stands; the drop that follows a refusal is no restart
+        why = curve_keys.refusal(event["event"], event["value"], self.endpoint, self._keys)
         if why is None:
-            return self._refused is not None  # the drop that follows a refusal is no restart
+            return False
         self._refused = why
         for queue in self._waiting.values():
             queue.put_nowait(KeysRefused(why))

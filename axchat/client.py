@@ -163,7 +163,7 @@ class Client:
             event = recv_monitor_message(self._monitor)
             dropped = dropped or event["event"] == zmq.EVENT_DISCONNECTED
             why = curve_keys.refusal(event["event"], event["value"], self.endpoint, self._keys)
-            self._refused = why or self._refused
+            self._refused = self._refused or why  # the first cause stands
         return dropped
 
     def _call(self, body: v1.ClientMessage, timeout_s: float) -> v1.DaemonMessage:

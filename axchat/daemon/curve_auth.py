@@ -110,6 +110,11 @@ class AllowList:
         except curve_keys.KeysError as exc:
             log.error("refusing every client: %s", exc)
             return False
+        except Exception:
+            # Deny, and keep the ZAP handler alive: an exception here would end its task,
+            # and every later handshake would wait for an answer that never comes.
+            log.exception("refused a client: the allow-list check failed")
+            return False
         if not allowed:
             log.warning("refused a client whose key %s is not in %s", client_key.decode(), self.directory)
         return allowed

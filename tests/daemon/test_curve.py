@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,21 @@ from axchat.protocol import v1
 # Long enough that a client waiting out its deadline could not pass for a refusal: the
 # refusal must come from the handshake, not from the clock.
 PATIENT_S = 60.0
+
+UseKeys = Callable[[Path], None]
+
+
+def hello(endpoint: str) -> None:
+    with Client(endpoint, connect_timeout_s=PATIENT_S) as client:
+        client.hello()
+
+
+def hello_async(endpoint: str) -> None:
+    async def say_hello() -> None:
+        async with AsyncClient(endpoint, connect_timeout_s=PATIENT_S) as client:
+            await client.hello()
+
+    asyncio.run(asyncio.wait_for(say_hello(), PATIENT_S))
 
 
 def make_keys(directory: Path, *argv: str) -> None:
@@ -63,7 +78,7 @@ def curve_daemon(tiny_model_dir: Path, key_dirs: dict[str, Path]) -> Iterator[tu
 
 
 @pytest.fixture
-def as_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+def as_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[UseKeys]:
     """Point this process's clients at one keys directory, as `--keys-dir` would."""
     for name in (ck.ENV_SERVER_KEY, ck.ENV_CLIENT_KEY):
         monkeypatch.delenv(name, raising=False)
@@ -116,13 +131,12 @@ def test_a_remote_ask_with_keys_streams_as_a_local_one(
 
 
 def test_a_client_without_the_server_key_is_refused_with_the_cause(
-    curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path], as_client: object
+    curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path], as_client: UseKeys
 ) -> None:
     _, endpoint = curve_daemon
-    as_client(key_dirs["nokeys"])  # type: ignore[operator]
+    as_client(key_dirs["nokeys"])
     with pytest.raises(KeysRefused, match="requires CURVE keys and this client has none"):
-        with Client(endpoint, connect_timeout_s=PATIENT_S) as client:
-            client.hello()
+        hello(endpoint)
     # `axchat ask` says so in one line and does not try to start a daemon of its own.
     proc = ask_json(endpoint, client_env(key_dirs["nokeys"]))
     assert proc.returncode == 2
@@ -131,53 +145,45 @@ def test_a_client_without_the_server_key_is_refused_with_the_cause(
 
 
 def test_a_client_not_on_the_allow_list_is_refused_and_named(
-    curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path], as_client: object
+    curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path], as_client: UseKeys
 ) -> None:
     d, endpoint = curve_daemon
-    as_client(key_dirs["stranger"])  # type: ignore[operator]
+    as_client(key_dirs["stranger"])
     stranger = ck.read_public(str(key_dirs["stranger"] / "client.key")).decode()
     with pytest.raises(KeysRefused, match="not on the daemon's allow-list") as refused:
-        with Client(endpoint, connect_timeout_s=PATIENT_S) as client:
-            client.hello()
+        hello(endpoint)
     assert stranger in str(refused.value)
     d.wait_for_line(f"refused a client whose key {stranger}", timeout_s=10)
 
 
 def test_the_async_client_is_refused_too(
-    curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path], as_client: object
+    curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path], as_client: UseKeys
 ) -> None:
     _, endpoint = curve_daemon
-    as_client(key_dirs["stranger"])  # type: ignore[operator]
-
-    async def hello() -> None:
-        async with AsyncClient(endpoint, connect_timeout_s=PATIENT_S) as client:
-            await client.hello()
-
+    as_client(key_dirs["stranger"])
     with pytest.raises(KeysRefused, match="not on the daemon's allow-list"):
-        asyncio.run(asyncio.wait_for(hello(), PATIENT_S))
+        hello_async(endpoint)
 
 
 def test_a_wrong_server_key_is_named_as_the_likely_cause(
-    curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path], as_client: object
+    curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path], as_client: UseKeys
 ) -> None:
     _, endpoint = curve_daemon
-    as_client(key_dirs["wrongserver"])  # type: ignore[operator]
+    as_client(key_dirs["wrongserver"])
     with pytest.raises(KeysRefused, match="probably not that daemon's key"):
-        with Client(endpoint, connect_timeout_s=PATIENT_S) as client:
-            client.hello()
+        hello(endpoint)
 
 
 def test_allowing_a_client_takes_effect_without_a_restart(
-    curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path], as_client: object, tmp_path: Path
+    curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path], as_client: UseKeys, tmp_path: Path
 ) -> None:
     _, endpoint = curve_daemon
     late = tmp_path / "late"
     make_keys(late, "client")
     shutil.copy(key_dirs["server"] / "server.key", late / "server.key")
-    as_client(late)  # type: ignore[operator]
+    as_client(late)
     with pytest.raises(KeysRefused):
-        with Client(endpoint, connect_timeout_s=PATIENT_S) as client:
-            client.hello()
+        hello(endpoint)
     make_keys(key_dirs["server"], "allow", str(late / "client.key"), "--name", "late")
     try:
         with Client(endpoint, connect_timeout_s=PATIENT_S) as client:
@@ -276,19 +282,14 @@ def test_keys_command_creates_private_pairs_and_lists_them(tmp_path: Path) -> No
 
 
 def test_a_client_with_a_server_key_but_no_pair_of_its_own_is_told_what_to_do(
-    tmp_path: Path, as_client: object
+    tmp_path: Path, as_client: UseKeys
 ) -> None:
     make_keys(tmp_path, "server")
-    as_client(tmp_path)  # type: ignore[operator]
+    as_client(tmp_path)
     with pytest.raises(KeysRefused, match="axchat keys client"):
         Client("tcp://127.0.0.1:9", connect_timeout_s=PATIENT_S)
-
-    async def hello() -> None:  # the async client says so at its first request
-        async with AsyncClient("tcp://127.0.0.1:9", connect_timeout_s=PATIENT_S) as client:
-            await client.hello()
-
     with pytest.raises(KeysRefused, match="axchat keys client"):
-        asyncio.run(asyncio.wait_for(hello(), PATIENT_S))
+        hello_async("tcp://127.0.0.1:9")  # the async client says so at its first request
     assert ck.client_keys("ipc:///tmp/x.sock") is None  # local sockets never use keys
 
 
