@@ -10,11 +10,12 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, chat
+from conftest import DaemonProcess, LoggedProcess, chat
 
 from axchat import curve_keys as ck
 from axchat import keys_command
@@ -315,3 +316,20 @@ def test_status_takes_its_keys_from_flags(curve_daemon: tuple[DaemonProcess, str
         timeout=60,
     )
     assert plain.returncode != 0 and "requires CURVE keys" in plain.stderr
+
+
+def test_the_web_bridge_serves_a_remote_daemon_with_keys(
+    curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path]
+) -> None:
+    _, endpoint = curve_daemon
+    cmd = [sys.executable, "-m", "axchat", "web", "--port", "0", "--socket", endpoint]
+    bridge = LoggedProcess([*cmd, "--keys-dir", str(key_dirs["good"])], client_env(key_dirs["nokeys"]))
+    try:
+        url = bridge.wait_for_line("listening:", timeout_s=30).split("listening: ")[1].split()[0]
+        body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}).encode()
+        request = urllib.request.Request(url + "v1/chat/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            answer = json.loads(resp.read())
+        assert answer["usage"]["completion_tokens"] > 0
+    finally:
+        assert bridge.stop() == 0, bridge.log_text()
