@@ -14,6 +14,7 @@ public `server.key`, copied from the daemon's host), `client.key` / `client.key_
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ SECRET_SUFFIX = ".key_secret"
 # daemon started with --insecure-tcp).
 NO_KEY = "none"
 Z85_KEY_LEN = 40
+Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
 # What a client's socket monitor must watch, besides drops, to tell a refused handshake
 # from a daemon that is merely slow: CURVE failures send nothing a request could see.
@@ -98,7 +100,7 @@ def _load(path: Path) -> tuple[bytes, bytes | None]:
 
 def read_public(spec: str) -> bytes:
     """A public key given as its 40 Z85 characters or as a certificate file."""
-    if len(spec) == Z85_KEY_LEN and not os.path.exists(spec):
+    if Z85_KEY.fullmatch(spec) and not os.path.exists(spec):
         return spec.encode("ascii")
     return _load(Path(spec).expanduser())[0]
 
