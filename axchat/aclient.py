@@ -16,17 +16,19 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from axchat import curve_keys
 from axchat import endpoint as ep
-from axchat.client import HOW_TO_START, DaemonRestarted, DaemonUnavailable, RequestFailed
+from axchat.client import HOW_TO_START, DaemonRestarted, DaemonUnavailable, KeysRefused, RequestFailed, secure
 from axchat.protocol import v1
 
-__all__ = ["AsyncClient", "DaemonRestarted", "DaemonUnavailable", "GenerateHandle", "RequestFailed"]
+__all__ = ["AsyncClient", "DaemonRestarted", "DaemonUnavailable", "GenerateHandle", "KeysRefused", "RequestFailed"]
 
 
 class GenerateHandle:
@@ -72,9 +74,17 @@ class AsyncClient:
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # Set when a tcp:// daemon refuses our keys (ZeroMQ will not retry) or our key
+        # files are unusable: every request then fails at once with the cause, so a
+        # frontend handles it where it handles any unavailable daemon.
+        self._refused: str | None = None
+        try:
+            self._keys = secure(self._sock, self.endpoint)
+        except KeysRefused as exc:
+            self._keys, self._refused = None, str(exc)
         # A unique inproc name, for the reason given in axchat/client.py.
         monitor_addr = f"inproc://axchat-aclient-monitor-{uuid.uuid4().hex}"
-        self._sock.monitor(monitor_addr, zmq.EVENT_DISCONNECTED)
+        self._sock.monitor(monitor_addr, zmq.EVENT_DISCONNECTED | curve_keys.HANDSHAKE_EVENTS)
         self._monitor = self._ctx.socket(zmq.PAIR)
         self._monitor.setsockopt(zmq.LINGER, 0)
         self._monitor.connect(monitor_addr)
@@ -131,6 +141,8 @@ class AsyncClient:
         self._counter += 1
         rid = f"{self._prefix}-{self._counter}"
         queue: asyncio.Queue[v1.DaemonMessage | BaseException] = asyncio.Queue()
+        if self._refused is not None:
+            queue.put_nowait(KeysRefused(self._refused))
         self._waiting[rid] = queue
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(), name="axchat-client-reader")
@@ -178,12 +190,15 @@ class AsyncClient:
         poller.register(self._monitor, zmq.POLLIN)
         try:
             while await self._monitor.poll(0):
-                await self._monitor.recv_multipart()  # a drop before any request now in flight
+                # A drop before any request now in flight; a refusal still counts.
+                self._note_refusal(parse_monitor_message(await self._monitor.recv_multipart()))
             while True:
                 ready = dict(await poller.poll())
                 if self._sock not in ready:
                     # Frames already received still count; a drop matters once none is left.
                     event = parse_monitor_message(await self._monitor.recv_multipart())
+                    if self._note_refusal(event):
+                        continue
                     if event["event"] == zmq.EVENT_DISCONNECTED:
                         self._dropped()
                     continue
@@ -207,6 +222,18 @@ class AsyncClient:
             for queue in self._waiting.values():
                 queue.put_nowait(exc)
             raise
+
+    def _note_refusal(self, event: dict[str, Any]) -> bool:
+        """A refused handshake fails every waiter now: no answer will ever come."""
+        if self._refused is not None:
+            return True  # the first cause stands; the drop that follows a refusal is no restart
+        why = curve_keys.refusal(event["event"], event["value"], self.endpoint, self._keys)
+        if why is None:
+            return False
+        self._refused = why
+        for queue in self._waiting.values():
+            queue.put_nowait(KeysRefused(why))
+        return True
 
     def _dropped(self) -> None:
         """The connection went down: nothing in flight will be answered. ZeroMQ

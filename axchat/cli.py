@@ -15,6 +15,7 @@ COMMANDS = {
     "web": ("axchat.frontends.web.serve", "serve an OpenAI-compatible API and a chat page over HTTP"),
     "pull": ("axchat.models.pull", "download a model (catalog name or hub id) into the local store"),
     "models": ("axchat.models.listing", "list local models and the catalogs"),
+    "keys": ("axchat.keys_command", "create and list CURVE keys for tcp:// daemons, allow clients"),
     "stop": ("axchat.frontends.stop", "ask the local daemon to drain and exit"),
     "service": ("axchat.daemon.units", "print or install the systemd unit (--user for a per-user one)"),
     "extract-embeddings": ("axchat.actors.backends.aipu_embeddings", "write a model's input embeddings for --device aipu"),

@@ -17,6 +17,7 @@ import msgspec
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from axchat import curve_keys
 from axchat import endpoint as ep
 from axchat.protocol import v1
 
@@ -25,6 +26,19 @@ HOW_TO_START = "start one with `axchat serve` (or `make run` in a checkout)"
 
 class DaemonUnavailable(Exception):
     """No daemon answered; the message says where we looked and how to start one."""
+
+
+class KeysRefused(DaemonUnavailable):
+    """A tcp:// daemon turned down this client's CURVE handshake, or the client's own key
+    files are unusable. The message names the likely cause; trying again will not help."""
+
+
+def secure(sock: zmq.Socket, endpoint: str) -> curve_keys.ClientKeys | None:  # type: ignore[type-arg]
+    """CURVE keys on a client socket that will connect to `endpoint` (both clients' way)."""
+    try:
+        return curve_keys.secure_client_socket(sock, endpoint)
+    except curve_keys.KeysError as exc:
+        raise KeysRefused(str(exc)) from None
 
 
 class RequestFailed(Exception):
@@ -72,12 +86,19 @@ class Client:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        try:
+            self._keys = secure(self._sock, self.endpoint)
+        except KeysRefused:
+            self._sock.close(linger=0)
+            raise
+        self._refused: str | None = None
         # The daemon sends nothing while a request waits (queued, or a long prefill), so
-        # silence proves nothing: the socket monitor says when the connection drops.
+        # silence proves nothing: the socket monitor says when the connection drops
+        # (or when a tcp:// daemon refused our keys).
         # A unique inproc name: pyzmq's default derives it from the fd, which a closed
         # and reopened client can reuse while the old name is still being released.
         monitor_addr = f"inproc://axchat-client-monitor-{uuid.uuid4().hex}"
-        self._sock.monitor(monitor_addr, zmq.EVENT_DISCONNECTED)
+        self._sock.monitor(monitor_addr, zmq.EVENT_DISCONNECTED | curve_keys.HANDSHAKE_EVENTS)
         self._monitor = self._ctx.socket(zmq.PAIR)
         self._monitor.setsockopt(zmq.LINGER, 0)
         self._monitor.connect(monitor_addr)
@@ -141,6 +162,8 @@ class Client:
         while self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)
             dropped = dropped or event["event"] == zmq.EVENT_DISCONNECTED
+            why = curve_keys.refusal(event["event"], event["value"], self.endpoint, self._keys)
+            self._refused = self._refused or why  # the first cause stands
         return dropped
 
     def _call(self, body: v1.ClientMessage, timeout_s: float) -> v1.DaemonMessage:
@@ -158,6 +181,8 @@ class Client:
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
         while True:
+            if self._refused is not None:
+                raise KeysRefused(self._refused)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DaemonUnavailable(
@@ -176,7 +201,7 @@ class Client:
             ready = dict(poller.poll(max(1, int(wait * 1000))))
             if self._sock not in ready:
                 # Frames already received still count; only a drop with nothing to read ends it.
-                if self._monitor in ready and self._dropped_since_last_send():
+                if self._monitor in ready and self._dropped_since_last_send() and self._refused is None:
                     raise DaemonRestarted(self.endpoint)
                 continue
             env_raw, body_raw = self._sock.recv_multipart()
@@ -203,6 +228,8 @@ def connect(socket: str | None = None, *, wait_s: float = 0.0, connect_timeout_s
             try:
                 client.hello()
                 return client
+            except KeysRefused:
+                raise
             except (DaemonUnavailable, DaemonRestarted):
                 # One socket throughout: ZeroMQ reconnects it by itself once a daemon binds.
                 if time.monotonic() + pause >= deadline:

@@ -4,6 +4,7 @@ before the long model load (the system unit's `ExecStartPre=`)."""
 from __future__ import annotations
 
 from axchat import endpoint as ep
+from axchat.daemon import curve_auth
 from axchat.daemon.config import ServeConfig
 
 
@@ -22,7 +23,8 @@ def check(cfg: ServeConfig) -> str:
         group = ep.resolve_group(cfg.socket_group)
         if path is not None:
             ep.prepare_private_dir(path.parent, group)
-    except ep.EndpointError as exc:
+        curve_auth.listen_security(cfg, endpoint)
+    except (ep.EndpointError, curve_auth.ListenRefused) as exc:
         raise CheckFailed(str(exc)) from None
 
     if cfg.backend != "torch":

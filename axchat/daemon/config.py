@@ -61,6 +61,8 @@ class ServeConfig:
     aipu_device: str | None = None  # aipu: card selector; None: $AXELERA_DEVICE_SELECTOR, else each in turn
     aipu_runtime: str | None = None  # aipu: real or emulator; None: $AXCHAT_AIPU_RUNTIME, else real
     tokenizer_dir: str | None = None  # aipu: the tokenizer's directory; None: the build tree's, else the hub
+    keys_dir: str | None = None  # CURVE keys for a tcp:// socket; None: $XDG_CONFIG_HOME/axchat/keys
+    insecure_tcp: bool = False  # a tcp:// socket without CURVE, allowed on loopback only
 
 
 class ConfigError(Exception):
@@ -181,6 +183,8 @@ SETTINGS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "aipu_device": ("aipu_device", _str),
     "aipu_runtime": ("aipu_runtime", _choice("real", "emulator")),
     "tokenizer_dir": ("tokenizer_dir", _str),
+    "keys_dir": ("keys_dir", _str),
+    "insecure_tcp": ("insecure_tcp", _bool),
 }
 
 
@@ -280,10 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         "aipu_runtime": "aipu: real or emulator (default: $AXCHAT_AIPU_RUNTIME, else real)",
         "tokenizer_dir": "aipu: tokenizer directory (default: <build-root>/tokenizers/<org_model>, else the hub)",
+        "keys_dir": "tcp:// sockets: directory with the CURVE server key pair and allowed_clients/ "
+        "(default: $XDG_CONFIG_HOME/axchat/keys; make them with `axchat keys`)",
     }
     for key, text in help_for.items():
         p.add_argument(flag_name(key), dest=key, metavar=key.upper(), help=text)
     p.add_argument("--no-compile", dest="compile", action="store_const", const="false", help="same as --compile false")
+    p.add_argument(
+        "--insecure-tcp",
+        dest="insecure_tcp",
+        action="store_const",
+        const="true",
+        help="serve a tcp:// socket without CURVE keys: anyone who reaches it may use it, so only a loopback "
+        "address is accepted",
+    )
     p.add_argument("--config", help="read this config file instead of the system and user ones")
     p.add_argument("--check", action="store_true", help="check the settings, model and device quickly, then exit")
     p.add_argument(

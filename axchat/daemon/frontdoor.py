@@ -55,6 +55,7 @@ class FrontDoor(Actor):
         max_live: int = 1 << 30,
         max_live_per_client: int = 1 << 30,
         client_timeout_s: float = 0.0,
+        curve_server: tuple[bytes, bytes] | None = None,
     ) -> None:
         super().__init__(bus, supervisor)
         # Admission: running + queued requests, in all and per client. Past either the
@@ -77,6 +78,7 @@ class FrontDoor(Actor):
             hwm=CLIENT_SNDHWM,
             max_msg_bytes=max_frame_bytes * HARD_LIMIT_FACTOR,
             router_mandatory=True,
+            curve_server=curve_server,
         )
         # Which connection (file descriptor) each peer spoke on, so a disconnect seen by
         # the socket monitor can be tied to the peers whose work must stop at once,

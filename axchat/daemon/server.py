@@ -29,7 +29,7 @@ from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.sampler import SamplerActor
 from axchat.actors.telemetry import TelemetryActor
 from axchat.actors.tokenizer import TokenizerActor, end_of_turn_ids
-from axchat.daemon import model_load
+from axchat.daemon import curve_auth, model_load
 from axchat.daemon.config import ServeConfig
 from axchat.daemon.frontdoor import FrontDoor
 from axchat.daemon.notify import EXTEND_TIMEOUT_S, Notifier, ping_watchdog
@@ -141,7 +141,8 @@ async def run(cfg: ServeConfig) -> int:
         try:
             group = ep.resolve_group(cfg.socket_group)
             claim_endpoint(endpoint, group)
-        except ep.EndpointError as exc:
+            keys = curve_auth.listen_security(cfg, endpoint)  # before the load: a refusal is quick
+        except (ep.EndpointError, curve_auth.ListenRefused) as exc:
             raise StartupError(str(exc)) from None
         resolved = resolve_model(cfg)
         model = resolved.source
@@ -157,7 +158,9 @@ async def run(cfg: ServeConfig) -> int:
         notifier.status(phase.text, extend_timeout_s=EXTEND_TIMEOUT_S)
         # Unpacked straight into the call: no name here may keep the backend alive once
         # keep-alive unloads it.
-        return await _serve(cfg, stop, notifier, phase, endpoint, resolved, *await load_model(cfg, model, phase))
+        return await _serve(
+            cfg, stop, notifier, phase, endpoint, keys, resolved, *await load_model(cfg, model, phase)
+        )
 
 
 async def _serve(
@@ -166,6 +169,7 @@ async def _serve(
     notifier: Notifier,
     phase: _Phase,
     endpoint: str,
+    keys: curve_auth.ServerKeys | None,
     model: ResolvedModel,
     backend: DeviceBackend,
     tokenizer: Any,
@@ -176,6 +180,9 @@ async def _serve(
     async with AsyncExitStack() as stack:
         ctx = zmq.asyncio.Context()
         stack.callback(_term_context, ctx)
+        if keys is not None:
+            auth = curve_auth.start_authenticator(ctx, keys)
+            stack.callback(auth.stop)  # type: ignore[attr-defined]
         bus = Bus(ctx, f"axchat-{os.getpid()}")
         supervisor = DaemonSupervisor(bus)
         stack.callback(supervisor.close)
@@ -214,6 +221,7 @@ async def _serve(
                 max_live=device.max_running + cfg.max_queued,
                 max_live_per_client=cfg.max_per_client,
                 client_timeout_s=cfg.client_timeout_s,
+                curve_server=None if keys is None else (keys.public, keys.secret),
             )
         except zmq.ZMQError as exc:
             for made in (telemetry, sampler, device, tok):

@@ -19,10 +19,12 @@ def make_socket(
     hwm: int = 0,
     max_msg_bytes: int = -1,
     router_mandatory: bool = False,
+    curve_server: tuple[bytes, bytes] | None = None,
 ) -> zmq.asyncio.Socket:
     """A socket with the project's defaults. `hwm=0` means unbounded: the inproc
     links between actors carry at most what admission already bounded, and a full
-    pipe there would deadlock the device/sampler round trip."""
+    pipe there would deadlock the device/sampler round trip. `curve_server` (public,
+    secret) makes it a CURVE server: set before binding, so no plain peer ever gets in."""
     sock = ctx.socket(kind)
     try:
         sock.setsockopt(zmq.LINGER, LINGER_MS)
@@ -34,6 +36,10 @@ def make_socket(
             # Sending to a peer that disconnected raises instead of dropping silently:
             # that is how the daemon learns a client vanished mid-stream.
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if curve_server is not None:
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, curve_server[0])
+            sock.setsockopt(zmq.CURVE_SECRETKEY, curve_server[1])
         if bind is not None:
             sock.bind(bind)
         if connect is not None:

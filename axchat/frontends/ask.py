@@ -14,8 +14,8 @@ from typing import TextIO
 
 import msgspec
 
-from axchat import autostart
-from axchat.client import Client, DaemonRestarted, DaemonUnavailable, RequestFailed, connect
+from axchat import autostart, curve_keys
+from axchat.client import Client, DaemonRestarted, DaemonUnavailable, KeysRefused, RequestFailed, connect
 from axchat.frontends.loading import loading_line
 from axchat.protocol import v1
 from axchat.stats_line import format_host, format_stats
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="axchat ask", description="Ask the axchat daemon one question; the answer streams to stdout.")
     p.add_argument("prompt", nargs="?", help="the question; `-` or a piped stdin reads it from stdin")
     p.add_argument("--socket", help="daemon socket path or endpoint (default: $AXCHAT_SOCKET or the per-user default)")
+    curve_keys.add_key_flags(p)
     p.add_argument("--system", help="system prompt")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -153,6 +154,8 @@ def _connect(args: argparse.Namespace, wait_s: float) -> Client:
         return connect(args.socket, wait_s=wait_s)
     try:
         return connect(args.socket)
+    except KeysRefused:
+        raise  # a daemon is there and turned us down: starting another would not help
     except DaemonUnavailable:
         autostart.start_daemon(args.socket, sys.stderr)
         return connect(args.socket)
@@ -194,6 +197,7 @@ def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, *, wait_s: flo
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    curve_keys.use_key_flags(args)
     prompt = read_prompt(args, sys.stdin)
     out = sys.stdout
     try:

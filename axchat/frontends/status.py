@@ -9,6 +9,7 @@ import time
 
 import msgspec
 
+from axchat import curve_keys
 from axchat.client import Client, DaemonUnavailable, RequestFailed
 
 EXIT_NO_DAEMON = 2
@@ -17,6 +18,7 @@ EXIT_NO_DAEMON = 2
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="axchat status", description="Show the axchat daemon's model and load.")
     p.add_argument("--socket", help="daemon socket path or endpoint")
+    curve_keys.add_key_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
     return p
@@ -83,6 +85,7 @@ def _request_lines(requests: list[dict[str, object]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    curve_keys.use_key_flags(args)
     try:
         with Client(args.socket, connect_timeout_s=args.timeout) as client:
             client.hello()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,18 @@ def test_compile_comes_from_file_env_or_flag(layout: tuple[Path, Path, dict[str,
     assert parse(["--compile", "on"], {**env, "AXCHAT_COMPILE": "no"}).compile is True
     with pytest.raises(ConfigError, match="compile"):
         parse(["--compile", "maybe"], env)
+
+
+def test_tcp_security_settings_come_from_file_env_or_flag(layout: tuple[Path, Path, dict[str, str]]) -> None:
+    _, user, env = layout
+    assert parse([], env).insecure_tcp is False and parse([], env).keys_dir is None
+    user.write_text('keys_dir = "/srv/axchat/keys"\ninsecure_tcp = true\n')
+    assert parse([], env).keys_dir == "/srv/axchat/keys" and parse([], env).insecure_tcp is True
+    env = {**env, "AXCHAT_KEYS_DIR": "/etc/axchat/keys", "AXCHAT_INSECURE_TCP": "false"}
+    assert parse([], env).keys_dir == "/etc/axchat/keys" and parse([], env).insecure_tcp is False
+    assert parse(["--insecure-tcp", "--keys-dir", "/k"], env) == replace(parse([], env), insecure_tcp=True, keys_dir="/k")
+    with pytest.raises(ConfigError, match="insecure_tcp"):
+        parse([], {**env, "AXCHAT_INSECURE_TCP": "maybe"})
 
 
 def test_cgroup_quota_caps_the_usable_cores(tmp_path: Path) -> None:

@@ -159,7 +159,8 @@ def test_idle_daemon_exits_zero_on_signal(tiny_model_dir: Path, sig: int) -> Non
 
 
 def test_tcp_endpoint_and_context_flag(tiny_model_dir: Path) -> None:
-    d = DaemonProcess(tiny_model_dir, "--context", "256", socket="tcp://127.0.0.1:*")
+    # Without CURVE keys a tcp socket must be marked insecure (loopback only; tests/daemon/test_curve.py).
+    d = DaemonProcess(tiny_model_dir, "--context", "256", "--insecure-tcp", socket="tcp://127.0.0.1:*")
     try:
         ready = d.wait_for_line("ready:")
         endpoint = ready.split(" on ")[1].split(" ")[0]

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from axchat import curve_keys
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="axchat chat", description="Chat with the axchat daemon (full screen, or --plain lines)."
     )
     p.add_argument("--socket", help="daemon socket path or endpoint (default: $AXCHAT_SOCKET or the per-user default)")
+    curve_keys.add_key_flags(p)
     p.add_argument("--system", help="system prompt")
     p.add_argument("--temperature", type=float, help="0 = greedy (default)")
     p.add_argument("--max-tokens", type=int, default=512, help="longest answer, in tokens (default 512)")
@@ -26,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    curve_keys.use_key_flags(args)
     if args.plain or not sys.stdout.isatty():
         from axchat.frontends.chat import plain
 

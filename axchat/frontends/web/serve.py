@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 
+from axchat import curve_keys
 from axchat.daemon.logs import setup_logging
 from axchat.frontends.web.bind_policy import is_loopback
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default: 8000)")
     p.add_argument("--api-key", help=f"require `Authorization: Bearer KEY` (default: ${ENV_API_KEY})")
     p.add_argument("--socket", help="daemon socket path or endpoint (default: $AXCHAT_SOCKET or the per-user default)")
+    curve_keys.add_key_flags(p)
     p.add_argument("--log-level", default="info")
     return p
 
@@ -75,6 +77,7 @@ async def serve(host: str, port: int, socket: str | None, api_key: str | None) -
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    curve_keys.use_key_flags(args)
     setup_logging(args.log_level)
     if importlib.util.find_spec("aiohttp") is None:
         print(
