@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         made = sub.add_parser(role, help=f"create the {role} key pair")
         made.add_argument("--force", action="store_true", help="replace an existing pair")
     allowing = sub.add_parser("allow", help="add a client's public key to the daemon's allow-list")
-    allowing.add_argument("key", help="the client's .key file, or its 40-character public key")
+    allowing.add_argument(
+        "key", help="the client's .key file, or its 40-character public key (after `--` when it starts with '-')"
+    )
     allowing.add_argument("--name", help="name in the allow-list (default: from the file name)")
     revoking = sub.add_parser("revoke", help="remove a client from the allow-list")
     revoking.add_argument("name")

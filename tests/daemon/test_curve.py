@@ -266,7 +266,8 @@ def test_keys_command_creates_private_pairs_and_lists_them(tmp_path: Path) -> No
     assert os.stat(keys / "server.key_secret").st_mode & 0o777 == 0o600
     assert os.stat(keys / "client.key_secret").st_mode & 0o777 == 0o600
     assert keys_command.main(["--keys-dir", str(keys), "server"]) == 1  # never replaced silently
-    make_keys(keys, "allow", ck.read_public(str(keys / "client.key")).decode(), "--name", "laptop")
+    # `--`: a Z85 key may start with '-' (one in 85), which argparse would take for a flag.
+    make_keys(keys, "allow", "--name", "laptop", "--", ck.read_public(str(keys / "client.key")).decode())
     proc = subprocess.run(
         [sys.executable, "-m", "axchat", "keys", "--keys-dir", str(keys), "list"],
         capture_output=True,
