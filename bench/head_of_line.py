@@ -1,0 +1,126 @@
+"""One client sending huge conversations back to back; another's short request's first token.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/head_of_line.py --model DIR [--probes 10] [--turns 120] [--kb 800]
+
+One daemon is started on DIR. A "hog" client sends, back to back for the whole run, a
+conversation of --turns messages totalling about --kb KB (under the 1 MiB frame limit;
+far over the context, so the daemon trims it), each with max_tokens 2. Meanwhile a
+"probe" client, on its own connection, sends --probes requests of one short user
+message with max_tokens 2, one after another, and records the time from its send to its
+first token (TTFT, client side). The hog's own tokenize_ms (from its `done` stats) says
+how long the daemon spent on each huge request.
+
+Prints ONE JSON object on stdout; progress goes to stderr. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import BenchError, Daemon, Log, Stream, greedy, machine, model_info, percentile, rnd, run_main, stream
+
+log = Log("head_of_line")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/head_of_line.py", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="local model directory")
+    p.add_argument("--probes", type=int, default=10, help="short requests timed (default 10)")
+    p.add_argument("--turns", type=int, default=120, help="messages in each huge conversation (default 120)")
+    p.add_argument("--kb", type=int, default=800, help="size of each huge conversation in KB (default 800)")
+    p.add_argument("--serve-arg", action="append", default=[], help="extra `axchat serve` argument (repeatable)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds any one request may take (default 300)")
+    p.add_argument("--ready-timeout", type=float, default=600.0)
+    return p.parse_args(argv)
+
+
+def huge_conversation(turns: int, kb: int, salt: int) -> list[Any]:
+    from axchat.protocol import v1
+
+    per_message = kb * 1000 // turns
+    words = "about the weather and the sea " * (per_message // 30 + 1)
+    msgs = []
+    for i in range(turns - 1):
+        role = "user" if i % 2 == 0 else "assistant"
+        msgs.append(v1.ChatMessage(role=role, content=f"{salt}.{i} " + words[:per_message]))
+    msgs.append(v1.ChatMessage(role="user", content="and the last question?"))
+    return msgs
+
+
+async def run(args: argparse.Namespace, socket: str) -> dict[str, Any]:
+    from axchat.aclient import AsyncClient
+    from axchat.protocol import v1
+
+    hog_client = AsyncClient(socket, connect_timeout_s=30.0)
+    probe_client = AsyncClient(socket, connect_timeout_s=30.0)
+    stop = asyncio.Event()
+    hog_tokenize_ms: list[float] = []
+    hog_sizes: list[int] = []
+
+    async def hog() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            req = v1.Generate(messages=huge_conversation(args.turns, args.kb, n), sampling=greedy(2))
+            hog_sizes.append(len(v1.encode_body(req)))
+            rec = await stream(hog_client, req, args.timeout, f"hog request {n}")
+            hog_tokenize_ms.append(rec.done.stats.tokenize_ms)
+
+    try:
+        await hog_client.hello()
+        await probe_client.hello()
+        hog_task = asyncio.create_task(hog())
+        # The hog's first huge request is on its way before the first probe.
+        while not hog_sizes and not hog_task.done():
+            await asyncio.sleep(0.01)
+        ttfts: list[float] = []
+        for i in range(args.probes):
+            req = v1.Generate(messages=[v1.ChatMessage(role="user", content=f"probe {i}: hi")], sampling=greedy(2))
+            rec: Stream = await stream(probe_client, req, args.timeout, f"probe {i}")
+            ttft = rec.ttft_ms()
+            if ttft is None:
+                raise BenchError(f"probe {i} got no token")
+            ttfts.append(ttft)
+            if hog_task.done():
+                hog_task.result()
+        stop.set()
+        await asyncio.wait_for(hog_task, args.timeout)
+    finally:
+        await hog_client.close()
+        await probe_client.close()
+    return {
+        "probe_ttft_ms": {"max": rnd(max(ttfts)), "p50": rnd(percentile(ttfts, 50)), "all": [rnd(t) for t in ttfts]},
+        "hog_requests": len(hog_tokenize_ms),
+        "hog_frame_bytes": max(hog_sizes),
+        "hog_tokenize_ms": {"max": rnd(max(hog_tokenize_ms, default=0.0)), "p50": rnd(percentile(hog_tokenize_ms, 50))},
+        "target_probe_ttft_ms": 1000,
+    }
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    daemon = Daemon(args.model, args.serve_arg, log)
+    t0 = time.monotonic()
+    try:
+        daemon.start(args.ready_timeout)
+        result = asyncio.run(run(args, daemon.socket))
+    finally:
+        warnings = daemon.finish()
+    return {
+        "bench": "head_of_line",
+        "model": model_info(Path(args.model)),
+        "machine": machine(),
+        "turns": args.turns,
+        "kb": args.kb,
+        **result,
+        "wall_s": rnd(time.monotonic() - t0),
+        "daemon_warnings": warnings,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(run_main("head_of_line", bench, parse_args(sys.argv[1:])))
