@@ -38,6 +38,13 @@ class _Live:
     identity: bytes
     client_id: str
     kind: str  # "generate" or "status"
+    user: str = ""  # generate.user: who behind the connection, for per-user limits
+
+
+def _client_key(identity: bytes, user: str) -> str:
+    """The unit of fairness and of prefix-cache privacy: the connection, or one end user
+    behind it. A user name cannot pose as another connection: the hex part is fixed."""
+    return identity.hex() if not user else f"{identity.hex()}/{user}"
 
 
 class FrontDoor(Actor):
@@ -61,7 +68,7 @@ class FrontDoor(Actor):
         # client hears `busy` at once instead of waiting in an unbounded line.
         self._max_live = max_live
         self._max_live_per_client = max_live_per_client
-        self._live_per_client: collections.Counter[bytes] = collections.Counter()
+        self._live_per_client: collections.Counter[tuple[bytes, str]] = collections.Counter()
         # Liveness on the data path: a client with live requests must send something
         # (a `ping` will do) at least this often; a silent one is treated as gone.
         self._client_timeout_s = client_timeout_s
@@ -231,19 +238,19 @@ class FrontDoor(Actor):
             return await self._reject(
                 identity, client_id, "duplicate_request", f"request id {client_id!r} is already running"
             )
-        busy = self._over_limit(identity)
+        busy = self._over_limit(identity, gen.user)
         if busy is not None:
             log.info("peer %s request %r: busy: %s", identity.hex()[:8], client_id, busy)
             return await self._reply(
                 identity, client_id, v1.Error(code="busy", message=busy, retry_after_s=BUSY_RETRY_AFTER_S)
             )
-        rid = self._register(identity, client_id, "generate")
+        rid = self._register(identity, client_id, "generate", gen.user)
         await self.send(
             "tokenizer",
             m.Encode(
                 rid=rid,
                 label=f"{client_id}@{identity.hex()[:8]}",
-                client=identity.hex(),
+                client=_client_key(identity, gen.user),
                 messages=gen.messages,
                 prompt=gen.prompt,
                 sampling=gen.sampling,
@@ -257,6 +264,8 @@ class FrontDoor(Actor):
             return "invalid_field", "generate needs exactly one of `messages` or `prompt`"
         if gen.messages is not None and not gen.messages:
             return "invalid_field", "`messages` is empty"
+        if len(gen.user) > v1.MAX_USER_CHARS:
+            return "invalid_field", f"`user` is {len(gen.user)} characters; the limit is {v1.MAX_USER_CHARS}"
         if gen.model is not None and gen.model not in self._model_names:
             return "unknown_model", f"model {gen.model!r} is not served here; this daemon serves {self._info.model!r}"
         sampling_problem = validate_sampling(gen.sampling)
@@ -264,19 +273,20 @@ class FrontDoor(Actor):
             return "invalid_field", sampling_problem
         return None
 
-    def _over_limit(self, identity: bytes) -> str | None:
-        if self._live_per_client[identity] >= self._max_live_per_client:
-            return f"this client already has {self._max_live_per_client} requests running or queued"
+    def _over_limit(self, identity: bytes, user: str) -> str | None:
+        if self._live_per_client[(identity, user)] >= self._max_live_per_client:
+            who = "this client" if not user else "this user"
+            return f"{who} already has {self._max_live_per_client} requests running or queued"
         if len(self._by_client) >= self._max_live:
             return f"the daemon has {self._max_live} requests running or queued"
         return None
 
-    def _register(self, identity: bytes, client_id: str, kind: str) -> int:
+    def _register(self, identity: bytes, client_id: str, kind: str, user: str = "") -> int:
         rid = next(self._rids)
-        self._live[rid] = _Live(identity, client_id, kind)
+        self._live[rid] = _Live(identity, client_id, kind, user)
         if kind == "generate":
             self._by_client[(identity, client_id)] = rid
-            self._live_per_client[identity] += 1
+            self._live_per_client[(identity, user)] += 1
         self.idle.clear()
         return rid
 
@@ -284,9 +294,10 @@ class FrontDoor(Actor):
         live = self._live.pop(rid, None)
         if live is not None and live.kind == "generate":
             self._by_client.pop((live.identity, live.client_id), None)
-            self._live_per_client[live.identity] -= 1
-            if self._live_per_client[live.identity] <= 0:
-                del self._live_per_client[live.identity]
+            key = (live.identity, live.user)
+            self._live_per_client[key] -= 1
+            if self._live_per_client[key] <= 0:
+                del self._live_per_client[key]
         if not self._live:
             self.idle.set()
         return live

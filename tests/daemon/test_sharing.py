@@ -230,3 +230,44 @@ def test_silent_client_is_cancelled_and_a_pinging_one_is_not(tiny_model_dir: Pat
     finally:
         silent.close()
         assert d.stop() == 0
+
+
+def test_users_behind_one_connection_are_admitted_and_cached_apart(one_slot: DaemonProcess) -> None:
+    """A bridge's one connection carries many people: `generate.user` gives each their
+    own per-client limit and their own prefix cache."""
+    bridge = RawClient(one_slot.socket)
+
+    def as_user(user: str, text: str, **sampling: object) -> v1.Generate:
+        return v1.Generate(
+            messages=[v1.ChatMessage(role="user", content=text)], sampling=v1.Sampling(**sampling), user=user  # type: ignore[arg-type]
+        )
+
+    try:
+        bridge.send("a1", as_user("alice", "hog the device", max_tokens=6000, ignore_eos=True))
+        assert isinstance(bridge.recv(want="a1")[1], v1.Delta)
+        bridge.send("a2", as_user("alice", "two", max_tokens=2))
+        bridge.send("a3", as_user("alice", "three", max_tokens=2))
+        bridge.send("a4", as_user("alice", "four", max_tokens=2))
+        _, busy = bridge.recv(want="a4")
+        assert isinstance(busy, v1.Error) and busy.code == "busy" and "this user" in busy.message
+        bridge.send("b1", as_user("bob", "bob's turn", max_tokens=2))  # same connection, not refused
+        assert isinstance(bridge.recv(want="b1")[1], v1.Queued)
+        bridge.send("a1", v1.Cancel())
+        for rid in ("a1", "a2", "a3", "b1"):
+            assert isinstance(list(bridge.stream(rid))[-1], v1.Done)
+
+        turn = [v1.ChatMessage(role="user", content="Remember the number 7, please.")]
+        bridge.send("t1", v1.Generate(messages=turn, sampling=v1.Sampling(max_tokens=12), user="alice"))
+        reply = "".join(b.text for b in bridge.stream("t1") if isinstance(b, v1.Delta))
+        turn2 = [*turn, v1.ChatMessage(role="assistant", content=reply), v1.ChatMessage(role="user", content="Which?")]
+        for user, rid in (("carol", "b2"), ("alice", "t2")):  # carol: nothing cached of her own
+            bridge.send(rid, v1.Generate(messages=turn2, sampling=v1.Sampling(max_tokens=2), user=user))
+        cached = {rid: list(bridge.stream(rid))[-1] for rid in ("b2", "t2")}
+        assert isinstance(cached["b2"], v1.Done) and cached["b2"].usage.cached_tokens == 0
+        assert isinstance(cached["t2"], v1.Done) and cached["t2"].usage.cached_tokens > 0
+
+        bridge.send("long", v1.Generate(prompt="x", user="u" * (v1.MAX_USER_CHARS + 1)))
+        _, refused = bridge.recv(want="long")
+        assert isinstance(refused, v1.Error) and refused.code == "invalid_field" and "`user`" in refused.message
+    finally:
+        bridge.close()

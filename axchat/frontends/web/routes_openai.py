@@ -7,7 +7,8 @@ from typing import Any, Literal
 from aiohttp import web
 
 from axchat.frontends.web import openai_mapping as mapping
-from axchat.frontends.web.appkeys import LINK, METRICS
+from axchat.frontends.web.appkeys import LINK, METRICS, USER_HEADER
+from axchat.frontends.web.end_user import end_user
 from axchat.frontends.web.errors import ApiError, from_daemon
 from axchat.frontends.web.generation import Generation
 from axchat.frontends.web.openai_schema import ChatCompletionRequest, CompletionRequest, decode_body
@@ -21,6 +22,7 @@ routes = web.RouteTableDef()
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = decode_body(await request.read(), ChatCompletionRequest)
     generate = mapping.chat_to_generate(body)
+    generate.user = end_user(request, body.user, request.app[USER_HEADER])
     return await _respond(request, "chat", generate, body.stream, mapping.include_usage(body))
 
 
@@ -28,6 +30,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def completions(request: web.Request) -> web.StreamResponse:
     body = decode_body(await request.read(), CompletionRequest)
     generate = mapping.completion_to_generate(body)
+    generate.user = end_user(request, body.user, request.app[USER_HEADER])
     return await _respond(request, "text", generate, body.stream, mapping.include_usage(body))
 
 

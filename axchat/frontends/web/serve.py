@@ -31,18 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default: 8000)")
     p.add_argument("--api-key", help=f"require `Authorization: Bearer KEY` (default: ${ENV_API_KEY})")
     p.add_argument("--socket", help="daemon socket path or endpoint (default: $AXCHAT_SOCKET or the per-user default)")
+    p.add_argument(
+        "--user-header",
+        help="header naming the end user, set by an authenticating proxy in front (e.g. X-Forwarded-User); "
+        "the daemon's per-user limits and prefix-cache privacy follow it",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
 
-async def serve(host: str, port: int, socket: str | None, api_key: str | None) -> None:
+async def serve(host: str, port: int, socket: str | None, api_key: str | None, user_header: str | None = None) -> None:
     # Imported here so that a missing `web` extra is a one-line message, not a traceback.
     from aiohttp import web
 
     from axchat.frontends.web.app import build_app
 
     runner = web.AppRunner(
-        build_app(socket, api_key),
+        build_app(socket, api_key, user_header=user_header),
         # A closed connection cancels its handler, so a non-streaming request whose
         # client left is cancelled on the daemon too, not only a stream at its next write.
         handler_cancellation=True,
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_REFUSED
     try:
-        asyncio.run(serve(args.host, args.port, args.socket, api_key))
+        asyncio.run(serve(args.host, args.port, args.socket, api_key, args.user_header))
     except OSError as exc:  # the port is taken, the address is not ours
         print(f"axchat web: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
