@@ -29,7 +29,7 @@ from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.sampler import SamplerActor
 from axchat.actors.telemetry import TelemetryActor
 from axchat.actors.tokenizer import TokenizerActor
-from axchat.daemon import model_load
+from axchat.daemon import model_load, socket_lock
 from axchat.daemon.config import ServeConfig
 from axchat.daemon.frontdoor import FrontDoor
 from axchat.daemon.notify import EXTEND_TIMEOUT_S, Notifier, ping_watchdog
@@ -55,13 +55,27 @@ def resolve_model(cfg: ServeConfig) -> ResolvedModel:
     return resolved
 
 
-def claim_endpoint(endpoint: str, group: int | None = None) -> None:
-    """Make the socket's private directory and clear a stale socket file, refusing if
-    a live daemon already answers there."""
+def claim_endpoint(endpoint: str, group: int | None = None) -> int | None:
+    """Make the socket's private directory, take the socket's lock (returning its file
+    descriptor, to keep open until exit) and clear a stale socket file, refusing if
+    another daemon holds the lock or answers there."""
     path = ep.ipc_path(endpoint)
     if path is None:
-        return
+        return None
     ep.prepare_private_dir(path.parent, group)
+    try:
+        lock_fd = socket_lock.take(path)
+    except socket_lock.SocketTaken as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        _clear_stale(path, endpoint)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return lock_fd
+
+
+def _clear_stale(path: Path, endpoint: str) -> None:
     if not path.exists():
         return
     from axchat.client import Client, DaemonUnavailable, RequestFailed
@@ -140,9 +154,11 @@ async def run(cfg: ServeConfig) -> int:
         endpoint = ep.to_zmq(cfg.socket)
         try:
             group = ep.resolve_group(cfg.socket_group)
-            claim_endpoint(endpoint, group)
+            lock_fd = claim_endpoint(endpoint, group)
         except ep.EndpointError as exc:
             raise StartupError(str(exc)) from None
+        if lock_fd is not None:
+            outer.callback(os.close, lock_fd)  # last out: after the socket file is removed
         resolved = resolve_model(cfg)
         model = resolved.source
         log.info(
