@@ -48,6 +48,25 @@ def longest_token_chars(tokenizer: Any) -> int:
     return max((len(entry) for entry in vocab), default=0)
 
 
+def min_tokens(chars: int, max_token_chars: int) -> int:
+    """A lower bound on the tokens of `chars` characters of text (0 when unknown)."""
+    return math.ceil(chars / max_token_chars) if max_token_chars > 0 else 0
+
+
+def kept_positions(roles: list[str]) -> list[int]:
+    """Which messages trimming can never drop: the system prompt and the newest turn."""
+    first = 1 if roles and roles[0] == "system" else 0
+    last = len(roles) - 1
+    while last > first and roles[last] != "user":
+        last -= 1
+    return [*range(first), *range(last, len(roles))]
+
+
+def kept_chars(messages: list[ChatMessage]) -> int:
+    """Characters of the messages trimming can never drop."""
+    return sum(len(messages[i].content) for i in kept_positions([msg.role for msg in messages]))
+
+
 class PromptFitter:
     """Turns a request into token ids that leave room for the reply, or refuses it."""
 
@@ -66,8 +85,7 @@ class PromptFitter:
         self._overhead = self._template_overhead()
 
     def min_tokens(self, chars: int) -> int:
-        """A lower bound on the tokens of `chars` characters of text (0 when unknown)."""
-        return math.ceil(chars / self._max_token_chars) if self._max_token_chars > 0 else 0
+        return min_tokens(chars, self._max_token_chars)
 
     def check_length(self, chars: int) -> None:
         """Raise PromptTooLong when text this long cannot fit, before tokenizing it."""
@@ -86,7 +104,7 @@ class PromptFitter:
                 turns.append([])
             turns[-1].append(msg)
         kept = system + turns[-1]
-        self.check_length(sum(len(msg.content) for msg in kept))
+        self.check_length(kept_chars(messages))
 
         # Estimate each turn's tokens from its messages alone, newest first, and stop at
         # the first turn that would overflow: nothing older is ever tokenized.

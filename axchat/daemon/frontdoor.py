@@ -18,6 +18,7 @@ from axchat import __version__
 from axchat.actors import messages as m
 from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
+from axchat.actors.prompt_fit import kept_chars, kept_positions, min_tokens
 from axchat.actors.sampling import validate as validate_sampling
 from axchat.daemon.sockets import make_socket
 from axchat.protocol import v1
@@ -31,6 +32,25 @@ HARD_LIMIT_FACTOR = 8
 CLIENT_SNDHWM = 10_000
 # A hint, not a promise: long enough for a short request to finish somewhere.
 BUSY_RETRY_AFTER_S = 1.0
+
+
+# Bodies larger than this are first sized without copying their text out of the frame.
+SIZE_PEEK_BYTES = 64 << 10
+
+
+class _SizedMessage(msgspec.Struct, forbid_unknown_fields=False):
+    role: str
+    content: msgspec.Raw
+
+
+class _SizedGenerate(msgspec.Struct, tag="generate", tag_field="type", forbid_unknown_fields=False):
+    """Just enough of `generate` to bound its size: the texts stay views into the frame."""
+
+    messages: list[_SizedMessage] = []
+    prompt: msgspec.Raw = msgspec.Raw()  # Raw: a view of the encoded text, not a copy
+
+
+_size_decoder = msgspec.msgpack.Decoder(_SizedGenerate)
 
 
 @dataclass
@@ -62,8 +82,13 @@ class FrontDoor(Actor):
         max_live: int = 1 << 30,
         max_live_per_client: int = 1 << 30,
         client_timeout_s: float = 0.0,
+        max_token_chars: int = 0,
     ) -> None:
         super().__init__(bus, supervisor)
+        # The most characters one token stands for (0: unknown): a prompt whose length
+        # alone proves it cannot fit is refused here, before it is copied on to the
+        # tokenizer, so a refused frame costs about its own size in memory.
+        self._max_token_chars = max_token_chars
         # Admission: running + queued requests, in all and per client. Past either the
         # client hears `busy` at once instead of waiting in an unbounded line.
         self._max_live = max_live
@@ -140,19 +165,23 @@ class FrontDoor(Actor):
         while True:
             parts = await self._router.recv_multipart(copy=False)
             fd = parts[0].get(zmq.SRCFD)
-            frames = [part.bytes for part in parts]
+            identity = parts[0].bytes
+            # Views, not copies: a large body is decoded straight from ZeroMQ's buffer.
+            frames = [part.buffer for part in parts[1:]]
+            del parts
             if fd >= 0:
-                self._peers_by_fd[fd].add(frames[0])
-            self._last_seen[frames[0]] = time.monotonic()  # any traffic counts as a heartbeat
+                self._peers_by_fd[fd].add(identity)
+            self._last_seen[identity] = time.monotonic()  # any traffic counts as a heartbeat
             try:
-                await self._dispatch(frames[0], frames[1:])
+                await self._dispatch(identity, frames)
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let one client's frame stop the door
-                log.exception("peer %s: unexpected failure handling a frame", frames[0].hex())
-                await self._reply(frames[0], "", v1.Error(code="internal", message="internal error handling frame"))
+                log.exception("peer %s: unexpected failure handling a frame", identity.hex())
+                await self._reply(identity, "", v1.Error(code="internal", message="internal error handling frame"))
+            del frames
 
-    async def _dispatch(self, identity: bytes, frames: list[bytes]) -> None:
+    async def _dispatch(self, identity: bytes, frames: list[memoryview]) -> None:
         if frames == [b""]:
             return await self._client_gone(identity, "disconnected")
         if len(frames) != 2:
@@ -177,6 +206,10 @@ class FrontDoor(Actor):
                 "unsupported_version",
                 f"this daemon speaks protocol {v1.PROTOCOL_MAJOR}.x; the client sent version {env.v}",
             )
+        if len(raw_body) > SIZE_PEEK_BYTES:
+            floor = self._encoded_floor(raw_body)
+            if floor >= self._info.context_length:
+                return await self._reject(identity, env.id, "context_overflow", self._overflow_text(floor))
         try:
             body = v1.decode_client_body(raw_body)
         except msgspec.ValidationError as exc:
@@ -271,7 +304,34 @@ class FrontDoor(Actor):
         sampling_problem = validate_sampling(gen.sampling)
         if sampling_problem is not None:
             return "invalid_field", sampling_problem
+        chars = len(gen.prompt) if gen.prompt is not None else kept_chars(gen.messages or [])
+        floor = min_tokens(chars, self._max_token_chars)
+        if floor >= self._info.context_length:
+            return "context_overflow", self._overflow_text(floor)
         return None
+
+    def _overflow_text(self, floor: int) -> str:
+        return (
+            f"the prompt is at least {floor} tokens, even after dropping every older turn that could go, "
+            f"but the model's context is {self._info.context_length} tokens, including the reply"
+        )
+
+    def _encoded_floor(self, raw_body: memoryview) -> int:
+        """A lower bound on a large generate's tokens from its encoded text alone, read
+        without copying it out of the frame (a character is at most 4 UTF-8 bytes); 0
+        when the body is anything else, for the full decode to judge."""
+        try:
+            shape = _size_decoder.decode(raw_body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return 0
+        if shape.prompt:
+            encoded = len(shape.prompt)
+        elif shape.messages:
+            kept = kept_positions([msg.role for msg in shape.messages])
+            encoded = sum(len(shape.messages[i].content) for i in kept)
+        else:
+            return 0
+        return min_tokens(encoded // 4, self._max_token_chars)
 
     def _over_limit(self, identity: bytes, user: str) -> str | None:
         if self._live_per_client[(identity, user)] >= self._max_live_per_client:

@@ -26,6 +26,7 @@ from axchat.actors.backends import DeviceBackend, ModelLoadError
 from axchat.actors.device import DeviceActor
 from axchat.actors.keepalive import Residency
 from axchat.actors.mailbox import Actor, Bus, send_close
+from axchat.actors.prompt_fit import longest_token_chars
 from axchat.actors.sampler import SamplerActor
 from axchat.actors.telemetry import TelemetryActor
 from axchat.actors.tokenizer import TokenizerActor
@@ -232,6 +233,7 @@ async def _serve(
                 max_live=device.max_running + cfg.max_queued,
                 max_live_per_client=cfg.max_per_client,
                 client_timeout_s=cfg.client_timeout_s,
+                max_token_chars=longest_token_chars(tokenizer),
             )
         except zmq.ZMQError as exc:
             for made in (telemetry, sampler, device, tok):
