@@ -13,6 +13,7 @@ from axchat.frontends.web import routes_openai, routes_ops, routes_page
 from axchat.frontends.web.access_log import access_log_middleware
 from axchat.frontends.web.appkeys import LINK, METRICS, USER_HEADER
 from axchat.frontends.web.auth import bearer_key_middleware
+from axchat.frontends.web.cross_site import cross_site_middleware
 from axchat.frontends.web.daemon_link import DaemonLink
 from axchat.frontends.web.error_responses import error_middleware
 from axchat.frontends.web.metrics import BridgeMetrics
@@ -22,10 +23,19 @@ from axchat.frontends.web.metrics import BridgeMetrics
 MAX_BODY_BYTES = 8 << 20
 
 
-def build_app(socket: str | None, api_key: str | None, *, user_header: str | None = None) -> web.Application:
+def build_app(
+    socket: str | None,
+    api_key: str | None,
+    *,
+    user_header: str | None = None,
+    allowed_hosts: tuple[str, ...] = (),
+) -> web.Application:
     middlewares: list[Middleware] = [access_log_middleware, error_middleware]
     if api_key:
         middlewares.append(bearer_key_middleware(api_key))
+    else:
+        # The key is what stops other sites when there is one; without it, these checks.
+        middlewares.append(cross_site_middleware(allowed_hosts))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[METRICS] = BridgeMetrics()
     app[USER_HEADER] = user_header

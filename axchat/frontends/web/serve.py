@@ -36,18 +36,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="header naming the end user, set by an authenticating proxy in front (e.g. X-Forwarded-User); "
         "the daemon's per-user limits and prefix-cache privacy follow it",
     )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        help="a Host name the keyless bridge also answers to, besides loopback ones (repeatable)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
 
-async def serve(host: str, port: int, socket: str | None, api_key: str | None, user_header: str | None = None) -> None:
+async def serve(
+    host: str,
+    port: int,
+    socket: str | None,
+    api_key: str | None,
+    user_header: str | None = None,
+    allowed_hosts: tuple[str, ...] = (),
+) -> None:
     # Imported here so that a missing `web` extra is a one-line message, not a traceback.
     from aiohttp import web
 
     from axchat.frontends.web.app import build_app
 
     runner = web.AppRunner(
-        build_app(socket, api_key, user_header=user_header),
+        build_app(socket, api_key, user_header=user_header, allowed_hosts=allowed_hosts),
         # A closed connection cancels its handler, so a non-streaming request whose
         # client left is cancelled on the daemon too, not only a stream at its next write.
         handler_cancellation=True,
@@ -96,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_REFUSED
     try:
-        asyncio.run(serve(args.host, args.port, args.socket, api_key, args.user_header))
+        asyncio.run(serve(args.host, args.port, args.socket, api_key, args.user_header, tuple(args.allowed_host)))
     except OSError as exc:  # the port is taken, the address is not ours
         print(f"axchat web: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
