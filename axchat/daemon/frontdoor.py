@@ -61,6 +61,22 @@ class _Live:
     user: str = ""  # generate.user: who behind the connection, for per-user limits
 
 
+# Client-chosen strings (request ids, error texts quoting a bad field) are cut to this
+# in logs and error replies: ten 1 MB type tags once grew the log by 10 MB.
+MAX_ECHO_CHARS = 200
+
+
+def _short(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def peer_label(identity: bytes) -> str:
+    """A short name for a connection in logs and `status`. ZeroMQ's routing ids are a
+    zero byte then a counter, so their first digits are alike for every peer; the
+    last eight differ."""
+    return identity.hex()[-8:]
+
+
 def _client_key(identity: bytes, user: str) -> str:
     """The unit of fairness and of prefix-cache privacy: the connection, or one end user
     behind it. A user name cannot pose as another connection: the hex part is fixed."""
@@ -177,7 +193,7 @@ class FrontDoor(Actor):
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let one client's frame stop the door
-                log.exception("peer %s: unexpected failure handling a frame", identity.hex())
+                log.exception("peer %s: unexpected failure handling a frame", peer_label(identity))
                 await self._reply(identity, "", v1.Error(code="internal", message="internal error handling frame"))
             del frames
 
@@ -192,6 +208,8 @@ class FrontDoor(Actor):
             env = v1.decode_envelope(raw_env) if len(raw_env) <= self._max_frame else None
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return await self._reject(identity, "", "bad_frame", f"envelope: {exc}")
+        except RecursionError:
+            return await self._reject(identity, "", "bad_frame", "envelope: nested too deeply")
         rid_label = env.id if env is not None else ""
         if too_big:
             size = max(len(raw_env), len(raw_body))
@@ -217,6 +235,8 @@ class FrontDoor(Actor):
             return await self._reject(identity, env.id, code, f"body: {exc}")
         except msgspec.DecodeError as exc:
             return await self._reject(identity, env.id, "bad_frame", f"body: {exc}")
+        except RecursionError:  # msgspec's guard against a stack overflow
+            return await self._reject(identity, env.id, "bad_frame", "body: nested too deeply")
 
         if isinstance(body, v1.Generate):
             await self._generate(identity, env.id, body)
@@ -269,11 +289,11 @@ class FrontDoor(Actor):
             return await self._reject(identity, client_id, "shutting_down", "the daemon is shutting down")
         if (identity, client_id) in self._by_client:
             return await self._reject(
-                identity, client_id, "duplicate_request", f"request id {client_id!r} is already running"
+                identity, client_id, "duplicate_request", f"request id {_short(client_id)!r} is already running"
             )
         busy = self._over_limit(identity, gen.user)
         if busy is not None:
-            log.info("peer %s request %r: busy: %s", identity.hex()[:8], client_id, busy)
+            log.info("peer %s request %r: busy: %s", peer_label(identity), _short(client_id), busy)
             return await self._reply(
                 identity, client_id, v1.Error(code="busy", message=busy, retry_after_s=BUSY_RETRY_AFTER_S)
             )
@@ -282,7 +302,7 @@ class FrontDoor(Actor):
             "tokenizer",
             m.Encode(
                 rid=rid,
-                label=f"{client_id}@{identity.hex()[:8]}",
+                label=f"{_short(client_id, 64)}@{peer_label(identity)}",
                 client=_client_key(identity, gen.user),
                 messages=gen.messages,
                 prompt=gen.prompt,
@@ -322,7 +342,7 @@ class FrontDoor(Actor):
         when the body is anything else, for the full decode to judge."""
         try:
             shape = _size_decoder.decode(raw_body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return 0
         if shape.prompt:
             encoded = len(shape.prompt)
@@ -380,7 +400,8 @@ class FrontDoor(Actor):
             raise TypeError(f"front door got unexpected {type(msg).__name__}")
 
     async def _reject(self, identity: bytes, client_id: str, code: v1.ErrorCode, text: str) -> None:
-        log.warning("peer %s request %r: %s: %s", identity.hex()[:8], client_id, code, text)
+        text = _short(text, 2 * MAX_ECHO_CHARS)
+        log.warning("peer %s request %r: %s: %s", peer_label(identity), _short(client_id), code, text)
         await self._reply(identity, client_id, v1.Error(code=code, message=text))
 
     async def _reply(self, identity: bytes, client_id: str, body: v1.DaemonMessage) -> None:
@@ -421,7 +442,7 @@ class FrontDoor(Actor):
         """A client we cannot reach any more: cancel all it asked for, free its KV."""
         gone = [rid for rid, live in self._live.items() if live.identity == identity]
         if gone:
-            log.info("peer %s %s; cancelling %d request(s)", identity.hex()[:8], why, len(gone))
+            log.info("peer %s %s; cancelling %d request(s)", peer_label(identity), why, len(gone))
         for rid in gone:
             live = self._forget(rid)
             if live is not None and live.kind == "generate":

@@ -200,7 +200,7 @@ class Error(_Message, tag="error"):
 class RequestInfo(msgspec.Struct, gc=False):
     """One request the daemon holds, for `status`."""
 
-    id: str  # the client's request id, with the first 8 hex digits of its peer
+    id: str  # the client's request id, with the last 8 hex digits of its peer
     state: Literal["queued", "prefill", "decode"]
     prompt_tokens: int
     prefilled_tokens: int
