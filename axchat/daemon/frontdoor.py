@@ -77,12 +77,6 @@ def peer_label(identity: bytes) -> str:
     return identity.hex()[-8:]
 
 
-def _client_key(identity: bytes, user: str) -> str:
-    """The unit of fairness and of prefix-cache privacy: the connection, or one end user
-    behind it. A user name cannot pose as another connection: the hex part is fixed."""
-    return identity.hex() if not user else f"{identity.hex()}/{user}"
-
-
 class FrontDoor(Actor):
     name = "frontdoor"
 
@@ -303,7 +297,7 @@ class FrontDoor(Actor):
             m.Encode(
                 rid=rid,
                 label=f"{_short(client_id, 64)}@{peer_label(identity)}",
-                client=_client_key(identity, gen.user),
+                client=m.client_key(identity.hex(), gen.user),
                 messages=gen.messages,
                 prompt=gen.prompt,
                 sampling=gen.sampling,
@@ -447,3 +441,6 @@ class FrontDoor(Actor):
             live = self._forget(rid)
             if live is not None and live.kind == "generate":
                 await self.send("tokenizer", m.CancelRequest(rid=rid))
+        # Its cached conversations can never be asked for again (routing ids are not
+        # reused): free them now rather than when the cache's byte cap pushes them out.
+        await self.send("tokenizer", m.ForgetClient(connection=identity.hex()))

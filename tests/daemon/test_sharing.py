@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, RawClient, chat
+from conftest import REPLY_TIMEOUT_S, DaemonProcess, RawClient, chat
 
 from axchat.protocol import v1
 
@@ -271,3 +271,33 @@ def test_users_behind_one_connection_are_admitted_and_cached_apart(one_slot: Dae
         assert isinstance(refused, v1.Error) and refused.code == "invalid_field" and "`user`" in refused.message
     finally:
         bridge.close()
+
+
+def test_prefix_entries_of_a_closed_connection_are_freed(daemon: DaemonProcess) -> None:
+    """A closed connection's cached conversations can never be asked for again: they go
+    when it goes, also when it left in the middle of a request."""
+    watcher = RawClient(daemon.socket)
+
+    def entries() -> int:
+        status = watcher.request(v1.Status())
+        assert isinstance(status, v1.StatusReply)
+        return status.prefix_cache_entries
+
+    def entries_fall_to(at_most: int) -> int:
+        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        while (now := entries()) > at_most and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the daemon's own count, with a deadline
+        return now
+
+    try:
+        before = entries()
+        leaver = RawClient(daemon.socket)
+        leaver.send("done", chat("cache me", max_tokens=4))
+        assert isinstance(list(leaver.stream("done"))[-1], v1.Done)
+        assert entries() > before
+        leaver.send("mid", chat("and leave mid-answer", max_tokens=6000, ignore_eos=True))
+        assert isinstance(leaver.recv(want="mid")[1], v1.Delta)
+        leaver.close()
+        assert entries_fall_to(before) <= before
+    finally:
+        watcher.close()
