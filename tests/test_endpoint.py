@@ -115,3 +115,15 @@ def test_own_private_directory_and_a_root_made_service_directory_are_trusted() -
         service.mkdir(mode=0o750)
         os.chown(service, OUTSIDER, OUTSIDER)
         assert ep.untrusted_reason(ep.to_zmq(str(service / "axchat.sock"))) is None
+
+
+def test_socket_directory_open_to_a_foreign_group_is_refused() -> None:
+    """The daemon's side of item 9: 0770 with another group is not "closed to others"."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory another group")
+    d = short_socket_dir()
+    os.chmod(d, 0o770)
+    os.chown(d, -1, OUTSIDER)
+    with pytest.raises(ep.EndpointError, match="lets group"):
+        ep.prepare_private_dir(d)
+    ep.prepare_private_dir(d, group=OUTSIDER)  # the group named on purpose: accepted
