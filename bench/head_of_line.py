@@ -79,6 +79,8 @@ async def run(args: argparse.Namespace, socket: str) -> dict[str, Any]:
         while not hog_sizes and not hog_task.done():
             await asyncio.sleep(0.01)
         ttfts: list[float] = []
+        probe_tokenize_ms: list[float] = []
+        probe_queue_ms: list[float] = []
         for i in range(args.probes):
             req = v1.Generate(messages=[v1.ChatMessage(role="user", content=f"probe {i}: hi")], sampling=greedy(2))
             rec: Stream = await stream(probe_client, req, args.timeout, f"probe {i}")
@@ -86,6 +88,8 @@ async def run(args: argparse.Namespace, socket: str) -> dict[str, Any]:
             if ttft is None:
                 raise BenchError(f"probe {i} got no token")
             ttfts.append(ttft)
+            probe_tokenize_ms.append(rec.done.stats.tokenize_ms)
+            probe_queue_ms.append(rec.done.stats.queue_ms)
             if hog_task.done():
                 hog_task.result()
         stop.set()
@@ -95,6 +99,8 @@ async def run(args: argparse.Namespace, socket: str) -> dict[str, Any]:
         await probe_client.close()
     return {
         "probe_ttft_ms": {"max": rnd(max(ttfts)), "p50": rnd(percentile(ttfts, 50)), "all": [rnd(t) for t in ttfts]},
+        "probe_tokenize_ms_max": rnd(max(probe_tokenize_ms)),
+        "probe_queue_ms_max": rnd(max(probe_queue_ms)),
         "hog_requests": len(hog_tokenize_ms),
         "hog_frame_bytes": max(hog_sizes),
         "hog_tokenize_ms": {"max": rnd(max(hog_tokenize_ms, default=0.0)), "p50": rnd(percentile(hog_tokenize_ms, 50))},

@@ -53,6 +53,18 @@ def min_tokens(chars: int, max_token_chars: int) -> int:
     return math.ceil(chars / max_token_chars) if max_token_chars > 0 else 0
 
 
+def split_turns(messages: list[ChatMessage]) -> tuple[list[ChatMessage], list[list[ChatMessage]]]:
+    """(the leading system message, if any; the turns: a user message and the replies
+    after it, oldest first). Messages before the first user one make a turn of their own."""
+    system = messages[:1] if messages and messages[0].role == "system" else []
+    turns: list[list[ChatMessage]] = []
+    for msg in messages[len(system) :]:
+        if msg.role == "user" or not turns:
+            turns.append([])
+        turns[-1].append(msg)
+    return system, turns
+
+
 def kept_positions(roles: list[str]) -> list[int]:
     """Which messages trimming can never drop: the system prompt and the newest turn."""
     first = 1 if roles and roles[0] == "system" else 0
@@ -97,12 +109,7 @@ class PromptFitter:
         """Drop the oldest whole turns (a user message and the replies after it) until
         the conversation leaves `limit` tokens free for the reply; the system prompt and
         the newest turn always stay."""
-        system = messages[:1] if messages[0].role == "system" else []
-        turns: list[list[ChatMessage]] = []
-        for msg in messages[len(system) :]:
-            if msg.role == "user" or not turns:
-                turns.append([])
-            turns[-1].append(msg)
+        system, turns = split_turns(messages)
         kept = system + turns[-1]
         self.check_length(kept_chars(messages))
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars
+from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars, split_turns
 from axchat.protocol.v1 import ChatMessage
 
 CONTEXT = 256
@@ -42,12 +42,7 @@ class CountingFitter:
 
 def drop_one_turn_at_a_time(c: CountingFitter, messages: list[ChatMessage], limit: int) -> tuple[list[int], int]:
     """The old quadratic trimming, as the reference for which turns go."""
-    system = messages[:1] if messages[0].role == "system" else []
-    turns: list[list[ChatMessage]] = []
-    for msg in messages[len(system) :]:
-        if msg.role == "user" or not turns:
-            turns.append([])
-        turns[-1].append(msg)
+    system, turns = split_turns(messages)
     dropped = 0
     ids = c.encode(c.render(messages))
     while len(turns) > 1 and len(ids) > limit:
