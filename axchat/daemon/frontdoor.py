@@ -401,7 +401,8 @@ class FrontDoor(Actor):
     async def _reply(self, identity: bytes, client_id: str, body: v1.DaemonMessage) -> None:
         await self._send_raw(identity, client_id, v1.encode_body(body))
 
-    async def _send_raw(self, identity: bytes, client_id: str, body: bytes) -> None:
+    async def _send_raw(self, identity: bytes, client_id: str, body: bytes) -> bool:
+        """Send a frame; False (and the client treated as gone) when it cannot be."""
         frames = [identity, v1.encode_envelope(v1.Envelope(id=client_id)), body]
         try:
             await self._router.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
@@ -409,6 +410,8 @@ class FrontDoor(Actor):
             if exc.errno not in (errno.EHOSTUNREACH, zmq.EAGAIN):
                 raise
             await self._client_gone(identity, "disconnected" if exc.errno == errno.EHOSTUNREACH else "not reading")
+            return False
+        return True
 
     async def _expire_silent_clients(self) -> None:
         while True:
@@ -426,11 +429,15 @@ class FrontDoor(Actor):
         while True:
             event = await self._monitor.recv_multipart()
             fd = int.from_bytes(event[0][2:6], "little")  # zmq event frame: u16 event, u32 value
-            for identity in self._peers_by_fd.pop(fd, set()):
+            peers = self._peers_by_fd.pop(fd, set())
+            for identity in peers:
                 # The fd number may already serve a new peer; only a peer we can no
                 # longer reach is gone. The probe is a `pong` with id "", which
-                # clients ignore.
-                await self._send_raw(identity, "", v1.encode_body(v1.Pong()))
+                # clients ignore. A peer that answers is the fd's new owner: keep it
+                # mapped, or its own disconnect later would go unnoticed (and its
+                # prefix-cache entries would stay for ever).
+                if await self._send_raw(identity, "", v1.encode_body(v1.Pong())):
+                    self._peers_by_fd[fd].add(identity)
 
     async def _client_gone(self, identity: bytes, why: str) -> None:
         """A client we cannot reach any more: cancel all it asked for, free its KV."""
