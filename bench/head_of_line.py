@@ -5,8 +5,9 @@
 One daemon is started on DIR. A "hog" client sends, back to back for the whole run, a
 conversation of --turns messages totalling about --kb KB (under the 1 MiB frame limit;
 far over the context, so the daemon trims it), each with max_tokens 2. Meanwhile a
-"probe" client, on its own connection, sends --probes requests of one short user
-message with max_tokens 2, one after another, and records the time from its send to its
+"probe" client, on its own connection, sends requests of one short user message
+with max_tokens 2, one after another (at least --probes, and until the hog has finished
+--hog-requests of its own), and records the time from its send to its
 first token (TTFT, client side). The hog's own tokenize_ms (from its `done` stats) says
 how long the daemon spent on each huge request.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import sys
 import time
 from pathlib import Path
@@ -25,12 +27,14 @@ from typing import Any
 from _common import BenchError, Daemon, Log, Stream, greedy, machine, model_info, percentile, rnd, run_main, stream
 
 log = Log("head_of_line")
+LETTERS = "etaoinshrdlucmfwypvbgkjqxz"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/head_of_line.py", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="local model directory")
-    p.add_argument("--probes", type=int, default=10, help="short requests timed (default 10)")
+    p.add_argument("--probes", type=int, default=10, help="short requests timed, at least (default 10)")
+    p.add_argument("--hog-requests", type=int, default=5, help="probe until the hog has finished this many (default 5)")
     p.add_argument("--turns", type=int, default=120, help="messages in each huge conversation (default 120)")
     p.add_argument("--kb", type=int, default=800, help="size of each huge conversation in KB (default 800)")
     p.add_argument("--serve-arg", action="append", default=[], help="extra `axchat serve` argument (repeatable)")
@@ -40,14 +44,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def huge_conversation(turns: int, kb: int, salt: int) -> list[Any]:
+    """Text of made-up words: a tokenizer caches the words it has seen, so repeated
+    filler would make tokenizing look far cheaper than real conversations are."""
     from axchat.protocol import v1
 
+    rng = random.Random(salt)
     per_message = kb * 1000 // turns
-    words = "about the weather and the sea " * (per_message // 30 + 1)
     msgs = []
     for i in range(turns - 1):
         role = "user" if i % 2 == 0 else "assistant"
-        msgs.append(v1.ChatMessage(role=role, content=f"{salt}.{i} " + words[:per_message]))
+        words: list[str] = []
+        size = 0
+        while size < per_message:
+            word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(2, 9)))
+            words.append(word)
+            size += len(word) + 1
+        msgs.append(v1.ChatMessage(role=role, content=" ".join(words)[:per_message]))
     msgs.append(v1.ChatMessage(role="user", content="and the last question?"))
     return msgs
 
@@ -62,11 +74,16 @@ async def run(args: argparse.Namespace, socket: str) -> dict[str, Any]:
     hog_tokenize_ms: list[float] = []
     hog_sizes: list[int] = []
 
+    # Made before the clock starts: building 800 KB of text in this process's event
+    # loop would delay the probe's own reading and inflate its figures.
+    log("building the hog's conversations")
+    convos = [huge_conversation(args.turns, args.kb, n) for n in range(args.hog_requests + 5)]
+
     async def hog() -> None:
         n = 0
         while not stop.is_set():
             n += 1
-            req = v1.Generate(messages=huge_conversation(args.turns, args.kb, n), sampling=greedy(2))
+            req = v1.Generate(messages=convos[(n - 1) % len(convos)], sampling=greedy(2))
             hog_sizes.append(len(v1.encode_body(req)))
             rec = await stream(hog_client, req, args.timeout, f"hog request {n}")
             hog_tokenize_ms.append(rec.done.stats.tokenize_ms)
@@ -81,7 +98,9 @@ async def run(args: argparse.Namespace, socket: str) -> dict[str, Any]:
         ttfts: list[float] = []
         probe_tokenize_ms: list[float] = []
         probe_queue_ms: list[float] = []
-        for i in range(args.probes):
+        i = 0
+        while i < args.probes or len(hog_tokenize_ms) < args.hog_requests:
+            i += 1
             req = v1.Generate(messages=[v1.ChatMessage(role="user", content=f"probe {i}: hi")], sampling=greedy(2))
             rec: Stream = await stream(probe_client, req, args.timeout, f"probe {i}")
             ttft = rec.ttft_ms()
