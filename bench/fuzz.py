@@ -90,7 +90,17 @@ class Fuzz:
 
     def make(self) -> tuple[str, list[bytes], bool]:
         kind = self.rng.choice(
-            ["random_bytes", "frame_count", "wrong_types", "unknown_type", "deep", "huge", "absurd", "odd_valid", "envelope"]
+            [
+                "random_bytes",
+                "frame_count",
+                "wrong_types",
+                "unknown_type",
+                "deep",
+                "huge",
+                "absurd",
+                "odd_valid",
+                "envelope",
+            ]
         )
         rid = uuid.uuid4().hex[:10]
         frames, expects = getattr(self, kind)(rid)
@@ -191,7 +201,9 @@ async def good_client(socket: str, index: int, tokens: int, stop: asyncio.Event,
             n += 1
             rec = Stream()
             answers.append(rec)
-            req = v1.Generate(messages=[v1.ChatMessage(role="user", content=filler(12, f"good{index}.{n}"))], sampling=greedy(tokens))
+            req = v1.Generate(
+                messages=[v1.ChatMessage(role="user", content=filler(12, f"good{index}.{n}"))], sampling=greedy(tokens)
+            )
             task = asyncio.create_task(stream(client, req, 300.0, f"good client {index} answer {n}", rec=rec))
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -215,7 +227,9 @@ async def fuzz(args: argparse.Namespace, daemon: Daemon) -> dict[str, Any]:
     ctx = zmq.asyncio.Context()
     stop = asyncio.Event()
     answers: list[list[Stream]] = [[] for _ in range(args.good)]
-    goods = [asyncio.create_task(good_client(daemon.socket, i, args.good_tokens, stop, answers[i])) for i in range(args.good)]
+    goods = [
+        asyncio.create_task(good_client(daemon.socket, i, args.good_tokens, stop, answers[i])) for i in range(args.good)
+    ]
     counts: dict[str, int] = {}
     internal = no_reply = crashed_at = 0
     sock = None
@@ -262,7 +276,12 @@ async def fuzz(args: argparse.Namespace, daemon: Daemon) -> dict[str, Any]:
             sock.close(linger=0)
         ctx.term()
     errors = [r for r in results if isinstance(r, BaseException)]
-    gaps = [(b[0], b[0] - a[0]) for recs in answers for rec in recs for a, b in zip(rec.deltas, rec.deltas[1:], strict=False)]
+    gaps = [
+        (b[0], b[0] - a[0])
+        for recs in answers
+        for rec in recs
+        for a, b in zip(rec.deltas, rec.deltas[1:], strict=False)
+    ]
     during = [gap for end, gap in gaps if fuzz_from <= end <= fuzz_until]
     outside = [gap for end, gap in gaps if not fuzz_from <= end <= fuzz_until]
     return {

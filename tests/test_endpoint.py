@@ -73,7 +73,10 @@ def ask_at(socket: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "AXCHAT_NO_AUTOSTART"}  # autostart on
     return subprocess.run(
         [sys.executable, "-m", "axchat", "ask", "--socket", socket, "hi"],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
 
 

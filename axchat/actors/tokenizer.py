@@ -121,7 +121,8 @@ class TokenizerActor(Actor):
                         self._pool, self._encode_blocking, msg.messages, msg.prompt, reserve
                     )
         except PromptTooLong as exc:
-            await self.send("telemetry", m.Rejected(rid=msg.rid, label=msg.label, error=self._overflow(exc.min_tokens, "at least ")))
+            error = self._overflow(exc.min_tokens, "at least ")
+            await self.send("telemetry", m.Rejected(rid=msg.rid, label=msg.label, error=error))
             return
         tokenize_ms = (time.perf_counter() - t0) * 1e3
         if msg.rid in self._cancelled_while_encoding:

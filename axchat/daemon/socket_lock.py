@@ -33,7 +33,9 @@ def take(socket_path: Path) -> int:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise SocketTaken(f"another axchat daemon (pid {holder}) is already serving at {socket_path} (it holds {path})") from None
+        raise SocketTaken(
+            f"another axchat daemon (pid {holder}) is already serving at {socket_path} (it holds {path})"
+        ) from None
     except BaseException:
         os.close(fd)
         raise

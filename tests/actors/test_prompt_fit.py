@@ -60,7 +60,10 @@ def conversation(turns: int, words: int, system: bool = True) -> list[ChatMessag
     return msgs
 
 
-@pytest.mark.parametrize(("turns", "words", "system", "limit"), [(3, 2, True, 224), (12, 4, True, 224), (30, 1, False, 200), (8, 20, True, 128)])
+@pytest.mark.parametrize(
+    ("turns", "words", "system", "limit"),
+    [(3, 2, True, 224), (12, 4, True, 224), (30, 1, False, 200), (8, 20, True, 128)],
+)
 def test_drops_the_same_turns_as_re_tokenizing_after_each_drop(
     tok: Any, turns: int, words: int, system: bool, limit: int
 ) -> None:

@@ -25,7 +25,9 @@ def kib(pid: int, field: str) -> int:
 def test_frame_limit_has_a_ceiling(tiny_model_dir: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "axchat", "serve", "--model", str(tiny_model_dir), "--max-frame-bytes", str(64 << 20)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0 and "16777216" in proc.stderr, proc.stderr
 

@@ -239,7 +239,9 @@ def test_users_behind_one_connection_are_admitted_and_cached_apart(one_slot: Dae
 
     def as_user(user: str, text: str, **sampling: object) -> v1.Generate:
         return v1.Generate(
-            messages=[v1.ChatMessage(role="user", content=text)], sampling=v1.Sampling(**sampling), user=user  # type: ignore[arg-type]
+            messages=[v1.ChatMessage(role="user", content=text)],
+            sampling=v1.Sampling(**sampling),  # type: ignore[arg-type]
+            user=user,
         )
 
     try:

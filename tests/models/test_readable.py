@@ -47,4 +47,3 @@ def test_unreadable_directory_and_weights_are_named() -> None:
     os.chmod(weights, 0o644)
     assert as_outsider(model) is None
     assert unreadable_part("HuggingFaceTB/SmolLM2-135M-Instruct") is None  # a hub id: not ours to judge
-

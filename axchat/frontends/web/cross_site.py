@@ -60,7 +60,9 @@ def cross_site_middleware(allowed_hosts: Iterable[str] = ()) -> Middleware:
             raise ApiError(403, "cross-site requests are refused", code="cross_origin")
         if request.method in BODY_METHODS and request.content_type != "application/json":
             raise ApiError(
-                415, f"the body must be JSON (Content-Type: application/json), not {request.content_type!r}", code="not_json"
+                415,
+                f"the body must be JSON (Content-Type: application/json), not {request.content_type!r}",
+                code="not_json",
             )
         return await handler(request)
 
