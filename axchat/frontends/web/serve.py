@@ -17,6 +17,9 @@ from axchat.frontends.web.bind_policy import is_loopback
 # A body still arriving after this long is a client holding a connection open, not a
 # slow network: an 8 MiB body needs only 2 Mbit/s to make it.
 BODY_TIMEOUT_S = 30.0
+# A connection must complete its request's headers this long after it opens (or after
+# its previous response): 300 clients trickling headers held connections for 30-49 s.
+HEADER_TIMEOUT_S = 30.0
 
 EXIT_REFUSED = 2
 # Streams still open at shutdown get this long before their connections are closed
@@ -50,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a Host name the keyless bridge also answers to, besides loopback ones (repeatable)",
     )
     p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=HEADER_TIMEOUT_S,
+        help=f"seconds a connection may take to send a request's headers (default {HEADER_TIMEOUT_S:g})",
+    )
+    p.add_argument(
         "--body-timeout", type=float, default=BODY_TIMEOUT_S, help=f"seconds a request body may take (default {BODY_TIMEOUT_S:g})"
     )
     p.add_argument("--log-level", default="info")
@@ -64,6 +73,7 @@ async def serve(
     user_header: str | None = None,
     allowed_hosts: tuple[str, ...] = (),
     body_timeout_s: float = BODY_TIMEOUT_S,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
 ) -> None:
     # Imported here so that a missing `web` extra is a one-line message, not a traceback.
     from aiohttp import web
@@ -76,6 +86,9 @@ async def serve(
         # client left is cancelled on the daemon too, not only a stream at its next write.
         handler_cancellation=True,
         access_log=None,  # our middleware writes one line per request
+        # aiohttp's keep-alive timer runs from a connection's start (and from each
+        # response) and closes it if no whole request arrived by then: a header timeout.
+        keepalive_timeout=header_timeout_s,
         shutdown_timeout=SHUTDOWN_GRACE_S,
     )
     await runner.setup()
@@ -128,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(
             serve(
-                args.host, args.port, args.socket, api_key, args.user_header, tuple(args.allowed_host), args.body_timeout
+                args.host,
+                args.port,
+                args.socket,
+                api_key,
+                args.user_header,
+                tuple(args.allowed_host),
+                args.body_timeout,
+                args.header_timeout,
             )
         )
     except OSError as exc:  # the port is taken, the address is not ours

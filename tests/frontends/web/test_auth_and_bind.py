@@ -102,8 +102,8 @@ def test_key_file_is_used_and_the_flag_warned_about(daemon: DaemonProcess, tmp_p
         assert flagged.stop() == 0
 
 
-def test_a_trickled_body_times_out(daemon: DaemonProcess) -> None:
-    bridge = BridgeProcess(daemon.socket, "--body-timeout", "0.5").wait_listening()
+def test_trickled_headers_and_body_time_out(daemon: DaemonProcess) -> None:
+    bridge = BridgeProcess(daemon.socket, "--body-timeout", "0.5", "--header-timeout", "0.5").wait_listening()
     try:
         url = urlsplit(bridge.url)
         with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
@@ -113,5 +113,8 @@ def test_a_trickled_body_times_out(daemon: DaemonProcess) -> None:
             )
             reply = conn.recv(4096)  # the rest of the body never comes
         assert reply.startswith(b"HTTP/1.1 408"), reply
+        with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # the headers never end
+            assert conn.recv(4096) == b""  # closed by the bridge, well before our 30 s timeout
     finally:
         assert bridge.stop() == 0
