@@ -25,10 +25,26 @@ from zmq.utils.monitor import parse_monitor_message
 
 from axchat import curve_keys
 from axchat import endpoint as ep
-from axchat.client import HOW_TO_START, DaemonRestarted, DaemonUnavailable, KeysRefused, RequestFailed, secure
+from axchat.client import (
+    HOW_TO_START,
+    DaemonRestarted,
+    DaemonUnavailable,
+    KeysRefused,
+    RequestFailed,
+    UntrustedSocket,
+    secure,
+)
 from axchat.protocol import v1
 
-__all__ = ["AsyncClient", "DaemonRestarted", "DaemonUnavailable", "GenerateHandle", "KeysRefused", "RequestFailed"]
+__all__ = [
+    "AsyncClient",
+    "DaemonRestarted",
+    "DaemonUnavailable",
+    "GenerateHandle",
+    "KeysRefused",
+    "RequestFailed",
+    "UntrustedSocket",
+]
 
 
 class GenerateHandle:
@@ -88,7 +104,10 @@ class AsyncClient:
         self._monitor = self._ctx.socket(zmq.PAIR)
         self._monitor.setsockopt(zmq.LINGER, 0)
         self._monitor.connect(monitor_addr)
-        self._sock.connect(self.endpoint)
+        # Checked before connecting: the first frame already carries a prompt.
+        self._refusal = ep.untrusted_reason(self.endpoint)
+        if self._refusal is None:
+            self._sock.connect(self.endpoint)
         self._prefix = uuid.uuid4().hex[:8]
         self._counter = 0
         self._waiting: dict[str, asyncio.Queue[v1.DaemonMessage | BaseException]] = {}
@@ -116,6 +135,8 @@ class AsyncClient:
     # ------------------------------------------------------------ requests
 
     async def hello(self) -> v1.Welcome:
+        if self._refusal is not None:
+            raise UntrustedSocket(self._refusal)
         path = ep.ipc_path(self.endpoint)
         if path is not None and not path.exists():
             raise DaemonUnavailable(f"no axchat daemon is running at {path}; {HOW_TO_START}")
@@ -152,6 +173,8 @@ class AsyncClient:
         self._waiting.pop(rid, None)
 
     async def _send(self, rid: str, body: v1.ClientMessage) -> None:
+        if self._refusal is not None:
+            raise UntrustedSocket(self._refusal)
         await self._sock.send_multipart(v1.encode(v1.Envelope(id=rid), body))
         self._last_sent = time.monotonic()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from axchat import endpoint as ep
-from axchat.client import Client, DaemonUnavailable, RequestFailed
+from axchat.client import Client, DaemonUnavailable, RequestFailed, UntrustedSocket
 
 ENV_NO_AUTOSTART = "AXCHAT_NO_AUTOSTART"
 LOCK_NAME = "axchat.lock"
@@ -73,6 +73,9 @@ def start_daemon(socket: str | None, progress: TextIO = sys.stderr) -> None:
     path = ep.ipc_path(endpoint)
     if path is None:
         raise DaemonUnavailable(f"no axchat daemon answers at {endpoint}, and a tcp:// daemon is not started automatically")
+    refusal = ep.untrusted_reason(endpoint)
+    if refusal is not None:
+        raise UntrustedSocket(refusal)  # never start a daemon in someone else's directory
     try:
         ep.prepare_private_dir(path.parent)
     except ep.EndpointError as exc:

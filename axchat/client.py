@@ -39,6 +39,9 @@ def secure(sock: zmq.Socket, endpoint: str) -> curve_keys.ClientKeys | None:  # 
         return curve_keys.secure_client_socket(sock, endpoint)
     except curve_keys.KeysError as exc:
         raise KeysRefused(str(exc)) from None
+class UntrustedSocket(DaemonUnavailable):
+    """The socket's directory could be another user's: nothing is sent there, and no
+    daemon is started there."""
 
 
 class RequestFailed(Exception):
@@ -102,7 +105,10 @@ class Client:
         self._monitor = self._ctx.socket(zmq.PAIR)
         self._monitor.setsockopt(zmq.LINGER, 0)
         self._monitor.connect(monitor_addr)
-        self._sock.connect(self.endpoint)
+        # Checked before connecting: the first frame already carries a prompt.
+        self._refusal = ep.untrusted_reason(self.endpoint)
+        if self._refusal is None:
+            self._sock.connect(self.endpoint)
         self._prefix = uuid.uuid4().hex[:8]
         self._counter = 0
         # Set from `welcome`: how often to ping while waiting, so the daemon knows we live.
@@ -124,6 +130,8 @@ class Client:
 
     def hello(self) -> v1.Welcome:
         """Handshake; raises DaemonUnavailable when nothing answers in time."""
+        if self._refusal is not None:
+            raise UntrustedSocket(self._refusal)
         path = ep.ipc_path(self.endpoint)
         if path is not None and not path.exists():
             raise DaemonUnavailable(f"no axchat daemon is running at {path}; {HOW_TO_START}")
@@ -150,6 +158,8 @@ class Client:
         return f"{self._prefix}-{self._counter}"
 
     def _send(self, request_id: str, body: v1.ClientMessage) -> None:
+        if self._refusal is not None:
+            raise UntrustedSocket(self._refusal)
         if not isinstance(body, (v1.Cancel, v1.Ping)):
             # A drop before this request is not its problem. (A heartbeat ping must not
             # swallow a drop that happened during the request it keeps alive.)

@@ -53,6 +53,46 @@ def client_endpoint(socket: str | None) -> str:
     return own
 
 
+def untrusted_reason(endpoint: str) -> str | None:
+    """Why a client must not talk to the socket at `endpoint`, or None when it may.
+
+    Whoever can write the socket's directory can put their own listener there and read
+    every prompt sent to it, so a client trusts only a directory that nobody but its
+    owner may write, owned by this user or root, or made by root for a service (its
+    parent is root's and closed to others, as /run is for `/run/axchat`). A directory
+    that does not exist yet is judged when it does: there is nothing to connect to.
+    """
+    path = ipc_path(endpoint)
+    if path is None:
+        return None  # tcp://: the user named a network address on purpose
+    directory = path.parent
+    try:
+        info = os.stat(directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot check socket directory {directory}: {exc.strerror}"
+    if info.st_mode & 0o022:
+        return (
+            f"refusing socket directory {directory}: mode {stat.S_IMODE(info.st_mode):04o} lets other users "
+            "replace the socket; it must be writable by its owner only"
+        )
+    if info.st_uid in (os.getuid(), 0) or _made_by_root(directory.parent):
+        return None
+    return (
+        f"refusing socket directory {directory}: owned by uid {info.st_uid}, not by you ({os.getuid()}) or root; "
+        "another user could be listening there"
+    )
+
+
+def _made_by_root(parent: Path) -> bool:
+    try:
+        info = os.stat(parent)
+    except OSError:
+        return False
+    return info.st_uid == 0 and not info.st_mode & 0o022
+
+
 def ipc_path(endpoint: str) -> Path | None:
     return Path(endpoint.removeprefix("ipc://")) if endpoint.startswith("ipc://") else None
 
@@ -87,12 +127,22 @@ def prepare_private_dir(directory: Path, group: int | None = None) -> None:
         raise EndpointError(f"{directory} exists and is not a directory")
     if info.st_uid != os.getuid():
         raise EndpointError(f"refusing socket directory {directory}: owned by uid {info.st_uid}, not {os.getuid()}")
+    current = stat.S_IMODE(info.st_mode)
     if info.st_mode & 0o007:
-        current = stat.S_IMODE(info.st_mode)
         raise EndpointError(
             f"refusing socket directory {directory}: mode {current:04o} lets every user in; "
             "use a directory with mode 0700 (or 0750 for a group)"
         )
+    # Group access is for the one group meant to share the socket: our own group when
+    # none is configured (a 0770 directory of group root would let root's group in).
+    allowed_gids = {os.getgid()} if group is None else {group, os.getgid()}
+    if info.st_mode & 0o070 and group is None and info.st_gid not in allowed_gids:
+        raise EndpointError(
+            f"refusing socket directory {directory}: mode {current:04o} lets group {info.st_gid} in; "
+            "use mode 0700, or name the group with --socket-group"
+        )
+    if info.st_mode & 0o020 and info.st_gid not in allowed_gids:
+        raise EndpointError(f"refusing socket directory {directory}: group {info.st_gid} may write to it")
     if group is not None:
         # Ours and closed to others: hand it to the group that is meant to get in.
         try:

@@ -3,10 +3,14 @@ when the user has no daemon of their own."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess
+import zmq
+from conftest import DaemonProcess, short_socket_dir
 
 from axchat import endpoint as ep
 from axchat.client import Client
@@ -45,3 +49,84 @@ def test_own_socket_explicit_choice_or_no_system_socket_win(
     no_own_daemon.parent.mkdir(parents=True)
     no_own_daemon.touch()  # a per-user daemon's socket: that one, not the system's
     assert ep.client_endpoint(None) == own
+
+
+# ---------------------------------------------------------------- squatting
+
+OUTSIDER = 54_243  # a numeric uid with no /etc/passwd entry: "another user"
+
+
+def squatted_dir(owner: int, mode: int) -> Path:
+    """A socket directory as another user would pre-create it, under a world-writable
+    parent like /tmp (so root did not make it for a service)."""
+    top = short_socket_dir()
+    os.chmod(top, 0o1777)
+    squat = top / "axchat-squat"
+    squat.mkdir()
+    os.chmod(squat, mode)
+    if owner != os.getuid():
+        os.chown(squat, owner, -1)
+    return squat
+
+
+def ask_at(socket: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "AXCHAT_NO_AUTOSTART"}  # autostart on
+    return subprocess.run(
+        [sys.executable, "-m", "axchat", "ask", "--socket", socket, "hi"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("owner", "mode"),
+    [
+        pytest.param(OUTSIDER, 0o755, id="another-users-directory"),
+        pytest.param(os.getuid(), 0o777, id="own-but-world-writable"),
+    ],
+)
+def test_ask_refuses_a_squatted_socket_and_sends_it_nothing(owner: int, mode: int) -> None:
+    if owner != os.getuid() and os.geteuid() != 0:
+        pytest.skip("needs root to make a directory owned by another uid")
+    squat = squatted_dir(owner, mode)
+    sock = squat / "axchat.sock"
+    ctx = zmq.Context()
+    impostor = ctx.socket(zmq.ROUTER)
+    impostor.setsockopt(zmq.LINGER, 0)
+    impostor.bind(f"ipc://{sock}")
+    try:
+        result = ask_at(str(sock))
+        assert result.returncode != 0 and result.stdout == ""
+        assert result.stderr.count("\n") == 1 and "refusing socket directory" in result.stderr, result.stderr
+        assert not impostor.poll(0), "the client sent its hello (and prompt) to the impostor"
+        assert sorted(p.name for p in squat.iterdir()) == ["axchat.sock"]  # no daemon, no lock started there
+    finally:
+        impostor.close()
+        ctx.term()
+
+
+def test_own_private_directory_and_a_root_made_service_directory_are_trusted() -> None:
+    own = short_socket_dir()
+    assert ep.untrusted_reason(ep.to_zmq(str(own / "a.sock"))) is None
+    assert ep.untrusted_reason(ep.to_zmq(str(own / "not-yet" / "a.sock"))) is None
+    assert ep.untrusted_reason("tcp://127.0.0.1:5555") is None
+    if os.geteuid() == 0:
+        # /run/axchat as systemd makes it: the service user's, inside root's closed /run.
+        service = own / "axchat"
+        service.mkdir(mode=0o750)
+        os.chown(service, OUTSIDER, OUTSIDER)
+        assert ep.untrusted_reason(ep.to_zmq(str(service / "axchat.sock"))) is None
+
+
+def test_socket_directory_open_to_a_foreign_group_is_refused() -> None:
+    """The daemon's side of item 9: 0770 with another group is not "closed to others"."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory another group")
+    d = short_socket_dir()
+    os.chmod(d, 0o770)
+    os.chown(d, -1, OUTSIDER)
+    with pytest.raises(ep.EndpointError, match="lets group"):
+        ep.prepare_private_dir(d)
+    ep.prepare_private_dir(d, group=OUTSIDER)  # the group named on purpose: accepted

@@ -168,6 +168,7 @@ class DeviceActor(Actor):
         self._chunks = None if caps.prefill_chunk is None else ChunkSizer(caps.prefill_chunk, max(caps.prefill_chunk, ALONE_CHUNK))
         self._max_batch = caps.max_batch
         self._prefix_cache = caps.prefix_cache
+        self._gone_connections: set[str] = set()  # disconnected, with sequences still ending
         self._prefill_rows = caps.prefill_rows
         self._mixed = caps.mixed_steps and caps.prefill_chunk is not None
         self._context_length = backend.info.context_length
@@ -219,8 +220,19 @@ class DeviceActor(Actor):
             await self._stop(msg.rid, reason)
         elif isinstance(msg, m.StatusQuery):
             await self.send("telemetry", self._report(msg))
+        elif isinstance(msg, m.ForgetClient):
+            self._forget_client(msg.connection)
         else:
             raise TypeError(f"device got unexpected {type(msg).__name__}")
+
+    def _forget_client(self, connection: str) -> None:
+        if not self._prefix_cache:
+            return
+        # Its sequences still ending (a cancel lands at a step boundary) keep nothing.
+        if any(m.connection_of(s.client) == connection for s in [*self._running.values(), *self._waiting.in_order()]):
+            self._gone_connections.add(connection)
+        if self.backend is not None:
+            asyncio.get_running_loop().run_in_executor(self._device_thread, self.backend.forget_prefixes, connection)
 
     def _report(self, query: m.StatusQuery) -> m.DeviceReport:
         requests = [s.info() for s in self._running.values()] + [s.info() for s in self._waiting.in_order()]
@@ -309,8 +321,13 @@ class DeviceActor(Actor):
     async def _end(self, seq: _Sequence, reason: FinishReason, error: ErrorInfo | None = None) -> None:
         self._running.pop(seq.rid, None)
         keep = None
-        if self._prefix_cache and reason != "error" and seq.prefilled:
+        connection = m.connection_of(seq.client)
+        if self._prefix_cache and reason != "error" and seq.prefilled and connection not in self._gone_connections:
             keep = (seq.client, seq.prompt_ids[: seq.prefilled] + seq.fed)
+        if connection in self._gone_connections and not any(
+            m.connection_of(s.client) == connection for s in [*self._running.values(), *self._waiting.in_order()]
+        ):
+            self._gone_connections.discard(connection)
         # Queued behind any forward pass in flight, so KV is never freed under it. No
         # backend: the sequence waited for a reload and never had KV.
         if self.backend is not None:

@@ -48,6 +48,24 @@ class CancelRequest(_Internal, tag="cancel"):
     reason: FinishReason = "cancelled"
 
 
+def client_key(connection: str, user: str) -> str:
+    """The unit of fairness and of prefix-cache privacy: a connection (its routing id in
+    hex), or one end user behind it (`generate.user`). The hex part cannot be forged by
+    a user name, so one connection's users can never pose as another connection."""
+    return connection if not user else f"{connection}/{user}"
+
+
+def connection_of(client: str) -> str:
+    return client.partition("/")[0]
+
+
+class ForgetClient(_Internal, tag="forget_client"):
+    """A connection is gone: its prefix-cache entries can never be reused, so free them.
+    Travels front door -> tokenizer -> device, behind the cancels of its requests."""
+
+    connection: str  # the hex routing id; entries of every user behind it go too
+
+
 class Admit(_Internal, tag="admit"):
     rid: int
     label: str
@@ -193,6 +211,7 @@ ActorMessage = Union[
     Close,
     Encode,
     CancelRequest,
+    ForgetClient,
     Admit,
     Logits,
     Sampled,

@@ -14,6 +14,9 @@ from axchat.protocol.v1 import Sampling
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
+# A ceiling over any context a model has: the reply ends at the context anyway, and an
+# absurd value (2**64 - 1) is refused as the mistake it is rather than carried around.
+MAX_TOKENS_CEILING = 1 << 20
 
 # Cumulative sums over the whole vocabulary are sequential and slow in numpy, so weight
 # vectors longer than this are summed a block at a time and only the chosen block is
@@ -44,8 +47,8 @@ def validate(params: Sampling) -> str | None:
     rp = params.repetition_penalty
     if not _is_real(rp) or not math.isfinite(rp) or not rp > 0:
         return f"sampling.repetition_penalty must be a finite number > 0, got {rp!r}"
-    if not _is_int(params.max_tokens) or params.max_tokens < 1:
-        return f"sampling.max_tokens must be an integer >= 1, got {params.max_tokens!r}"
+    if not _is_int(params.max_tokens) or not 1 <= params.max_tokens <= MAX_TOKENS_CEILING:
+        return f"sampling.max_tokens must be an integer from 1 to {MAX_TOKENS_CEILING}, got {params.max_tokens!r}"
     # PCG64 refuses negative seeds; catching it here makes it a client error, not a crash.
     if params.seed is not None and (not _is_int(params.seed) or params.seed < 0):
         return f"sampling.seed must be null or an integer >= 0, got {params.seed!r}"

@@ -4,10 +4,12 @@ UTF-8-safe detokenization and stop strings on the way out."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,12 +17,22 @@ from typing import Any
 from axchat.actors import messages as m
 from axchat.actors.detokenizer import IncrementalDetokenizer, StopMatcher
 from axchat.actors.mailbox import Actor, Bus, Supervisor
+from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars
 from axchat.protocol.v1 import ChatMessage, ErrorInfo
 
 log = logging.getLogger(__name__)
 
 # Used only for tokenizers that ship no chat template of their own.
 FALLBACK_TEMPLATE_NOTE = "tokenizer has no chat template; using plain 'role: content' lines"
+# Encodes for different clients run side by side on this many threads; one client's
+# requests run one at a time, so a client sending large requests back to back holds
+# at most one thread and the others' short requests go straight through.
+ENCODE_THREADS = 4
+# Tests only: an encode of a text containing HOLD_MARKER waits until the file this
+# variable names exists, so a test can hold one client's tokenizing open explicitly.
+TEST_HOLD_ENV = "AXCHAT_TEST_TOKENIZE_GATE"
+HOLD_MARKER = "AXCHAT-TEST-HOLD"
+TEST_HOLD_LIMIT_S = 120.0
 
 
 @dataclass
@@ -54,13 +66,20 @@ class TokenizerActor(Actor):
         self._context_length = context_length
         self._reply_reserve = reply_reserve or context_length // 8
         self._eos_ids = sorted(set(eos_ids))
-        # One thread: encodes finish in arrival order, so a cancel that follows an
-        # encode is always seen after it.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="axchat-tokenize")
+        self._pool = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="axchat-tokenize")
+        self._threads = asyncio.Semaphore(ENCODE_THREADS)  # FIFO: clients take turns
+        self._client_turns: dict[str, tuple[asyncio.Lock, int]] = {}
         self._encoding: dict[int, asyncio.Task[None]] = {}
         self._cancelled_while_encoding: set[int] = set()
         self._streams: dict[int, _Stream] = {}
         self._has_template = bool(getattr(tokenizer, "chat_template", None))
+        self._fitter = PromptFitter(
+            self._encode_text,
+            self._render_chat,
+            context_length=context_length,
+            max_token_chars=longest_token_chars(tokenizer),
+        )
+        self._hold_gate = os.environ.get(TEST_HOLD_ENV)
 
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.Encode):
@@ -73,6 +92,8 @@ class TokenizerActor(Actor):
             await self._ended(msg)
         elif isinstance(msg, (m.QueuePosition, m.Loading)):
             await self.send("telemetry", msg)  # same pipe as the text that follows it
+        elif isinstance(msg, m.ForgetClient):
+            await self.send("device", msg)
         elif isinstance(msg, m.CancelRequest):
             if msg.rid in self._encoding:
                 self._cancelled_while_encoding.add(msg.rid)
@@ -91,9 +112,18 @@ class TokenizerActor(Actor):
     async def _encode(self, msg: m.Encode) -> None:
         t0 = time.perf_counter()
         reserve = min(msg.sampling.max_tokens, self._reply_reserve)
-        ids, trimmed = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._encode_blocking, msg.messages, msg.prompt, reserve
-        )
+        try:
+            async with self._client_turn(msg.client):
+                if msg.rid in self._cancelled_while_encoding:
+                    ids, trimmed = [], 0  # cancelled while waiting its turn: no work at all
+                else:
+                    ids, trimmed = await asyncio.get_running_loop().run_in_executor(
+                        self._pool, self._encode_blocking, msg.messages, msg.prompt, reserve
+                    )
+        except PromptTooLong as exc:
+            error = self._overflow(exc.min_tokens, "at least ")
+            await self.send("telemetry", m.Rejected(rid=msg.rid, label=msg.label, error=error))
+            return
         tokenize_ms = (time.perf_counter() - t0) * 1e3
         if msg.rid in self._cancelled_while_encoding:
             await self.send("telemetry", self._finished_early(msg, len(ids), tokenize_ms))
@@ -130,36 +160,44 @@ class TokenizerActor(Actor):
             self._cancelled_while_encoding.discard(msg.rid)
             await self.send("device", m.CancelRequest(rid=msg.rid))
 
+    @contextlib.asynccontextmanager
+    async def _client_turn(self, client: str) -> AsyncIterator[None]:
+        """One encode at a time per client, and a thread only when its turn comes."""
+        lock, users = self._client_turns.get(client, (asyncio.Lock(), 0))
+        self._client_turns[client] = (lock, users + 1)
+        try:
+            async with lock, self._threads:
+                yield
+        finally:
+            lock, users = self._client_turns[client]
+            if users <= 1:
+                del self._client_turns[client]
+            else:
+                self._client_turns[client] = (lock, users - 1)
+
     def _encode_blocking(
         self, messages: list[ChatMessage] | None, prompt: str | None, reserve: int
     ) -> tuple[list[int], int]:
         """Token ids, and how many messages were dropped to make them fit."""
+        if self._hold_gate is not None:
+            self._wait_for_test_gate(messages, prompt)
         if messages is None:
-            return list(self._tok(prompt or "")["input_ids"]), 0
-        return self._fit_chat(messages, self._context_length - reserve)
+            self._fitter.check_length(len(prompt or ""))
+            return list(self._tok(prompt or "")["input_ids"]), 0  # special tokens as the model wants
+        fitted = self._fitter.fit_chat(messages, self._context_length - reserve)
+        return fitted.ids, fitted.dropped_messages
 
-    def _encode_chat(self, messages: list[ChatMessage]) -> list[int]:
-        return list(self._tok(self._render_chat(messages), add_special_tokens=False)["input_ids"])
+    def _encode_text(self, text: str) -> list[int]:
+        return list(self._tok(text, add_special_tokens=False)["input_ids"])
 
-    def _fit_chat(self, messages: list[ChatMessage], limit: int) -> tuple[list[int], int]:
-        """Drop the oldest whole turns (a user message and the replies after it) until
-        the conversation leaves `limit` tokens free for the reply; the system prompt
-        and the newest turn always stay. Silent truncation is what users hate about
-        other servers: the count goes back in `done.trimmed_messages`."""
-        ids = self._encode_chat(messages)
-        if len(ids) <= limit:
-            return ids, 0
-        system = messages[:1] if messages[0].role == "system" else []
-        turns: list[list[ChatMessage]] = []
-        for msg in messages[len(system) :]:
-            if msg.role == "user" or not turns:
-                turns.append([])
-            turns[-1].append(msg)
-        dropped = 0
-        while len(turns) > 1 and len(ids) > limit:
-            dropped += len(turns.pop(0))
-            ids = self._encode_chat(system + [msg for turn in turns for msg in turn])
-        return ids, dropped
+    def _wait_for_test_gate(self, messages: list[ChatMessage] | None, prompt: str | None) -> None:
+        texts = [prompt or ""] if messages is None else [msg.content for msg in messages]
+        if not any(HOLD_MARKER in text for text in texts):
+            return
+        assert self._hold_gate is not None
+        deadline = time.monotonic() + TEST_HOLD_LIMIT_S
+        while not os.path.exists(self._hold_gate) and time.monotonic() < deadline:
+            time.sleep(0.01)  # a test switch polled on a tokenizer thread, never in production
 
     def _render_chat(self, messages: list[ChatMessage]) -> str:
         convo = [{"role": msg.role, "content": msg.content} for msg in messages]
@@ -171,14 +209,17 @@ class TokenizerActor(Actor):
         if not ids:
             return ErrorInfo(code="invalid_field", message="the prompt encodes to zero tokens")
         if len(ids) >= self._context_length:
-            return ErrorInfo(
-                code="context_overflow",
-                message=(
-                    f"the prompt is {len(ids)} tokens (after dropping every older turn that could go) "
-                    f"but the model's context is {self._context_length} tokens, including the reply"
-                ),
-            )
+            return self._overflow(len(ids))
         return None
+
+    def _overflow(self, tokens: int, qualifier: str = "") -> ErrorInfo:
+        return ErrorInfo(
+            code="context_overflow",
+            message=(
+                f"the prompt is {qualifier}{tokens} tokens (after dropping every older turn that could go) "
+                f"but the model's context is {self._context_length} tokens, including the reply"
+            ),
+        )
 
     def _finished_early(self, msg: m.Encode, prompt_tokens: int, tokenize_ms: float) -> m.Finished:
         return m.Finished(

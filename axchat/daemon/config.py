@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from axchat.protocol.v1 import DEFAULT_MAX_FRAME_BYTES
+from axchat.protocol.v1 import DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_CEILING
 
 SYSTEM_CONFIG = Path("/etc/axchat/config.toml")
 ENV_CONFIG = "AXCHAT_CONFIG"
@@ -103,6 +103,14 @@ def _non_negative_int(value: object) -> int:
     return value
 
 
+def _frame_bytes(value: object) -> int:
+    # A ceiling by design: memory for one refused frame is a small multiple of this.
+    size = _positive_int(value)
+    if size > MAX_FRAME_BYTES_CEILING:
+        raise ValueError(f"{size} is over the most a daemon accepts, {MAX_FRAME_BYTES_CEILING} (16 MiB)")
+    return size
+
+
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
@@ -168,7 +176,7 @@ SETTINGS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "context": ("context", _positive_int),
     "threads": ("threads", _positive_int),
     "compile": ("compile", _bool),
-    "max_frame_bytes": ("max_frame_bytes", _positive_int),
+    "max_frame_bytes": ("max_frame_bytes", _frame_bytes),
     "drain_timeout": ("drain_timeout_s", _seconds),
     "log_level": ("log_level", _choice(*LOG_LEVELS)),
     "keep_alive": ("keep_alive_s", parse_duration),
@@ -265,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         "threads": "torch intra-op threads (default: measured at load, the usable cores against half of them; "
         "usable: affinity and cgroup aware, minus one when 4 or more)",
         "compile": "true or false: compile the decode step at load, warmed up before ready (default: false)",
-        "max_frame_bytes": "largest frame a client may send",
+        "max_frame_bytes": f"largest frame a client may send, at most {MAX_FRAME_BYTES_CEILING} (default: 1 MiB)",
         "drain_timeout": "seconds to let requests finish on SIGTERM (default: 10)",
         "log_level": f"{', '.join(LOG_LEVELS)} (default: info)",
         "keep_alive": "unload the model after this long with no request, reload it on the next: 5m, 30s, 0 "

@@ -18,6 +18,7 @@ from axchat import __version__
 from axchat.actors import messages as m
 from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
+from axchat.actors.prompt_fit import kept_chars, kept_positions, min_tokens
 from axchat.actors.sampling import validate as validate_sampling
 from axchat.daemon.sockets import make_socket
 from axchat.protocol import v1
@@ -33,11 +34,47 @@ CLIENT_SNDHWM = 10_000
 BUSY_RETRY_AFTER_S = 1.0
 
 
+# Bodies larger than this are first sized without copying their text out of the frame.
+SIZE_PEEK_BYTES = 64 << 10
+
+
+class _SizedMessage(msgspec.Struct, forbid_unknown_fields=False):
+    role: str
+    content: msgspec.Raw
+
+
+class _SizedGenerate(msgspec.Struct, tag="generate", tag_field="type", forbid_unknown_fields=False):
+    """Just enough of `generate` to bound its size: the texts stay views into the frame."""
+
+    messages: list[_SizedMessage] = []
+    prompt: msgspec.Raw = msgspec.Raw()  # Raw: a view of the encoded text, not a copy
+
+
+_size_decoder = msgspec.msgpack.Decoder(_SizedGenerate)
+
+
 @dataclass
 class _Live:
     identity: bytes
     client_id: str
     kind: str  # "generate" or "status"
+    user: str = ""  # generate.user: who behind the connection, for per-user limits
+
+
+# Client-chosen strings (request ids, error texts quoting a bad field) are cut to this
+# in logs and error replies: ten 1 MB type tags once grew the log by 10 MB.
+MAX_ECHO_CHARS = 200
+
+
+def _short(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def peer_label(identity: bytes) -> str:
+    """A short name for a connection in logs and `status`. ZeroMQ's routing ids are a
+    zero byte then a counter, so their first digits are alike for every peer; the
+    last eight differ."""
+    return identity.hex()[-8:]
 
 
 class FrontDoor(Actor):
@@ -56,13 +93,18 @@ class FrontDoor(Actor):
         max_live_per_client: int = 1 << 30,
         client_timeout_s: float = 0.0,
         curve_server: tuple[bytes, bytes] | None = None,
+        max_token_chars: int = 0,
     ) -> None:
         super().__init__(bus, supervisor)
+        # The most characters one token stands for (0: unknown): a prompt whose length
+        # alone proves it cannot fit is refused here, before it is copied on to the
+        # tokenizer, so a refused frame costs about its own size in memory.
+        self._max_token_chars = max_token_chars
         # Admission: running + queued requests, in all and per client. Past either the
         # client hears `busy` at once instead of waiting in an unbounded line.
         self._max_live = max_live
         self._max_live_per_client = max_live_per_client
-        self._live_per_client: collections.Counter[bytes] = collections.Counter()
+        self._live_per_client: collections.Counter[tuple[bytes, str]] = collections.Counter()
         # Liveness on the data path: a client with live requests must send something
         # (a `ping` will do) at least this often; a silent one is treated as gone.
         self._client_timeout_s = client_timeout_s
@@ -135,19 +177,23 @@ class FrontDoor(Actor):
         while True:
             parts = await self._router.recv_multipart(copy=False)
             fd = parts[0].get(zmq.SRCFD)
-            frames = [part.bytes for part in parts]
+            identity = parts[0].bytes
+            # Views, not copies: a large body is decoded straight from ZeroMQ's buffer.
+            frames = [part.buffer for part in parts[1:]]
+            del parts
             if fd >= 0:
-                self._peers_by_fd[fd].add(frames[0])
-            self._last_seen[frames[0]] = time.monotonic()  # any traffic counts as a heartbeat
+                self._peers_by_fd[fd].add(identity)
+            self._last_seen[identity] = time.monotonic()  # any traffic counts as a heartbeat
             try:
-                await self._dispatch(frames[0], frames[1:])
+                await self._dispatch(identity, frames)
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let one client's frame stop the door
-                log.exception("peer %s: unexpected failure handling a frame", frames[0].hex())
-                await self._reply(frames[0], "", v1.Error(code="internal", message="internal error handling frame"))
+                log.exception("peer %s: unexpected failure handling a frame", peer_label(identity))
+                await self._reply(identity, "", v1.Error(code="internal", message="internal error handling frame"))
+            del frames
 
-    async def _dispatch(self, identity: bytes, frames: list[bytes]) -> None:
+    async def _dispatch(self, identity: bytes, frames: list[memoryview]) -> None:
         if frames == [b""]:
             return await self._client_gone(identity, "disconnected")
         if len(frames) != 2:
@@ -158,6 +204,8 @@ class FrontDoor(Actor):
             env = v1.decode_envelope(raw_env) if len(raw_env) <= self._max_frame else None
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return await self._reject(identity, "", "bad_frame", f"envelope: {exc}")
+        except RecursionError:
+            return await self._reject(identity, "", "bad_frame", "envelope: nested too deeply")
         rid_label = env.id if env is not None else ""
         if too_big:
             size = max(len(raw_env), len(raw_body))
@@ -172,6 +220,10 @@ class FrontDoor(Actor):
                 "unsupported_version",
                 f"this daemon speaks protocol {v1.PROTOCOL_MAJOR}.x; the client sent version {env.v}",
             )
+        if len(raw_body) > SIZE_PEEK_BYTES:
+            floor = self._encoded_floor(raw_body)
+            if floor >= self._info.context_length:
+                return await self._reject(identity, env.id, "context_overflow", self._overflow_text(floor))
         try:
             body = v1.decode_client_body(raw_body)
         except msgspec.ValidationError as exc:
@@ -179,6 +231,8 @@ class FrontDoor(Actor):
             return await self._reject(identity, env.id, code, f"body: {exc}")
         except msgspec.DecodeError as exc:
             return await self._reject(identity, env.id, "bad_frame", f"body: {exc}")
+        except RecursionError:  # msgspec's guard against a stack overflow
+            return await self._reject(identity, env.id, "bad_frame", "body: nested too deeply")
 
         if isinstance(body, v1.Generate):
             await self._generate(identity, env.id, body)
@@ -231,21 +285,21 @@ class FrontDoor(Actor):
             return await self._reject(identity, client_id, "shutting_down", "the daemon is shutting down")
         if (identity, client_id) in self._by_client:
             return await self._reject(
-                identity, client_id, "duplicate_request", f"request id {client_id!r} is already running"
+                identity, client_id, "duplicate_request", f"request id {_short(client_id)!r} is already running"
             )
-        busy = self._over_limit(identity)
+        busy = self._over_limit(identity, gen.user)
         if busy is not None:
-            log.info("peer %s request %r: busy: %s", identity.hex()[:8], client_id, busy)
+            log.info("peer %s request %r: busy: %s", peer_label(identity), _short(client_id), busy)
             return await self._reply(
                 identity, client_id, v1.Error(code="busy", message=busy, retry_after_s=BUSY_RETRY_AFTER_S)
             )
-        rid = self._register(identity, client_id, "generate")
+        rid = self._register(identity, client_id, "generate", gen.user)
         await self.send(
             "tokenizer",
             m.Encode(
                 rid=rid,
-                label=f"{client_id}@{identity.hex()[:8]}",
-                client=identity.hex(),
+                label=f"{_short(client_id, 64)}@{peer_label(identity)}",
+                client=m.client_key(identity.hex(), gen.user),
                 messages=gen.messages,
                 prompt=gen.prompt,
                 sampling=gen.sampling,
@@ -259,26 +313,56 @@ class FrontDoor(Actor):
             return "invalid_field", "generate needs exactly one of `messages` or `prompt`"
         if gen.messages is not None and not gen.messages:
             return "invalid_field", "`messages` is empty"
+        if len(gen.user) > v1.MAX_USER_CHARS:
+            return "invalid_field", f"`user` is {len(gen.user)} characters; the limit is {v1.MAX_USER_CHARS}"
         if gen.model is not None and gen.model not in self._model_names:
             return "unknown_model", f"model {gen.model!r} is not served here; this daemon serves {self._info.model!r}"
         sampling_problem = validate_sampling(gen.sampling)
         if sampling_problem is not None:
             return "invalid_field", sampling_problem
+        chars = len(gen.prompt) if gen.prompt is not None else kept_chars(gen.messages or [])
+        floor = min_tokens(chars, self._max_token_chars)
+        if floor >= self._info.context_length:
+            return "context_overflow", self._overflow_text(floor)
         return None
 
-    def _over_limit(self, identity: bytes) -> str | None:
-        if self._live_per_client[identity] >= self._max_live_per_client:
-            return f"this client already has {self._max_live_per_client} requests running or queued"
+    def _overflow_text(self, floor: int) -> str:
+        return (
+            f"the prompt is at least {floor} tokens, even after dropping every older turn that could go, "
+            f"but the model's context is {self._info.context_length} tokens, including the reply"
+        )
+
+    def _encoded_floor(self, raw_body: memoryview) -> int:
+        """A lower bound on a large generate's tokens from its encoded text alone, read
+        without copying it out of the frame (a character is at most 4 UTF-8 bytes); 0
+        when the body is anything else, for the full decode to judge."""
+        try:
+            shape = _size_decoder.decode(raw_body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return 0
+        if shape.prompt:
+            encoded = len(shape.prompt)
+        elif shape.messages:
+            kept = kept_positions([msg.role for msg in shape.messages])
+            encoded = sum(len(shape.messages[i].content) for i in kept)
+        else:
+            return 0
+        return min_tokens(encoded // 4, self._max_token_chars)
+
+    def _over_limit(self, identity: bytes, user: str) -> str | None:
+        if self._live_per_client[(identity, user)] >= self._max_live_per_client:
+            who = "this client" if not user else "this user"
+            return f"{who} already has {self._max_live_per_client} requests running or queued"
         if len(self._by_client) >= self._max_live:
             return f"the daemon has {self._max_live} requests running or queued"
         return None
 
-    def _register(self, identity: bytes, client_id: str, kind: str) -> int:
+    def _register(self, identity: bytes, client_id: str, kind: str, user: str = "") -> int:
         rid = next(self._rids)
-        self._live[rid] = _Live(identity, client_id, kind)
+        self._live[rid] = _Live(identity, client_id, kind, user)
         if kind == "generate":
             self._by_client[(identity, client_id)] = rid
-            self._live_per_client[identity] += 1
+            self._live_per_client[(identity, user)] += 1
         self.idle.clear()
         return rid
 
@@ -286,9 +370,10 @@ class FrontDoor(Actor):
         live = self._live.pop(rid, None)
         if live is not None and live.kind == "generate":
             self._by_client.pop((live.identity, live.client_id), None)
-            self._live_per_client[live.identity] -= 1
-            if self._live_per_client[live.identity] <= 0:
-                del self._live_per_client[live.identity]
+            key = (live.identity, live.user)
+            self._live_per_client[key] -= 1
+            if self._live_per_client[key] <= 0:
+                del self._live_per_client[key]
         if not self._live:
             self.idle.set()
         return live
@@ -311,13 +396,15 @@ class FrontDoor(Actor):
             raise TypeError(f"front door got unexpected {type(msg).__name__}")
 
     async def _reject(self, identity: bytes, client_id: str, code: v1.ErrorCode, text: str) -> None:
-        log.warning("peer %s request %r: %s: %s", identity.hex()[:8], client_id, code, text)
+        text = _short(text, 2 * MAX_ECHO_CHARS)
+        log.warning("peer %s request %r: %s: %s", peer_label(identity), _short(client_id), code, text)
         await self._reply(identity, client_id, v1.Error(code=code, message=text))
 
     async def _reply(self, identity: bytes, client_id: str, body: v1.DaemonMessage) -> None:
         await self._send_raw(identity, client_id, v1.encode_body(body))
 
-    async def _send_raw(self, identity: bytes, client_id: str, body: bytes) -> None:
+    async def _send_raw(self, identity: bytes, client_id: str, body: bytes) -> bool:
+        """Send a frame; False (and the client treated as gone) when it cannot be."""
         frames = [identity, v1.encode_envelope(v1.Envelope(id=client_id)), body]
         try:
             await self._router.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
@@ -325,6 +412,8 @@ class FrontDoor(Actor):
             if exc.errno not in (errno.EHOSTUNREACH, zmq.EAGAIN):
                 raise
             await self._client_gone(identity, "disconnected" if exc.errno == errno.EHOSTUNREACH else "not reading")
+            return False
+        return True
 
     async def _expire_silent_clients(self) -> None:
         while True:
@@ -342,18 +431,25 @@ class FrontDoor(Actor):
         while True:
             event = await self._monitor.recv_multipart()
             fd = int.from_bytes(event[0][2:6], "little")  # zmq event frame: u16 event, u32 value
-            for identity in self._peers_by_fd.pop(fd, set()):
+            peers = self._peers_by_fd.pop(fd, set())
+            for identity in peers:
                 # The fd number may already serve a new peer; only a peer we can no
                 # longer reach is gone. The probe is a `pong` with id "", which
-                # clients ignore.
-                await self._send_raw(identity, "", v1.encode_body(v1.Pong()))
+                # clients ignore. A peer that answers is the fd's new owner: keep it
+                # mapped, or its own disconnect later would go unnoticed (and its
+                # prefix-cache entries would stay for ever).
+                if await self._send_raw(identity, "", v1.encode_body(v1.Pong())):
+                    self._peers_by_fd[fd].add(identity)
 
     async def _client_gone(self, identity: bytes, why: str) -> None:
         """A client we cannot reach any more: cancel all it asked for, free its KV."""
         gone = [rid for rid, live in self._live.items() if live.identity == identity]
         if gone:
-            log.info("peer %s %s; cancelling %d request(s)", identity.hex()[:8], why, len(gone))
+            log.info("peer %s %s; cancelling %d request(s)", peer_label(identity), why, len(gone))
         for rid in gone:
             live = self._forget(rid)
             if live is not None and live.kind == "generate":
                 await self.send("tokenizer", m.CancelRequest(rid=rid))
+        # Its cached conversations can never be asked for again (routing ids are not
+        # reused): free them now rather than when the cache's byte cap pushes them out.
+        await self.send("tokenizer", m.ForgetClient(connection=identity.hex()))

@@ -14,6 +14,7 @@ from typing import Any
 from axchat.actors.backends import BackendInfo, DeviceBackend, ModelLoadError, load_backend
 from axchat.actors.tokenizer import load_tokenizer
 from axchat.daemon.config import ServeConfig
+from axchat.models.readable import unreadable_part
 
 # Stages, in order: read and check the model's config; read the weights onto the
 # device; one forward pass, so the first request does not pay for lazy set-up.
@@ -32,6 +33,9 @@ def _no_progress(stage: str) -> None:
 def load_device(cfg: ServeConfig, model: str, progress: Callable[[str], None] = _no_progress) -> DeviceBackend:
     """Blocking; run it off the event loop. Raises ModelLoadError with one line."""
     progress("config")
+    unreadable = unreadable_part(model)
+    if unreadable is not None:
+        raise ModelLoadError(unreadable)
     if cfg.backend == "torch":
         from axchat.actors.backends import torch_backend
 

@@ -26,10 +26,11 @@ from axchat.actors.backends import DeviceBackend, ModelLoadError
 from axchat.actors.device import DeviceActor
 from axchat.actors.keepalive import Residency
 from axchat.actors.mailbox import Actor, Bus, send_close
+from axchat.actors.prompt_fit import longest_token_chars
 from axchat.actors.sampler import SamplerActor
 from axchat.actors.telemetry import TelemetryActor
 from axchat.actors.tokenizer import TokenizerActor, end_of_turn_ids
-from axchat.daemon import curve_auth, model_load
+from axchat.daemon import curve_auth, model_load, socket_lock
 from axchat.daemon.config import ServeConfig
 from axchat.daemon.frontdoor import FrontDoor
 from axchat.daemon.notify import EXTEND_TIMEOUT_S, Notifier, ping_watchdog
@@ -55,13 +56,27 @@ def resolve_model(cfg: ServeConfig) -> ResolvedModel:
     return resolved
 
 
-def claim_endpoint(endpoint: str, group: int | None = None) -> None:
-    """Make the socket's private directory and clear a stale socket file, refusing if
-    a live daemon already answers there."""
+def claim_endpoint(endpoint: str, group: int | None = None) -> int | None:
+    """Make the socket's private directory, take the socket's lock (returning its file
+    descriptor, to keep open until exit) and clear a stale socket file, refusing if
+    another daemon holds the lock or answers there."""
     path = ep.ipc_path(endpoint)
     if path is None:
-        return
+        return None
     ep.prepare_private_dir(path.parent, group)
+    try:
+        lock_fd = socket_lock.take(path)
+    except socket_lock.SocketTaken as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        _clear_stale(path, endpoint)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return lock_fd
+
+
+def _clear_stale(path: Path, endpoint: str) -> None:
     if not path.exists():
         return
     from axchat.client import Client, DaemonUnavailable, RequestFailed
@@ -140,10 +155,12 @@ async def run(cfg: ServeConfig) -> int:
         endpoint = ep.to_zmq(cfg.socket)
         try:
             group = ep.resolve_group(cfg.socket_group)
-            claim_endpoint(endpoint, group)
+            lock_fd = claim_endpoint(endpoint, group)
             keys = curve_auth.listen_security(cfg, endpoint)  # before the load: a refusal is quick
         except (ep.EndpointError, curve_auth.ListenRefused) as exc:
             raise StartupError(str(exc)) from None
+        if lock_fd is not None:
+            outer.callback(os.close, lock_fd)  # last out: after the socket file is removed
         resolved = resolve_model(cfg)
         model = resolved.source
         log.info(
@@ -222,6 +239,7 @@ async def _serve(
                 max_live_per_client=cfg.max_per_client,
                 client_timeout_s=cfg.client_timeout_s,
                 curve_server=None if keys is None else (keys.public, keys.secret),
+                max_token_chars=longest_token_chars(tokenizer),
             )
         except zmq.ZMQError as exc:
             for made in (telemetry, sampler, device, tok):

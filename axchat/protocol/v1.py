@@ -18,11 +18,16 @@ from typing import Literal, Union
 import msgspec
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 1  # 1.1: the `loading` event, status_reply's model residency fields
+PROTOCOL_MINOR = 2  # 1.1: the `loading` event, status_reply's model residency fields; 1.2: generate.user
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # Default cap on one frame's size; the daemon announces its own in `welcome`.
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
+# The most a daemon may be configured to accept: memory for a refused frame is bounded
+# by a small multiple of this (the frame, its decoded text), whatever the setting.
+MAX_FRAME_BYTES_CEILING = 16 << 20
+# Longest `generate.user`, characters.
+MAX_USER_CHARS = 256
 
 ErrorCode = Literal[
     "bad_frame",  # not two frames, or a frame that is not MessagePack
@@ -88,6 +93,10 @@ class Generate(_Message, tag="generate"):
     prompt: str | None = None
     sampling: Sampling = msgspec.field(default_factory=Sampling)
     model: str | None = None  # None = whatever the daemon serves
+    # 1.2: the end user this request is for, when one connection serves many people (a
+    # web bridge). Admission limits, fairness and prefix-cache privacy then apply per
+    # (connection, user) instead of per connection. "" = the connection itself.
+    user: str = ""
 
 
 class Cancel(_Message, tag="cancel"):
@@ -191,7 +200,7 @@ class Error(_Message, tag="error"):
 class RequestInfo(msgspec.Struct, gc=False):
     """One request the daemon holds, for `status`."""
 
-    id: str  # the client's request id, with the first 8 hex digits of its peer
+    id: str  # the client's request id, with the last 8 hex digits of its peer
     state: Literal["queued", "prefill", "decode"]
     prompt_tokens: int
     prefilled_tokens: int

@@ -7,7 +7,7 @@ import json
 
 import msgspec
 import pytest
-from conftest import HELD, RawClient, chat
+from conftest import HELD, DaemonProcess, RawClient, chat
 
 from axchat.protocol import v1
 
@@ -32,6 +32,8 @@ def still_serving(raw: RawClient) -> None:
     frames = list(raw.stream("ok"))
     assert isinstance(frames[-1], v1.Done) and frames[-1].usage.completion_tokens == 3
 
+
+DEEP = b"\x91" * 100_000 + b"\xc0"  # an array in an array ... 100,000 deep
 
 CASES = [
     pytest.param([b"\xc1\xc1 not msgpack"], "bad_frame", ["expected 2 frames"], id="single-garbage-frame"),
@@ -72,6 +74,12 @@ CASES = [
         ["gpt-17"],
         id="unknown-model",
     ),
+    # Nesting 1,000 (here 100,000) deep in an ignored field, or in the envelope: msgspec's
+    # recursion guard fires, and it is the client's bad frame, not an internal error.
+    pytest.param(
+        [env(), b"\x82\xa4type\xa8generate\xa5extra" + DEEP], "bad_frame", ["nested too deeply"], id="deep-body"
+    ),
+    pytest.param([b"\x82\xa2id\xa1r\xa1x" + DEEP, pack({"type": "ping"})], "bad_frame", ["nested"], id="deep-envelope"),
 ]
 
 
@@ -138,3 +146,33 @@ def test_hello_reports_model(raw: RawClient, tiny_model_dir) -> None:  # type: i
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert welcome.context_length == config["max_position_embeddings"]
     assert isinstance(raw.request(v1.Ping()), v1.Pong)
+
+
+def test_client_strings_are_cut_short_in_logs_and_errors(raw: RawClient, daemon: DaemonProcess) -> None:
+    huge_type = "x" * 1_000_000
+    raw.send_frames([env("q" * 100_000), pack({"type": huge_type})])
+    err = expect_error(raw, "unknown_type")
+    assert len(err.message) < 1000
+    still_serving(raw)
+    logged_after(raw, daemon, "cut-marker")
+    assert not any(len(line) > 2000 for line in daemon.lines)
+
+
+def logged_after(client: RawClient, daemon: DaemonProcess, marker: str) -> None:
+    """Wait until the daemon logged a rejection of `marker`: every line before it is in."""
+    client.send_frames([env(marker), pack({"type": "make_tea"})])
+    expect_error(client, "unknown_type")
+    daemon.wait_for_line(f"'{marker}'", timeout_s=30)
+
+
+def test_each_connection_has_its_own_label_in_logs(raw: RawClient, daemon: DaemonProcess) -> None:
+    other = RawClient(daemon.socket)
+    try:
+        for client, rid in ((raw, "label-a"), (other, "label-b")):
+            client.send_frames([env(rid), pack({"type": "make_tea"})])
+            expect_error(client, "unknown_type")
+    finally:
+        other.close()
+    logged_after(raw, daemon, "label-marker")
+    labels = {line.split("peer ")[1].split()[0] for line in daemon.lines if "'label-" in line}
+    assert len(labels) == 2, labels

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HELD, HELD_ARGS, HELD_TOKENS, DaemonProcess, RawClient, chat
+from conftest import HELD, HELD_ARGS, HELD_TOKENS, REPLY_TIMEOUT_S, DaemonProcess, RawClient, chat
 
 from axchat.protocol import v1
 
@@ -241,3 +241,76 @@ def test_silent_client_is_cancelled_and_a_pinging_one_is_not(tiny_model_dir: Pat
     finally:
         silent.close()
         assert d.stop() == 0
+
+
+def test_users_behind_one_connection_are_admitted_and_cached_apart(one_slot: DaemonProcess) -> None:
+    """A bridge's one connection carries many people: `generate.user` gives each their
+    own per-client limit and their own prefix cache."""
+    bridge = RawClient(one_slot.socket)
+
+    def as_user(user: str, text: str, **sampling: object) -> v1.Generate:
+        return v1.Generate(
+            messages=[v1.ChatMessage(role="user", content=text)],
+            sampling=v1.Sampling(**sampling),  # type: ignore[arg-type]
+            user=user,
+        )
+
+    try:
+        bridge.send("a1", as_user("alice", "hog the device", **HELD))
+        assert isinstance(bridge.recv(want="a1")[1], v1.Delta)
+        bridge.send("a2", as_user("alice", "two", max_tokens=2))
+        bridge.send("a3", as_user("alice", "three", max_tokens=2))
+        bridge.send("a4", as_user("alice", "four", max_tokens=2))
+        _, busy = bridge.recv(want="a4")
+        assert isinstance(busy, v1.Error) and busy.code == "busy" and "this user" in busy.message
+        bridge.send("b1", as_user("bob", "bob's turn", max_tokens=2))  # same connection, not refused
+        assert isinstance(bridge.recv(want="b1")[1], v1.Queued)
+        bridge.send("a1", v1.Cancel())
+        for rid in ("a1", "a2", "a3", "b1"):
+            assert isinstance(list(bridge.stream(rid))[-1], v1.Done)
+
+        turn = [v1.ChatMessage(role="user", content="Remember the number 7, please.")]
+        bridge.send("t1", v1.Generate(messages=turn, sampling=v1.Sampling(max_tokens=12), user="alice"))
+        reply = "".join(b.text for b in bridge.stream("t1") if isinstance(b, v1.Delta))
+        turn2 = [*turn, v1.ChatMessage(role="assistant", content=reply), v1.ChatMessage(role="user", content="Which?")]
+        for user, rid in (("carol", "b2"), ("alice", "t2")):  # carol: nothing cached of her own
+            bridge.send(rid, v1.Generate(messages=turn2, sampling=v1.Sampling(max_tokens=2), user=user))
+        cached = {rid: list(bridge.stream(rid))[-1] for rid in ("b2", "t2")}
+        assert isinstance(cached["b2"], v1.Done) and cached["b2"].usage.cached_tokens == 0
+        assert isinstance(cached["t2"], v1.Done) and cached["t2"].usage.cached_tokens > 0
+
+        bridge.send("long", v1.Generate(prompt="x", user="u" * (v1.MAX_USER_CHARS + 1)))
+        _, refused = bridge.recv(want="long")
+        assert isinstance(refused, v1.Error) and refused.code == "invalid_field" and "`user`" in refused.message
+    finally:
+        bridge.close()
+
+
+def test_prefix_entries_of_a_closed_connection_are_freed(daemon: DaemonProcess) -> None:
+    """A closed connection's cached conversations can never be asked for again: they go
+    when it goes, also when it left in the middle of a request."""
+    watcher = RawClient(daemon.socket)
+
+    def entries() -> int:
+        status = watcher.request(v1.Status())
+        assert isinstance(status, v1.StatusReply)
+        return status.prefix_cache_entries
+
+    def entries_fall_to(at_most: int) -> int:
+        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        while (now := entries()) > at_most and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the daemon's own count, with a deadline
+        return now
+
+    try:
+        before = entries()
+        leaver = RawClient(daemon.socket)
+        leaver.send("done", chat("cache me", max_tokens=4))
+        assert isinstance(list(leaver.stream("done"))[-1], v1.Done)
+        assert entries() > before
+        leaver.send("mid", chat("and leave mid-answer", **HELD))
+        assert isinstance(leaver.recv(want="mid")[1], v1.Delta)
+        leaver.close()
+        assert entries_fall_to(before) <= before
+    finally:
+        watcher.close()

@@ -117,6 +117,10 @@ class DeviceBackend(abc.ABC):
         """(entries, bytes) held by the prefix cache."""
         return 0, 0
 
+    def forget_prefixes(self, connection: str) -> None:  # noqa: B027 - only backends with a prefix cache
+        """Drop the prefix-cache entries of a connection that is gone (every salt that
+        is `connection` or starts with `connection/`)."""
+
     def temperature_c(self) -> float | None:
         """Device temperature if the backend can read one."""
         return None

@@ -150,6 +150,9 @@ class LeanTorchBackend(DeviceBackend):
     def prefix_cache_usage(self) -> tuple[int, int]:
         return len(self._prefixes), self._prefixes.bytes
 
+    def forget_prefixes(self, connection: str) -> None:
+        self._prefixes.forget(connection)
+
     def close(self) -> None:
         self._slot.clear()
         self._length.clear()

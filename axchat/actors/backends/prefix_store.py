@@ -67,6 +67,12 @@ class PrefixStore(Generic[KV]):
         self._entries.move_to_end(best_key)  # recently used
         return self._entries[best_key].kv, best_n
 
+    def forget(self, connection: str) -> None:
+        """Drop every entry of `connection` and of the users behind it."""
+        owned = connection + "/"
+        for key in [k for k, e in self._entries.items() if e.salt == connection or e.salt.startswith(owned)]:
+            self._drop(key)
+
     def _drop(self, key: int) -> None:
         entry = self._entries.pop(key)
         self.bytes -= entry.nbytes

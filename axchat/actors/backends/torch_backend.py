@@ -276,6 +276,9 @@ class TorchBackend(DeviceBackend):
     def prefix_cache_usage(self) -> tuple[int, int]:
         return len(self._prefixes), self._prefixes.bytes
 
+    def forget_prefixes(self, connection: str) -> None:
+        self._prefixes.forget(connection)
+
     def live_sequences(self) -> int:
         return len(self._caches)
 

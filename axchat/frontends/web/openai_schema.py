@@ -1,7 +1,7 @@
 """The request bodies of OpenAI's chat and text completion APIs, as typed msgspec structs.
 
 Only the fields the bridge maps are declared; unknown ones are ignored, as OpenAI-style
-servers commonly do, so clients that send `user` or `logit_bias` still work. A body of
+servers commonly do, so clients that send `logit_bias` still work. A body of
 the wrong shape is a 400 naming the field.
 """
 
@@ -44,6 +44,7 @@ class _Common(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     min_p: float | None = None
     repetition_penalty: float | None = None
     ignore_eos: bool = False
+    user: str | None = None  # OpenAI's end-user id: the daemon's per-user limits and cache
 
 
 class ChatCompletionRequest(_Common, kw_only=True):

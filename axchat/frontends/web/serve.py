@@ -7,15 +7,21 @@ import argparse
 import asyncio
 import importlib.util
 import logging
-import os
 import signal
 import sys
 
 from axchat import curve_keys
 from axchat.daemon.logs import setup_logging
+from axchat.frontends.web.api_key import ENV_API_KEY, MIN_KEY_CHARS, UnusableKey, find_key
 from axchat.frontends.web.bind_policy import is_loopback
 
-ENV_API_KEY = "AXCHAT_API_KEY"
+# A body still arriving after this long is a client holding a connection open, not a
+# slow network: an 8 MiB body needs only 2 Mbit/s to make it.
+BODY_TIMEOUT_S = 30.0
+# A connection must complete its request's headers this long after it opens (or after
+# its previous response): 300 clients trickling headers held connections for 30-49 s.
+HEADER_TIMEOUT_S = 30.0
+
 EXIT_REFUSED = 2
 # Streams still open at shutdown get this long before their connections are closed
 # (which cancels their requests on the daemon).
@@ -30,25 +36,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default: 8000)")
-    p.add_argument("--api-key", help=f"require `Authorization: Bearer KEY` (default: ${ENV_API_KEY})")
+    p.add_argument(
+        "--api-key",
+        help=f"require `Authorization: Bearer KEY`; visible in `ps`, so prefer --api-key-file or ${ENV_API_KEY}",
+    )
+    p.add_argument("--api-key-file", help=f"read the API key from this file (at least {MIN_KEY_CHARS} characters)")
     p.add_argument("--socket", help="daemon socket path or endpoint (default: $AXCHAT_SOCKET or the per-user default)")
     curve_keys.add_key_flags(p)
+    p.add_argument(
+        "--user-header",
+        help="header naming the end user, set by an authenticating proxy in front (e.g. X-Forwarded-User); "
+        "the daemon's per-user limits and prefix-cache privacy follow it",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        help="a Host name the keyless bridge also answers to, besides loopback ones (repeatable)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=HEADER_TIMEOUT_S,
+        help=f"seconds a connection may take to send a request's headers (default {HEADER_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--body-timeout", type=float, default=BODY_TIMEOUT_S, help=f"seconds a request body may take (default {BODY_TIMEOUT_S:g})"
+    )
     p.add_argument("--log-level", default="info")
     return p
 
 
-async def serve(host: str, port: int, socket: str | None, api_key: str | None) -> None:
+async def serve(
+    host: str,
+    port: int,
+    socket: str | None,
+    api_key: str | None,
+    user_header: str | None = None,
+    allowed_hosts: tuple[str, ...] = (),
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+) -> None:
     # Imported here so that a missing `web` extra is a one-line message, not a traceback.
     from aiohttp import web
 
     from axchat.frontends.web.app import build_app
 
     runner = web.AppRunner(
-        build_app(socket, api_key),
+        build_app(socket, api_key, user_header=user_header, allowed_hosts=allowed_hosts, body_timeout_s=body_timeout_s),
         # A closed connection cancels its handler, so a non-streaming request whose
         # client left is cancelled on the daemon too, not only a stream at its next write.
         handler_cancellation=True,
         access_log=None,  # our middleware writes one line per request
+        # aiohttp's keep-alive timer runs from a connection's start (and from each
+        # response) and closes it if no whole request arrived by then: a header timeout.
+        keepalive_timeout=header_timeout_s,
         shutdown_timeout=SHUTDOWN_GRACE_S,
     )
     await runner.setup()
@@ -85,16 +127,33 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    api_key = args.api_key or os.environ.get(ENV_API_KEY) or None
+    try:
+        api_key, warning = find_key(args.api_key, args.api_key_file)
+    except UnusableKey as exc:
+        print(f"axchat web: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if warning:
+        log.warning("%s", warning)
     if api_key is None and not is_loopback(args.host):
         print(
             f"axchat web: refusing to listen on {args.host!r} without an API key: anyone who can reach it could "
-            f"use the daemon. Give --api-key KEY (or ${ENV_API_KEY}), or bind 127.0.0.1.",
+            f"use the daemon. Give --api-key-file FILE (or ${ENV_API_KEY}), or bind 127.0.0.1.",
             file=sys.stderr,
         )
         return EXIT_REFUSED
     try:
-        asyncio.run(serve(args.host, args.port, args.socket, api_key))
+        asyncio.run(
+            serve(
+                args.host,
+                args.port,
+                args.socket,
+                api_key,
+                args.user_header,
+                tuple(args.allowed_host),
+                args.body_timeout,
+                args.header_timeout,
+            )
+        )
     except OSError as exc:  # the port is taken, the address is not ours
         print(f"axchat web: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

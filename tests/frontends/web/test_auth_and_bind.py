@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import urllib.request
+from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -59,3 +61,60 @@ def test_non_loopback_with_key_starts(daemon: DaemonProcess) -> None:
         assert "API key required" in bridge.log_text()
     finally:
         assert bridge.stop() == 0, bridge.log_text()
+
+
+def web_refuses(*args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "axchat", "web", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), **(env or {})},
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_blank_or_short_keys_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert "without an API key" in web_refuses("--host", "0.0.0.0", env={"AXCHAT_API_KEY": " "})
+    assert "at least 16" in web_refuses("--host", "0.0.0.0", "--api-key", " ")
+    short = tmp_path / "key"
+    short.write_text("hunter2\n")
+    assert "at least 16" in web_refuses("--api-key-file", str(short))
+
+
+def test_key_file_is_used_and_the_flag_warned_about(daemon: DaemonProcess, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    key_file = tmp_path / "key"
+    key_file.write_text(API_KEY + "\n")
+    bridge = BridgeProcess(daemon.socket, "--api-key-file", str(key_file)).wait_listening()
+    try:
+        assert "API key required" in bridge.log_text() and "visible" not in bridge.log_text()
+        with bridge.openai_client(API_KEY) as right:
+            assert right.models.list().data
+    finally:
+        assert bridge.stop() == 0
+    flagged = BridgeProcess(daemon.socket, "--api-key", API_KEY).wait_listening()
+    try:
+        assert "visible to every user" in flagged.log_text()
+    finally:
+        assert flagged.stop() == 0
+
+
+def test_trickled_headers_and_body_time_out(daemon: DaemonProcess) -> None:
+    bridge = BridgeProcess(daemon.socket, "--body-timeout", "0.5", "--header-timeout", "0.5").wait_listening()
+    try:
+        url = urlsplit(bridge.url)
+        with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
+            conn.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+            )
+            reply = conn.recv(4096)  # the rest of the body never comes
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # the headers never end
+            assert conn.recv(4096) == b""  # closed by the bridge, well before our 30 s timeout
+    finally:
+        assert bridge.stop() == 0

@@ -42,7 +42,7 @@ def open_request(bridge: BridgeProcess, body: dict[str, object]) -> socket.socke
     payload = json.dumps(body).encode()
     conn = socket.create_connection((url.hostname, url.port), timeout=DEADLINE_S)
     conn.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload
     )

@@ -15,6 +15,17 @@ function headers() {
   return h;
 }
 
+// One id per tab, as the OpenAI `user` field: the daemon keeps this tab's cached
+// conversation to itself and counts its requests apart from other people's.
+function tabUser() {
+  let id = sessionStorage.getItem("axchat-user");
+  if (!id) {
+    id = `tab-${crypto.getRandomValues(new Uint32Array(2)).join("-")}`;
+    sessionStorage.setItem("axchat-user", id);
+  }
+  return id;
+}
+
 function addMessage(role, text) {
   const el = document.createElement("div");
   el.className = `message ${role}`;
@@ -96,6 +107,7 @@ async function send(prompt) {
         max_tokens: Number($("max-tokens").value) || 256,
         stream: true,
         stream_options: { include_usage: true },
+        user: tabUser(),
       }),
     });
     if (!response.ok) throw new Error(await errorText(response));

@@ -1,0 +1,54 @@
+"""One client's tokenizing cannot hold up another's: with one client's huge
+conversation held inside the tokenizer (explicitly, by the test gate), another client's
+short request is tokenized, generated and finished, and only then is the big one let go."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import DaemonProcess, RawClient, chat, short_socket_dir
+
+from axchat.actors.tokenizer import HOLD_MARKER, TEST_HOLD_ENV
+from axchat.protocol import v1
+
+
+@pytest.fixture(scope="module")
+def gated(tiny_model_dir: Path) -> Iterator[tuple[DaemonProcess, Path]]:
+    gate = short_socket_dir() / "release"
+    d = DaemonProcess(tiny_model_dir, env={TEST_HOLD_ENV: str(gate)}).wait_ready()
+    yield d, gate
+    gate.touch()
+    assert d.stop() == 0, d.log_text()
+
+
+def big_conversation(turns: int = 120) -> list[v1.ChatMessage]:
+    msgs = [v1.ChatMessage(role="system", content=f"{HOLD_MARKER} be brief")]
+    for i in range(turns // 2):
+        msgs.append(v1.ChatMessage(role="user", content=f"question {i} " + "about the weather " * 370))
+        msgs.append(v1.ChatMessage(role="assistant", content=f"answer {i} " + "it rains " * 370))
+    msgs.append(v1.ChatMessage(role="user", content="and now?"))
+    return msgs
+
+
+def test_a_short_request_finishes_while_a_huge_one_is_still_tokenizing(gated: tuple[DaemonProcess, Path]) -> None:
+    daemon, gate = gated
+    hog, other = RawClient(daemon.socket), RawClient(daemon.socket)
+    try:
+        big = v1.Generate(messages=big_conversation(), sampling=v1.Sampling(max_tokens=2, ignore_eos=True))
+        hog.send("big-1", big)
+        hog.send("big-2", big)  # the same client's next one waits behind its first
+        other.send("small", chat("hi", max_tokens=2, ignore_eos=True))
+        frames = list(other.stream("small"))
+        assert isinstance(frames[-1], v1.Done) and frames[-1].usage.completion_tokens == 2, frames
+        # The hog's requests are still held in the tokenizer: not one frame for them yet.
+        assert not hog.sock.poll(0)
+        gate.touch()
+        for rid in ("big-1", "big-2"):
+            done = list(hog.stream(rid))[-1]
+            assert isinstance(done, v1.Done), done
+            assert done.usage.completion_tokens == 2 and done.trimmed_messages > 0
+    finally:
+        hog.close()
+        other.close()
