@@ -21,12 +21,32 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get("/ready")
 async def ready(request: web.Request) -> web.Response:
-    """200 once the daemon answers hello, i.e. its model is loaded and its socket bound."""
+    """200 while this bridge can take new work now: the daemon answers, is not draining,
+    and is not in the middle of loading its model again after a keep-alive unload. A load
+    balancer's health check (deploy/haproxy.cfg) sends new conversations elsewhere
+    meanwhile; requests already here are not affected."""
     try:
-        welcome = await request.app[LINK].welcome()
+        status = await request.app[LINK].status()
     except ApiError as exc:
         return web.json_response({"status": "unavailable", "reason": exc.message}, status=503, headers=exc.headers())
-    return web.json_response({"status": "ready", "model": welcome.model, "device": welcome.device})
+    busy = _not_ready_because(status)
+    if busy is not None:
+        return web.json_response(
+            {"status": "unavailable", "reason": busy}, status=503, headers={"Retry-After": str(NOT_READY_RETRY_S)}
+        )
+    return web.json_response({"status": "ready", "model": status.model, "device": status.device})
+
+
+# A drain or a reload lasts seconds: come back then.
+NOT_READY_RETRY_S = 5
+
+
+def _not_ready_because(status: v1.StatusReply) -> str | None:
+    if status.state == "draining":
+        return "the daemon is shutting down"
+    if not status.loaded and status.load_stage is not None:
+        return f"the daemon is loading its model again ({status.load_stage})"
+    return None
 
 
 @routes.get("/metrics")

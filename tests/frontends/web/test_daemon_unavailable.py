@@ -53,6 +53,9 @@ def test_draining_daemon_is_503_shutting_down(tiny_model_dir: Path) -> None:
             read_until(conn, b"data: {")
             daemon.proc.send_signal(signal.SIGTERM)
             daemon.wait_for_line("draining:")
+            # A load balancer's health check sends new conversations elsewhere now.
+            status, body, headers = get(bridge.url + "ready")
+            assert status == 503 and "shutting down" in body["reason"] and int(headers["Retry-After"]) >= 1
             status, body, headers = post(bridge.url + "v1/chat/completions", HELLO)
             assert status == 503 and body["error"]["code"] == "shutting_down"
             assert int(headers["Retry-After"]) >= 1
