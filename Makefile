@@ -12,7 +12,7 @@ MODEL  ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test venv dev lint clean stop browser systemd-analyze fortunes mini
+.PHONY: run test venv dev lint clean stop browser systemd-analyze fortunes haproxy mini
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,7 +72,13 @@ mini: venv fortunes
 	$(BIN)/pip install -q -e '.[train]'
 	nice -n 10 $(BIN)/python models/train_mini.py 2>&1 | tee models/train_mini.log
 
-test: dev browser systemd-analyze fortunes
+# tests/deploy/test_haproxy.py runs deploy/haproxy.cfg with Debian's haproxy. Installed
+# when we are root with apt-get, else that test skips and says why.
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get install -y -q haproxy >/dev/null; } || echo "haproxy not installed: the load-balancer test will skip"
+
+test: dev browser systemd-analyze fortunes haproxy
 	$(BIN)/python -m pytest -q
 
 lint: dev

@@ -69,6 +69,10 @@ def from_daemon(code: v1.ErrorCode, message: str, retry_after_s: float | None = 
         return ApiError(404, message, code="model_not_found", param="model")
     if code == "busy":
         return ApiError(429, message, type="rate_limit_error", code="busy", retry_after_s=retry_after_s or 1.0)
+    if code == "daemon_restarted":
+        # Gone mid-request: another try (here after a restart, or on another host behind a
+        # balancer) can succeed, so 503, not 500.
+        return ApiError(503, message, type="server_error", code=code, retry_after_s=UNAVAILABLE_RETRY_S)
     if code == "shutting_down":
         return ApiError(
             503, message, type="server_error", code="shutting_down", retry_after_s=retry_after_s or UNAVAILABLE_RETRY_S

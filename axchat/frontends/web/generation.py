@@ -97,6 +97,9 @@ class Generation:
                 event = None
             except DaemonUnavailable as exc:
                 raise daemon_unavailable(str(exc)) from None
+            except RequestFailed as exc:  # the daemon went away mid-answer (killed, restarted)
+                self._metrics.count_request(self._endpoint, exc.error.code)
+                raise from_daemon(exc.error.code, exc.error.message, exc.error.retry_after_s) from None
         raise ApiError(502, "the daemon ended the stream without a done frame", type="server_error", code="internal")
 
     def _finish(self, done: v1.Done) -> None:

@@ -63,3 +63,20 @@ def test_draining_daemon_is_503_shutting_down(tiny_model_dir: Path) -> None:
             assert daemon.stop() == 0, daemon.log_text()
     finally:
         daemon.stop()
+
+
+def test_daemon_killed_mid_stream_ends_the_stream_with_an_error_event(tiny_model_dir: Path) -> None:
+    """Not a cut connection: the client (or a balancer's client) reads why, and may ask again."""
+    daemon = DaemonProcess(tiny_model_dir).wait_ready()
+    try:
+        with started_bridge(daemon.socket) as bridge:
+            conn = open_request(bridge, {"messages": [{"role": "user", "content": "talk"}], "stream": True, **HELD})
+            read_until(conn, b"data: {")
+            assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+            tail = read_until(conn, b"data: [DONE]")
+            errors = [json.loads(line[6:]) for line in tail.split(b"\n") if line.startswith(b'data: {"error"')]
+            assert len(errors) == 1 and errors[0]["error"]["code"] == "daemon_restarted", tail
+            assert "dropped mid-request" in errors[0]["error"]["message"]
+            conn.close()
+    finally:
+        daemon.stop()
