@@ -18,6 +18,11 @@ It behaves as the card does where the backend can tell:
   card's LLM outputs do (the SDK uses the raw int8 values); in `scaled[:ZP]` mode
   ($AXCHAT_AIPU_EMULATOR_LOGITS) it reports that scale and adds zero-point ZP, so the
   backend's dequantisation is exercised.
+- card time ($AXCHAT_AIPU_EMULATOR_STEP_MS, `DECODE[,PER_PROMPT_TOKEN]`, default none): a
+  `run` takes at least DECODE ms (plus PER_PROMPT_TOKEN ms a row for a prompt), as `run`
+  blocks on the real runtime while the card computes. The wait is a sleep, so it holds
+  neither the GIL nor a core, and several emulated cards overlap as real ones would.
+  This models a card's timing for scheduling tests and benches; it measures no card.
 
 A model path is a Hugging Face model directory, or a build tree's `model.json` written by
 `write_build_tree` (which names such a directory and the static context).
@@ -30,6 +35,7 @@ import inspect
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -39,6 +45,7 @@ import numpy as np
 CARDS_ENV = "AXCHAT_AIPU_EMULATOR_CARDS"
 LOGITS_ENV = "AXCHAT_AIPU_EMULATOR_LOGITS"
 LOCK_DIR_ENV = "AXCHAT_AIPU_EMULATOR_DIR"
+STEP_MS_ENV = "AXCHAT_AIPU_EMULATOR_STEP_MS"
 DEFAULT_CARDS = "metis-0:1:0=16"
 SUB_DEVICES_PER_CARD = 4
 CALIBRATION_TOKENS = 64
@@ -163,8 +170,18 @@ class ModelInstance:
         self._position = 0
         output = model.outputs()[0]
         self._zero_point = output.zero_point
+        self._step_s, self._per_prompt_token_s = card_time(os.environ.get(STEP_MS_ENV, ""))
 
     def run(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
+        started = time.monotonic()
+        self._run(inputs, outputs)
+        rows = inputs[0].shape[0]
+        card_s = self._step_s + (self._per_prompt_token_s * rows if rows > 1 else 0.0)
+        left = card_s - (time.monotonic() - started)
+        if left > 0:
+            time.sleep(left)  # the card computing: no GIL held, no core used
+
+    def _run(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
         model = self._model
         if len(inputs) != 1 or len(outputs) != 1:
             raise InvalidArgument(f"one input and one output tensor; got {len(inputs)} and {len(outputs)}")
@@ -185,8 +202,7 @@ class ModelInstance:
         out[:] = np.clip(quantised, -128, 127).astype(np.int8)
 
     def _forward(self, embeds: np.ndarray) -> np.ndarray:
-        """The card's compute for one `run`: float logits after the last input row. (A
-        per-step card time, if one is ever emulated, belongs here.)"""
+        """The card's compute for one `run`: float logits after the last input row."""
         torch, module = self._torch, self._model.module
         n = embeds.shape[0]
         with torch.inference_mode():
@@ -194,6 +210,19 @@ class ModelInstance:
             positions = torch.arange(self._position, self._position + n)[None]
             out = module(inputs_embeds=x, position_ids=positions, use_cache=True, **{self._cache_kw: self._cache})
             return out.logits[0, -1].float().numpy()
+
+
+def card_time(spec: str) -> tuple[float, float]:
+    """$AXCHAT_AIPU_EMULATOR_STEP_MS as seconds: (a run, each extra prompt row)."""
+    if not spec.strip():
+        return 0.0, 0.0
+    try:
+        parts = [float(p) for p in spec.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or any(p < 0 or p != p for p in parts):
+        raise InvalidArgument(f"{STEP_MS_ENV} must be DECODE_MS or DECODE_MS,PER_PROMPT_TOKEN_MS; got {spec!r}")
+    return parts[0] / 1000, (parts[1] if len(parts) == 2 else 0.0) / 1000
 
 
 # -------------------------------------------------------------- context, connection

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -261,3 +262,22 @@ def test_emulated_aipu_dequantises_with_scale_and_zero_point(build_root: Path, c
     expected = (np.clip(raw + 5, -128, 127) - 5) * np.float32(scale)
     assert np.allclose(dequantised, expected, rtol=1e-6)
     assert dequantised.argmax() == raw.argmax()
+
+
+def test_emulated_aipu_card_time_waits_without_a_core(build_root: Path, cards: pytest.MonkeyPatch) -> None:
+    """$AXCHAT_AIPU_EMULATOR_STEP_MS: each run lasts at least the card's time, spent
+    asleep (neither the GIL nor a core held), so emulated cards overlap as real ones do."""
+    with pytest.raises(emu.InvalidArgument, match=emu.STEP_MS_ENV):
+        emu.card_time("fast")
+    assert emu.card_time("100,2.5") == (0.1, 0.0025)
+    cards.setenv(emu.STEP_MS_ENV, "400,10")
+    backend = load(SMALL, build_root)
+    try:
+        wall, cpu = time.monotonic(), time.process_time()
+        backend.prefill(1, [5, 6, 7])  # 400 + 3 x 10 ms
+        backend.decode([1], [8])  # 400 ms
+        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    finally:
+        backend.close()
+    assert wall >= 0.83
+    assert cpu < wall / 2  # the tiny model's own forward is a few ms; the rest was a sleep
