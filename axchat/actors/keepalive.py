@@ -63,10 +63,6 @@ class IdleTimer:
         self._deadline_wall = None
 
     @property
-    def armed(self) -> bool:
-        return self._handle is not None
-
-    @property
     def unloads_at(self) -> float | None:
         """Unix time of the unload this timer will cause; None when none is due."""
         return self._deadline_wall

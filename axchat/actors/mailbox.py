@@ -1,12 +1,14 @@
 """The actor base: one inproc ZeroMQ inbox read in order, a close sentinel, and one
-supervisor hook that hears about every handler failure."""
+supervisor hook that hears about every handler failure, and one for the actor's own
+long-lived tasks."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 import logging
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 import zmq
 import zmq.asyncio
@@ -26,6 +28,10 @@ class ActorState(enum.Enum):
 
 class Supervisor(Protocol):
     def on_handler_error(self, actor: Actor, msg: m.ActorMessage, exc: BaseException) -> None: ...
+
+    def on_task_error(self, actor: Actor, task_name: str, exc: BaseException) -> None:
+        """An actor's own long-lived task (a reader, a step loop) failed or stopped."""
+        ...
 
 
 class Bus:
@@ -117,6 +123,21 @@ class Actor:
 
     async def send(self, to: str, msg: m.ActorMessage) -> None:
         await self._outboxes.send(to, msg)
+
+    def run_in_background(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task the actor owns for its whole life (a socket reader, a step loop). It
+        must not end while the actor runs: if it fails, or returns, the supervisor hears
+        it, rather than the daemon going on without it in silence. Cancelling it at
+        close is not a failure."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._background_done)
+        return task
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.state is not ActorState.RUNNING:
+            return
+        exc = task.exception() or RuntimeError(f"{task.get_name()} stopped while {self.name} was running")
+        self.supervisor.on_task_error(self, task.get_name(), exc)
 
     def discard(self) -> None:
         """Release an actor that will never run (start-up failed after it was made)."""

@@ -30,10 +30,8 @@ class SamplerActor(Actor):
                 seq = SequenceSampler(msg.sampling, msg.context_ids or [])
                 self._sequences[msg.rid] = seq
             logits = np.frombuffer(msg.data, dtype=np.float32)
-            if seq.greedy:
-                token = seq.choose(logits)  # one argmax pass: cheaper than a thread hop
-            else:
-                token = await asyncio.get_running_loop().run_in_executor(self._pool, seq.choose, logits)
+            # Only sampled requests come here: the device actor picks greedy tokens itself.
+            token = await asyncio.get_running_loop().run_in_executor(self._pool, seq.choose, logits)
             await self.send("device", m.Sampled(rid=msg.rid, token_id=token))
         elif isinstance(msg, m.ForgetSequence):
             self._sequences.pop(msg.rid, None)

@@ -22,8 +22,6 @@ from axchat.protocol.v1 import ChatMessage, ErrorInfo
 
 log = logging.getLogger(__name__)
 
-# Used only for tokenizers that ship no chat template of their own.
-FALLBACK_TEMPLATE_NOTE = "tokenizer has no chat template; using plain 'role: content' lines"
 # Encodes for different clients run side by side on this many threads; one client's
 # requests run one at a time, so a client sending large requests back to back holds
 # at most one thread and the others' short requests go straight through.

@@ -139,10 +139,10 @@ class FrontDoor(Actor):
     # ------------------------------------------------------------ lifecycle
 
     async def on_start(self) -> None:
-        self._reader = asyncio.create_task(self._read_clients(), name="frontdoor-reader")
-        self._watcher = asyncio.create_task(self._watch_disconnects(), name="frontdoor-disconnects")
+        self._reader = self.run_in_background(self._read_clients(), "frontdoor-reader")
+        self._watcher = self.run_in_background(self._watch_disconnects(), "frontdoor-disconnects")
         if self._client_timeout_s > 0:
-            self._liveness = asyncio.create_task(self._expire_silent_clients(), name="frontdoor-liveness")
+            self._liveness = self.run_in_background(self._expire_silent_clients(), "frontdoor-liveness")
 
     async def on_close(self) -> None:
         tasks = [t for t in (self._reader, self._watcher, self._liveness) if t is not None]

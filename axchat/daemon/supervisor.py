@@ -35,6 +35,13 @@ class DaemonSupervisor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def on_task_error(self, actor: Actor, task_name: str, exc: BaseException) -> None:
+        """An actor's reader or step loop is gone: the actor can no longer do its job."""
+        if self.stopping or self.fatal.done():
+            return
+        log.critical("actor %s lost its task %s", actor.name, task_name, exc_info=exc)
+        self.fatal.set_result(exc)
+
     def actor_exited(self, actor: Actor, task: asyncio.Task[None]) -> None:
         """Done-callback for actor tasks: an actor that stops on its own is fatal."""
         if self.stopping or self.fatal.done():

@@ -122,3 +122,71 @@ async def test_bad_internal_frame_is_not_silently_dropped(bus: Bus) -> None:
     with pytest.raises(msgspec.DecodeError):
         await asyncio.wait_for(task, 5)
     assert echo.state is ActorState.CLOSED
+
+
+class TaskRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.task_failures: list[tuple[str, str, BaseException]] = []
+        self.task_failed = asyncio.Event()
+
+    def on_task_error(self, actor: Actor, task_name: str, exc: BaseException) -> None:
+        self.task_failures.append((actor.name, task_name, exc))
+        self.task_failed.set()
+
+
+class WithReader(Actor):
+    """Owns a background task that fails, returns, or waits until cancelled."""
+
+    name = "with-reader"
+
+    def __init__(self, bus: Bus, sup: Recorder, ending: str) -> None:
+        super().__init__(bus, sup)
+        self.ending = ending
+        self.gate = asyncio.Event()
+        self.reader: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        self.reader = self.run_in_background(self._read(), "reader")
+
+    async def _read(self) -> None:
+        await self.gate.wait()
+        if self.ending == "fails":
+            raise OSError("socket gone")
+
+    async def on_close(self) -> None:
+        assert self.reader is not None
+        self.reader.cancel()
+        await asyncio.wait([self.reader])
+
+    async def handle(self, msg: m.ActorMessage) -> None:
+        pass
+
+
+@pytest.mark.parametrize("ending", ["fails", "returns"])
+async def test_a_background_task_that_ends_is_reported_not_silent(bus: Bus, ending: str) -> None:
+    sup = TaskRecorder()
+    actor = WithReader(bus, sup, ending)
+    task = asyncio.create_task(actor.run())
+    try:
+        while actor.reader is None:  # on_start runs at the task's first step
+            await asyncio.sleep(0)
+        actor.gate.set()
+        await asyncio.wait_for(sup.task_failed.wait(), 5)
+    finally:
+        await send_close(bus, actor.name)
+        await asyncio.wait_for(task, 5)
+    [(name, task_name, exc)] = sup.task_failures
+    assert (name, task_name) == ("with-reader", "reader")
+    assert isinstance(exc, OSError if ending == "fails" else RuntimeError)
+
+
+async def test_a_background_task_cancelled_at_close_is_not_a_failure(bus: Bus) -> None:
+    sup = TaskRecorder()
+    actor = WithReader(bus, sup, "waits")
+    task = asyncio.create_task(actor.run())
+    while actor.reader is None:
+        await asyncio.sleep(0)
+    await send_close(bus, actor.name)
+    await asyncio.wait_for(task, 5)
+    assert actor.reader.cancelled() and sup.task_failures == []
