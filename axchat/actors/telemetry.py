@@ -51,6 +51,8 @@ class TelemetryActor(Actor):
         # The backend's own reading (an AIPU's cores) wins over the host's sensors.
         self._device_temperature = temperature
         self._info = info
+        threads = f", {info.threads} thread{'s' if info.threads != 1 else ''}" if info.threads else ""
+        self._engine = f"{info.backend} {info.dtype}{threads}"
         self._max_queued = max_queued
         # (finish time, completion tokens) of recent requests, for the aggregate rate.
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
@@ -104,6 +106,7 @@ class TelemetryActor(Actor):
             # Process CPU time over the request's wall time; 100 = one core busy.
             cpu_percent=(time.process_time_ns() - msg.cpu_ns) / wall_ns * 100,
             device_temp_c=self._temperature_c(),
+            engine=self._engine,
         )
         usage = v1.Usage(
             prompt_tokens=msg.prompt_tokens,

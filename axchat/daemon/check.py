@@ -25,13 +25,18 @@ def check(cfg: ServeConfig) -> str:
     except ep.EndpointError as exc:
         raise CheckFailed(str(exc)) from None
 
-    if cfg.backend != "torch":
-        raise CheckFailed(f"unknown backend {cfg.backend!r}")
-    from axchat.actors.backends import torch_backend
+    from axchat.daemon.backend_choice import choose_backend
     from axchat.models.resolve import resolve
 
+    resolved = resolve(cfg.model)
+    backend, _ = choose_backend(cfg, resolved.source)
+    if backend == "llamacpp":
+        return _check_llamacpp(cfg, resolved.source, resolved.aliases[0], endpoint)
+    if backend != "torch":
+        raise CheckFailed(f"unknown backend {cfg.backend!r}")
+    from axchat.actors.backends import torch_backend
+
     try:
-        resolved = resolve(cfg.model)
         config = torch_backend.load_config(resolved.source)
         model = f"{resolved.aliases[0]} ({config.model_type})"
         device = torch_backend.resolve_device(cfg.device)
@@ -39,3 +44,20 @@ def check(cfg: ServeConfig) -> str:
     except ModelLoadError as exc:
         raise CheckFailed(str(exc)) from None
     return f"ok: model {model}, device {device}, dtype {dtype}, socket {ep.describe(endpoint)}"
+
+
+def _check_llamacpp(cfg: ServeConfig, source: str, name: str, endpoint: str) -> str:
+    from axchat.actors.backends import ModelLoadError, llamacpp
+    from axchat.actors.backends.llamacpp.load import find_gguf, is_llama_family, weight_type
+
+    why = llamacpp.unavailable()
+    if why is not None:
+        raise CheckFailed(why)
+    gguf = find_gguf(source)
+    if gguf is None and not is_llama_family(source):
+        raise CheckFailed(f"{source} is neither a GGUF file nor a Llama-family model directory")
+    try:
+        weights = gguf.name if gguf is not None else f"{weight_type(cfg.quant, cfg.dtype)} GGUF"
+    except ModelLoadError as exc:
+        raise CheckFailed(str(exc)) from None
+    return f"ok: model {name}, backend llamacpp, weights {weights}, socket {ep.describe(endpoint)}"

@@ -15,9 +15,10 @@ from axchat.actors.backends import BackendInfo, DeviceBackend, ModelLoadError, l
 from axchat.actors.tokenizer import load_tokenizer
 from axchat.daemon.config import ServeConfig
 
-# Stages, in order: read and check the model's config; read the weights onto the
-# device; one forward pass, so the first request does not pay for lazy set-up.
-STAGES = ("config", "weights", "warm-up")
+# Stages, in order: read and check the model's config; (llamacpp, first start of a
+# model only) convert it to GGUF; read the weights onto the device; one forward pass,
+# so the first request does not pay for lazy set-up.
+STAGES = ("config", "convert", "weights", "warm-up")
 WARM_UP_SEQ = -1  # never a request's id: those count up from 1
 # Tests only: a load waits at the weights stage until this file exists, so a test can
 # hold a reload open while clients queue behind it (tests/daemon/test_keepalive.py).
@@ -52,6 +53,8 @@ def load_device(cfg: ServeConfig, model: str, progress: Callable[[str], None] = 
         build_root=cfg.build_root,
         aipu_device=cfg.aipu_device,
         aipu_runtime=cfg.aipu_runtime,
+        quant=cfg.quant,
+        progress=progress,
     )
     progress("warm-up")
     try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
 
-BACKENDS = ("torch", "aipu")
+BACKENDS = ("llamacpp", "torch", "aipu")
 
 
 def load_backend(
@@ -21,7 +23,26 @@ def load_backend(
     build_root: str | None = None,
     aipu_device: str | None = None,
     aipu_runtime: str | None = None,
+    quant: str = "auto",
+    progress: Callable[[str], None] | None = None,
 ) -> DeviceBackend:
+    if backend == "llamacpp":
+        from axchat.actors.backends import llamacpp
+
+        why = llamacpp.unavailable()
+        if why is not None:
+            raise ModelLoadError(why)
+        from axchat.actors.backends.llamacpp import load
+
+        return load.load(
+            model,
+            quant=quant,
+            dtype=dtype,
+            context=context,
+            threads=threads,
+            prefix_cache_bytes=prefix_cache_bytes,
+            progress=progress or (lambda stage: None),
+        )
     if backend == "torch":
         from axchat.actors.backends import torch_backend
 
