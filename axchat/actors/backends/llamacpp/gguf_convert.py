@@ -20,7 +20,7 @@ import numpy as np
 from axchat.actors.backends.llamacpp import safetensors_read
 
 # Bumped whenever the written file would differ for the same source: part of the cache key.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 ARCHITECTURES = ("LlamaForCausalLM",)
 FLOAT_TYPES = ("f32", "f16", "bf16")
 
@@ -83,7 +83,7 @@ def _tensor_name(name: str) -> str | None:
     if name in fixed:
         return fixed[name]
     parts = name.split(".")
-    if len(parts) != 6 or parts[:2] != ["model", "layers"]:
+    if len(parts) < 5 or parts[:2] != ["model", "layers"]:
         return None
     per_layer = {
         "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
@@ -91,8 +91,8 @@ def _tensor_name(name: str) -> str | None:
         "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
         "mlp.down_proj": "ffn_down",
     }
-    short = per_layer.get(f"{parts[3]}.{parts[4]}")
-    return None if short is None else f"blk.{parts[2]}.{short}.{parts[5]}"
+    short = per_layer.get(".".join(parts[3:-1]))
+    return None if short is None else f"blk.{parts[2]}.{short}.{parts[-1]}"
 
 
 def _tokenizer(model_dir: Path, vocab_size: int) -> dict[str, Any]:
