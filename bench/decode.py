@@ -144,6 +144,9 @@ class BareLlamaLoop:
         import llama_cpp
 
         self.ll = llama_cpp
+        # llama.cpp logs every graph it builds unless told otherwise: that would time stderr.
+        self._quiet = llama_cpp.llama_log_callback(lambda level, text, data: None)
+        llama_cpp.llama_log_set(self._quiet, None)
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         self.model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), mparams)

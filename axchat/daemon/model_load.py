@@ -91,6 +91,8 @@ def device_loader(
             threads=chosen.threads or cfg.threads or None,
             lanes=chosen.lanes if chosen.threads else None,
         )
+    elif chosen is not None and cfg.backend == "llamacpp" and chosen.threads:
+        cfg = replace(cfg, threads=chosen.threads)  # measured at start-up; not again
     return functools.partial(load_device, cfg, model)
 
 

@@ -31,10 +31,14 @@ class NoKvRoom(EngineError):
 _GGML_LOG_WARN, _GGML_LOG_ERROR = 3, 4
 
 
+# Expected here: one pool of cells for all sequences is larger than one sequence's context.
+_EXPECTED = (b"n_ctx_seq",)
+
+
 @llama_cpp.llama_log_callback
 def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    if level >= _GGML_LOG_WARN and text:
-        log.log(logging.ERROR if level >= _GGML_LOG_ERROR else logging.WARNING, "llama.cpp: %s", text.decode(errors="replace").rstrip())
+    if level in (_GGML_LOG_WARN, _GGML_LOG_ERROR) and text and text.strip() and not any(e in text for e in _EXPECTED):
+        log.log(logging.ERROR if level == _GGML_LOG_ERROR else logging.WARNING, "llama.cpp: %s", text.decode(errors="replace").rstrip())
 
 
 _initialised = False
@@ -109,6 +113,9 @@ class Engine:
         np.ctypeslib.as_array(self._batch.n_seq_id, shape=(batch,))[:] = 1
         self._seq = [self._batch.seq_id[i] for i in range(batch)]
         self._seq_now = [-1] * batch  # what each seq_id slot holds, to write only changes
+
+    def set_threads(self, threads: int) -> None:
+        llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
 
     def run(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int], want: Sequence[int]) -> np.ndarray:
         """Feed tokens (each with its position and sequence id) and return float32 logits

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from axchat.actors.backends.base import BackendInfo, ModelLoadError
-from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert
+from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert, thread_choice
 from axchat.host_cores import default_threads
 
 if TYPE_CHECKING:
@@ -140,6 +140,7 @@ def load(
     from axchat.actors.backends.llamacpp import engine as engine_mod
     from axchat.actors.backends.llamacpp.backend import LlamaCppBackend
 
+    measure_threads = threads is None
     threads = threads or default_threads()
     gguf = find_gguf(model)
     hf_dir: Path | None = None
@@ -170,6 +171,9 @@ def load(
     parked = min(prefix_cache_bytes // per_cell, ctx_len * 4) if prefix_cache_bytes else 0
     cells = -(-(running + parked) // 256) * 256
     engine = _engine(engine_mod, gguf, cells, max_batch + (PARKED if parked else 0), threads, kv_f32)
+    threads_reason = f"{threads} threads as asked"
+    if measure_threads and threads > 1:
+        threads, threads_reason = thread_choice.choose(engine, [threads, 1])
     info = BackendInfo(
         backend="llamacpp",
         model=_display_name(model),
@@ -180,7 +184,7 @@ def load(
         eos_ids=_eos_ids(hf_dir, meta),
         tokenizer=None if hf_dir is not None else tokenizer_source(gguf),
         decode_path="llama.cpp",
-        dtype_reason=f"weights {kind} ({gguf.name}), KV {'f32' if kv_f32 else 'f16'}, {cells} cells",
+        dtype_reason=f"weights {kind} ({gguf.name}), KV {'f32' if kv_f32 else 'f16'}, {cells} cells; {threads_reason}",
         threads=threads,
     )
     log.info("loaded %s with llama.cpp: %s weights, %d threads, %d KV cells", info.model, kind, threads, engine.cells)
