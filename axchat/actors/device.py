@@ -219,6 +219,9 @@ class DeviceActor(Actor):
             await self._stop(msg.rid, reason)
         elif isinstance(msg, m.StatusQuery):
             await self.send("telemetry", self._report(msg))
+        elif isinstance(msg, m.ForgetClient):
+            if self.backend is not None:  # after any release queued on the device thread
+                asyncio.get_running_loop().run_in_executor(self._device_thread, self.backend.forget_client, msg.client)
         else:
             raise TypeError(f"device got unexpected {type(msg).__name__}")
 

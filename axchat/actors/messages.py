@@ -93,6 +93,14 @@ class ForgetSequence(_Internal, tag="forget"):
     rid: int
 
 
+class ForgetClient(_Internal, tag="forget_client"):
+    """The client is gone: its kept conversations can never be reused (the prefix cache
+    is private to a connection), so free them. Front door -> tokenizer -> device, behind
+    the cancels of its requests."""
+
+    client: str
+
+
 class StopSequence(_Internal, tag="stop"):
     """Tokenizer -> device: a stop string matched, end it as `stop`."""
 
@@ -197,6 +205,7 @@ ActorMessage = Union[
     Logits,
     Sampled,
     ForgetSequence,
+    ForgetClient,
     StopSequence,
     TokenOut,
     QueuePosition,

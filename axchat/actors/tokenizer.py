@@ -74,6 +74,8 @@ class TokenizerActor(Actor):
             await self._ended(msg)
         elif isinstance(msg, (m.QueuePosition, m.Loading)):
             await self.send("telemetry", msg)  # same pipe as the text that follows it
+        elif isinstance(msg, m.ForgetClient):
+            await self.send("device", msg)
         elif isinstance(msg, m.CancelRequest):
             if msg.rid in self._encoding:
                 self._cancelled_while_encoding.add(msg.rid)

@@ -3,6 +3,8 @@ before the long model load (the system unit's `ExecStartPre=`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from axchat import endpoint as ep
 from axchat.daemon.config import ServeConfig
 
@@ -53,11 +55,17 @@ def _check_llamacpp(cfg: ServeConfig, source: str, name: str, endpoint: str) -> 
     why = llamacpp.unavailable()
     if why is not None:
         raise CheckFailed(why)
+    from axchat.actors.backends.llamacpp.gguf_convert import read_config
+    from axchat.models.gguf_header import NotGguf, read_facts
+
     gguf = find_gguf(source)
     if gguf is None and not is_llama_family(source):
         raise CheckFailed(f"{source} is neither a GGUF file nor a Llama-family model directory")
     try:
-        weights = gguf.name if gguf is not None else f"{weight_type(cfg.quant, cfg.dtype)} GGUF"
-    except ModelLoadError as exc:
+        if gguf is not None:
+            weights, kind = gguf.name, read_facts(gguf).get("general.architecture", "unknown")
+        else:
+            weights, kind = f"{weight_type(cfg.quant, cfg.dtype)} GGUF", read_config(Path(source)).get("model_type")
+    except (ModelLoadError, NotGguf, OSError) as exc:
         raise CheckFailed(str(exc)) from None
-    return f"ok: model {name}, backend llamacpp, weights {weights}, socket {ep.describe(endpoint)}"
+    return f"ok: model {name} ({kind}), backend llamacpp, device cpu, weights {weights}, socket {ep.describe(endpoint)}"

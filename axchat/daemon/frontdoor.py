@@ -355,3 +355,4 @@ class FrontDoor(Actor):
             live = self._forget(rid)
             if live is not None and live.kind == "generate":
                 await self.send("tokenizer", m.CancelRequest(rid=rid))
+        await self.send("tokenizer", m.ForgetClient(client=identity.hex()))

@@ -113,6 +113,9 @@ class DeviceBackend(abc.ABC):
     def live_sequences(self) -> int:
         """How many sequences hold KV now."""
 
+    def forget_client(self, salt: str) -> None:  # noqa: B027 - only backends with a prefix cache act
+        """Free the prefix-cache entries kept under `salt` (its client is gone)."""
+
     def prefix_cache_usage(self) -> tuple[int, int]:
         """(entries, bytes) held by the prefix cache."""
         return 0, 0

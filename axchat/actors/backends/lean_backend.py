@@ -147,6 +147,9 @@ class LeanTorchBackend(DeviceBackend):
     def live_sequences(self) -> int:
         return len(self._slot)
 
+    def forget_client(self, salt: str) -> None:
+        self._prefixes.forget(salt)
+
     def prefix_cache_usage(self) -> tuple[int, int]:
         return len(self._prefixes), self._prefixes.bytes
 

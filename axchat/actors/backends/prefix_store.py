@@ -62,6 +62,11 @@ class PrefixStore(Generic[KV]):
         self._drop(next(iter(self._entries)))
         return True
 
+    def forget(self, salt: str) -> None:
+        """Drop every entry of `salt`."""
+        for key in [k for k, e in self._entries.items() if e.salt == salt]:
+            self._drop(key)
+
     def clear(self) -> None:
         while self.drop_oldest():
             pass

@@ -273,6 +273,9 @@ class TorchBackend(DeviceBackend):
         nbytes = sum(k.nbytes + v.nbytes for k, v in (_kv(layer) for layer in cache.layers))
         self._prefixes.put(salt, tokens, cache, nbytes)
 
+    def forget_client(self, salt: str) -> None:
+        self._prefixes.forget(salt)
+
     def prefix_cache_usage(self) -> tuple[int, int]:
         return len(self._prefixes), self._prefixes.bytes
 

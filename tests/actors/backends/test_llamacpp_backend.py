@@ -103,6 +103,12 @@ def test_prefix_cache_shares_cells_and_restores_what_a_fresh_prefill_computes(ba
     other = [*first, 7, *prompt(9, 10)]
     assert backend.start(4, other, "alice") == 51
     np.testing.assert_allclose(backend.extend(4, other[51:]), ref_logits(reference, other), atol=ATOL)
+    # Alice's connection is gone: what was kept for her goes, and her cells with it.
+    backend.release(3, keep=("alice", turn2))
+    backend.release(4)
+    assert backend.prefix_cache_usage()[0] == 1  # turn2 extends the first entry, which was dropped
+    backend.forget_client("alice")
+    assert backend.prefix_cache_usage() == (0, 0) and backend.start(5, turn2, "alice") == 0
 
 
 def test_a_decode_step_carrying_a_chunk_and_mixed_prompt_lengths_match_transformers(backend: LlamaCppBackend, reference) -> None:  # type: ignore[no-untyped-def]

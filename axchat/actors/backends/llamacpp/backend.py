@@ -152,6 +152,9 @@ class LlamaCppBackend(DeviceBackend):
     def live_sequences(self) -> int:
         return len(self._seq)
 
+    def forget_client(self, salt: str) -> None:
+        self._prefixes.forget(salt)
+
     def prefix_cache_usage(self) -> tuple[int, int]:
         return len(self._prefixes), self._prefixes.bytes
 
