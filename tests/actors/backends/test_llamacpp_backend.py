@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make venv builds it)")
 
-from axchat.actors.backends.llamacpp import gguf_cache, load  # noqa: E402
-from axchat.actors.backends.llamacpp.backend import LlamaCppBackend  # noqa: E402
+from axchat.actors.backends.llamacpp import gguf_cache, load
+from axchat.actors.backends.llamacpp.backend import LlamaCppBackend
 
 ATOL = 2e-3  # float32 throughout, but another op order and llama.cpp's own kernels
 

@@ -224,7 +224,7 @@ def convert(model_dir: Path, out: Path, kind: str, progress: Callable[[float], N
     if rope["rope_type"] == "llama3":
         extra.append(("rope_freqs.weight", llama3_rope_factors(theta, head_dim, rope)))
 
-    def stored(target: str, shape: list[int]) -> tuple[Any, np.dtype, int]:
+    def stored(shape: list[int]) -> tuple[Any, np.dtype, int]:
         # Norms and other vectors stay float32, as llama.cpp expects.
         if len(shape) == 1 or raw_type == gguf.GGMLQuantizationType.F32:
             return None, np.dtype(np.float32), 4
@@ -234,7 +234,7 @@ def convert(model_dir: Path, out: Path, kind: str, progress: Callable[[float], N
 
     for target, name, _ in plan:
         shape = tensors[name][1]
-        dtype_raw, dtype, size = stored(target, shape)
+        dtype_raw, dtype, size = stored(shape)
         writer.add_tensor_info(target, shape, dtype, int(np.prod(shape)) * size, raw_dtype=dtype_raw)
     for target, array in extra:
         writer.add_tensor_info(target, list(array.shape), array.dtype, array.nbytes)
@@ -243,7 +243,7 @@ def convert(model_dir: Path, out: Path, kind: str, progress: Callable[[float], N
     writer.write_ti_data_to_file()
     total = sum(int(np.prod(tensors[n][1])) for _, n, _ in plan)
     done = 0
-    for target, name, permute in plan:
+    for _, name, permute in plan:
         path, shape = tensors[name]
         w = safetensors_read.read_tensor(path, name)
         if permute:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +70,3 @@ def read_tensor(path: Path, name: str) -> np.ndarray:
     if out.nbytes // out.itemsize * np.dtype(raw.dtype).itemsize != int(end) - int(start):
         raise SafetensorsError(f"{path.name}: tensor {name}'s size disagrees with its shape")
     return out.reshape(shape)
-
-
-def iter_tensors(model_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
-    for name, (path, _) in tensor_names(model_dir).items():
-        yield name, read_tensor(path, name)

@@ -1,0 +1,96 @@
+"""How often each llamacpp weight type picks the same greedy token as f32 weights.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/quant_agreement.py --model DIR [--tokens 64] [--prompts 4]
+
+DIR is a Hugging Face Llama-family directory; it is converted (and cached) at every
+weight type. For each prompt, f32 weights decode `--tokens` greedy tokens; each other type
+is then fed the same tokens (teacher forcing, so one early difference does not make every
+later token differ) and `agreement` is the share of steps where its argmax equals f32's.
+`first_divergence` is the first step where free-running greedy output differs (None: it
+never does within `--tokens`). Random-weight test models have nearly flat logits, so
+their figures are a lower bound of what a trained model shows.
+Prints ONE JSON object on stdout; progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import Log, machine, model_info, rnd, run_main
+
+log = Log("quant_agreement")
+TYPES = ("f16", "bf16", "q8_0", "q4_k_m")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/quant_agreement.py", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="local Hugging Face Llama-family directory")
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def prompts(n: int) -> list[list[int]]:
+    return [[(7 * i + 31 * k + 5) % 900 + 4 for i in range(24 + 8 * k)] for k in range(n)]
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from axchat.actors.backends.llamacpp import load
+
+    def engine_for(kind: str) -> Any:
+        started = time.monotonic()
+        backend = load.load(args.model, quant=kind, threads=args.threads, prefix_cache_bytes=0)
+        log(f"{kind}: loaded in {time.monotonic() - started:.1f}s ({backend.info.dtype_reason})")
+        return backend
+
+    ref = engine_for("f32")
+    reference: list[list[int]] = []
+    for seq, ids in enumerate(prompts(args.prompts)):
+        out = [int(np.argmax(ref.prefill(seq, ids)))]
+        while len(out) < args.tokens:
+            out.append(int(np.argmax(ref.decode([seq], [out[-1]])[0])))
+        ref.release(seq)
+        reference.append(out)
+    ref.close()
+    results: dict[str, Any] = {}
+    for kind in TYPES:
+        b = engine_for(kind)
+        same = total = 0
+        divergence: list[int | None] = []
+        for seq, (ids, want) in enumerate(zip(prompts(args.prompts), reference, strict=True)):
+            got = [int(np.argmax(b.prefill(seq, ids)))]
+            for token in want[:-1]:  # fed f32's tokens
+                got.append(int(np.argmax(b.decode([seq], [token])[0])))
+            b.release(seq)
+            same += sum(g == w for g, w in zip(got, want, strict=True))
+            total += len(want)
+            diff = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
+            divergence.append(diff[0] if diff else None)
+        b.close()
+        results[kind] = {"agreement": rnd(same / total, 3), "first_divergence": divergence}
+        log(f"{kind}: {same}/{total} greedy tokens as f32")
+    return {
+        "agreement_with_f32": {k: v["agreement"] for k, v in results.items()},
+        "context": {
+            "per_type": results,
+            "tokens": args.tokens,
+            "prompts": args.prompts,
+            "model": model_info(Path(args.model)),
+            "machine": machine(),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("quant_agreement", bench, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
