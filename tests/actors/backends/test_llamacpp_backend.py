@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make venv builds it)")
 
+from transformers_reference import greedy_reference, prompt, ref_logits
+
 from axchat.actors.backends.llamacpp import gguf_cache, load
 from axchat.actors.backends.llamacpp.backend import LlamaCppBackend
 
@@ -30,25 +32,6 @@ def reference(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
 def backend(tiny_model_dir: Path, llamacpp_f32_gguf: Path) -> LlamaCppBackend:
     # The session's converted file (the fixture made it): loading finds it in the cache.
     return load.load(str(tiny_model_dir), quant="f32", threads=1, prefix_cache_bytes=64 << 20)
-
-
-def prompt(n: int, salt: int = 0) -> list[int]:
-    return [(7 * i + 11 * salt + 5) % 990 + 4 for i in range(n)]
-
-
-def ref_logits(model, ids: list[int]) -> np.ndarray:  # type: ignore[no-untyped-def]
-    import torch
-
-    with torch.inference_mode():
-        return model(input_ids=torch.tensor([ids])).logits[0, -1].float().numpy()
-
-
-def greedy_reference(model, ids: list[int], n: int) -> list[int]:  # type: ignore[no-untyped-def]
-    import torch
-
-    with torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n)
-    return out[0, len(ids) :].tolist()
 
 
 def greedy(backend: LlamaCppBackend, seq: int, ids: list[int], n: int) -> list[int]:
