@@ -38,6 +38,13 @@ def load_device(cfg: ServeConfig, model: str, progress: Callable[[str], None] = 
 
         # Milliseconds, and a vanished or broken model fails here, before the long part.
         torch_backend.load_config(model)
+    elif cfg.backend == "llamacpp":
+        from axchat.actors.backends import llamacpp
+
+        if llamacpp.unavailable() is None:  # else load_backend says why
+            from axchat.actors.backends.llamacpp.load import convert_if_needed
+
+            convert_if_needed(model, cfg.quant, cfg.dtype, cfg.threads, progress)
     progress("weights")
     _wait_for_test_gate()
     backend = load_backend(
@@ -54,7 +61,6 @@ def load_device(cfg: ServeConfig, model: str, progress: Callable[[str], None] = 
         aipu_device=cfg.aipu_device,
         aipu_runtime=cfg.aipu_runtime,
         quant=cfg.quant,
-        progress=progress,
     )
     progress("warm-up")
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
 
 BACKENDS = ("llamacpp", "torch", "aipu")
@@ -24,7 +22,6 @@ def load_backend(
     aipu_device: str | None = None,
     aipu_runtime: str | None = None,
     quant: str = "auto",
-    progress: Callable[[str], None] | None = None,
 ) -> DeviceBackend:
     if backend == "llamacpp":
         from axchat.actors.backends import llamacpp
@@ -41,7 +38,6 @@ def load_backend(
             context=context,
             threads=threads,
             prefix_cache_bytes=prefix_cache_bytes,
-            progress=progress or (lambda stage: None),
         )
     if backend == "torch":
         from axchat.actors.backends import torch_backend

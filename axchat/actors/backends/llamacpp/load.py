@@ -109,6 +109,17 @@ def gguf_for(model_dir: Path, kind: str, threads: int) -> Path:
     return path
 
 
+def convert_if_needed(model: str, quant: str, dtype: str, threads: int | None, progress: Callable[[str], None]) -> None:
+    """The load's `convert` stage: make the cached GGUF of a Hugging Face directory now,
+    saying so, when there is none yet (the next starts skip this)."""
+    if find_gguf(model) is not None or not is_llama_family(model):
+        return
+    kind = weight_type(quant, dtype)
+    if not gguf_cache.cached_path(Path(model).expanduser(), kind).is_file():
+        progress("convert")
+        gguf_for(Path(model).expanduser(), kind, threads or default_threads())
+
+
 def _eos_ids(model_dir: Path | None, meta: dict[str, str]) -> tuple[int, ...]:
     ids: list[int] = []
     if model_dir is not None:
@@ -135,7 +146,6 @@ def load(
     threads: int | None = None,
     max_batch: int = 8,
     prefix_cache_bytes: int = 256 << 20,
-    progress: Callable[[str], None] = lambda stage: None,
 ) -> LlamaCppBackend:
     from axchat.actors.backends.llamacpp import engine as engine_mod
     from axchat.actors.backends.llamacpp.backend import LlamaCppBackend
@@ -148,11 +158,7 @@ def load(
         hf_dir = Path(model).expanduser()
         if not is_llama_family(model):
             raise ModelLoadError(f"{model} is neither a GGUF file nor a Llama-family model directory")
-        kind = weight_type(quant, dtype)
-        if not gguf_cache.cached_path(hf_dir, kind).is_file():
-            progress("convert")
-        gguf = gguf_for(hf_dir, kind, threads)
-        progress("weights")
+        gguf = gguf_for(hf_dir, weight_type(quant, dtype), threads)
     try:
         meta = engine_mod.read_metadata(gguf)
     except engine_mod.EngineError as exc:
@@ -187,7 +193,10 @@ def load(
         dtype_reason=f"weights {kind} ({gguf.name}), KV {'f32' if kv_f32 else 'f16'}, {cells} cells; {threads_reason}",
         threads=threads,
     )
-    log.info("loaded %s with llama.cpp: %s weights, %d threads, %d KV cells", info.model, kind, threads, engine.cells)
+    # "as TYPE, N threads": the wording of the torch path's line, which the benches read.
+    log.info(
+        "loaded %s on llama.cpp as %s, %d thread%s, %d KV cells", info.model, kind, threads, "s" * (threads != 1), engine.cells
+    )
     return LlamaCppBackend(
         engine,
         info,
