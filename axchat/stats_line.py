@@ -26,5 +26,4 @@ def format_stats(stats: Stats) -> str:
 def format_host(stats: Stats) -> str:
     """The seed's second and third lines, joined: CPU and device temperature."""
     temp = "n/a" if stats.device_temp_c is None else f"{stats.device_temp_c:.1f}°C"
-    engine = f" | Engine: {stats.engine}" if stats.engine else ""
-    return f"CPU %: {stats.cpu_percent:.1f} | Core Temp: {temp}{engine}"
+    return f"CPU %: {stats.cpu_percent:.1f} | Core Temp: {temp}"

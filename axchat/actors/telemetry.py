@@ -106,7 +106,6 @@ class TelemetryActor(Actor):
             # Process CPU time over the request's wall time; 100 = one core busy.
             cpu_percent=(time.process_time_ns() - msg.cpu_ns) / wall_ns * 100,
             device_temp_c=self._temperature_c(),
-            engine=self._engine,
         )
         usage = v1.Usage(
             prompt_tokens=msg.prompt_tokens,
@@ -116,7 +115,7 @@ class TelemetryActor(Actor):
         self.requests_total += 1
         self.completion_tokens_total += msg.completion_tokens
         log.info(
-            "request %s finish=%s prompt_tokens=%d cached_tokens=%d trimmed_messages=%d | %s | %s",
+            "request %s finish=%s prompt_tokens=%d cached_tokens=%d trimmed_messages=%d | %s | %s | Engine: %s",
             msg.label,
             msg.reason,
             msg.prompt_tokens,
@@ -124,6 +123,7 @@ class TelemetryActor(Actor):
             msg.trimmed_messages,
             format_stats(stats),
             format_host(stats),
+            self._engine,
         )
         self._recent.append((time.monotonic(), msg.completion_tokens))
         done = v1.Done(

@@ -89,7 +89,7 @@ def device_loader(
     With `chosen` (the start-up load's info), a reload keeps the dtype, thread count and
     lanes measured at start-up: measuring again would make the waiting client pay for it and
     could pick differently under momentary load."""
-    if chosen is not None and cfg.backend == "torch":
+    if chosen is not None and chosen.backend == "torch":
         cfg = replace(
             cfg,
             dtype=chosen.dtype if cfg.dtype == "auto" else cfg.dtype,
@@ -97,7 +97,7 @@ def device_loader(
             threads=chosen.threads or cfg.threads or None,
             lanes=chosen.lanes if chosen.threads else None,
         )
-    elif chosen is not None and cfg.backend == "llamacpp" and chosen.threads:
+    elif chosen is not None and chosen.backend == "llamacpp" and chosen.threads:
         cfg = replace(cfg, threads=chosen.threads)  # measured at start-up; not again
     return functools.partial(load_device, cfg, model)
 

@@ -144,7 +144,6 @@ class Stats(msgspec.Struct, gc=False):
     completion_tokens: int = 0
     cpu_percent: float = 0.0
     device_temp_c: float | None = None
-    engine: str = ""  # what computed it: backend, weight type, threads ("llamacpp q8_0, 2 threads")
 
 
 class ErrorInfo(msgspec.Struct, gc=False):

@@ -156,6 +156,8 @@ def load(
     hf_dir: Path | None = None
     if gguf is None:
         hf_dir = Path(model).expanduser()
+        if not (hf_dir / "config.json").is_file():
+            raise ModelLoadError(f"cannot load a model config from {model}: no config.json (nor one .gguf file)")
         if not is_llama_family(model):
             raise ModelLoadError(f"{model} is neither a GGUF file nor a Llama-family model directory")
         gguf = gguf_for(hf_dir, weight_type(quant, dtype), threads)
