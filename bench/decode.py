@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", choices=("llamacpp", "torch"), default="llamacpp", help="the daemon's backend (default llamacpp)")
     p.add_argument("--quant", default=None, help="llamacpp weight type (default: the daemon's default)")
     p.add_argument("--compile", action="store_true", help="run the daemon with --compile true (torch)")
+    p.add_argument("--no-torch", action="store_true", help="llamacpp: skip the torch-path daemon (no torch_daemon_tok_s_b1)")
     p.add_argument("--serve-arg", action="append", default=[], help="extra `axchat serve` argument (repeatable)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one measurement may take (default 900)")
     args = p.parse_args(argv)
@@ -281,7 +282,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         if llama and bare is not None:
             bare.close()
     med = {k: statistics.median(v) for k, v in samples.items()}
-    torch_b1 = torch_daemon_b1(model_dir, args) if llama else None
+    torch_b1 = torch_daemon_b1(model_dir, args) if llama and not args.no_torch else None
     bound = bandwidth / weight_bytes
     prefix = "bare_llamacpp" if llama else "bare"
     out: dict[str, Any] = {
