@@ -87,10 +87,9 @@ class LlamaCppBackend(DeviceBackend):
         except NoKvRoom:
             # Kept prefixes give way to running sequences; what the failed call wrote is
             # dropped so that the retry starts from the same KV.
-            if not len(self._prefixes):
-                self._undo(seq_ids)
-                raise
             self._undo(seq_ids)
+            if not len(self._prefixes):
+                raise
             self._prefixes.clear()
             logits = self.engine.run(tokens, positions, seqs, want)
         for seq_id, piece in zip(seq_ids, pieces, strict=True):
