@@ -134,3 +134,22 @@ def test_the_converted_file_is_cached_by_source_and_weight_type(tiny_model_dir: 
     again = gguf_cache.cached_path(tiny_model_dir, "f32")
     assert again.is_file() and again.parent == gguf_cache.cache_root()
     assert gguf_cache.cached_path(tiny_model_dir, "f16") != again
+
+
+def test_a_long_neighbour_leaves_a_sequences_logits_as_alone(backend: LlamaCppBackend) -> None:
+    """f32 runs attention without flash attention, so cells other sequences hold add exact
+    zeros; what is left between alone and batched is the matmul kernels' order (~1e-7)."""
+    ids = prompt(15, 40)
+    alone = [backend.prefill(1, ids)]
+    for _ in range(8):
+        alone.append(backend.decode([1], [int(np.argmax(alone[-1]))])[0])
+    backend.release(1)
+    long = prompt(600, 41)
+    backend.start(2, long, "n")
+    for start in range(0, 600, 200):
+        backend.extend(2, long[start : start + 200])
+    backend.start(3, ids, "m")
+    beside = [backend.extend_batch([3], [ids])[0]]
+    for _ in range(8):
+        beside.append(backend.decode([2, 3], [5, int(np.argmax(beside[-1]))])[1])
+    assert max(float(np.abs(a - b).max()) for a, b in zip(alone, beside, strict=True)) < 1e-6

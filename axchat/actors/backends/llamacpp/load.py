@@ -173,12 +173,12 @@ def load(
     if context is not None and context > trained:
         raise ModelLoadError(f"--context {context} is more than the model's {trained} positions")
     ctx_len = context or trained
-    kv_f32 = kind == "f32"
-    per_cell = bytes_per_cell(meta, arch, 4 if kv_f32 else 2)
+    exact = kind == "f32"
+    per_cell = bytes_per_cell(meta, arch, 4 if exact else 2)
     running = min(ctx_len * max_batch, max(ctx_len, RUNNING_KV_BYTES // per_cell))
     parked = min(prefix_cache_bytes // per_cell, ctx_len * 4) if prefix_cache_bytes else 0
     cells = -(-(running + parked) // 256) * 256
-    engine = _engine(engine_mod, gguf, cells, max_batch + (PARKED if parked else 0), threads, kv_f32)
+    engine = _engine(engine_mod, gguf, cells, max_batch + (PARKED if parked else 0), threads, exact)
     threads_reason = f"{threads} threads as asked"
     if measure_threads and threads > 1:
         threads, threads_reason = thread_choice.choose(engine, [threads, 1])
@@ -192,7 +192,7 @@ def load(
         eos_ids=_eos_ids(hf_dir, meta),
         tokenizer=None if hf_dir is not None else tokenizer_source(gguf),
         decode_path="llama.cpp",
-        dtype_reason=f"weights {kind} ({gguf.name}), KV {'f32' if kv_f32 else 'f16'}, {cells} cells; {threads_reason}",
+        dtype_reason=f"weights {kind} ({gguf.name}), KV {'f32, no flash attention' if exact else 'f16'}, {cells} cells; {threads_reason}",
         threads=threads,
     )
     # "as TYPE, N threads": the wording of the torch path's line, which the benches read.
@@ -218,9 +218,9 @@ def bytes_per_cell(meta: dict[str, str], arch: str, kv_bytes: int) -> int:
     return int(meta[f"{arch}.block_count"]) * 2 * kv_heads * head_dim * kv_bytes
 
 
-def _engine(engine_mod, gguf: Path, cells: int, sequences: int, threads: int, kv_f32: bool):  # type: ignore[no-untyped-def]
+def _engine(engine_mod, gguf: Path, cells: int, sequences: int, threads: int, exact: bool):  # type: ignore[no-untyped-def]
     try:
-        return engine_mod.Engine(gguf, cells=cells, sequences=sequences, batch=BATCH_TOKENS, threads=threads, kv_f32=kv_f32)
+        return engine_mod.Engine(gguf, cells=cells, sequences=sequences, batch=BATCH_TOKENS, threads=threads, exact=exact)
     except engine_mod.EngineError as exc:
         raise ModelLoadError(str(exc)) from None
 
