@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # CPU build, from the local wheel store; an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
+# The CPU engine. No binary wheel on the index: pip compiles llama.cpp from source once
+# (about 5-10 minutes on 2 cores) and keeps the wheel in its cache for later installs.
+LLAMACPP := llama-cpp-python==0.3.36
 SOCKET ?= $(CURDIR)/.cache/run/axchat.sock
 PROMPT ?= Give me a joke
 # Empty: the bundled axchat-mini. Else a catalog name, a directory or a hub id.
@@ -21,11 +24,25 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(BIN)/.dev-installed: $(BIN)/.installed
+# Built for this CPU's instruction set. If it cannot be built (no compiler), the daemon
+# runs on torch and its log says why; delete $(BIN)/.llamacpp-installed to try again.
+$(BIN)/.llamacpp-installed: $(BIN)/.installed
+	@if $(BIN)/python -c 'import llama_cpp, sys; sys.exit(llama_cpp.__version__ != "$(patsubst llama-cpp-python==%,%,$(LLAMACPP))")' 2>/dev/null; then \
+	  :; \
+	elif $(BIN)/pip cache list llama_cpp_python 2>/dev/null | grep -q 'llama_cpp_python-$(patsubst llama-cpp-python==%,%,$(LLAMACPP))-'; then \
+	  echo "installing $(LLAMACPP) from pip's cache..."; \
+	  $(BIN)/pip install -q $(LLAMACPP) || echo "$(LLAMACPP) did not install: the daemon will run on torch"; \
+	else \
+	  echo "building $(LLAMACPP): a one-time compile of llama.cpp, about 5-10 minutes on 2 cores (pip caches the wheel, so later installs take seconds)..."; \
+	  CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install -q $(LLAMACPP) || echo "$(LLAMACPP) could not be built: the daemon will run on torch"; \
+	fi
+	touch $@
+
+$(BIN)/.dev-installed: $(BIN)/.installed $(BIN)/.llamacpp-installed
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-venv: $(BIN)/.installed
+venv: $(BIN)/.installed $(BIN)/.llamacpp-installed
 dev: $(BIN)/.dev-installed
 
 # Start a daemon on the default model unless one already answers, then ask it.

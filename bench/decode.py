@@ -1,6 +1,14 @@
-"""Decode speed: the daemon's path against a bare transformers loop and the memory-bandwidth bound.
+"""Decode speed: the daemon's path against a bare engine loop and the memory-bandwidth bound.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/decode.py --model DIR [--tokens 64] [--rounds 2] [--compile]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/decode.py --model DIR [--backend llamacpp|torch] [--quant TYPE]
+        [--tokens 64] [--rounds 2] [--compile]
+
+With --backend llamacpp (the CPU default for Llama-family models) the bare loop is
+llama-cpp-python's low-level API on the very GGUF file the daemon loaded (same weight
+type and threads): one `llama_decode` per step of 1 or 8 sequences, greedy. Its figures
+are `bare_llamacpp_tok_s_b1`/`_b8`; `torch_daemon_tok_s_b1` is a second daemon on the
+torch path, measured after the first has stopped, in the same run. With --backend torch
+the bare loop is transformers' (below) and the keys are `bare_tok_s_b1`/`_b8`.
 
 One daemon is started on DIR; its status says the dtype and thread count it chose at
 load, and the bare loop runs in this process with the same dtype and threads, so the
@@ -60,7 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="local model directory")
     p.add_argument("--tokens", type=int, default=64, help="decode steps per measurement (default 64)")
     p.add_argument("--rounds", type=int, default=2, help="times each measurement is repeated (default 2)")
-    p.add_argument("--compile", action="store_true", help="run the daemon with --compile true")
+    p.add_argument("--backend", choices=("llamacpp", "torch"), default="llamacpp", help="the daemon's backend (default llamacpp)")
+    p.add_argument("--quant", default=None, help="llamacpp weight type (default: the daemon's default)")
+    p.add_argument("--compile", action="store_true", help="run the daemon with --compile true (torch)")
+    p.add_argument("--no-torch", action="store_true", help="llamacpp: skip the torch-path daemon (no torch_daemon_tok_s_b1)")
     p.add_argument("--serve-arg", action="append", default=[], help="extra `axchat serve` argument (repeatable)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one measurement may take (default 900)")
     args = p.parse_args(argv)
@@ -126,6 +137,64 @@ class BareLoop:
             return batch * steps / (time.perf_counter() - t0)
 
 
+class BareLlamaLoop:
+    """llama-cpp-python's C API as its own batched example decodes: one context, one
+    batch refilled each step with every sequence's next token, greedy."""
+
+    def __init__(self, gguf: Path, threads: int, max_tokens: int) -> None:
+        import llama_cpp
+
+        self.ll = llama_cpp
+        # llama.cpp logs every graph it builds unless told otherwise: that would time stderr.
+        self._quiet = llama_cpp.llama_log_callback(lambda level, text, data: None)
+        llama_cpp.llama_log_set(self._quiet, None)
+        llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        self.model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), mparams)
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = 8 * (PROMPT_TOKENS + max_tokens + 8)
+        cparams.n_batch = cparams.n_ubatch = 512
+        cparams.n_seq_max = 8
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.kv_unified = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.model or not self.ctx:
+            raise BenchError(f"llama.cpp could not load {gguf}")
+        self.vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
+        self.batch = llama_cpp.llama_batch_init(512, 0, 1)
+
+    def _decode(self, rows: list[tuple[int, int, int, bool]]) -> list[int]:
+        """rows: (token, position, sequence, wants logits); greedy next token per wanted row."""
+        import numpy as np
+
+        b = self.batch
+        for i, (tok, pos, seq, out) in enumerate(rows):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, out
+            b.seq_id[i][0] = seq
+        b.n_tokens = len(rows)
+        if self.ll.llama_decode(self.ctx, b) != 0:
+            raise BenchError("llama_decode failed in the bare loop")
+        return [
+            int(np.argmax(np.ctypeslib.as_array(self.ll.llama_get_logits_ith(self.ctx, i), shape=(self.vocab,))))
+            for i, row in enumerate(rows)
+            if row[3]
+        ]
+
+    def tok_s(self, batch: int, steps: int) -> float:
+        self.ll.llama_memory_clear(self.ll.llama_get_memory(self.ctx), True)
+        prompt = [i * 7 % 900 + 4 for i in range(PROMPT_TOKENS)]
+        tokens = self._decode([(t, p, s, p == PROMPT_TOKENS - 1) for s in range(batch) for p, t in enumerate(prompt)])
+        t0 = time.perf_counter()
+        for step in range(steps):
+            tokens = self._decode([(tokens[s], PROMPT_TOKENS + step, s, True) for s in range(batch)])
+        return batch * steps / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.ll.llama_batch_free(self.batch)
+        self.ll.llama_free(self.ctx)
+        self.ll.llama_model_free(self.model)
+
+
 # ---------------------------------------------------------------- the daemon
 
 
@@ -171,15 +240,26 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = Path(args.model)
     info = model_info(model_dir)
     busy_before = cpus_busy()
-    serve_args = ["--compile", "true" if args.compile else "false", *args.serve_arg]
+    llama = args.backend == "llamacpp"
+    serve_args = ["--backend", args.backend, *(["--quant", args.quant] if args.quant else []), *args.serve_arg]
+    if not llama:
+        serve_args += ["--compile", "true" if args.compile else "false"]
     daemon = Daemon(str(model_dir), serve_args, log)
     samples: dict[str, list[float]] = {k: [] for k in ("bare_b1", "bare_b8", "daemon_b1", "daemon_b8", "step_ms", "overhead_ms")}
+    bare: Any = None
     try:
         daemon.start(args.timeout)
         status = daemon_status(daemon.socket)
-        log(f"daemon: {status.decode_path} path, {status.dtype}, {status.threads} threads ({status.dtype_reason})")
-        bare = BareLoop(str(model_dir), status.dtype, status.threads)
-        weight_bytes = bare.weight_bytes()
+        log(f"daemon: {status.backend} {status.decode_path} path, {status.dtype}, {status.threads} threads ({status.dtype_reason})")
+        if llama:
+            from axchat.actors.backends.llamacpp import gguf_cache, load
+
+            gguf = load.find_gguf(str(model_dir)) or gguf_cache.cached_path(model_dir, status.dtype)
+            bare = BareLlamaLoop(gguf, status.threads, args.tokens)
+            weight_bytes = gguf.stat().st_size
+        else:
+            bare = BareLoop(str(model_dir), status.dtype, status.threads)
+            weight_bytes = bare.weight_bytes()
         bandwidth = copy_bandwidth(status.threads)
         log(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; {weight_bytes / 1e6:.0f} MB of weights per step")
         for r in range(args.rounds):
@@ -199,21 +279,32 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     log(f"round {r + 1}: daemon {b1:.1f} tok/s b1 (step {st.step_ms:.1f} ms + {st.overhead_ms_per_token:.2f} ms own), {b8:.1f} b8")
     finally:
         warnings = daemon.finish() if daemon.proc is not None else []
+        if llama and bare is not None:
+            bare.close()
     med = {k: statistics.median(v) for k, v in samples.items()}
+    torch_b1 = torch_daemon_b1(model_dir, args) if llama and not args.no_torch else None
     bound = bandwidth / weight_bytes
-    return {
-        "bare_tok_s_b1": rnd(med["bare_b1"]),
+    prefix = "bare_llamacpp" if llama else "bare"
+    out: dict[str, Any] = {
+        f"{prefix}_tok_s_b1": rnd(med["bare_b1"]),
         "daemon_tok_s_b1": rnd(med["daemon_b1"]),
-        "bare_tok_s_b8": rnd(med["bare_b8"]),
+        f"{prefix}_tok_s_b8": rnd(med["bare_b8"]),
         "daemon_tok_s_b8": rnd(med["daemon_b8"]),
+    }
+    if torch_b1 is not None:
+        out["torch_daemon_tok_s_b1"] = rnd(torch_b1)
+    out.update({
+        "weight_type": status.dtype,
         "step_ms_b1": rnd(med["step_ms"], 2),
         "bandwidth_bound_tok_s_b1": rnd(bound),
         "fraction_of_bound_b1": rnd(med["daemon_b1"] / bound, 3),
         "compile_s": status.compile_s,
         "daemon_overhead_ms_per_token": rnd(med["overhead_ms"], 3),
         "context": {
-            "speedup_b1": rnd(med["daemon_b1"] / med["bare_b1"], 2),
-            "speedup_b8": rnd(med["daemon_b8"] / med["bare_b8"], 2),
+            "daemon_vs_bare_b1": rnd(med["daemon_b1"] / med["bare_b1"], 2),
+            "daemon_vs_bare_b8": rnd(med["daemon_b8"] / med["bare_b8"], 2),
+            "daemon_vs_torch_daemon_b1": rnd(med["daemon_b1"] / torch_b1, 2) if torch_b1 else None,
+            "backend": status.backend,
             "dtype": status.dtype,
             "threads": status.threads,
             "decode_path": status.decode_path,
@@ -231,7 +322,20 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "daemon_ready_s": rnd(daemon.ready_s),
             "daemon_warnings": warnings,
         },
-    }
+    })
+    return out
+
+
+def torch_daemon_b1(model_dir: Path, args: argparse.Namespace) -> float:
+    """The torch path's batch-1 rate in this run (its own daemon, after the first stopped)."""
+    daemon = Daemon(str(model_dir), ["--backend", "torch", "--compile", "false", *args.serve_arg], log, label="torch daemon")
+    try:
+        daemon.start(args.timeout)
+        rates = [asyncio.run(clients(daemon.socket, 1, args, 10 + r))[0] for r in range(args.rounds)]
+    finally:
+        daemon.finish()
+    log(f"torch daemon: {statistics.median(rates):.1f} tok/s b1")
+    return statistics.median(rates)
 
 
 def main(argv: list[str] | None = None) -> int:

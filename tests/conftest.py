@@ -54,6 +54,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_model.build(tmp_path_factory.mktemp("models") / "tiny", seed=0, shape="tiny")
 
 
+@pytest.fixture(scope="session")
+def llamacpp_f32_gguf(tiny_model_dir: Path) -> Path:
+    """The tiny model as an f32 GGUF, converted once (and cached in the model store, so
+    the daemons the tests start find it there)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make venv builds it)")
+    from axchat.actors.backends.llamacpp.load import gguf_for
+
+    return gguf_for(tiny_model_dir, "f32", threads=1)
+
+
 def short_socket_dir() -> Path:
     """ipc paths are limited to ~107 bytes, so not under pytest's long tmp paths."""
     return Path(tempfile.mkdtemp(prefix="axc-"))

@@ -51,6 +51,8 @@ class TelemetryActor(Actor):
         # The backend's own reading (an AIPU's cores) wins over the host's sensors.
         self._device_temperature = temperature
         self._info = info
+        threads = f", {info.threads} thread{'s' if info.threads != 1 else ''}" if info.threads else ""
+        self._engine = f"{info.backend} {info.dtype}{threads}"
         self._max_queued = max_queued
         # (finish time, completion tokens) of recent requests, for the aggregate rate.
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
@@ -113,7 +115,7 @@ class TelemetryActor(Actor):
         self.requests_total += 1
         self.completion_tokens_total += msg.completion_tokens
         log.info(
-            "request %s finish=%s prompt_tokens=%d cached_tokens=%d trimmed_messages=%d | %s | %s",
+            "request %s finish=%s prompt_tokens=%d cached_tokens=%d trimmed_messages=%d | %s | %s | Engine: %s",
             msg.label,
             msg.reason,
             msg.prompt_tokens,
@@ -121,6 +123,7 @@ class TelemetryActor(Actor):
             msg.trimmed_messages,
             format_stats(stats),
             format_host(stats),
+            self._engine,
         )
         self._recent.append((time.monotonic(), msg.completion_tokens))
         done = v1.Done(

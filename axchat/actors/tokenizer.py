@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from axchat.actors import messages as m
@@ -315,6 +316,9 @@ def load_tokenizer(model: str) -> Any:
     from axchat.actors.backends.base import ModelLoadError
 
     try:
+        if model.endswith(".gguf"):  # the vocabulary and template in a GGUF file's metadata
+            path = Path(model)
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         return AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError) as exc:
         raise ModelLoadError.because(f"cannot load a tokenizer from {model}", exc) from None

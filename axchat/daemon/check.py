@@ -3,6 +3,8 @@ before the long model load (the system unit's `ExecStartPre=`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from axchat import endpoint as ep
 from axchat.daemon import curve_auth
 from axchat.daemon.config import ServeConfig
@@ -27,13 +29,18 @@ def check(cfg: ServeConfig) -> str:
     except (ep.EndpointError, curve_auth.ListenRefused) as exc:
         raise CheckFailed(str(exc)) from None
 
-    if cfg.backend != "torch":
-        raise CheckFailed(f"unknown backend {cfg.backend!r}")
-    from axchat.actors.backends import torch_backend
+    from axchat.daemon.backend_choice import choose_backend
     from axchat.models.resolve import resolve
 
+    resolved = resolve(cfg.model)
+    backend, _ = choose_backend(cfg, resolved.source)
+    if backend == "llamacpp":
+        return _check_llamacpp(cfg, resolved.source, resolved.aliases[0], endpoint)
+    if backend != "torch":
+        raise CheckFailed(f"unknown backend {cfg.backend!r}")
+    from axchat.actors.backends import torch_backend
+
     try:
-        resolved = resolve(cfg.model)
         config = torch_backend.load_config(resolved.source)
         model = f"{resolved.aliases[0]} ({config.model_type})"
         device = torch_backend.resolve_device(cfg.device)
@@ -41,3 +48,26 @@ def check(cfg: ServeConfig) -> str:
     except ModelLoadError as exc:
         raise CheckFailed(str(exc)) from None
     return f"ok: model {model}, device {device}, dtype {dtype}, socket {ep.describe(endpoint)}"
+
+
+def _check_llamacpp(cfg: ServeConfig, source: str, name: str, endpoint: str) -> str:
+    from axchat.actors.backends import ModelLoadError, llamacpp
+    from axchat.actors.backends.llamacpp.load import find_gguf, is_llama_family, weight_type
+
+    why = llamacpp.unavailable()
+    if why is not None:
+        raise CheckFailed(why)
+    from axchat.actors.backends.llamacpp.gguf_convert import read_config
+    from axchat.models.gguf_header import NotGguf, read_facts
+
+    gguf = find_gguf(source)
+    if gguf is None and not is_llama_family(source):
+        raise CheckFailed(f"{source} is neither a GGUF file nor a Llama-family model directory")
+    try:
+        if gguf is not None:
+            weights, kind = gguf.name, read_facts(gguf).get("general.architecture", "unknown")
+        else:
+            weights, kind = f"{weight_type(cfg.quant, cfg.dtype)} GGUF", read_config(Path(source)).get("model_type")
+    except (ModelLoadError, NotGguf, OSError) as exc:
+        raise CheckFailed(str(exc)) from None
+    return f"ok: model {name} ({kind}), backend llamacpp, device cpu, weights {weights}, socket {ep.describe(endpoint)}"

@@ -23,6 +23,9 @@ from axchat.protocol.v1 import DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_CEILING
 SYSTEM_CONFIG = Path("/etc/axchat/config.toml")
 ENV_CONFIG = "AXCHAT_CONFIG"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKEND_CHOICES = ("auto", "llamacpp", "torch", "aipu")
+# llamacpp weight types; "auto": the float type an explicit --dtype names, else q8_0.
+QUANTS = ("auto", "f32", "f16", "bf16", "q8_0", "q4_k_m")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Keep-alive of a daemon a client started for you (`--autostarted`), as Ollama does: a
 # per-user daemon nobody asked for should not hold a model's memory all day. A service
@@ -33,7 +36,8 @@ AUTOSTART_KEEP_ALIVE_S = 300.0
 @dataclass(frozen=True)
 class ServeConfig:
     model: str | None  # None: the default model (built on first use)
-    backend: str = "torch"
+    backend: str = "auto"  # resolved at start-up (daemon/backend_choice.py)
+    quant: str = "auto"
     device: str = "auto"
     dtype: str = "auto"
     socket: str | None = None
@@ -169,7 +173,8 @@ def _group(value: object) -> str:
 # key in files (and, upper-cased, in AXCHAT_* names) -> (ServeConfig field, converter)
 SETTINGS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "model": ("model", _str),
-    "backend": ("backend", _choice("torch", "aipu")),
+    "backend": ("backend", _choice(*BACKEND_CHOICES)),
+    "quant": ("quant", _choice(*QUANTS)),
     "device": ("device", _str),
     "dtype": ("dtype", _choice(*DTYPES)),
     "socket": ("socket", _str),
@@ -265,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     help_for = {
         "model": "catalog name (axchat models), local model directory or Hugging Face hub id (default: the bundled axchat-mini)",
-        "backend": "device backend: torch or aipu (default: torch; --device aipu implies aipu)",
+        "backend": "device backend: auto, llamacpp, torch or aipu (default: auto: llamacpp for GGUF files and "
+        "Llama-family models on the CPU, torch for CUDA and other architectures; --device aipu implies aipu)",
+        "quant": f"llamacpp weight type: {', '.join(QUANTS)} (default: auto: the float type --dtype names, else q8_0)",
         "device": "auto, cpu, cuda, cuda:N, or aipu for an Axelera Metis card (default: auto)",
         "dtype": f"{', '.join(DTYPES)} (default: auto)",
         "socket": "socket path or tcp:// endpoint (default: $AXCHAT_SOCKET or $XDG_RUNTIME_DIR/axchat/axchat.sock)",

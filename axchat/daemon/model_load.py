@@ -16,9 +16,10 @@ from axchat.actors.tokenizer import load_tokenizer
 from axchat.daemon.config import ServeConfig
 from axchat.models.readable import unreadable_part
 
-# Stages, in order: read and check the model's config; read the weights onto the
-# device; one forward pass, so the first request does not pay for lazy set-up.
-STAGES = ("config", "weights", "warm-up")
+# Stages, in order: read and check the model's config; (llamacpp, first start of a
+# model only) convert it to GGUF; read the weights onto the device; one forward pass,
+# so the first request does not pay for lazy set-up.
+STAGES = ("config", "convert", "weights", "warm-up")
 WARM_UP_SEQ = -1  # never a request's id: those count up from 1
 # Tests only: a load waits at the weights stage until this file exists, so a test can
 # hold a reload open while clients queue behind it (tests/daemon/test_keepalive.py).
@@ -41,6 +42,13 @@ def load_device(cfg: ServeConfig, model: str, progress: Callable[[str], None] = 
 
         # Milliseconds, and a vanished or broken model fails here, before the long part.
         torch_backend.load_config(model)
+    elif cfg.backend == "llamacpp":
+        from axchat.actors.backends import llamacpp
+
+        if llamacpp.unavailable() is None:  # else load_backend says why
+            from axchat.actors.backends.llamacpp.load import convert_if_needed
+
+            convert_if_needed(model, cfg.quant, cfg.dtype, cfg.threads, progress)
     progress("weights")
     _wait_for_test_gate()
     backend = load_backend(
@@ -57,6 +65,7 @@ def load_device(cfg: ServeConfig, model: str, progress: Callable[[str], None] = 
         aipu_device=cfg.aipu_device,
         aipu_runtime=cfg.aipu_runtime,
         tokenizer_dir=cfg.tokenizer_dir,
+        quant=cfg.quant,
     )
     progress("warm-up")
     try:
@@ -85,7 +94,7 @@ def device_loader(
     With `chosen` (the start-up load's info), a reload keeps the dtype, thread count and
     lanes measured at start-up: measuring again would make the waiting client pay for it and
     could pick differently under momentary load."""
-    if chosen is not None and cfg.backend == "torch":
+    if chosen is not None and chosen.backend == "torch":
         cfg = replace(
             cfg,
             dtype=chosen.dtype if cfg.dtype == "auto" else cfg.dtype,
@@ -93,6 +102,8 @@ def device_loader(
             threads=chosen.threads or cfg.threads or None,
             lanes=chosen.lanes if chosen.threads else None,
         )
+    elif chosen is not None and chosen.backend == "llamacpp" and chosen.threads:
+        cfg = replace(cfg, threads=chosen.threads)  # measured at start-up; not again
     return functools.partial(load_device, cfg, model)
 
 

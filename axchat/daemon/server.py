@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from axchat.actors.sampler import SamplerActor
 from axchat.actors.telemetry import TelemetryActor
 from axchat.actors.tokenizer import TokenizerActor, end_of_turn_ids
 from axchat.daemon import curve_auth, model_load, socket_lock
+from axchat.daemon.backend_choice import choose_backend
 from axchat.daemon.config import ServeConfig
 from axchat.daemon.frontdoor import FrontDoor
 from axchat.daemon.notify import EXTEND_TIMEOUT_S, Notifier, ping_watchdog
@@ -163,6 +164,10 @@ async def run(cfg: ServeConfig) -> int:
             outer.callback(os.close, lock_fd)  # last out: after the socket file is removed
         resolved = resolve_model(cfg)
         model = resolved.source
+        backend, why = choose_backend(cfg, model)
+        if why:
+            log.info("%s", why)
+        cfg = replace(cfg, backend=backend)
         log.info(
             "loading %s (backend %s, device %s, dtype %s, keep-alive %s)",
             model,
@@ -259,11 +264,13 @@ async def _serve(
         stack.callback(_unlink_socket, endpoint)
 
         log.info(
-            "ready: serving %s on %s (%s, %s, context %d)",
+            "ready: serving %s on %s (%s, %s, %s, %d threads, context %d)",
             info.model,
             ep.describe(door.bound_endpoint),
+            info.backend,
             info.device,
             info.dtype,
+            info.threads,
             info.context_length,
         )
         phase.door, phase.device, phase.text = door, device, "serving"

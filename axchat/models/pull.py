@@ -96,29 +96,50 @@ def _partial_bytes(staging: Path, files: list[hub.RemoteFile]) -> int:
     return done
 
 
-def pull(name: str, *, root: Path | None = None, revision: str = "main", out: TextIO = sys.stderr) -> Path:
-    """Fetch name (a catalog name or hub id) into the store; returns the model's directory."""
+def _gguf_source(name: str, entry: catalog.CatalogModel | None) -> tuple[str, str]:
+    """(repo id, file) of the catalog entry's GGUF file."""
+    if entry is None or entry.gguf is None:
+        offered = ", ".join(m.name for m in catalog.CATALOG.values() if m.gguf)
+        raise PullError(f"no GGUF file is known for {name}; catalog models with one: {offered}")
+    org, repo, file = entry.gguf.split("/", 2)
+    return f"{org}/{repo}", file
+
+
+def pull(
+    name: str, *, root: Path | None = None, revision: str = "main", out: TextIO = sys.stderr, gguf: bool = False
+) -> Path:
+    """Fetch name (a catalog name or hub id) into the store; returns the model's directory.
+    With `gguf`, the catalog entry's GGUF file instead (alone in that directory)."""
     if name == catalog.BUNDLED_NAME:
         raise PullError(f"{name} is bundled with axchat: nothing to pull")
     entry = catalog.CATALOG.get(name) or catalog.by_hub_id(name)
     repo_id = entry.hub_id if entry else name
+    gguf_name = None
+    if gguf:
+        repo_id, gguf_name = _gguf_source(name, entry)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
         raise PullError(f"{name} is neither a catalog name ({', '.join(catalog.CATALOG)}) nor a hub id like ORG/NAME")
     root = root or store.store_root()
     target = root / store.dir_name(name)
-    if (target / "config.json").is_file():
+    if store.pulled_dir(name, root) is not None:
         out.write(f"{name} is already in {target}\n")
         return target
 
-    gated = bool(entry and entry.gated)
+    gated = bool(entry and entry.gated and not gguf)
     staging = root / store.STAGING_DIR / target.name
     made_staging = not staging.exists()
     try:
-        files = wanted_files(hub.list_files(repo_id, revision, gated=gated))
-        if not any(f.path.endswith(".safetensors") for f in files):
-            raise PullError(f"{repo_id} has no safetensors weights; axchat loads only those")
-        if not any(f.path == "config.json" for f in files):
-            raise PullError(f"{repo_id} has no config.json: not a transformers model")
+        listed = hub.list_files(repo_id, revision, gated=gated)
+        if gguf_name is not None:
+            files = [f for f in listed if f.path == gguf_name]
+            if not files:
+                raise PullError(f"{repo_id} has no {gguf_name}")
+        else:
+            files = wanted_files(listed)
+            if not any(f.path.endswith(".safetensors") for f in files):
+                raise PullError(f"{repo_id} has no safetensors weights; axchat loads only those")
+            if not any(f.path == "config.json" for f in files):
+                raise PullError(f"{repo_id} has no config.json: not a transformers model")
         staging.mkdir(parents=True, exist_ok=True)
         total = sum(f.size for f in files)
         done = _partial_bytes(staging, files)
@@ -166,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("model", help=f"a catalog name ({', '.join(catalog.CATALOG)}) or a hub id ORG/NAME")
     p.add_argument("--revision", default="main", help="branch, tag or commit on the hub (default main)")
+    p.add_argument("--gguf", action="store_true", help="the catalog model's ready GGUF file (q8_0) instead of its safetensors")
     args = p.parse_args(argv)
     try:
-        path = pull(args.model, revision=args.revision)
+        path = pull(args.model, revision=args.revision, gguf=args.gguf)
     except PullError as exc:
         print(f"axchat pull: {exc}", file=sys.stderr)
         return 1

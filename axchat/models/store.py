@@ -39,9 +39,15 @@ def display_name(directory: str) -> str:
 
 
 def pulled_dir(name: str, root: Path | None = None) -> Path | None:
-    """The store directory for a catalog name or hub id, if that model has been pulled."""
+    """The store directory (or GGUF file) for a catalog name or hub id, if that model has
+    been pulled or put there."""
     path = (root or store_root()) / dir_name(name)
-    return path if (path / "config.json").is_file() else None
+    if (path / "config.json").is_file():
+        return path
+    for candidate in (path, path.with_name(path.name + ".gguf")):
+        if gguf_file(candidate) is not None:
+            return candidate
+    return None
 
 
 @dataclass(frozen=True)
@@ -66,14 +72,42 @@ def describe(path: Path, name: str) -> LocalModel:
     return LocalModel(name, path, size, context if isinstance(context, int) else None, architecture)
 
 
+def gguf_file(path: Path) -> Path | None:
+    """A GGUF model: a .gguf file, or a directory holding one and no config.json."""
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(path.glob("*.gguf"))
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def describe_gguf(path: Path, name: str) -> LocalModel:
+    """Name, size, context length and architecture from the GGUF header alone."""
+    from axchat.models import gguf_header
+
+    gguf = gguf_file(path) or path
+    try:
+        facts = gguf_header.read_facts(gguf)
+    except (OSError, gguf_header.NotGguf):
+        facts = {}
+    arch = str(facts.get("general.architecture") or "unknown")
+    context = facts.get(f"{arch}.context_length")
+    return LocalModel(name, path, gguf.stat().st_size, int(context) if isinstance(context, int) else None, f"{arch} (GGUF)")
+
+
 def local_models(root: Path | None = None) -> list[LocalModel]:
-    """Every complete model in the store, by name."""
+    """Every complete model in the store, by name: Hugging Face directories and GGUF
+    files (alone or in a directory of their own)."""
     root = root or store_root()
     if not root.is_dir():
         return []
-    found = [
-        describe(path, display_name(path.name))
-        for path in sorted(root.iterdir())
-        if path.is_dir() and not path.name.startswith(".") and (path / "config.json").is_file()
-    ]
+    found = []
+    for path in sorted(root.iterdir()):
+        if path.name.startswith("."):
+            continue  # pulls in progress, converted-model cache
+        if path.is_dir() and (path / "config.json").is_file():
+            found.append(describe(path, display_name(path.name)))
+        elif gguf_file(path) is not None:
+            found.append(describe_gguf(path, display_name(path.name.removesuffix(".gguf"))))
     return found

@@ -9,6 +9,8 @@ Tokenizer choices (and why):
   every UTF-8 string round-trips, and because the vocabulary is tiny, characters such as
   "日" or "🙂" are split over several tokens, each of which decodes alone to text containing
   U+FFFD. Tests of UTF-8-safe streaming rely on that.
+* Shapes with a real model's vocabulary (smollm2-135m, llama-3.2-1b) pad the trained
+  vocabulary to it with plain words, so every id decodes to visible text.
 * Special tokens, in id order: ``<|begin_of_text|>`` (bos, id 0), ``<|im_start|>`` (1),
   ``<|im_end|>`` (eos, 2), ``<|pad|>`` (pad, 3).
 * No post-processor: ``tokenizer(text)`` never inserts BOS/EOS implicitly, and the chat
@@ -203,6 +205,21 @@ def build_tokenizer(
     return fast
 
 
+def _pad_vocabulary(tokenizer: PreTrainedTokenizerFast, size: int) -> None:
+    """Grow the vocabulary to the model's size with words (" w1234") that decode to
+    visible text: random weights pick ids all over a large vocabulary, and ids that
+    decode to nothing would make every streamed answer arrive as one late delta. No merge
+    makes them, so encoding text is unchanged."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    for i in range(len(tokenizer), size):
+        word = f"\u0120w{i}"  # the byte-level alphabet's space, then the word
+        vocab[word if word not in vocab else f"{word}_"] = i
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(spec))  # type: ignore[attr-defined]
+
+
 def _build_into(staging: Path, *, seed: int, shape: str) -> None:
     """Write tokenizer, config, weights and marker into an empty staging directory."""
     import torch
@@ -218,7 +235,9 @@ def _build_into(staging: Path, *, seed: int, shape: str) -> None:
     tokenizer = build_tokenizer(
         spec.tokenizer_vocab, model_max_length=spec.config["max_position_embeddings"]
     )
-    vocab_size = spec.vocab_size if spec.vocab_size is not None else len(tokenizer)
+    if spec.vocab_size is not None and spec.vocab_size > len(tokenizer):
+        _pad_vocabulary(tokenizer, spec.vocab_size)
+    vocab_size = len(tokenizer)
     ids = dict(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

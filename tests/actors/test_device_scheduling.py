@@ -1,4 +1,5 @@
-"""The device actor's schedule, in process, on the real torch backend with a call log:
+"""The device actor's schedule, in process, on each real CPU backend (torch's lean path,
+llama.cpp) with a call log:
 a long prompt is prefilled in chunks with other sequences' decode steps between them;
 newcomers' short prompts go in one forward together."""
 
@@ -103,9 +104,19 @@ class FailLoudly:
         raise AssertionError(f"{actor.name} failed on {msg}") from exc
 
 
+@pytest.fixture(params=["torch", "llamacpp"])
+def engine(request: pytest.FixtureRequest, tiny_model_dir: Path) -> DeviceBackend:
+    if request.param == "llamacpp":
+        request.getfixturevalue("llamacpp_f32_gguf")  # skips when llama_cpp is missing; converts once
+        from axchat.actors.backends.llamacpp import load
+
+        return load.load(str(tiny_model_dir), quant="f32", threads=1)
+    return torch_backend.load(str(tiny_model_dir), threads=1)
+
+
 @pytest.fixture
-async def rig(request: pytest.FixtureRequest, tiny_model_dir: Path) -> AsyncIterator[tuple[Bus, LoggedTorchBackend, Collector, DeviceActor, Collector]]:
-    backend = LoggedTorchBackend(torch_backend.load(str(tiny_model_dir), threads=1))
+async def rig(request: pytest.FixtureRequest, engine: DeviceBackend) -> AsyncIterator[tuple[Bus, LoggedTorchBackend, Collector, DeviceActor, Collector]]:
+    backend = LoggedTorchBackend(engine)
     # Indirect parameter: whether decode steps may carry prompt chunks (the lean path's
     # default); without, they alternate, as on backends that cannot.
     mixed = getattr(request, "param", True)

@@ -168,3 +168,27 @@ def test_cgroup_quota_caps_the_usable_cores(tmp_path: Path) -> None:
     quota.write_text("max 100000\n")
     assert cgroup_cpu_limit(quota) is None
     assert cgroup_cpu_limit(tmp_path / "absent") is None
+
+
+def test_backend_and_quant_come_from_file_env_or_flag(layout: tuple[Path, Path, dict[str, str]], tiny_model_dir: Path) -> None:
+    from axchat.daemon.backend_choice import choose_backend
+
+    _, user, env = layout
+    assert (parse([], env).backend, parse([], env).quant) == ("auto", "auto")
+    user.write_text('backend = "torch"\nquant = "q4_k_m"\n')
+    assert (parse([], env).backend, parse([], env).quant) == ("torch", "q4_k_m")
+    cfg = parse(["--backend", "llamacpp", "--quant", "f16"], {**env, "AXCHAT_QUANT": "bf16"})
+    assert (cfg.backend, cfg.quant) == ("llamacpp", "f16")
+    with pytest.raises(ConfigError, match="quant"):
+        parse(["--quant", "q3"], env)
+    # auto: an explicit backend stands; the AIPU by device; a non-Llama directory on torch.
+    assert choose_backend(cfg, str(tiny_model_dir))[0] == "llamacpp"
+    assert choose_backend(parse(["--device", "aipu"], env), "x")[0] == "aipu"
+    assert choose_backend(parse(["--backend", "auto"], env), "some/hub-id")[0] == "torch"
+    from axchat.actors.backends import llamacpp
+
+    backend, why = choose_backend(parse(["--backend", "auto"], env), str(tiny_model_dir))
+    if llamacpp.unavailable() is None:
+        assert (backend, why) == ("llamacpp", None)
+    else:  # falls back, saying why in one line
+        assert backend == "torch" and why is not None and "\n" not in why

@@ -69,13 +69,15 @@ def status(client: RawClient) -> v1.StatusReply:
 
 
 def wait_status(client: RawClient, want: str, timeout_s: float = STATE_TIMEOUT_S) -> v1.StatusReply:
-    """Poll status until it shows `want`: "unloaded" or "loading"."""
+    """Poll status until it shows `want`: "unloaded", "loading" or "held" (at the gate)."""
     deadline = time.monotonic() + timeout_s
     while True:
         reply = status(client)
         if want == "unloaded" and not reply.loaded and reply.load_stage is None:
             return reply
         if want == "loading" and reply.load_stage is not None:
+            return reply
+        if want == "held" and reply.load_stage == "weights":
             return reply
         assert time.monotonic() < deadline, f"status never showed {want}: {reply}"
         time.sleep(0.05)  # a polling period, bounded by the deadline above
@@ -177,7 +179,7 @@ def test_clients_queue_behind_a_reload_and_may_cancel_or_leave(kad: KeepAliveDae
         for c, rid in ((a, "a"), (b, "b"), (quitter, "q"), (leaver, "l")):
             first = c.recv(want=rid)[1]
             assert isinstance(first, v1.Loading), first
-        held = wait_status(client, "loading")
+        held = wait_status(client, "held")  # at the gate: whatever stages came before took their time
         assert held.load_stage == "weights" and held.queued == 4 and not held.loaded
         started = time.monotonic()
         assert status(client).load_stage == "weights"

@@ -42,11 +42,13 @@ def data_home(tmp_path: Path) -> Path:
 
 
 def axchat_pull(name: str, endpoint: str, data_home: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}  # only the test's token, if any
-    full_env.update(HF_ENDPOINT=endpoint, XDG_DATA_HOME=str(data_home), **env)
-    return subprocess.run(
-        [sys.executable, "-m", "axchat", "pull", name], env=full_env, capture_output=True, text=True, timeout=60
-    )
+    return axchat_pull_args([name], endpoint, data_home, **env)
+
+
+def axchat_pull_args(args: list[str], endpoint: str, data_home: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}  # only the test's token, if any
+    env.update(HF_ENDPOINT=endpoint, XDG_DATA_HOME=str(data_home), **extra)
+    return subprocess.run([sys.executable, "-m", "axchat", "pull", *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def files_under(root: Path) -> list[Path]:
@@ -70,6 +72,31 @@ def test_pull_fetches_what_a_model_needs_into_the_store(
     again = axchat_pull(REPO_ID, url, data_home)
     assert again.returncode == 0 and "already" in again.stderr
     assert len(state.downloads) == len(model_files)
+
+
+def test_pull_gguf_fetches_the_catalog_models_gguf_file_which_lists_and_resolves(
+    model_files: dict[str, bytes], data_home: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from axchat.actors.backends.llamacpp import gguf_convert
+    from axchat.models import catalog
+
+    entry = catalog.CATALOG["smollm2-135m"]
+    assert entry.gguf is not None
+    repo, name = entry.gguf.rsplit("/", 1)
+    converted = tmp_path / "tiny.gguf"
+    gguf_convert.convert(tiny_model_dir, converted, "f16")
+    state = HubState(repos={repo: Repo({name: converted.read_bytes(), "README.md": b"# q8\n"})})
+    with hub_server(state) as url:
+        proc = axchat_pull_args(["smollm2-135m", "--gguf"], url, data_home)
+    assert proc.returncode == 0, proc.stderr
+    root = data_home / "axchat" / "models"
+    assert [p.name for p in (root / "smollm2-135m").iterdir()] == [name]
+    assert resolve.resolve("smollm2-135m", root).source == str(root / "smollm2-135m")
+    listed = store.local_models(root)
+    assert [(m.name, m.architecture, m.context) for m in listed] == [("smollm2-135m", "llama (GGUF)", 8192)]
+    # A catalog model without one says which have one.
+    none = axchat_pull_args(["phi-3-mini", "--gguf"], "http://127.0.0.1:9", data_home)
+    assert none.returncode == 1 and "smollm2-135m" in none.stderr
 
 
 def test_interrupted_download_resumes_with_a_range_request(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
 
-BACKENDS = ("torch", "aipu")
+BACKENDS = ("llamacpp", "torch", "aipu")
 
 
 def load_backend(
@@ -22,7 +22,24 @@ def load_backend(
     aipu_device: str | None = None,
     aipu_runtime: str | None = None,
     tokenizer_dir: str | None = None,
+    quant: str = "auto",
 ) -> DeviceBackend:
+    if backend == "llamacpp":
+        from axchat.actors.backends import llamacpp
+
+        why = llamacpp.unavailable()
+        if why is not None:
+            raise ModelLoadError(why)
+        from axchat.actors.backends.llamacpp import load
+
+        return load.load(
+            model,
+            quant=quant,
+            dtype=dtype,
+            context=context,
+            threads=threads,
+            prefix_cache_bytes=prefix_cache_bytes,
+        )
     if backend == "torch":
         from axchat.actors.backends import torch_backend
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers_reference import greedy_reference, prompt, ref_logits
 
 from axchat.actors.backends import torch_backend
 from axchat.actors.backends.lean_backend import LeanTorchBackend
@@ -29,21 +30,6 @@ def backend(tiny_model_dir: Path) -> LeanTorchBackend:
     b = torch_backend.load(str(tiny_model_dir), dtype="float32", threads=1, prefix_cache_bytes=64 << 20)
     assert isinstance(b, LeanTorchBackend)
     return b
-
-
-def prompt(n: int, salt: int = 0) -> list[int]:
-    return [(7 * i + 11 * salt + 5) % 990 + 4 for i in range(n)]
-
-
-def ref_logits(model, ids: list[int]) -> np.ndarray:  # type: ignore[no-untyped-def]
-    with torch.inference_mode():
-        return model(input_ids=torch.tensor([ids])).logits[0, -1].float().numpy()
-
-
-def greedy_reference(model, ids: list[int], n: int) -> list[int]:  # type: ignore[no-untyped-def]
-    with torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n)
-    return out[0, len(ids) :].tolist()
 
 
 def test_prefill_and_chunked_extend_match_transformers(backend: LeanTorchBackend, reference) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,16 @@
+"""The CPU engine: llama.cpp (through llama-cpp-python's C API) behind the device
+interface. Importing this package imports neither llama_cpp nor torch."""
+
+from __future__ import annotations
+
+import functools
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """Why llama_cpp cannot be used here (one line), or None when it can."""
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception as exc:  # ImportError, or OSError from a libllama that will not load
+        return f"llama-cpp-python is not usable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return None

@@ -1,0 +1,163 @@
+"""The `llamacpp` device backend: every request is a llama.cpp sequence id in one context
+whose KV cells all sequences share. A decode step is one `llama_decode` of every running
+sequence's next token; prompt pieces of several sequences (and a long prompt's chunk
+beside a decode step) go in the same batch, as llama-server does.
+
+A finished sequence's cells stay under its sequence id as a prefix-cache entry (parked);
+a later request of the same client shares the longest matching prefix with `seq_cp`
+(cells are shared, not copied) and feeds only the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend
+from axchat.actors.backends.llamacpp.engine import Engine, NoKvRoom
+from axchat.actors.backends.prefix_store import PrefixStore
+
+
+class LlamaCppBackend(DeviceBackend):
+    def __init__(
+        self,
+        engine: Engine,
+        info: BackendInfo,
+        *,
+        max_batch: int,
+        parked: int,
+        bytes_per_cell: int,
+        prefill_chunk: int = 256,
+        prefix_cache_bytes: int = 0,
+    ) -> None:
+        self.engine = engine
+        self.info = info
+        self.capabilities = Capabilities(
+            max_batch=max_batch,
+            kv_survives_switch=True,
+            prefill_chunk=prefill_chunk,
+            prefix_cache=prefix_cache_bytes > 0 and parked > 0,
+            prefill_rows=max_batch,
+            mixed_steps=True,
+        )
+        self._bytes_per_cell = bytes_per_cell
+        self._max_batch = max_batch
+        self._parked_max = parked
+        # Entries are the llama.cpp sequence ids holding the kept cells.
+        self._prefixes: PrefixStore[int] = PrefixStore(prefix_cache_bytes, on_drop=self._free)
+        self._free_ids = list(range(max_batch + parked))[::-1]  # popped from the end: 0 first
+        self._seq: dict[int, int] = {}  # request sequence -> llama.cpp sequence id
+        self._length: dict[int, int] = {}  # positions of KV each holds
+
+    # ------------------------------------------------------------ sequence ids
+
+    def _free(self, llama_seq: int) -> None:
+        self.engine.forget(llama_seq)
+        self._free_ids.append(llama_seq)
+
+    def _claim(self, seq_id: int) -> int:
+        if seq_id in self._seq:
+            raise ValueError(f"sequence {seq_id} is already started")
+        if len(self._seq) >= self._max_batch:
+            raise RuntimeError(f"all {self._max_batch} sequences are running")
+        if not self._free_ids:
+            self._prefixes.drop_oldest()  # a parked prefix gives up its id
+        llama_seq = self._free_ids.pop()
+        self._seq[seq_id] = llama_seq
+        self._length[seq_id] = 0
+        return llama_seq
+
+    # ------------------------------------------------------------ feeding
+
+    def _feed(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
+        """Each sequence's piece in one batch, in the caller's order; logits after each."""
+        tokens: list[int] = []
+        positions: list[int] = []
+        seqs: list[int] = []
+        want: list[int] = []
+        for seq_id, piece in zip(seq_ids, pieces, strict=True):
+            start = self._length[seq_id]
+            tokens.extend(piece)
+            positions.extend(range(start, start + len(piece)))
+            seqs.extend([self._seq[seq_id]] * len(piece))
+            want.append(len(tokens) - 1)
+        try:
+            logits = self.engine.run(tokens, positions, seqs, want)
+        except NoKvRoom:
+            # Kept prefixes give way to running sequences; what the failed call wrote is
+            # dropped so that the retry starts from the same KV.
+            self._undo(seq_ids)
+            if not len(self._prefixes):
+                raise
+            self._prefixes.clear()
+            logits = self.engine.run(tokens, positions, seqs, want)
+        for seq_id, piece in zip(seq_ids, pieces, strict=True):
+            self._length[seq_id] += len(piece)
+        return logits
+
+    def _undo(self, seq_ids: Sequence[int]) -> None:
+        for seq_id in seq_ids:
+            self.engine.forget(self._seq[seq_id], self._length[seq_id])
+
+    # ------------------------------------------------------------ DeviceBackend
+
+    def prefill(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
+        self._claim(seq_id)
+        return self._feed([seq_id], [token_ids])[0]
+
+    def extend(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
+        return self._feed([seq_id], [token_ids])[0]
+
+    def extend_batch(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
+        return self._feed(seq_ids, pieces)
+
+    def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
+        return self._feed(seq_ids, [[t] for t in token_ids])
+
+    def decode_and_extend(
+        self, seq_ids: Sequence[int], token_ids: Sequence[int], chunk_seq: int, chunk_ids: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        logits = self._feed([*seq_ids, chunk_seq], [*([t] for t in token_ids), chunk_ids])
+        return logits[:-1], logits[-1]
+
+    def start(self, seq_id: int, prompt_ids: Sequence[int], salt: str) -> int:
+        llama_seq = self._claim(seq_id)
+        if not self.capabilities.prefix_cache:
+            return 0
+        found = self._prefixes.longest_match(salt, list(prompt_ids), limit=len(prompt_ids) - 1)
+        if found is None:
+            return 0
+        kept, n = found
+        self.engine.share(kept, llama_seq, n)
+        self._length[seq_id] = n
+        return n
+
+    def release(self, seq_id: int, keep: tuple[str, list[int]] | None = None) -> None:
+        llama_seq = self._seq.pop(seq_id, None)
+        if llama_seq is None:
+            return
+        length = self._length.pop(seq_id)
+        if keep is not None and self.capabilities.prefix_cache:
+            salt, tokens = keep
+            # A sequence cut short mid-step has KV and ids that disagree: keep nothing.
+            if length == len(tokens) and length > 0:
+                if len(self._prefixes) >= self._parked_max:
+                    self._prefixes.drop_oldest()
+                if self._prefixes.put(salt, tokens, llama_seq, length * self._bytes_per_cell):
+                    return
+        self._free(llama_seq)
+
+    def live_sequences(self) -> int:
+        return len(self._seq)
+
+    def forget_prefixes(self, connection: str) -> None:
+        self._prefixes.forget(connection)  # its cells go back to the pool (the store's on_drop)
+
+    def prefix_cache_usage(self) -> tuple[int, int]:
+        return len(self._prefixes), self._prefixes.bytes
+
+    def close(self) -> None:
+        self._seq.clear()
+        self._length.clear()
+        self.engine.close()

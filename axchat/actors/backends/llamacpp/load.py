@@ -1,0 +1,241 @@
+"""Loading the `llamacpp` backend: find or make the GGUF file (a local .gguf as is; a
+Hugging Face Llama-family directory converted once into the store's cache, quantized
+by libllama for q8_0 and q4_k_m), size the KV cells, and describe what runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from axchat.actors.backends.base import BackendInfo, ModelLoadError
+from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert, thread_choice
+from axchat.host_cores import default_threads
+
+if TYPE_CHECKING:
+    from axchat.actors.backends.llamacpp.backend import LlamaCppBackend
+
+log = logging.getLogger(__name__)
+
+WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_k_m")
+# Measured with bench/decode.py on this project's 2-core CPU (README): q8_0 decodes
+# fastest at batch 1 on both benched shapes, and llama.cpp's perplexity tables put it
+# within noise of f16.
+DEFAULT_WEIGHT_TYPE = "q8_0"
+_FROM_DTYPE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+# general.file_type values (llama.cpp's llama_ftype) for the types we name.
+_FILE_TYPES = {0: "f32", 1: "f16", 7: "q8_0", 15: "q4_k_m", 32: "bf16", 2: "q4_0", 14: "q4_k_s", 17: "q5_k_m", 18: "q6_k"}
+# KV cells for running sequences, in bytes: enough for every one of `max_batch`
+# sequences to fill the context on small models; on larger ones they share this pool.
+RUNNING_KV_BYTES = 256 << 20
+PARKED = 24  # sequence ids kept for prefix-cache entries beside the running ones
+BATCH_TOKENS = 512  # tokens one llama_decode takes; longer feeds are split
+PREFILL_CHUNK = 256
+
+
+def weight_type(quant: str, dtype: str) -> str:
+    """--quant wins; else an explicit --dtype names the float type; else the default."""
+    if quant != "auto":
+        if quant not in WEIGHT_TYPES:
+            raise ModelLoadError(f"unknown weight type {quant!r}; choose {', '.join(WEIGHT_TYPES)}")
+        return quant
+    return _FROM_DTYPE.get(dtype, DEFAULT_WEIGHT_TYPE)
+
+
+def find_gguf(model: str) -> Path | None:
+    """A .gguf file, or a directory with exactly one .gguf and no Hugging Face weights."""
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def is_llama_family(model: str) -> bool:
+    """A local Hugging Face directory the converter reads."""
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        return False
+    try:
+        return gguf_convert.convertible(gguf_convert.read_config(path))
+    except gguf_convert.ConversionError:
+        return False
+
+
+def _percent_logger(what: str) -> Callable[[float], None]:
+    shown = [-1]
+
+    def tell(fraction: float) -> None:
+        step = int(fraction * 10)
+        if step > shown[0]:
+            shown[0] = step
+            log.info("%s: %d%%", what, step * 10)
+
+    return tell
+
+
+def gguf_for(model_dir: Path, kind: str, threads: int) -> Path:
+    """The cached GGUF of `model_dir` at `kind`, converted (and quantized) on first use."""
+    if kind in gguf_convert.FLOAT_TYPES:
+
+        def make(src: Path, out: Path) -> None:
+            gguf_convert.convert(src, out, kind, _percent_logger(f"converting {src.name} to GGUF {kind}"))
+
+    else:
+        from axchat.actors.backends.llamacpp import quantize
+
+        config = gguf_convert.read_config(model_dir)
+        # Quantized from a float file that loses nothing of the source's weights.
+        base_kind = "bf16" if (config.get("dtype") or config.get("torch_dtype")) == "bfloat16" else "f32"
+
+        def make(src: Path, out: Path) -> None:
+            base = gguf_for(src, base_kind, threads)
+            log.info("quantizing %s to %s with libllama", src.name, kind)
+            quantize.quantize(base, out, kind, threads)
+
+    started = time.monotonic()
+    try:
+        path, made = gguf_cache.ensure(model_dir, kind, make)
+    except (gguf_convert.ConversionError, OSError) as exc:
+        raise ModelLoadError.because(f"cannot convert {model_dir} to GGUF", exc) from None
+    if made:
+        log.info("GGUF %s of %s written in %.1fs: %s", kind, model_dir.name, time.monotonic() - started, path)
+    return path
+
+
+def convert_if_needed(model: str, quant: str, dtype: str, threads: int | None, progress: Callable[[str], None]) -> None:
+    """The load's `convert` stage: make the cached GGUF of a Hugging Face directory now,
+    saying so, when there is none yet (the next starts skip this)."""
+    if find_gguf(model) is not None or not is_llama_family(model):
+        return
+    kind = weight_type(quant, dtype)
+    if not gguf_cache.cached_path(Path(model).expanduser(), kind).is_file():
+        progress("convert")
+        gguf_for(Path(model).expanduser(), kind, threads or default_threads())
+
+
+def _eos_ids(model_dir: Path | None, meta: dict[str, str]) -> tuple[int, ...]:
+    ids: list[int] = []
+    if model_dir is not None:
+        for name in ("generation_config.json", "config.json"):
+            try:
+                eos = json.loads((model_dir / name).read_text()).get("eos_token_id")
+            except (OSError, ValueError):
+                continue
+            if eos is not None:
+                ids = list(eos) if isinstance(eos, list) else [eos]
+                break
+    for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"):
+        if not ids and key in meta:
+            ids.append(int(meta[key]))
+    return tuple(int(i) for i in ids)
+
+
+def load(
+    model: str,
+    *,
+    quant: str = "auto",
+    dtype: str = "auto",
+    context: int | None = None,
+    threads: int | None = None,
+    max_batch: int = 8,
+    prefix_cache_bytes: int = 256 << 20,
+) -> LlamaCppBackend:
+    from axchat.actors.backends.llamacpp import engine as engine_mod
+    from axchat.actors.backends.llamacpp.backend import LlamaCppBackend
+
+    measure_threads = threads is None
+    threads = threads or default_threads()
+    gguf = find_gguf(model)
+    hf_dir: Path | None = None
+    if gguf is None:
+        hf_dir = Path(model).expanduser()
+        if not (hf_dir / "config.json").is_file():
+            raise ModelLoadError(f"cannot load a model config from {model}: no config.json (nor one .gguf file)")
+        if not is_llama_family(model):
+            raise ModelLoadError(f"{model} is neither a GGUF file nor a Llama-family model directory")
+        gguf = gguf_for(hf_dir, weight_type(quant, dtype), threads)
+    try:
+        meta = engine_mod.read_metadata(gguf)
+    except engine_mod.EngineError as exc:
+        raise ModelLoadError(str(exc)) from None
+    kind = _FILE_TYPES.get(int(meta.get("general.file_type", "-1")), f"file type {meta.get('general.file_type', '?')}")
+    if hf_dir is None and quant != "auto" and quant != kind:
+        log.info("%s holds %s weights; --quant %s applies to converted models only", gguf.name, kind, quant)
+    arch = meta.get("general.architecture", "llama")
+    trained = int(meta.get(f"{arch}.context_length", "2048"))
+    if context is not None and context > trained:
+        raise ModelLoadError(f"--context {context} is more than the model's {trained} positions")
+    ctx_len = context or trained
+    exact = kind == "f32"
+    per_cell = bytes_per_cell(meta, arch, 4 if exact else 2)
+    running = min(ctx_len * max_batch, max(ctx_len, RUNNING_KV_BYTES // per_cell))
+    parked = min(prefix_cache_bytes // per_cell, ctx_len * 4) if prefix_cache_bytes else 0
+    cells = -(-(running + parked) // 256) * 256
+    engine = _engine(engine_mod, gguf, cells, max_batch + (PARKED if parked else 0), threads, exact)
+    threads_reason = f"{threads} threads as asked"
+    if measure_threads and threads > 1:
+        threads, threads_reason = thread_choice.choose(engine, [threads, 1])
+    info = BackendInfo(
+        backend="llamacpp",
+        model=_display_name(model),
+        device="cpu",
+        dtype=kind,
+        context_length=ctx_len,
+        vocab_size=engine.vocab_size,
+        eos_ids=_eos_ids(hf_dir, meta),
+        tokenizer=None if hf_dir is not None else tokenizer_source(gguf),
+        decode_path="llama.cpp",
+        dtype_reason=f"weights {kind} ({gguf.name}), KV {'f32, no flash attention' if exact else 'f16'}, {cells} cells; {threads_reason}",
+        threads=threads,
+    )
+    # "as TYPE, N threads": the wording of the torch path's line, which the benches read.
+    log.info(
+        "loaded %s on llama.cpp as %s, %d thread%s, %d KV cells", info.model, kind, threads, "s" * (threads != 1), engine.cells
+    )
+    return LlamaCppBackend(
+        engine,
+        info,
+        max_batch=max_batch,
+        parked=PARKED if parked else 0,
+        bytes_per_cell=per_cell,
+        prefill_chunk=PREFILL_CHUNK,
+        prefix_cache_bytes=parked * per_cell,
+    )
+
+
+def bytes_per_cell(meta: dict[str, str], arch: str, kv_bytes: int) -> int:
+    """KV bytes one token of one sequence takes: K and V in every layer."""
+    heads = int(meta.get(f"{arch}.attention.head_count", "1"))
+    kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", str(heads)))
+    head_dim = int(meta.get(f"{arch}.attention.key_length", "0")) or int(meta[f"{arch}.embedding_length"]) // heads
+    return int(meta[f"{arch}.block_count"]) * 2 * kv_heads * head_dim * kv_bytes
+
+
+def _engine(engine_mod, gguf: Path, cells: int, sequences: int, threads: int, exact: bool):  # type: ignore[no-untyped-def]
+    try:
+        return engine_mod.Engine(gguf, cells=cells, sequences=sequences, batch=BATCH_TOKENS, threads=threads, exact=exact)
+    except engine_mod.EngineError as exc:
+        raise ModelLoadError(str(exc)) from None
+
+
+def tokenizer_source(gguf: Path) -> str:
+    """A Hugging Face tokenizer beside the file if there is one, else the file itself
+    (transformers reads a GGUF's tokenizer)."""
+    if (gguf.parent / "tokenizer.json").is_file() or (gguf.parent / "tokenizer_config.json").is_file():
+        return str(gguf.parent)
+    return str(gguf)
+
+
+def _display_name(model: str) -> str:
+    path = Path(model).expanduser()
+    if not path.exists():
+        return model
+    resolved = path.resolve()
+    return resolved.stem if resolved.suffix == ".gguf" else resolved.name

@@ -1,0 +1,39 @@
+"""Which backend `--backend auto` means for this model on this machine: llama.cpp for
+GGUF files and Llama-family models on the CPU, torch for CUDA and other architectures,
+the AIPU when asked for by device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from axchat.daemon.config import ServeConfig
+
+
+def _cuda_present() -> bool:
+    # Asking torch costs its import; without the driver's device node there is no GPU.
+    if not Path("/dev/nvidiactl").exists():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def choose_backend(cfg: ServeConfig, model: str) -> tuple[str, str | None]:
+    """(backend, a line worth logging about the choice, or None)."""
+    if cfg.backend != "auto":
+        return cfg.backend, None
+    if cfg.device == "aipu":
+        return "aipu", None
+    if cfg.device.startswith("cuda") or (cfg.device == "auto" and _cuda_present()):
+        return "torch", None
+    from axchat.actors.backends import llamacpp
+    from axchat.actors.backends.llamacpp.load import find_gguf, is_llama_family
+
+    if find_gguf(model) is not None:
+        return "llamacpp", None  # torch cannot run it: a missing llama_cpp fails the load, saying why
+    if not is_llama_family(model):
+        return "torch", None
+    why = llamacpp.unavailable()
+    if why is not None:
+        return "torch", f"{why}: running on torch instead (`make venv` builds it)"
+    return "llamacpp", None
