@@ -121,7 +121,7 @@ def test_conversations_keep_their_host_and_survive_losing_one(hosts: tuple[dict[
         for user in USERS:
             host, cached = say(user, "Tell me more.")
             assert host == home[user]  # affinity: the same host every turn...
-            assert cached > 0  # ...where the first turn's prefix is still cached
+            assert cached > 0, user  # ...where the first turn's prefix is still cached
 
         # A stream on host1 when its daemon dies: the client hears a clear error.
         victim = next(u for u in USERS if home[u] == "host1")

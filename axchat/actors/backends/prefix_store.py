@@ -84,6 +84,11 @@ class PrefixStore(Generic[KV]):
         self._entries.move_to_end(best_key)  # recently used
         return self._entries[best_key].kv, best_n
 
+    def discard(self, kv: KV) -> None:
+        """Drop the entry holding `kv`, if it is still here."""
+        for key in [k for k, e in self._entries.items() if e.kv is kv or e.kv == kv]:
+            self._drop(key)
+
     def forget(self, connection: str) -> None:
         """Drop every entry of `connection` and of the users behind it."""
         owned = connection + "/"

@@ -153,3 +153,27 @@ def test_a_long_neighbour_leaves_a_sequences_logits_as_alone(backend: LlamaCppBa
     for _ in range(8):
         beside.append(backend.decode([2, 3], [5, int(np.argmax(beside[-1]))])[1])
     assert max(float(np.abs(a - b).max()) for a, b in zip(alone, beside, strict=True)) < 1e-6
+
+
+def test_each_turn_supersedes_the_entry_it_started_from(backend: LlamaCppBackend) -> None:
+    """A conversation's next turn never extends its last entry exactly (the answer comes
+    back as re-tokenized text), so without this every turn parked one more entry and a
+    few chatty conversations pushed the others' out of the parked ids."""
+    others = {f"u{i}": prompt(20, 300 + i) for i in range(load.PARKED - 2)}
+    for i, (salt, p) in enumerate(others.items()):
+        backend.start(1000 + i, p, salt)
+        backend.extend(1000 + i, p)
+        backend.release(1000 + i, keep=(salt, p))
+    turn, kept = prompt(20, 7), 0
+    for n in range(8):  # eight turns of one conversation, each answer sent back changed
+        seq = 2000 + n
+        cached = backend.start(seq, turn, "chatty")
+        assert cached == (0 if n == 0 else kept - 1)  # all of the last turn but its last token
+        backend.extend(seq, turn[cached:])
+        backend.release(seq, keep=("chatty", turn))
+        kept = len(turn)
+        turn = [*turn[:-1], 1, 2, *prompt(4, 400 + n)]  # last token differs, then a new question
+    assert backend.prefix_cache_usage()[0] == len(others) + 1
+    for i, (salt, p) in enumerate(others.items()):  # nobody else was pushed out
+        assert backend.start(3000 + i, p, salt) == len(p) - 1
+        backend.release(3000 + i)

@@ -49,6 +49,10 @@ class LlamaCppBackend(DeviceBackend):
         self._free_ids = list(range(max_batch + parked))[::-1]  # popped from the end: 0 first
         self._seq: dict[int, int] = {}  # request sequence -> llama.cpp sequence id
         self._length: dict[int, int] = {}  # positions of KV each holds
+        # The kept entry each sequence started from: the next turn of a conversation
+        # supersedes it (its tail, the last answer as generated, rarely matches the
+        # answer as the client sends it back, so it is never a strict prefix).
+        self._parent: dict[int, int] = {}
 
     # ------------------------------------------------------------ sequence ids
 
@@ -130,6 +134,7 @@ class LlamaCppBackend(DeviceBackend):
             return 0
         kept, n = found
         self.engine.share(kept, llama_seq, n)
+        self._parent[seq_id] = kept
         self._length[seq_id] = n
         return n
 
@@ -138,10 +143,15 @@ class LlamaCppBackend(DeviceBackend):
         if llama_seq is None:
             return
         length = self._length.pop(seq_id)
+        parent = self._parent.pop(seq_id, None)
         if keep is not None and self.capabilities.prefix_cache:
             salt, tokens = keep
             # A sequence cut short mid-step has KV and ids that disagree: keep nothing.
             if length == len(tokens) and length > 0:
+                if parent is not None:
+                    # Without this each turn would add an entry, and a few chatty
+                    # conversations would push everyone else's out of the parked ids.
+                    self._prefixes.discard(parent)
                 if len(self._prefixes) >= self._parked_max:
                     self._prefixes.drop_oldest()
                 if self._prefixes.put(salt, tokens, llama_seq, length * self._bytes_per_cell):
@@ -160,4 +170,5 @@ class LlamaCppBackend(DeviceBackend):
     def close(self) -> None:
         self._seq.clear()
         self._length.clear()
+        self._parent.clear()
         self.engine.close()
