@@ -20,6 +20,7 @@ from typing import TextIO
 
 from axchat import endpoint as ep
 from axchat.client import Client, DaemonUnavailable, RequestFailed
+from axchat.client import connect as connect_client
 
 ENV_NO_AUTOSTART = "AXCHAT_NO_AUTOSTART"
 LOCK_NAME = "axchat.lock"
@@ -64,6 +65,19 @@ def _answers(socket: str) -> bool:
         return True
     except (DaemonUnavailable, RequestFailed):
         return False
+
+
+def connect(socket: str | None, *, no_autostart: bool = False, progress: TextIO = sys.stderr, wait_s: float = 0.0) -> Client:
+    """A client that has had its `welcome`: from the daemon that answers, else (unless
+    autostart is off) from one started now, its progress written to `progress`.
+    Raises DaemonUnavailable when neither works. `ask` and `chat --plain` both use it."""
+    if not enabled(no_autostart):
+        return connect_client(socket, wait_s=wait_s)
+    try:
+        return connect_client(socket)
+    except DaemonUnavailable:
+        start_daemon(socket, progress)
+        return connect_client(socket)
 
 
 def start_daemon(socket: str | None, progress: TextIO = sys.stderr) -> None:

@@ -21,6 +21,7 @@ from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.sampling import validate as validate_sampling
 from axchat.daemon.sockets import make_socket
 from axchat.protocol import v1
+from axchat.sizes import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,9 @@ class FrontDoor(Actor):
         if too_big:
             size = max(len(raw_env), len(raw_body))
             return await self._reject(
-                identity, rid_label, "frame_too_large", f"frame is {size} bytes; the limit is {self._max_frame}"
+                identity, rid_label, "frame_too_large", f"the request is {human_bytes(size)} ({size} bytes); this daemon accepts at most "
+                f"{human_bytes(self._max_frame)} ({self._max_frame} bytes): a shorter prompt or history fits, or raise "
+                "the daemon's --max-frame-bytes (max_frame_bytes in its config)",
             )
         assert env is not None
         if env.v != v1.PROTOCOL_MAJOR:
