@@ -27,11 +27,16 @@ def check(cfg: ServeConfig) -> str:
 
     if cfg.backend != "torch":
         raise CheckFailed(f"unknown backend {cfg.backend!r}")
+    from axchat.models.resolve import ModelNotFound, ensure_available, resolve
+
+    try:  # before torch is imported: a misspelt name is refused in a fraction of a second
+        resolved = resolve(cfg.model)
+        ensure_available(resolved)
+    except ModelNotFound as exc:
+        raise CheckFailed(str(exc)) from None
     from axchat.actors.backends import torch_backend
-    from axchat.models.resolve import resolve
 
     try:
-        resolved = resolve(cfg.model)
         config = torch_backend.load_config(resolved.source)
         model = f"{resolved.aliases[0]} ({config.model_type})"
         device = torch_backend.resolve_device(cfg.device)
