@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # CPU build, from the local wheel store; an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
-SOCKET ?= $(CURDIR)/.cache/run/axchat.sock
+# Empty: the default socket, where `axchat ask`, `chat`, `status` and `web` look by themselves.
+SOCKET ?=
 PROMPT ?= Give me a joke
 # Empty: the bundled axchat-mini. Else a catalog name, a directory or a hub id.
 MODEL  ?=
@@ -28,18 +29,18 @@ $(BIN)/.dev-installed: $(BIN)/.installed
 venv: $(BIN)/.installed
 dev: $(BIN)/.dev-installed
 
-# Start a daemon on the default model unless one already answers, then ask it.
+# Make sure a daemon serves MODEL (default: whatever runs, else axchat-mini) on the
+# default socket, restarting one that serves another model; then ask it.
 run: venv
-	@mkdir -p $(dir $(SOCKET)) && chmod 700 $(dir $(SOCKET))
-	@if ! $(BIN)/axchat status --socket $(SOCKET) --timeout 1 >/dev/null 2>&1; then \
-	  echo "starting the daemon (log: .cache/run/daemon.log)..."; \
-	  $(BIN)/python -m axchat.devrun start --socket $(SOCKET) --log .cache/run/daemon.log $(if $(MODEL),--model $(MODEL)); \
-	fi
-	$(BIN)/axchat ask --socket $(SOCKET) --stats "$(PROMPT)"
-	@echo "The daemon keeps running: try '$(BIN)/axchat ask --socket $(SOCKET) \"...\"'; 'make stop' ends it."
+	@$(BIN)/python -m axchat.devrun start --log .cache/run/daemon.log $(if $(SOCKET),--socket $(SOCKET)) $(if $(MODEL),--model $(MODEL))
+	@$(BIN)/axchat ask $(if $(SOCKET),--socket $(SOCKET)) --stats "$(PROMPT)"
+	@echo "The daemon keeps running ('make stop' ends it). To use axchat from this shell, first:"
+	@echo "  source $(VENV)/bin/activate"
+	@echo 'then e.g. axchat ask "Tell me a quote", axchat chat, axchat status (README.md: Quick start).'
 
+# Exit 2 is "no daemon was running": nothing to stop is not a failure here.
 stop:
-	@$(BIN)/python -m axchat.devrun stop --socket $(SOCKET)
+	@$(BIN)/axchat stop $(if $(SOCKET),--socket $(SOCKET)) || [ $$? -eq 2 ]
 
 # The chat page tests drive Debian's chromium; as root, install it when missing.
 # Without it (not root, no apt) those tests skip and say why.
