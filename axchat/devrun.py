@@ -31,12 +31,15 @@ def _running_model(socket: str) -> str | None:
         return None
 
 
-def _names_of(model: str | None) -> set[str]:
-    """Every spelling of `model` a daemon may report (catalog name, hub id, path)."""
+def _names_of(model: str) -> set[str]:
+    """Every spelling of `model` a daemon may report: catalog name, hub id, and for a
+    directory its name (what the daemon shows; two directories of one name look alike)."""
     try:
-        return set(resolve(model).aliases)
+        names = set(resolve(model).aliases)
     except ModelNotFound:
-        return {model or ""}
+        names = {model}
+    path = Path(model).expanduser()
+    return names | ({path.resolve().name} if path.exists() else set())
 
 
 def ensure(socket: str, log: Path, model: str | None, extra: list[str]) -> int:
