@@ -143,7 +143,9 @@ def install(user: bool, unit_dir: Path | None, command: str | None, create_accou
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="axchat service", description="Print or install axchat's systemd unit.")
-    p.add_argument("action", choices=["print", "install"])
+    p.add_argument(
+        "action", choices=["print", "install"], help="print the unit on stdout, or install it where its manager reads it"
+    )
     p.add_argument("--user", action="store_true", help="the per-user unit, for `systemctl --user`")
     p.add_argument("--exec", dest="command", help="command for ExecStart= (default: this installation's axchat)")
     p.add_argument("--unit-dir", type=Path, help="write the unit here instead of the manager's directory")
