@@ -379,14 +379,14 @@ def dialogue(model, tokenizer, prompts: list[str], *, temperature: float = 0.0, 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "axchat" / "models" / "axchat-mini")
-    p.add_argument("--epochs", type=int, default=80)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch", type=int, default=8, help="dialogues per step")
     p.add_argument("--lr", type=float, default=4e-3)
     p.add_argument("--hidden", type=int, default=192)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
-        "--minutes", type=float, default=15.0, help="time budget for the training loop; the schedule ends there"
+        "--minutes", type=float, default=60.0, help="time budget for the training loop; the schedule ends there"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-chars", type=int, default=150, help="longest joke or quote kept")
