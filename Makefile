@@ -13,7 +13,7 @@ MODEL  ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test venv dev lint clean stop browser systemd-analyze fortunes mini
+.PHONY: run test venv dev lint clean stop browser systemd-analyze fortunes mini tmux
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,12 @@ systemd-analyze:
 	fi
 
 
+# tests/frontends/chat/test_tmux.py drives `axchat chat` in a real terminal; as root,
+# install tmux when missing, else that test skips and says why.
+tmux:
+	@command -v tmux >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get install -y -q tmux >/dev/null; } || echo "tmux not installed: the terminal chat test will be skipped"
+
 # The quote corpus of axchat-mini: Debian's fortunes-min, for `make mini` and the test that
 # checks the model's quotes against it (which skips, saying why, without it).
 fortunes:
@@ -73,7 +79,7 @@ mini: venv fortunes
 	$(BIN)/pip install -q -e '.[train]'
 	nice -n 10 $(BIN)/python models/train_mini.py 2>&1 | tee models/train_mini.log
 
-test: dev browser systemd-analyze fortunes
+test: dev browser systemd-analyze fortunes tmux
 	$(BIN)/python -m pytest -q
 
 lint: dev
