@@ -1,40 +1,23 @@
 """The full-screen chat as a new user meets it: it starts a daemon when none runs (its
-progress in the status line), says why Enter did nothing when it cannot, and takes the
-same commands as --plain, a rejected one never reaching the model."""
+progress in the status line), and takes the same commands as --plain, a rejected one
+never reaching the model. (The no-daemon message on a real screen: test_tmux.py.)"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import DaemonProcess, short_socket_dir
-from textual.pilot import Pilot
+from test_app import send, wait_until  # the pilot helpers of the chat's main tests
 
 from axchat.frontends.chat.app import ChatApp
 from axchat.frontends.chat.conversation import Conversation, ConversationStore
 from axchat.frontends.chat.widgets import PromptInput, StatusLine, UserBubble
 
-WAIT_S = 30.0
 START_S = 180.0  # a daemon's start under a loaded CI machine
-
-
-async def wait_until(pilot: Pilot[None], condition: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await pilot.pause(0.02)
-
-
-async def send(pilot: Pilot[None], text: str) -> None:
-    pilot.app.query_one(PromptInput).focus()
-    await pilot.press(*[{" ": "space"}.get(ch, ch) for ch in text])
-    await pilot.press("enter")
 
 
 def make_app(socket: str, tmp_path: Path, **kw: object) -> ChatApp:
@@ -64,19 +47,6 @@ async def test_slash_quit_leaves(daemon: DaemonProcess, tmp_path: Path) -> None:
         await send(pilot, "/quit")
         await wait_until(pilot, lambda: app.return_code is not None, "the app to exit")
     assert app.return_code == 0
-
-
-async def test_no_daemon_and_no_autostart_says_why_enter_did_nothing_within_the_screen(tmp_path: Path) -> None:
-    socket = str(short_socket_dir() / "none.sock")
-    app = make_app(socket, tmp_path)
-    async with app.run_test(size=(80, 30)) as pilot:
-        status = app.query_one(StatusLine)
-        await wait_until(pilot, lambda: "no axchat daemon is running" in status.text, "the status line")
-        await pilot.pause(0.1)  # one more refresh, for the new text's layout
-        assert status.size.height * status.size.width >= len(status.text)  # wrapped, not cut off
-        await send(pilot, "Anyone there?")
-        assert status.text.startswith("not sent:") and "axchat serve" in status.text
-        assert app.query_one(PromptInput).text == "Anyone there?"
 
 
 @pytest.fixture
