@@ -281,11 +281,10 @@ class ChatApp(App[None]):
     async def send_prompt(self, prompt: str) -> None:
         if self.client is None:
             self.prompt_input.text = prompt
-            # Say why nothing happened: not yet connected, and what to do about it.
-            self.status_line.say(
-                f"not sent: {self.status_line.text.split(' (retrying')[0]}; your prompt is kept in the input",
-                error=True,
-            )
+            # Say why nothing happened: not yet connected, and what to do about it (once,
+            # however often Enter is pressed).
+            why = self.status_line.text.split(" (retrying")[0].removeprefix("not sent: ").split("; your prompt")[0]
+            self.status_line.say(f"not sent: {why}; your prompt is kept in the input", error=True)
             return
         if self.pending is not None:
             # Stop it now, not when the new worker starts: mounting the new bubbles awaits.

@@ -100,7 +100,8 @@ def test_no_daemon_message_fits_a_120_column_terminal(pane_env: dict[str, str], 
         [sys.executable, "-m", "axchat", "chat", "--no-autostart", "--socket", socket], pane_env
     )
     panes.append(pane)
-    screen = pane.wait(lambda s: "retrying in" in s, "the whole no-daemon message")
+    # Retries back off to 8 s: from then on the answer to Enter stays up long enough to read.
+    screen = pane.wait(lambda s: "retrying in 8s" in s, "the whole no-daemon message, at the backoff's cap")
     assert "axchat serve" in screen
     pane.keys("Hello", "Enter")
     pane.wait(lambda s: "not sent:" in s and "kept in the input" in s, "why Enter sent nothing")
