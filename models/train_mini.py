@@ -390,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-chars", type=int, default=150, help="longest joke or quote kept")
+    p.add_argument(
+        "--init", type=Path, help="continue training this saved model (and its tokenizer) instead of a fresh one"
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -409,7 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     texts += list(JOKE_PROMPTS) + list(QUOTE_PROMPTS) + list(SYSTEM_PROMPTS) + list(MORE_PROMPTS)
     texts += [p for ps in ANOTHER_PROMPTS.values() for p in ps] + list(RECALL_PROMPTS) + list(RECALL.values())
     texts += list(FOLLOWUP_PROMPTS) + [FOLLOWUP]
-    tokenizer = build_tokenizer(2048, model_max_length=2048, texts=texts)
+    if args.init is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.init)
+    else:
+        tokenizer = build_tokenizer(2048, model_max_length=2048, texts=texts)
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -428,10 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         pad_token_id=tokenizer.pad_token_id,
         dtype="float32",
     )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM.from_pretrained(args.init) if args.init is not None else LlamaForCausalLM(config)
     n_params = sum(t.numel() for t in model.parameters())
     print(
-        f"model: Llama {config.num_hidden_layers}x{config.hidden_size}, vocab {config.vocab_size}, {n_params / 1e6:.2f}M parameters"
+        ("continuing " + str(args.init) + ": " if args.init is not None else "")
+        + f"model: Llama {config.num_hidden_layers}x{config.hidden_size}, vocab {config.vocab_size}, {n_params / 1e6:.2f}M parameters"
     )
 
     per_epoch = len(dialogues(jokes, quotes, random.Random(args.seed)))
