@@ -27,7 +27,7 @@ def run_ask(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
 
 def test_ask_names_flags_not_protocol_fields(daemon: DaemonProcess) -> None:
     proc = run_ask("--socket", daemon.socket, "--max-tokens", "0", "Hi")
-    assert proc.returncode == 1 and "--max-tokens must be an integer >= 1" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and "--max-tokens must be an integer" in proc.stderr, proc.stderr
     assert "sampling." not in proc.stderr
     proc = run_ask("--socket", daemon.socket, "--temperature", "-1", "Hi")
     assert "--temperature must be" in proc.stderr and "sampling." not in proc.stderr, proc.stderr
