@@ -65,13 +65,14 @@ def _setting_on(text: str, key: str) -> bool:
     return bool(values) and values[-1] not in ("no", "false", "0", "off")
 
 
-def sandbox_warnings(text: str, command: str) -> list[str]:
+def sandbox_warnings(text: str, command: str, package_dir: Path | None = None) -> list[str]:
     """Why the unit `text` could not start `command`: its program, or the axchat package
-    it runs (an editable install lives in its checkout), under a directory the unit's
-    sandboxing hides. One line each, saying what to do."""
+    it runs (`package_dir`, default this one; an editable install lives in its checkout),
+    under a directory the unit's sandboxing hides. One line each, saying what to do."""
     import axchat
 
-    places = {"ExecStart program": shlex.split(command)[0], "axchat package": str(Path(axchat.__file__).parent)}
+    package = str(package_dir or Path(axchat.__file__).parent)
+    places = {"ExecStart program": shlex.split(command)[0], "axchat package": package}
     warnings = []
     for key, hidden, drop_in in _HIDDEN_BY:
         if not _setting_on(text, key):
