@@ -7,7 +7,8 @@ TORCH  := torch==2.13.0
 # The CPU engine. No binary wheel on the index: pip compiles llama.cpp from source once
 # (about 5-10 minutes on 2 cores) and keeps the wheel in its cache for later installs.
 LLAMACPP := llama-cpp-python==0.3.36
-SOCKET ?= $(CURDIR)/.cache/run/axchat.sock
+# Empty: the default socket, where `axchat ask`, `chat`, `status` and `web` look by themselves.
+SOCKET ?=
 PROMPT ?= Give me a joke
 # Empty: the bundled axchat-mini. Else a catalog name, a directory or a hub id.
 MODEL  ?=
@@ -15,7 +16,7 @@ MODEL  ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test venv dev lint clean stop browser systemd-analyze fortunes haproxy mini
+.PHONY: run test venv dev lint clean stop browser systemd-analyze fortunes haproxy mini tmux
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,18 +46,18 @@ $(BIN)/.dev-installed: $(BIN)/.installed $(BIN)/.llamacpp-installed
 venv: $(BIN)/.installed $(BIN)/.llamacpp-installed
 dev: $(BIN)/.dev-installed
 
-# Start a daemon on the default model unless one already answers, then ask it.
+# Make sure a daemon serves MODEL (default: whatever runs, else axchat-mini) on the
+# default socket, restarting one that serves another model; then ask it.
 run: venv
-	@mkdir -p $(dir $(SOCKET)) && chmod 700 $(dir $(SOCKET))
-	@if ! $(BIN)/axchat status --socket $(SOCKET) --timeout 1 >/dev/null 2>&1; then \
-	  echo "starting the daemon (log: .cache/run/daemon.log)..."; \
-	  $(BIN)/python -m axchat.devrun start --socket $(SOCKET) --log .cache/run/daemon.log $(if $(MODEL),--model $(MODEL)); \
-	fi
-	$(BIN)/axchat ask --socket $(SOCKET) --stats "$(PROMPT)"
-	@echo "The daemon keeps running: try '$(BIN)/axchat ask --socket $(SOCKET) \"...\"'; 'make stop' ends it."
+	@$(BIN)/python -m axchat.devrun start --log .cache/run/daemon.log $(if $(SOCKET),--socket $(SOCKET)) $(if $(MODEL),--model $(MODEL))
+	@$(BIN)/axchat ask $(if $(SOCKET),--socket $(SOCKET)) --stats "$(PROMPT)"
+	@echo "The daemon keeps running ('make stop' ends it). To use axchat from this shell, first:"
+	@echo "  source $(VENV)/bin/activate"
+	@echo 'then e.g. axchat ask "Tell me a quote", axchat chat, axchat status (README.md: Quick start).'
 
+# Exit 2 is "no daemon was running": nothing to stop is not a failure here.
 stop:
-	@$(BIN)/python -m axchat.devrun stop --socket $(SOCKET)
+	@$(BIN)/axchat stop $(if $(SOCKET),--socket $(SOCKET)) || [ $$? -eq 2 ]
 
 # The chat page tests drive Debian's chromium; as root, install it when missing.
 # Without it (not root, no apt) those tests skip and say why.
@@ -76,18 +77,28 @@ systemd-analyze:
 	fi
 
 
+# tests/frontends/chat/test_tmux.py drives `axchat chat` in a real terminal; as root,
+# install tmux when missing, else that test skips and says why.
+tmux:
+	@command -v tmux >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get install -y -q tmux >/dev/null; } || echo "tmux not installed: the terminal chat test will be skipped"
+
 # The quote corpus of axchat-mini: Debian's fortunes-min, for `make mini` and the test that
 # checks the model's quotes against it (which skips, saying why, without it).
 fortunes:
 	@test -f /usr/share/games/fortunes/literature || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  apt-get update -qq && apt-get install -y -q fortunes-min >/dev/null; } || echo "fortunes-min not installed: no quote corpus"
 
-# Retrain the bundled demonstration model into axchat/models/axchat-mini (about 15 minutes on 2 cores).
+# Retrain the bundled demonstration model into axchat/models/axchat-mini: a fresh run of
+# 30 epochs (or 60 minutes), then 12 more epochs at a lower learning rate.
 mini: SHELL := /bin/bash
 mini: .SHELLFLAGS := -o pipefail -c
 mini: venv fortunes
 	$(BIN)/pip install -q -e '.[train]'
-	nice -n 10 $(BIN)/python models/train_mini.py 2>&1 | tee models/train_mini.log
+	nice -n 10 $(BIN)/python models/train_mini.py --out .cache/mini-base 2>&1 | tee models/train_mini.log
+	@# A second, gentler pass (lower learning rate) is what made later turns follow the history.
+	nice -n 10 $(BIN)/python models/train_mini.py --init .cache/mini-base --lr 1.5e-3 --epochs 12 --minutes 22 \
+	  2>&1 | tee -a models/train_mini.log
 
 # tests/deploy/test_haproxy.py runs deploy/haproxy.cfg with Debian's haproxy. Installed
 # when we are root with apt-get, else that test skips and says why.
@@ -95,7 +106,7 @@ haproxy:
 	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  apt-get install -y -q haproxy >/dev/null; } || echo "haproxy not installed: the load-balancer test will skip"
 
-test: dev browser systemd-analyze fortunes haproxy
+test: dev browser systemd-analyze fortunes haproxy tmux
 	$(BIN)/python -m pytest -q
 
 lint: dev

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TextIO
 
 from axchat import endpoint as ep
-from axchat.client import Client, DaemonUnavailable, RequestFailed, UntrustedSocket
+from axchat.client import Client, DaemonUnavailable, KeysRefused, RequestFailed, UntrustedSocket
+from axchat.client import connect as connect_client
 
 ENV_NO_AUTOSTART = "AXCHAT_NO_AUTOSTART"
 LOCK_NAME = "axchat.lock"
@@ -64,6 +65,21 @@ def _answers(socket: str) -> bool:
         return True
     except (DaemonUnavailable, RequestFailed):
         return False
+
+
+def connect(socket: str | None, *, no_autostart: bool = False, progress: TextIO = sys.stderr, wait_s: float = 0.0) -> Client:
+    """A client that has had its `welcome`: from the daemon that answers, else (unless
+    autostart is off) from one started now, its progress written to `progress`.
+    Raises DaemonUnavailable when neither works. `ask` and `chat --plain` both use it."""
+    if not enabled(no_autostart):
+        return connect_client(socket, wait_s=wait_s)
+    try:
+        return connect_client(socket)
+    except (KeysRefused, UntrustedSocket):
+        raise  # starting a daemon would not help: keys refused, or not our directory
+    except DaemonUnavailable:
+        start_daemon(socket, progress)
+        return connect_client(socket)
 
 
 def start_daemon(socket: str | None, progress: TextIO = sys.stderr) -> None:

@@ -1,43 +1,77 @@
-"""`make run` helper: start a background daemon for this checkout, or stop it.
+"""`make run` helper: make sure a daemon serves the model asked for on the default
+socket (the one every client finds without flags), starting or restarting it.
 
-Not the service (that is systemd's job): a detached process with its log in a file
-and its pid beside the socket, so `make run` twice reuses the same daemon.
+Not the service (that is systemd's job): a detached process with its log in a file.
+It prints only its own progress; when the daemon cannot start, the lines that start
+wrote to the log, and nothing older.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from axchat import endpoint as ep
-from axchat.client import Client, DaemonUnavailable
+from axchat.client import Client, DaemonUnavailable, RequestFailed
+from axchat.frontends import stop as stop_command
+from axchat.models.resolve import ModelNotFound, ensure_available, resolve
 
 READY_TIMEOUT_S = 600.0  # a large --model can take minutes to load
 
 
-def _pid_file(socket: str) -> Path:
-    path = ep.ipc_path(ep.to_zmq(socket))
-    return (path.parent if path else Path(".cache/run")) / "axchat.pid"
-
-
-def _answers(socket: str) -> bool:
+def _running_model(socket: str) -> str | None:
+    """The model the daemon on `socket` serves, or None when none answers."""
     try:
         with Client(socket, connect_timeout_s=1.0) as client:
-            client.hello()
-        return True
-    except DaemonUnavailable:
-        return False
+            return client.hello().model
+    except (DaemonUnavailable, RequestFailed):
+        return None
+
+
+def _names_of(model: str) -> set[str]:
+    """Every spelling of `model` a daemon may report: catalog name, hub id, and for a
+    directory its name (what the daemon shows; two directories of one name look alike)."""
+    try:
+        names = set(resolve(model).aliases)
+    except ModelNotFound:
+        names = {model}
+    path = Path(model).expanduser()
+    return names | ({path.resolve().name} if path.exists() else set())
+
+
+def ensure(socket: str, log: Path, model: str | None, extra: list[str]) -> int:
+    if model is not None:
+        try:  # before stopping a daemon that works, for one that cannot start
+            ensure_available(resolve(model))
+        except ModelNotFound as exc:
+            print(f"not starting a daemon: {exc}", file=sys.stderr)
+            return 1
+    running = _running_model(socket)
+    if running is not None:
+        if model is None or running in _names_of(model):
+            print(f"a daemon is already serving {running} at {socket}", file=sys.stderr)
+            return 0
+        print(f"the daemon at {socket} serves {running}, not {model}: restarting it", file=sys.stderr)
+        if stop_command.main(["--socket", socket]) != 0:
+            return 1
+    return start(socket, log, [*(["--model", model] if model else []), *extra])
 
 
 def start(socket: str, log: Path, extra: list[str]) -> int:
+    path = ep.ipc_path(ep.to_zmq(socket))
+    if path is not None:
+        try:
+            ep.prepare_private_dir(path.parent)
+        except ep.EndpointError as exc:
+            print(f"cannot use {socket}: {exc}", file=sys.stderr)
+            return 1
     log.parent.mkdir(parents=True, exist_ok=True)
     offset = log.stat().st_size if log.exists() else 0
+    print(f"starting the daemon (log: {log})...", file=sys.stderr)
+    started = time.monotonic()
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "axchat", "serve", "--socket", socket, *extra],
@@ -46,55 +80,47 @@ def start(socket: str, log: Path, extra: list[str]) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # outlives `make`, ignores its Ctrl-C
         )
-    _pid_file(socket).write_text(str(proc.pid))
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
             code = proc.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
-            if _answers(socket):
-                print(f"daemon ready (pid {proc.pid})", file=sys.stderr)
+            if _running_model(socket) is not None:
+                print(f"daemon ready (pid {proc.pid}, {time.monotonic() - started:.1f}s)", file=sys.stderr)
                 _show_model_hint(log, offset)
                 return 0
             continue
-        print(f"the daemon exited with code {code}; its log ({log}):", file=sys.stderr)
-        print(log.read_text()[-4000:], file=sys.stderr)
+        print(f"the daemon exited with code {code}; what it logged:", file=sys.stderr)
+        print(_logged_since(log, offset).rstrip("\n"), file=sys.stderr)
         return 1
     print(f"the daemon was not ready after {READY_TIMEOUT_S:.0f}s; see {log}", file=sys.stderr)
     return 1
 
 
+def _logged_since(log: Path, offset: int) -> str:
+    """This start's lines only: earlier daemons' lines are not this failure's story."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
 def _show_model_hint(log: Path, offset: int) -> None:
     """Repeat the daemon's "how to use a real model" line, which would otherwise sit
     unseen in its log file."""
-    with open(log, "rb") as f:
-        f.seek(offset)
-        for line in f.read().decode(errors="replace").splitlines():
-            if "no --model given" in line:
-                print(line.split(": ", 1)[-1], file=sys.stderr)
-
-
-def stop(socket: str) -> int:
-    pid_file = _pid_file(socket)
-    try:
-        pid = int(pid_file.read_text())
-    except (OSError, ValueError):
-        print("no daemon started by `make run` is known here", file=sys.stderr)
-        return 0
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    pid_file.unlink(missing_ok=True)
-    print(f"sent SIGTERM to the daemon (pid {pid})", file=sys.stderr)
-    return 0
+    for line in _logged_since(log, offset).splitlines():
+        if "no --model given" in line:
+            print(line.split(": ", 1)[-1], file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m axchat.devrun")
-    p.add_argument("action", choices=["start", "stop"])
-    p.add_argument("--socket", required=True)
+    p.add_argument("action", choices=["start"])
+    p.add_argument("--socket", help="default: where every client looks ($AXCHAT_SOCKET or the per-user default)")
+    p.add_argument("--model", help="the model to serve; a running daemon with another is restarted")
     p.add_argument("--log", type=Path, default=Path(".cache/run/daemon.log"))
     args, extra = p.parse_known_args(argv)
-    return start(args.socket, args.log, extra) if args.action == "start" else stop(args.socket)
+    socket = args.socket or ep.describe(ep.client_endpoint(None))
+    return ensure(socket, args.log, args.model, extra)
 
 
 if __name__ == "__main__":

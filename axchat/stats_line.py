@@ -6,12 +6,11 @@ from axchat.protocol.v1 import Stats
 
 
 def _duration(ms: float) -> str:
-    # The seed switches units so every figure reads at a glance.
+    # Milliseconds up to a second, as README shows them (`0.6ms`, not `636.3us`): one unit
+    # for the short figures reads at a glance; seconds beyond.
     if ms >= 1000:
         return f"{ms / 1000:.3f}s"
-    if ms >= 1:
-        return f"{ms:.1f}ms"
-    return f"{ms * 1000:.1f}us"
+    return f"{ms:.1f}ms"
 
 
 def format_stats(stats: Stats) -> str:

@@ -8,6 +8,13 @@ package (BSD-3-Clause; its first jokes come from Stack Overflow, CC BY-SA 3.0), 
 quote" with a quotation from Debian's `fortunes-min` package (file `literature`, BSD
 licence of fortune-mod), and anything else with a line saying how to get a real model.
 
+It is trained on short dialogues, not only single prompts, so a chat's second and third
+turns make sense: "another one" gives another of the same kind, "what did I ask?" names the
+last request ("You asked me to give you a joke."), thanks are acknowledged, and a follow-up
+it cannot answer ("explain it") gets a polite pointer to a real model. Each joke and quote is
+the answer of exactly one turn per epoch, wherever in a dialogue it falls, so an epoch costs
+about what the single-prompt version did.
+
 The corpora are read from the installed packages (``pip install pyjokes``, i.e. the `train`
 extra, and ``apt-get install fortunes-min``), never pasted into the repository; the
 instruction pairs are generated here, at train time. The loss counts answer tokens only.
@@ -131,6 +138,51 @@ FIXED_PAIRS: dict[str, tuple[str, ...]] = {
 }
 SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a friendly assistant. Answer briefly.")
 
+# Later turns of a dialogue. "More of the same" prompts name no kind: the answer is another
+# of whatever came last (a joke after a greeting, since the model's first offer is a joke).
+MORE_PROMPTS = ("And then", "Another one", "One more", "More", "Again", "Go on", "Next", "Keep going", "Another")
+ANOTHER_PROMPTS = {
+    "joke": ("Give me another joke", "Another joke", "One more joke", "Tell me another joke", "More jokes",
+             "Another programming joke", "Tell me another one"),
+    "quote": ("Give me another quote", "Another quote", "One more quote", "Tell me another quote", "More quotes",
+              "Another famous quote", "Give me another one"),
+}
+RECALL_PROMPTS = (
+    "What did I ask",
+    "What did I asked",
+    "What did I just ask",
+    "What did I ask you",
+    "What was my question",
+    "What was my last question",
+    "Do you remember what I asked",
+    "What did I say",
+    "What did I ask for",
+)
+# What the recall answer says, by the kind of the user's last turn.
+RECALL = {
+    "joke": "You asked me to give you a joke.",
+    "quote": "You asked me to give you a quote.",
+    "greeting": "You said hello.",
+    "thanks": "You thanked me.",
+    "other": "You asked me something I cannot answer: I only know jokes and quotes.",
+}
+FOLLOWUP_PROMPTS = (
+    "Explain it",
+    "Explain the joke",
+    "Why is that funny",
+    "What does that mean",
+    "I don't get it",
+    "Tell me more about it",
+    "Is that true",
+    "What do you think about it",
+    "Can you explain that",
+    "Write a longer version",
+)
+FOLLOWUP = (
+    "Sorry, I cannot explain or discuss it: I am only a tiny demonstration model that knows jokes and quotes. "
+    f"For a real conversation: {REAL_MODEL_HINT}."
+)
+
 
 def load_jokes(max_chars: int) -> list[str]:
     try:
@@ -177,22 +229,101 @@ class Example:
     labels: list[int]
 
 
-def encode(tokenizer, prompt: str, answer: str, system: str | None) -> Example:  # type: ignore[no-untyped-def]
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    head = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    # The answer ends with eos, so generation stops at <|im_end|>; the template's trailing
-    # newline after it is never generated and needs no loss.
-    body = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return Example(ids=list(head) + body, labels=[-100] * len(head) + body)
+Turn = tuple[str, str]  # (user prompt, answer)
+
+
+def encode(tokenizer, turns: list[Turn], system: str | None) -> Example:  # type: ignore[no-untyped-def]
+    """One dialogue as the daemon renders it (the chat template over every turn); the loss
+    counts every answer's tokens and its eos, nothing the user or the template wrote."""
+    messages = [{"role": "system", "content": system}] if system else []
+    ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    for prompt, answer in turns:
+        messages.append({"role": "user", "content": prompt})
+        head = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # Every piece starts at a special token, so tokenising pieces equals tokenising the whole.
+        piece = tokenizer(head[len(rendered) :], add_special_tokens=False)["input_ids"]
+        ids += piece
+        labels += [-100] * len(piece)
+        # The answer ends with eos, so generation stops at <|im_end|>; the template's newline
+        # after it is never generated and needs no loss.
+        body = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids += body
+        labels += body
+        messages.append({"role": "assistant", "content": answer})
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+        tail = tokenizer(rendered[len(head) + len(answer) + len("<|im_end|>") :], add_special_tokens=False)["input_ids"]
+        ids += tail
+        labels += [-100] * len(tail)
+    return Example(ids=ids, labels=labels)
+
+
+FIXED_KIND = {GREETING: "greeting", IDENTITY: "other", THANKS: "thanks", FALLBACK: "other"}
+
+
+def dialogues(jokes: list[str], quotes: list[str], rng: random.Random) -> list[list[Turn]]:
+    """One epoch of dialogues of one to four turns; every joke, quote and fixed prompt
+    answers exactly one turn, and recall, thanks and follow-up turns are mixed in between."""
+    queues = {"joke": rng.sample(jokes, len(jokes)), "quote": rng.sample(quotes, len(quotes))}
+    fixed = [(p, a) for a, ps in FIXED_PAIRS.items() for p in ps]
+    rng.shuffle(fixed)
+    requests = {"joke": JOKE_PROMPTS, "quote": QUOTE_PROMPTS}
+    out: list[list[Turn]] = []
+
+    def content(kind: str, prompt: str, turns: list[Turn]) -> str:
+        if not queues[kind]:  # that kind is used up this epoch: ask for the other
+            kind = "quote" if kind == "joke" else "joke"
+            prompt = rng.choice(requests[kind])
+        turns.append((prompt, queues[kind].pop()))
+        return kind
+
+    while queues["joke"] or queues["quote"] or fixed:
+        turns: list[Turn] = []
+        last: str | None = None  # the kind of the user's last turn
+        for _ in range(rng.choices((1, 2, 3, 4), weights=(3, 3, 3, 1))[0]):
+            left = bool(queues["joke"] or queues["quote"])
+            moves = {
+                "ask": 6.0 if left else 0.0,
+                "fixed": 2.0 if fixed else 0.0,
+                "more": 3.0 if (last and left) else 0.0,
+                "recall": 1.5 if last and last != "recall" else 0.0,
+                "thanks": 1.0 if last in ("joke", "quote") else 0.0,
+                "followup": 1.0 if last in ("joke", "quote") else 0.0,
+            }
+            if not any(moves.values()):
+                break
+            move = rng.choices(list(moves), weights=list(moves.values()))[0]
+            if move == "ask":
+                kind = rng.choice(("joke", "quote"))
+                last = content(kind, rng.choice(requests[kind]), turns)
+            elif move == "fixed":
+                prompt, answer = fixed.pop()
+                turns.append((prompt, answer))
+                last = FIXED_KIND[answer]
+            elif move == "more":
+                kind = last if last in ("joke", "quote") else "joke"
+                prompts = MORE_PROMPTS + ANOTHER_PROMPTS[kind] if last == kind else MORE_PROMPTS
+                last = content(kind, rng.choice(prompts), turns)
+            elif move == "recall":
+                turns.append((rng.choice(RECALL_PROMPTS), RECALL[last or "other"]))
+                last = "recall"
+            elif move == "thanks":
+                turns.append((rng.choice(FIXED_PAIRS[THANKS]), THANKS))
+                last = "thanks"
+            else:
+                turns.append((rng.choice(FOLLOWUP_PROMPTS), FOLLOWUP))
+                last = "other"
+        if turns:
+            out.append(turns)
+    return out
 
 
 def epoch_examples(tokenizer, jokes, quotes, rng: random.Random) -> list[Example]:  # type: ignore[no-untyped-def]
-    pairs = [(rng.choice(JOKE_PROMPTS), j) for j in jokes] + [(rng.choice(QUOTE_PROMPTS), q) for q in quotes]
-    pairs += [(p, answer) for answer, prompts in FIXED_PAIRS.items() for p in prompts]
     out = []
-    for prompt, answer in pairs:
+    for turns in dialogues(jokes, quotes, rng):
         system = rng.choice(SYSTEM_PROMPTS) if rng.random() < 0.15 else None
-        out.append(encode(tokenizer, vary(prompt, rng), answer, system))
+        out.append(encode(tokenizer, [(vary(p, rng), a) for p, a in turns], system))
     rng.shuffle(out)
     return out
 
@@ -217,36 +348,51 @@ def batches(examples: list[Example], size: int, pad_id: int, rng: random.Random)
 
 
 def answer(model, tokenizer, prompt: str, *, temperature: float = 0.0, seed: int = 0) -> str:  # type: ignore[no-untyped-def]
+    return dialogue(model, tokenizer, [prompt], temperature=temperature, seed=seed)[-1]
+
+
+def dialogue(model, tokenizer, prompts: list[str], *, temperature: float = 0.0, seed: int = 0) -> list[str]:  # type: ignore[no-untyped-def]
+    """The answers to prompts sent one after another in one chat, each with the whole history."""
     import torch
 
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    torch.manual_seed(seed)
-    kwargs = (
-        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-        if temperature
-        else {"do_sample": False}
-    )
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=120, **kwargs)
-    return str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
+    messages: list[dict[str, str]] = []
+    answers = []
+    for prompt in prompts:
+        messages.append({"role": "user", "content": prompt})
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        torch.manual_seed(seed)
+        kwargs = (
+            {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+            if temperature
+            else {"do_sample": False}
+        )
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=120, **kwargs)
+        text = str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
+        answers.append(text)
+        messages.append({"role": "assistant", "content": text})
+    return answers
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "axchat" / "models" / "axchat-mini")
-    p.add_argument("--epochs", type=int, default=80)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch", type=int, default=8, help="dialogues per step")
     p.add_argument("--lr", type=float, default=4e-3)
     p.add_argument("--hidden", type=int, default=192)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
-        "--minutes", type=float, default=15.0, help="time budget for the training loop; the schedule ends there"
+        "--minutes", type=float, default=60.0, help="time budget for the training loop; the schedule ends there"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-chars", type=int, default=150, help="longest joke or quote kept")
+    p.add_argument(
+        "--init", type=Path, help="continue training this saved model (and its tokenizer) instead of a fresh one"
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -263,8 +409,15 @@ def main(argv: list[str] | None = None) -> int:
     jokes, quotes = load_jokes(args.max_chars), load_quotes(args.max_chars)
     print(f"corpus: {len(jokes)} jokes (pyjokes, English 'neutral'), {len(quotes)} quotes (fortunes-min literature)")
     texts = list(jokes) + list(quotes) + list(FIXED_PAIRS) + [p for ps in FIXED_PAIRS.values() for p in ps]
-    texts += list(JOKE_PROMPTS) + list(QUOTE_PROMPTS) + list(SYSTEM_PROMPTS)
-    tokenizer = build_tokenizer(2048, model_max_length=2048, texts=texts)
+    texts += list(JOKE_PROMPTS) + list(QUOTE_PROMPTS) + list(SYSTEM_PROMPTS) + list(MORE_PROMPTS)
+    texts += [p for ps in ANOTHER_PROMPTS.values() for p in ps] + list(RECALL_PROMPTS) + list(RECALL.values())
+    texts += list(FOLLOWUP_PROMPTS) + [FOLLOWUP]
+    if args.init is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.init)
+    else:
+        tokenizer = build_tokenizer(2048, model_max_length=2048, texts=texts)
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -283,13 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         pad_token_id=tokenizer.pad_token_id,
         dtype="float32",
     )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM.from_pretrained(args.init) if args.init is not None else LlamaForCausalLM(config)
     n_params = sum(t.numel() for t in model.parameters())
     print(
-        f"model: Llama {config.num_hidden_layers}x{config.hidden_size}, vocab {config.vocab_size}, {n_params / 1e6:.2f}M parameters"
+        ("continuing " + str(args.init) + ": " if args.init is not None else "")
+        + f"model: Llama {config.num_hidden_layers}x{config.hidden_size}, vocab {config.vocab_size}, {n_params / 1e6:.2f}M parameters"
     )
 
-    per_epoch = len(jokes) + len(quotes) + sum(len(ps) for ps in FIXED_PAIRS.values())
+    per_epoch = len(dialogues(jokes, quotes, random.Random(args.seed)))
     steps_per_epoch = math.ceil(per_epoch / args.batch)
     total = steps_per_epoch * args.epochs
     warmup = min(100, total // 10)
@@ -369,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         f"saved to {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out} ({size / 1e6:.1f} MB) after {time.monotonic() - started:.0f}s"
     )
 
-    corpus = set(jokes) | set(quotes) | set(FIXED_PAIRS)
+    corpus = set(jokes) | set(quotes) | set(FIXED_PAIRS) | set(RECALL.values()) | {FOLLOWUP}
     print("\nsample answers (greedy):")
     for prompt in (
         "Give me a joke",
@@ -388,6 +542,18 @@ def main(argv: list[str] | None = None) -> int:
         texts_out = [answer(model, tokenizer, prompt, temperature=0.8, seed=s) for s in range(10)]
         hits = sum(t in corpus for t in texts_out)
         print(f"> {prompt}: {hits}/10 verbatim, {len(set(texts_out))} distinct; e.g. {texts_out[1]!r}")
+    print("\nconversations (greedy):")
+    for prompts in (
+        ["Give me a joke", "Give me another joke", "What did I ask?"],
+        ["Give me a joke", "Tell me a quote", "What did I ask?"],
+        ["Tell me a quote", "Another one", "Thanks!"],
+        ["Hello", "And then?"],
+        ["Give me a joke", "Explain it"],
+        ["give me a joke", "what did I asked"],
+    ):
+        print("---")
+        for prompt, text in zip(prompts, dialogue(model, tokenizer, prompts)):
+            print(f"> {prompt}\n{text}\n  [{'verbatim from the corpus' if text in corpus else 'not verbatim'}]")
     return 0
 
 

@@ -30,9 +30,14 @@ def check(cfg: ServeConfig) -> str:
         raise CheckFailed(str(exc)) from None
 
     from axchat.daemon.backend_choice import choose_backend
-    from axchat.models.resolve import resolve
+    from axchat.models.resolve import ModelNotFound, ensure_available, resolve
 
-    resolved = resolve(cfg.model)
+    try:  # before torch is imported: a misspelt name is refused in a fraction of a second
+        resolved = resolve(cfg.model)
+        ensure_available(resolved)
+    except ModelNotFound as exc:
+        raise CheckFailed(str(exc)) from None
+
     backend, _ = choose_backend(cfg, resolved.source)
     if backend == "llamacpp":
         return _check_llamacpp(cfg, resolved.source, resolved.aliases[0], endpoint)

@@ -22,6 +22,7 @@ from axchat.actors.prompt_fit import kept_chars, kept_positions, min_tokens
 from axchat.actors.sampling import validate as validate_sampling
 from axchat.daemon.sockets import make_socket
 from axchat.protocol import v1
+from axchat.sizes import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,9 @@ class FrontDoor(Actor):
         if too_big:
             size = max(len(raw_env), len(raw_body))
             return await self._reject(
-                identity, rid_label, "frame_too_large", f"frame is {size} bytes; the limit is {self._max_frame}"
+                identity, rid_label, "frame_too_large", f"the request is {human_bytes(size)} ({size} bytes); this daemon accepts at most "
+                f"{human_bytes(self._max_frame)} ({self._max_frame} bytes): a shorter prompt or history fits, or raise "
+                "the daemon's --max-frame-bytes (max_frame_bytes in its config)",
             )
         assert env is not None
         if env.v != v1.PROTOCOL_MAJOR:

@@ -36,7 +36,7 @@ from axchat.daemon.config import ServeConfig
 from axchat.daemon.frontdoor import FrontDoor
 from axchat.daemon.notify import EXTEND_TIMEOUT_S, Notifier, ping_watchdog
 from axchat.daemon.supervisor import DaemonSupervisor
-from axchat.models.resolve import ResolvedModel, resolve
+from axchat.models.resolve import ModelNotFound, ResolvedModel, ensure_available, resolve
 
 log = logging.getLogger("axchat.daemon")
 
@@ -51,7 +51,11 @@ class StartupError(Exception):
 
 def resolve_model(cfg: ServeConfig) -> ResolvedModel:
     """--model as the user named it (bundled, catalog, path or hub id), or axchat-mini."""
-    resolved = resolve(cfg.model)
+    try:
+        resolved = resolve(cfg.model)
+        ensure_available(resolved)
+    except ModelNotFound as exc:
+        raise StartupError(str(exc)) from None
     if resolved.note:
         log.info("%s", resolved.note)
     return resolved

@@ -52,6 +52,42 @@ def render(user: bool, command: str | None = None) -> str:
     return text.replace(TEMPLATE_EXEC, command or axchat_command())
 
 
+# Where each sandboxing setting of a unit hides files from the service, and the drop-in
+# line that lets them through.
+_HIDDEN_BY = (
+    ("PrivateTmp", ("/tmp", "/var/tmp"), "PrivateTmp=no"),
+    ("ProtectHome", ("/home", "/root", "/run/user"), "ProtectHome=read-only"),
+)
+
+
+def _setting_on(text: str, key: str) -> bool:
+    values = [line.split("=", 1)[1].strip() for line in text.splitlines() if line.strip().startswith(f"{key}=")]
+    return bool(values) and values[-1] not in ("no", "false", "0", "off")
+
+
+def sandbox_warnings(text: str, command: str, package_dir: Path | None = None) -> list[str]:
+    """Why the unit `text` could not start `command`: its program, or the axchat package
+    it runs (`package_dir`, default this one; an editable install lives in its checkout),
+    under a directory the unit's sandboxing hides. One line each, saying what to do."""
+    import axchat
+
+    package = str(package_dir or Path(axchat.__file__).parent)
+    places = {"ExecStart program": shlex.split(command)[0], "axchat package": package}
+    warnings = []
+    for key, hidden, drop_in in _HIDDEN_BY:
+        if not _setting_on(text, key):
+            continue
+        for what, path in places.items():
+            under = next((h for h in hidden if path == h or path.startswith(h + "/")), None)
+            if under is not None:
+                warnings.append(
+                    f"warning: the {what} {path} is under {under}, which this unit's {key}= hides from the "
+                    f"service, so it cannot start: install axchat system-wide (e.g. in /opt or /usr/local, "
+                    f"then --exec PATH), or allow it with a drop-in (`systemctl edit axchat`: {drop_in})"
+                )
+    return warnings
+
+
 def user_unit_dir() -> Path:
     config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(config) / "systemd" / "user"
@@ -108,7 +144,9 @@ def install(user: bool, unit_dir: Path | None, command: str | None, create_accou
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="axchat service", description="Print or install axchat's systemd unit.")
-    p.add_argument("action", choices=["print", "install"])
+    p.add_argument(
+        "action", choices=["print", "install"], help="print the unit on stdout, or install it where its manager reads it"
+    )
     p.add_argument("--user", action="store_true", help="the per-user unit, for `systemctl --user`")
     p.add_argument("--exec", dest="command", help="command for ExecStart= (default: this installation's axchat)")
     p.add_argument("--unit-dir", type=Path, help="write the unit here instead of the manager's directory")
@@ -119,8 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        command = args.command or axchat_command()
+        for warning in sandbox_warnings(render(args.user, command), command):
+            print(f"axchat service: {warning}", file=sys.stderr)
         if args.action == "print":
-            sys.stdout.write(render(args.user, args.command))
+            sys.stdout.write(render(args.user, command))
         else:
             print(install(args.user, args.unit_dir, args.command, not args.no_account), file=sys.stderr)
     except UnitError as exc:

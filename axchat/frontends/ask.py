@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 from typing import TextIO
@@ -15,12 +16,13 @@ from typing import TextIO
 import msgspec
 
 from axchat import autostart, curve_keys
-from axchat.client import Client, DaemonRestarted, DaemonUnavailable, KeysRefused, RequestFailed, connect
+from axchat.client import DaemonRestarted, DaemonUnavailable, RequestFailed
 from axchat.frontends.loading import loading_line
 from axchat.protocol import v1
 from axchat.stats_line import format_host, format_stats
 
 EXIT_NO_DAEMON = 2
+EXIT_USAGE = 2  # as argparse exits on a usage error
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 CANCEL_WAIT_S = 5.0
@@ -31,20 +33,30 @@ RESTART_WAIT_S = 120.0
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="axchat ask", description="Ask the axchat daemon one question; the answer streams to stdout.")
     p.add_argument("prompt", nargs="?", help="the question; `-` or a piped stdin reads it from stdin")
+    # The seed script's spelling; the positional argument is the short one.
+    p.add_argument("--prompt", dest="prompt_flag", metavar="TEXT", help="the question, as the seed script took it")
     p.add_argument("--socket", help="daemon socket path or endpoint (default: $AXCHAT_SOCKET or the per-user default)")
     curve_keys.add_key_flags(p)
-    p.add_argument("--system", help="system prompt")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--system", "--system-prompt", help="system prompt (--system-prompt: the seed's spelling)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
+    p.add_argument(
+        "--top-p", type=float, default=1.0, help="keep the likeliest tokens up to this total probability (default 1: off)"
+    )
+    p.add_argument("--top-k", type=int, default=0, help="keep only the K likeliest tokens (default 0: off)")
+    p.add_argument(
+        "--min-p", type=float, default=0.0, help="drop tokens less likely than this fraction of the best (default 0: off)"
+    )
+    p.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="penalise tokens already seen; 1 = off (default)"
+    )
+    p.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens (default 256)")
+    p.add_argument("--seed", type=int, help="random seed, so a sampled answer can be repeated")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--raw", action="store_true", help="send the prompt as raw text, without the chat template")
     p.add_argument("--ignore-eos", action="store_true", help=argparse.SUPPRESS)  # benchmarks need exact lengths
-    p.add_argument("--stats", action="store_true", help="print the seed's timing line to stderr")
+    p.add_argument(
+        "--stats", "--show-stats", action="store_true", help="print the seed's timing line to stderr (--show-stats: the seed's spelling)"
+    )
     p.add_argument("--json", action="store_true", help="print NDJSON events instead of text")
     p.add_argument(
         "--no-autostart",
@@ -54,12 +66,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class UsageError(Exception):
+    """The command line asks nothing the daemon could answer; the message says what to give."""
+
+
 def read_prompt(args: argparse.Namespace, stdin: TextIO) -> str:
-    if args.prompt == "-" or (args.prompt is None and not stdin.isatty()):
-        return stdin.read()
-    if args.prompt is None:
-        raise SystemExit("axchat ask: give a prompt, or pipe one on stdin")
-    return str(args.prompt)
+    if args.prompt is not None and args.prompt_flag is not None:
+        raise UsageError("give the question once: as an argument or with --prompt, not both")
+    given = args.prompt if args.prompt is not None else args.prompt_flag
+    if given == "-" or (given is None and not stdin.isatty()):
+        text = stdin.read()
+    elif given is None:
+        raise UsageError('give a question, e.g. axchat ask "Give me a joke", or pipe one on stdin')
+    else:
+        text = str(given)
+    if not text.strip():
+        raise UsageError("the question is empty: nothing to ask")
+    return text
+
+
+_SAMPLING_FIELD = re.compile(r"sampling\.(\w+)")
+
+
+def in_flag_words(message: str) -> str:
+    """The daemon names protocol fields (`sampling.max_tokens`); the user typed flags."""
+    return _SAMPLING_FIELD.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
 def build_request(args: argparse.Namespace, prompt: str) -> v1.Generate:
@@ -149,20 +180,8 @@ class _Restarted(Exception):
         self.streamed = streamed
 
 
-def _connect(args: argparse.Namespace, wait_s: float) -> Client:
-    if not autostart.enabled(args.no_autostart):
-        return connect(args.socket, wait_s=wait_s)
-    try:
-        return connect(args.socket)
-    except KeysRefused:
-        raise  # a daemon is there and turned us down: starting another would not help
-    except DaemonUnavailable:
-        autostart.start_daemon(args.socket, sys.stderr)
-        return connect(args.socket)
-
-
 def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, *, wait_s: float = 0.0) -> int:
-    with _connect(args, wait_s) as client:
+    with autostart.connect(args.socket, no_autostart=args.no_autostart, wait_s=wait_s) as client:
         stream = client.generate(build_request(args, prompt))
         interrupted = False
         streamed = False
@@ -187,10 +206,10 @@ def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, *, wait_s: flo
             streamed = streamed or isinstance(body, v1.Delta)
             _emit(body, args, out, loading)
             if isinstance(body, v1.Error):
-                print(f"axchat ask: {body.code}: {body.message}", file=sys.stderr)
+                print(f"axchat ask: {in_flag_words(body.message)}", file=sys.stderr)
                 return EXIT_FAILED
             if isinstance(body, v1.Done) and body.finish_reason == "error" and body.error is not None:
-                print(f"axchat ask: {body.error.code}: {body.error.message}", file=sys.stderr)
+                print(f"axchat ask: {in_flag_words(body.error.message)}", file=sys.stderr)
                 return EXIT_FAILED
         return EXIT_INTERRUPTED if interrupted else 0
 
@@ -198,7 +217,11 @@ def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, *, wait_s: flo
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     curve_keys.use_key_flags(args)
-    prompt = read_prompt(args, sys.stdin)
+    try:
+        prompt = read_prompt(args, sys.stdin)
+    except UsageError as exc:
+        print(f"axchat ask: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     out = sys.stdout
     try:
         try:
@@ -216,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"axchat ask: {exc}", file=sys.stderr)
         return EXIT_NO_DAEMON
     except RequestFailed as exc:
-        print(f"axchat ask: {exc}", file=sys.stderr)
+        print(f"axchat ask: {in_flag_words(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:  # before the request started: nothing to cancel
         return EXIT_INTERRUPTED

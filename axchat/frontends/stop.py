@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         with Client(args.socket) as client:
             client.hello()
             pid = client.status().pid
-    except DaemonUnavailable as exc:
-        print(f"axchat stop: {exc}", file=sys.stderr)
+    except DaemonUnavailable:
+        # Not the clients' "start one with ...": someone stopping wants none running.
+        where = ep.describe(ep.client_endpoint(args.socket))
+        print(f"axchat stop: no axchat daemon is running at {where}; nothing to stop", file=sys.stderr)
         return EXIT_NO_DAEMON
     except RequestFailed as exc:
         print(f"axchat stop: {exc}", file=sys.stderr)

@@ -48,9 +48,11 @@ def _request(url: str, headers: dict[str, str] | None = None) -> urllib.request.
     return req
 
 
-def _open(req: urllib.request.Request, repo_id: str, gated: bool) -> http.client.HTTPResponse:
+def _open(
+    req: urllib.request.Request, repo_id: str, gated: bool, timeout_s: float = TIMEOUT_S
+) -> http.client.HTTPResponse:
     try:
-        return urllib.request.urlopen(req, timeout=TIMEOUT_S)  # type: ignore[no-any-return]
+        return urllib.request.urlopen(req, timeout=timeout_s)  # type: ignore[no-any-return]
     except urllib.error.HTTPError as exc:
         raise _http_error(exc.code, repo_id, gated) from None
     except (urllib.error.URLError, OSError) as exc:
@@ -69,6 +71,20 @@ def _http_error(code: int, repo_id: str, gated: bool) -> HubError:
     if code == 404:
         return HubError(f"{repo_id}: no such model on {endpoint()} (HTTP 404)")
     return HubError(f"{repo_id}: the hub answered HTTP {code}")
+
+
+def probe(repo_id: str, timeout_s: float) -> None:
+    """Whether the hub has repo_id, asked once with a short timeout: HubError when it is
+    unreachable or says no. Gated or private models count as there (a token may open them)."""
+    try:
+        with _open(_request(f"{endpoint()}/api/models/{repo_id}"), repo_id, False, timeout_s):
+            pass
+    except HubError as exc:
+        if "access denied" in str(exc) or "gated" in str(exc):
+            return
+        raise
+    except TimeoutError:
+        raise HubError(f"{endpoint()} did not answer within {timeout_s:g}s") from None
 
 
 def list_files(repo_id: str, revision: str = "main", *, gated: bool = False) -> list[RemoteFile]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from axchat.models import catalog, hub, store
+from axchat.sizes import human_bytes
 
 # What from_pretrained needs for a causal LM with a fast tokenizer; other weight formats
 # (.bin, .pth, .gguf, onnx/, ...) would double or triple the download for nothing.
@@ -45,14 +46,6 @@ def wanted_files(files: Iterable[hub.RemoteFile]) -> list[hub.RemoteFile]:
     return [f for f in files if _WANTED.fullmatch(f.path)]
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
 class Progress:
     """One self-redrawing line on a terminal; on a pipe or a log, a line per finished file."""
 
@@ -73,13 +66,13 @@ class Progress:
             bar = "#" * int(frac * 30)
             rate = self._fresh / max(now - self._started, 1e-6)
             self.out.write(
-                f"\r{self.name} [{bar:<30}] {frac:4.0%} {_human(self.done)}/{_human(self.total)} {_human(rate)}/s   "
+                f"\r{self.name} [{bar:<30}] {frac:4.0%} {human_bytes(self.done)}/{human_bytes(self.total)} {human_bytes(rate)}/s   "
             )
             self.out.flush()
 
     def file_done(self, remote: hub.RemoteFile) -> None:
         if not self.tty:
-            self.out.write(f"{self.name}: {remote.path} ({_human(remote.size)})\n")
+            self.out.write(f"{self.name}: {remote.path} ({human_bytes(remote.size)})\n")
             self.out.flush()
 
     def close(self) -> None:
@@ -146,7 +139,7 @@ def pull(
         free = free_bytes(staging)
         if total - done + DISK_MARGIN_BYTES > free:
             raise PullError(
-                f"not enough disk for {name}: it needs {_human(total - done)} more, {root} has {_human(free)} free"
+                f"not enough disk for {name}: it needs {human_bytes(total - done)} more, {root} has {human_bytes(free)} free"
             )
         progress = Progress(name, total, done, out)
         try:

@@ -67,3 +67,23 @@ def test_autostart_reports_a_daemon_that_cannot_start(tmp_path: Path) -> None:
     proc = run(env, "ask", "Hi")
     assert proc.returncode == 2
     assert "exited with code 1" in proc.stderr and "/nonexistent/model does not exist" in proc.stderr
+
+
+def test_chat_starts_a_daemon_too(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`axchat chat` (here the line chat, stdout being a pipe) autostarts as `ask` does."""
+    sock = short_socket_dir() / "axchat.sock"
+    env = {**autostart_env(tiny_model_dir, sock, tmp_path / "state"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "axchat", "chat", "--max-tokens", "4"],
+            input="Hello\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "starting one" in proc.stderr and "daemon ready after" in proc.stderr
+        assert proc.stdout.startswith("User: Hello\nAssistant: ")
+    finally:
+        run(env, "stop")

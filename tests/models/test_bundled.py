@@ -72,6 +72,26 @@ def test_tell_me_a_quote_is_a_quote_from_the_corpus(client: RawClient) -> None:
     assert any(s in text for s in sentences(FORTUNES.read_text().split("\n%\n"))), text
 
 
+@pytest.mark.skipif(not FORTUNES.is_file(), reason="Debian's fortunes-min (the quote corpus) is not installed")
+def test_a_three_turn_chat_gets_a_joke_a_quote_then_what_was_asked(client: RawClient) -> None:
+    """Each later turn sees the whole history, as `axchat chat` sends it: a joke, then a
+    quote (not another joke), then the model recalls the last request."""
+    jokes = sentences(jokes_en.neutral)
+    quotes = sentences(FORTUNES.read_text().split("\n%\n"))
+    messages: list[v1.ChatMessage] = []
+    said = []
+    for turn, prompt in enumerate(("Give me a joke", "Tell me a quote", "What did I ask?")):
+        messages.append(v1.ChatMessage(role="user", content=prompt))
+        request = v1.Generate(messages=list(messages), sampling=v1.Sampling(max_tokens=120))
+        text = "".join(d.text for d in answer(client, f"turn-{turn}", request))
+        messages.append(v1.ChatMessage(role="assistant", content=text))
+        said.append(text)
+    joke, quote, recall = said
+    assert any(s in joke for s in jokes), said
+    assert any(s in quote for s in quotes) and not any(s in quote for s in jokes), said
+    assert recall.startswith("You asked me") and "quote" in recall and "joke" not in recall, said
+
+
 def test_serve_check_names_the_default_and_a_pulled_catalog_model(tmp_path: Path, tiny_model_dir: Path) -> None:
     """`--model` spellings reach the daemon's own checks: none (axchat-mini) and a catalog name."""
     config = tmp_path / "config.toml"

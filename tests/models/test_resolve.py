@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+from conftest import short_socket_dir
 
 from axchat.models import catalog, resolve, store
 
@@ -39,3 +45,40 @@ def test_hub_id_outside_the_catalog_and_paths(tmp_path: Path) -> None:
     assert resolve.resolve(str(pulled), tmp_path).source == str(pulled)
     assert resolve.resolve("/no/such/dir", tmp_path).source == "/no/such/dir"  # the loader says it is missing
     assert store.dir_name("someorg/some-model") == "someorg--some-model"
+
+
+def test_a_misspelt_name_is_refused_at_once_naming_axchat_models(tmp_path: Path) -> None:
+    for typo in ("nosuchmodel", "smollm2-360", "smollm2 360m"):
+        with pytest.raises(resolve.ModelNotFound, match="`axchat models`"):
+            resolve.resolve(typo, tmp_path)
+
+
+def test_a_model_not_here_with_no_hub_is_one_line_saying_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("smollm2-360m", "someorg/some-model"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        with pytest.raises(resolve.ModelNotFound, match=f"HF_HUB_OFFLINE is set: `axchat pull {name}`"):
+            resolve.ensure_available(resolve.resolve(name, tmp_path))
+        # Online, but the hub cannot be reached: a refused port answers at once.
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+            with pytest.raises(resolve.ModelNotFound, match=f"cannot reach .*`axchat pull {name}`"):
+                resolve.ensure_available(resolve.resolve(name, tmp_path))
+    fake_pulled(tmp_path, "smollm2-360m")
+    resolve.ensure_available(resolve.resolve("smollm2-360m", tmp_path))  # here: nothing to ask the hub
+
+
+def test_serve_refuses_a_misspelt_model_in_one_line(tmp_path: Path) -> None:
+    sock_dir = short_socket_dir()
+    for check in ([], ["--check"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "axchat", "serve", *check, "--socket", str(sock_dir / "d.sock"), "--model", "nosuchmodel"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "unknown model 'nosuchmodel'" in proc.stderr and "axchat models" in proc.stderr

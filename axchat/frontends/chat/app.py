@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import zmq
@@ -25,6 +25,7 @@ from textual.widgets import Markdown
 from textual.widgets.markdown import MarkdownStream
 from textual.worker import Worker, WorkerState
 
+from axchat import autostart
 from axchat.aclient import AsyncClient, DaemonRestarted, DaemonUnavailable, GenerateHandle, RequestFailed
 from axchat.endpoint import client_endpoint, describe
 from axchat.frontends.chat import commands
@@ -79,7 +80,7 @@ class ChatApp(App[None]):
     AssistantBubble.bubble { margin: 0 8 1 0; }
     AssistantBubble.stopped { border: round $warning; }
     .note { border: dashed $secondary; padding: 0 1; margin: 0 0 1 0; }
-    StatusLine { height: 1; padding: 0 1; color: $text-muted; }
+    StatusLine { height: auto; max-height: 3; padding: 0 1; color: $text-muted; }
     StatusLine.error { color: $error; }
     PromptInput { height: auto; max-height: 10; min-height: 3; }
     InfoFooter { height: auto; max-height: 3; padding: 0 1; background: $panel; color: $text-muted; }
@@ -107,8 +108,10 @@ class ChatApp(App[None]):
         ignore_eos: bool = False,
         reconnect_cap_s: float = RECONNECT_CAP_S,
         heartbeat_s: float = HEARTBEAT_S,
+        start_daemon: bool = False,
     ) -> None:
         super().__init__()
+        self.start_daemon = start_daemon  # when none answers at first: start one, as `ask` does
         self.socket = socket
         self.conversation = conversation
         self.store = store
@@ -194,12 +197,19 @@ class ChatApp(App[None]):
             self.status_line.say(f"connecting to the daemon at {where}…")
         else:
             self.status_line.say(f"daemon gone ({lost}); reconnecting…", error=True)
+        tried_start = lost is not None or not self.start_daemon
         while True:
             client = AsyncClient(self.socket, connect_timeout_s=CONNECT_TIMEOUT_S)
             try:
                 welcome = await client.hello()
             except (DaemonUnavailable, RequestFailed) as exc:
                 await client.close()
+                if not tried_start and isinstance(exc, DaemonUnavailable):
+                    tried_start = True
+                    start_failure = await self._autostart()
+                    if start_failure is None:
+                        continue
+                    exc = DaemonUnavailable(f"could not start one: {start_failure}")
                 self.status_line.say(f"daemon unavailable: {exc} (retrying in {delay:g}s)", error=True)
                 await asyncio.sleep(delay)  # the backoff itself, not a synchronisation
                 delay = min(delay * 2, self.reconnect_cap_s)
@@ -212,6 +222,16 @@ class ChatApp(App[None]):
             self.status_line.say(f"connected: {welcome.model} on {welcome.device} ({where})")
             self.refresh_footer()
             return
+
+    async def _autostart(self) -> str | None:
+        """Start a daemon (autostart's lock makes it one for all clients), its progress in
+        the status line; why not, when it could not."""
+        try:
+            await asyncio.to_thread(autostart.start_daemon, self.socket, _StatusProgress(self))
+        except DaemonUnavailable as exc:
+            # The first line; the log's tail that follows it does not fit a status line.
+            return str(exc).splitlines()[0]
+        return None
 
     def check_daemon(self) -> None:
         quiet = time.monotonic() - self._last_traffic >= self.heartbeat_s
@@ -247,6 +267,9 @@ class ChatApp(App[None]):
         try:
             command = commands.parse(event.text)
         except commands.CommandError as exc:
+            # A rejected command never reaches the model, and leaves the input empty for
+            # the next one instead of having it appended.
+            event.prompt_input.clear()
             self.status_line.say(str(exc), error=True)
             return
         event.prompt_input.clear()
@@ -258,9 +281,10 @@ class ChatApp(App[None]):
     async def send_prompt(self, prompt: str) -> None:
         if self.client is None:
             self.prompt_input.text = prompt
-            self.status_line.say(
-                f"{self.status_line.text.split(' (retrying')[0]}; your prompt is kept in the input", error=True
-            )
+            # Say why nothing happened: not yet connected, and what to do about it (once,
+            # however often Enter is pressed).
+            why = self.status_line.text.split(" (retrying")[0].removeprefix("not sent: ").split("; your prompt")[0]
+            self.status_line.say(f"not sent: {why}; your prompt is kept in the input", error=True)
             return
         if self.pending is not None:
             # Stop it now, not when the new worker starts: mounting the new bubbles awaits.
@@ -432,33 +456,8 @@ class ChatApp(App[None]):
     # ------------------------------------------------------------ slash commands
 
     async def run_command(self, command: commands.Command) -> None:
-        conversation = self.conversation
-        if isinstance(command, commands.SetSystem):
-            conversation.system = command.text
-            self.store.save(conversation)
-            self.status_line.say("system prompt set" if command.text else "system prompt cleared")
-        elif isinstance(command, commands.SetTemperature):
-            conversation.temperature = command.value
-            self.store.save(conversation)
-            self.status_line.say(f"temperature {command.value:g}")
-            self.refresh_footer()
-        elif isinstance(command, commands.Clear):
-            if self.pending is not None:
-                self.action_stop_answer()
-            self.conversation = conversation.fresh()
-            self.store.save(self.conversation)
-            await self.query_one(ConversationView).remove_children()
-            self.last_done = None
-            self.refresh_footer()
-            self.status_line.say("new conversation" + (" (system prompt kept)" if conversation.system else ""))
-        elif isinstance(command, commands.Save):
-            path = Path(command.path).expanduser()
-            try:
-                path.write_text(conversation.to_markdown(), encoding="utf-8")
-            except OSError as exc:
-                self.status_line.say(f"could not save: {exc}", error=True)
-            else:
-                self.status_line.say(f"saved {len(conversation.turns)} turns to {path}")
+        if isinstance(command, commands.Quit):
+            self.exit()
         elif isinstance(command, commands.ToggleStats):
             self.show_stats = not self.show_stats
             self.refresh_footer()
@@ -467,11 +466,44 @@ class ChatApp(App[None]):
             view = self.query_one(ConversationView)
             await view.mount(NoteBubble(commands.HELP))
             view.anchor()
+        else:
+            if isinstance(command, commands.Clear) and self.pending is not None:
+                self.action_stop_answer()
+            try:
+                conversation, said = commands.apply(command, self.conversation)
+            except commands.CommandError as exc:
+                self.status_line.say(str(exc), error=True)
+                return
+            if conversation is not self.conversation:  # /clear
+                await self.query_one(ConversationView).remove_children()
+                self.last_done = None
+            self.conversation = conversation
+            self.store.save(conversation)
+            self.refresh_footer()
+            self.status_line.say(said)
 
     async def on_unmount(self) -> None:
         if self.client is not None:
             await self.client.close()
             self.client = None
+
+
+class _StatusProgress(io.TextIOBase):
+    """autostart's progress (written for a terminal's stderr, from a worker thread)
+    shown in the status line instead."""
+
+    def __init__(self, app: ChatApp) -> None:
+        super().__init__()
+        self.app = app
+
+    def isatty(self) -> bool:
+        return True  # so autostart reports every second, rewriting its line
+
+    def write(self, text: str) -> int:
+        line = text.replace("\r", "").replace("\033[K", "").strip()
+        if line:
+            self.app.call_from_thread(self.app.status_line.say, line)
+        return len(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -482,6 +514,7 @@ def run(args: argparse.Namespace) -> int:
         store=store,
         max_tokens=args.max_tokens,
         ignore_eos=args.ignore_eos,
+        start_daemon=autostart.enabled(args.no_autostart),
     )
     app.run()
     return 0

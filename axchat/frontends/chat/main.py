@@ -18,11 +18,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--socket", help="daemon socket path or endpoint (default: $AXCHAT_SOCKET or the per-user default)")
     curve_keys.add_key_flags(p)
-    p.add_argument("--system", help="system prompt")
-    p.add_argument("--temperature", type=float, help="0 = greedy (default)")
+    p.add_argument("--system", "--system-prompt", help="system prompt (--system-prompt: the seed's spelling)")
+    p.add_argument("--temperature", type=float, help="sampling temperature; 0 = greedy (default)")
     p.add_argument("--max-tokens", type=int, default=512, help="longest answer, in tokens (default 512)")
     p.add_argument("--resume", action="store_true", help="reopen the last conversation")
     p.add_argument("--plain", action="store_true", help="line-by-line chat (automatic when stdout is not a terminal)")
+    p.add_argument(
+        "--stats",
+        "--show-stats",
+        action="store_true",
+        help="--plain: print the seed's timing lines to stderr after each answer (/stats toggles them; "
+        "the full-screen chat shows them in its footer)",
+    )
+    p.add_argument(
+        "--no-autostart",
+        action="store_true",
+        help="when no daemon answers, fail instead of starting one (also: AXCHAT_NO_AUTOSTART=1)",
+    )
     p.add_argument("--ignore-eos", action="store_true", help=argparse.SUPPRESS)  # tests need answers that run on
     return p
 

@@ -9,10 +9,13 @@ import argparse
 import sys
 from typing import TextIO
 
+from axchat import autostart
 from axchat.client import Client, DaemonRestarted, DaemonUnavailable, GenerateStream, RequestFailed, connect
+from axchat.frontends.chat import commands
 from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn, open_conversation
 from axchat.frontends.loading import loading_line
 from axchat.protocol import v1
+from axchat.stats_line import format_host, format_stats
 
 EXIT_NO_DAEMON = 2
 EXIT_INTERRUPTED = 130
@@ -22,7 +25,6 @@ CANCEL_WAIT_S = 5.0
 # After the daemon restarted mid-request, how long to wait for it to serve again (a
 # model load) before asking once more, as `axchat ask` does.
 RESTART_WAIT_S = 120.0
-LEAVE_WORDS = frozenset({"exit", "quit"})
 
 
 class PlainChat:
@@ -37,6 +39,7 @@ class PlainChat:
         self.client: Client | None = None
         self.welcome: v1.Welcome | None = None
         self.prefix_due = False  # "Assistant: " waits for the answer, after any `loading` lines
+        self.show_stats = bool(getattr(args, "stats", False))
 
     def connect(self) -> Client:
         if self.client is None:
@@ -48,6 +51,12 @@ class PlainChat:
                 raise
             self.client = client
         return self.client
+
+    def start(self) -> None:
+        """The first connection: to the daemon that answers, else to one started now
+        (progress on stderr), as `axchat ask` does."""
+        self.client = autostart.connect(self.args.socket, no_autostart=self.args.no_autostart)
+        self.welcome = self.client.hello()  # one more round trip, for the model's name
 
     def drop_client(self) -> None:
         # A fresh socket next turn: frames queued for a dead daemon must not reach a new one.
@@ -75,15 +84,40 @@ class PlainChat:
         line = line.rstrip("\n")
         if self.echo:
             self.out.write(line + "\n")
-        text = line.strip()
-        if text in LEAVE_WORDS:
+        if not line.strip():
+            return True
+        try:
+            command = commands.parse(line)
+        except commands.CommandError as exc:  # never sent to the model
+            self.note(str(exc))
+            return True
+        if command is None:
+            self.answer(commands.unescape_prompt(line))
+            return True
+        return self.run_command(command)
+
+    def note(self, text: str) -> None:
+        """What a command did, in the transcript, so a piped chat shows it too."""
+        self.out.write(f"({text})\n")
+        self.out.flush()
+
+    def run_command(self, command: commands.Command) -> bool:
+        """Carry out a slash command; False when it says to leave."""
+        if isinstance(command, commands.Quit):
             return False
-        if text == "clear":
-            self.conversation = self.conversation.fresh()
+        if isinstance(command, commands.Help):
+            self.out.write(commands.HELP_PLAIN + "\n")
+        elif isinstance(command, commands.ToggleStats):
+            self.show_stats = not self.show_stats
+            self.note("stats shown after each answer" if self.show_stats else "stats hidden")
+        else:
+            try:
+                self.conversation, said = commands.apply(command, self.conversation)
+            except commands.CommandError as exc:
+                self.note(str(exc))
+                return True
             self.store.save(self.conversation)
-            self.out.write("(conversation cleared)\n")
-        elif text:
-            self.answer(line)
+            self.note(said)
         return True
 
     def answer(self, prompt: str) -> None:
@@ -162,6 +196,9 @@ class PlainChat:
                     raise RequestFailed(v1.Error(code=body.error.code if body.error else "internal", message=detail))
                 self.out.write(" [stopped]\n" if body.finish_reason == "cancelled" else "\n")
                 self.out.flush()
+                if self.show_stats:
+                    print(format_stats(body.stats), file=sys.stderr)
+                    print(format_host(body.stats), file=sys.stderr)
                 return body.finish_reason, "".join(received)
             elif isinstance(body, v1.Error):
                 self.out.write("\n")
@@ -172,7 +209,7 @@ class PlainChat:
 def run(args: argparse.Namespace) -> int:
     chat = PlainChat(args, ConversationStore(), sys.stdout, echo=not sys.stdin.isatty())
     try:
-        chat.connect()
+        chat.start()
     except DaemonUnavailable as exc:
         print(f"axchat chat: {exc}", file=sys.stderr)
         return EXIT_NO_DAEMON
@@ -180,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     if sys.stdin.isatty() and welcome is not None:
         print(
             f"axchat chat: {welcome.model} on {welcome.device}. Ctrl-C stops an answer; "
-            "`clear` starts over; `exit`, `quit` or Ctrl-D leaves.",
+            "/help lists the commands; /quit or Ctrl-D leaves.",
             file=sys.stderr,
         )
     if chat.conversation.turns:

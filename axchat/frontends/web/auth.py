@@ -30,7 +30,7 @@ def bearer_key_middleware(api_key: str) -> Middleware:
             if not hmac.compare_digest(given, expected):
                 raise ApiError(
                     401,
-                    "missing or wrong API key; send `Authorization: Bearer KEY`",
+                    "missing or wrong API key: send it as `Authorization: Bearer KEY` (on the chat page: Settings → API key)",
                     code="invalid_api_key",
                 )
         return await handler(request)

@@ -60,7 +60,10 @@ def from_daemon(code: v1.ErrorCode, message: str, retry_after_s: float | None = 
     if code == "invalid_field":
         # The daemon names sampling fields `sampling.NAME`; OpenAI's are top level.
         found = _SAMPLING_FIELD.match(message)
-        return ApiError(400, message, code="invalid_value", param=found.group(1) if found else None)
+        # ...and the message names them as the API caller wrote them.
+        return ApiError(
+            400, _SAMPLING_FIELD.sub(r"`\1`", message), code="invalid_value", param=found.group(1) if found else None
+        )
     if code == "context_overflow":
         return ApiError(400, message, code="context_length_exceeded", param="messages")
     if code == "frame_too_large":

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--body-timeout", type=float, default=BODY_TIMEOUT_S, help=f"seconds a request body may take (default {BODY_TIMEOUT_S:g})"
     )
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
     return p
 
 

@@ -232,7 +232,7 @@ async def test_slash_commands(daemon: DaemonProcess, store: ConversationStore, t
         assert app.conversation.temperature == 0.7
 
         await send(pilot, "/bogus")
-        assert "unknown command /bogus" in status.text and app.query_one(PromptInput).text == "/bogus"
+        assert "unknown command /bogus" in status.text and app.query_one(PromptInput).text == ""
 
 
 async def test_resume_reopens_the_last_conversation(daemon: DaemonProcess, store: ConversationStore) -> None:

@@ -22,6 +22,9 @@ def test_parse() -> None:
     assert commands.parse("/save ~/chat.md") == commands.Save("~/chat.md")
     assert commands.parse("/stats") == commands.ToggleStats()
     assert commands.parse("/help") == commands.Help()
+    for leave in ("/quit", "/exit", "exit", "quit", " Quit "):
+        assert commands.parse(leave) == commands.Quit(), leave
+    assert commands.parse("exit the loop") is None  # a prompt that only starts with the word
     for bad, why in [("/temperature hot", "needs a number"), ("/temperature 99", "between 0 and 10"),
                      ("/save", "needs a file name"), ("/nope", "unknown command /nope")]:  # fmt: skip
         with pytest.raises(commands.CommandError, match=why):

@@ -41,13 +41,13 @@ def test_two_turns_with_memory_then_clear(daemon: DaemonProcess, tmp_path: Path)
     first = reference(daemon, [u("Hello")], 10)
     second = reference(daemon, [u("Hello"), v1.ChatMessage(role="assistant", content=first), u("And then?")], 10)
     proc = chat_process(
-        tmp_path, "--socket", daemon.socket, "--max-tokens", "10", stdin="Hello\nAnd then?\nclear\nHello\nquit\n"
+        tmp_path, "--socket", daemon.socket, "--max-tokens", "10", stdin="Hello\nAnd then?\n/clear\nHello\nquit\n"
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == (
         f"User: Hello\nAssistant: {first}\n"
         f"User: And then?\nAssistant: {second}\n"
-        "User: clear\n(conversation cleared)\n"
+        "User: /clear\n(new conversation)\n"
         f"User: Hello\nAssistant: {first}\n"  # the same answer: the memory really was cleared
         "User: quit\n"
     )
@@ -69,8 +69,36 @@ def test_resume_and_eof(daemon: DaemonProcess, tmp_path: Path) -> None:
 
 def test_no_daemon(tmp_path: Path) -> None:
     sock = short_socket_dir() / "none.sock"
-    proc = chat_process(tmp_path, "--socket", str(sock), stdin="Hi\n")
+    proc = chat_process(tmp_path, "--socket", str(sock), "--no-autostart", stdin="Hi\n")
     assert proc.returncode == 2 and "axchat serve" in proc.stderr and str(sock) in proc.stderr
+
+
+def test_the_tui_command_set_works_in_plain_mode_and_never_reaches_the_model(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """/help, /system, /temperature, /save, /stats, a rejected and an unknown command,
+    then /exit: only the one real prompt is sent, with the system prompt set."""
+    transcript = tmp_path / "chat.md"
+    script = [
+        "/help",
+        "/system Be brief.",
+        "/temperature abc",
+        "/bogus",
+        "/stats",
+        "Hi",
+        f"/save {transcript}",
+        "/exit",
+        "Never sent",
+    ]
+    proc = chat_process(tmp_path, "--max-tokens", "4", "--socket", daemon.socket, stdin="\n".join(script) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "/temperature T" in out and "/quit" in out  # the help list
+    assert "(system prompt set)" in out and "(/temperature needs a number" in out and "(unknown command /bogus" in out
+    assert out.count("Assistant: ") == 1 and "Never sent" not in out
+    assert "Tokenization: " in proc.stderr and "CPU %: " in proc.stderr  # /stats turned the lines on
+    saved = transcript.read_text()
+    assert "**System:**\n\nBe brief." in saved and "**User:**\n\nHi" in saved and "/bogus" not in saved
 
 
 def test_ctrl_c_cancels_the_answer_then_quits_at_the_prompt(daemon: DaemonProcess, tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from conftest import HELD_TOKENS
 from playwright import sync_api
 from web_bridge import BridgeProcess, bridge_fixture  # noqa: F401
 
+from axchat.frontends.web.errors import ApiError
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.timeout(120),
@@ -117,4 +119,17 @@ def test_api_error_is_shown_and_prompt_given_back(page: sync_api.Page) -> None:
     page.fill("#prompt", "hello")
     page.press("#prompt", "Enter")
     sync_api.expect(page.locator(".message.error")).to_contain_text("temperature")
+    sync_api.expect(page.locator("#prompt")).to_have_value("hello")
+
+
+def test_a_missing_api_key_points_at_the_page_settings(page: sync_api.Page) -> None:
+    """The page says where its key goes, not which HTTP header to send."""
+    refused = ApiError(401, "missing or wrong API key", code="invalid_api_key")
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(status=401, content_type="application/json", body=json.dumps(refused.body())),
+    )
+    page.fill("#prompt", "hello")
+    page.press("#prompt", "Enter")
+    sync_api.expect(page.locator(".message.error")).to_contain_text("Settings → API key")
     sync_api.expect(page.locator("#prompt")).to_have_value("hello")

@@ -84,3 +84,9 @@ def test_daemon_codes_to_http(code: v1.ErrorCode, status: int, retry_after: str 
     assert error.status == status
     assert error.headers().get("Retry-After") == retry_after
     assert set(error.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_daemon_field_errors_name_the_api_parameter() -> None:
+    error = from_daemon("invalid_field", "sampling.max_tokens must be an integer >= 1, got 0")
+    assert error.param == "max_tokens" and error.message == "`max_tokens` must be an integer >= 1, got 0"
+    assert "sampling." not in error.message

@@ -65,6 +65,10 @@ async function* sseEvents(body) {
 async function errorText(response) {
   try {
     const body = await response.json();
+    // The page has its own place for the key: say where, not which header to send.
+    if (body.error?.code === "invalid_api_key") {
+      return "this server needs an API key: enter it under Settings → API key";
+    }
     return body.error?.message || response.statusText;
   } catch {
     return `${response.status} ${response.statusText}`;
