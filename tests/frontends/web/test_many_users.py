@@ -43,3 +43,43 @@ def test_thirty_concurrent_streams_through_one_bridge_all_succeed(bridge: Bridge
     results = asyncio.run(run_streams(bridge, model_name, users))
     assert len(results) == STREAMS
     assert all(finish == "length" and pieces >= 1 for pieces, finish in results), results
+
+
+def test_past_the_daemons_own_bound_and_only_then_a_429(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    """16 held streams from 16 people through one bridge, against a daemon that takes 12
+    live requests (2 running + 10 queued): 12 are admitted (8 would be, if the bridge's
+    one connection were still one client) and 4 get 429 with Retry-After."""
+    from conftest import HELD, DaemonProcess
+    from web_bridge import started_bridge
+
+    daemon = DaemonProcess(tiny_model_dir, "--max-running", "2", "--max-queued", "10").wait_ready()
+    try:
+        with started_bridge(daemon.socket) as bridge:
+
+            async def run() -> tuple[int, list[openai.RateLimitError]]:
+                async with openai.AsyncOpenAI(base_url=bridge.url + "v1", api_key="unused", max_retries=0, timeout=60) as client:
+                    model = (await client.models.list()).data[0].id
+                    opened = await asyncio.gather(
+                        *(
+                            client.chat.completions.create(
+                                model=model,
+                                messages=[{"role": "user", "content": f"held {i}"}],
+                                stream=True,
+                                user=f"person-{i}",
+                                max_tokens=HELD["max_tokens"],  # type: ignore[arg-type]
+                                extra_body={"ignore_eos": True},
+                            )
+                            for i in range(16)
+                        ),
+                        return_exceptions=True,
+                    )
+                    streams = [s for s in opened if isinstance(s, openai.AsyncStream)]
+                    for stream in streams:  # closing each cancels its request on the daemon
+                        await stream.close()
+                    return len(streams), [e for e in opened if isinstance(e, openai.RateLimitError)]
+
+            admitted, refused = asyncio.run(run())
+        assert admitted == 12 and len(refused) == 4
+        assert all(int(e.response.headers["retry-after"]) >= 1 for e in refused)
+    finally:
+        assert daemon.stop() == 0, daemon.log_text()
