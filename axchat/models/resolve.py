@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from axchat.actors.backends.aipu_catalog import CATALOG as METIS_CATALOG
 from axchat.models import catalog, hub, store
 
 # A hub id is ORG/NAME; anything else that is not a catalog name, a path or in the store
@@ -47,6 +48,9 @@ def resolve(model: str | None, root: Path | None = None) -> ResolvedModel:
             )
         return ResolvedModel(str(catalog.BUNDLED_DIR), (catalog.BUNDLED_NAME,), note)
     if _looks_like_path(model):
+        return ResolvedModel(model, (model,))
+    if model in METIS_CATALOG:
+        # A model compiled for the Metis card: the aipu backend finds it in the SDK's build tree.
         return ResolvedModel(model, (model,))
     entry = catalog.CATALOG.get(model) or catalog.by_hub_id(model)
     aliases = tuple(dict.fromkeys([model, *([entry.name, entry.hub_id] if entry else [])]))

@@ -47,6 +47,12 @@ def test_hub_id_outside_the_catalog_and_paths(tmp_path: Path) -> None:
     assert store.dir_name("someorg/some-model") == "someorg--some-model"
 
 
+def test_a_metis_catalog_name_is_left_to_the_aipu_backend(tmp_path: Path) -> None:
+    resolved = resolve.resolve("phi3-mini-1024-4core-static", tmp_path)
+    assert resolved.source == "phi3-mini-1024-4core-static" and not resolved.from_hub
+    resolve.ensure_available(resolved)  # nothing to fetch: it lives in the SDK's build tree
+
+
 def test_a_misspelt_name_is_refused_at_once_naming_axchat_models(tmp_path: Path) -> None:
     for typo in ("nosuchmodel", "smollm2-360", "smollm2 360m"):
         with pytest.raises(resolve.ModelNotFound, match="`axchat models`"):
