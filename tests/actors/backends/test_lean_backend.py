@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers_reference import greedy_reference, prompt, ref_logits
+from transformers_reference import check_prefix_restore, greedy_reference, prompt, ref_logits
 
 from axchat.actors.backends import torch_backend
 from axchat.actors.backends.lean_backend import LeanTorchBackend
@@ -74,20 +74,7 @@ def test_release_moves_a_slot_and_scattered_slots_still_decode(backend: LeanTorc
 
 
 def test_prefix_cache_restore_matches_a_fresh_prefill(backend: LeanTorchBackend, reference) -> None:  # type: ignore[no-untyped-def]
-    first = prompt(50, 8)
-    backend.start(1, first, "alice")
-    backend.extend(1, first)
-    token = int(np.argmax(backend.decode([1], [7])[0]))
-    backend.release(1, keep=("alice", [*first, 7]))
-    assert backend.prefix_cache_usage()[0] == 1 and backend.live_sequences() == 0
-
-    turn2 = [*first, 7, token, *prompt(20, 9)]
-    assert backend.start(2, turn2, "bob") == 0  # another client's cache is not shared
-    backend.release(2)
-    restored = backend.start(3, turn2, "alice")
-    assert restored == 51
-    logits = backend.extend(3, turn2[restored:])
-    np.testing.assert_allclose(logits, ref_logits(reference, turn2), atol=ATOL)
+    check_prefix_restore(backend, reference, ATOL)
 
 
 def test_prompts_of_different_lengths_in_one_forward_match_transformers(backend: LeanTorchBackend, reference) -> None:  # type: ignore[no-untyped-def]

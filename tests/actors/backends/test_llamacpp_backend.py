@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make venv builds it)")
 
-from transformers_reference import greedy_reference, prompt, ref_logits
+from transformers_reference import check_prefix_restore, greedy_reference, prompt, ref_logits
 
 from axchat.actors.backends.llamacpp import gguf_cache, load
 from axchat.actors.backends.llamacpp.backend import LlamaCppBackend
@@ -69,19 +69,7 @@ def test_greedy_output_is_the_same_alone_and_in_a_batch_of_eight(backend: LlamaC
 
 
 def test_prefix_cache_shares_cells_and_restores_what_a_fresh_prefill_computes(backend: LlamaCppBackend, reference) -> None:  # type: ignore[no-untyped-def]
-    first = prompt(50, 8)
-    backend.start(1, first, "alice")
-    backend.extend(1, first)
-    token = int(np.argmax(backend.decode([1], [7])[0]))
-    backend.release(1, keep=("alice", [*first, 7]))
-    assert backend.prefix_cache_usage()[0] == 1 and backend.live_sequences() == 0
-
-    turn2 = [*first, 7, token, *prompt(20, 9)]
-    assert backend.start(2, turn2, "bob") == 0  # another client's cache is not shared
-    backend.release(2)
-    restored = backend.start(3, turn2, "alice")
-    assert restored == 51
-    np.testing.assert_allclose(backend.extend(3, turn2[restored:]), ref_logits(reference, turn2), atol=ATOL)
+    first, turn2 = check_prefix_restore(backend, reference, ATOL)
     # A second branch from the same kept prefix while the first still runs.
     other = [*first, 7, *prompt(9, 10)]
     assert backend.start(4, other, "alice") == 51
