@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from axchat.actors.backends.base import BackendInfo, ModelLoadError
 from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert, thread_choice
-from axchat.host_cores import default_threads
+from axchat.host_cores import default_threads, usable_cores
 
 if TYPE_CHECKING:
     from axchat.actors.backends.llamacpp.backend import LlamaCppBackend
@@ -182,6 +182,10 @@ def load(
     threads_reason = f"{threads} threads as asked"
     if measure_threads and threads > 1:
         threads, threads_reason = thread_choice.choose(engine, [threads, 1])
+        single = thread_choice.one_token_threads(threads, usable_cores())
+        if single != threads:
+            engine.set_threads(single, threads)
+            threads_reason += f"; one-token steps on {single} (a core left for the event loop)"
     info = BackendInfo(
         backend="llamacpp",
         model=_display_name(model),
