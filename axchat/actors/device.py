@@ -193,8 +193,7 @@ class DeviceActor(Actor):
     # ------------------------------------------------------------ mailbox
 
     async def on_start(self) -> None:
-        self._stepper = asyncio.create_task(self._step_loop(), name="device-steps")
-        self._stepper.add_done_callback(self._task_done)
+        self._stepper = self.run_in_background(self._step_loop(), "device-steps")
         self._idle.start()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:

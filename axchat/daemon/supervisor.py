@@ -37,17 +37,17 @@ class DaemonSupervisor:
 
     def on_task_error(self, actor: Actor, task_name: str, exc: BaseException) -> None:
         """An actor's reader or step loop is gone: the actor can no longer do its job."""
-        if self.stopping or self.fatal.done():
-            return
-        log.critical("actor %s lost its task %s", actor.name, task_name, exc_info=exc)
-        self.fatal.set_result(exc)
+        self._fatal(f"actor {actor.name} lost its task {task_name}", exc)
 
     def actor_exited(self, actor: Actor, task: asyncio.Task[None]) -> None:
         """Done-callback for actor tasks: an actor that stops on its own is fatal."""
-        if self.stopping or self.fatal.done():
-            return
         exc = (None if task.cancelled() else task.exception()) or RuntimeError(f"actor {actor.name} stopped")
-        log.critical("actor %s exited", actor.name, exc_info=exc)
+        self._fatal(f"actor {actor.name} exited", exc)
+
+    def _fatal(self, what: str, exc: BaseException) -> None:
+        if self.stopping or self.fatal.done():
+            return  # stopping on purpose, or already on the way out
+        log.critical("%s", what, exc_info=exc)
         self.fatal.set_result(exc)
 
     async def _fail_request(self, rid: int, error: ErrorInfo) -> None:

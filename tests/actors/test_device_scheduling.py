@@ -103,6 +103,9 @@ class FailLoudly:
     def on_handler_error(self, actor: Actor, msg: m.ActorMessage, exc: BaseException) -> None:
         raise AssertionError(f"{actor.name} failed on {msg}") from exc
 
+    def on_task_error(self, actor: Actor, task_name: str, exc: BaseException) -> None:
+        raise AssertionError(f"{actor.name} lost its task {task_name}") from exc
+
 
 @pytest.fixture(params=["torch", "llamacpp"])
 def engine(request: pytest.FixtureRequest, tiny_model_dir: Path) -> DeviceBackend:
