@@ -33,6 +33,10 @@ HARD_LIMIT_FACTOR = 8
 CLIENT_SNDHWM = 10_000
 # A hint, not a promise: long enough for a short request to finish somewhere.
 BUSY_RETRY_AFTER_S = 1.0
+# When a connection drops, its peers are probed after each of these pauses (seconds);
+# libzmq tears a dead pipe down within milliseconds, so a peer still reachable after
+# the last one is a new connection that got the same fd (see _probe_after_disconnect).
+DISCONNECT_PROBE_SCHEDULE_S = (0.0, 0.01, 0.05, 0.2, 1.0)
 
 
 # Bodies larger than this are first sized without copying their text out of the frame.
@@ -128,6 +132,7 @@ class FrontDoor(Actor):
         # even while it is queued or prefilling and nothing is being sent to them.
         self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._peers_by_fd: dict[int, set[bytes]] = collections.defaultdict(set)
+        self._probes: set[asyncio.Task[None]] = set()
         self._rids = itertools.count(1)
         self._live: dict[int, _Live] = {}
         self._by_client: dict[tuple[bytes, str], int] = {}
@@ -146,7 +151,7 @@ class FrontDoor(Actor):
             self._liveness = self.run_in_background(self._expire_silent_clients(), "frontdoor-liveness")
 
     async def on_close(self) -> None:
-        tasks = [t for t in (self._reader, self._watcher, self._liveness) if t is not None]
+        tasks = [t for t in (self._reader, self._watcher, self._liveness, *self._probes) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -435,14 +440,32 @@ class FrontDoor(Actor):
             event = await self._monitor.recv_multipart()
             fd = int.from_bytes(event[0][2:6], "little")  # zmq event frame: u16 event, u32 value
             peers = self._peers_by_fd.pop(fd, set())
-            for identity in peers:
-                # The fd number may already serve a new peer; only a peer we can no
-                # longer reach is gone. The probe is a `pong` with id "", which
-                # clients ignore. A peer that answers is the fd's new owner: keep it
-                # mapped, or its own disconnect later would go unnoticed (and its
-                # prefix-cache entries would stay for ever).
-                if await self._send_raw(identity, "", v1.encode_body(v1.Pong())):
-                    self._peers_by_fd[fd].add(identity)
+            if peers:
+                probe = asyncio.create_task(self._probe_after_disconnect(fd, peers), name=f"probe-fd-{fd}")
+                self._probes.add(probe)
+                probe.add_done_callback(self._probe_done)
+
+    async def _probe_after_disconnect(self, fd: int, peers: set[bytes]) -> None:
+        """The fd number may already serve a new peer; only a peer we can no longer
+        reach is gone. The probe is a `pong` with id "", which clients ignore; a
+        failed send calls `_client_gone`. One probe is not enough: libzmq reports the
+        disconnect from its I/O thread before the ROUTER socket has taken in the
+        pipe's teardown, so on a busy machine a send right after can still land in
+        the dead pipe. A peer that answers every probe of the schedule owns the fd
+        now: keep it mapped, or its own disconnect later would go unnoticed (and its
+        prefix-cache entries would stay for ever)."""
+        for delay in DISCONNECT_PROBE_SCHEDULE_S:
+            await asyncio.sleep(delay)  # a deadline for libzmq's teardown, not a synchronisation
+            self._router.getsockopt(zmq.EVENTS)  # makes the socket process pending pipe commands
+            peers = {p for p in peers if await self._send_raw(p, "", v1.encode_body(v1.Pong()))}
+            if not peers:
+                return
+        self._peers_by_fd[fd].update(peers)
+
+    def _probe_done(self, task: asyncio.Task[None]) -> None:
+        self._probes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("disconnect probe failed", exc_info=task.exception())
 
     async def _client_gone(self, identity: bytes, why: str) -> None:
         """A client we cannot reach any more: cancel all it asked for, free its KV."""
