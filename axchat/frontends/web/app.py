@@ -17,7 +17,6 @@ from axchat.frontends.web.cross_site import cross_site_middleware
 from axchat.frontends.web.daemon_link import DaemonLink
 from axchat.frontends.web.error_responses import error_middleware
 from axchat.frontends.web.metrics import BridgeMetrics
-from axchat.frontends.web.serve import BODY_TIMEOUT_S
 
 # Bodies above this are refused with 413 before they are read; the daemon's own frame
 # limit (1 MiB by default) answers anything between.
@@ -30,7 +29,7 @@ def build_app(
     *,
     user_header: str | None = None,
     allowed_hosts: tuple[str, ...] = (),
-    body_timeout_s: float = BODY_TIMEOUT_S,
+    body_timeout_s: float,  # `axchat web --body-timeout` (serve.BODY_TIMEOUT_S)
 ) -> web.Application:
     middlewares: list[Middleware] = [access_log_middleware, error_middleware]
     if api_key:
