@@ -1,5 +1,6 @@
-"""What a device backend must provide. The device actor and the scheduler plan only
-from this interface, so the torch and AIPU backends are interchangeable."""
+"""What a device backend must provide. The device actor (`axchat.actors.device`) plans
+its steps only from this interface, so the torch, llama.cpp and AIPU backends are
+interchangeable."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class ModelLoadError(Exception):
 
 @dataclass(frozen=True)
 class BackendInfo:
-    backend: str  # "torch", "aipu"
+    backend: str  # its name in the registry: "torch", "llamacpp", "aipu"
     model: str  # the name clients see and may ask for
     device: str  # "cpu", "cuda:0", "metis-0:1:0"
     dtype: str
@@ -44,7 +45,7 @@ class BackendInfo:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What the scheduler may ask of the backend."""
+    """What the device actor's step planning may ask of the backend."""
 
     max_batch: int  # sequences one decode step can advance
     kv_survives_switch: bool  # False: running another sequence destroys this one's KV
