@@ -18,7 +18,7 @@ COMMANDS = {
     "keys": ("axchat.keys_command", "create and list CURVE keys for tcp:// daemons, allow clients"),
     "stop": ("axchat.frontends.stop", "ask the local daemon to drain and exit"),
     "service": ("axchat.daemon.units", "print or install the systemd unit (--user for a per-user one)"),
-    "extract-embeddings": ("axchat.actors.backends.aipu_embeddings", "write a model's input embeddings for --device aipu"),
+    "extract-embeddings": ("axchat.actors.backends.aipu.embeddings", "write a model's input embeddings for --device aipu"),
 }
 
 

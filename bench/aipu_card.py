@@ -99,17 +99,20 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
 
-    from axchat.actors.backends.aipu_backend import AipuBackend
-    from axchat.actors.backends.aipu_catalog import CATALOG
+    from axchat.actors.backends.aipu.backend import AipuBackend
+    from axchat.actors.backends.aipu.catalog import CATALOG
+    from axchat.actors.backends.load_options import LoadOptions
     from axchat.actors.tokenizer import end_of_turn_ids, load_tokenizer
 
     t_load = time.perf_counter()
     backend = AipuBackend.load(
         args.model,
-        build_root=args.build_root,
-        aipu_device=args.aipu_device,
-        runtime=args.runtime,
-        tokenizer_dir=args.tokenizer_dir,
+        LoadOptions(
+            build_root=args.build_root,
+            aipu_device=args.aipu_device,
+            aipu_runtime=args.runtime,
+            tokenizer_dir=args.tokenizer_dir,
+        ),
     )
     try:
         tokenizer = load_tokenizer(backend.info.tokenizer or args.model)

@@ -1,5 +1,5 @@
 """`axchat` as the tests run it: `python tests/testdaemon.py serve ...`, the real CLI with
-one test-only switch, so that no test depends on how fast the machine decodes.
+test-only switches wrapped around the production code, never inside it.
 
 Held requests: a request asking for at least `HELD_MIN_TOKENS` tokens is paced, each
 forward pass that carries it taking at least `HELD_STEP_S` more on the device thread
@@ -10,8 +10,14 @@ file named by `$AXCHAT_TEST_RELEASE_FILE` so that held requests run at full spee
 then on. A fast machine can no longer finish such a request before the test's next step
 (2,000 tokens take at least 40 s), and a slow one is no slower than before.
 
-Requests of ordinary size run as in production. Nothing here is in the package: the
-switch lives only in this launcher.
+Requests of ordinary size run as in production.
+
+Gates, each off unless its variable names a file; whatever waits at one waits until that
+file exists (at most `GATE_LIMIT_S`), so a test opens it by creating the file:
+- `$AXCHAT_TEST_LOAD_GATE` (`LOAD_GATE_ENV`): a model load, at its weights stage, so a test
+  can hold a reload open while clients queue behind it (tests/daemon/test_keepalive.py).
+
+Nothing here is in the package: the switches live only in this launcher.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from typing import Any
 
 HELD_MIN_TOKENS = 1024
 HELD_STEP_S = 0.02
+LOAD_GATE_ENV = "AXCHAT_TEST_LOAD_GATE"
+GATE_LIMIT_S = 120.0
+GATE_POLL_S = 0.01
 
 
 def _released() -> bool:
@@ -52,8 +61,44 @@ def install_held_requests() -> None:
     device.DeviceActor._forward = paced_forward  # type: ignore[method-assign]
 
 
+def _wait_for_gate(gate: str) -> None:
+    deadline = time.monotonic() + GATE_LIMIT_S
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(GATE_POLL_S)  # polled on the loading thread, never the event loop
+
+
+class _GatedEngine:
+    """An engine from the backend registry whose `load` waits at the gate first."""
+
+    def __init__(self, engine: Any, gate: str) -> None:
+        self._engine = engine
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def load(self, model: str, options: Any) -> Any:
+        _wait_for_gate(self._gate)
+        return self._engine.load(model, options)
+
+
+def install_load_gate() -> None:
+    gate = os.environ.get(LOAD_GATE_ENV)
+    if not gate:
+        return
+    from axchat.actors.backends import registry
+
+    ungated = registry.engine
+
+    def gated_engine(name: str) -> Any:
+        return _GatedEngine(ungated(name), gate)
+
+    registry.engine = gated_engine  # type: ignore[assignment]
+
+
 if __name__ == "__main__":
     install_held_requests()
+    install_load_gate()
     from axchat.cli import main
 
     sys.exit(main())

@@ -43,13 +43,13 @@ def check(cfg: ServeConfig) -> str:
         return _check_llamacpp(cfg, resolved.source, resolved.aliases[0], endpoint)
     if backend != "torch":
         raise CheckFailed(f"unknown backend {cfg.backend!r}")
-    from axchat.actors.backends import torch_backend
+    from axchat.actors.backends.torch_engine import load as torch_load
 
     try:
-        config = torch_backend.load_config(resolved.source)
+        config = torch_load.load_config(resolved.source)
         model = f"{resolved.aliases[0]} ({config.model_type})"
-        device = torch_backend.resolve_device(cfg.device)
-        dtype = str(torch_backend.resolve_dtype(cfg.dtype, device)).removeprefix("torch.")
+        device = torch_load.resolve_device(cfg.device)
+        dtype = str(torch_load.resolve_dtype(cfg.dtype, device)).removeprefix("torch.")
     except ModelLoadError as exc:
         raise CheckFailed(str(exc)) from None
     return f"ok: model {model}, device {device}, dtype {dtype}, socket {ep.describe(endpoint)}"

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
-import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
-from axchat.actors.backends import BackendInfo, DeviceBackend, ModelLoadError, load_backend
+from axchat.actors.backends import BackendInfo, DeviceBackend, LoadOptions, ModelLoadError, registry
 from axchat.actors.tokenizer import load_tokenizer
 from axchat.daemon.config import ServeConfig
 from axchat.models.readable import unreadable_part
@@ -21,39 +18,15 @@ from axchat.models.readable import unreadable_part
 # so the first request does not pay for lazy set-up.
 STAGES = ("config", "convert", "weights", "warm-up")
 WARM_UP_SEQ = -1  # never a request's id: those count up from 1
-# Tests only: a load waits at the weights stage until this file exists, so a test can
-# hold a reload open while clients queue behind it (tests/daemon/test_keepalive.py).
-TEST_GATE_ENV = "AXCHAT_TEST_LOAD_GATE"
-TEST_GATE_LIMIT_S = 120.0
 
 
 def _no_progress(stage: str) -> None:
     pass
 
 
-def load_device(cfg: ServeConfig, model: str, progress: Callable[[str], None] = _no_progress) -> DeviceBackend:
-    """Blocking; run it off the event loop. Raises ModelLoadError with one line."""
-    progress("config")
-    unreadable = unreadable_part(model)
-    if unreadable is not None:
-        raise ModelLoadError(unreadable)
-    if cfg.backend == "torch":
-        from axchat.actors.backends import torch_backend
-
-        # Milliseconds, and a vanished or broken model fails here, before the long part.
-        torch_backend.load_config(model)
-    elif cfg.backend == "llamacpp":
-        from axchat.actors.backends import llamacpp
-
-        if llamacpp.unavailable() is None:  # else load_backend says why
-            from axchat.actors.backends.llamacpp.load import convert_if_needed
-
-            convert_if_needed(model, cfg.quant, cfg.dtype, cfg.threads, progress)
-    progress("weights")
-    _wait_for_test_gate()
-    backend = load_backend(
-        cfg.backend,
-        model,
+def load_options(cfg: ServeConfig) -> LoadOptions:
+    """The settings a backend loads with: taken from the config here, and only here."""
+    return LoadOptions(
         device=cfg.device,
         dtype=cfg.dtype,
         context=cfg.context,
@@ -61,29 +34,35 @@ def load_device(cfg: ServeConfig, model: str, progress: Callable[[str], None] = 
         lanes=cfg.lanes,
         prefix_cache_bytes=cfg.prefix_cache_mb << 20,
         compile=cfg.compile,
+        quant=cfg.quant,
         build_root=cfg.build_root,
         aipu_device=cfg.aipu_device,
         aipu_runtime=cfg.aipu_runtime,
         tokenizer_dir=cfg.tokenizer_dir,
-        quant=cfg.quant,
     )
+
+
+def load_device(
+    backend: str, model: str, options: LoadOptions, progress: Callable[[str], None] = _no_progress
+) -> DeviceBackend:
+    """Blocking; run it off the event loop. Raises ModelLoadError with one line."""
+    progress("config")
+    unreadable = unreadable_part(model)
+    if unreadable is not None:
+        raise ModelLoadError(unreadable)
+    engine = registry.engine(backend)
+    engine.check_model(model)
+    engine.prepare(model, options, progress)
+    progress("weights")
+    loaded = engine.load(model, options)
     progress("warm-up")
     try:
-        backend.prefill(WARM_UP_SEQ, [0, 0])  # two tokens: the AIPU's least
-        backend.release(WARM_UP_SEQ)
+        loaded.prefill(WARM_UP_SEQ, [0, 0])  # two tokens: the AIPU's least
+        loaded.release(WARM_UP_SEQ)
     except Exception as exc:
-        backend.close()
+        loaded.close()
         raise ModelLoadError.because("the model failed its first forward pass", exc) from None
-    return backend
-
-
-def _wait_for_test_gate() -> None:
-    gate = os.environ.get(TEST_GATE_ENV)
-    if not gate:
-        return
-    deadline = time.monotonic() + TEST_GATE_LIMIT_S
-    while not os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    return loaded
 
 
 def device_loader(
@@ -91,20 +70,13 @@ def device_loader(
 ) -> Callable[[Callable[[str], None]], DeviceBackend]:
     """What the device actor calls to load the model again after keep-alive unloaded it.
 
-    With `chosen` (the start-up load's info), a reload keeps the dtype, thread count and
-    lanes measured at start-up: measuring again would make the waiting client pay for it and
-    could pick differently under momentary load."""
-    if chosen is not None and chosen.backend == "torch":
-        cfg = replace(
-            cfg,
-            dtype=chosen.dtype if cfg.dtype == "auto" else cfg.dtype,
-            # The measured plan, which already kept within an explicit --threads.
-            threads=chosen.threads or cfg.threads or None,
-            lanes=chosen.lanes if chosen.threads else None,
-        )
-    elif chosen is not None and chosen.backend == "llamacpp" and chosen.threads:
-        cfg = replace(cfg, threads=chosen.threads)  # measured at start-up; not again
-    return functools.partial(load_device, cfg, model)
+    With `chosen` (the start-up load's info), a reload keeps what its engine measured at
+    start-up (torch: dtype, thread count and lanes; llama.cpp: threads): measuring again
+    would make the waiting client pay for it and could pick differently under momentary load."""
+    options = load_options(cfg)
+    if chosen is not None:
+        options = registry.engine(chosen.backend).reload_options(options, chosen)
+    return functools.partial(load_device, cfg.backend, model, options)
 
 
 async def load_model(
@@ -112,6 +84,6 @@ async def load_model(
 ) -> tuple[DeviceBackend, Any]:
     """Start-up: the device and the tokenizer, each in a worker thread."""
     loop = asyncio.get_running_loop()
-    backend = await loop.run_in_executor(None, load_device, cfg, model, progress)
+    backend = await loop.run_in_executor(None, load_device, cfg.backend, model, load_options(cfg), progress)
     tokenizer = await loop.run_in_executor(None, load_tokenizer, backend.info.tokenizer or model)
     return backend, tokenizer

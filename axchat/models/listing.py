@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from axchat.actors.backends.aipu_catalog import CATALOG as AIPU_CATALOG
+from axchat.actors.backends.aipu.catalog import CATALOG as AIPU_CATALOG
 from axchat.models import catalog, store
 
 

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from axchat.actors.backends.aipu_catalog import CATALOG as METIS_CATALOG
+from axchat.actors.backends.aipu.catalog import CATALOG as METIS_CATALOG
 from axchat.models import catalog, hub, store
 
 # A hub id is ORG/NAME; anything else that is not a catalog name, a path or in the store

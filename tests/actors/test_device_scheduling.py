@@ -16,8 +16,9 @@ import pytest
 import zmq.asyncio
 
 from axchat.actors import messages as m
-from axchat.actors.backends import torch_backend
 from axchat.actors.backends.base import DeviceBackend
+from axchat.actors.backends.load_options import LoadOptions
+from axchat.actors.backends.torch_engine import load as torch_load
 from axchat.actors.device import ALONE_CHUNK, DeviceActor
 from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.prompt_chunks import ROUND
@@ -114,7 +115,7 @@ def engine(request: pytest.FixtureRequest, tiny_model_dir: Path) -> DeviceBacken
         from axchat.actors.backends.llamacpp import load
 
         return load.load(str(tiny_model_dir), quant="f32", threads=1)
-    return torch_backend.load(str(tiny_model_dir), threads=1)
+    return torch_load.load(str(tiny_model_dir), LoadOptions(threads=1))
 
 
 @pytest.fixture

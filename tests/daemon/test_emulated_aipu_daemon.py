@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import HELD, DaemonProcess, RawClient, chat
 
-from axchat.actors.backends.aipu_backend import AipuBackend
-from axchat.actors.backends.aipu_catalog import CATALOG
+from axchat.actors.backends.aipu import emulator as emu
+from axchat.actors.backends.aipu.backend import AipuBackend
+from axchat.actors.backends.aipu.catalog import CATALOG
+from axchat.actors.backends.load_options import LoadOptions
 from axchat.actors.tokenizer import load_tokenizer
 from axchat.protocol import v1
-from axchat.testing import aipu_emulator as emu
 
 TOPICS = [
     "rain", "bread", "computers", "the sea", "music", "trees", "stars", "trains", "cats", "the moon",
@@ -206,7 +207,7 @@ def phi3_style_build(tiny_model_dir: Path, root: Path, env: dict[str, str]) -> N
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
-        backend = AipuBackend.load(str(model), runtime="emulator", context=64)
+        backend = AipuBackend.load(str(model), LoadOptions(aipu_runtime="emulator", context=64))
         try:
             first = int(backend.prefill(1, ids).argmax())
         finally:

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import DaemonProcess, RawClient, chat, short_socket_dir
 from test_notify import NotifyListener
+from testdaemon import LOAD_GATE_ENV
 
-from axchat.daemon.model_load import STAGES, TEST_GATE_ENV
+from axchat.daemon.model_load import STAGES
 from axchat.protocol import v1
 
 KEEP_ALIVE = "1s"
@@ -33,7 +34,7 @@ class KeepAliveDaemon:
         self.model_dir = model_dir
         self.gate = gate
         self.notify = NotifyListener(notify)  # as systemd's NOTIFY_SOCKET
-        env = {TEST_GATE_ENV: str(gate), "NOTIFY_SOCKET": notify}
+        env = {LOAD_GATE_ENV: str(gate), "NOTIFY_SOCKET": notify}
         self.process = DaemonProcess(model_dir, "--keep-alive", KEEP_ALIVE, env=env)
 
     @property
@@ -241,6 +242,7 @@ def test_a_reload_asks_for_the_plan_measured_at_start_up() -> None:
     chosen = BackendInfo(backend="torch", model="m", device="cpu", dtype="float32", context_length=64,
                          vocab_size=10, threads=1, lanes=2)
     for asked in (None, 2):  # measured from the usable cores, or within --threads 2
-        loader = device_loader(ServeConfig(model="m", threads=asked), "m", chosen)
-        cfg = loader.args[0]  # type: ignore[attr-defined]
-        assert (cfg.dtype, cfg.threads, cfg.lanes) == ("float32", 1, 2)
+        loader = device_loader(ServeConfig(model="m", backend="torch", threads=asked), "m", chosen)
+        backend, model, options = loader.args  # type: ignore[attr-defined]
+        assert (backend, model) == ("torch", "m")
+        assert (options.dtype, options.threads, options.lanes) == ("float32", 1, 2)

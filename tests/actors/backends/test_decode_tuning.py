@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from axchat.actors.backends.decode_tuning import CHUNK_MAX, CHUNK_MIN, CHUNK_STEP, PROBE_CHUNK, chunk_for
+from axchat.actors.backends.torch_engine.decode_tuning import CHUNK_MAX, CHUNK_MIN, CHUNK_STEP, PROBE_CHUNK, chunk_for
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def test_unmeasured_timings_keep_the_largest_chunk(bad: float) -> None:
 
 
 def test_plans_measured_at_load() -> None:
-    from axchat.actors.backends.decode_tuning import Plan, plans
+    from axchat.actors.backends.torch_engine.decode_tuning import Plan, plans
 
     # Two cores: both in one pool, one, or one thread per lane splitting each matmul.
     assert plans(2, lanes=True) == [Plan(2), Plan(1), Plan(1, 2)]

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from axchat.actors.backends import aipu_runtime as rt
-from axchat.actors.backends.aipu_backend import AipuBackend, reply_reserve_for
-from axchat.actors.backends.aipu_embeddings import extract_embeddings, load_embeddings, write_embeddings
+from axchat.actors.backends.aipu import emulator as emu
+from axchat.actors.backends.aipu import runtime as rt
+from axchat.actors.backends.aipu.backend import AipuBackend, reply_reserve_for
+from axchat.actors.backends.aipu.embeddings import extract_embeddings, load_embeddings, write_embeddings
+from axchat.actors.backends.aipu.emulator import LOCK_DIR_ENV, EmulatorError
 from axchat.actors.backends.base import ModelLoadError
-from axchat.testing import aipu_emulator as emu
-from axchat.testing.aipu_emulator import LOCK_DIR_ENV, EmulatorError
+from axchat.actors.backends.load_options import LoadOptions
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def card_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def backend(card_dir: Path, tiny_model_dir: Path) -> Iterator[AipuBackend]:
-    b = AipuBackend.load(str(tiny_model_dir), runtime="emulator", context=64)
+    b = AipuBackend.load(str(tiny_model_dir), LoadOptions(aipu_runtime="emulator", context=64))
     yield b
     b.close()
 
@@ -121,7 +122,7 @@ def test_emulated_aipu_card_refuses_bad_shapes_and_positions(card_dir: Path, tin
 
 
 HOLD_ONE_SUB_DEVICE = (
-    "from axchat.testing import aipu_emulator as e; c = e.Context(); "
+    "from axchat.actors.backends.aipu import emulator as e; c = e.Context(); "
     "c.device_connect(c.list_devices()[0], num_sub_devices={n})"
 )
 
@@ -151,22 +152,22 @@ def test_emulated_aipu_errors_are_one_line(
     card_dir: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(rt.BadDeviceSelector, match="metis-9:9:9"):
-        AipuBackend.load(str(tiny_model_dir), runtime="emulator", aipu_device="metis-9:9:9")
+        AipuBackend.load(str(tiny_model_dir), LoadOptions(aipu_runtime="emulator", aipu_device="metis-9:9:9"))
     with pytest.raises(ModelLoadError, match="not a precompiled Metis model"):
-        AipuBackend.load("no-such-model", runtime="real")
+        AipuBackend.load("no-such-model", LoadOptions(aipu_runtime="real"))
     name = "llama-3-1-8b-1024-4core-static"
     try:
         import axelera  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
         with pytest.raises(rt.SdkMissing, match="install the Voyager SDK"):
-            AipuBackend.load(name, runtime="real", build_root=str(tmp_path))
+            AipuBackend.load(name, LoadOptions(aipu_runtime="real", build_root=str(tmp_path)))
     # The rest runs the catalog path on the emulated SDK.
     with pytest.raises(rt.FilesMissing, match=rf"model\.json; fetch it with the Voyager SDK: `axllm {name}` \(1\.5\)"):
-        AipuBackend.load(name, runtime="emulator", build_root=str(tmp_path))
+        AipuBackend.load(name, LoadOptions(aipu_runtime="emulator", build_root=str(tmp_path)))
     (tmp_path / name / "model").mkdir(parents=True)
     (tmp_path / name / "model" / "model.json").write_text("{}")
     with pytest.raises(rt.FilesMissing, match=rf"`\./inference_llm\.py {name} --prompt hi` \(1\.3/1\.4\)"):
-        AipuBackend.load(name, runtime="emulator", build_root=str(tmp_path))
+        AipuBackend.load(name, LoadOptions(aipu_runtime="emulator", build_root=str(tmp_path)))
     errors = (
         rt.SdkMissing(),
         rt.NoCard(),

@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from axchat.actors.backends import aipu_runtime as rt
-from axchat.actors.backends.aipu_backend import AipuBackend
-from axchat.actors.backends.aipu_build_tree import TOKENIZER_MARKER, tokenizer_source
-from axchat.actors.backends.aipu_cards import SELECTOR_ENV, select_cards
-from axchat.actors.backends.aipu_catalog import CATALOG
-from axchat.actors.backends.aipu_embeddings import extract_embeddings
-from axchat.actors.backends.aipu_temperature import CoreTemperatureProbe, hottest_core_c
+from axchat.actors.backends.aipu import emulator as emu
+from axchat.actors.backends.aipu import runtime as rt
+from axchat.actors.backends.aipu.backend import AipuBackend
+from axchat.actors.backends.aipu.build_tree import TOKENIZER_MARKER, tokenizer_source
+from axchat.actors.backends.aipu.cards import SELECTOR_ENV, select_cards
+from axchat.actors.backends.aipu.catalog import CATALOG
+from axchat.actors.backends.aipu.embeddings import extract_embeddings
+from axchat.actors.backends.aipu.temperature import CoreTemperatureProbe, hottest_core_c
+from axchat.actors.backends.load_options import LoadOptions
 from axchat.actors.tokenizer import end_of_turn_ids, load_tokenizer
-from axchat.testing import aipu_emulator as emu
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = "llama-3-2-3b-1024-4core-static"  # 4 GB in the SDK's YAML
@@ -62,8 +63,9 @@ def cards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.Mo
     yield monkeypatch
 
 
-def load(name: str, build_root: Path, **kw: str) -> AipuBackend:
-    return AipuBackend.load(name, runtime="emulator", build_root=str(build_root), **kw)
+def load(name: str, build_root: Path, aipu_device: str | None = None) -> AipuBackend:
+    options = LoadOptions(aipu_runtime="emulator", build_root=str(build_root), aipu_device=aipu_device)
+    return AipuBackend.load(name, options)
 
 
 # ------------------------------------------------------------------ 1. the tokenizer

@@ -12,8 +12,9 @@ import pytest
 import torch
 from transformers_reference import check_prefix_restore, greedy_reference, prompt, ref_logits
 
-from axchat.actors.backends import torch_backend
-from axchat.actors.backends.lean_backend import LeanTorchBackend
+from axchat.actors.backends.load_options import LoadOptions
+from axchat.actors.backends.torch_engine import load as torch_load
+from axchat.actors.backends.torch_engine.lean_backend import LeanTorchBackend
 
 ATOL = 1e-4  # float32, different op order than transformers' forward
 
@@ -27,7 +28,7 @@ def reference(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def backend(tiny_model_dir: Path) -> LeanTorchBackend:
-    b = torch_backend.load(str(tiny_model_dir), dtype="float32", threads=1, prefix_cache_bytes=64 << 20)
+    b = torch_load.load(str(tiny_model_dir), LoadOptions(dtype="float32", threads=1, prefix_cache_bytes=64 << 20))
     assert isinstance(b, LeanTorchBackend)
     return b
 
@@ -112,7 +113,7 @@ def test_a_decode_step_carrying_a_prompt_chunk_matches_transformers(backend: Lea
 
 
 def test_lanes_compute_bit_for_bit_what_one_thread_does(tiny_model_dir: Path, backend: LeanTorchBackend) -> None:
-    laned = torch_backend.load(str(tiny_model_dir), dtype="float32", threads=1, lanes=2, prefix_cache_bytes=0)
+    laned = torch_load.load(str(tiny_model_dir), LoadOptions(dtype="float32", threads=1, lanes=2, prefix_cache_bytes=0))
     try:
         assert isinstance(laned, LeanTorchBackend) and laned.lean.lanes is not None
         assert (laned.info.threads, laned.info.lanes) == (1, 2)
@@ -148,7 +149,7 @@ def test_llama3_rope_scaling_matches_transformers(tmp_path: Path) -> None:
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     model = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
-    from axchat.actors.backends.lean_llama import LeanLlama
+    from axchat.actors.backends.torch_engine.lean_llama import LeanLlama
 
     lean = LeanLlama(model, slots=2, context=512)
     ids = [(5 * i + 3) % 64 for i in range(200)]
@@ -158,8 +159,8 @@ def test_llama3_rope_scaling_matches_transformers(tmp_path: Path) -> None:
 
 
 def test_compiled_decode_matches_eager_and_is_reported(tiny_model_dir: Path) -> None:
-    compiled = torch_backend.load(str(tiny_model_dir), dtype="float32", threads=1, prefix_cache_bytes=0, compile=True)
-    eager = torch_backend.load(str(tiny_model_dir), dtype="float32", threads=1, prefix_cache_bytes=0)
+    compiled = torch_load.load(str(tiny_model_dir), LoadOptions(dtype="float32", threads=1, prefix_cache_bytes=0, compile=True))
+    eager = torch_load.load(str(tiny_model_dir), LoadOptions(dtype="float32", threads=1, prefix_cache_bytes=0))
     assert compiled.info.compiled and compiled.info.compile_s > 0 and compiled.info.decode_path == "lean"
     assert not eager.info.compiled and eager.info.compile_s == 0
     ids = prompt(30, 10)
@@ -173,7 +174,7 @@ def test_compiled_decode_matches_eager_and_is_reported(tiny_model_dir: Path) -> 
 
 def test_generic_path_still_serves_other_architectures(tiny_model_dir: Path, reference) -> None:  # type: ignore[no-untyped-def]
     """lean=False is the path every non-Llama model takes: same answers, batched too."""
-    generic = torch_backend.load(str(tiny_model_dir), dtype="float32", threads=1, prefix_cache_bytes=0, lean=False)
+    generic = torch_load.load(str(tiny_model_dir), LoadOptions(dtype="float32", threads=1, prefix_cache_bytes=0), lean=False)
     assert generic.info.decode_path == "generic"
     a, b = prompt(13, 11), prompt(4, 12)
     ta = int(np.argmax(generic.prefill(1, a)))

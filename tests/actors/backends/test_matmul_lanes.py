@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from axchat.actors.backends.matmul_lanes import SPLIT_ALWAYS_ROWS, Lanes
+from axchat.actors.backends.torch_engine.matmul_lanes import SPLIT_ALWAYS_ROWS, Lanes
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import DaemonProcess, RawClient, chat, short_socket_dir
 from test_openai_api import get
+from testdaemon import LOAD_GATE_ENV
 from web_bridge import started_bridge
 
-from axchat.daemon.model_load import TEST_GATE_ENV
 from axchat.protocol import v1
 
 
@@ -29,7 +29,7 @@ def load_gate() -> Path:
 
 @pytest.fixture(scope="module")
 def unloading_daemon(tiny_model_dir: Path, load_gate: Path) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(tiny_model_dir, "--keep-alive", "0", env={TEST_GATE_ENV: str(load_gate)}).wait_ready()
+    d = DaemonProcess(tiny_model_dir, "--keep-alive", "0", env={LOAD_GATE_ENV: str(load_gate)}).wait_ready()
     yield d
     load_gate.touch()
     assert d.stop() == 0, d.log_text()

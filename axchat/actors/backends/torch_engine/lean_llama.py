@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from axchat.actors.backends.matmul_lanes import Lanes
+from axchat.actors.backends.torch_engine.matmul_lanes import Lanes
 
 Linear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -225,7 +225,7 @@ class LeanLlama:
         (causal mask) and its next real token overwrites it.
 
         Rows must be in increasing slot order. Contiguous slots are read in place (the
-        common case, the scheduler's batch); otherwise their KV is gathered.
+        common case, the device actor's batch); otherwise their KV is gathered.
         """
         return self.forward_feeds([Feed(token_ids, slots, starts, lengths)])[0]
 

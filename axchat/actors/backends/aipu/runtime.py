@@ -1,5 +1,5 @@
 """The adapter over `axelera.runtime`: every call axchat makes into the Voyager SDK is in
-this module, and the emulator (`axchat.testing.aipu_emulator`) offers the same calls, so
+this module, and the emulator (`aipu.emulator`, `--aipu-runtime emulator`) offers the same calls, so
 tests run this code as a card would. Also the errors a user sees when the card path fails."""
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def load_runtime(kind: str, *, context: int = 1024) -> SdkRuntime:
         sdk = _import_axelera()
         return SdkRuntime(sdk, sdk.Context(), kind)
     if kind == "emulator":
-        from axchat.testing import aipu_emulator
+        from axchat.actors.backends.aipu import emulator
 
-        return SdkRuntime(aipu_emulator, aipu_emulator.Context(static_context=context), kind)
+        return SdkRuntime(emulator, emulator.Context(static_context=context), kind)
     raise AipuError(f"unknown aipu runtime {kind!r}; choose real or emulator")

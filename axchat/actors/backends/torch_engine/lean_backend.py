@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend
-from axchat.actors.backends.lean_llama import Feed, LeanLlama
 from axchat.actors.backends.prefix_store import PrefixStore
+from axchat.actors.backends.torch_engine.lean_llama import Feed, LeanLlama
 
 
 class LeanTorchBackend(DeviceBackend):

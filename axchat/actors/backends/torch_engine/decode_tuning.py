@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from axchat.actors.backends.lean_llama import LeanLlama
-from axchat.actors.backends.matmul_lanes import Lanes
+from axchat.actors.backends.torch_engine.lean_llama import LeanLlama
+from axchat.actors.backends.torch_engine.matmul_lanes import Lanes
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _probe(lean: LeanLlama, rows: int, chunk: int, repeats: int, first_slot: int
 
 
 def choose(build: Callable[[torch.dtype], LeanLlama], dtypes: Sequence[torch.dtype], candidates: Sequence[Plan]) -> Tuned:
-    """Time what the scheduler runs (a batch-1 decode step, a full-batch decode step,
+    """Time what the device actor runs (a batch-1 decode step, a full-batch decode step,
     a prompt chunk) for each dtype and plan; keep the candidate whose worst slowdown
     against the best on any of the three is smallest.
 
@@ -163,7 +163,7 @@ def _apply(lean: LeanLlama, plan: Plan) -> None:
 
 
 def warm_up(lean: LeanLlama) -> float:
-    """Run every shape family the scheduler uses (a prompt chunk, batch-1 and batched
+    """Run every shape family the device actor uses (a prompt chunk, batch-1 and batched
     decode) once, compiling them if the model is set to compile. Returns seconds."""
     t0 = time.perf_counter()
     slots = lean.cache.shape[0]

@@ -8,8 +8,8 @@ import logging
 import os
 from pathlib import Path
 
-from axchat.actors.backends.aipu_catalog import CatalogModel
-from axchat.actors.backends.aipu_runtime import FilesMissing
+from axchat.actors.backends.aipu.catalog import CatalogModel
+from axchat.actors.backends.aipu.runtime import FilesMissing
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
-from axchat.actors.backends.aipu_runtime import (
+from axchat.actors.backends.aipu.runtime import (
     AipuError,
     BadDeviceSelector,
     CardInfo,

@@ -312,7 +312,7 @@ def write_build_tree(
     instead of extracting the model's again. Returns the model's directory."""
     import shutil
 
-    from axchat.actors.backends.aipu_embeddings import extract_embeddings
+    from axchat.actors.backends.aipu.embeddings import extract_embeddings
 
     model_dir = build_root / name
     (model_dir / "model").mkdir(parents=True, exist_ok=True)

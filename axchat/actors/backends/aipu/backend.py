@@ -8,48 +8,25 @@ sequence costs a fresh prefill (`kv_survives_switch=False`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from axchat.actors.backends import aipu_runtime as rt
-from axchat.actors.backends.aipu_build_tree import (
-    compiled_model,
-    default_build_root,
-    find_embeddings,
-    model_embeddings,
-    tokenizer_source,
-)
-from axchat.actors.backends.aipu_cards import cards_with_memory, connect_first_free, select_cards
-from axchat.actors.backends.aipu_catalog import CATALOG, DEFAULT_DDR_GB, CatalogModel, reply_reserve_for
-from axchat.actors.backends.aipu_embeddings import EmbeddingsError, extract_embeddings, load_embeddings
-from axchat.actors.backends.aipu_temperature import CoreTemperatureProbe
+from axchat.actors.backends.aipu import runtime as rt
+from axchat.actors.backends.aipu.cards import cards_with_memory, connect_first_free, select_cards
+from axchat.actors.backends.aipu.catalog import CATALOG, reply_reserve_for
+from axchat.actors.backends.aipu.embeddings import EmbeddingsError, load_embeddings
+from axchat.actors.backends.aipu.model_files import build_tree_files, model_dir_files
+from axchat.actors.backends.aipu.temperature import CoreTemperatureProbe
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
+from axchat.actors.backends.load_options import LoadOptions
 
 log = logging.getLogger(__name__)
 
 RUNTIME_ENV = "AXCHAT_AIPU_RUNTIME"
-DEFAULT_EMULATED_CONTEXT = 1024
-
-
-def emulator_embeddings(model_dir: Path) -> Path:
-    """The model's own `embeddings.npz`, else one extracted once into the user's cache."""
-    local = find_embeddings(model_dir)
-    if local is not None:
-        return local
-    stamp = f"{model_dir.resolve()}:{max((p.stat().st_mtime_ns for p in model_dir.glob('*.safetensors')), default=0)}"
-    key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "axchat" / "aipu-embeddings"
-    out = cache / f"{model_dir.name}-{key}.npz"
-    if not out.exists():
-        log.info("extracting input embeddings of %s into %s", model_dir, out)
-        extract_embeddings(str(model_dir), out)
-    return out
 
 
 class AipuBackend(DeviceBackend):
@@ -77,36 +54,29 @@ class AipuBackend(DeviceBackend):
         self._position = 0
 
     @classmethod
-    def load(
-        cls,
-        model: str,
-        *,
-        context: int | None = None,
-        build_root: str | None = None,
-        aipu_device: str | None = None,
-        runtime: str | None = None,
-        tokenizer_dir: str | None = None,
-    ) -> AipuBackend:
+    def load(cls, model: str, options: LoadOptions) -> AipuBackend:
         """`model`: a catalog name, found in the build tree (on a card, or on the emulator
-        with an emulated build), or with the emulator a Hugging Face model directory."""
-        kind = runtime or os.environ.get(RUNTIME_ENV) or "real"
+        with an emulated build), or with the emulator a Hugging Face model directory.
+        Reads `context`, `build_root`, `aipu_device`, `aipu_runtime` and `tokenizer_dir`."""
+        context, tokenizer_dir = options.context, options.tokenizer_dir
+        kind = options.aipu_runtime or os.environ.get(RUNTIME_ENV) or "real"
         entry = CATALOG.get(model)
         if entry is None:
             if kind == "real":
                 raise ModelLoadError(f"{model} is not a precompiled Metis model; choose one of: {', '.join(CATALOG)}")
-            files = _model_dir_files(Path(model).expanduser(), context, tokenizer_dir)
+            files = model_dir_files(Path(model).expanduser(), context, tokenizer_dir)
             sdk = rt.load_runtime(kind, context=files.context)
         else:
             # The SDK first: without it the compiled files cannot exist either.
             sdk = rt.load_runtime(kind, context=entry.context)
             try:
-                files = _build_tree_files(entry, build_root, context, tokenizer_dir)
+                files = build_tree_files(entry, options.build_root, context, tokenizer_dir)
             except BaseException:
                 sdk.close()
                 raise
         try:
             embeddings = load_embeddings(files.embeddings)
-            cards = cards_with_memory(select_cards(sdk.list_devices(), aipu_device), files.need_gb, files.name)
+            cards = cards_with_memory(select_cards(sdk.list_devices(), options.aipu_device), files.need_gb, files.name)
             connection = connect_first_free(sdk, cards)
         except EmbeddingsError as exc:
             sdk.close()
@@ -195,61 +165,6 @@ class AipuBackend(DeviceBackend):
         if self._probe is not None:
             self._probe.close()
         self._connection.close()
-
-
-@dataclass(frozen=True)
-class _ModelFiles:
-    name: str  # what clients see and may ask for
-    model: Path  # what the runtime's load_model takes
-    embeddings: Path
-    tokenizer: str  # a directory or a hub id
-    context: int  # the static context
-    need_gb: float  # card memory
-
-
-def _build_tree_files(
-    entry: CatalogModel, build_root: str | None, context: int | None, tokenizer_dir: str | None
-) -> _ModelFiles:
-    """A precompiled model's files, from the SDK's build tree."""
-    if context is not None and context != entry.context:
-        raise ModelLoadError(f"{entry.name} was compiled for a context of {entry.context}; --context cannot change it")
-    root = Path(build_root) if build_root else default_build_root()
-    return _ModelFiles(
-        name=entry.name,
-        model=compiled_model(root, entry),
-        embeddings=model_embeddings(root, entry),
-        tokenizer=tokenizer_source(root, entry, tokenizer_dir),
-        context=entry.context,
-        need_gb=entry.ddr_gb,
-    )
-
-
-def _model_dir_files(model_dir: Path, context: int | None, tokenizer_dir: str | None) -> _ModelFiles:
-    """A Hugging Face model directory for the emulator, which compiles nothing."""
-    if not (model_dir / "config.json").is_file():
-        raise rt.FilesMissing("a Hugging Face model directory or a Metis catalog name", str(model_dir))
-    try:
-        embeddings = emulator_embeddings(model_dir)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError.because(f"cannot extract the input embeddings of {model_dir}", exc) from None
-    return _ModelFiles(
-        name=model_dir.resolve().name,
-        model=model_dir,
-        embeddings=embeddings,
-        tokenizer=tokenizer_dir or str(model_dir),
-        context=context or _emulated_context(model_dir),
-        need_gb=DEFAULT_DDR_GB,
-    )
-
-
-def _emulated_context(model_dir: Path) -> int:
-    import json
-
-    try:
-        positions = int(json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings") or 0)
-    except (OSError, ValueError):
-        positions = 0
-    return min(DEFAULT_EMULATED_CONTEXT, positions) if positions else DEFAULT_EMULATED_CONTEXT
 
 
 def _eos_ids(model_dir: Path | None) -> tuple[int, ...]:
