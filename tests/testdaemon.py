@@ -15,7 +15,10 @@ Requests of ordinary size run as in production.
 Gates, each off unless its variable names a file; whatever waits at one waits until that
 file exists (at most `GATE_LIMIT_S`), so a test opens it by creating the file:
 - `$AXCHAT_TEST_LOAD_GATE` (`LOAD_GATE_ENV`): a model load, at its weights stage, so a test
-  can hold a reload open while clients queue behind it (tests/daemon/test_keepalive.py).
+  can hold a reload open while clients queue behind it (tests/daemon/test_keepalive.py);
+- `$AXCHAT_TEST_TOKENIZE_GATE` (`TOKENIZE_GATE_ENV`): the encoding of a request with
+  `HOLD_MARKER` in its text, so a test can hold one client's tokenizing open
+  (tests/daemon/test_tokenizer_fairness.py).
 
 Nothing here is in the package: the switches live only in this launcher.
 """
@@ -31,6 +34,8 @@ from typing import Any
 HELD_MIN_TOKENS = 1024
 HELD_STEP_S = 0.02
 LOAD_GATE_ENV = "AXCHAT_TEST_LOAD_GATE"
+TOKENIZE_GATE_ENV = "AXCHAT_TEST_TOKENIZE_GATE"
+HOLD_MARKER = "AXCHAT-TEST-HOLD"
 GATE_LIMIT_S = 120.0
 GATE_POLL_S = 0.01
 
@@ -64,7 +69,7 @@ def install_held_requests() -> None:
 def _wait_for_gate(gate: str) -> None:
     deadline = time.monotonic() + GATE_LIMIT_S
     while not os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(GATE_POLL_S)  # polled on the loading thread, never the event loop
+        time.sleep(GATE_POLL_S)  # polled on a loading or tokenizer thread, never the event loop
 
 
 class _GatedEngine:
@@ -96,9 +101,27 @@ def install_load_gate() -> None:
     registry.engine = gated_engine  # type: ignore[assignment]
 
 
+def install_tokenize_gate() -> None:
+    gate = os.environ.get(TOKENIZE_GATE_ENV)
+    if not gate:
+        return
+    from axchat.actors.tokenizer import TokenizerActor
+
+    ungated = TokenizerActor._encode_blocking
+
+    def gated_encode(self: Any, messages: list[Any] | None, prompt: str | None, reserve: int) -> Any:
+        texts = [prompt or ""] if messages is None else [msg.content for msg in messages]
+        if any(HOLD_MARKER in text for text in texts):
+            _wait_for_gate(gate)
+        return ungated(self, messages, prompt, reserve)
+
+    TokenizerActor._encode_blocking = gated_encode  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
     install_held_requests()
     install_load_gate()
+    install_tokenize_gate()
     from axchat.cli import main
 
     sys.exit(main())

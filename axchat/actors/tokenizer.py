@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,11 +26,6 @@ log = logging.getLogger(__name__)
 # requests run one at a time, so a client sending large requests back to back holds
 # at most one thread and the others' short requests go straight through.
 ENCODE_THREADS = 4
-# Tests only: an encode of a text containing HOLD_MARKER waits until the file this
-# variable names exists, so a test can hold one client's tokenizing open explicitly.
-TEST_HOLD_ENV = "AXCHAT_TEST_TOKENIZE_GATE"
-HOLD_MARKER = "AXCHAT-TEST-HOLD"
-TEST_HOLD_LIMIT_S = 120.0
 
 
 @dataclass
@@ -78,7 +72,6 @@ class TokenizerActor(Actor):
             context_length=context_length,
             max_token_chars=longest_token_chars(tokenizer),
         )
-        self._hold_gate = os.environ.get(TEST_HOLD_ENV)
 
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.Encode):
@@ -178,8 +171,6 @@ class TokenizerActor(Actor):
         self, messages: list[ChatMessage] | None, prompt: str | None, reserve: int
     ) -> tuple[list[int], int]:
         """Token ids, and how many messages were dropped to make them fit."""
-        if self._hold_gate is not None:
-            self._wait_for_test_gate(messages, prompt)
         if messages is None:
             self._fitter.check_length(len(prompt or ""))
             return list(self._tok(prompt or "")["input_ids"]), 0  # special tokens as the model wants
@@ -188,15 +179,6 @@ class TokenizerActor(Actor):
 
     def _encode_text(self, text: str) -> list[int]:
         return list(self._tok(text, add_special_tokens=False)["input_ids"])
-
-    def _wait_for_test_gate(self, messages: list[ChatMessage] | None, prompt: str | None) -> None:
-        texts = [prompt or ""] if messages is None else [msg.content for msg in messages]
-        if not any(HOLD_MARKER in text for text in texts):
-            return
-        assert self._hold_gate is not None
-        deadline = time.monotonic() + TEST_HOLD_LIMIT_S
-        while not os.path.exists(self._hold_gate) and time.monotonic() < deadline:
-            time.sleep(0.01)  # a test switch polled on a tokenizer thread, never in production
 
     def _render_chat(self, messages: list[ChatMessage]) -> str:
         convo = [{"role": msg.role, "content": msg.content} for msg in messages]

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 from conftest import DaemonProcess, RawClient, chat, short_socket_dir
+from testdaemon import HOLD_MARKER, TOKENIZE_GATE_ENV
 
-from axchat.actors.tokenizer import HOLD_MARKER, TEST_HOLD_ENV
 from axchat.protocol import v1
 
 
 @pytest.fixture(scope="module")
 def gated(tiny_model_dir: Path) -> Iterator[tuple[DaemonProcess, Path]]:
     gate = short_socket_dir() / "release"
-    d = DaemonProcess(tiny_model_dir, env={TEST_HOLD_ENV: str(gate)}).wait_ready()
+    d = DaemonProcess(tiny_model_dir, env={TOKENIZE_GATE_ENV: str(gate)}).wait_ready()
     yield d, gate
     gate.touch()
     assert d.stop() == 0, d.log_text()
