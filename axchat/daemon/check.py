@@ -56,10 +56,10 @@ def check(cfg: ServeConfig) -> str:
 
 
 def _check_llamacpp(cfg: ServeConfig, source: str, name: str, endpoint: str) -> str:
-    from axchat.actors.backends import ModelLoadError, llamacpp
+    from axchat.actors.backends import ModelLoadError, registry
     from axchat.actors.backends.llamacpp.load import find_gguf, is_llama_family, weight_type
 
-    why = llamacpp.unavailable()
+    why = registry.engine("llamacpp").unavailable()
     if why is not None:
         raise CheckFailed(why)
     from axchat.actors.backends.llamacpp.gguf_convert import read_config
