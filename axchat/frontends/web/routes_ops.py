@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from axchat.frontends.web.appkeys import LINK, METRICS
-from axchat.frontends.web.errors import ApiError
+from axchat.frontends.web.openai_errors import ApiError
 from axchat.protocol import v1
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
