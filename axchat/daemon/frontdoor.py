@@ -139,7 +139,7 @@ class FrontDoor(Actor):
         self._by_client: dict[tuple[bytes, str], int] = {}
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self.draining = False
+        self.daemon_state = v1.DaemonState.SERVING  # not `state`: that is the mailbox's own
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -162,7 +162,11 @@ class FrontDoor(Actor):
         self._router.close(linger=0)
 
     def begin_drain(self) -> None:
-        self.draining = True
+        self.daemon_state = v1.DaemonState.DRAINING
+
+    @property
+    def draining(self) -> bool:
+        return self.daemon_state is v1.DaemonState.DRAINING
 
     async def cancel_all(self) -> None:
         for rid, live in list(self._live.items()):
@@ -256,7 +260,7 @@ class FrontDoor(Actor):
                 await self.send("tokenizer", m.CancelRequest(rid=rid))
         elif isinstance(body, v1.Status):
             rid = self._register(identity, env.id, "status")
-            await self.send("device", m.StatusQuery(rid=rid, state="draining" if self.draining else "serving"))
+            await self.send("device", m.StatusQuery(rid=rid, reply=self._status_draft()))
         elif isinstance(body, v1.Hello):
             await self._hello(identity, env.id, body)
         elif isinstance(body, v1.Ping):
@@ -286,6 +290,32 @@ class FrontDoor(Actor):
                 max_frame_bytes=self._max_frame,
                 client_timeout_s=self._client_timeout_s,
             ),
+        )
+
+    def _status_draft(self) -> v1.StatusReply:
+        """`status_reply` with what the front door owns, the state and the model's facts
+        (as in `welcome`); the device and the reply stage fill in the zeros on its way."""
+        info = self._info
+        return v1.StatusReply(
+            state=self.daemon_state,
+            model=info.model,
+            backend=info.backend,
+            device=info.device,
+            dtype=info.dtype,
+            context_length=info.context_length,
+            decode_path=info.decode_path,
+            threads=info.threads * info.lanes,
+            dtype_reason=info.dtype_reason,
+            compiled=info.compiled,
+            compile_s=info.compile_s,
+            uptime_s=0.0,
+            running=0,
+            queued=0,
+            kv_sequences=0,
+            requests_total=0,
+            completion_tokens_total=0,
+            cpu_percent=0.0,
+            rss_bytes=0,
         )
 
     async def _generate(self, identity: bytes, client_id: str, gen: v1.Generate) -> None:

@@ -22,6 +22,7 @@ from axchat.actors.device import ALONE_CHUNK, DeviceActor
 from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.prompt_chunks import ROUND
 from axchat.actors.sampler import SamplerActor
+from axchat.protocol import v1
 from axchat.protocol.v1 import Sampling
 
 
@@ -72,6 +73,25 @@ class LoggedTorchBackend:
         return self.inner.decode_and_extend(seq_ids, token_ids, chunk_seq, chunk_ids)
 
 
+# A status as it leaves the front door, for the device to fill in: used as a barrier.
+BLANK_STATUS = v1.StatusReply(
+    state=v1.DaemonState.SERVING,
+    model="",
+    backend="",
+    device="",
+    dtype="",
+    context_length=0,
+    uptime_s=0.0,
+    running=0,
+    queued=0,
+    kv_sequences=0,
+    requests_total=0,
+    completion_tokens_total=0,
+    cpu_percent=0.0,
+    rss_bytes=0,
+)
+
+
 class Collector(Actor):
     """Stands in for the tokenizer: counts tokens per request and notes endings."""
 
@@ -80,7 +100,7 @@ class Collector(Actor):
         super().__init__(bus, sup)  # type: ignore[arg-type]
         self.tokens: dict[int, int] = {}
         self.ended: dict[int, m.Ended] = {}
-        self.reports: list[m.DeviceReport] = []
+        self.reports: list[v1.StatusReply] = []
         self.changed = asyncio.Event()
 
     async def handle(self, msg: m.ActorMessage) -> None:
@@ -88,8 +108,8 @@ class Collector(Actor):
             self.tokens[msg.rid] = self.tokens.get(msg.rid, 0) + 1
         elif isinstance(msg, m.Ended):
             self.ended[msg.rid] = msg
-        elif isinstance(msg, m.DeviceReport):
-            self.reports.append(msg)
+        elif isinstance(msg, m.StatusQuery):
+            self.reports.append(msg.reply)
         self.changed.set()
 
     async def until(self, predicate, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
@@ -128,7 +148,7 @@ async def rig(request: pytest.FixtureRequest, engine: DeviceBackend) -> AsyncIte
     bus = Bus(ctx, "sched")
     sup = FailLoudly()
     tokenizer = Collector(bus, sup, "tokenizer")
-    telemetry = Collector(bus, sup, "telemetry")
+    telemetry = Collector(bus, sup, "reply")
     device = DeviceActor(bus, sup, backend)  # type: ignore[arg-type]
     others = [telemetry, SamplerActor(bus, sup), device]  # type: ignore[arg-type]
     tasks = [asyncio.create_task(a.run()) for a in [tokenizer, *others]]
@@ -239,7 +259,7 @@ async def arrive_while_held(backend, sender, telemetry, admits) -> None:  # type
     for msg in admits:
         await sender.send("device", msg)
     # The device handles its mail in order: its answer to this comes after the admits.
-    await sender.send("device", m.StatusQuery(rid=99, state="test"))
+    await sender.send("device", m.StatusQuery(rid=99, reply=BLANK_STATUS))
     await telemetry.until(lambda: bool(telemetry.reports))
     report = telemetry.reports[-1]
     assert report.running + report.queued == 1 + len(admits)
