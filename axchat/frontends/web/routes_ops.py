@@ -42,7 +42,7 @@ NOT_READY_RETRY_S = 5
 
 
 def _not_ready_because(status: v1.StatusReply) -> str | None:
-    if status.state == "draining":
+    if status.state is v1.DaemonState.DRAINING:
         return "the daemon is shutting down"
     if not status.loaded and status.load_stage is not None:
         return f"the daemon is loading its model again ({status.load_stage})"
