@@ -19,7 +19,7 @@ from typing import Union
 
 import msgspec
 
-from axchat.protocol.v1 import ChatMessage, ErrorInfo, FinishReason, Sampling, StatusReply
+from axchat.protocol.v1 import ChatMessage, DaemonState, ErrorInfo, FinishReason, Sampling, StatusReply
 
 
 class _Internal(msgspec.Struct, tag_field="t", gc=False):
@@ -179,6 +179,26 @@ class StatusQuery(_Internal, tag="status_query"):
 
     rid: int
     reply: StatusReply
+
+
+def blank_status(state: DaemonState) -> StatusReply:
+    """A `status_reply` before any stage has filled it in: the state, zeros elsewhere."""
+    return StatusReply(
+        state=state,
+        model="",
+        backend="",
+        device="",
+        dtype="",
+        context_length=0,
+        uptime_s=0.0,
+        running=0,
+        queued=0,
+        kv_sequences=0,
+        requests_total=0,
+        completion_tokens_total=0,
+        cpu_percent=0.0,
+        rss_bytes=0,
+    )
 
 
 class Outbound(_Internal, tag="outbound"):

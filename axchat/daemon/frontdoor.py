@@ -296,8 +296,8 @@ class FrontDoor(Actor):
         """`status_reply` with what the front door owns, the state and the model's facts
         (as in `welcome`); the device and the reply stage fill in the zeros on its way."""
         info = self._info
-        return v1.StatusReply(
-            state=self.daemon_state,
+        return msgspec.structs.replace(
+            m.blank_status(self.daemon_state),
             model=info.model,
             backend=info.backend,
             device=info.device,
@@ -308,14 +308,6 @@ class FrontDoor(Actor):
             dtype_reason=info.dtype_reason,
             compiled=info.compiled,
             compile_s=info.compile_s,
-            uptime_s=0.0,
-            running=0,
-            queued=0,
-            kv_sequences=0,
-            requests_total=0,
-            completion_tokens_total=0,
-            cpu_percent=0.0,
-            rss_bytes=0,
         )
 
     async def _generate(self, identity: bytes, client_id: str, gen: v1.Generate) -> None:

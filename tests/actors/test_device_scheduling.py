@@ -73,25 +73,6 @@ class LoggedTorchBackend:
         return self.inner.decode_and_extend(seq_ids, token_ids, chunk_seq, chunk_ids)
 
 
-# A status as it leaves the front door, for the device to fill in: used as a barrier.
-BLANK_STATUS = v1.StatusReply(
-    state=v1.DaemonState.SERVING,
-    model="",
-    backend="",
-    device="",
-    dtype="",
-    context_length=0,
-    uptime_s=0.0,
-    running=0,
-    queued=0,
-    kv_sequences=0,
-    requests_total=0,
-    completion_tokens_total=0,
-    cpu_percent=0.0,
-    rss_bytes=0,
-)
-
-
 class Collector(Actor):
     """Stands in for the tokenizer: counts tokens per request and notes endings."""
 
@@ -259,7 +240,7 @@ async def arrive_while_held(backend, sender, telemetry, admits) -> None:  # type
     for msg in admits:
         await sender.send("device", msg)
     # The device handles its mail in order: its answer to this comes after the admits.
-    await sender.send("device", m.StatusQuery(rid=99, reply=BLANK_STATUS))
+    await sender.send("device", m.StatusQuery(rid=99, reply=m.blank_status(v1.DaemonState.SERVING)))
     await telemetry.until(lambda: bool(telemetry.reports))
     report = telemetry.reports[-1]
     assert report.running + report.queued == 1 + len(admits)
