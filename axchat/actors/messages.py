@@ -168,6 +168,7 @@ class Rejected(_Internal, tag="rejected"):
     rid: int
     label: str
     error: ErrorInfo
+    param: str | None = None  # the field at fault, as the protocol's `error.param`
 
 
 class StatusQuery(_Internal, tag="status_query"):

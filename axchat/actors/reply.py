@@ -41,7 +41,8 @@ class ReplyActor(Actor):
             await self._finished(msg)
         elif isinstance(msg, m.Rejected):
             self.telemetry.rejected(msg)
-            await self._out(msg.rid, v1.Error(code=msg.error.code, message=msg.error.message), final=True)
+            error = v1.Error(code=msg.error.code, message=msg.error.message, param=msg.param)
+            await self._out(msg.rid, error, final=True)
         elif isinstance(msg, m.StatusQuery):
             await self._out(msg.rid, self.telemetry.fill_status(msg.reply), final=True)
         else:

@@ -121,7 +121,7 @@ class TokenizerActor(Actor):
                     )
         except PromptTooLong as exc:
             error = self._overflow(exc.min_tokens, "at least ")
-            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error))
+            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error, param=_prompt_field(msg)))
             return
         tokenize_ms = (time.perf_counter() - t0) * 1e3
         if msg.rid in self._cancelled_while_encoding:
@@ -129,7 +129,7 @@ class TokenizerActor(Actor):
             return
         error = self._check_fits(ids)
         if error is not None:
-            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error))
+            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error, param=_prompt_field(msg)))
             return
         self._streams[msg.rid] = _Stream(
             label=msg.label,
@@ -322,3 +322,8 @@ def load_tokenizer(model: str) -> Any:
         return AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError) as exc:
         raise ModelLoadError.because(f"cannot load a tokenizer from {model}", exc) from None
+
+
+def _prompt_field(msg: m.Encode) -> str:
+    """The generate field a refusal of its prompt names (`error.param`)."""
+    return "prompt" if msg.prompt is not None else "messages"

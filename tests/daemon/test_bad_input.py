@@ -126,7 +126,7 @@ def test_prompt_longer_than_context(raw: RawClient) -> None:
     # Small in bytes, long in tokens: under the frame limit, over the context.
     long_prompt = " ".join(f"w{i}" for i in range(welcome.context_length * 2))
     raw.send("long", v1.Generate(prompt=long_prompt))
-    expect_error(raw, "context_overflow", str(welcome.context_length))
+    assert expect_error(raw, "context_overflow", str(welcome.context_length)).param == "prompt"
     still_serving(raw)
 
 
