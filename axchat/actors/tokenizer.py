@@ -18,7 +18,7 @@ from typing import Any
 from axchat.actors import messages as m
 from axchat.actors.detokenizer import IncrementalDetokenizer, StopMatcher
 from axchat.actors.mailbox import Actor, Bus, Supervisor
-from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars
+from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars, prompt_field
 from axchat.protocol.v1 import ChatMessage, ErrorInfo
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class TokenizerActor(Actor):
                     )
         except PromptTooLong as exc:
             error = self._overflow(exc.min_tokens, "at least ")
-            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error, param=_prompt_field(msg)))
+            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error, param=prompt_field(msg.prompt)))
             return
         tokenize_ms = (time.perf_counter() - t0) * 1e3
         if msg.rid in self._cancelled_while_encoding:
@@ -129,7 +129,7 @@ class TokenizerActor(Actor):
             return
         error = self._check_fits(ids)
         if error is not None:
-            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error, param=_prompt_field(msg)))
+            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error, param=prompt_field(msg.prompt)))
             return
         self._streams[msg.rid] = _Stream(
             label=msg.label,
@@ -322,8 +322,3 @@ def load_tokenizer(model: str) -> Any:
         return AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError) as exc:
         raise ModelLoadError.because(f"cannot load a tokenizer from {model}", exc) from None
-
-
-def _prompt_field(msg: m.Encode) -> str:
-    """The generate field a refusal of its prompt names (`error.param`)."""
-    return "prompt" if msg.prompt is not None else "messages"

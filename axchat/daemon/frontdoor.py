@@ -18,7 +18,7 @@ from axchat import __version__
 from axchat.actors import messages as m
 from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
-from axchat.actors.prompt_fit import kept_chars, kept_positions, min_tokens
+from axchat.actors.prompt_fit import kept_chars, kept_positions, min_tokens, prompt_field
 from axchat.actors.sampling import validate as validate_sampling
 from axchat.daemon.sockets import make_socket
 from axchat.protocol import v1
@@ -360,8 +360,7 @@ class FrontDoor(Actor):
         chars = len(gen.prompt) if gen.prompt is not None else kept_chars(gen.messages or [])
         floor = min_tokens(chars, self._max_token_chars)
         if floor >= self._info.context_length:
-            prompt_field = "prompt" if gen.prompt is not None else "messages"
-            return v1.Error(code="context_overflow", message=self._overflow_text(floor), param=prompt_field)
+            return v1.Error(code="context_overflow", message=self._overflow_text(floor), param=prompt_field(gen.prompt))
         return None
 
     def _overflow_text(self, floor: int) -> str:
