@@ -446,11 +446,15 @@ def test_validate_accepts_defaults_and_typical_settings() -> None:
     ],
 )
 def test_validate_rejects_each_bad_field(field: str, value: object) -> None:
-    message = validate(msgspec.structs.replace(Sampling(), **{field: value}))
-    assert message is not None
-    assert message.startswith(f"sampling.{field}")
-    assert repr(value) in message or field == "stop"
+    bad = validate(msgspec.structs.replace(Sampling(), **{field: value}))
+    assert bad is not None
+    assert bad.param.startswith(f"sampling.{field}") and bad.message.startswith(bad.param)
+    assert repr(value) in bad.message or field == "stop"
 
 
 def test_validate_message_reads_as_documented() -> None:
-    assert validate(Sampling(top_p=1.5)) == "sampling.top_p must be in (0, 1], got 1.5"
+    assert validate(Sampling(top_p=1.5)) == ("sampling.top_p", "sampling.top_p must be in (0, 1], got 1.5")
+    assert validate(Sampling(stop=["ok", ""])) == (
+        "sampling.stop[1]",
+        f"sampling.stop[1] must be a non-empty string of at most {MAX_STOP_CHARS} characters, got 0 characters",
+    )

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
+
 from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
 from axchat.actors.fair_queue import FairQueue
@@ -218,7 +220,7 @@ class DeviceActor(Actor):
             reason: FinishReason = msg.reason if isinstance(msg, m.CancelRequest) else "stop"
             await self._stop(msg.rid, reason)
         elif isinstance(msg, m.StatusQuery):
-            await self.send("telemetry", self._report(msg))
+            await self.send("reply", self._report(msg))
         elif isinstance(msg, m.ForgetClient):
             self._forget_client(msg.connection)
         else:
@@ -233,13 +235,12 @@ class DeviceActor(Actor):
         if self.backend is not None:
             asyncio.get_running_loop().run_in_executor(self._device_thread, self.backend.forget_prefixes, connection)
 
-    def _report(self, query: m.StatusQuery) -> m.DeviceReport:
+    def _report(self, query: m.StatusQuery) -> m.StatusQuery:
         requests = [s.info() for s in self._running.values()] + [s.info() for s in self._waiting.in_order()]
         backend = self.backend
         entries, nbytes = backend.prefix_cache_usage() if backend is not None else (0, 0)
-        return m.DeviceReport(
-            rid=query.rid,
-            state=query.state,
+        filled = msgspec.structs.replace(
+            query.reply,
             running=len(self._running),
             queued=len(self._waiting),
             kv_sequences=backend.live_sequences() if backend is not None else 0,
@@ -254,6 +255,7 @@ class DeviceActor(Actor):
             step_ms=self.clock.step_ms(),
             overhead_ms_per_token=self.clock.overhead_ms(),
         )
+        return m.StatusQuery(rid=query.rid, reply=filled)
 
     def temperature_c(self) -> float | None:
         """The backend's own reading; None while unloaded. For telemetry, which must not

@@ -7,7 +7,8 @@ front door assigns; clients never see it.
 
 Request flow (each arrow one message):
   front door -Encode-> tokenizer -Admit-> device <-Logits/Sampled-> sampler
-  device -TokenOut/Ended-> tokenizer -TextOut/Finished-> telemetry -Outbound-> front door
+  device -TokenOut/Ended-> tokenizer -TextOut/Finished-> reply -Outbound-> front door
+  front door -StatusQuery-> device -StatusQuery-> reply -Outbound-> front door
 Everything a client receives for a request passes through that one chain, so its
 frames arrive in order and the terminal frame is always last.
 """
@@ -18,7 +19,7 @@ from typing import Union
 
 import msgspec
 
-from axchat.protocol.v1 import ChatMessage, ErrorInfo, FinishReason, RequestInfo, Sampling
+from axchat.protocol.v1 import ChatMessage, DaemonState, ErrorInfo, FinishReason, Sampling, StatusReply
 
 
 class _Internal(msgspec.Struct, tag_field="t", gc=False):
@@ -76,14 +77,14 @@ class Admit(_Internal, tag="admit"):
 
 
 class QueuePosition(_Internal, tag="queue_position"):
-    """Device -> tokenizer -> telemetry: the request's place in line changed."""
+    """Device -> tokenizer -> reply stage: the request's place in line changed."""
 
     rid: int
     position: int
 
 
 class Loading(_Internal, tag="loading"):
-    """Device -> tokenizer -> telemetry: the request waits for the model to be loaded
+    """Device -> tokenizer -> reply stage: the request waits for the model to be loaded
     again (keep-alive unloaded it); where the load stands."""
 
     rid: int
@@ -167,32 +168,42 @@ class Rejected(_Internal, tag="rejected"):
     rid: int
     label: str
     error: ErrorInfo
+    param: str | None = None  # the field at fault, as the protocol's `error.param`
 
 
 class StatusQuery(_Internal, tag="status_query"):
+    """A client's `status`, answered as it passes front door -> device -> reply stage:
+    each fills in the fields of `reply` it owns (the front door the state and the model's
+    facts, the device its sequences, cache, residency and step times, the reply stage the
+    totals and process figures) and passes the one reply on, so nothing is copied from
+    message to message. Fields not yet filled in hold zeros."""
+
     rid: int
-    state: str
+    reply: StatusReply
 
 
-class DeviceReport(_Internal, tag="device_report"):
-    rid: int
-    state: str
-    running: int
-    queued: int
-    kv_sequences: int
-    requests: list[RequestInfo] = []
-    max_running: int = 0
-    prefix_cache_entries: int = 0
-    prefix_cache_bytes: int = 0
-    loaded: bool = True
-    unloads_at: float | None = None
-    load_stage: str | None = None
-    step_ms: float = 0.0
-    overhead_ms_per_token: float = 0.0
+def blank_status(state: DaemonState) -> StatusReply:
+    """A `status_reply` before any stage has filled it in: the state, zeros elsewhere."""
+    return StatusReply(
+        state=state,
+        model="",
+        backend="",
+        device="",
+        dtype="",
+        context_length=0,
+        uptime_s=0.0,
+        running=0,
+        queued=0,
+        kv_sequences=0,
+        requests_total=0,
+        completion_tokens_total=0,
+        cpu_percent=0.0,
+        rss_bytes=0,
+    )
 
 
 class Outbound(_Internal, tag="outbound"):
-    """Telemetry -> front door: an encoded protocol body for the request's client."""
+    """Reply stage -> front door: an encoded protocol body for the request's client."""
 
     rid: int
     body: bytes
@@ -225,7 +236,6 @@ ActorMessage = Union[
     Finished,
     Rejected,
     StatusQuery,
-    DeviceReport,
     Outbound,
     Abort,
 ]

@@ -36,6 +36,11 @@ class Fitted:
     dropped_messages: int
 
 
+def prompt_field(prompt: str | None) -> str:
+    """The generate field that holds the prompt, as a refusal of it names it (`error.param`)."""
+    return "prompt" if prompt is not None else "messages"
+
+
 def longest_token_chars(tokenizer: Any) -> int:
     """The most characters of input one token can stand for. Each vocabulary entry is
     spelled with at least one character per input character it covers (byte-level BPE:

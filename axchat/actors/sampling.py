@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -32,33 +32,45 @@ _BUCKETS_PER_NAT = 64
 _BUCKETS = 64 * _BUCKETS_PER_NAT
 
 
-def validate(params: Sampling) -> str | None:
-    """Return a sentence naming the first bad field of `params`, or None when all are fine."""
+class BadField(NamedTuple):
+    """A refused setting: `param` is its path as the protocol's `error.param` carries it."""
+
+    param: str
+    message: str
+
+
+def validate(params: Sampling) -> BadField | None:
+    """The first bad field of `params` and a sentence naming it, or None when all are fine."""
     t = params.temperature
     if not _is_real(t) or not math.isfinite(t) or t < 0:
-        return f"sampling.temperature must be a finite number >= 0, got {t!r}"
+        return _bad("temperature", f"must be a finite number >= 0, got {t!r}")
     if not _is_int(params.top_k) or params.top_k < 0:
-        return f"sampling.top_k must be an integer >= 0 (0 = off), got {params.top_k!r}"
+        return _bad("top_k", f"must be an integer >= 0 (0 = off), got {params.top_k!r}")
     # Written as `not (...)` so that NaN, which fails every comparison, is rejected too.
     if not _is_real(params.top_p) or not (0 < params.top_p <= 1):
-        return f"sampling.top_p must be in (0, 1], got {params.top_p!r}"
+        return _bad("top_p", f"must be in (0, 1], got {params.top_p!r}")
     if not _is_real(params.min_p) or not (0 <= params.min_p <= 1):
-        return f"sampling.min_p must be in [0, 1], got {params.min_p!r}"
+        return _bad("min_p", f"must be in [0, 1], got {params.min_p!r}")
     rp = params.repetition_penalty
     if not _is_real(rp) or not math.isfinite(rp) or not rp > 0:
-        return f"sampling.repetition_penalty must be a finite number > 0, got {rp!r}"
+        return _bad("repetition_penalty", f"must be a finite number > 0, got {rp!r}")
     if not _is_int(params.max_tokens) or not 1 <= params.max_tokens <= MAX_TOKENS_CEILING:
-        return f"sampling.max_tokens must be an integer from 1 to {MAX_TOKENS_CEILING}, got {params.max_tokens!r}"
+        return _bad("max_tokens", f"must be an integer from 1 to {MAX_TOKENS_CEILING}, got {params.max_tokens!r}")
     # PCG64 refuses negative seeds; catching it here makes it a client error, not a crash.
     if params.seed is not None and (not _is_int(params.seed) or params.seed < 0):
-        return f"sampling.seed must be null or an integer >= 0, got {params.seed!r}"
+        return _bad("seed", f"must be null or an integer >= 0, got {params.seed!r}")
     if len(params.stop) > MAX_STOP_STRINGS:
-        return f"sampling.stop must hold at most {MAX_STOP_STRINGS} strings, got {len(params.stop)}"
+        return _bad("stop", f"must hold at most {MAX_STOP_STRINGS} strings, got {len(params.stop)}")
     for i, s in enumerate(params.stop):
         if not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS:
             got = f"{len(s)} characters" if isinstance(s, str) else type(s).__name__
-            return f"sampling.stop[{i}] must be a non-empty string of at most {MAX_STOP_CHARS} characters, got {got}"
+            return _bad(f"stop[{i}]", f"must be a non-empty string of at most {MAX_STOP_CHARS} characters, got {got}")
     return None
+
+
+def _bad(field: str, requirement: str) -> BadField:
+    param = f"sampling.{field}"
+    return BadField(param, f"{param} {requirement}")
 
 
 def _is_int(v: object) -> bool:

@@ -1,5 +1,6 @@
-"""Telemetry actor: the last stop before the front door. It turns each finished
-request into the seed's figures and one log line, and assembles status replies."""
+"""The daemon's figures: each finished request's stats and its log line, totals since
+start, the recent token rate, and the process's CPU, memory and temperature. Plain
+state owned by the reply stage, which puts these figures into `done` and `status_reply`."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import os
 import time
 from collections.abc import Callable
 
+import msgspec
 import psutil
 
 from axchat.actors import messages as m
 from axchat.actors.backends.base import BackendInfo
-from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.protocol import v1
 from axchat.stats_line import format_host, format_stats
 
@@ -35,22 +36,16 @@ def read_temperature_c() -> float | None:
     return max(readings) if readings else None
 
 
-class TelemetryActor(Actor):
-    name = "telemetry"
-
+class Telemetry:
     def __init__(
         self,
-        bus: Bus,
-        supervisor: Supervisor,
         info: BackendInfo,
         *,
         max_queued: int = 0,
         temperature: Callable[[], float | None] | None = None,
     ) -> None:
-        super().__init__(bus, supervisor)
         # The backend's own reading (an AIPU's cores) wins over the host's sensors.
         self._device_temperature = temperature
-        self._info = info
         threads = f", {info.threads} thread{'s' if info.threads != 1 else ''}" if info.threads else ""
         self._engine = f"{info.backend} {info.dtype}{threads}"
         self._max_queued = max_queued
@@ -62,31 +57,12 @@ class TelemetryActor(Actor):
         self.requests_total = 0
         self.completion_tokens_total = 0
 
-    async def handle(self, msg: m.ActorMessage) -> None:
-        if isinstance(msg, m.TextOut):
-            await self._out(msg.rid, v1.Delta(text=msg.text, token_ids=msg.token_ids), final=False)
-        elif isinstance(msg, m.QueuePosition):
-            await self._out(msg.rid, v1.Queued(position=msg.position), final=False)
-        elif isinstance(msg, m.Loading):
-            body = v1.Loading(
-                model=self._info.model, stage=msg.stage, elapsed_s=msg.elapsed_s, last_load_s=msg.last_load_s
-            )
-            await self._out(msg.rid, body, final=False)
-        elif isinstance(msg, m.Finished):
-            await self._finished(msg)
-        elif isinstance(msg, m.Rejected):
-            self.requests_total += 1
-            log.info("request %s rejected code=%s: %s", msg.label, msg.error.code, msg.error.message)
-            await self._out(msg.rid, v1.Error(code=msg.error.code, message=msg.error.message), final=True)
-        elif isinstance(msg, m.DeviceReport):
-            await self._out(msg.rid, self._status(msg), final=True)
-        else:
-            raise TypeError(f"telemetry got unexpected {type(msg).__name__}")
+    def rejected(self, msg: m.Rejected) -> None:
+        self.requests_total += 1
+        log.info("request %s rejected code=%s: %s", msg.label, msg.error.code, msg.error.message)
 
-    async def _out(self, rid: int, body: v1.DaemonMessage, *, final: bool) -> None:
-        await self.send("frontdoor", m.Outbound(rid=rid, body=v1.encode_body(body), final=final))
-
-    async def _finished(self, msg: m.Finished) -> None:
+    def finished(self, msg: m.Finished) -> v1.Stats:
+        """Counts a finished request, logs its line, and returns its figures for `done`."""
         now = time.monotonic_ns()
         t = msg.timings
         # Gen spans the whole device run (prefill start to last token), as the seed's
@@ -107,11 +83,6 @@ class TelemetryActor(Actor):
             cpu_percent=(time.process_time_ns() - msg.cpu_ns) / wall_ns * 100,
             device_temp_c=self._temperature_c(),
         )
-        usage = v1.Usage(
-            prompt_tokens=msg.prompt_tokens,
-            completion_tokens=msg.completion_tokens,
-            cached_tokens=msg.cached_tokens,
-        )
         self.requests_total += 1
         self.completion_tokens_total += msg.completion_tokens
         log.info(
@@ -126,46 +97,21 @@ class TelemetryActor(Actor):
             self._engine,
         )
         self._recent.append((time.monotonic(), msg.completion_tokens))
-        done = v1.Done(
-            finish_reason=msg.reason, usage=usage, stats=stats, error=msg.error, trimmed_messages=msg.trimmed_messages
-        )
-        await self._out(msg.rid, done, final=True)
+        return stats
 
-    def _status(self, report: m.DeviceReport) -> v1.StatusReply:
-        info = self._info
-        return v1.StatusReply(
-            state="draining" if report.state == "draining" else "serving",
-            model=info.model,
-            backend=info.backend,
-            device=info.device,
-            dtype=info.dtype,
-            context_length=info.context_length,
+    def fill_status(self, reply: v1.StatusReply) -> v1.StatusReply:
+        """`reply` with the figures this owns: uptime, totals, rate, process and temperature."""
+        return msgspec.structs.replace(
+            reply,
             uptime_s=time.monotonic() - self._started,
-            running=report.running,
-            queued=report.queued,
-            kv_sequences=report.kv_sequences,
             requests_total=self.requests_total,
             completion_tokens_total=self.completion_tokens_total,
             cpu_percent=self._process.cpu_percent(None),
             rss_bytes=self._process.memory_info().rss,
             device_temp_c=self._temperature_c(),
             pid=os.getpid(),
-            requests=report.requests,
             tokens_per_s=self._recent_rate(),
-            max_running=report.max_running,
             max_queued=self._max_queued,
-            prefix_cache_entries=report.prefix_cache_entries,
-            prefix_cache_bytes=report.prefix_cache_bytes,
-            loaded=report.loaded,
-            unloads_at=report.unloads_at,
-            load_stage=report.load_stage,
-            decode_path=info.decode_path,
-            threads=info.threads * info.lanes,
-            dtype_reason=info.dtype_reason,
-            compiled=info.compiled,
-            compile_s=info.compile_s,
-            step_ms=report.step_ms,
-            overhead_ms_per_token=report.overhead_ms_per_token,
         )
 
     def _temperature_c(self) -> float | None:

@@ -17,7 +17,7 @@ from typing import Any
 from axchat.actors import messages as m
 from axchat.actors.detokenizer import IncrementalDetokenizer, StopMatcher
 from axchat.actors.mailbox import Actor, Bus, Supervisor
-from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars
+from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars, prompt_field
 from axchat.protocol.v1 import ChatMessage, ErrorInfo
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class TokenizerActor(Actor):
         elif isinstance(msg, m.Ended):
             await self._ended(msg)
         elif isinstance(msg, (m.QueuePosition, m.Loading)):
-            await self.send("telemetry", msg)  # same pipe as the text that follows it
+            await self.send("reply", msg)  # same pipe as the text that follows it
         elif isinstance(msg, m.ForgetClient):
             await self.send("device", msg)
         elif isinstance(msg, m.CancelRequest):
@@ -114,15 +114,15 @@ class TokenizerActor(Actor):
                     )
         except PromptTooLong as exc:
             error = self._overflow(exc.min_tokens, "at least ")
-            await self.send("telemetry", m.Rejected(rid=msg.rid, label=msg.label, error=error))
+            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error, param=prompt_field(msg.prompt)))
             return
         tokenize_ms = (time.perf_counter() - t0) * 1e3
         if msg.rid in self._cancelled_while_encoding:
-            await self.send("telemetry", self._finished_early(msg, len(ids), tokenize_ms))
+            await self.send("reply", self._finished_early(msg, len(ids), tokenize_ms))
             return
         error = self._check_fits(ids)
         if error is not None:
-            await self.send("telemetry", m.Rejected(rid=msg.rid, label=msg.label, error=error))
+            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error, param=prompt_field(msg.prompt)))
             return
         self._streams[msg.rid] = _Stream(
             label=msg.label,
@@ -237,7 +237,7 @@ class TokenizerActor(Actor):
     async def _emit(self, rid: int, stream: _Stream, text: str) -> None:
         ids, stream.pending_ids = stream.pending_ids, []
         if text or ids:
-            await self.send("telemetry", m.TextOut(rid=rid, text=text, token_ids=ids))
+            await self.send("reply", m.TextOut(rid=rid, text=text, token_ids=ids))
 
     async def _ended(self, msg: m.Ended) -> None:
         stream = self._streams.pop(msg.rid, None)
@@ -255,7 +255,7 @@ class TokenizerActor(Actor):
             if tail or stream.pending_ids:
                 await self._emit(msg.rid, stream, tail)
         await self.send(
-            "telemetry",
+            "reply",
             m.Finished(
                 rid=msg.rid,
                 trimmed_messages=stream.trimmed_messages,

@@ -18,10 +18,11 @@ from axchat import __version__
 from axchat.actors import messages as m
 from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
-from axchat.actors.prompt_fit import kept_chars, kept_positions, min_tokens
+from axchat.actors.prompt_fit import kept_chars, kept_positions, min_tokens, prompt_field
 from axchat.actors.sampling import validate as validate_sampling
 from axchat.daemon.sockets import make_socket
 from axchat.protocol import v1
+from axchat.protocol.field_path import field_path
 from axchat.sizes import human_bytes
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ class FrontDoor(Actor):
         self._by_client: dict[tuple[bytes, str], int] = {}
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self.draining = False
+        self.daemon_state = v1.DaemonState.SERVING  # not `state`: that is the mailbox's own
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -161,7 +162,11 @@ class FrontDoor(Actor):
         self._router.close(linger=0)
 
     def begin_drain(self) -> None:
-        self.draining = True
+        self.daemon_state = v1.DaemonState.DRAINING
+
+    @property
+    def draining(self) -> bool:
+        return self.daemon_state is v1.DaemonState.DRAINING
 
     async def cancel_all(self) -> None:
         for rid, live in list(self._live.items()):
@@ -235,8 +240,11 @@ class FrontDoor(Actor):
         try:
             body = v1.decode_client_body(raw_body)
         except msgspec.ValidationError as exc:
-            code: v1.ErrorCode = "unknown_type" if "`$.type`" in str(exc) else "invalid_field"
-            return await self._reject(identity, env.id, code, f"body: {exc}")
+            param = field_path(exc)
+            # The tag is the message's type: a `type` msgspec cannot match (a name this
+            # version lacks, or not a str) is a type we do not know, any other field a bad one.
+            code: v1.ErrorCode = "unknown_type" if param == "type" else "invalid_field"
+            return await self._reject(identity, env.id, code, f"body: {exc}", param=param)
         except msgspec.DecodeError as exc:
             return await self._reject(identity, env.id, "bad_frame", f"body: {exc}")
         except RecursionError:  # msgspec's guard against a stack overflow
@@ -252,7 +260,7 @@ class FrontDoor(Actor):
                 await self.send("tokenizer", m.CancelRequest(rid=rid))
         elif isinstance(body, v1.Status):
             rid = self._register(identity, env.id, "status")
-            await self.send("device", m.StatusQuery(rid=rid, state="draining" if self.draining else "serving"))
+            await self.send("device", m.StatusQuery(rid=rid, reply=self._status_draft()))
         elif isinstance(body, v1.Hello):
             await self._hello(identity, env.id, body)
         elif isinstance(body, v1.Ping):
@@ -284,11 +292,28 @@ class FrontDoor(Actor):
             ),
         )
 
+    def _status_draft(self) -> v1.StatusReply:
+        """`status_reply` with what the front door owns, the state and the model's facts
+        (as in `welcome`); the device and the reply stage fill in the zeros on its way."""
+        info = self._info
+        return msgspec.structs.replace(
+            m.blank_status(self.daemon_state),
+            model=info.model,
+            backend=info.backend,
+            device=info.device,
+            dtype=info.dtype,
+            context_length=info.context_length,
+            decode_path=info.decode_path,
+            threads=info.threads * info.lanes,
+            dtype_reason=info.dtype_reason,
+            compiled=info.compiled,
+            compile_s=info.compile_s,
+        )
+
     async def _generate(self, identity: bytes, client_id: str, gen: v1.Generate) -> None:
         problem = self._check_generate(gen)
         if problem is not None:
-            code, text = problem
-            return await self._reject(identity, client_id, code, text)
+            return await self._reject(identity, client_id, problem.code, problem.message, param=problem.param)
         if self.draining:
             return await self._reject(identity, client_id, "shutting_down", "the daemon is shutting down")
         if (identity, client_id) in self._by_client:
@@ -316,22 +341,26 @@ class FrontDoor(Actor):
             ),
         )
 
-    def _check_generate(self, gen: v1.Generate) -> tuple[v1.ErrorCode, str] | None:
+    def _check_generate(self, gen: v1.Generate) -> v1.Error | None:
+        """The refusal for a generate this daemon cannot run, naming the field at fault."""
         if (gen.messages is None) == (gen.prompt is None):
-            return "invalid_field", "generate needs exactly one of `messages` or `prompt`"
+            text = "generate needs exactly one of `messages` or `prompt`"
+            return v1.Error(code="invalid_field", message=text, param="messages" if gen.messages is None else "prompt")
         if gen.messages is not None and not gen.messages:
-            return "invalid_field", "`messages` is empty"
+            return v1.Error(code="invalid_field", message="`messages` is empty", param="messages")
         if len(gen.user) > v1.MAX_USER_CHARS:
-            return "invalid_field", f"`user` is {len(gen.user)} characters; the limit is {v1.MAX_USER_CHARS}"
+            text = f"`user` is {len(gen.user)} characters; the limit is {v1.MAX_USER_CHARS}"
+            return v1.Error(code="invalid_field", message=text, param="user")
         if gen.model is not None and gen.model not in self._model_names:
-            return "unknown_model", f"model {gen.model!r} is not served here; this daemon serves {self._info.model!r}"
-        sampling_problem = validate_sampling(gen.sampling)
-        if sampling_problem is not None:
-            return "invalid_field", sampling_problem
+            text = f"model {gen.model!r} is not served here; this daemon serves {self._info.model!r}"
+            return v1.Error(code="unknown_model", message=text, param="model")
+        bad = validate_sampling(gen.sampling)
+        if bad is not None:
+            return v1.Error(code="invalid_field", message=bad.message, param=bad.param)
         chars = len(gen.prompt) if gen.prompt is not None else kept_chars(gen.messages or [])
         floor = min_tokens(chars, self._max_token_chars)
         if floor >= self._info.context_length:
-            return "context_overflow", self._overflow_text(floor)
+            return v1.Error(code="context_overflow", message=self._overflow_text(floor), param=prompt_field(gen.prompt))
         return None
 
     def _overflow_text(self, floor: int) -> str:
@@ -403,10 +432,12 @@ class FrontDoor(Actor):
         else:
             raise TypeError(f"front door got unexpected {type(msg).__name__}")
 
-    async def _reject(self, identity: bytes, client_id: str, code: v1.ErrorCode, text: str) -> None:
+    async def _reject(
+        self, identity: bytes, client_id: str, code: v1.ErrorCode, text: str, *, param: str | None = None
+    ) -> None:
         text = _short(text, 2 * MAX_ECHO_CHARS)
         log.warning("peer %s request %r: %s: %s", peer_label(identity), _short(client_id), code, text)
-        await self._reply(identity, client_id, v1.Error(code=code, message=text))
+        await self._reply(identity, client_id, v1.Error(code=code, message=text, param=param))
 
     async def _reply(self, identity: bytes, client_id: str, body: v1.DaemonMessage) -> None:
         await self._send_raw(identity, client_id, v1.encode_body(body))

@@ -27,8 +27,8 @@ from axchat.actors.device import DeviceActor
 from axchat.actors.keepalive import Residency
 from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.prompt_fit import longest_token_chars
+from axchat.actors.reply import ReplyActor
 from axchat.actors.sampler import SamplerActor
-from axchat.actors.telemetry import TelemetryActor
 from axchat.actors.tokenizer import TokenizerActor, end_of_turn_ids
 from axchat.daemon import curve_auth, model_load, socket_lock
 from axchat.daemon.backend_choice import choose_backend
@@ -226,7 +226,7 @@ async def _serve(
         del backend  # the device actor is its one owner, so that unloading frees it
         # Telemetry asks the device actor, never the backend: holding the backend (even
         # a bound method of it) would keep an unloaded model in memory.
-        telemetry = TelemetryActor(bus, supervisor, info, max_queued=cfg.max_queued, temperature=device.temperature_c)
+        reply_stage = ReplyActor(bus, supervisor, info, max_queued=cfg.max_queued, temperature=device.temperature_c)
         sampler = SamplerActor(bus, supervisor)
         tok = TokenizerActor(
             bus,
@@ -251,13 +251,13 @@ async def _serve(
                 max_token_chars=longest_token_chars(tokenizer),
             )
         except zmq.ZMQError as exc:
-            for made in (telemetry, sampler, device, tok):
+            for made in (reply_stage, sampler, device, tok):
                 made.discard()
             raise StartupError(f"cannot listen on {ep.describe(endpoint)}: {exc}") from None
         path = ep.ipc_path(endpoint)
         if path is not None:
             ep.restrict_socket_file(path, cfg.socket_mode, ep.resolve_group(cfg.socket_group))
-        actors: list[Actor] = [telemetry, sampler, device, tok, door]
+        actors: list[Actor] = [reply_stage, sampler, device, tok, door]
         tasks: list[asyncio.Task[None]] = []
         for actor in actors:
             task = asyncio.create_task(actor.run(), name=f"actor-{actor.name}")

@@ -13,12 +13,15 @@ and must start in milliseconds.
 
 from __future__ import annotations
 
+import enum
 from typing import Literal, Union
 
 import msgspec
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 2  # 1.1: the `loading` event, status_reply's model residency fields; 1.2: generate.user
+# 1.1: the `loading` event, status_reply's model residency fields; 1.2: generate.user;
+# 1.3: error.param, the field a refusal is about.
+PROTOCOL_MINOR = 3
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # Default cap on one frame's size; the daemon announces its own in `welcome`.
@@ -195,6 +198,9 @@ class Error(_Message, tag="error"):
     code: ErrorCode
     message: str
     retry_after_s: float | None = None
+    # 1.3: the field the error is about, as a path from the body's root
+    # (`sampling.max_tokens`, `messages[0].role`); None when no one field is.
+    param: str | None = None
 
 
 class RequestInfo(msgspec.Struct, gc=False):
@@ -209,8 +215,15 @@ class RequestInfo(msgspec.Struct, gc=False):
     queue_position: int = 0
 
 
+class DaemonState(enum.StrEnum):
+    """`status_reply.state`: a string on the wire, typed in the code."""
+
+    SERVING = "serving"
+    DRAINING = "draining"  # shutting down: admits no new generate
+
+
 class StatusReply(_Message, tag="status_reply"):
-    state: Literal["serving", "draining"]
+    state: DaemonState
     model: str
     backend: str
     device: str

@@ -23,6 +23,7 @@ from axchat.actors.device import ALONE_CHUNK, DeviceActor
 from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.prompt_chunks import ROUND
 from axchat.actors.sampler import SamplerActor
+from axchat.protocol import v1
 from axchat.protocol.v1 import Sampling
 
 
@@ -81,7 +82,7 @@ class Collector(Actor):
         super().__init__(bus, sup)  # type: ignore[arg-type]
         self.tokens: dict[int, int] = {}
         self.ended: dict[int, m.Ended] = {}
-        self.reports: list[m.DeviceReport] = []
+        self.reports: list[v1.StatusReply] = []
         self.changed = asyncio.Event()
 
     async def handle(self, msg: m.ActorMessage) -> None:
@@ -89,8 +90,8 @@ class Collector(Actor):
             self.tokens[msg.rid] = self.tokens.get(msg.rid, 0) + 1
         elif isinstance(msg, m.Ended):
             self.ended[msg.rid] = msg
-        elif isinstance(msg, m.DeviceReport):
-            self.reports.append(msg)
+        elif isinstance(msg, m.StatusQuery):
+            self.reports.append(msg.reply)
         self.changed.set()
 
     async def until(self, predicate, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
@@ -129,7 +130,7 @@ async def rig(request: pytest.FixtureRequest, engine: DeviceBackend) -> AsyncIte
     bus = Bus(ctx, "sched")
     sup = FailLoudly()
     tokenizer = Collector(bus, sup, "tokenizer")
-    telemetry = Collector(bus, sup, "telemetry")
+    telemetry = Collector(bus, sup, "reply")
     device = DeviceActor(bus, sup, backend)  # type: ignore[arg-type]
     others = [telemetry, SamplerActor(bus, sup), device]  # type: ignore[arg-type]
     tasks = [asyncio.create_task(a.run()) for a in [tokenizer, *others]]
@@ -240,7 +241,7 @@ async def arrive_while_held(backend, sender, telemetry, admits) -> None:  # type
     for msg in admits:
         await sender.send("device", msg)
     # The device handles its mail in order: its answer to this comes after the admits.
-    await sender.send("device", m.StatusQuery(rid=99, state="test"))
+    await sender.send("device", m.StatusQuery(rid=99, reply=m.blank_status(v1.DaemonState.SERVING)))
     await telemetry.until(lambda: bool(telemetry.reports))
     report = telemetry.reports[-1]
     assert report.running + report.queued == 1 + len(admits)

@@ -36,60 +36,70 @@ def still_serving(raw: RawClient) -> None:
 DEEP = b"\x91" * 100_000 + b"\xc0"  # an array in an array ... 100,000 deep
 
 CASES = [
-    pytest.param([b"\xc1\xc1 not msgpack"], "bad_frame", ["expected 2 frames"], id="single-garbage-frame"),
-    pytest.param([b"\xc1garbage", b"\x00"], "bad_frame", ["envelope"], id="garbage-envelope"),
-    pytest.param([env(), b"\xc1\xc1"], "bad_frame", ["body", "malformed"], id="garbage-body"),
-    pytest.param([env(), pack({"type": "make_coffee"})], "unknown_type", ["make_coffee", "$.type"], id="unknown-tag"),
-    pytest.param([env(), pack({"no": "tag"})], "invalid_field", ["type"], id="missing-tag"),
+    pytest.param([b"\xc1\xc1 not msgpack"], "bad_frame", ["expected 2 frames"], None, id="single-garbage-frame"),
+    pytest.param([b"\xc1garbage", b"\x00"], "bad_frame", ["envelope"], None, id="garbage-envelope"),
+    pytest.param([env(), b"\xc1\xc1"], "bad_frame", ["body", "malformed"], None, id="garbage-body"),
+    pytest.param([env(), pack({"type": "make_coffee"})], "unknown_type", ["make_coffee", "$.type"], "type", id="unknown-tag"),
+    pytest.param([env(), pack({"no": "tag"})], "invalid_field", ["type"], None, id="missing-tag"),
     pytest.param(
         [env(), pack({"type": "generate", "prompt": "hi", "sampling": {"temperature": "hot"}})],
         "invalid_field",
         ["$.sampling.temperature", "float"],
-        id="wrong-field-type",
+        "sampling.temperature", id="wrong-field-type",
     ),
     pytest.param(
         [env(), pack({"type": "generate", "messages": [{"role": "robot", "content": "x"}]})],
         "invalid_field",
         ["role"],
-        id="bad-role",
+        "messages[0].role", id="bad-role",
     ),
-    pytest.param([env(v=2), pack({"type": "ping"})], "unsupported_version", ["protocol 1", "version 2"], id="envelope-v2"),
-    pytest.param([env(), pack({"type": "hello", "protocol": "2.0"})], "unsupported_version", ["2.0"], id="hello-v2"),
+    pytest.param([env(v=2), pack({"type": "ping"})], "unsupported_version", ["protocol 1", "version 2"], None, id="envelope-v2"),
+    pytest.param([env(), pack({"type": "hello", "protocol": "2.0"})], "unsupported_version", ["2.0"], None, id="hello-v2"),
     pytest.param(
         [env(), pack({"type": "generate", "prompt": "a", "messages": [{"role": "user", "content": "b"}]})],
         "invalid_field",
         ["exactly one"],
-        id="prompt-and-messages",
+        "prompt", id="prompt-and-messages",
     ),
-    pytest.param([env(), pack({"type": "generate", "messages": []})], "invalid_field", ["empty"], id="no-messages"),
+    pytest.param([env(), pack({"type": "generate", "messages": []})], "invalid_field", ["empty"], "messages", id="no-messages"),
     pytest.param(
         [env(), pack({"type": "generate", "prompt": "hi", "sampling": {"top_p": 1.5}})],
         "invalid_field",
         ["top_p"],
-        id="top-p-out-of-range",
+        "sampling.top_p", id="top-p-out-of-range",
     ),
     pytest.param(
         [env(), pack({"type": "generate", "prompt": "hi", "model": "gpt-17"})],
         "unknown_model",
         ["gpt-17"],
-        id="unknown-model",
+        "model", id="unknown-model",
     ),
     # Nesting 1,000 (here 100,000) deep in an ignored field, or in the envelope: msgspec's
     # recursion guard fires, and it is the client's bad frame, not an internal error.
     pytest.param(
-        [env(), b"\x82\xa4type\xa8generate\xa5extra" + DEEP], "bad_frame", ["nested too deeply"], id="deep-body"
+        [env(), b"\x82\xa4type\xa8generate\xa5extra" + DEEP], "bad_frame", ["nested too deeply"], None, id="deep-body"
     ),
-    pytest.param([b"\x82\xa2id\xa1r\xa1x" + DEEP, pack({"type": "ping"})], "bad_frame", ["nested"], id="deep-envelope"),
+    pytest.param([b"\x82\xa2id\xa1r\xa1x" + DEEP, pack({"type": "ping"})], "bad_frame", ["nested"], None, id="deep-envelope"),
 ]
 
 
-@pytest.mark.parametrize("frames,code,needles", CASES)
+@pytest.mark.parametrize("frames,code,needles,param", CASES)
 def test_bad_frame_gets_typed_error_and_daemon_serves_on(
-    raw: RawClient, frames: list[bytes], code: str, needles: list[str]
+    raw: RawClient, frames: list[bytes], code: str, needles: list[str], param: str | None
 ) -> None:
     raw.send_frames(frames)
-    expect_error(raw, code, *needles)
+    err = expect_error(raw, code, *needles)
+    assert err.param == param, err
     still_serving(raw)
+
+
+def test_a_client_written_from_the_doc_sees_the_offending_field(raw: RawClient) -> None:
+    # Plain MessagePack maps, as docs/protocol.md's minimal client reads them: no schema.
+    raw.send_frames([env("typed"), pack({"type": "generate", "prompt": "hi", "sampling": {"max_tokens": "many"}})])
+    assert raw.sock.poll(10_000), "no reply within 10 s"
+    envelope, body = (msgspec.msgpack.decode(f) for f in raw.sock.recv_multipart())
+    assert envelope["id"] == "typed"
+    assert (body["type"], body["code"], body["param"]) == ("error", "invalid_field", "sampling.max_tokens")
 
 
 def test_cancel_of_unknown_request_gets_no_reply(raw: RawClient) -> None:
@@ -116,7 +126,7 @@ def test_prompt_longer_than_context(raw: RawClient) -> None:
     # Small in bytes, long in tokens: under the frame limit, over the context.
     long_prompt = " ".join(f"w{i}" for i in range(welcome.context_length * 2))
     raw.send("long", v1.Generate(prompt=long_prompt))
-    expect_error(raw, "context_overflow", str(welcome.context_length))
+    assert expect_error(raw, "context_overflow", str(welcome.context_length)).param == "prompt"
     still_serving(raw)
 
 

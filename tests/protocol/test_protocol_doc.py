@@ -202,6 +202,9 @@ def wire_type(t: mi.Type) -> str:
         kinds = {type(v) for v in t.values}
         assert kinds in ({str}, {int}), f"mixed literal {t}"
         return "str" if kinds == {str} else "int"
+    if isinstance(t, mi.EnumType):  # a typed state whose wire value is its str value
+        assert all(isinstance(member.value, str) for member in t.cls), f"non-str enum {t}"
+        return "str"
     if isinstance(t, mi.ListType):
         return "array of " + wire_type(t.item_type)
     if isinstance(t, mi.StructType):
@@ -214,6 +217,8 @@ def wire_type(t: mi.Type) -> str:
 def literal_values(t: mi.Type) -> list[Any]:
     if isinstance(t, mi.LiteralType):
         return list(t.values)
+    if isinstance(t, mi.EnumType):
+        return [member.value for member in t.cls]
     if isinstance(t, mi.ListType):
         return literal_values(t.item_type)
     if isinstance(t, mi.UnionType):

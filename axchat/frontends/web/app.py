@@ -15,8 +15,8 @@ from axchat.frontends.web.appkeys import BODY_TIMEOUT, LINK, METRICS, USER_HEADE
 from axchat.frontends.web.auth import bearer_key_middleware
 from axchat.frontends.web.cross_site import cross_site_middleware
 from axchat.frontends.web.daemon_link import DaemonLink
-from axchat.frontends.web.error_responses import error_middleware
 from axchat.frontends.web.metrics import BridgeMetrics
+from axchat.frontends.web.openai_errors import error_middleware
 
 # Bodies above this are refused with 413 before they are read; the daemon's own frame
 # limit (1 MiB by default) answers anything between.

@@ -9,7 +9,7 @@ import hmac
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from axchat.frontends.web.errors import ApiError
+from axchat.frontends.web.openai_errors import ApiError
 
 OPEN_PATHS = frozenset({"/health", "/"})
 OPEN_PREFIXES = ("/static/",)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from axchat.frontends.web.errors import ApiError
+from axchat.frontends.web.openai_errors import ApiError
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

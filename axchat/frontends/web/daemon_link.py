@@ -4,7 +4,7 @@ request (one DEALER socket carries any number of concurrent generates)."""
 from __future__ import annotations
 
 from axchat.aclient import AsyncClient, DaemonUnavailable, RequestFailed
-from axchat.frontends.web.errors import ApiError, daemon_unavailable, from_daemon
+from axchat.frontends.web.openai_errors import ApiError, daemon_unavailable, from_error
 from axchat.protocol import v1
 
 
@@ -36,4 +36,4 @@ class DaemonLink:
 
 
 def _api_error(exc: RequestFailed) -> ApiError:
-    return from_daemon(exc.error.code, exc.error.message, exc.error.retry_after_s)
+    return from_error(exc.error)

@@ -13,8 +13,8 @@ from types import TracebackType
 
 from axchat.aclient import DaemonUnavailable, GenerateHandle, RequestFailed
 from axchat.frontends.web.daemon_link import DaemonLink
-from axchat.frontends.web.errors import ApiError, daemon_unavailable, from_daemon
 from axchat.frontends.web.metrics import BridgeMetrics
+from axchat.frontends.web.openai_errors import ApiError, daemon_unavailable, from_error
 from axchat.protocol import v1
 
 # Longest silence from the daemon inside one generate (a long prefill on a CPU, a wait
@@ -50,13 +50,13 @@ class Generation:
         except RequestFailed as exc:  # an error frame not tied to this request
             await self._close_events()
             self._metrics.count_request(self._endpoint, exc.error.code)
-            raise from_daemon(exc.error.code, exc.error.message, exc.error.retry_after_s) from None
+            raise from_error(exc.error) from None
         except BaseException:
             await self._abandon()
             raise
         if isinstance(self._first, v1.Error):
             self._metrics.count_request(self._endpoint, self._first.code)
-            raise from_daemon(self._first.code, self._first.message, self._first.retry_after_s)
+            raise from_error(self._first)
         return self
 
     async def __aexit__(
@@ -90,7 +90,7 @@ class Generation:
                 self._finish(event)
                 return
             elif isinstance(event, v1.Error):  # not expected after the first frame, but typed
-                raise from_daemon(event.code, event.message, event.retry_after_s)
+                raise from_error(event)
             try:
                 event = await anext(self._events)
             except StopAsyncIteration:
@@ -99,7 +99,7 @@ class Generation:
                 raise daemon_unavailable(str(exc)) from None
             except RequestFailed as exc:  # the daemon went away mid-answer (killed, restarted)
                 self._metrics.count_request(self._endpoint, exc.error.code)
-                raise from_daemon(exc.error.code, exc.error.message, exc.error.retry_after_s) from None
+                raise from_error(exc.error) from None
         raise ApiError(502, "the daemon ended the stream without a done frame", type="server_error", code="internal")
 
     def _finish(self, done: v1.Done) -> None:

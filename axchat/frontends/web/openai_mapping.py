@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from axchat.frontends.web.errors import bad_request
+from axchat.frontends.web.openai_errors import bad_request
 from axchat.frontends.web.openai_schema import ChatCompletionRequest, CompletionRequest, InMessage
 from axchat.protocol import v1
 

@@ -7,12 +7,12 @@ the wrong shape is a 400 naming the field.
 
 from __future__ import annotations
 
-import re
 from typing import TypeVar, Union
 
 import msgspec
 
-from axchat.frontends.web.errors import bad_request
+from axchat.frontends.web.openai_errors import bad_request
+from axchat.protocol.field_path import field_path
 
 
 class ContentPart(msgspec.Struct, forbid_unknown_fields=False):
@@ -58,14 +58,11 @@ class CompletionRequest(_Common, kw_only=True):
 
 Body = TypeVar("Body", ChatCompletionRequest, CompletionRequest)
 
-_AT_PATH = re.compile(r"- at `\$\.?([^`]*)`")
-
 
 def decode_body(raw: bytes, kind: type[Body]) -> Body:
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
-        found = _AT_PATH.search(str(exc))
-        raise bad_request(f"invalid request body: {exc}", param=found.group(1) if found else None) from None
+        raise bad_request(f"invalid request body: {exc}", param=field_path(exc)) from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None

@@ -10,8 +10,8 @@ from aiohttp import web
 from axchat.frontends.web import openai_mapping as mapping
 from axchat.frontends.web.appkeys import BODY_TIMEOUT, LINK, METRICS, USER_HEADER
 from axchat.frontends.web.end_user import end_user
-from axchat.frontends.web.errors import ApiError, from_daemon
 from axchat.frontends.web.generation import Generation
+from axchat.frontends.web.openai_errors import ApiError, from_daemon
 from axchat.frontends.web.openai_schema import ChatCompletionRequest, CompletionRequest, decode_body
 from axchat.frontends.web.sse import SseStream
 from axchat.protocol import v1

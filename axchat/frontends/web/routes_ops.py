@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from axchat.frontends.web.appkeys import LINK, METRICS
-from axchat.frontends.web.errors import ApiError
+from axchat.frontends.web.openai_errors import ApiError
 from axchat.protocol import v1
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -42,7 +42,7 @@ NOT_READY_RETRY_S = 5
 
 
 def _not_ready_because(status: v1.StatusReply) -> str | None:
-    if status.state == "draining":
+    if status.state is v1.DaemonState.DRAINING:
         return "the daemon is shutting down"
     if not status.loaded and status.load_stage is not None:
         return f"the daemon is loading its model again ({status.load_stage})"

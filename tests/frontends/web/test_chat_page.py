@@ -13,7 +13,7 @@ from conftest import HELD_TOKENS
 from playwright import sync_api
 from web_bridge import BridgeProcess, bridge_fixture  # noqa: F401
 
-from axchat.frontends.web.errors import ApiError
+from axchat.frontends.web.openai_errors import ApiError
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

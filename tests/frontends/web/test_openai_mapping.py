@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from axchat.frontends.web import openai_mapping as mapping
-from axchat.frontends.web.errors import ApiError, from_daemon
+from axchat.frontends.web.openai_errors import ApiError, from_daemon, from_error
 from axchat.frontends.web.openai_schema import ChatCompletionRequest, CompletionRequest, decode_body
 from axchat.protocol import v1
 
@@ -87,6 +87,22 @@ def test_daemon_codes_to_http(code: v1.ErrorCode, status: int, retry_after: str 
 
 
 def test_daemon_field_errors_name_the_api_parameter() -> None:
-    error = from_daemon("invalid_field", "sampling.max_tokens must be an integer >= 1, got 0")
+    error = from_error(
+        v1.Error(
+            code="invalid_field", message="sampling.max_tokens must be an integer >= 1, got 0", param="sampling.max_tokens"
+        )
+    )
     assert error.param == "max_tokens" and error.message == "`max_tokens` must be an integer >= 1, got 0"
     assert "sampling." not in error.message
+
+
+def test_the_parameter_comes_from_the_daemons_field_not_its_text() -> None:
+    # A sentence that merely mentions a sampling field names no parameter...
+    vague = from_daemon("invalid_field", "sampling.top_k is fine but something else is not")
+    assert vague.param is None and vague.message == "sampling.top_k is fine but something else is not"
+    # ...and a field outside `sampling` passes through as OpenAI names it.
+    role = from_error(v1.Error(code="invalid_field", message="bad role", param="messages[0].role"))
+    assert (role.status, role.param) == (400, "messages[0].role")
+    # An old daemon (protocol < 1.3) sends no param: the answer is still a 400.
+    old = from_error(v1.Error(code="invalid_field", message="sampling.top_p must be in (0, 1], got 2"))
+    assert (old.status, old.code, old.param) == (400, "invalid_value", None)

@@ -1,0 +1,64 @@
+"""The reply stage, the last stop before the front door: it turns what the actors say
+about a request (text, queue place, reload progress, its end, a refusal, a status
+filled in on the way) into protocol frames for the client, in the order they came."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from axchat.actors import messages as m
+from axchat.actors.backends.base import BackendInfo
+from axchat.actors.mailbox import Actor, Bus, Supervisor
+from axchat.actors.telemetry import Telemetry
+from axchat.protocol import v1
+
+
+class ReplyActor(Actor):
+    name = "reply"
+
+    def __init__(
+        self,
+        bus: Bus,
+        supervisor: Supervisor,
+        info: BackendInfo,
+        *,
+        max_queued: int = 0,
+        temperature: Callable[[], float | None] | None = None,
+    ) -> None:
+        super().__init__(bus, supervisor)
+        self._model = info.model
+        self.telemetry = Telemetry(info, max_queued=max_queued, temperature=temperature)
+
+    async def handle(self, msg: m.ActorMessage) -> None:
+        if isinstance(msg, m.TextOut):
+            await self._out(msg.rid, v1.Delta(text=msg.text, token_ids=msg.token_ids), final=False)
+        elif isinstance(msg, m.QueuePosition):
+            await self._out(msg.rid, v1.Queued(position=msg.position), final=False)
+        elif isinstance(msg, m.Loading):
+            body = v1.Loading(model=self._model, stage=msg.stage, elapsed_s=msg.elapsed_s, last_load_s=msg.last_load_s)
+            await self._out(msg.rid, body, final=False)
+        elif isinstance(msg, m.Finished):
+            await self._finished(msg)
+        elif isinstance(msg, m.Rejected):
+            self.telemetry.rejected(msg)
+            error = v1.Error(code=msg.error.code, message=msg.error.message, param=msg.param)
+            await self._out(msg.rid, error, final=True)
+        elif isinstance(msg, m.StatusQuery):
+            await self._out(msg.rid, self.telemetry.fill_status(msg.reply), final=True)
+        else:
+            raise TypeError(f"reply stage got unexpected {type(msg).__name__}")
+
+    async def _out(self, rid: int, body: v1.DaemonMessage, *, final: bool) -> None:
+        await self.send("frontdoor", m.Outbound(rid=rid, body=v1.encode_body(body), final=final))
+
+    async def _finished(self, msg: m.Finished) -> None:
+        stats = self.telemetry.finished(msg)
+        usage = v1.Usage(
+            prompt_tokens=msg.prompt_tokens,
+            completion_tokens=msg.completion_tokens,
+            cached_tokens=msg.cached_tokens,
+        )
+        done = v1.Done(
+            finish_reason=msg.reason, usage=usage, stats=stats, error=msg.error, trimmed_messages=msg.trimmed_messages
+        )
+        await self._out(msg.rid, done, final=True)
