@@ -19,7 +19,7 @@ from axchat.actors import messages as m
 from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_fit import kept_chars, kept_positions, min_tokens
-from axchat.actors.sampling import validate as validate_sampling
+from axchat.actors.token_choice import validate as validate_sampling
 from axchat.zmq_sockets import make_socket
 from axchat.protocol import v1
 from axchat.sizes import human_bytes
