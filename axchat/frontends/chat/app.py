@@ -27,6 +27,7 @@ from textual.worker import Worker, WorkerState
 
 from axchat import autostart
 from axchat.aclient import AsyncClient, DaemonRestarted, DaemonUnavailable, GenerateHandle, RequestFailed
+from axchat.connection import Backoff, retry_once_async
 from axchat.endpoint import client_endpoint, describe
 from axchat.frontends.chat import commands
 from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn, open_conversation
@@ -49,9 +50,6 @@ STALL_TIMEOUT_S = 300.0  # the heartbeat notices a dead daemon long before this
 RECONNECT_FIRST_S = 0.5
 RECONNECT_CAP_S = 8.0
 CANCEL_SEND_S = 1.0
-# After the daemon restarted mid-request, how long to wait for it to serve again (a
-# model load) before asking once more, as `axchat ask` does.
-RESTART_WAIT_S = 120.0
 
 
 @dataclass
@@ -191,7 +189,7 @@ class ChatApp(App[None]):
         if old is not None:
             await old.close()
         self.refresh_footer()
-        delay = RECONNECT_FIRST_S
+        backoff = Backoff(RECONNECT_FIRST_S, self.reconnect_cap_s)
         where = describe(client_endpoint(self.socket))
         if lost is None:
             self.status_line.say(f"connecting to the daemon at {where}…")
@@ -210,9 +208,9 @@ class ChatApp(App[None]):
                     if start_failure is None:
                         continue
                     exc = DaemonUnavailable(f"could not start one: {start_failure}")
+                delay = backoff.next_pause()
                 self.status_line.say(f"daemon unavailable: {exc} (retrying in {delay:g}s)", error=True)
                 await asyncio.sleep(delay)  # the backoff itself, not a synchronisation
-                delay = min(delay * 2, self.reconnect_cap_s)
                 continue
             except asyncio.CancelledError:
                 await client.close()
@@ -316,17 +314,12 @@ class ChatApp(App[None]):
         self.last_request = request
         stream = Markdown.get_stream(pending.bubble)
         try:
-            try:
-                await self._stream_events(client, request, pending, stream)
-            except DaemonRestarted as exc:
-                if pending.text:
-                    raise
-                # Nothing shown yet, so asking again cannot repeat or garble the answer.
-                self.status_line.say(f"{exc}; asking once more when it is back…", error=True)
-                if not await self._daemon_back(client):
-                    raise
-                self.status_line.say("the daemon is back; asked again")
-                await self._stream_events(client, request, pending, stream)
+            await retry_once_async(
+                lambda: self._stream_events(client, request, pending, stream),
+                shown=lambda: bool(pending.text),
+                announce=lambda exc: self.status_line.say(f"{exc}; asking once more when it is back…", error=True),
+                back=lambda wait_s: self._daemon_back(client, wait_s),
+            )
         except asyncio.CancelledError:
             if pending.handle is not None and not pending.lost_daemon:
                 # Best effort: the daemon also cancels the requests of clients that vanish.
@@ -374,25 +367,20 @@ class ChatApp(App[None]):
                 if event.code == "shutting_down":
                     self.daemon_lost("it is shutting down")
 
-    async def _daemon_back(self, client: AsyncClient) -> bool:
-        """Wait for a restarted daemon to answer `hello` on the same socket (ZeroMQ
-        reconnects it by itself), backing off to a second; False after RESTART_WAIT_S.
+    async def _daemon_back(self, client: AsyncClient, wait_s: float) -> bool:
+        """Wait up to `wait_s` for a restarted daemon to answer on the same socket.
         The heartbeat holds off meanwhile: this wait is its job done more patiently."""
         self._awaiting_restart = True
-        deadline = time.monotonic() + RESTART_WAIT_S
-        pause = 0.05
         try:
-            while time.monotonic() < deadline:
-                try:
-                    self.welcome = await client.hello()
-                    self._last_traffic = time.monotonic()
-                    return True
-                except (DaemonUnavailable, RequestFailed):
-                    await asyncio.sleep(pause)  # the backoff itself, not a synchronisation
-                    pause = min(pause * 2, 1.0)
-            return False
+            welcome = await client.hello_again(wait_s)
         finally:
             self._awaiting_restart = False
+        if welcome is None:
+            return False
+        self.welcome = welcome
+        self._last_traffic = time.monotonic()
+        self.status_line.say("the daemon is back; asked again")
+        return True
 
     def settle_answer(self, pending: PendingAnswer, finish_reason: str, done: v1.Done | None) -> None:
         """Keep the answer (whole or partial) in the conversation, once."""
