@@ -39,7 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import BenchError, Daemon, Log, bench_env, cpus_busy, loadavg, machine, run_main, tail
+from harness import cli
+from harness.daemon import Daemon, bench_env
+from harness.machine import cpus_busy, loadavg, machine
+from harness.output import BenchError, Log, run_main, tail
 
 HERE = Path(__file__).resolve().parent
 SEED_SCRIPT = HERE / "_seed_style.py"
@@ -187,8 +190,7 @@ def r4(x: float | None) -> float | None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/oneshot.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="local model directory (config.json, weights, tokenizer)")
+    p = cli.parser("oneshot", __doc__, model_help="local model directory (config.json, weights, tokenizer)")
     p.add_argument("--runs", type=int, default=5, help="timed runs of each side (default 5)")
     p.add_argument("--max-tokens", type=int, default=32, help="tokens generated per run (default 32)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
@@ -199,9 +201,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="dtype of the seed-style model: match = the daemon's (default); auto = from_pretrained's own choice",
     )
     p.add_argument("--seed-threads", type=int, help="torch threads in the seed-style process (default: torch's choice)")
-    p.add_argument("--serve-arg", action="append", default=[], help="extra `axchat serve` argument (repeatable; e.g. --serve-arg=--threads=2)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds one measured process may take (default 600)")
-    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds the daemon may take to get ready (default 600)")
+    cli.add_daemon_args(p, serve_arg_help="extra `axchat serve` argument (repeatable; e.g. --serve-arg=--threads=2)", timeout_help="seconds one measured process may take (default 600)")
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error("--runs must be at least 1")
@@ -211,9 +211,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    model_dir = Path(args.model).expanduser().resolve()
-    if not model_dir.is_dir():
-        raise BenchError(f"--model {args.model}: no such directory")
+    model_dir = cli.model_dir(args.model)
     shape = model_shape(model_dir)
     python = sys.executable
     env = bench_env()
