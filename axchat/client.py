@@ -18,22 +18,12 @@ import msgspec
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from axchat import connection
 from axchat import endpoint as ep
-from axchat.connection import (
-    HOW_TO_START,
-    DaemonRestarted,
-    DaemonUnavailable,
-    KeysRefused,
-    RequestFailed,
-    UntrustedSocket,
-    not_answering,
-    open_daemon_socket,
-    restart_backoff,
-)
+from axchat.connection import DaemonRestarted, DaemonUnavailable, KeysRefused, RequestFailed, UntrustedSocket
 from axchat.protocol import v1
 
 __all__ = [
-    "HOW_TO_START",
     "Client",
     "DaemonRestarted",
     "DaemonUnavailable",
@@ -69,7 +59,7 @@ class Client:
         self.endpoint = ep.client_endpoint(socket)
         self.connect_timeout_s = connect_timeout_s
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self._link = open_daemon_socket(self._ctx, self.endpoint, name="client", keys_refused_raises=True)
+        self._link = connection.open_daemon_socket(self._ctx, self.endpoint, name="client", keys_refused_raises=True)
         self._sock, self._monitor = self._link.sock, self._link.monitor
         self._refused: str | None = None  # a tcp:// daemon refused our keys
         self._prefix = uuid.uuid4().hex[:8]
@@ -151,7 +141,7 @@ class Client:
                 raise KeysRefused(self._refused)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise not_answering(self.endpoint, timeout_s)
+                raise connection.not_answering(self.endpoint, timeout_s)
             wait = left
             if self.heartbeat_s is not None:
                 # The daemon hears only what we send, not what we read: ping on a
@@ -183,7 +173,7 @@ class Client:
 def connect(socket: str | None = None, *, wait_s: float = 0.0, connect_timeout_s: float = 3.0) -> Client:
     """A client that has had its `welcome`. With `wait_s`, keeps trying that long for a
     daemon that is (re)starting, backing off to a second between tries."""
-    backoff = restart_backoff(wait_s)
+    backoff = connection.restart_backoff(wait_s)
     client = Client(socket, connect_timeout_s=connect_timeout_s)
     try:
         while True:

@@ -20,9 +20,9 @@ from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_fit import kept_chars, kept_positions, min_tokens
 from axchat.actors.token_choice import validate as validate_sampling
-from axchat.zmq_sockets import make_socket
 from axchat.protocol import v1
 from axchat.sizes import human_bytes
+from axchat.zmq_sockets import make_socket
 
 log = logging.getLogger(__name__)
 
