@@ -46,6 +46,7 @@ from harness.output import BenchError, Log, run_main, tail
 
 HERE = Path(__file__).resolve().parent
 SEED_SCRIPT = HERE / "_seed_style.py"
+SEED_DTYPES = ("auto", "float32", "bfloat16", "float16")  # _seed_style.py's --dtype choices
 PHASES_TAG = "ONESHOT_PHASES "  # same as bench/_seed_style.py
 DEFAULT_PROMPT = "Explain in two sentences why the sky is blue."
 
@@ -197,7 +198,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--seed-dtype",
         default="match",
-        choices=["match", "auto", "float32", "bfloat16", "float16"],
+        choices=["match", *SEED_DTYPES],
         help="dtype of the seed-style model: match = the daemon's (default); auto = from_pretrained's own choice",
     )
     p.add_argument("--seed-threads", type=int, help="torch threads in the seed-style process (default: torch's choice)")
@@ -231,6 +232,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         daemon_threads = daemon.threads()
 
         seed_dtype = status["dtype"] if args.seed_dtype == "match" else args.seed_dtype
+        if seed_dtype not in SEED_DTYPES:
+            # llama.cpp's weight types (q8_0, ...) have no transformers counterpart to match.
+            raise BenchError(
+                f"the daemon runs {status['dtype']}, which the seed-style process cannot match; "
+                f"give --seed-dtype (one of {', '.join(SEED_DTYPES)}) or --serve-arg=--backend=torch"
+            )
         seed_cmd = [python, str(SEED_SCRIPT), "--model", str(model_dir), f"--prompt={args.prompt}", "--max-tokens", str(n), "--dtype", seed_dtype]
         if args.seed_threads:
             seed_cmd += ["--threads", str(args.seed_threads)]
