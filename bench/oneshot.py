@@ -41,7 +41,7 @@ from typing import Any
 
 from harness import cli
 from harness.daemon import Daemon, bench_env
-from harness.machine import cpus_busy, loadavg, machine
+from harness.machine import cpus_busy, loadavg, machine, model_config
 from harness.output import BenchError, Log, run_main, tail
 
 HERE = Path(__file__).resolve().parent
@@ -129,10 +129,7 @@ def ask_command(python: str) -> list[str]:
 
 
 def model_shape(model_dir: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise BenchError(f"cannot read {model_dir / 'config.json'}: {exc}") from None
+    config = model_config(model_dir)
     return {
         "hidden_size": config.get("hidden_size"),
         "num_hidden_layers": config.get("num_hidden_layers"),

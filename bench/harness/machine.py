@@ -56,11 +56,16 @@ def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": proc or platform.processor(), "nproc": usable}
 
 
-def model_info(model_dir: Path) -> dict[str, Any]:
+def model_config(model_dir: Path) -> dict[str, Any]:
+    """The model's config.json; a BenchError when it cannot be read."""
     try:
-        config = json.loads((model_dir / "config.json").read_text())
+        return json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise BenchError(f"cannot read {model_dir / 'config.json'}: {exc}") from None
+
+
+def model_info(model_dir: Path) -> dict[str, Any]:
+    config = model_config(model_dir)
     shape = None
     with contextlib.suppress(OSError, ValueError):
         shape = json.loads((model_dir / "axchat_tiny_model.json").read_text()).get("shape")
