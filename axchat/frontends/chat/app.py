@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -31,6 +30,7 @@ from axchat.connection import Backoff, retry_once_async
 from axchat.endpoint import client_endpoint, describe
 from axchat.frontends.chat import commands
 from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn, open_conversation
+from axchat.frontends.chat.start_progress import StatusLineProgress
 from axchat.frontends.chat.widgets import (
     AssistantBubble,
     ConversationView,
@@ -225,7 +225,7 @@ class ChatApp(App[None]):
         """Start a daemon (autostart's lock makes it one for all clients), its progress in
         the status line; why not, when it could not."""
         try:
-            await asyncio.to_thread(autostart.start_daemon, self.socket, _StatusProgress(self))
+            await asyncio.to_thread(autostart.start_daemon, self.socket, StatusLineProgress(self, self.status_line.say))
         except DaemonUnavailable as exc:
             # The first line; the log's tail that follows it does not fit a status line.
             return str(exc).splitlines()[0]
@@ -474,24 +474,6 @@ class ChatApp(App[None]):
         if self.client is not None:
             await self.client.close()
             self.client = None
-
-
-class _StatusProgress(io.TextIOBase):
-    """autostart's progress (written for a terminal's stderr, from a worker thread)
-    shown in the status line instead."""
-
-    def __init__(self, app: ChatApp) -> None:
-        super().__init__()
-        self.app = app
-
-    def isatty(self) -> bool:
-        return True  # so autostart reports every second, rewriting its line
-
-    def write(self, text: str) -> int:
-        line = text.replace("\r", "").replace("\033[K", "").strip()
-        if line:
-            self.app.call_from_thread(self.app.status_line.say, line)
-        return len(text)
 
 
 def run(args: argparse.Namespace) -> int:
