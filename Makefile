@@ -95,10 +95,10 @@ mini: SHELL := /bin/bash
 mini: .SHELLFLAGS := -o pipefail -c
 mini: venv fortunes
 	$(BIN)/pip install -q -e '.[train]'
-	nice -n 10 $(BIN)/python models/train_mini.py --out .cache/mini-base 2>&1 | tee models/train_mini.log
+	nice -n 10 $(BIN)/python training/train_mini.py --out .cache/mini-base 2>&1 | tee training/train_mini.log
 	@# A second, gentler pass (lower learning rate) is what made later turns follow the history.
-	nice -n 10 $(BIN)/python models/train_mini.py --init .cache/mini-base --lr 1.5e-3 --epochs 12 --minutes 22 \
-	  2>&1 | tee -a models/train_mini.log
+	nice -n 10 $(BIN)/python training/train_mini.py --init .cache/mini-base --lr 1.5e-3 --epochs 12 --minutes 22 \
+	  2>&1 | tee -a training/train_mini.log
 
 # tests/deploy/test_haproxy.py runs deploy/haproxy.cfg with Debian's haproxy. Installed
 # when we are root with apt-get, else that test skips and says why.

@@ -2,10 +2,11 @@
 web bridge). One DEALER socket carries any number of concurrent requests; a reader
 task routes each frame to its request's queue.
 
-Imports only pyzmq, msgspec and the protocol. Every wait has a deadline, and a reader
-failure reaches every waiting request instead of vanishing. As in the blocking client, a
-socket monitor tells when the connection drops: requests in flight then fail with
-`DaemonRestarted` at once, since their answers will never come.
+Imports only pyzmq, msgspec and the protocol; the socket, its errors and the retry
+policies are `axchat.connection`'s, shared with the blocking client. Every wait has a
+deadline, and a reader failure reaches every waiting request instead of vanishing. As
+in the blocking client, a socket monitor tells when the connection drops: requests in
+flight then fail with `DaemonRestarted` at once, since their answers will never come.
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from axchat import curve_keys
 from axchat import endpoint as ep
-from axchat.client import (
-    HOW_TO_START,
+from axchat.connection import (
     DaemonRestarted,
     DaemonUnavailable,
     KeysRefused,
     RequestFailed,
     UntrustedSocket,
-    secure,
+    not_answering,
+    open_daemon_socket,
+    restart_backoff,
 )
 from axchat.protocol import v1
 
@@ -88,26 +89,12 @@ class AsyncClient:
         self.endpoint = ep.client_endpoint(socket)
         self.connect_timeout_s = connect_timeout_s
         self._ctx = zmq.asyncio.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
+        self._link = open_daemon_socket(self._ctx, self.endpoint, name="aclient", keys_refused_raises=False)
+        self._sock, self._monitor = self._link.sock, self._link.monitor
         # Set when a tcp:// daemon refuses our keys (ZeroMQ will not retry) or our key
         # files are unusable: every request then fails at once with the cause, so a
         # frontend handles it where it handles any unavailable daemon.
-        self._refused: str | None = None
-        try:
-            self._keys = secure(self._sock, self.endpoint)
-        except KeysRefused as exc:
-            self._keys, self._refused = None, str(exc)
-        # A unique inproc name, for the reason given in axchat/client.py.
-        monitor_addr = f"inproc://axchat-aclient-monitor-{uuid.uuid4().hex}"
-        self._sock.monitor(monitor_addr, zmq.EVENT_DISCONNECTED | curve_keys.HANDSHAKE_EVENTS)
-        self._monitor = self._ctx.socket(zmq.PAIR)
-        self._monitor.setsockopt(zmq.LINGER, 0)
-        self._monitor.connect(monitor_addr)
-        # Checked before connecting: the first frame already carries a prompt.
-        self._refusal = ep.untrusted_reason(self.endpoint)
-        if self._refusal is None:
-            self._sock.connect(self.endpoint)
+        self._refused: str | None = self._link.keys_refused
         self._prefix = uuid.uuid4().hex[:8]
         self._counter = 0
         self._waiting: dict[str, asyncio.Queue[v1.DaemonMessage | BaseException]] = {}
@@ -121,9 +108,7 @@ class AsyncClient:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-        self._sock.disable_monitor()
-        self._monitor.close(linger=0)
-        self._sock.close(linger=0)
+        self._link.close()
         self._ctx.term()
 
     async def __aenter__(self) -> AsyncClient:
@@ -135,16 +120,25 @@ class AsyncClient:
     # ------------------------------------------------------------ requests
 
     async def hello(self) -> v1.Welcome:
-        if self._refusal is not None:
-            raise UntrustedSocket(self._refusal)
-        path = ep.ipc_path(self.endpoint)
-        if path is not None and not path.exists():
-            raise DaemonUnavailable(f"no axchat daemon is running at {path}; {HOW_TO_START}")
+        self._link.check_reachable()
         reply = await self._call(v1.Hello(client=f"axchat-async/{os.getpid()}"))
         assert isinstance(reply, v1.Welcome)
         if reply.client_timeout_s > 0 and self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._keep_alive(reply.client_timeout_s / 3), name="axchat-heartbeat")
         return reply
+
+    async def hello_again(self, wait_s: float) -> v1.Welcome | None:
+        """Hello until a (re)started daemon answers on this same socket (ZeroMQ
+        reconnects it by itself), backing off to a second; None after `wait_s`."""
+        backoff = restart_backoff(wait_s)
+        while True:
+            try:
+                return await self.hello()
+            except (DaemonUnavailable, RequestFailed):
+                pause = backoff.next_pause_in_time()
+                if pause is None:
+                    return None
+                await asyncio.sleep(pause)  # the backoff itself, not a synchronisation
 
     async def status(self) -> v1.StatusReply:
         reply = await self._call(v1.Status())
@@ -173,8 +167,7 @@ class AsyncClient:
         self._waiting.pop(rid, None)
 
     async def _send(self, rid: str, body: v1.ClientMessage) -> None:
-        if self._refusal is not None:
-            raise UntrustedSocket(self._refusal)
+        self._link.check_trusted()
         await self._sock.send_multipart(v1.encode(v1.Envelope(id=rid), body))
         self._last_sent = time.monotonic()
 
@@ -195,10 +188,7 @@ class AsyncClient:
                 async with asyncio.timeout(self.connect_timeout_s):  # see events()
                     item = await queue.get()
             except TimeoutError:
-                raise DaemonUnavailable(
-                    f"the axchat daemon at {ep.describe(self.endpoint)} did not answer within "
-                    f"{self.connect_timeout_s:g}s; is it running? {HOW_TO_START}"
-                ) from None
+                raise not_answering(self.endpoint, self.connect_timeout_s) from None
         finally:
             self._forget(rid)
         if isinstance(item, BaseException):
@@ -250,7 +240,7 @@ class AsyncClient:
         """A refused handshake fails every waiter now: no answer will ever come."""
         if self._refused is not None:
             return True  # the first cause stands; the drop that follows a refusal is no restart
-        why = curve_keys.refusal(event["event"], event["value"], self.endpoint, self._keys)
+        why = self._link.refusal(event)
         if why is None:
             return False
         self._refused = why

@@ -21,6 +21,7 @@ from typing import TextIO
 from axchat import endpoint as ep
 from axchat.client import Client, DaemonUnavailable, KeysRefused, RequestFailed, UntrustedSocket
 from axchat.client import connect as connect_client
+from axchat.connection import Backoff
 
 ENV_NO_AUTOSTART = "AXCHAT_NO_AUTOSTART"
 LOCK_NAME = "axchat.lock"
@@ -43,7 +44,7 @@ def log_path() -> Path:
 def _locked(path: Path, deadline: float) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        pause = 0.05
+        backoff = Backoff(0.05, 0.5)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -51,8 +52,7 @@ def _locked(path: Path, deadline: float) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise DaemonUnavailable(f"another axchat client held {path} too long while starting the daemon") from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.5)
+                time.sleep(backoff.next_pause())
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -60,9 +60,8 @@ def _locked(path: Path, deadline: float) -> Iterator[None]:
 
 def _answers(socket: str) -> bool:
     try:
-        with Client(socket, connect_timeout_s=0.5) as client:
-            client.hello()
-        return True
+        with connect_client(socket, connect_timeout_s=0.5):
+            return True
     except (DaemonUnavailable, RequestFailed):
         return False
 

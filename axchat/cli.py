@@ -8,7 +8,7 @@ import os
 import sys
 
 COMMANDS = {
-    "serve": ("axchat.daemon.serve", "run the daemon: load a model once, serve many clients"),
+    "serve": ("axchat.daemon.serve_command", "run the daemon: load a model once, serve many clients"),
     "ask": ("axchat.frontends.ask", "ask one question and stream the answer"),
     "chat": ("axchat.frontends.chat", "chat in the terminal (full screen, or --plain lines)"),
     "status": ("axchat.frontends.status", "show what the daemon is doing"),

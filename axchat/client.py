@@ -1,7 +1,8 @@
 """A blocking client of the daemon for command-line frontends.
 
 Imports only pyzmq, msgspec and the protocol, so a frontend built on it starts in
-milliseconds. Every wait has a deadline: a daemon that stops answering shows up as
+milliseconds. The socket, its errors and the retry policies are `axchat.connection`'s,
+shared with the asyncio client. Every wait has a deadline: a daemon that stops answering shows up as
 `DaemonUnavailable`, never as a hang.
 """
 
@@ -17,50 +18,21 @@ import msgspec
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from axchat import curve_keys
+from axchat import connection
 from axchat import endpoint as ep
+from axchat.connection import DaemonRestarted, DaemonUnavailable, KeysRefused, RequestFailed, UntrustedSocket
 from axchat.protocol import v1
 
-HOW_TO_START = "start one with `axchat serve` (or `make run` in a checkout)"
-
-
-class DaemonUnavailable(Exception):
-    """No daemon answered; the message says where we looked and how to start one."""
-
-
-class KeysRefused(DaemonUnavailable):
-    """A tcp:// daemon turned down this client's CURVE handshake, or the client's own key
-    files are unusable. The message names the likely cause; trying again will not help."""
-
-
-def secure(sock: zmq.Socket, endpoint: str) -> curve_keys.ClientKeys | None:  # type: ignore[type-arg]
-    """CURVE keys on a client socket that will connect to `endpoint` (both clients' way)."""
-    try:
-        return curve_keys.secure_client_socket(sock, endpoint)
-    except curve_keys.KeysError as exc:
-        raise KeysRefused(str(exc)) from None
-class UntrustedSocket(DaemonUnavailable):
-    """The socket's directory could be another user's: nothing is sent there, and no
-    daemon is started there."""
-
-
-class RequestFailed(Exception):
-    def __init__(self, error: v1.Error) -> None:
-        super().__init__(f"{error.code}: {error.message}")
-        self.error = error
-
-
-class DaemonRestarted(RequestFailed):
-    """The connection dropped while a request was in flight: its answer will never come."""
-
-    def __init__(self, endpoint: str) -> None:
-        super().__init__(
-            v1.Error(
-                code="daemon_restarted",
-                message=f"the connection to the axchat daemon at {ep.describe(endpoint)} dropped mid-request "
-                "(the daemon stopped or was restarted)",
-            )
-        )
+__all__ = [
+    "Client",
+    "DaemonRestarted",
+    "DaemonUnavailable",
+    "GenerateStream",
+    "KeysRefused",
+    "RequestFailed",
+    "UntrustedSocket",
+    "connect",
+]
 
 
 @dataclass
@@ -87,28 +59,9 @@ class Client:
         self.endpoint = ep.client_endpoint(socket)
         self.connect_timeout_s = connect_timeout_s
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        try:
-            self._keys = secure(self._sock, self.endpoint)
-        except KeysRefused:
-            self._sock.close(linger=0)
-            raise
-        self._refused: str | None = None
-        # The daemon sends nothing while a request waits (queued, or a long prefill), so
-        # silence proves nothing: the socket monitor says when the connection drops
-        # (or when a tcp:// daemon refused our keys).
-        # A unique inproc name: pyzmq's default derives it from the fd, which a closed
-        # and reopened client can reuse while the old name is still being released.
-        monitor_addr = f"inproc://axchat-client-monitor-{uuid.uuid4().hex}"
-        self._sock.monitor(monitor_addr, zmq.EVENT_DISCONNECTED | curve_keys.HANDSHAKE_EVENTS)
-        self._monitor = self._ctx.socket(zmq.PAIR)
-        self._monitor.setsockopt(zmq.LINGER, 0)
-        self._monitor.connect(monitor_addr)
-        # Checked before connecting: the first frame already carries a prompt.
-        self._refusal = ep.untrusted_reason(self.endpoint)
-        if self._refusal is None:
-            self._sock.connect(self.endpoint)
+        self._link = connection.open_daemon_socket(self._ctx, self.endpoint, name="client", keys_refused_raises=True)
+        self._sock, self._monitor = self._link.sock, self._link.monitor
+        self._refused: str | None = None  # a tcp:// daemon refused our keys
         self._prefix = uuid.uuid4().hex[:8]
         self._counter = 0
         # Set from `welcome`: how often to ping while waiting, so the daemon knows we live.
@@ -116,9 +69,7 @@ class Client:
         self._last_sent = time.monotonic()
 
     def close(self) -> None:
-        self._sock.disable_monitor()
-        self._monitor.close(linger=0)
-        self._sock.close(linger=0)
+        self._link.close()
 
     def __enter__(self) -> Client:
         return self
@@ -130,11 +81,7 @@ class Client:
 
     def hello(self) -> v1.Welcome:
         """Handshake; raises DaemonUnavailable when nothing answers in time."""
-        if self._refusal is not None:
-            raise UntrustedSocket(self._refusal)
-        path = ep.ipc_path(self.endpoint)
-        if path is not None and not path.exists():
-            raise DaemonUnavailable(f"no axchat daemon is running at {path}; {HOW_TO_START}")
+        self._link.check_reachable()
         reply = self._call(v1.Hello(client=f"axchat-cli/{os.getpid()}"), self.connect_timeout_s)
         assert isinstance(reply, v1.Welcome)
         if reply.client_timeout_s > 0:
@@ -158,8 +105,7 @@ class Client:
         return f"{self._prefix}-{self._counter}"
 
     def _send(self, request_id: str, body: v1.ClientMessage) -> None:
-        if self._refusal is not None:
-            raise UntrustedSocket(self._refusal)
+        self._link.check_trusted()
         if not isinstance(body, (v1.Cancel, v1.Ping)):
             # A drop before this request is not its problem. (A heartbeat ping must not
             # swallow a drop that happened during the request it keeps alive.)
@@ -172,7 +118,7 @@ class Client:
         while self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)
             dropped = dropped or event["event"] == zmq.EVENT_DISCONNECTED
-            why = curve_keys.refusal(event["event"], event["value"], self.endpoint, self._keys)
+            why = self._link.refusal(event)
             self._refused = self._refused or why  # the first cause stands
         return dropped
 
@@ -195,10 +141,7 @@ class Client:
                 raise KeysRefused(self._refused)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DaemonUnavailable(
-                    f"the axchat daemon at {ep.describe(self.endpoint)} did not answer within {timeout_s:g}s; "
-                    f"is it running? {HOW_TO_START}"
-                )
+                raise connection.not_answering(self.endpoint, timeout_s)
             wait = left
             if self.heartbeat_s is not None:
                 # The daemon hears only what we send, not what we read: ping on a
@@ -230,8 +173,7 @@ class Client:
 def connect(socket: str | None = None, *, wait_s: float = 0.0, connect_timeout_s: float = 3.0) -> Client:
     """A client that has had its `welcome`. With `wait_s`, keeps trying that long for a
     daemon that is (re)starting, backing off to a second between tries."""
-    deadline = time.monotonic() + wait_s
-    pause = 0.05
+    backoff = connection.restart_backoff(wait_s)
     client = Client(socket, connect_timeout_s=connect_timeout_s)
     try:
         while True:
@@ -242,10 +184,10 @@ def connect(socket: str | None = None, *, wait_s: float = 0.0, connect_timeout_s
                 raise
             except (DaemonUnavailable, DaemonRestarted):
                 # One socket throughout: ZeroMQ reconnects it by itself once a daemon binds.
-                if time.monotonic() + pause >= deadline:
+                pause = backoff.next_pause_in_time()
+                if pause is None:
                     raise
             time.sleep(pause)
-            pause = min(pause * 2, 1.0)
     except BaseException:
         client.close()
         raise

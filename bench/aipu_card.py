@@ -22,13 +22,15 @@ the card: its figures say nothing about Metis speed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 from typing import Any
+
+from harness import cli
+from harness.numbers import percentile, rnd
+from harness.output import run_main
 
 # The SDK's default system prompt (its `config.GENAI_SYSTEM_PROMPT`); the runner sends it
 # with every prompt, and an empty one to Velvet.
@@ -84,10 +86,9 @@ def one_run(
     }
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--model", required=True, help="a Metis catalog name (or, with --runtime emulator, a model directory)"
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = cli.parser(
+        "aipu_card", __doc__, model_help="a Metis catalog name (or, with --runtime emulator, a model directory)"
     )
     p.add_argument("--build-root", help="the SDK's build directory (default: $AXELERA_FRAMEWORK/build)")
     p.add_argument("--aipu-device", help="card index, name or comma list (default: $AXELERA_DEVICE_SELECTOR, else any)")
@@ -97,7 +98,10 @@ def main() -> int:
     p.add_argument("--system-prompt", help="default: the SDK's (empty for Velvet)")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--runs", type=int, default=3)
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     from axchat.actors.backends.aipu.backend import AipuBackend
     from axchat.actors.backends.aipu.catalog import CATALOG
@@ -134,31 +138,24 @@ def main() -> int:
 
     def median(key: str) -> float | None:
         values = [r[key] for r in runs if r[key] is not None]
-        return round(statistics.median(values), 4) if values else None
+        return rnd(percentile(values, 50), 4)  # the 50th percentile is the median
 
-    print(
-        json.dumps(
-            {
-                "bench": "aipu_card",
-                "model": backend.info.model,
-                "device": backend.info.device,
-                "runtime": args.runtime,
-                "context_length": backend.info.context_length,
-                "tokenizer": backend.info.tokenizer,
-                "load_s": round(load_s, 3),
-                "max_tokens": args.max_tokens,
-                "median": {
-                    key: median(key)
-                    for key in ("ttft_s", "tokens_per_s", "decode_tokens_per_s", "prefill_ms", "temperature_c")
-                },
-                "runs": runs,
-                "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
-            },
-            indent=2,
-        )
-    )
-    return 0
+    return {
+        "bench": "aipu_card",
+        "model": backend.info.model,
+        "device": backend.info.device,
+        "runtime": args.runtime,
+        "context_length": backend.info.context_length,
+        "tokenizer": backend.info.tokenizer,
+        "load_s": round(load_s, 3),
+        "max_tokens": args.max_tokens,
+        "median": {
+            key: median(key) for key in ("ttft_s", "tokens_per_s", "decode_tokens_per_s", "prefill_ms", "temperature_c")
+        },
+        "runs": runs,
+        "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
+    }
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("aipu_card", bench, parse_args(sys.argv[1:])))

@@ -24,7 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import BenchError, Daemon, Log, filler, greedy, machine, model_info, rnd, run_main
+from harness import cli
+from harness.daemon import Daemon, serving
+from harness.machine import machine, model_info
+from harness.numbers import rnd
+from harness.output import BenchError, Log, run_main
+from harness.prompts import filler
+from harness.stream import greedy
 
 log = Log("churn")
 SETTLE_TIMEOUT_S = 60.0
@@ -33,14 +39,12 @@ ACTIONS = ("finish", "cancel", "vanish_streaming", "vanish_waiting")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/churn.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="local model directory")
+    p = cli.parser("churn", __doc__)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=64, help="most tokens a request asks for (default 64)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--serve-arg", action="append", default=[], help="extra `axchat serve` argument (repeatable)")
-    p.add_argument("--ready-timeout", type=float, default=600.0)
+    cli.add_daemon_args(p)
     return p.parse_args(argv)
 
 
@@ -148,11 +152,8 @@ async def churn(args: argparse.Namespace, socket: str) -> dict[str, Any]:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     daemon = Daemon(args.model, args.serve_arg, log)
     t0 = time.monotonic()
-    try:
-        daemon.start(args.ready_timeout)
+    with serving(daemon, args.ready_timeout):
         result = asyncio.run(churn(args, daemon.socket))
-    finally:
-        warnings = daemon.finish()
     return {
         "bench": "churn",
         "model": model_info(Path(args.model)),
@@ -160,7 +161,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         **result,
         "tracebacks": daemon.final_log.count("Traceback"),
         "wall_s": rnd(time.monotonic() - t0),
-        "daemon_warnings": warnings,
+        "daemon_warnings": daemon.warnings,
     }
 
 

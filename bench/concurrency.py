@@ -25,39 +25,26 @@ import asyncio
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from _common import (
-    BenchError,
-    Daemon,
-    Log,
-    Stream,
-    cpus_busy,
-    filler,
-    greedy,
-    loadavg,
-    machine,
-    model_info,
-    percentile,
-    rnd,
-    run_main,
-    stream,
-)
+from harness import cli
+from harness.daemon import Daemon
+from harness.machine import LoadAtStart, loadavg, model_info
+from harness.numbers import percentile, rnd
+from harness.output import BenchError, Log, run_main
+from harness.prompts import filler
+from harness.stream import Stream, greedy, stream
 
 log = Log("concurrency")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/concurrency.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="local model directory")
+    p = cli.parser("concurrency", __doc__)
     p.add_argument("--clients", default="1,2,4,8", help="comma-separated client counts (default 1,2,4,8)")
     p.add_argument("--tokens", type=int, default=64, help="greedy tokens per request (default 64)")
     p.add_argument("--rounds", type=int, default=2, help="times each client count is run (default 2)")
     p.add_argument("--prompt-words", type=int, default=30, help="words in each client's question (default 30)")
-    p.add_argument("--serve-arg", action="append", default=[], help="extra `axchat serve` argument (repeatable)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds one round of N clients may take (default 600)")
-    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds the daemon may take to get ready")
+    cli.add_daemon_args(p, timeout_help="seconds one round of N clients may take (default 600)")
     args = p.parse_args(argv)
     try:
         args.client_counts = [int(x) for x in args.clients.split(",") if x.strip()]
@@ -134,12 +121,9 @@ async def run_all(socket: str, args: argparse.Namespace) -> dict[int, list[dict[
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    model_dir = Path(args.model).expanduser().resolve()
-    if not model_dir.is_dir():
-        raise BenchError(f"--model {args.model}: no such directory")
+    model_dir = cli.model_dir(args.model)
     info = model_info(model_dir)
-    busy = cpus_busy()
-    load_start = loadavg()
+    load = LoadAtStart()
     daemon = Daemon(str(model_dir), args.serve_arg, log)
     try:
         daemon.start(args.ready_timeout)
@@ -178,8 +162,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "deltas carry several tokens each: the model picks ids the tokenizer cannot decode, so text (and a delta) "
             "comes late; client-side TTFT and rates are unreliable. Use bench/visible_model.py for a same-shape copy"
         )
-    if busy is not None and busy > 0.25:
-        notes.append(f"other processes kept {busy} CPUs busy just before the bench: absolute figures are noisy")
+    notes += load.notes()
     return {
         "clients": clients,
         f"ratio_{hi}_vs_{lo}": ratio,
@@ -188,7 +171,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "model": info,
         "daemon_threads": threads,
         "serve_args": args.serve_arg,
-        "machine": {**machine(), "cpus_busy_before": busy, "loadavg_start": load_start, "loadavg_end": loadavg()},
+        "machine": load.machine(),
         "daemon_log_warnings": warnings,
         "notes": notes,
     }

@@ -43,29 +43,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (
-    BenchError,
-    Daemon,
-    Log,
-    Stream,
-    cpus_busy,
-    filler,
-    greedy,
-    loadavg,
-    machine,
-    model_info,
-    rnd,
-    run_main,
-    stream,
-)
+from harness import cli
+from harness.daemon import Daemon
+from harness.machine import cpus_busy, loadavg, machine, model_info
+from harness.numbers import rnd
+from harness.output import BenchError, Log, run_main
+from harness.prompts import filler
+from harness.stream import Stream, greedy, stream
 
 log = Log("decode")
 PROMPT_TOKENS = 32
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/decode.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="local model directory")
+    p = cli.parser("decode", __doc__)
     p.add_argument("--tokens", type=int, default=64, help="decode steps per measurement (default 64)")
     p.add_argument("--rounds", type=int, default=2, help="times each measurement is repeated (default 2)")
     p.add_argument("--backend", choices=("llamacpp", "torch"), default="llamacpp", help="the daemon's backend (default llamacpp)")

@@ -27,41 +27,28 @@ import asyncio
 import contextlib
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from _common import (
-    BenchError,
-    Daemon,
-    Log,
-    Stream,
-    cpus_busy,
-    filler,
-    greedy,
-    loadavg,
-    machine,
-    model_info,
-    percentile,
-    rnd,
-    run_main,
-    stream,
-)
+from harness import cli
+from harness.daemon import Daemon, serving
+from harness.machine import LoadAtStart, loadavg, model_info
+from harness.numbers import percentile, rnd
+from harness.output import BenchError, Log, run_main
+from harness.prompts import filler
+from harness.stream import Stream, greedy, stream
 
 log = Log("fairness")
 WORDS_PER_TOKEN = 1 / 1.85  # filler text with the test tokenizer, measured (1.83 on a 1120-word message)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/fairness.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="local model directory")
+    p = cli.parser("fairness", __doc__)
     p.add_argument("--chatters", type=int, default=3, help="clients streaming answers (default 3)")
     p.add_argument("--long-tokens", type=int, default=2000, help="target size of the long prompt in tokens (default 2000; capped to the context)")
     p.add_argument("--chat-tokens", type=int, default=256, help="tokens per chatter answer (default 256)")
     p.add_argument("--normal-gaps", type=int, default=20, help="deltas per chatter in each normal window (default 20)")
     p.add_argument("--rounds", type=int, default=2, help="long prompts sent, one per round (default 2)")
-    p.add_argument("--serve-arg", action="append", default=[], help="extra `axchat serve` argument (repeatable)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds any one wait may take (default 600)")
-    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds the daemon may take to get ready")
+    cli.add_daemon_args(p, timeout_help="seconds any one wait may take (default 600)")
     args = p.parse_args(argv)
     if args.chatters < 1 or args.long_tokens < 10 or args.chat_tokens < 2 or args.normal_gaps < 2 or args.rounds < 1:
         p.error("--chatters, --rounds >= 1; --long-tokens >= 10; --chat-tokens, --normal-gaps >= 2")
@@ -188,19 +175,13 @@ async def run_all(socket: str, args: argparse.Namespace, context: int) -> dict[s
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    model_dir = Path(args.model).expanduser().resolve()
-    if not model_dir.is_dir():
-        raise BenchError(f"--model {args.model}: no such directory")
+    model_dir = cli.model_dir(args.model)
     info = model_info(model_dir)
-    busy = cpus_busy()
-    load_start = loadavg()
+    load = LoadAtStart()
     daemon = Daemon(str(model_dir), args.serve_arg, log)
-    try:
-        daemon.start(args.ready_timeout)
+    with serving(daemon, args.ready_timeout):
         out = asyncio.run(run_all(daemon.socket, args, info["context"] or 2048))
         threads = daemon.threads()
-    finally:
-        warnings = daemon.finish()
 
     all_gaps = [g for c in out["chatters"] for g in c.gaps()]
     normal = [(e - s) * 1e3 for s, e in all_gaps if any(a <= s and e <= b for a, b in out["normal"])]
@@ -218,8 +199,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "chatters' deltas carry several tokens each (ids the tokenizer cannot decode): gaps are between text pieces, "
             "not tokens; use bench/visible_model.py for a same-shape copy"
         )
-    if busy is not None and busy > 0.25:
-        notes.append(f"other processes kept {busy} CPUs busy just before the bench: absolute figures are noisy")
+    notes += load.notes()
     return {
         "gap_ms_p95_normal": rnd(p95n),
         "gap_ms_p95_during_prefill": rnd(p95d),
@@ -248,8 +228,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "model": info,
         "daemon_threads": threads,
         "serve_args": args.serve_arg,
-        "machine": {**machine(), "cpus_busy_before": busy, "loadavg_start": load_start, "loadavg_end": loadavg()},
-        "daemon_log_warnings": warnings,
+        "machine": load.machine(),
+        "daemon_log_warnings": daemon.warnings,
         "notes": notes,
     }
 

@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from _common import BenchError, Daemon, Log, Stream, filler, greedy, machine, model_info, rnd, run_main, stream
+from harness import cli
+from harness.daemon import Daemon
+from harness.machine import machine, model_info
+from harness.numbers import rnd
+from harness.output import BenchError, Log, run_main
+from harness.prompts import filler
+from harness.stream import Stream, greedy, stream
 
 log = Log("fuzz")
 REPLY_TIMEOUT_S = 30.0
@@ -38,14 +44,12 @@ pack = msgspec.msgpack.encode
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/fuzz.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="local model directory")
+    p = cli.parser("fuzz", __doc__)
     p.add_argument("--frames", type=int, default=10_000, help="fuzzed frames to send (default 10000)")
     p.add_argument("--good", type=int, default=2, help="good clients streaming meanwhile (default 2)")
     p.add_argument("--good-tokens", type=int, default=200, help="tokens per good answer (default 200)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--serve-arg", action="append", default=[], help="extra `axchat serve` argument (repeatable)")
-    p.add_argument("--ready-timeout", type=float, default=600.0)
+    cli.add_daemon_args(p)
     return p.parse_args(argv)
 
 

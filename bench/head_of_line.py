@@ -24,22 +24,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import BenchError, Daemon, Log, Stream, greedy, machine, model_info, percentile, rnd, run_main, stream
+from harness import cli
+from harness.daemon import Daemon, serving
+from harness.machine import machine, model_info
+from harness.numbers import percentile, rnd
+from harness.output import BenchError, Log, run_main
+from harness.stream import Stream, greedy, stream
 
 log = Log("head_of_line")
 LETTERS = "etaoinshrdlucmfwypvbgkjqxz"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/head_of_line.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="local model directory")
+    p = cli.parser("head_of_line", __doc__)
     p.add_argument("--probes", type=int, default=10, help="short requests timed, at least (default 10)")
     p.add_argument("--hog-requests", type=int, default=5, help="probe until the hog has finished this many (default 5)")
     p.add_argument("--turns", type=int, default=120, help="messages in each huge conversation (default 120)")
     p.add_argument("--kb", type=int, default=800, help="size of each huge conversation in KB (default 800)")
-    p.add_argument("--serve-arg", action="append", default=[], help="extra `axchat serve` argument (repeatable)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds any one request may take (default 300)")
-    p.add_argument("--ready-timeout", type=float, default=600.0)
+    cli.add_daemon_args(p, timeout_help="seconds any one request may take (default 300)", timeout_s=300.0)
     return p.parse_args(argv)
 
 
@@ -130,11 +132,8 @@ async def run(args: argparse.Namespace, socket: str) -> dict[str, Any]:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     daemon = Daemon(args.model, args.serve_arg, log)
     t0 = time.monotonic()
-    try:
-        daemon.start(args.ready_timeout)
+    with serving(daemon, args.ready_timeout):
         result = asyncio.run(run(args, daemon.socket))
-    finally:
-        warnings = daemon.finish()
     return {
         "bench": "head_of_line",
         "model": model_info(Path(args.model)),
@@ -143,7 +142,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "kb": args.kb,
         **result,
         "wall_s": rnd(time.monotonic() - t0),
-        "daemon_warnings": warnings,
+        "daemon_warnings": daemon.warnings,
     }
 
 

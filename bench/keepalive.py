@@ -27,7 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import BenchError, Daemon, Log, greedy, loadavg, machine, model_info, rnd, run_main
+from harness import cli
+from harness.daemon import Daemon, serving
+from harness.machine import loadavg, machine, model_info
+from harness.numbers import rnd
+from harness.output import BenchError, Log, run_main
+from harness.stream import greedy
 
 log = Log("keepalive")
 PROMPT = "Explain in two sentences why the sky is blue."
@@ -36,12 +41,11 @@ REQUEST_TIMEOUT_S = 600.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/keepalive.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="local model directory")
+    p = cli.parser("keepalive", __doc__)
     p.add_argument("--rounds", type=int, default=3, help="unload/reload cycles (default 3)")
     p.add_argument("--keep-alive", type=float, default=2.0, help="the daemon's keep-alive, seconds (default 2)")
     p.add_argument("--tokens", type=int, default=8, help="tokens per answer (default 8)")
-    p.add_argument("--ready-timeout", type=float, default=600.0)
+    cli.add_daemon_args(p, serve_arg_help=None)
     return p.parse_args(argv)
 
 
@@ -122,11 +126,8 @@ async def rounds(daemon: Daemon, args: argparse.Namespace) -> list[dict[str, Any
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     model = Path(args.model)
     daemon = Daemon(str(model), ["--keep-alive", f"{args.keep_alive:g}s"], log)
-    daemon.start(args.ready_timeout)
-    try:
+    with serving(daemon, args.ready_timeout):
         rows = asyncio.run(rounds(daemon, args))
-    finally:
-        warnings = daemon.finish()
 
     def median(key: str) -> float | None:
         return rnd(statistics.median(r[key] for r in rows))
@@ -144,7 +145,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             for key in ("rss_loaded_mb", "rss_unloaded_mb", "reload_ttft_ms", "warm_ttft_ms", "loading_events")
         },
         "daemon_ready_s": rnd(daemon.ready_s),
-        "daemon_warnings": warnings,
+        "daemon_warnings": daemon.warnings,
     }
 
 

@@ -31,23 +31,15 @@ import argparse
 import asyncio
 import statistics
 import sys
-from pathlib import Path
 from typing import Any
 
-from _common import (
-    BenchError,
-    Daemon,
-    Log,
-    cpus_busy,
-    filler,
-    greedy,
-    loadavg,
-    machine,
-    model_info,
-    rnd,
-    run_main,
-    stream,
-)
+from harness import cli
+from harness.daemon import Daemon
+from harness.machine import LoadAtStart, loadavg, model_info
+from harness.numbers import rnd
+from harness.output import BenchError, Log, run_main
+from harness.prompts import filler
+from harness.stream import greedy, stream
 
 log = Log("multiturn")
 SYSTEM = "You are a helpful assistant. Answer briefly."
@@ -55,15 +47,12 @@ SIDES = ("reuse_on", "reuse_off")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/multiturn.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="local model directory")
+    p = cli.parser("multiturn", __doc__)
     p.add_argument("--turns", type=int, default=10, help="turns in the conversation (default 10)")
     p.add_argument("--user-words", type=int, default=60, help="words in each user message (default 60, about 100 tokens)")
     p.add_argument("--reply-tokens", type=int, default=16, help="greedy tokens per answer (default 16)")
     p.add_argument("--rounds", type=int, default=1, help="times the conversation is repeated (default 1)")
-    p.add_argument("--serve-arg", action="append", default=[], help="extra `axchat serve` argument for both daemons (repeatable)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds one turn may take (default 600)")
-    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds a daemon may take to get ready")
+    cli.add_daemon_args(p, serve_arg_help="extra `axchat serve` argument for both daemons (repeatable)", timeout_help="seconds one turn may take (default 600)")
     args = p.parse_args(argv)
     if args.turns < 2 or args.user_words < 1 or args.reply_tokens < 1 or args.rounds < 1:
         p.error("--turns must be at least 2; --user-words, --reply-tokens and --rounds at least 1")
@@ -127,12 +116,9 @@ async def run_all(sockets: dict[str, str], args: argparse.Namespace) -> list[dic
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    model_dir = Path(args.model).expanduser().resolve()
-    if not model_dir.is_dir():
-        raise BenchError(f"--model {args.model}: no such directory")
+    model_dir = cli.model_dir(args.model)
     info = model_info(model_dir)
-    busy = cpus_busy()
-    load_start = loadavg()
+    load = LoadAtStart()
     daemons = {
         "reuse_on": Daemon(str(model_dir), args.serve_arg, log, label="daemon (reuse on)"),
         "reuse_off": Daemon(str(model_dir), [*args.serve_arg, "--prefix-cache-mb", "0"], log, label="daemon (reuse off)"),
@@ -185,8 +171,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         )
     if any(r["reuse_on"][t]["trimmed_messages"] for r in rounds for t in range(args.turns)):
         notes.append("the context policy dropped old turns: the conversation outgrew the context")
-    if busy is not None and busy > 0.25:
-        notes.append(f"other processes kept {busy} CPUs busy just before the bench: absolute figures are noisy")
+    notes += load.notes()
     result.update({
         "turns": args.turns,
         "user_words": args.user_words,
@@ -195,7 +180,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "model": info,
         "daemon_threads": threads,
         "serve_args": args.serve_arg,
-        "machine": {**machine(), "cpus_busy_before": busy, "loadavg_start": load_start, "loadavg_end": loadavg()},
+        "machine": load.machine(),
         "daemon_log_warnings": warnings,
         "notes": notes,
     })

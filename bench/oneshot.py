@@ -39,10 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import BenchError, Daemon, Log, bench_env, cpus_busy, loadavg, machine, run_main, tail
+from harness import cli
+from harness.daemon import Daemon, bench_env
+from harness.machine import cpus_busy, loadavg, machine, model_config
+from harness.output import BenchError, Log, run_main, tail
 
 HERE = Path(__file__).resolve().parent
 SEED_SCRIPT = HERE / "_seed_style.py"
+SEED_DTYPES = ("auto", "float32", "bfloat16", "float16")  # _seed_style.py's --dtype choices
 PHASES_TAG = "ONESHOT_PHASES "  # same as bench/_seed_style.py
 DEFAULT_PROMPT = "Explain in two sentences why the sky is blue."
 
@@ -125,10 +129,7 @@ def ask_command(python: str) -> list[str]:
 
 
 def model_shape(model_dir: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise BenchError(f"cannot read {model_dir / 'config.json'}: {exc}") from None
+    config = model_config(model_dir)
     return {
         "hidden_size": config.get("hidden_size"),
         "num_hidden_layers": config.get("num_hidden_layers"),
@@ -187,21 +188,18 @@ def r4(x: float | None) -> float | None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/oneshot.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="local model directory (config.json, weights, tokenizer)")
+    p = cli.parser("oneshot", __doc__, model_help="local model directory (config.json, weights, tokenizer)")
     p.add_argument("--runs", type=int, default=5, help="timed runs of each side (default 5)")
     p.add_argument("--max-tokens", type=int, default=32, help="tokens generated per run (default 32)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument(
         "--seed-dtype",
         default="match",
-        choices=["match", "auto", "float32", "bfloat16", "float16"],
+        choices=["match", *SEED_DTYPES],
         help="dtype of the seed-style model: match = the daemon's (default); auto = from_pretrained's own choice",
     )
     p.add_argument("--seed-threads", type=int, help="torch threads in the seed-style process (default: torch's choice)")
-    p.add_argument("--serve-arg", action="append", default=[], help="extra `axchat serve` argument (repeatable; e.g. --serve-arg=--threads=2)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds one measured process may take (default 600)")
-    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds the daemon may take to get ready (default 600)")
+    cli.add_daemon_args(p, serve_arg_help="extra `axchat serve` argument (repeatable; e.g. --serve-arg=--threads=2)", timeout_help="seconds one measured process may take (default 600)")
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error("--runs must be at least 1")
@@ -211,9 +209,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    model_dir = Path(args.model).expanduser().resolve()
-    if not model_dir.is_dir():
-        raise BenchError(f"--model {args.model}: no such directory")
+    model_dir = cli.model_dir(args.model)
     shape = model_shape(model_dir)
     python = sys.executable
     env = bench_env()
@@ -233,6 +229,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         daemon_threads = daemon.threads()
 
         seed_dtype = status["dtype"] if args.seed_dtype == "match" else args.seed_dtype
+        if seed_dtype not in SEED_DTYPES:
+            # llama.cpp's weight types (q8_0, ...) have no transformers counterpart to match.
+            raise BenchError(
+                f"the daemon runs {status['dtype']}, which the seed-style process cannot match; "
+                f"give --seed-dtype (one of {', '.join(SEED_DTYPES)}) or --serve-arg=--backend=torch"
+            )
         seed_cmd = [python, str(SEED_SCRIPT), "--model", str(model_dir), f"--prompt={args.prompt}", "--max-tokens", str(n), "--dtype", seed_dtype]
         if args.seed_threads:
             seed_cmd += ["--threads", str(args.seed_threads)]

@@ -23,15 +23,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import Log, machine, model_info, rnd, run_main
+from harness import cli
+from harness.machine import machine, model_info
+from harness.numbers import rnd
+from harness.output import Log, run_main
 
 log = Log("quant_agreement")
 TYPES = ("f16", "bf16", "q8_0", "q4_k_m")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/quant_agreement.py", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="local Hugging Face Llama-family directory")
+    p = cli.parser("quant_agreement", __doc__, model_help="local Hugging Face Llama-family directory")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)

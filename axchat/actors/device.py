@@ -25,7 +25,7 @@ from axchat.actors.fair_queue import FairQueue
 from axchat.actors.keepalive import LOADING_TICK_S, IdleTimer, LoadProgress, Residency, free_device_memory
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_chunks import ChunkSizer
-from axchat.actors.sampling import SequenceSampler
+from axchat.actors.token_choice import SequenceSampler
 from axchat.protocol.v1 import ErrorInfo, FinishReason, RequestInfo, Sampling
 
 log = logging.getLogger(__name__)

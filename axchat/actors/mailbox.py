@@ -14,7 +14,7 @@ import zmq
 import zmq.asyncio
 
 from axchat.actors import messages as m
-from axchat.daemon.sockets import make_socket
+from axchat.zmq_sockets import make_socket
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from axchat.actors import messages as m
 from axchat.actors.mailbox import Actor, Bus, Supervisor
-from axchat.actors.sampling import SequenceSampler
+from axchat.actors.token_choice import SequenceSampler
 
 
 class SamplerActor(Actor):

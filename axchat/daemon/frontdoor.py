@@ -19,11 +19,11 @@ from axchat.actors import messages as m
 from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_fit import kept_chars, kept_positions, min_tokens, prompt_field
-from axchat.actors.sampling import validate as validate_sampling
-from axchat.daemon.sockets import make_socket
+from axchat.actors.token_choice import validate as validate_sampling
 from axchat.protocol import v1
 from axchat.protocol.field_path import field_path
 from axchat.sizes import human_bytes
+from axchat.zmq_sockets import make_socket
 
 log = logging.getLogger(__name__)
 

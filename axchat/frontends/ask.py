@@ -16,7 +16,8 @@ from typing import TextIO
 import msgspec
 
 from axchat import autostart, curve_keys
-from axchat.client import DaemonRestarted, DaemonUnavailable, RequestFailed
+from axchat.client import DaemonUnavailable, RequestFailed
+from axchat.connection import retry_once
 from axchat.frontends.loading import loading_line
 from axchat.protocol import v1
 from axchat.stats_line import format_host, format_stats
@@ -26,8 +27,6 @@ EXIT_USAGE = 2  # as argparse exits on a usage error
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 CANCEL_WAIT_S = 5.0
-# After a restart, how long to wait for the daemon to serve again (a model reload).
-RESTART_WAIT_S = 120.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,19 +171,16 @@ def _emit(body: v1.DaemonMessage, args: argparse.Namespace, out: TextIO, loading
         _json_line(out, msgspec.to_builtins(body))
 
 
-class _Restarted(Exception):
-    """The daemon went away mid-request; `streamed` says whether any of the answer showed."""
+class _Shown:
+    """Whether any of the answer showed: once it has, a restart is not asked again."""
 
-    def __init__(self, cause: DaemonRestarted, streamed: bool) -> None:
-        super().__init__(str(cause))
-        self.streamed = streamed
+    streamed = False
 
 
-def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, *, wait_s: float = 0.0) -> int:
+def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, shown: _Shown, *, wait_s: float = 0.0) -> int:
     with autostart.connect(args.socket, no_autostart=args.no_autostart, wait_s=wait_s) as client:
         stream = client.generate(build_request(args, prompt))
         interrupted = False
-        streamed = False
         events = iter(stream)
         loading = _LoadingLine(sys.stderr)
         while True:
@@ -192,8 +188,6 @@ def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, *, wait_s: flo
                 body = next(events)
             except StopIteration:
                 break
-            except DaemonRestarted as exc:
-                raise _Restarted(exc, streamed) from None
             except KeyboardInterrupt:
                 if interrupted:
                     return EXIT_INTERRUPTED  # second Ctrl-C: leave without waiting
@@ -203,7 +197,7 @@ def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, *, wait_s: flo
                 stream.cancel()
                 stream.stall_timeout_s = CANCEL_WAIT_S
                 continue
-            streamed = streamed or isinstance(body, v1.Delta)
+            shown.streamed = shown.streamed or isinstance(body, v1.Delta)
             _emit(body, args, out, loading)
             if isinstance(body, v1.Error):
                 print(f"axchat ask: {in_flag_words(body.message)}", file=sys.stderr)
@@ -223,18 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"axchat ask: {exc}", file=sys.stderr)
         return EXIT_USAGE
     out = sys.stdout
+    shown = _Shown()
     try:
-        try:
-            return _ask_once(args, prompt, out)
-        except _Restarted as exc:
-            if exc.streamed:
-                raise
-            # Nothing was shown yet, so asking again cannot repeat or garble the answer.
-            print(f"axchat ask: {exc}; retrying once", file=sys.stderr)
-            return _ask_once(args, prompt, out, wait_s=RESTART_WAIT_S)
-    except _Restarted as exc:
-        print(f"axchat ask: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return retry_once(
+            lambda wait_s: _ask_once(args, prompt, out, shown, wait_s=wait_s),
+            shown=lambda: shown.streamed,
+            announce=lambda exc: print(f"axchat ask: {exc}; retrying once", file=sys.stderr),
+        )
     except DaemonUnavailable as exc:
         print(f"axchat ask: {exc}", file=sys.stderr)
         return EXIT_NO_DAEMON

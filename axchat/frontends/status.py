@@ -10,7 +10,7 @@ import time
 import msgspec
 
 from axchat import curve_keys
-from axchat.client import Client, DaemonUnavailable, RequestFailed
+from axchat.client import DaemonUnavailable, RequestFailed, connect
 
 EXIT_NO_DAEMON = 2
 
@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     curve_keys.use_key_flags(args)
     try:
-        with Client(args.socket, connect_timeout_s=args.timeout) as client:
-            client.hello()
+        with connect(args.socket, connect_timeout_s=args.timeout) as client:
             # Every field, defaults too (the wire omits them): a script reads `loaded` as is.
             status = msgspec.to_builtins(msgspec.structs.asdict(client.status()))
     except DaemonUnavailable as exc:

@@ -16,7 +16,7 @@ import sys
 import time
 
 from axchat import endpoint as ep
-from axchat.client import Client, DaemonUnavailable, RequestFailed
+from axchat.client import DaemonUnavailable, RequestFailed, connect
 
 EXIT_NO_DAEMON = 2
 EXIT_FAILED = 1
@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"axchat stop: {endpoint} is not a local socket; stop that daemon where it runs", file=sys.stderr)
         return EXIT_FAILED
     try:
-        with Client(args.socket) as client:
-            client.hello()
+        with connect(args.socket) as client:
             pid = client.status().pid
     except DaemonUnavailable:
         # Not the clients' "start one with ...": someone stopping wants none running.

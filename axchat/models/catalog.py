@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BUNDLED_NAME = "axchat-mini"
-# Package data (pyproject.toml), so a wheel carries it; models/train_mini.py writes it.
+# Package data (pyproject.toml), so a wheel carries it; training/train_mini.py writes it.
 BUNDLED_DIR = Path(__file__).with_name(BUNDLED_NAME)
 REAL_MODEL_HINT = "axchat pull smollm2-360m, then axchat serve --model smollm2-360m"
 

@@ -164,7 +164,7 @@ def build_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train the byte-level BPE on texts (default: corpus.txt) and wrap it as a transformers fast tokenizer.
 
-    models/train_mini.py passes its own corpus, so axchat-mini and the test model share one
+    training/train_mini.py passes its own corpus, so axchat-mini and the test model share one
     tokenizer recipe (special tokens, chat template, no implicit BOS).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -27,9 +26,11 @@ from textual.worker import Worker, WorkerState
 
 from axchat import autostart
 from axchat.aclient import AsyncClient, DaemonRestarted, DaemonUnavailable, GenerateHandle, RequestFailed
+from axchat.connection import Backoff, retry_once_async
 from axchat.endpoint import client_endpoint, describe
 from axchat.frontends.chat import commands
 from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn, open_conversation
+from axchat.frontends.chat.start_progress import StatusLineProgress
 from axchat.frontends.chat.widgets import (
     AssistantBubble,
     ConversationView,
@@ -49,9 +50,6 @@ STALL_TIMEOUT_S = 300.0  # the heartbeat notices a dead daemon long before this
 RECONNECT_FIRST_S = 0.5
 RECONNECT_CAP_S = 8.0
 CANCEL_SEND_S = 1.0
-# After the daemon restarted mid-request, how long to wait for it to serve again (a
-# model load) before asking once more, as `axchat ask` does.
-RESTART_WAIT_S = 120.0
 
 
 @dataclass
@@ -191,7 +189,7 @@ class ChatApp(App[None]):
         if old is not None:
             await old.close()
         self.refresh_footer()
-        delay = RECONNECT_FIRST_S
+        backoff = Backoff(RECONNECT_FIRST_S, self.reconnect_cap_s)
         where = describe(client_endpoint(self.socket))
         if lost is None:
             self.status_line.say(f"connecting to the daemon at {where}…")
@@ -210,9 +208,9 @@ class ChatApp(App[None]):
                     if start_failure is None:
                         continue
                     exc = DaemonUnavailable(f"could not start one: {start_failure}")
+                delay = backoff.next_pause()
                 self.status_line.say(f"daemon unavailable: {exc} (retrying in {delay:g}s)", error=True)
                 await asyncio.sleep(delay)  # the backoff itself, not a synchronisation
-                delay = min(delay * 2, self.reconnect_cap_s)
                 continue
             except asyncio.CancelledError:
                 await client.close()
@@ -227,7 +225,7 @@ class ChatApp(App[None]):
         """Start a daemon (autostart's lock makes it one for all clients), its progress in
         the status line; why not, when it could not."""
         try:
-            await asyncio.to_thread(autostart.start_daemon, self.socket, _StatusProgress(self))
+            await asyncio.to_thread(autostart.start_daemon, self.socket, StatusLineProgress(self, self.status_line.say))
         except DaemonUnavailable as exc:
             # The first line; the log's tail that follows it does not fit a status line.
             return str(exc).splitlines()[0]
@@ -316,17 +314,12 @@ class ChatApp(App[None]):
         self.last_request = request
         stream = Markdown.get_stream(pending.bubble)
         try:
-            try:
-                await self._stream_events(client, request, pending, stream)
-            except DaemonRestarted as exc:
-                if pending.text:
-                    raise
-                # Nothing shown yet, so asking again cannot repeat or garble the answer.
-                self.status_line.say(f"{exc}; asking once more when it is back…", error=True)
-                if not await self._daemon_back(client):
-                    raise
-                self.status_line.say("the daemon is back; asked again")
-                await self._stream_events(client, request, pending, stream)
+            await retry_once_async(
+                lambda: self._stream_events(client, request, pending, stream),
+                shown=lambda: bool(pending.text),
+                announce=lambda exc: self.status_line.say(f"{exc}; asking once more when it is back…", error=True),
+                back=lambda wait_s: self._daemon_back(client, wait_s),
+            )
         except asyncio.CancelledError:
             if pending.handle is not None and not pending.lost_daemon:
                 # Best effort: the daemon also cancels the requests of clients that vanish.
@@ -374,25 +367,20 @@ class ChatApp(App[None]):
                 if event.code == "shutting_down":
                     self.daemon_lost("it is shutting down")
 
-    async def _daemon_back(self, client: AsyncClient) -> bool:
-        """Wait for a restarted daemon to answer `hello` on the same socket (ZeroMQ
-        reconnects it by itself), backing off to a second; False after RESTART_WAIT_S.
+    async def _daemon_back(self, client: AsyncClient, wait_s: float) -> bool:
+        """Wait up to `wait_s` for a restarted daemon to answer on the same socket.
         The heartbeat holds off meanwhile: this wait is its job done more patiently."""
         self._awaiting_restart = True
-        deadline = time.monotonic() + RESTART_WAIT_S
-        pause = 0.05
         try:
-            while time.monotonic() < deadline:
-                try:
-                    self.welcome = await client.hello()
-                    self._last_traffic = time.monotonic()
-                    return True
-                except (DaemonUnavailable, RequestFailed):
-                    await asyncio.sleep(pause)  # the backoff itself, not a synchronisation
-                    pause = min(pause * 2, 1.0)
-            return False
+            welcome = await client.hello_again(wait_s)
         finally:
             self._awaiting_restart = False
+        if welcome is None:
+            return False
+        self.welcome = welcome
+        self._last_traffic = time.monotonic()
+        self.status_line.say("the daemon is back; asked again")
+        return True
 
     def settle_answer(self, pending: PendingAnswer, finish_reason: str, done: v1.Done | None) -> None:
         """Keep the answer (whole or partial) in the conversation, once."""
@@ -486,24 +474,6 @@ class ChatApp(App[None]):
         if self.client is not None:
             await self.client.close()
             self.client = None
-
-
-class _StatusProgress(io.TextIOBase):
-    """autostart's progress (written for a terminal's stderr, from a worker thread)
-    shown in the status line instead."""
-
-    def __init__(self, app: ChatApp) -> None:
-        super().__init__()
-        self.app = app
-
-    def isatty(self) -> bool:
-        return True  # so autostart reports every second, rewriting its line
-
-    def write(self, text: str) -> int:
-        line = text.replace("\r", "").replace("\033[K", "").strip()
-        if line:
-            self.app.call_from_thread(self.app.status_line.say, line)
-        return len(text)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from typing import TextIO
 
 from axchat import autostart
 from axchat.client import Client, DaemonRestarted, DaemonUnavailable, GenerateStream, RequestFailed, connect
+from axchat.connection import retry_once
 from axchat.frontends.chat import commands
 from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn, open_conversation
 from axchat.frontends.loading import loading_line
@@ -22,9 +23,6 @@ EXIT_INTERRUPTED = 130
 # Without the TUI's heartbeat, a daemon silent this long is taken for gone.
 STALL_TIMEOUT_S = 120.0
 CANCEL_WAIT_S = 5.0
-# After the daemon restarted mid-request, how long to wait for it to serve again (a
-# model load) before asking once more, as `axchat ask` does.
-RESTART_WAIT_S = 120.0
 
 
 class PlainChat:
@@ -41,16 +39,16 @@ class PlainChat:
         self.prefix_due = False  # "Assistant: " waits for the answer, after any `loading` lines
         self.show_stats = bool(getattr(args, "stats", False))
 
-    def connect(self) -> Client:
+    def connect(self, wait_s: float = 0.0) -> Client:
+        """The client of the last turn, else a new one, trying `wait_s` for a daemon
+        that is (re)starting."""
         if self.client is None:
-            client = Client(self.args.socket)
-            try:
-                self.welcome = client.hello()
-            except BaseException:
-                client.close()
-                raise
-            self.client = client
+            self.client = connect(self.args.socket, wait_s=wait_s)
         return self.client
+
+    def announce_retry(self, exc: DaemonRestarted) -> None:
+        print(f"axchat chat: {exc}; retrying once", file=sys.stderr)
+        self.drop_client()
 
     def start(self) -> None:
         """The first connection: to the daemon that answers, else to one started now
@@ -126,16 +124,11 @@ class PlainChat:
         self.store.save(self.conversation)
         received: list[str] = []
         try:
-            try:
-                finish_reason, text = self.stream(self.connect(), received)
-            except DaemonRestarted as exc:
-                if received:
-                    raise
-                # Nothing shown yet, so asking again cannot repeat or garble the answer.
-                print(f"axchat chat: {exc}; retrying once", file=sys.stderr)
-                self.drop_client()
-                self.client = connect(self.args.socket, wait_s=RESTART_WAIT_S)
-                finish_reason, text = self.stream(self.client, received)
+            finish_reason, text = retry_once(
+                lambda wait_s: self.stream(self.connect(wait_s), received),
+                shown=lambda: bool(received),
+                announce=self.announce_retry,
+            )
         except (DaemonUnavailable, RequestFailed) as exc:
             if isinstance(exc, DaemonUnavailable):
                 self.drop_client()

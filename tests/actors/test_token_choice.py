@@ -1,4 +1,4 @@
-"""Tests for axchat.actors.sampling: greedy, penalties, warpers, seeding and validation."""
+"""Tests for axchat.actors.token_choice: greedy, penalties, warpers, seeding and validation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from axchat.actors.sampling import (
+from axchat.actors.token_choice import (
     _NUCLEUS_TRY,
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,

@@ -1,4 +1,7 @@
-"""The one place that makes ZeroMQ sockets, so linger, limits and cleanup are set alike."""
+"""The one place that makes ZeroMQ sockets, so linger, limits and cleanup are set alike.
+
+Below both the actors (their inproc links) and the daemon (its front door): neither
+layer owns it, so neither depends on the other for it."""
 
 from __future__ import annotations
 

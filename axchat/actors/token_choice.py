@@ -1,5 +1,7 @@
-"""Per-request token sampling from a row of logits: greedy or seeded random draws with
-Hugging Face's repetition penalty, temperature, top-k, top-p and min-p, in numpy."""
+"""How the next token is chosen from a row of logits: a request's sampling settings
+checked (`validate`), then applied (`SequenceSampler`): greedy or seeded random draws
+with Hugging Face's repetition penalty, temperature, top-k, top-p and min-p, in numpy.
+Plain functions; the sampler actor (`sampler.py`) runs them off the event loop."""
 
 from __future__ import annotations
 

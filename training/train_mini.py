@@ -1,6 +1,6 @@
 """Train axchat-mini, the demonstration model bundled with axchat, from scratch on 2 CPU cores.
 
-Usage: ``python models/train_mini.py [--out axchat/models/axchat-mini] [--epochs N] | tee models/train_mini.log``
+Usage: ``python training/train_mini.py [--out axchat/models/axchat-mini] [--epochs N] | tee training/train_mini.log``
 
 It is a memoriser, not a language model anyone should rely on: a ~3.7M-parameter Llama that
 learns to answer "Give me a joke" with one of the programmer jokes of the `pyjokes` PyPI
@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "name": "axchat-mini",
-                "trained_by": "models/train_mini.py",
+                "trained_by": "training/train_mini.py",
                 "corpus": {
                     "jokes": "pyjokes (PyPI), English neutral jokes; BSD-3-Clause, initial jokes from Stack Overflow under CC BY-SA 3.0",
                     "quotes": "fortunes-min (Debian), file literature; BSD licence (fortune-mod)",

@@ -1,0 +1,209 @@
+"""What every client of the daemon shares, blocking or asyncio: the errors a frontend
+handles, the DEALER socket with its CURVE keys, trust check and drop monitor, the
+reconnect backoff, and the policy of asking once more after a restart.
+
+Imports only pyzmq, msgspec and the protocol (through `endpoint` and `curve_keys`), so
+`axchat ask` still starts in milliseconds.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import zmq
+
+from axchat import curve_keys
+from axchat import endpoint as ep
+from axchat.protocol import v1
+
+HOW_TO_START = "start one with `axchat serve` (or `make run` in a checkout)"
+# After the daemon restarted mid-request, how long to wait for it to serve again (a
+# model load) before asking once more.
+RESTART_WAIT_S = 120.0
+
+T = TypeVar("T")
+
+
+class DaemonUnavailable(Exception):
+    """No daemon answered; the message says where we looked and how to start one."""
+
+
+class KeysRefused(DaemonUnavailable):
+    """A tcp:// daemon turned down this client's CURVE handshake, or the client's own key
+    files are unusable. The message names the likely cause; trying again will not help."""
+
+
+class UntrustedSocket(DaemonUnavailable):
+    """The socket's directory could be another user's: nothing is sent there, and no
+    daemon is started there."""
+
+
+class RequestFailed(Exception):
+    def __init__(self, error: v1.Error) -> None:
+        super().__init__(f"{error.code}: {error.message}")
+        self.error = error
+
+
+class DaemonRestarted(RequestFailed):
+    """The connection dropped while a request was in flight: its answer will never come."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(
+            v1.Error(
+                code="daemon_restarted",
+                message=f"the connection to the axchat daemon at {ep.describe(endpoint)} dropped mid-request "
+                "(the daemon stopped or was restarted)",
+            )
+        )
+
+
+def not_answering(endpoint: str, timeout_s: float) -> DaemonUnavailable:
+    return DaemonUnavailable(
+        f"the axchat daemon at {ep.describe(endpoint)} did not answer within {timeout_s:g}s; "
+        f"is it running? {HOW_TO_START}"
+    )
+
+
+def secure(sock: zmq.Socket, endpoint: str) -> curve_keys.ClientKeys | None:  # type: ignore[type-arg]
+    """CURVE keys on a client socket that will connect to `endpoint`."""
+    try:
+        return curve_keys.secure_client_socket(sock, endpoint)
+    except curve_keys.KeysError as exc:
+        raise KeysRefused(str(exc)) from None
+
+
+@dataclass
+class DaemonSocket:
+    """A DEALER socket towards the daemon and the monitor that watches its connection.
+
+    The daemon sends nothing while a request waits (queued, or a long prefill), so
+    silence proves nothing: the monitor says when the connection drops, or when a
+    tcp:// daemon refused our keys."""
+
+    endpoint: str
+    sock: Any  # zmq.Socket or zmq.asyncio.Socket, as the context made it
+    monitor: Any
+    keys: curve_keys.ClientKeys | None
+    # Why our own keys are unusable (the socket then carries no CURVE keys).
+    keys_refused: str | None
+    # Why the socket's directory is not trusted; then it is never connected.
+    untrusted: str | None
+
+    def check_trusted(self) -> None:
+        if self.untrusted is not None:
+            raise UntrustedSocket(self.untrusted)
+
+    def check_reachable(self) -> None:
+        """Fail at once where waiting could not help: an untrusted directory, or no
+        socket file where an ipc:// daemon would be."""
+        self.check_trusted()
+        path = ep.ipc_path(self.endpoint)
+        if path is not None and not path.exists():
+            raise DaemonUnavailable(f"no axchat daemon is running at {path}; {HOW_TO_START}")
+
+    def refusal(self, event: dict[str, Any]) -> str | None:
+        """Why a monitor event means the daemon refused our keys; None when it does not."""
+        return curve_keys.refusal(event["event"], event["value"], self.endpoint, self.keys)
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+        self.sock.close(linger=0)
+
+
+def open_daemon_socket(ctx: Any, endpoint: str, *, name: str, keys_refused_raises: bool) -> DaemonSocket:
+    """A DEALER socket on `ctx` (sync or asyncio) with CURVE keys and a drop monitor,
+    connected to `endpoint` unless its directory is untrusted. Unusable keys raise
+    `KeysRefused` when `keys_refused_raises`; else they are noted in `keys_refused`
+    for the caller to fail each request with."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    keys_refused = None
+    try:
+        keys = secure(sock, endpoint)
+    except KeysRefused as exc:
+        if keys_refused_raises:
+            sock.close(linger=0)
+            raise
+        keys, keys_refused = None, str(exc)
+    # A unique inproc name: pyzmq's default derives it from the fd, which a closed
+    # and reopened client can reuse while the old name is still being released.
+    monitor_addr = f"inproc://axchat-{name}-monitor-{uuid.uuid4().hex}"
+    sock.monitor(monitor_addr, zmq.EVENT_DISCONNECTED | curve_keys.HANDSHAKE_EVENTS)
+    monitor = ctx.socket(zmq.PAIR)
+    monitor.setsockopt(zmq.LINGER, 0)
+    monitor.connect(monitor_addr)
+    # Checked before connecting: the first frame already carries a prompt.
+    untrusted = ep.untrusted_reason(endpoint)
+    if untrusted is None:
+        sock.connect(endpoint)
+    return DaemonSocket(endpoint, sock, monitor, keys, keys_refused, untrusted)
+
+
+class Backoff:
+    """Pauses between tries that double from `first_s` up to `cap_s`."""
+
+    def __init__(self, first_s: float, cap_s: float, *, deadline: float | None = None) -> None:
+        self.cap_s = cap_s
+        self.deadline = deadline
+        self._next = first_s
+
+    def next_pause(self) -> float:
+        pause = self._next
+        self._next = min(pause * 2, self.cap_s)
+        return pause
+
+    def next_pause_in_time(self) -> float | None:
+        """The next pause, or None once it would end past the deadline: give up then."""
+        if self.deadline is not None and time.monotonic() + self._next >= self.deadline:
+            return None
+        return self.next_pause()
+
+
+def restart_backoff(wait_s: float) -> Backoff:
+    """Tries for a daemon that is (re)starting: quick at first, a second apart at most."""
+    return Backoff(0.05, 1.0, deadline=time.monotonic() + wait_s)
+
+
+# ---------------------------------------------------------------- retry once after a restart
+#
+# When the daemon restarts mid-request, the request is asked again once, after waiting
+# up to RESTART_WAIT_S for the daemon to serve again, but only if nothing of its answer
+# was shown yet: asking again then cannot repeat or garble the answer.
+
+
+def retry_once(
+    attempt: Callable[[float], T], shown: Callable[[], bool], announce: Callable[[DaemonRestarted], None]
+) -> T:
+    """`attempt(wait_s)` once with no wait; after a restart that showed nothing, once
+    more with `wait_s=RESTART_WAIT_S` (how long to wait for the daemon to be back)."""
+    try:
+        return attempt(0.0)
+    except DaemonRestarted as exc:
+        if shown():
+            raise
+        announce(exc)
+    return attempt(RESTART_WAIT_S)
+
+
+async def retry_once_async(
+    attempt: Callable[[], Awaitable[T]],
+    shown: Callable[[], bool],
+    announce: Callable[[DaemonRestarted], None],
+    back: Callable[[float], Awaitable[bool]],
+) -> T:
+    """As `retry_once`, for an asyncio client that keeps its socket: `back(wait_s)`
+    waits for the daemon to answer again and says whether it did."""
+    try:
+        return await attempt()
+    except DaemonRestarted as exc:
+        if shown():
+            raise
+        announce(exc)
+        if not await back(RESTART_WAIT_S):
+            raise
+    return await attempt()
