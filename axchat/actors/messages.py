@@ -191,6 +191,14 @@ class DeviceReport(_Internal, tag="device_report"):
     overhead_ms_per_token: float = 0.0
 
 
+class DeviceReading(_Internal, tag="device_reading"):
+    """Device -> telemetry: the device's own sensor, read on its thread, sent when it
+    changes (None: it has none, or the model is unloaded)."""
+
+    device: str  # the device actor's name
+    temperature_c: float | None = None
+
+
 class Outbound(_Internal, tag="outbound"):
     """Telemetry -> front door: an encoded protocol body for the request's client."""
 
@@ -226,6 +234,7 @@ ActorMessage = Union[
     Rejected,
     StatusQuery,
     DeviceReport,
+    DeviceReading,
     Outbound,
     Abort,
 ]

@@ -7,7 +7,6 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable
 
 import psutil
 
@@ -45,11 +44,11 @@ class TelemetryActor(Actor):
         info: BackendInfo,
         *,
         max_queued: int = 0,
-        temperature: Callable[[], float | None] | None = None,
     ) -> None:
         super().__init__(bus, supervisor)
-        # The backend's own reading (an AIPU's cores) wins over the host's sensors.
-        self._device_temperature = temperature
+        # The device's own reading (an AIPU's cores), as its actor last sent it, wins
+        # over the host's sensors.
+        self._device_temperature: float | None = None
         self._info = info
         threads = f", {info.threads} thread{'s' if info.threads != 1 else ''}" if info.threads else ""
         self._engine = f"{info.backend} {info.dtype}{threads}"
@@ -80,6 +79,8 @@ class TelemetryActor(Actor):
             await self._out(msg.rid, v1.Error(code=msg.error.code, message=msg.error.message), final=True)
         elif isinstance(msg, m.DeviceReport):
             await self._out(msg.rid, self._status(msg), final=True)
+        elif isinstance(msg, m.DeviceReading):
+            self._device_temperature = msg.temperature_c
         else:
             raise TypeError(f"telemetry got unexpected {type(msg).__name__}")
 
@@ -169,7 +170,7 @@ class TelemetryActor(Actor):
         )
 
     def _temperature_c(self) -> float | None:
-        reading = self._device_temperature() if self._device_temperature is not None else None
+        reading = self._device_temperature
         return reading if reading is not None else read_temperature_c()
 
     def _recent_rate(self, window_s: float = RATE_WINDOW_S) -> float:

@@ -18,9 +18,10 @@ import zmq.asyncio
 from axchat.actors import messages as m
 from axchat.actors.backends import torch_backend
 from axchat.actors.backends.base import DeviceBackend
-from axchat.actors.device import ALONE_CHUNK, DeviceActor
+from axchat.actors.device.actor import DeviceActor
+from axchat.actors.device.planner import ALONE_CHUNK
+from axchat.actors.device.prompt_chunks import ROUND
 from axchat.actors.mailbox import Actor, Bus, send_close
-from axchat.actors.prompt_chunks import ROUND
 from axchat.actors.sampler import SamplerActor
 from axchat.protocol.v1 import Sampling
 
@@ -189,7 +190,7 @@ async def test_long_prompt_is_chunked_between_decode_steps(rig) -> None:  # type
     assert tokenizer.ended[1].reason == "cancelled"
     # Releases run on the device thread after any forward in flight; anything queued
     # there after them runs after them.
-    await asyncio.get_running_loop().run_in_executor(device._device_thread, lambda: None)
+    await device._thread.run(lambda: None)
     assert backend.live_sequences() == 0
 
 
