@@ -90,7 +90,7 @@ class DeviceActor(Actor):
     # ------------------------------------------------------------ mailbox
 
     async def on_start(self) -> None:
-        self._stepper = self.run_in_background(self._step_loop(), "device-steps")
+        self._stepper = self.run_in_background(self._step_loop(), f"{self.name}-steps")
         self._model.idle.start()
         await self._publish(await self._thread.read())  # telemetry's first reading
 
