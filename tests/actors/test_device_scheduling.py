@@ -40,11 +40,21 @@ class LoggedTorchBackend:
         self.hold: str | None = None
         self.gate = threading.Event()
         self.held = threading.Event()
+        self.threads: set[str] = set()  # every thread that called into the backend
 
     def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
+        found = getattr(self.inner, name)
+        if not callable(found):
+            return found
+
+        def call(*args: object) -> object:
+            self.threads.add(threading.current_thread().name)
+            return found(*args)
+
+        return call
 
     def _log(self, kind: str, seq_ids: tuple[int, ...], tokens: int) -> None:
+        self.threads.add(threading.current_thread().name)
         self.calls.append((kind, seq_ids, tokens))
         if kind == self.hold and not self.gate.is_set():
             self.held.set()
@@ -191,7 +201,10 @@ async def test_long_prompt_is_chunked_between_decode_steps(rig) -> None:  # type
     # Releases run on the device thread after any forward in flight; anything queued
     # there after them runs after them.
     await device._thread.run(lambda: None)
-    assert backend.live_sequences() == 0
+    # Every call the actor made (forwards, starts, releases, status reads) ran on the
+    # device thread.
+    assert backend.threads and all(name.startswith("axchat-device") for name in backend.threads), backend.threads
+    assert backend.inner.live_sequences() == 0
 
 
 async def test_newcomers_short_prompts_go_in_one_forward_together(rig) -> None:  # type: ignore[no-untyped-def]
