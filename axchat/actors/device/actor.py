@@ -272,17 +272,28 @@ class DeviceActor(Actor):
             self._running[seq.rid] = seq
         return bool(chosen)
 
-    async def _step(self) -> bool:
-        """Run the planner's next step; False when nothing could run."""
-        plan = planner.next_step(
+    def _plan(self) -> planner.Plan | None:
+        return planner.next_step(
             list(self._running.values()),
             self._limits,
             decode_next=self._decode_next,
             recent_step_ms=self.clock.recent_step_ms(),
             chunks=self._chunks,
         )
+
+    async def _step(self) -> bool:
+        """Run the planner's next step; False when nothing could run."""
+        plan = self._plan()
+        restored = False
+        while isinstance(plan, planner.Restore):
+            # Only restored prefixes tell what is left to feed, so the step goes on with
+            # the same sequences: newcomers that arrived meanwhile wait for the next step
+            # rather than growing this one's group (and delaying those already in it).
+            await self._restore(list(plan.seqs))
+            restored = True
+            plan = self._plan()
         if plan is None:
-            return False
+            return restored
         if isinstance(plan, planner.PREFILL_PLANS):
             self._decode_next = True  # the streams' turn next
             self.clock.interrupted()
@@ -291,10 +302,8 @@ class DeviceActor(Actor):
         await self._run(plan)
         return True
 
-    async def _run(self, plan: planner.Plan) -> None:
-        if isinstance(plan, planner.Restore):
-            await self._restore(list(plan.seqs))
-        elif isinstance(plan, planner.PrefillGroup):
+    async def _run(self, plan: planner.Forward) -> None:
+        if isinstance(plan, planner.PrefillGroup):
             await self._prefill_together(list(plan.seqs))
         elif isinstance(plan, planner.PrefillPiece):
             await self._prefill_piece(plan)

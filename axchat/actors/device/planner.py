@@ -132,7 +132,8 @@ class DecodeWithChunk:
     step_ms: float | None
 
 
-Plan = Restore | PrefillGroup | PrefillPiece | Decode | DecodeWithChunk
+Forward = PrefillGroup | PrefillPiece | Decode | DecodeWithChunk  # a forward that feeds tokens
+Plan = Restore | Forward
 # Plans that put prompt in rather than advance streams: the next turn goes to decoding.
 PREFILL_PLANS = (PrefillGroup, PrefillPiece)
 
