@@ -54,7 +54,7 @@ def _paced(step: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def install_held_requests() -> None:
-    from axchat.actors import device
+    from axchat.actors.device import actor as device
 
     unpaced = device.DeviceActor._forward
 

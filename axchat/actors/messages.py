@@ -202,6 +202,14 @@ def blank_status(state: DaemonState) -> StatusReply:
     )
 
 
+class DeviceReading(_Internal, tag="device_reading"):
+    """Device -> telemetry: the device's own sensor, read on its thread, sent when it
+    changes (None: it has none, or the model is unloaded)."""
+
+    device: str  # the device actor's name
+    temperature_c: float | None = None
+
+
 class Outbound(_Internal, tag="outbound"):
     """Reply stage -> front door: an encoded protocol body for the request's client."""
 
@@ -236,6 +244,7 @@ ActorMessage = Union[
     Finished,
     Rejected,
     StatusQuery,
+    DeviceReading,
     Outbound,
     Abort,
 ]

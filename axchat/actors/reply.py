@@ -4,8 +4,6 @@ filled in on the way) into protocol frames for the client, in the order they cam
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from axchat.actors import messages as m
 from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
@@ -23,11 +21,10 @@ class ReplyActor(Actor):
         info: BackendInfo,
         *,
         max_queued: int = 0,
-        temperature: Callable[[], float | None] | None = None,
     ) -> None:
         super().__init__(bus, supervisor)
         self._model = info.model
-        self.telemetry = Telemetry(info, max_queued=max_queued, temperature=temperature)
+        self.telemetry = Telemetry(info, max_queued=max_queued)
 
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.TextOut):
@@ -45,6 +42,8 @@ class ReplyActor(Actor):
             await self._out(msg.rid, error, final=True)
         elif isinstance(msg, m.StatusQuery):
             await self._out(msg.rid, self.telemetry.fill_status(msg.reply), final=True)
+        elif isinstance(msg, m.DeviceReading):
+            self.telemetry.device_reading(msg)
         else:
             raise TypeError(f"reply stage got unexpected {type(msg).__name__}")
 

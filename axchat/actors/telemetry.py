@@ -8,7 +8,6 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable
 
 import msgspec
 import psutil
@@ -42,10 +41,10 @@ class Telemetry:
         info: BackendInfo,
         *,
         max_queued: int = 0,
-        temperature: Callable[[], float | None] | None = None,
     ) -> None:
-        # The backend's own reading (an AIPU's cores) wins over the host's sensors.
-        self._device_temperature = temperature
+        # The device's own reading (an AIPU's cores), as its actor last sent it, wins
+        # over the host's sensors.
+        self._device_temperature: float | None = None
         threads = f", {info.threads} thread{'s' if info.threads != 1 else ''}" if info.threads else ""
         self._engine = f"{info.backend} {info.dtype}{threads}"
         self._max_queued = max_queued
@@ -56,6 +55,9 @@ class Telemetry:
         self._process.cpu_percent(None)  # primes the counter status reports from
         self.requests_total = 0
         self.completion_tokens_total = 0
+
+    def device_reading(self, msg: m.DeviceReading) -> None:
+        self._device_temperature = msg.temperature_c
 
     def rejected(self, msg: m.Rejected) -> None:
         self.requests_total += 1
@@ -115,7 +117,7 @@ class Telemetry:
         )
 
     def _temperature_c(self) -> float | None:
-        reading = self._device_temperature() if self._device_temperature is not None else None
+        reading = self._device_temperature
         return reading if reading is not None else read_temperature_c()
 
     def _recent_rate(self, window_s: float = RATE_WINDOW_S) -> float:

@@ -23,8 +23,8 @@ import zmq.asyncio
 
 from axchat import endpoint as ep
 from axchat.actors.backends import DeviceBackend, ModelLoadError
-from axchat.actors.device import DeviceActor
-from axchat.actors.keepalive import Residency
+from axchat.actors.device.actor import DeviceActor
+from axchat.actors.device.residency import Residency
 from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.prompt_fit import longest_token_chars
 from axchat.actors.reply import ReplyActor
@@ -224,9 +224,9 @@ async def _serve(
             loader=model_load.device_loader(cfg, model.source, info),
         )
         del backend  # the device actor is its one owner, so that unloading frees it
-        # Telemetry asks the device actor, never the backend: holding the backend (even
-        # a bound method of it) would keep an unloaded model in memory.
-        reply_stage = ReplyActor(bus, supervisor, info, max_queued=cfg.max_queued, temperature=device.temperature_c)
+        # The reply stage hears the device's readings as messages, never holding the
+        # backend (even a bound method of it would keep an unloaded model in memory).
+        reply_stage = ReplyActor(bus, supervisor, info, max_queued=cfg.max_queued)
         sampler = SamplerActor(bus, supervisor)
         tok = TokenizerActor(
             bus,

@@ -19,9 +19,10 @@ from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
 from axchat.actors.backends.load_options import LoadOptions
 from axchat.actors.backends.torch_engine import load as torch_load
-from axchat.actors.device import ALONE_CHUNK, DeviceActor
+from axchat.actors.device.actor import DeviceActor
+from axchat.actors.device.planner import ALONE_CHUNK
+from axchat.actors.device.prompt_chunks import ROUND
 from axchat.actors.mailbox import Actor, Bus, send_close
-from axchat.actors.prompt_chunks import ROUND
 from axchat.actors.sampler import SamplerActor
 from axchat.protocol import v1
 from axchat.protocol.v1 import Sampling
@@ -41,11 +42,21 @@ class LoggedTorchBackend:
         self.hold: str | None = None
         self.gate = threading.Event()
         self.held = threading.Event()
+        self.threads: set[str] = set()  # every thread that called into the backend
 
     def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
+        found = getattr(self.inner, name)
+        if not callable(found):
+            return found
+
+        def call(*args: object) -> object:
+            self.threads.add(threading.current_thread().name)
+            return found(*args)
+
+        return call
 
     def _log(self, kind: str, seq_ids: tuple[int, ...], tokens: int) -> None:
+        self.threads.add(threading.current_thread().name)
         self.calls.append((kind, seq_ids, tokens))
         if kind == self.hold and not self.gate.is_set():
             self.held.set()
@@ -191,8 +202,11 @@ async def test_long_prompt_is_chunked_between_decode_steps(rig) -> None:  # type
     assert tokenizer.ended[1].reason == "cancelled"
     # Releases run on the device thread after any forward in flight; anything queued
     # there after them runs after them.
-    await asyncio.get_running_loop().run_in_executor(device._device_thread, lambda: None)
-    assert backend.live_sequences() == 0
+    await device._thread.run(lambda: None)
+    # Every call the actor made (forwards, starts, releases, status reads) ran on the
+    # device thread.
+    assert backend.threads and all(name.startswith("axchat-device") for name in backend.threads), backend.threads
+    assert backend.inner.live_sequences() == 0
 
 
 async def test_newcomers_short_prompts_go_in_one_forward_together(rig) -> None:  # type: ignore[no-untyped-def]

@@ -3,7 +3,7 @@ streams beside it, the largest when none is decoding."""
 
 from __future__ import annotations
 
-from axchat.actors.prompt_chunks import MIN_TOKENS, ROUND, ChunkSizer
+from axchat.actors.device.prompt_chunks import MIN_TOKENS, ROUND, ChunkSizer
 
 
 def test_first_chunk_is_the_load_time_choice_then_follows_measured_costs() -> None:

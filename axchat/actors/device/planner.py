@@ -1,0 +1,238 @@
+"""The device's schedule as a pure function: from the sequences' states, what the backend
+can do and what forwards cost lately, the next step to run. Nothing here touches a
+backend, a thread or a socket (and nothing imports torch), so the policy can be read and
+tested on its own; the device actor runs the plans.
+
+The policy, in short: a decode step for every sequence whose next token is known,
+alternating with prefill work so running streams keep moving while prompts go in.
+Newcomers' short prompts go whole, together in one forward where the backend can; a long
+prompt goes in chunks sized to cost about one decode step, riding inside the decode step
+where the backend can. Admission is fair across clients (`FairQueue`), and nothing is
+ever evicted: a device whose KV does not survive a switch simply runs one at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from axchat.actors.device.prompt_chunks import ChunkSizer
+from axchat.actors.device.sequence import DeviceSequence, SeqState
+
+# A prompt whose new (uncached) part is at most this many tokens goes in one forward,
+# whatever the backend's chunk: a chat turn or a short question then costs one prefill,
+# not a string of small chunks each queued behind a decode step (which, measured with
+# bench/concurrency.py, cut 8 clients' aggregate rate by a third on a slow CPU). Longer
+# prompts go in the backend's step-sized chunks so other streams keep moving.
+WHOLE_PROMPT = 128
+# Newcomers' whole prompts go in one forward together (backends with `prefill_rows`),
+# up to this many tokens counting the padding to the longest: starting them together
+# puts them in the same decode batch from their first token on, where one by one the
+# first ones would decode alone, paying each later prompt's forward between their
+# tokens. The bound keeps the pause it makes in running streams to a few prompts' worth.
+GROUP_TOKENS = 512
+# A long prompt's chunk when no other stream is decoding: nobody waits on it, so it goes
+# in large pieces (with others decoding, ChunkSizer sizes each chunk like their step).
+ALONE_CHUNK = 256
+
+
+class BackendCapabilities(Protocol):
+    """What the planner reads of `backends.base.Capabilities` (named here so that the
+    planner needs no backend module)."""
+
+    max_batch: int
+    kv_survives_switch: bool
+    prefill_chunk: int | None
+    prefix_cache: bool
+    prefill_rows: int
+    mixed_steps: bool
+
+
+@dataclass(frozen=True)
+class StepLimits:
+    """The backend's capabilities as the planner uses them."""
+
+    max_batch: int  # sequences one decode step advances
+    prefill_chunk: int | None = None  # None: every prompt goes whole (static shapes)
+    prefix_cache: bool = False  # a sequence starts by restoring its cached prefix
+    prefill_rows: int = 1  # newcomers' prompts one forward can take together
+    mixed_steps: bool = False  # a decode step can carry a prompt chunk
+    kv_survives_switch: bool = True  # False: one sequence holds the device at a time
+
+    @classmethod
+    def of(cls, caps: BackendCapabilities) -> StepLimits:
+        return cls(
+            max_batch=caps.max_batch,
+            prefill_chunk=caps.prefill_chunk,
+            prefix_cache=caps.prefix_cache,
+            prefill_rows=caps.prefill_rows,
+            # Only a chunked backend has chunks to carry.
+            mixed_steps=caps.mixed_steps and caps.prefill_chunk is not None,
+            kv_survives_switch=caps.kv_survives_switch,
+        )
+
+    def running_limit(self, asked: int | None = None) -> int:
+        """How many sequences may hold a slot at once: `asked` (the operator's
+        `--max-running`), at most what the device can batch; a device that loses KV
+        when another sequence runs can only hold one."""
+        limit = self.max_batch if self.kv_survives_switch else 1
+        return min(asked or limit, limit)
+
+    def chunk_sizer(self) -> ChunkSizer | None:
+        """The run-time chunk sizing for this backend; None when prompts go whole."""
+        if self.prefill_chunk is None:
+            return None
+        return ChunkSizer(self.prefill_chunk, max(self.prefill_chunk, ALONE_CHUNK))
+
+
+# ------------------------------------------------------------------ plans
+
+
+@dataclass(frozen=True)
+class Restore:
+    """Give each sequence its KV, with the longest cached prefix of its prompt
+    (`backend.start`); only then is it known how much prompt is left, so plan again."""
+
+    seqs: tuple[DeviceSequence, ...]
+
+
+@dataclass(frozen=True)
+class PrefillGroup:
+    """The rest of each newcomer's (short) prompt, in one forward (`extend_batch`)."""
+
+    seqs: tuple[DeviceSequence, ...]
+
+
+@dataclass(frozen=True)
+class PrefillPiece:
+    """`seq`'s prompt up to `end` in a forward of its own: all of what is left
+    (`whole`), or a long prompt's next chunk."""
+
+    seq: DeviceSequence
+    end: int
+    whole: bool
+
+
+@dataclass(frozen=True)
+class Decode:
+    """One token for each of `seqs`."""
+
+    seqs: tuple[DeviceSequence, ...]
+
+
+@dataclass(frozen=True)
+class DecodeWithChunk:
+    """A decode step for `seqs` carrying `rider`'s long prompt up to `end` in the same
+    forward (`decode_and_extend`). `step_ms`: the decode step's recent cost the chunk
+    was sized against (None before any was measured)."""
+
+    seqs: tuple[DeviceSequence, ...]
+    rider: DeviceSequence
+    end: int
+    step_ms: float | None
+
+
+Forward = PrefillGroup | PrefillPiece | Decode | DecodeWithChunk  # a forward that feeds tokens
+Plan = Restore | Forward
+# Plans that put prompt in rather than advance streams: the next turn goes to decoding.
+PREFILL_PLANS = (PrefillGroup, PrefillPiece)
+
+
+# ------------------------------------------------------------------ planning
+
+
+def admissions(waiting_in_order: Iterable[DeviceSequence], running: int, limit: int) -> list[DeviceSequence]:
+    """Who leaves the waiting line for a slot now: the first of the line (in the fair
+    queue's order) while slots are free."""
+    free = max(limit - running, 0)
+    taken: list[DeviceSequence] = []
+    for seq in waiting_in_order:
+        if len(taken) >= free:
+            break
+        taken.append(seq)
+    return taken
+
+
+def whole_prompt(seq: DeviceSequence, limits: StepLimits) -> bool:
+    """Its prompt, less the cached prefix, goes in one forward (not in chunks)."""
+    return limits.prefill_chunk is None or len(seq.prompt_ids) - seq.cached_tokens <= WHOLE_PROMPT
+
+
+def next_step(
+    running: Sequence[DeviceSequence],
+    limits: StepLimits,
+    *,
+    decode_next: bool,
+    recent_step_ms: float | None,
+    chunks: ChunkSizer | None,
+) -> Plan | None:
+    """The next forward for the running sequences (in admission order); None when none
+    can run now. `decode_next`: the last step put prompt in, so decoding has its turn;
+    `recent_step_ms`: the latest decode steps' cost; `chunks`: the chunk sizer (read,
+    never changed here)."""
+    prefilling = [s for s in running if s.state is SeqState.PREFILL]
+    # Decode only once every running sequence has its next token: stepping the first
+    # one back from the sampler alone would split the batch into singles.
+    sampling = any(s.state is SeqState.SAMPLING for s in running)
+    ready = [] if sampling else [s for s in running if s.state is SeqState.READY]
+    if prefilling and not (ready and decode_next):
+        if limits.prefill_rows > 1:
+            # Short prompts first: one goes in a forward, where a long one would hold
+            # them for all of its chunks. What is short is known once prefixes are back.
+            fresh = tuple(s for s in prefilling if not s.started)
+            if fresh:
+                return Restore(fresh)
+            group = prefill_group(prefilling, limits)
+            if len(group) > 1:
+                return PrefillGroup(tuple(group))
+            if group:
+                return _piece(group[0], running, limits, recent_step_ms, chunks)
+        # Only long prompts left. With streams to decode, and a backend that can, a
+        # chunk rides in their decode step (below); else it takes a forward alone.
+        if not (ready and limits.mixed_steps):
+            return _piece(prefilling[0], running, limits, recent_step_ms, chunks)
+    if ready:
+        batch = tuple(ready[: limits.max_batch])
+        rider = next((s for s in prefilling if s.started), None)
+        if limits.mixed_steps and rider is not None:
+            assert chunks is not None  # mixed steps imply a chunked backend
+            end = min(len(rider.prompt_ids), rider.prefilled + chunks.next(recent_step_ms or 0.0))
+            return DecodeWithChunk(batch, rider, end, recent_step_ms)
+        return Decode(batch)
+    return None
+
+
+def prefill_group(prefilling: Sequence[DeviceSequence], limits: StepLimits) -> list[DeviceSequence]:
+    """Started sequences whose (uncached) prompts go whole in one forward together,
+    oldest first, within GROUP_TOKENS and the backend's rows."""
+    group: list[DeviceSequence] = []
+    width = 0  # the longest piece in the group: every row is padded to it
+    for seq in prefilling:
+        # A long prompt's last chunk is not a short prompt: it keeps its own pace.
+        if not whole_prompt(seq, limits):
+            continue
+        wider = max(width, seq.prompt_left)
+        if group and (wider * (len(group) + 1) > GROUP_TOKENS or len(group) == limits.prefill_rows):
+            break
+        group.append(seq)
+        width = wider
+    return group
+
+
+def _piece(
+    seq: DeviceSequence,
+    running: Sequence[DeviceSequence],
+    limits: StepLimits,
+    recent_step_ms: float | None,
+    chunks: ChunkSizer | None,
+) -> Restore | PrefillPiece:
+    if not seq.started and limits.prefix_cache:
+        return Restore((seq,))
+    total = len(seq.prompt_ids)
+    if whole_prompt(seq, limits):
+        return PrefillPiece(seq, total, whole=True)
+    assert chunks is not None
+    # Sized like the step of the streams decoding beside it; alone, in large pieces.
+    decoding = any(s is not seq and s.decoding for s in running)
+    size = chunks.next(recent_step_ms if decoding else None)
+    return PrefillPiece(seq, min(total, seq.prefilled + size), whole=False)

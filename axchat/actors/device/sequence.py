@@ -1,0 +1,76 @@
+"""One request as the device sees it: where it stands (waiting, prefilling, in a forward,
+with the sampler, ready for a decode step) and what it has fed and produced so far."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from axchat.actors import messages as m
+from axchat.protocol.v1 import FinishReason, RequestInfo, Sampling
+
+if TYPE_CHECKING:
+    from axchat.actors.token_choice import SequenceSampler
+
+
+class SeqState(enum.Enum):
+    WAITING = "waiting"  # admitted, in line for a slot
+    PREFILL = "prefill"  # has a slot, prompt not all fed yet
+    COMPUTING = "computing"  # in a forward pass on the device thread
+    SAMPLING = "sampling"  # logits are with the sampler
+    READY = "ready"  # next token known, waiting for a decode step
+
+
+@dataclass(eq=False)  # by identity: two requests are never the same one
+class DeviceSequence:
+    rid: int
+    label: str
+    client: str
+    prompt_ids: list[int]
+    sampling: Sampling
+    eos_ids: frozenset[int]
+    state: SeqState = SeqState.WAITING
+    started: bool = False  # the backend holds KV for it (prefill or start has run)
+    prefilled: int = 0  # prompt tokens in the device's KV so far (cached ones included)
+    cached_tokens: int = 0  # of those, restored from the prefix cache
+    fed: list[int] = field(default_factory=list)  # generated tokens fed back by decode steps
+    next_token: int = -1
+    completion_tokens: int = 0
+    queue_position: int = 0
+    # Set when a cancel arrives during a forward pass: acted on when it returns.
+    pending_end: FinishReason | None = None
+    admitted_ns: int = field(default_factory=time.monotonic_ns)
+    timings: m.DeviceTimings = field(default_factory=m.DeviceTimings)
+    greedy: SequenceSampler | None = None  # set for greedy requests: sampled here, not by the sampler actor
+
+    @property
+    def prompt_left(self) -> int:
+        """Prompt tokens not yet in the device's KV."""
+        return len(self.prompt_ids) - self.prefilled
+
+    @property
+    def decoding(self) -> bool:
+        """Its whole prompt is in: it produces tokens now."""
+        return self.prefilled >= len(self.prompt_ids)
+
+    def info(self) -> RequestInfo:
+        state: Literal["queued", "prefill", "decode"] = "decode"
+        if self.state is SeqState.WAITING:
+            state = "queued"
+        elif self.prefilled < len(self.prompt_ids):
+            state = "prefill"
+        return RequestInfo(
+            id=self.label,
+            state=state,
+            prompt_tokens=len(self.prompt_ids),
+            prefilled_tokens=self.prefilled,
+            completion_tokens=self.completion_tokens,
+            max_tokens=self.sampling.max_tokens,
+            queue_position=self.queue_position,
+        )
+
+
+def ms(ns: int) -> float:
+    return ns / 1e6

@@ -1,0 +1,193 @@
+"""The device's schedule as the planner decides it, from sequence states and backend
+capabilities alone: no backend, no thread, no socket, and no torch in the process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from axchat.actors.device import planner
+from axchat.actors.device.fair_queue import FairQueue
+from axchat.actors.device.planner import (
+    ALONE_CHUNK,
+    GROUP_TOKENS,
+    WHOLE_PROMPT,
+    Decode,
+    DecodeWithChunk,
+    PrefillGroup,
+    PrefillPiece,
+    Restore,
+    StepLimits,
+)
+from axchat.actors.device.prompt_chunks import ChunkSizer
+from axchat.actors.device.sequence import DeviceSequence, SeqState
+from axchat.protocol.v1 import Sampling
+
+HEAVY = ("torch", "transformers", "llama_cpp", "numpy", "zmq")
+
+# The lean torch path's shape: batches of 4, chunked prompts that ride in decode steps.
+LEAN = StepLimits(max_batch=4, prefill_chunk=64, prefix_cache=True, prefill_rows=4, mixed_steps=True)
+# A card that holds one sequence and takes each prompt whole (the AIPU).
+CARD = StepLimits(max_batch=1, prefill_chunk=None, kv_survives_switch=False)
+
+
+def test_the_planner_and_these_tests_load_without_torch() -> None:
+    """In a fresh interpreter (this one may have torch from other tests): importing this
+    very module, and so the planner and everything it needs, loads none of them."""
+    code = (
+        "import runpy, sys; runpy.run_path(sys.argv[1]);"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, __file__], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "", f"the planner pulled in: {out.stdout.strip()}"
+
+
+def seq(rid: int, prompt: int, *, client: str | None = None, state: SeqState = SeqState.PREFILL,
+        started: bool = False, prefilled: int = 0) -> DeviceSequence:
+    s = DeviceSequence(rid, f"r{rid}", client or f"c{rid}", list(range(prompt)), Sampling(max_tokens=8), frozenset())
+    s.state, s.started, s.prefilled = state, started, prefilled
+    return s
+
+
+def decoding(rid: int, state: SeqState = SeqState.READY) -> DeviceSequence:
+    """A sequence past its prompt, its next token known (READY) or with the sampler."""
+    return seq(rid, 8, state=state, started=True, prefilled=8)
+
+
+def plan(running: list[DeviceSequence], limits: StepLimits = LEAN, *, decode_next: bool = False,
+         step_ms: float | None = None, chunks: ChunkSizer | None = None) -> planner.Plan | None:
+    return planner.next_step(
+        running, limits, decode_next=decode_next, recent_step_ms=step_ms,
+        chunks=chunks if chunks is not None else limits.chunk_sizer(),
+    )
+
+
+# ------------------------------------------------------------------ fairness
+
+
+def test_admission_takes_turns_across_clients_in_the_fair_queues_order() -> None:
+    line: FairQueue[DeviceSequence] = FairQueue()
+    for s in [seq(1, 8, client="a"), seq(2, 8, client="a"), seq(3, 8, client="a"), seq(4, 8, client="b")]:
+        s.state = SeqState.WAITING
+        line.push(s)
+    # Two slots free of four: a's first, then b's, although a sent three first.
+    assert [s.rid for s in planner.admissions(line.in_order(), running=2, limit=4)] == [1, 4]
+    assert planner.admissions(line.in_order(), running=4, limit=4) == []
+    assert [s.rid for s in planner.admissions(line.in_order(), running=0, limit=8)] == [1, 4, 2, 3]
+
+
+def test_every_ready_stream_is_in_the_decode_step() -> None:
+    running = [decoding(1), decoding(2), decoding(3)]
+    assert plan(running) == Decode(tuple(running))
+
+
+def test_no_decode_while_a_stream_waits_for_its_token() -> None:
+    """Stepping the others without it would split the batch into singles."""
+    running = [decoding(1), decoding(2, SeqState.SAMPLING)]
+    assert plan(running) is None
+
+
+def test_prefill_and_decoding_take_turns() -> None:
+    """A long prompt's chunk that cannot ride in a decode step alternates with them."""
+    no_mixing = StepLimits(max_batch=4, prefill_chunk=64, prefill_rows=1, mixed_steps=False)
+    long = seq(2, 600, started=True, prefilled=64)
+    stream = decoding(1)
+    assert isinstance(plan([stream, long], no_mixing, decode_next=False), PrefillPiece)
+    assert plan([stream, long], no_mixing, decode_next=True) == Decode((stream,))
+
+
+# ------------------------------------------------------------------ grouped prefill
+
+
+def test_newcomers_are_restored_then_prefilled_together() -> None:
+    stream = decoding(1)
+    fresh = [seq(2, 30), seq(3, 11), seq(4, 50)]
+    assert plan([stream, *fresh]) == Restore(tuple(fresh))
+    for s in fresh:
+        s.started = True  # prefix restore found nothing
+    assert plan([stream, *fresh]) == PrefillGroup(tuple(fresh))
+
+
+def test_a_group_is_bounded_by_padded_tokens_and_rows() -> None:
+    many_rows = StepLimits(max_batch=8, prefill_chunk=64, prefill_rows=8, mixed_steps=True)
+    width = 120  # four rows padded to this fit the budget; a fifth does not
+    assert width <= WHOLE_PROMPT and 4 * width <= GROUP_TOKENS < 5 * width
+    wide = [seq(i, width, started=True) for i in range(1, 7)]
+    assert plan(wide, many_rows) == PrefillGroup(tuple(wide[:4]))
+    two_rows = StepLimits(max_batch=4, prefill_chunk=64, prefill_rows=2, mixed_steps=True)
+    short = [seq(i, 8, started=True) for i in range(1, 5)]
+    assert plan(short, two_rows) == PrefillGroup(tuple(short[:2]))
+
+
+def test_a_short_prompt_goes_before_a_long_prompts_next_chunk() -> None:
+    long = seq(1, 600, started=True, prefilled=ALONE_CHUNK)
+    short = seq(2, 8, started=True)
+    assert plan([long, short]) == PrefillPiece(short, 8, whole=True)
+
+
+def test_a_mostly_cached_prompt_counts_as_short() -> None:
+    s = seq(1, 600, started=True)
+    s.prefilled = s.cached_tokens = 600 - WHOLE_PROMPT
+    assert plan([s]) == PrefillPiece(s, 600, whole=True)
+
+
+# ------------------------------------------------------------------ chunks
+
+
+def test_a_long_prompt_alone_goes_in_the_largest_chunks() -> None:
+    long = seq(1, 600, started=True)
+    assert plan([long]) == PrefillPiece(long, ALONE_CHUNK, whole=False)
+
+
+def test_a_long_prompts_chunk_rides_in_the_decode_step_sized_like_it() -> None:
+    chunks = LEAN.chunk_sizer()
+    assert chunks is not None
+    stream, long = decoding(1), seq(2, 600, started=True, prefilled=64)
+    # Before any chunk was measured: the backend's own chunk.
+    assert plan([stream, long], step_ms=40.0, chunks=chunks) == DecodeWithChunk((stream,), long, 128, 40.0)
+    chunks.observe(64, 80.0)  # 1.25 ms a prompt token: a 40 ms step makes room for 32
+    assert plan([stream, long], step_ms=40.0, chunks=chunks) == DecodeWithChunk((stream,), long, 96, 40.0)
+    # The last chunk stops at the prompt's end.
+    long.prefilled = 590
+    assert plan([stream, long], step_ms=40.0, chunks=chunks) == DecodeWithChunk((stream,), long, 600, 40.0)
+
+
+def test_an_unstarted_long_prompt_restores_its_prefix_first() -> None:
+    one_row = StepLimits(max_batch=4, prefill_chunk=64, prefix_cache=True, prefill_rows=1)
+    long = seq(1, 600)
+    assert plan([long], one_row) == Restore((long,))
+    without_cache = StepLimits(max_batch=4, prefill_chunk=64, prefill_rows=1)
+    assert plan([long], without_cache) == PrefillPiece(long, ALONE_CHUNK, whole=False)
+
+
+# ------------------------------------------------------------------ batch-1 devices
+
+
+def test_a_card_holding_one_sequence_runs_one_at_a_time() -> None:
+    assert CARD.running_limit() == 1 and CARD.running_limit(asked=8) == 1
+    assert CARD.chunk_sizer() is None
+    assert LEAN.running_limit() == 4 and LEAN.running_limit(asked=2) == 2
+    # The whole prompt in one prefill, however long (static shapes), then single steps.
+    s = seq(1, 900)
+    assert plan([s], CARD) == PrefillPiece(s, 900, whole=True)
+    stream = decoding(1)
+    assert plan([stream], CARD) == Decode((stream,))
+
+
+def test_capabilities_map_onto_limits() -> None:
+    class Caps:
+        max_batch, kv_survives_switch, prefill_chunk = 8, True, None
+        prefix_cache, prefill_rows, mixed_steps = False, 1, True
+
+    limits = StepLimits.of(Caps())
+    # A backend that takes prompts whole has no chunk to carry in a decode step.
+    assert limits.mixed_steps is False and limits.max_batch == 8
+    assert plan([], limits) is None
+
+
+def test_nothing_to_do_is_no_plan() -> None:
+    assert plan([]) is None
+    assert Path(planner.__file__).parent.name == "device"
