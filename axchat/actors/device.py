@@ -157,7 +157,15 @@ class DeviceActor(Actor):
         max_running: int | None = None,
         keep_alive_s: float | None = None,
         loader: BackendLoader | None = None,
+        name: str = "device",
+        report_to: str = "telemetry",
+        ended_to: str | None = None,
     ) -> None:
+        # Several devices in one daemon (actors/placer.py): each its own inbox, status
+        # reports to the placer, and every Ended copied to it (it frees the slot).
+        self.name = name
+        self._report_to = report_to
+        self._ended_to = ended_to
         super().__init__(bus, supervisor)
         # None while unloaded. Only this actor holds it, so dropping it frees the model.
         self.backend: DeviceBackend | None = backend
@@ -218,7 +226,7 @@ class DeviceActor(Actor):
             reason: FinishReason = msg.reason if isinstance(msg, m.CancelRequest) else "stop"
             await self._stop(msg.rid, reason)
         elif isinstance(msg, m.StatusQuery):
-            await self.send("telemetry", self._report(msg))
+            await self.send(self._report_to, self._report(msg))
         elif isinstance(msg, m.ForgetClient):
             self._forget_client(msg.connection)
         else:
@@ -280,7 +288,10 @@ class DeviceActor(Actor):
         elif first:
             await self.send(
                 "sampler",
-                m.Logits(rid=seq.rid, data=logits.tobytes(), sampling=seq.sampling, context_ids=seq.prompt_ids),
+                m.Logits(
+                    rid=seq.rid, data=logits.tobytes(), sampling=seq.sampling, context_ids=seq.prompt_ids,
+                    reply_to=self.name,
+                ),
             )
         else:
             await self.send("sampler", m.Logits(rid=seq.rid, data=logits.tobytes()))
@@ -332,18 +343,19 @@ class DeviceActor(Actor):
         if self.backend is not None:
             asyncio.get_running_loop().run_in_executor(self._device_thread, self.backend.release, seq.rid, keep)
         await self.send("sampler", m.ForgetSequence(rid=seq.rid))
-        await self.send(
-            "tokenizer",
-            m.Ended(
-                rid=seq.rid,
-                reason=reason,
-                prompt_tokens=len(seq.prompt_ids),
-                completion_tokens=seq.completion_tokens,
-                cached_tokens=seq.cached_tokens,
-                timings=seq.timings,
-                error=error,
-            ),
+        ended = m.Ended(
+            rid=seq.rid,
+            reason=reason,
+            prompt_tokens=len(seq.prompt_ids),
+            completion_tokens=seq.completion_tokens,
+            cached_tokens=seq.cached_tokens,
+            timings=seq.timings,
+            error=error,
+            device=self.name,
         )
+        await self.send("tokenizer", ended)
+        if self._ended_to is not None:
+            await self.send(self._ended_to, ended)
         self._wake.set()  # a slot may have opened
         if not self._running and not self._waiting and self.residency is Residency.LOADED:
             self._idle.start()

@@ -18,7 +18,7 @@ from typing import Union
 
 import msgspec
 
-from axchat.protocol.v1 import ChatMessage, ErrorInfo, FinishReason, RequestInfo, Sampling
+from axchat.protocol.v1 import ChatMessage, DeviceStatus, ErrorInfo, FinishReason, RequestInfo, Sampling
 
 
 class _Internal(msgspec.Struct, tag_field="t", gc=False):
@@ -100,6 +100,7 @@ class Logits(_Internal, tag="logits"):
     data: bytes
     sampling: Sampling | None = None
     context_ids: list[int] | None = None
+    reply_to: str = "device"  # the device actor that sent it (first row only): where Sampled goes
 
 
 class Sampled(_Internal, tag="sampled"):
@@ -138,6 +139,7 @@ class Ended(_Internal, tag="ended"):
     cached_tokens: int
     timings: DeviceTimings
     error: ErrorInfo | None = None
+    device: str = "device"  # the device actor that served it
 
 
 class TextOut(_Internal, tag="text"):
@@ -159,6 +161,7 @@ class Finished(_Internal, tag="finished"):
     cpu_ns: int
     timings: DeviceTimings
     error: ErrorInfo | None = None
+    device: str = ""  # which of several devices served it ("" with one)
 
 
 class Rejected(_Internal, tag="rejected"):
@@ -189,6 +192,15 @@ class DeviceReport(_Internal, tag="device_report"):
     load_stage: str | None = None
     step_ms: float = 0.0
     overhead_ms_per_token: float = 0.0
+    devices: list[DeviceStatus] = []  # each device, where the daemon drives several
+
+
+class DeviceDown(_Internal, tag="device_down"):
+    """Supervisor -> placer: a device actor lost its step loop or stopped; place nothing
+    more on it and fail what it held."""
+
+    name: str
+    reason: str
 
 
 class Outbound(_Internal, tag="outbound"):
@@ -226,6 +238,7 @@ ActorMessage = Union[
     Rejected,
     StatusQuery,
     DeviceReport,
+    DeviceDown,
     Outbound,
     Abort,
 ]

@@ -106,6 +106,7 @@ class TelemetryActor(Actor):
             # Process CPU time over the request's wall time; 100 = one core busy.
             cpu_percent=(time.process_time_ns() - msg.cpu_ns) / wall_ns * 100,
             device_temp_c=self._temperature_c(),
+            device=msg.device,
         )
         usage = v1.Usage(
             prompt_tokens=msg.prompt_tokens,
@@ -166,6 +167,7 @@ class TelemetryActor(Actor):
             compile_s=info.compile_s,
             step_ms=report.step_ms,
             overhead_ms_per_token=report.overhead_ms_per_token,
+            devices=report.devices,
         )
 
     def _temperature_c(self) -> float | None:
