@@ -213,6 +213,8 @@ class DeviceActor(Actor):
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.Admit):
             seq = _Sequence(msg.rid, msg.label, msg.client, msg.prompt_ids, msg.sampling, frozenset(msg.eos_ids))
+            if msg.queued_since_ns:
+                seq.admitted_ns = msg.queued_since_ns  # waited in the placer's line first
             self._idle.stop()
             self._waiting.push(seq)
             if self.residency is not Residency.LOADED:

@@ -73,6 +73,9 @@ class Admit(_Internal, tag="admit"):
     prompt_ids: list[int]
     sampling: Sampling
     eos_ids: list[int]
+    # time.monotonic_ns() when it joined the daemon's line, where a placer held it before
+    # this device (0: now): its queue time counts from there.
+    queued_since_ns: int = 0
 
 
 class QueuePosition(_Internal, tag="queue_position"):

@@ -122,7 +122,8 @@ class PlacerActor(Actor):
         if isinstance(msg, m.Admit):
             fingerprints = block_fingerprints(msg.prompt_ids)
             preferred = self._affinity.find(msg.client, fingerprints)
-            self._queue.push(_Waiting(msg, fingerprints, preferred))
+            msg.queued_since_ns = time.monotonic_ns()
+            self._queue.push(_Waiting(msg, fingerprints, preferred, admitted_ns=msg.queued_since_ns))
             await self._place()
         elif isinstance(msg, m.Ended):
             await self._ended(msg)
@@ -159,7 +160,7 @@ class PlacerActor(Actor):
             if not open_:
                 break
             item, device = self._choose(open_)
-            self._queue.remove(item.rid)
+            self._queue.take(item.rid)
             device.running[item.rid] = item
             device.requests_total += 1
             device.last_placed_ns = time.monotonic_ns()

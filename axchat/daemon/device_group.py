@@ -151,7 +151,7 @@ def build(bus: Bus, supervisor: DaemonSupervisor, cfg: ServeConfig, model: str, 
         )
         del backend
         devices.append(device)
-        specs.append(DeviceSpec(device.name, item.label, device.max_running, device.temperature_c))
+        specs.append(DeviceSpec(device.name, device.backend.info.device, device.max_running, device.temperature_c))  # type: ignore[union-attr]
     placer = PlacerActor(bus, supervisor, specs)
     if isinstance(supervisor, GroupSupervisor):
         supervisor.devices = {d.name for d in devices}

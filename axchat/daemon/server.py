@@ -225,7 +225,7 @@ async def _serve(
         assert loaded is not None
         on = [r for r in loaded if r.backend is not None]
         info = on[0].backend.info  # type: ignore[union-attr]
-        info = replace(info, device=f"{len(on)} devices: {', '.join(r.label for r in on)}")
+        info = replace(info, device=f"{len(on)} devices: {', '.join(r.backend.info.device for r in on)}")  # type: ignore[union-attr]
     eos_ids = set(info.eos_ids) | end_of_turn_ids(tokenizer)
 
     async with AsyncExitStack() as stack:
