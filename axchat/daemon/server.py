@@ -199,6 +199,8 @@ async def run(cfg: ServeConfig) -> int:
         notifier.status(phase.text, extend_timeout_s=EXTEND_TIMEOUT_S)
         if device_group.several(cfg):
             loaded, tokenizer = await load_devices(cfg, model, phase)
+            if len(loaded) == 1:  # one candidate, and it loaded: the one-device daemon, no placer
+                return await _serve(cfg, stop, notifier, phase, endpoint, keys, resolved, loaded.pop().backend, tokenizer)
             return await _serve(cfg, stop, notifier, phase, endpoint, keys, resolved, None, tokenizer, loaded)
         # Unpacked straight into the call: no name here may keep the backend alive once
         # keep-alive unloads it.
