@@ -211,3 +211,27 @@ def test_emulated_cards_cpu_refuses_several_devices(tiny_model_dir: Path) -> Non
     d.stop()
     assert code != 0
     assert "--devices 2: the CPU is one device" in d.log_text(), d.log_text()
+
+
+def test_emulated_cards_keep_alive_unloads_each_card_on_its_own(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    d = cards_daemon(
+        tiny_model_dir, tmp_path_factory.mktemp("keep-alive-cards"), "--devices", "2", "--keep-alive", "1s", cards="a,b"
+    ).wait_ready()
+    client = RawClient(d.socket)
+    try:
+        wait_status(client, lambda s: [x.state for x in s.devices] == ["unloaded", "unloaded"], "both cards unloaded")
+        client.send("r", chat("wake one card", max_tokens=3, ignore_eos=True))
+        done = finish(client, "r")
+        assert done.finish_reason == "length", done
+        states = {x.name: x.state for x in status_of(client).devices}
+        # The card that served is loaded again; the other stayed unloaded (it may be
+        # unloading once more already if a second passed).
+        assert states[done.stats.device] in ("serving", "unloaded") and len(states) == 2, states
+        other = next(name for name in states if name != done.stats.device)
+        assert states[other] == "unloaded", states
+        assert d.log_text().count("keep-alive: a request arrived; loading the model again") == 1
+    finally:
+        client.close()
+        assert d.stop() == 0, d.log_text()
