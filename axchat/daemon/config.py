@@ -306,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         "client_timeout": "cancel the requests of a client silent this many seconds, 0: never (default: 30)",
         "build_root": "aipu: the Voyager SDK's build directory (default: $AXELERA_FRAMEWORK/build)",
         "aipu_device": (
-            "aipu: card index, name or comma list, e.g. 1 or metis-0:1:0 "
-            "(default: $AXELERA_DEVICE_SELECTOR, else the first free card with enough memory)"
+            "aipu: card index, name or comma list of candidates tried in turn, e.g. 1 or metis-0:1:0 "
+            "(default: $AXELERA_DEVICE_SELECTOR, else the first free card with enough memory); "
+            "--devices says how many of them to drive"
         ),
         "devices": "how many devices to drive, N or all (default: 1): with --device aipu, that many free "
         "cards from --aipu-device's candidates, in order (all: every candidate card); with --device cuda, "
