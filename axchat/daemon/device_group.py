@@ -20,6 +20,7 @@ from axchat.actors.device import DeviceActor
 from axchat.actors.mailbox import Actor, Bus
 from axchat.actors.placer import PLACER_NAME, DeviceSpec, PlacerActor, device_name
 from axchat.daemon import model_load
+from axchat.daemon.backend_choice import cuda_present
 from axchat.daemon.config import ServeConfig
 from axchat.daemon.supervisor import DaemonSupervisor
 
@@ -38,14 +39,13 @@ def candidates(cfg: ServeConfig) -> list[str]:
     """The devices `--devices` may draw from, in order (names the loader accepts)."""
     if cfg.backend == "aipu":
         return _aipu_candidates(cfg)
-    if cfg.backend == "torch" and cfg.device.startswith("cuda"):
+    if cfg.backend == "torch" and (cfg.device.startswith("cuda") or (cfg.device == "auto" and cuda_present())):
         # Untested here (no GPU on the build host): one torch backend per GPU.
         import torch
 
-        count = torch.cuda.device_count()
-        if cfg.device not in ("cuda", "cuda:0") and cfg.devices != "all":
-            raise DevicesRefused(f"--devices {cfg.devices} counts GPUs from cuda:0; give --device cuda")
-        return [f"cuda:{i}" for i in range(count)]
+        if cfg.device not in ("auto", "cuda", "cuda:0"):
+            raise DevicesRefused(f"--devices {cfg.devices} counts GPUs from cuda:0; give --device cuda, not {cfg.device}")
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     raise DevicesRefused(
         f"--devices {cfg.devices}: the CPU is one device ({cfg.backend} backend); several devices need "
         "--device aipu (Metis cards) or --device cuda (GPUs)"
@@ -128,6 +128,22 @@ class DeviceGroup:
         return max(readings) if readings else None
 
 
+def device_actor(
+    bus: Bus, supervisor: DaemonSupervisor, cfg: ServeConfig, model: str, backend: DeviceBackend, **placement: Any
+) -> DeviceActor:
+    """The device actor owning `backend`; a keep-alive reload loads it again with `cfg`
+    (pinned to this device), keeping what the start-up load measured."""
+    return DeviceActor(
+        bus,
+        supervisor,
+        backend,
+        max_running=cfg.max_running,
+        keep_alive_s=cfg.keep_alive_s,
+        loader=model_load.device_loader(cfg, model, backend.info),
+        **placement,
+    )
+
+
 def build(bus: Bus, supervisor: DaemonSupervisor, cfg: ServeConfig, model: str, loaded: list[Loaded]) -> DeviceGroup:
     """A device actor per loaded device and the placer in front of them. Takes the
     backends out of `loaded`: each device actor must be its backend's one owner."""
@@ -138,13 +154,12 @@ def build(bus: Bus, supervisor: DaemonSupervisor, cfg: ServeConfig, model: str, 
             specs.append(DeviceSpec(name="", label=item.label, down_reason=item.reason))
             continue
         backend, item.backend = item.backend, None
-        device = DeviceActor(
+        device = device_actor(
             bus,
             supervisor,
+            _on(cfg, item.label),
+            model,
             backend,
-            max_running=cfg.max_running,
-            keep_alive_s=cfg.keep_alive_s,
-            loader=model_load.device_loader(_on(cfg, item.label), model, backend.info),
             name=device_name(len(devices)),
             report_to=PLACER_NAME,
             ended_to=PLACER_NAME,

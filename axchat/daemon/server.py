@@ -243,14 +243,7 @@ async def _serve(
         # Consumers first, so nothing is ever sent to an inbox that does not exist;
         # the front door last, so no client is served before the chain is whole.
         if backend is not None:
-            device = DeviceActor(
-                bus,
-                supervisor,
-                backend,
-                max_running=cfg.max_running,
-                keep_alive_s=cfg.keep_alive_s,
-                loader=model_load.device_loader(cfg, model.source, info),
-            )
+            device = device_group.device_actor(bus, supervisor, cfg, model.source, backend)
             del backend  # the device actor is its one owner, so that unloading frees it
             devices: list[Actor] = [device]
             max_running = device.max_running
