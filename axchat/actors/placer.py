@@ -302,9 +302,11 @@ class PlacerActor(Actor):
         statuses = []
         for name, device in self._devices.items():
             report = round_.reports.get(name)
-            state = "down"
+            state, reason = "down", device.reason
             if device.alive and report is not None:
                 state = "loading" if report.load_stage else "serving" if report.loaded else "unloaded"
+            elif device.alive:  # its loop is busy or wedged: still placed on, but say so
+                state, reason = "serving", f"did not answer the status query in {STATUS_WAIT_S:g}s"
             temperature = device.spec.temperature() if device.spec.temperature is not None and device.alive else None
             statuses.append(
                 DeviceStatus(
@@ -318,7 +320,7 @@ class PlacerActor(Actor):
                     temperature_c=temperature,
                     requests_total=device.requests_total,
                     affinity_hits=device.affinity_hits,
-                    reason=device.reason,
+                    reason=reason,
                 )
             )
         waiting = [self._waiting_info(item) for item in self._queue.in_order()]
