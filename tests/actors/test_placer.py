@@ -154,3 +154,33 @@ async def test_status_goes_without_a_device_that_never_answers(rig: tuple[Actor,
     assert report.rid == 7 and report.running == 2  # type: ignore[union-attr]
     silent = next(d for d in report.devices if d.name == "device-2")  # type: ignore[union-attr]
     assert silent.state == "serving" and "did not answer" in silent.reason
+
+
+async def test_group_supervisor_turns_a_dead_device_actor_into_device_down() -> None:
+    from axchat.daemon.device_group import GroupSupervisor
+
+    ctx = zmq.asyncio.Context()
+    bus = Bus(ctx, "group-supervisor-test")
+    sup = GroupSupervisor(bus)
+    sup.devices = {"device-1"}
+    placer_inbox = Inbox(bus, Supervision(), "device")
+    dead = Inbox(bus, Supervision(), "device-1")
+    other = Inbox(bus, Supervision(), "telemetry")
+    task = asyncio.create_task(placer_inbox.run())
+    try:
+        sup.on_task_error(dead, "device-steps", RuntimeError("card gone"))
+        down = await placer_inbox.next(m.DeviceDown)
+        assert down.name == "device-1" and "card gone" in down.reason  # type: ignore[union-attr]
+        assert not sup.fatal.done()  # the daemon goes on with the other devices
+        sup.on_task_error(other, "reader", RuntimeError("not a device"))
+        assert sup.fatal.done()  # anything else is still fatal
+    finally:
+        await send_close(bus, "device")
+        await asyncio.wait_for(task, DEADLINE_S)
+        sup.close()
+        for actor in (dead, other):
+            actor.discard()
+        term = threading.Thread(target=ctx.term, daemon=True)
+        term.start()
+        term.join(5)
+        assert not term.is_alive(), "ZeroMQ context did not terminate: a socket leaked"
