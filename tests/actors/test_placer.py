@@ -184,3 +184,34 @@ async def test_group_supervisor_turns_a_dead_device_actor_into_device_down() -> 
         term.start()
         term.join(5)
         assert not term.is_alive(), "ZeroMQ context did not terminate: a socket leaked"
+
+
+async def test_the_sampler_answers_the_device_that_sent_the_logits() -> None:
+    import numpy as np
+
+    from axchat.actors.sampler import SamplerActor
+
+    ctx = zmq.asyncio.Context()
+    bus = Bus(ctx, "sampler-reply-test")
+    sup = Supervision()
+    sampler = SamplerActor(bus, sup)
+    card = Inbox(bus, sup, "device-1")
+    placer = Inbox(bus, sup, "device")
+    tasks = [asyncio.create_task(a.run()) for a in (sampler, card, placer)]
+    try:
+        row = np.zeros(8, dtype=np.float32)
+        row[3] = 10.0
+        sampling = Sampling(temperature=0.5, seed=1)
+        await card.send("sampler", m.Logits(rid=1, data=row.tobytes(), sampling=sampling, context_ids=[1], reply_to="device-1"))
+        await card.send("sampler", m.Logits(rid=1, data=row.tobytes()))  # later rows carry no address
+        for _ in range(2):
+            assert (await card.next(m.Sampled)).token_id == 3  # type: ignore[union-attr]
+        assert placer.got.empty()
+    finally:
+        for name in ("sampler", "device-1", "device"):
+            await send_close(bus, name)
+        await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE_S)
+        term = threading.Thread(target=ctx.term, daemon=True)
+        term.start()
+        term.join(5)
+        assert not term.is_alive(), "ZeroMQ context did not terminate: a socket leaked"

@@ -82,6 +82,12 @@ def test_emulated_cards_spread_requests_one_per_card_with_status_per_card(three_
         for i, client in enumerate(clients):
             client.send(f"h{i}", v1.Cancel())
             assert finish(client, f"h{i}").finish_reason == "cancelled"
+        # Sampled requests: the sampler answers the card that sent the logits.
+        for i, client in enumerate(clients):
+            client.send(f"s{i}", chat(f"sample {i}", max_tokens=5, ignore_eos=True, temperature=0.8, seed=i))
+        done = [finish(client, f"s{i}") for i, client in enumerate(clients)]
+        assert [(d.finish_reason, d.usage.completion_tokens) for d in done] == [("length", 5)] * 3, done
+        assert len({d.stats.device for d in done}) == 3, done
     finally:
         for client in clients:
             client.close()
