@@ -2,7 +2,14 @@
 Metis card, 1 and then 4 clients each asking in turn. Prints one JSON object: per
 request queue wait and TTFT, total throughput, and the daemon's own overhead next to
 the device's time (the card serves one sequence at a time, so with 4 clients it
-should be busy nearly all of the wall time)."""
+should be busy nearly all of the wall time).
+
+With `--cards 1,2,4 --clients 8` it measures several emulated cards in one daemon
+(`--devices all`) instead: each card takes `--step-ms` per run, asleep (it models a card's
+timing, it measures no card). Each client holds one multi-turn conversation, a turn at a
+time, for `--seconds`; tokens are counted as they arrive until then. Prints aggregate
+tokens/s per card count and its ratio to one card, per-client max/min tokens, and how
+often a later turn was served by the card that served the conversation's previous one."""
 
 from __future__ import annotations
 
@@ -93,15 +100,142 @@ def run_round(socket: str, clients: int, per_client: int, max_tokens: int) -> di
     }
 
 
+# ------------------------------------------------------------- several cards (--cards)
+
+FIRST_TURN = "Client {i} here. Tell me a long story about rivers, bridges, the sea and the trains along the coast."
+NEXT_TURN = "Go on, please."
+
+
+def conversation_client(
+    socket: str, index: int, max_tokens: int, start: float, deadline: float, out: dict[int, dict[str, Any]]
+) -> None:
+    """One conversation, a turn at a time, until `deadline`: tokens counted as they
+    arrive before it; the turn in flight then is cancelled."""
+    from axchat.client import Client
+    from axchat.protocol import v1
+
+    history = [v1.ChatMessage(role="user", content=FIRST_TURN.format(i=index))]
+    tokens = 0
+    turns: list[dict[str, Any]] = []
+    with Client(socket) as client:
+        while time.perf_counter() < start:
+            time.sleep(0.001)
+        while time.perf_counter() < deadline:
+            request = v1.Generate(messages=history, sampling=v1.Sampling(max_tokens=max_tokens, ignore_eos=True))
+            stream = client.generate(request, stall_timeout_s=REPLY_TIMEOUT_S)
+            text = ""
+            cancelled = False
+            done: v1.Done | None = None
+            for reply in stream:
+                if isinstance(reply, v1.Delta):
+                    text += reply.text
+                    if time.perf_counter() < deadline:
+                        tokens += len(reply.token_ids)
+                elif isinstance(reply, v1.Error):
+                    raise BenchError(f"client {index}: {reply.code}: {reply.message}")
+                elif isinstance(reply, v1.Done):
+                    done = reply
+                if not cancelled and time.perf_counter() >= deadline:
+                    stream.cancel()
+                    cancelled = True
+            if done is None:
+                raise BenchError(f"client {index}: the stream ended without a done event")
+            if done.finish_reason == "error":
+                raise BenchError(f"client {index}: {done.error}")
+            if done.finish_reason != "cancelled":
+                turns.append({"device": done.stats.device, "cached_tokens": done.usage.cached_tokens})
+            history += [v1.ChatMessage(role="assistant", content=text), v1.ChatMessage(role="user", content=NEXT_TURN)]
+    out[index] = {"tokens": tokens, "turns": turns}
+
+
+def cards_round(args: argparse.Namespace, cards: int) -> dict[str, Any]:
+    from axchat.client import Client
+
+    daemon = Daemon(args.model, ["--device", "aipu", "--aipu-runtime", "emulator", "--devices", "all"], log)
+    daemon.env.update(
+        AXCHAT_AIPU_EMULATOR_DIR=str(daemon.dir / "card"),
+        AXCHAT_AIPU_EMULATOR_CARDS=",".join(f"metis-{i}:1:0=16" for i in range(cards)),
+        AXCHAT_AIPU_EMULATOR_STEP_MS=args.step_ms,
+    )
+    out: dict[int, dict[str, Any]] = {}
+    with serving(daemon, args.ready_timeout):
+        one_client(daemon.socket, 1, 2, 99, [])  # warm-up, untimed
+        start = time.perf_counter() + 0.5
+        deadline = start + args.seconds
+        threads = [
+            threading.Thread(target=conversation_client, args=(daemon.socket, i, args.max_tokens, start, deadline, out))
+            for i in range(args.clients)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(args.seconds + REPLY_TIMEOUT_S)
+        with Client(daemon.socket) as client:
+            status = client.status()
+    if len(out) != args.clients:
+        raise BenchError(f"{cards} cards: only {len(out)} of {args.clients} clients finished")
+    per_client = [out[i]["tokens"] for i in range(args.clients)]
+    later = [
+        (prev["device"], turn["device"], turn["cached_tokens"])
+        for c in out.values()
+        for prev, turn in zip(c["turns"], c["turns"][1:], strict=False)
+    ]
+    return {
+        "cards": cards,
+        "tokens": sum(per_client),
+        "tokens_per_s": round(sum(per_client) / args.seconds, 2),
+        "per_client_tokens": per_client,
+        "per_client_max_over_min": round(max(per_client) / max(min(per_client), 1), 3),
+        "later_turns": len(later),
+        # One card: no placer, every turn is on it (stats.device is empty).
+        "affinity_hit_rate": round(sum(a == b for a, b, _ in later) / len(later), 3) if later and cards > 1 else None,
+        "later_turns_with_cached_tokens": sum(c > 0 for _, _, c in later),
+        "placed_per_card": [d.requests_total for d in status.devices],
+    }
+
+
+def cards_bench(args: argparse.Namespace) -> dict[str, Any]:
+    rounds = []
+    for n in (int(c) for c in args.cards.split(",")):
+        log(f"{n} card(s), {args.clients} clients, {args.seconds}s ...")
+        rounds.append(cards_round(args, n))
+    base = next((r["tokens_per_s"] for r in rounds if r["cards"] == 1), None)
+    for r in rounds:
+        r["ratio_vs_1_card"] = round(r["tokens_per_s"] / base, 3) if base else None
+    return {
+        "model": args.model,
+        "clients": args.clients,
+        "max_tokens_per_turn": args.max_tokens,
+        "seconds": args.seconds,
+        "card_step_ms": args.step_ms,
+        "rounds": rounds,
+        "cpu_count": os.cpu_count(),
+        "notes": "emulated cards: each run sleeps the card's time (AXCHAT_AIPU_EMULATOR_STEP_MS) on top of a "
+        "CPU forward of the model; this models a card's timing, it measures no card. affinity_hit_rate: later "
+        "turns served by the card that served the conversation's previous turn. The AIPU backend keeps no "
+        "prefix cache (the card holds one sequence; a multi-token input restarts it), so cached_tokens stay 0 "
+        "there; on backends with a prefix cache the same placement is what makes them > 0.",
+    }
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = cli.parser("aipu_emulated", __doc__, model_help="local HF model directory (the emulator runs it)")
     p.add_argument("--requests-per-client", type=int, default=3)
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, help="tokens per request (default 32; with --cards 8 a turn)")
+    p.add_argument("--cards", help="several emulated cards in one daemon, e.g. 1,2,4 (the multi-card bench)")
+    p.add_argument("--clients", type=int, default=8, help="--cards: clients, one conversation each")
+    p.add_argument("--seconds", type=float, default=60.0, help="--cards: measured time per card count")
+    p.add_argument("--step-ms", default="100", help="--cards: the card's time per run, DECODE[,PER_PROMPT_TOKEN] ms")
     cli.add_daemon_args(p, serve_arg_help=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.max_tokens is None:
+        args.max_tokens = 8 if args.cards else 32
+    return args
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
+    if args.cards:
+        return cards_bench(args)
     daemon = Daemon(args.model, ["--device", "aipu", "--aipu-runtime", "emulator"], log)
     daemon.env["AXCHAT_AIPU_EMULATOR_DIR"] = str(daemon.dir / "card")
     with serving(daemon, args.ready_timeout):

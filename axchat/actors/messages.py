@@ -74,6 +74,9 @@ class Admit(_Internal, tag="admit"):
     prompt_ids: list[int]
     sampling: Sampling
     eos_ids: list[int]
+    # time.monotonic_ns() when it joined the daemon's line, where a placer held it before
+    # this device (0: now): its queue time counts from there.
+    queued_since_ns: int = 0
 
 
 class QueuePosition(_Internal, tag="queue_position"):
@@ -101,6 +104,7 @@ class Logits(_Internal, tag="logits"):
     data: bytes
     sampling: Sampling | None = None
     context_ids: list[int] | None = None
+    reply_to: str = "device"  # the device actor that sent it (first row only): where Sampled goes
 
 
 class Sampled(_Internal, tag="sampled"):
@@ -139,6 +143,7 @@ class Ended(_Internal, tag="ended"):
     cached_tokens: int
     timings: DeviceTimings
     error: ErrorInfo | None = None
+    device: str = "device"  # the device actor that served it
 
 
 class TextOut(_Internal, tag="text"):
@@ -160,6 +165,7 @@ class Finished(_Internal, tag="finished"):
     cpu_ns: int
     timings: DeviceTimings
     error: ErrorInfo | None = None
+    device: str = ""  # which of several devices served it ("" with one)
 
 
 class Rejected(_Internal, tag="rejected"):
@@ -210,6 +216,14 @@ class DeviceReading(_Internal, tag="device_reading"):
     temperature_c: float | None = None
 
 
+class DeviceDown(_Internal, tag="device_down"):
+    """Supervisor -> placer: a device actor lost its step loop or stopped; place nothing
+    more on it and fail what it held."""
+
+    name: str
+    reason: str
+
+
 class Outbound(_Internal, tag="outbound"):
     """Reply stage -> front door: an encoded protocol body for the request's client."""
 
@@ -245,6 +259,7 @@ ActorMessage = Union[
     Rejected,
     StatusQuery,
     DeviceReading,
+    DeviceDown,
     Outbound,
     Abort,
 ]

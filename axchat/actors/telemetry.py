@@ -42,9 +42,9 @@ class Telemetry:
         *,
         max_queued: int = 0,
     ) -> None:
-        # The device's own reading (an AIPU's cores), as its actor last sent it, wins
-        # over the host's sensors.
-        self._device_temperature: float | None = None
+        # Each device's own reading (an AIPU's cores), as its actor last sent it, wins
+        # over the host's sensors; keyed by the device actor's name.
+        self._device_temperatures: dict[str, float | None] = {}
         threads = f", {info.threads} thread{'s' if info.threads != 1 else ''}" if info.threads else ""
         self._engine = f"{info.backend} {info.dtype}{threads}"
         self._max_queued = max_queued
@@ -57,7 +57,7 @@ class Telemetry:
         self.completion_tokens_total = 0
 
     def device_reading(self, msg: m.DeviceReading) -> None:
-        self._device_temperature = msg.temperature_c
+        self._device_temperatures[msg.device] = msg.temperature_c
 
     def rejected(self, msg: m.Rejected) -> None:
         self.requests_total += 1
@@ -83,7 +83,8 @@ class Telemetry:
             completion_tokens=msg.completion_tokens,
             # Process CPU time over the request's wall time; 100 = one core busy.
             cpu_percent=(time.process_time_ns() - msg.cpu_ns) / wall_ns * 100,
-            device_temp_c=self._temperature_c(),
+            device_temp_c=self._temperature_c(msg.device or "device"),
+            device=msg.device,
         )
         self.requests_total += 1
         self.completion_tokens_total += msg.completion_tokens
@@ -114,11 +115,23 @@ class Telemetry:
             pid=os.getpid(),
             tokens_per_s=self._recent_rate(),
             max_queued=self._max_queued,
+            devices=[self._with_temperature(d) for d in reply.devices],
         )
 
-    def _temperature_c(self) -> float | None:
-        reading = self._device_temperature
+    def _temperature_c(self, device: str | None = None) -> float | None:
+        """That device's reading, or (None) the hottest of all; else the host's sensors."""
+        if device is not None:
+            reading = self._device_temperatures.get(device)
+        else:
+            readings = [t for t in self._device_temperatures.values() if t is not None]
+            reading = max(readings) if readings else None
         return reading if reading is not None else read_temperature_c()
+
+    def _with_temperature(self, status: v1.DeviceStatus) -> v1.DeviceStatus:
+        """A device's status line with its own reading (a device that is down has none)."""
+        if status.state == "down":
+            return status
+        return msgspec.structs.replace(status, temperature_c=self._device_temperatures.get(status.name))
 
     def _recent_rate(self, window_s: float = RATE_WINDOW_S) -> float:
         """Completion tokens per second over the last `window_s`, all requests together."""

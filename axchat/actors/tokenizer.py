@@ -269,6 +269,7 @@ class TokenizerActor(Actor):
                 cpu_ns=stream.cpu_ns,
                 timings=msg.timings,
                 error=msg.error,
+                device="" if msg.device == "device" else msg.device,
             ),
         )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from axchat.daemon.config import ServeConfig
 
 
-def _cuda_present() -> bool:
+def cuda_present() -> bool:
     # Asking torch costs its import; without the driver's device node there is no GPU.
     if not Path("/dev/nvidiactl").exists():
         return False
@@ -24,7 +24,7 @@ def choose_backend(cfg: ServeConfig, model: str) -> tuple[str, str | None]:
         return cfg.backend, None
     if cfg.device == "aipu":
         return "aipu", None
-    if cfg.device.startswith("cuda") or (cfg.device == "auto" and _cuda_present()):
+    if cfg.device.startswith("cuda") or (cfg.device == "auto" and cuda_present()):
         return "torch", None
     from axchat.actors.backends import registry
     from axchat.actors.backends.llamacpp.load import find_gguf, is_llama_family

@@ -67,6 +67,7 @@ class ServeConfig:
     tokenizer_dir: str | None = None  # aipu: the tokenizer's directory; None: the build tree's, else the hub
     keys_dir: str | None = None  # CURVE keys for a tcp:// socket; None: $XDG_CONFIG_HOME/axchat/keys
     insecure_tcp: bool = False  # a tcp:// socket without CURVE, allowed on loopback only
+    devices: int | str = 1  # how many devices to drive, or "all" (daemon/device_group.py)
 
 
 class ConfigError(Exception):
@@ -164,6 +165,16 @@ def _mode(value: object) -> int:
     return value
 
 
+def _device_count(value: object) -> int | str:
+    if value == "all":
+        return "all"
+    try:
+        count = _positive_int(value)
+    except ValueError:
+        raise ValueError(f"expected a number of devices or all, got {value!r}") from None
+    return count
+
+
 def _group(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return str(value)
@@ -198,6 +209,7 @@ SETTINGS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "tokenizer_dir": ("tokenizer_dir", _str),
     "keys_dir": ("keys_dir", _str),
     "insecure_tcp": ("insecure_tcp", _bool),
+    "devices": ("devices", _device_count),
 }
 
 
@@ -294,9 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
         "client_timeout": "cancel the requests of a client silent this many seconds, 0: never (default: 30)",
         "build_root": "aipu: the Voyager SDK's build directory (default: $AXELERA_FRAMEWORK/build)",
         "aipu_device": (
-            "aipu: card index, name or comma list, e.g. 1 or metis-0:1:0 "
-            "(default: $AXELERA_DEVICE_SELECTOR, else the first free card with enough memory)"
+            "aipu: card index, name or comma list of candidates tried in turn, e.g. 1 or metis-0:1:0 "
+            "(default: $AXELERA_DEVICE_SELECTOR, else the first free card with enough memory); "
+            "--devices says how many of them to drive"
         ),
+        "devices": "how many devices to drive, N or all (default: 1): with --device aipu, that many free "
+        "cards from --aipu-device's candidates, in order (all: every candidate card); with --device cuda, "
+        "that many GPUs, cuda:0 up; the CPU is one device. Requests are placed on the device holding their "
+        "conversation's prefix, else the least loaded; fairness between clients holds across devices",
         "aipu_runtime": "aipu: real or emulator (default: $AXCHAT_AIPU_RUNTIME, else real)",
         "tokenizer_dir": "aipu: tokenizer directory (default: <build-root>/tokenizers/<org_model>, else the hub)",
         "keys_dir": "tcp:// sockets: directory with the CURVE server key pair and allowed_clients/ "

@@ -30,7 +30,7 @@ from axchat.actors.prompt_fit import longest_token_chars
 from axchat.actors.reply import ReplyActor
 from axchat.actors.sampler import SamplerActor
 from axchat.actors.tokenizer import TokenizerActor, end_of_turn_ids
-from axchat.daemon import curve_auth, model_load, socket_lock
+from axchat.daemon import curve_auth, device_group, model_load, socket_lock
 from axchat.daemon.backend_choice import choose_backend
 from axchat.daemon.config import ServeConfig
 from axchat.daemon.frontdoor import FrontDoor
@@ -112,6 +112,21 @@ async def load_model(cfg: ServeConfig, model: str, phase: _Phase | None = None) 
         raise StartupError(str(exc)) from None
 
 
+async def load_devices(cfg: ServeConfig, model: str, phase: _Phase) -> tuple[list[device_group.Loaded], Any]:
+    """`--devices`: the model on each device, in turn."""
+    loop = asyncio.get_running_loop()
+
+    def stage(text: str) -> None:  # called from the loading thread
+        loop.call_soon_threadsafe(setattr, phase, "text", f"loading {model}: {text}")
+
+    try:
+        return await device_group.load_devices(cfg, model, stage)
+    except device_group.DevicesRefused as exc:
+        raise StartupError(str(exc)) from None
+    except ModelLoadError as exc:
+        raise StartupError(str(exc)) from None
+
+
 @dataclass
 class _Phase:
     """What the service manager is told we are doing; the watchdog pinger reports it."""
@@ -182,6 +197,11 @@ async def run(cfg: ServeConfig) -> int:
         )
         phase.text = f"loading {model}"
         notifier.status(phase.text, extend_timeout_s=EXTEND_TIMEOUT_S)
+        if device_group.several(cfg):
+            loaded, tokenizer = await load_devices(cfg, model, phase)
+            if len(loaded) == 1:  # one candidate, and it loaded: the one-device daemon, no placer
+                return await _serve(cfg, stop, notifier, phase, endpoint, keys, resolved, loaded.pop().backend, tokenizer)
+            return await _serve(cfg, stop, notifier, phase, endpoint, keys, resolved, None, tokenizer, loaded)
         # Unpacked straight into the call: no name here may keep the backend alive once
         # keep-alive unloads it.
         return await _serve(
@@ -197,10 +217,17 @@ async def _serve(
     endpoint: str,
     keys: curve_auth.ServerKeys | None,
     model: ResolvedModel,
-    backend: DeviceBackend,
+    backend: DeviceBackend | None,
     tokenizer: Any,
+    loaded: list[device_group.Loaded] | None = None,
 ) -> int:
-    info = backend.info
+    if backend is not None:
+        info = backend.info
+    else:
+        assert loaded is not None
+        on = [r for r in loaded if r.backend is not None]
+        info = on[0].backend.info  # type: ignore[union-attr]
+        info = replace(info, device=f"{len(on)} devices: {', '.join(r.backend.info.device for r in on)}")  # type: ignore[union-attr]
     eos_ids = set(info.eos_ids) | end_of_turn_ids(tokenizer)
 
     async with AsyncExitStack() as stack:
@@ -210,21 +237,22 @@ async def _serve(
             auth = curve_auth.start_authenticator(ctx, keys)
             stack.callback(auth.stop)  # type: ignore[attr-defined]
         bus = Bus(ctx, f"axchat-{os.getpid()}")
-        supervisor = DaemonSupervisor(bus)
+        supervisor = DaemonSupervisor(bus) if loaded is None else device_group.GroupSupervisor(bus)
         stack.callback(supervisor.close)
 
         # Consumers first, so nothing is ever sent to an inbox that does not exist;
         # the front door last, so no client is served before the chain is whole.
-        device = DeviceActor(
-            bus,
-            supervisor,
-            backend,
-            max_running=cfg.max_running,
-            keep_alive_s=cfg.keep_alive_s,
-            loader=model_load.device_loader(cfg, model.source, info),
-        )
-        del backend  # the device actor is its one owner, so that unloading frees it
-        # The reply stage hears the device's readings as messages, never holding the
+        if backend is not None:
+            device = device_group.device_actor(bus, supervisor, cfg, model.source, backend)
+            del backend  # the device actor is its one owner, so that unloading frees it
+            devices: list[Actor] = [device]
+            max_running = device.max_running
+        else:
+            assert loaded is not None
+            group = device_group.build(bus, supervisor, cfg, model.source, loaded)
+            del loaded  # emptied of backends: the device actors own them
+            device, devices, max_running = group.devices[0], group.actors, group.max_running
+        # The reply stage hears the devices' readings as messages, never holding a
         # backend (even a bound method of it would keep an unloaded model in memory).
         reply_stage = ReplyActor(bus, supervisor, info, max_queued=cfg.max_queued)
         sampler = SamplerActor(bus, supervisor)
@@ -244,20 +272,20 @@ async def _serve(
                 info=info,
                 model_aliases=(model.source, *model.aliases),
                 max_frame_bytes=cfg.max_frame_bytes,
-                max_live=device.max_running + cfg.max_queued,
+                max_live=max_running + cfg.max_queued,
                 max_live_per_client=cfg.max_per_client,
                 client_timeout_s=cfg.client_timeout_s,
                 curve_server=None if keys is None else (keys.public, keys.secret),
                 max_token_chars=longest_token_chars(tokenizer),
             )
         except zmq.ZMQError as exc:
-            for made in (reply_stage, sampler, device, tok):
+            for made in (reply_stage, sampler, *devices, tok):
                 made.discard()
             raise StartupError(f"cannot listen on {ep.describe(endpoint)}: {exc}") from None
         path = ep.ipc_path(endpoint)
         if path is not None:
             ep.restrict_socket_file(path, cfg.socket_mode, ep.resolve_group(cfg.socket_group))
-        actors: list[Actor] = [reply_stage, sampler, device, tok, door]
+        actors: list[Actor] = [reply_stage, sampler, *devices, tok, door]
         tasks: list[asyncio.Task[None]] = []
         for actor in actors:
             task = asyncio.create_task(actor.run(), name=f"actor-{actor.name}")

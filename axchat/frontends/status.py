@@ -42,6 +42,7 @@ def _human(status: dict[str, object]) -> str:
             f"cache:    {status.get('prefix_cache_entries', 0)} kept conversation(s), "
             f"{int(status.get('prefix_cache_bytes', 0)) / 2**20:.1f} MiB",  # type: ignore[call-overload]
             *_decode_lines(status),
+            *_device_lines(status.get("devices") or []),  # type: ignore[arg-type]
             *_request_lines(status.get("requests") or []),  # type: ignore[arg-type]
         ]
     )
@@ -70,6 +71,23 @@ def _decode_lines(status: dict[str, object]) -> list[str]:
         f"step {status.get('step_ms', 0.0):.1f} ms + {status.get('overhead_ms_per_token', 0.0):.2f} ms daemon overhead per token",
         f"chosen:   {status.get('dtype_reason', '')}",
     ]
+
+
+def _device_lines(devices: list[dict[str, object]]) -> list[str]:
+    """One line per device of a daemon that drives several (`--devices`)."""
+    lines = []
+    for d in devices:
+        temp = d.get("temperature_c")
+        if d["state"] == "down":
+            lines.append(f"  {d['name']:<9} {d['label']:<24} down: {d.get('reason', '')}")
+            continue
+        lines.append(
+            f"  {d['name']:<9} {d['label']:<24} {d['state']:<8} {d['running']}/{d['max_running']} running, "
+            f"{d['queued']} queued, {d['tokens_per_s']:.1f} tokens/s, "  # type: ignore[str-format]
+            f"temp {'n/a' if temp is None else f'{temp:.1f}°C'}, {d['requests_total']} placed "
+            f"({d['affinity_hits']} beside their conversation's prefix)"
+        )
+    return ["devices:", *lines] if lines else []
 
 
 def _request_lines(requests: list[dict[str, object]]) -> list[str]:

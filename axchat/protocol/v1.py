@@ -156,6 +156,7 @@ class Stats(msgspec.Struct, gc=False):
     completion_tokens: int = 0
     cpu_percent: float = 0.0
     device_temp_c: float | None = None
+    device: str = ""  # which device served it, where the daemon drives several ("" with one)
 
 
 class ErrorInfo(msgspec.Struct, gc=False):
@@ -222,6 +223,22 @@ class DaemonState(enum.StrEnum):
     DRAINING = "draining"  # shutting down: admits no new generate
 
 
+class DeviceStatus(msgspec.Struct, gc=False):
+    """One device of a daemon that drives several (`--devices`), for `status`."""
+
+    name: str  # the daemon's name for it: device-0, device-1, ...
+    label: str  # what it is: a card's name, cuda:1
+    state: Literal["serving", "unloaded", "loading", "down"]
+    running: int = 0
+    queued: int = 0  # waiting on this device (the daemon's shared line is in StatusReply.queued)
+    max_running: int = 0
+    tokens_per_s: float = 0.0  # over the last 10 seconds
+    temperature_c: float | None = None
+    requests_total: int = 0  # placed on it since start
+    affinity_hits: int = 0  # of those, later turns placed where their conversation's prefix is
+    reason: str = ""  # why it is down
+
+
 class StatusReply(_Message, tag="status_reply"):
     state: DaemonState
     model: str
@@ -258,6 +275,7 @@ class StatusReply(_Message, tag="status_reply"):
     compile_s: float = 0.0  # seconds that compile and warm-up took before ready
     step_ms: float = 0.0  # mean decode forward, last 64 steps
     overhead_ms_per_token: float = 0.0  # mean daemon time between two decode steps, last 64
+    devices: list[DeviceStatus] = []  # each device, where the daemon drives several
 
 
 class Pong(_Message, tag="pong"):

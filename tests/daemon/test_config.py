@@ -192,3 +192,15 @@ def test_backend_and_quant_come_from_file_env_or_flag(layout: tuple[Path, Path, 
         assert (backend, why) == ("llamacpp", None)
     else:  # falls back, saying why in one line
         assert backend == "torch" and why is not None and "\n" not in why
+
+
+def test_devices_is_a_count_or_all_from_file_env_or_flag(layout: tuple[Path, Path, dict[str, str]]) -> None:
+    _, user, env = layout
+    assert parse([], env).devices == 1
+    user.write_text("devices = 4\n")
+    assert parse([], env).devices == 4
+    assert parse([], {**env, "AXCHAT_DEVICES": "all"}).devices == "all"
+    assert parse(["--devices", "2"], {**env, "AXCHAT_DEVICES": "all"}).devices == 2
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ConfigError, match="devices: expected a number of devices or all"):
+            parse(["--devices", bad], env)

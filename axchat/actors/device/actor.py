@@ -31,12 +31,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Peers:
-    """The actors a device talks to, by name (one device among several later: each
-    then has its own name, and these stay shared)."""
+    """The actors a device talks to, by name (one device among several: each has its
+    own name, and these stay shared)."""
 
     tokenizer: str = "tokenizer"
     sampler: str = "sampler"
     reply: str = "reply"
+    # Where its filled-in status goes: the reply stage, or a placer that sums several.
+    status: str = "reply"
+    # Who else hears every Ended (a placer: it frees the slot).
+    ended: str | None = None
 
 
 class DeviceActor(Actor):
@@ -99,6 +103,8 @@ class DeviceActor(Actor):
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.Admit):
             seq = DeviceSequence(msg.rid, msg.label, msg.client, msg.prompt_ids, msg.sampling, frozenset(msg.eos_ids))
+            if msg.queued_since_ns:
+                seq.admitted_ns = msg.queued_since_ns  # waited in a placer's line first
             self._model.idle.stop()
             self._waiting.push(seq)
             if self.residency is not Residency.LOADED:
@@ -149,7 +155,7 @@ class DeviceActor(Actor):
             step_ms=self.clock.step_ms(),
             overhead_ms_per_token=self.clock.overhead_ms(),
         )
-        await self.send(self._peers.reply, m.StatusQuery(rid=query.rid, reply=filled))
+        await self.send(self._peers.status, m.StatusQuery(rid=query.rid, reply=filled))
 
     async def _publish(self, readings: BackendReadings) -> None:
         """Telemetry hears the device's temperature when it changes (it must not hold the
@@ -177,7 +183,10 @@ class DeviceActor(Actor):
         elif first:
             await self.send(
                 self._peers.sampler,
-                m.Logits(rid=seq.rid, data=logits.tobytes(), sampling=seq.sampling, context_ids=seq.prompt_ids),
+                m.Logits(
+                    rid=seq.rid, data=logits.tobytes(), sampling=seq.sampling, context_ids=seq.prompt_ids,
+                    reply_to=self.name,
+                ),
             )
         else:
             await self.send(self._peers.sampler, m.Logits(rid=seq.rid, data=logits.tobytes()))
@@ -234,18 +243,19 @@ class DeviceActor(Actor):
         if backend is not None:
             self._thread.spawn(backend.release, seq.rid, keep)
         await self.send(self._peers.sampler, m.ForgetSequence(rid=seq.rid))
-        await self.send(
-            self._peers.tokenizer,
-            m.Ended(
-                rid=seq.rid,
-                reason=reason,
-                prompt_tokens=len(seq.prompt_ids),
-                completion_tokens=seq.completion_tokens,
-                cached_tokens=seq.cached_tokens,
-                timings=seq.timings,
-                error=error,
-            ),
+        ended = m.Ended(
+            rid=seq.rid,
+            reason=reason,
+            prompt_tokens=len(seq.prompt_ids),
+            completion_tokens=seq.completion_tokens,
+            cached_tokens=seq.cached_tokens,
+            timings=seq.timings,
+            error=error,
+            device=self.name,
         )
+        await self.send(self._peers.tokenizer, ended)
+        if self._peers.ended is not None:
+            await self.send(self._peers.ended, ended)
         self._wake.set()  # a slot may have opened
         if not self._running and not self._waiting and self.residency is Residency.LOADED:
             self._model.idle.start()

@@ -40,6 +40,14 @@ class FairQueue(Generic[T]):
             del self._lines[client]
         return item
 
+    def take(self, rid: int) -> T | None:
+        """Serve this item out of order (a placer skipping items that wait for another
+        device): as `pop`, its client then goes to the back of the turn order."""
+        item = self.remove(rid)
+        if item is not None and item.client in self._lines:
+            self._lines.move_to_end(item.client)
+        return item
+
     def remove(self, rid: int) -> T | None:
         for client, line in self._lines.items():
             for item in line:

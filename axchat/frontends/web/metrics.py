@@ -92,7 +92,42 @@ class BridgeMetrics:
             lines += _gauge(
                 "axchat_daemon_model_loaded", "1 while the model is loaded (keep-alive unloads it when idle).", int(status.loaded)
             )
+            lines += _device_gauges(status.devices)
         return "\n".join(lines) + "\n"
+
+
+# (metric, help, DeviceStatus field or a function of it), one sample per device.
+_DEVICE_GAUGES = (
+    ("axchat_device_up", "1 while the device is in placement, 0 once it was taken out.", lambda d: int(d.state != "down")),
+    ("axchat_device_loaded", "1 while the device has the model loaded.", lambda d: int(d.state == "serving")),
+    ("axchat_device_running_requests", "Requests the device is generating.", lambda d: d.running),
+    ("axchat_device_queued_requests", "Requests waiting on the device itself.", lambda d: d.queued),
+    ("axchat_device_load_ratio", "Running requests over the device's slots.", lambda d: d.running / d.max_running if d.max_running else 0.0),
+    ("axchat_device_tokens_per_second", "Completion tokens per second over the last 10 s.", lambda d: d.tokens_per_s),
+    ("axchat_device_requests_placed_total", "Requests placed on the device since start.", lambda d: d.requests_total),
+    ("axchat_device_affinity_hits_total", "Of those, placed beside their conversation's cached prefix.", lambda d: d.affinity_hits),
+)
+
+
+def _device_gauges(devices: list[v1.DeviceStatus]) -> list[str]:
+    """Per-device samples, labelled by device, where the daemon drives several."""
+    if not devices:
+        return []
+    lines = []
+    for name, help_text, value in _DEVICE_GAUGES:
+        kind = "counter" if name.endswith("_total") else "gauge"
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        lines += [f'{name}{{device="{d.name}",label="{_label(d.label)}"}} {value(d)}' for d in devices]
+    readings = [d for d in devices if d.temperature_c is not None]
+    if readings:
+        name = "axchat_device_temperature_celsius"
+        lines += [f"# HELP {name} The device's own temperature reading.", f"# TYPE {name} gauge"]
+        lines += [f'{name}{{device="{d.name}",label="{_label(d.label)}"}} {d.temperature_c}' for d in readings]
+    return lines
+
+
+def _label(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _gauge(name: str, help_text: str, value: int) -> list[str]:

@@ -23,6 +23,8 @@ It behaves as the card does where the backend can tell:
   blocks on the real runtime while the card computes. The wait is a sleep, so it holds
   neither the GIL nor a core, and several emulated cards overlap as real ones would.
   This models a card's timing for scheduling tests and benches; it measures no card.
+- a card that dies: once the file `fail_marker(name)` exists (in the lock directory), every
+  `run` on that card raises, as a card that stopped responding would (`fail_card`).
 
 A model path is a Hugging Face model directory, or a build tree's `model.json` written by
 `write_build_tree` (which names such a directory and the static context).
@@ -50,6 +52,17 @@ DEFAULT_CARDS = "metis-0:1:0=16"
 SUB_DEVICES_PER_CARD = 4
 CALIBRATION_TOKENS = 64
 DEFAULT_STATIC_CONTEXT = 1024
+
+
+def fail_marker(card: str) -> Path:
+    """While this file exists, the card fails every `run` (a card that stopped responding)."""
+    return lock_dir() / f"{card.replace(':', '_')}.failed"
+
+
+def fail_card(card: str) -> None:
+    marker = fail_marker(card)
+    marker.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    marker.touch()
 
 
 def lock_dir() -> Path:
@@ -156,9 +169,12 @@ def _resolve_model_path(path: Path, default_context: int) -> tuple[Path, int]:
 class ModelInstance:
     """A model placed on a connection's sub-devices; `run` is one forward on the card."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, card: str = "") -> None:
         import torch
         from transformers import DynamicCache
+
+        self._card = card
+        self._fail_marker = fail_marker(card)
 
         self._torch = torch
         self._cache_type = DynamicCache
@@ -173,6 +189,8 @@ class ModelInstance:
         self._step_s, self._per_prompt_token_s = card_time(os.environ.get(STEP_MS_ENV, ""))
 
     def run(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
+        if self._fail_marker.exists():
+            raise EmulatorError(f"{self._card} stopped responding (emulated failure)")
         started = time.monotonic()
         self._run(inputs, outputs)
         rows = inputs[0].shape[0]
@@ -239,7 +257,7 @@ class Connection:
     def load_model_instance(self, model: Model, **kwargs: Any) -> ModelInstance:
         if not self._locks:
             raise EmulatorError("the connection was released")
-        return ModelInstance(model)
+        return ModelInstance(model, self.device.name)
 
     def release(self) -> None:
         for lock in self._locks:
