@@ -38,8 +38,14 @@ WHOLE_PROMPT = 128
 # up to this many tokens counting the padding to the longest: starting them together
 # puts them in the same decode batch from their first token on, where one by one the
 # first ones would decode alone, paying each later prompt's forward between their
-# tokens. The bound keeps the pause it makes in running streams to a few prompts' worth.
+# tokens. The bound keeps the pause it makes in running streams to a few prompts' worth;
+# with no stream running there is nobody to pause, and the group is bounded by rows alone.
 GROUP_TOKENS = 512
+# How long an idle device waits for prompts the tokenizer says are still being encoded
+# (a burst of clients), so that they go in the first forward with the first one. Measured
+# with bench/concurrency.py (8 clients, llama.cpp, 2 cores): starting the first prompt
+# alone made the other seven wait for its forward and then paused its stream for theirs.
+GATHER_S = 0.1
 # A long prompt's chunk when no other stream is decoding: nobody waits on it, so it goes
 # in large pieces (with others decoding, ChunkSizer sizes each chunk like their step).
 ALONE_CHUNK = 256
@@ -179,6 +185,9 @@ class DeviceActor(Actor):
         self._wake = asyncio.Event()
         self._stepper: asyncio.Task[None] | None = None
         self._decode_next = False  # alternates prefill chunks with decode steps
+        self._more_coming = 0  # prompts the tokenizer was encoding at the latest Admit
+        self._gather_until: float | None = None  # monotonic deadline of a wait for them
+        self.gather_s = GATHER_S
         # Keep-alive. The tokenizer stays loaded: it is small, and it must keep working
         # while the model is away (a prompt is tokenized before the device sees it).
         self._loader = loader
@@ -205,6 +214,7 @@ class DeviceActor(Actor):
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.Admit):
             seq = _Sequence(msg.rid, msg.label, msg.client, msg.prompt_ids, msg.sampling, frozenset(msg.eos_ids))
+            self._more_coming = msg.more_coming
             self._idle.stop()
             self._waiting.push(seq)
             if self.residency is not Residency.LOADED:
@@ -370,6 +380,8 @@ class DeviceActor(Actor):
         sampling = any(s.state is SeqState.SAMPLING for s in self._running.values())
         ready = [] if sampling else [s for s in self._running.values() if s.state is SeqState.READY]
         if prefilling and not (ready and self._decode_next):
+            if self._still_gathering(prefilling):
+                return False  # the next Admit, or the deadline, wakes the loop
             if self._prefill_rows > 1:
                 # Short prompts first: one goes in a forward, where a long one would
                 # hold them for all of its chunks.
@@ -401,6 +413,25 @@ class DeviceActor(Actor):
             return True
         return False
 
+    def _still_gathering(self, prefilling: list[_Sequence]) -> bool:
+        """True while an idle device waits (at most `gather_s`) for prompts the tokenizer
+        is still encoding, so that a burst of newcomers is prefilled in one forward and
+        starts decoding together. Never while a stream decodes or a prompt is part fed:
+        they would pay for the wait."""
+        busy = len(self._running) != len(prefilling) or any(s.started for s in prefilling)
+        room = min(self._prefill_rows, self.max_running) - len(prefilling)
+        if busy or room <= 0 or self._more_coming <= 0 or self._prefill_rows <= 1:
+            self._gather_until = None
+            return False
+        now = time.monotonic()
+        if self._gather_until is None:
+            self._gather_until = now + self.gather_s
+            asyncio.get_running_loop().call_later(self.gather_s, self._wake.set)
+        if now < self._gather_until:
+            return True
+        self._gather_until, self._more_coming = None, 0  # they did not come: go without them
+        return False
+
     async def _prefill_group(self, prefilling: list[_Sequence]) -> list[_Sequence]:
         """Newcomers whose (uncached) prompts go whole in one forward together, oldest
         first within GROUP_TOKENS. Their cached prefixes are restored first (one call on
@@ -410,12 +441,14 @@ class DeviceActor(Actor):
             await self._start(fresh)
         group: list[_Sequence] = []
         width = 0  # the longest piece in the group: every row is padded to it
+        decoding = len(prefilling) != len(self._running)
         for seq in prefilling:
             # A long prompt's last chunk is not a short prompt: it keeps its own pace.
             if seq.rid not in self._running or seq.state is not SeqState.PREFILL or not self._whole(seq):
                 continue
             wider = max(width, len(seq.prompt_ids) - seq.prefilled)
-            if group and (wider * (len(group) + 1) > GROUP_TOKENS or len(group) == self._prefill_rows):
+            too_wide = decoding and wider * (len(group) + 1) > GROUP_TOKENS
+            if group and (too_wide or len(group) == self._prefill_rows):
                 break
             group.append(seq)
             width = wider
