@@ -46,6 +46,11 @@ GROUP_TOKENS = 512
 # with bench/concurrency.py (8 clients, llama.cpp, 2 cores): starting the first prompt
 # alone made the other seven wait for its forward and then paused its stream for theirs.
 GATHER_S = 0.1
+# A burst reaches the tokenizer in batches (the front door reads a few frames at a time),
+# so "none left encoding" can be said while the next batch is a fraction of a millisecond
+# behind: with two or more newcomers, an idle device also waits until none has come for
+# this long. A lone request never waits.
+QUIET_S = 0.02
 # A long prompt's chunk when no other stream is decoding: nobody waits on it, so it goes
 # in large pieces (with others decoding, ChunkSizer sizes each chunk like their step).
 ALONE_CHUNK = 256
@@ -187,6 +192,7 @@ class DeviceActor(Actor):
         self._decode_next = False  # alternates prefill chunks with decode steps
         self._more_coming = 0  # prompts the tokenizer was encoding at the latest Admit
         self._gather_until: float | None = None  # monotonic deadline of a wait for them
+        self._last_admit = 0.0  # monotonic time of the latest Admit
         self.gather_s = GATHER_S
         # Keep-alive. The tokenizer stays loaded: it is small, and it must keep working
         # while the model is away (a prompt is tokenized before the device sees it).
@@ -214,7 +220,7 @@ class DeviceActor(Actor):
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.Admit):
             seq = _Sequence(msg.rid, msg.label, msg.client, msg.prompt_ids, msg.sampling, frozenset(msg.eos_ids))
-            self._more_coming = msg.more_coming
+            self._more_coming, self._last_admit = msg.more_coming, time.monotonic()
             self._idle.stop()
             self._waiting.push(seq)
             if self.residency is not Residency.LOADED:
@@ -420,16 +426,18 @@ class DeviceActor(Actor):
         they would pay for the wait."""
         busy = len(self._running) != len(prefilling) or any(s.started for s in prefilling)
         room = min(self._prefill_rows, self.max_running) - len(prefilling)
-        if busy or room <= 0 or self._more_coming <= 0 or self._prefill_rows <= 1:
+        burst = self._more_coming > 0 or len(prefilling) > 1
+        if busy or room <= 0 or not burst or self._prefill_rows <= 1:
             self._gather_until = None
             return False
         now = time.monotonic()
         if self._gather_until is None:
             self._gather_until = now + self.gather_s
-            asyncio.get_running_loop().call_later(self.gather_s, self._wake.set)
-        if now < self._gather_until:
+        until = self._gather_until if self._more_coming > 0 else min(self._gather_until, self._last_admit + QUIET_S)
+        if now < until:
+            asyncio.get_running_loop().call_later(until - now, self._wake.set)
             return True
-        self._gather_until, self._more_coming = None, 0  # they did not come: go without them
+        self._gather_until, self._more_coming = None, 0  # no more came: go without them
         return False
 
     async def _prefill_group(self, prefilling: list[_Sequence]) -> list[_Sequence]:
