@@ -49,8 +49,12 @@ GATHER_S = 0.1
 # A burst reaches the tokenizer in batches (the front door reads a few frames at a time),
 # so "none left encoding" can be said while the next batch is a fraction of a millisecond
 # behind: with two or more newcomers, an idle device also waits until none has come for
-# this long. A lone request never waits.
+# this long. A lone newcomer waits LONE_SHARE of what its own prefill is expected to
+# take (from the prefills measured so far), at most QUIET_S: with 8 clients sending at
+# once the first prompt was often admitted alone, 1-5 ms before the rest, and prefilled
+# alone (0.2-0.6 s for 69 tokens on one core) while the other seven waited behind it.
 QUIET_S = 0.02
+LONE_SHARE = 0.05
 # A long prompt's chunk when no other stream is decoding: nobody waits on it, so it goes
 # in large pieces (with others decoding, ChunkSizer sizes each chunk like their step).
 ALONE_CHUNK = 256
@@ -193,6 +197,7 @@ class DeviceActor(Actor):
         self._more_coming = 0  # prompts the tokenizer was encoding at the latest Admit
         self._gather_until: float | None = None  # monotonic deadline of a wait for them
         self._last_admit = 0.0  # monotonic time of the latest Admit
+        self._prefill_ms_per_token: float | None = None  # of whole-prompt forwards, smoothed
         self.gather_s = GATHER_S
         # Keep-alive. The tokenizer stays loaded: it is small, and it must keep working
         # while the model is away (a prompt is tokenized before the device sees it).
@@ -420,25 +425,35 @@ class DeviceActor(Actor):
         return False
 
     def _still_gathering(self, prefilling: list[_Sequence]) -> bool:
-        """True while an idle device waits (at most `gather_s`) for prompts the tokenizer
-        is still encoding, so that a burst of newcomers is prefilled in one forward and
-        starts decoding together. Never while a stream decodes or a prompt is part fed:
-        they would pay for the wait."""
+        """True while an idle device waits for prompts still on their way (those the
+        tokenizer is encoding, up to `gather_s`; else a quiet moment after the latest
+        Admit), so that a burst of newcomers is prefilled in one forward and starts
+        decoding together. Never while a stream decodes or a prompt is part fed: they
+        would pay for the wait."""
         busy = len(self._running) != len(prefilling) or any(s.started for s in prefilling)
         room = min(self._prefill_rows, self.max_running) - len(prefilling)
-        burst = self._more_coming > 0 or len(prefilling) > 1
-        if busy or room <= 0 or not burst or self._prefill_rows <= 1:
+        if busy or room <= 0 or self._prefill_rows <= 1:
             self._gather_until = None
             return False
         now = time.monotonic()
         if self._gather_until is None:
             self._gather_until = now + self.gather_s
-        until = self._gather_until if self._more_coming > 0 else min(self._gather_until, self._last_admit + QUIET_S)
+        if len(prefilling) > 1:
+            quiet = QUIET_S
+        else:
+            new = len(prefilling[0].prompt_ids)  # the cached part is not known yet: an upper bound
+            quiet = min(QUIET_S, LONE_SHARE * (self._prefill_ms_per_token or 0.0) * new / 1e3)
+        until = self._gather_until if self._more_coming > 0 else min(self._gather_until, self._last_admit + quiet)
         if now < until:
             asyncio.get_running_loop().call_later(until - now, self._wake.set)
             return True
         self._gather_until, self._more_coming = None, 0  # no more came: go without them
         return False
+
+    def _prefill_measured(self, tokens: int, ms: float) -> None:
+        if tokens > 0:
+            old, cost = self._prefill_ms_per_token, ms / tokens
+            self._prefill_ms_per_token = cost if old is None else (cost + old) / 2
 
     async def _prefill_group(self, prefilling: list[_Sequence]) -> list[_Sequence]:
         """Newcomers whose (uncached) prompts go whole in one forward together, oldest
@@ -495,6 +510,7 @@ class DeviceActor(Actor):
         if logits is None:
             return
         spent = _ms(time.monotonic_ns() - start)
+        self._prefill_measured(sum(len(p) for p in pieces), spent)
         for seq, row in zip(group, logits, strict=True):
             seq.timings.prefill_ms += spent
             await self._prompt_fed(seq, len(seq.prompt_ids), row)
@@ -659,6 +675,8 @@ class DeviceActor(Actor):
             return
         if not whole and self._chunks is not None:
             self._chunks.observe(len(piece), _ms(time.monotonic_ns() - forward_start))
+        elif whole:
+            self._prefill_measured(len(piece), _ms(time.monotonic_ns() - forward_start))
         seq.timings.prefill_ms += _ms(time.monotonic_ns() - start)
         await self._prompt_fed(seq, end, logits)
 
