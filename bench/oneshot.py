@@ -233,6 +233,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         daemon_threads = daemon.threads()
 
         seed_dtype = status["dtype"] if args.seed_dtype == "match" else args.seed_dtype
+        if seed_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            seed_dtype = "auto"  # a GGUF weight type (llama.cpp): the seed loads as from_pretrained chooses
         seed_cmd = [python, str(SEED_SCRIPT), "--model", str(model_dir), f"--prompt={args.prompt}", "--max-tokens", str(n), "--dtype", seed_dtype]
         if args.seed_threads:
             seed_cmd += ["--threads", str(args.seed_threads)]
