@@ -74,6 +74,9 @@ class Admit(_Internal, tag="admit"):
     prompt_ids: list[int]
     sampling: Sampling
     eos_ids: list[int]
+    # Other prompts the tokenizer was still encoding when it sent this one: a burst of
+    # requests still arriving, which an idle device waits for to prefill them together.
+    more_coming: int = 0
 
 
 class QueuePosition(_Internal, tag="queue_position"):
