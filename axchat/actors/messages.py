@@ -77,6 +77,9 @@ class Admit(_Internal, tag="admit"):
     # time.monotonic_ns() when it joined the daemon's line, where a placer held it before
     # this device (0: now): its queue time counts from there.
     queued_since_ns: int = 0
+    # Other prompts the tokenizer was still encoding when it sent this one: a burst of
+    # requests still arriving, which an idle device waits for to prefill them together.
+    more_coming: int = 0
 
 
 class QueuePosition(_Internal, tag="queue_position"):

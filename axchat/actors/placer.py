@@ -168,8 +168,16 @@ class PlacerActor(Actor):
             if item.preferred == device.spec.name:
                 device.affinity_hits += 1
             self._placed[item.rid] = device.spec.name
-            await self.send(device.spec.name, item.admit)
+            await self.send(device.spec.name, self._for_device(item.admit))
         await self._announce_positions()
+
+    def _for_device(self, admit: m.Admit) -> m.Admit:
+        """A burst the tokenizer announces spreads over the devices: each hears of its
+        share, so none waits (planner.gather_until) for prompts placed elsewhere."""
+        if not admit.more_coming:
+            return admit
+        alive = sum(d.alive for d in self._devices.values())
+        return msgspec.structs.replace(admit, more_coming=admit.more_coming // max(alive, 1))
 
     def _choose(self, open_: list[_Device]) -> tuple[_Waiting, _Device]:
         least_loaded = min(open_, key=lambda d: (d.load(), d.last_placed_ns))

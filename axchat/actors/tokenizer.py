@@ -142,6 +142,7 @@ class TokenizerActor(Actor):
                 prompt_ids=ids,
                 sampling=msg.sampling,
                 eos_ids=self._eos_ids,
+                more_coming=sum(1 for rid in self._encoding if rid != msg.rid and rid not in self._cancelled_while_encoding),
             ),
         )
         # A cancel that came in while the admit was being sent was parked as "while

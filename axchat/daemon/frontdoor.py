@@ -20,6 +20,7 @@ from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_fit import kept_chars, kept_positions, min_tokens, prompt_field
 from axchat.actors.token_choice import validate as validate_sampling
+from axchat.daemon.peer_watch import PeerWatch
 from axchat.protocol import v1
 from axchat.protocol.field_path import field_path
 from axchat.sizes import human_bytes
@@ -34,10 +35,6 @@ HARD_LIMIT_FACTOR = 8
 CLIENT_SNDHWM = 10_000
 # A hint, not a promise: long enough for a short request to finish somewhere.
 BUSY_RETRY_AFTER_S = 1.0
-# When a connection drops, its peers are probed after each of these pauses (seconds);
-# libzmq tears a dead pipe down within milliseconds, so a peer still reachable after
-# the last one is a new connection that got the same fd (see _probe_after_disconnect).
-DISCONNECT_PROBE_SCHEDULE_S = (0.0, 0.01, 0.05, 0.2, 1.0)
 
 
 # Bodies larger than this are first sized without copying their text out of the frame.
@@ -114,7 +111,6 @@ class FrontDoor(Actor):
         # Liveness on the data path: a client with live requests must send something
         # (a `ping` will do) at least this often; a silent one is treated as gone.
         self._client_timeout_s = client_timeout_s
-        self._last_seen: dict[bytes, float] = {}
         self._liveness: asyncio.Task[None] | None = None
         self._info = info
         self._model_names = {info.model, *model_aliases}
@@ -128,12 +124,13 @@ class FrontDoor(Actor):
             router_mandatory=True,
             curve_server=curve_server,
         )
-        # Which connection (file descriptor) each peer spoke on, so a disconnect seen by
-        # the socket monitor can be tied to the peers whose work must stop at once,
-        # even while it is queued or prefilling and nothing is being sent to them.
-        self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self._peers_by_fd: dict[int, set[bytes]] = collections.defaultdict(set)
-        self._probes: set[asyncio.Task[None]] = set()
+        self._peers = PeerWatch(
+            self._router,
+            timeout_s=client_timeout_s,
+            probe=self._probe,
+            gone=self._client_gone,
+            live_peers=lambda: {live.identity for live in self._live.values()},
+        )
         self._rids = itertools.count(1)
         self._live: dict[int, _Live] = {}
         self._by_client: dict[tuple[bytes, str], int] = {}
@@ -147,18 +144,17 @@ class FrontDoor(Actor):
 
     async def on_start(self) -> None:
         self._reader = self.run_in_background(self._read_clients(), "frontdoor-reader")
-        self._watcher = self.run_in_background(self._watch_disconnects(), "frontdoor-disconnects")
+        self._watcher = self.run_in_background(self._peers.watch_disconnects(), "frontdoor-disconnects")
         if self._client_timeout_s > 0:
-            self._liveness = self.run_in_background(self._expire_silent_clients(), "frontdoor-liveness")
+            self._liveness = self.run_in_background(self._peers.expire_silent(), "frontdoor-liveness")
 
     async def on_close(self) -> None:
-        tasks = [t for t in (self._reader, self._watcher, self._liveness, *self._probes) if t is not None]
+        tasks = [t for t in (self._reader, self._watcher, self._liveness) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-        self._router.disable_monitor()
-        self._monitor.close(linger=0)
+        await self._peers.close()
         self._router.close(linger=0)
 
     def begin_drain(self) -> None:
@@ -192,9 +188,7 @@ class FrontDoor(Actor):
             # Views, not copies: a large body is decoded straight from ZeroMQ's buffer.
             frames = [part.buffer for part in parts[1:]]
             del parts
-            if fd >= 0:
-                self._peers_by_fd[fd].add(identity)
-            self._last_seen[identity] = time.monotonic()  # any traffic counts as a heartbeat
+            self._peers.seen(identity, fd)
             try:
                 await self._dispatch(identity, frames)
             except asyncio.CancelledError:
@@ -454,49 +448,9 @@ class FrontDoor(Actor):
             return False
         return True
 
-    async def _expire_silent_clients(self) -> None:
-        while True:
-            await asyncio.sleep(self._client_timeout_s / 4)  # a period, not a synchronisation
-            cutoff = time.monotonic() - self._client_timeout_s
-            silent = {live.identity for live in self._live.values() if self._last_seen.get(live.identity, 0) < cutoff}
-            for identity in silent:
-                await self._client_gone(identity, f"silent for over {self._client_timeout_s:g}s")
-            # Forget peers with nothing live, so the map does not grow without bound.
-            active = {live.identity for live in self._live.values()}
-            for identity in [i for i in self._last_seen if i not in active and self._last_seen[i] < cutoff]:
-                del self._last_seen[identity]
-
-    async def _watch_disconnects(self) -> None:
-        while True:
-            event = await self._monitor.recv_multipart()
-            fd = int.from_bytes(event[0][2:6], "little")  # zmq event frame: u16 event, u32 value
-            peers = self._peers_by_fd.pop(fd, set())
-            if peers:
-                probe = asyncio.create_task(self._probe_after_disconnect(fd, peers), name=f"probe-fd-{fd}")
-                self._probes.add(probe)
-                probe.add_done_callback(self._probe_done)
-
-    async def _probe_after_disconnect(self, fd: int, peers: set[bytes]) -> None:
-        """The fd number may already serve a new peer; only a peer we can no longer
-        reach is gone. The probe is a `pong` with id "", which clients ignore; a
-        failed send calls `_client_gone`. One probe is not enough: libzmq reports the
-        disconnect from its I/O thread before the ROUTER socket has taken in the
-        pipe's teardown, so on a busy machine a send right after can still land in
-        the dead pipe. A peer that answers every probe of the schedule owns the fd
-        now: keep it mapped, or its own disconnect later would go unnoticed (and its
-        prefix-cache entries would stay for ever)."""
-        for delay in DISCONNECT_PROBE_SCHEDULE_S:
-            await asyncio.sleep(delay)  # a deadline for libzmq's teardown, not a synchronisation
-            self._router.getsockopt(zmq.EVENTS)  # makes the socket process pending pipe commands
-            peers = {p for p in peers if await self._send_raw(p, "", v1.encode_body(v1.Pong()))}
-            if not peers:
-                return
-        self._peers_by_fd[fd].update(peers)
-
-    def _probe_done(self, task: asyncio.Task[None]) -> None:
-        self._probes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("disconnect probe failed", exc_info=task.exception())
+    async def _probe(self, identity: bytes) -> bool:
+        """A `pong` with id "", which clients ignore: can this peer still be reached?"""
+        return await self._send_raw(identity, "", v1.encode_body(v1.Pong()))
 
     async def _client_gone(self, identity: bytes, why: str) -> None:
         """A client we cannot reach any more: cancel all it asked for, free its KV."""

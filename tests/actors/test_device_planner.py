@@ -11,14 +11,19 @@ from axchat.actors.device import planner
 from axchat.actors.device.fair_queue import FairQueue
 from axchat.actors.device.planner import (
     ALONE_CHUNK,
+    GATHER_S,
     GROUP_TOKENS,
+    LONE_SHARE,
+    QUIET_S,
     WHOLE_PROMPT,
+    Arrivals,
     Decode,
     DecodeWithChunk,
     PrefillGroup,
     PrefillPiece,
     Restore,
     StepLimits,
+    Wait,
 )
 from axchat.actors.device.prompt_chunks import ChunkSizer
 from axchat.actors.device.sequence import DeviceSequence, SeqState
@@ -58,11 +63,18 @@ def decoding(rid: int, state: SeqState = SeqState.READY) -> DeviceSequence:
 
 
 def plan(running: list[DeviceSequence], limits: StepLimits = LEAN, *, decode_next: bool = False,
-         step_ms: float | None = None, chunks: ChunkSizer | None = None) -> planner.Plan | None:
+         step_ms: float | None = None, chunks: ChunkSizer | None = None,
+         arrivals: Arrivals | None = None) -> planner.Plan | None:
     return planner.next_step(
         running, limits, decode_next=decode_next, recent_step_ms=step_ms,
-        chunks=chunks if chunks is not None else limits.chunk_sizer(),
+        chunks=chunks if chunks is not None else limits.chunk_sizer(), arrivals=arrivals,
     )
+
+
+def arrivals(now: float, *, more: int = 0, last_admit: float = 100.0, since: float | None = None,
+             ms_per_token: float | None = None, slots: int = 4) -> Arrivals:
+    return Arrivals(now=now, more_coming=more, last_admit=last_admit, waiting_since=since,
+                    prefill_ms_per_token=ms_per_token, slots=slots)
 
 
 # ------------------------------------------------------------------ fairness
@@ -115,8 +127,11 @@ def test_a_group_is_bounded_by_padded_tokens_and_rows() -> None:
     many_rows = StepLimits(max_batch=8, prefill_chunk=64, prefill_rows=8, mixed_steps=True)
     width = 120  # four rows padded to this fit the budget; a fifth does not
     assert width <= WHOLE_PROMPT and 4 * width <= GROUP_TOKENS < 5 * width
+    stream = decoding(9)  # paused by the group's forward
     wide = [seq(i, width, started=True) for i in range(1, 7)]
-    assert plan(wide, many_rows) == PrefillGroup(tuple(wide[:4]))
+    assert plan([stream, *wide], many_rows) == PrefillGroup(tuple(wide[:4]))
+    # With no stream to pause, rows alone bound it.
+    assert plan(wide, many_rows) == PrefillGroup(tuple(wide))
     two_rows = StepLimits(max_batch=4, prefill_chunk=64, prefill_rows=2, mixed_steps=True)
     short = [seq(i, 8, started=True) for i in range(1, 5)]
     assert plan(short, two_rows) == PrefillGroup(tuple(short[:2]))
@@ -132,6 +147,58 @@ def test_a_mostly_cached_prompt_counts_as_short() -> None:
     s = seq(1, 600, started=True)
     s.prefilled = s.cached_tokens = 600 - WHOLE_PROMPT
     assert plan([s]) == PrefillPiece(s, 600, whole=True)
+
+
+# ------------------------------------------------------------------ gathering a burst
+
+
+def test_an_idle_device_waits_for_a_burst_the_tokenizer_announced() -> None:
+    first = [seq(1, 20)]
+    # Two more prompts still being encoded: wait for them up to GATHER_S from the start.
+    assert plan(first, arrivals=arrivals(100.0, more=2)) == Wait(100.0 + GATHER_S)
+    assert plan(first, arrivals=arrivals(100.05, more=1, since=100.0)) == Wait(100.0 + GATHER_S)
+    # A burst that never arrives (rejected, say) delays the first only until then.
+    assert plan(first, arrivals=arrivals(100.0 + GATHER_S, more=1, since=100.0)) == Restore(tuple(first))
+
+
+def test_after_a_burst_the_device_goes_once_none_has_come_for_a_quiet_window() -> None:
+    burst = [seq(1, 20), seq(2, 30)]
+    quiet_ends = 100.0 + QUIET_S
+    assert plan(burst, arrivals=arrivals(100.005, since=100.0)) == Wait(quiet_ends)
+    assert plan(burst, arrivals=arrivals(quiet_ends, since=100.0)) == Restore(tuple(burst))
+    # The overall deadline still holds however the arrivals trickle in.
+    late = arrivals(100.0 + GATHER_S, last_admit=100.0 + GATHER_S - 0.001, since=100.0)
+    assert plan(burst, arrivals=late) == Restore(tuple(burst))
+
+
+def test_a_lone_newcomer_waits_a_share_of_its_expected_prefill_at_most_the_quiet_window() -> None:
+    lone = [seq(1, 20)]
+    # 20 tokens at 10 ms each: a 200 ms prefill, of which it waits LONE_SHARE.
+    expected = 100.0 + LONE_SHARE * 10.0 * 20 / 1e3
+    assert expected < 100.0 + QUIET_S
+    assert plan(lone, arrivals=arrivals(100.0, ms_per_token=10.0)) == Wait(expected)
+    assert plan(lone, arrivals=arrivals(expected, ms_per_token=10.0, since=100.0)) == Restore(tuple(lone))
+    # A long prompt's share is capped; before any prefill was measured it goes at once.
+    long = [seq(1, 120)]
+    assert plan(long, arrivals=arrivals(100.0, ms_per_token=10.0)) == Wait(100.0 + QUIET_S)
+    assert plan(lone, arrivals=arrivals(100.0)) == Restore(tuple(lone))
+
+
+def test_no_wait_while_a_stream_decodes_or_the_group_cannot_grow() -> None:
+    announced = arrivals(100.0, more=3)
+    stream, fresh = decoding(1), seq(2, 20)
+    assert plan([stream, fresh], arrivals=announced) == Restore((fresh,))
+    sampling = decoding(1, SeqState.SAMPLING)
+    assert plan([sampling, fresh], arrivals=announced) == Restore((fresh,))
+    part_fed = seq(3, 600, started=True, prefilled=ALONE_CHUNK)
+    assert isinstance(plan([part_fed, seq(4, 20)], arrivals=announced), Restore)
+    # Slots or rows full, or a backend that takes one prompt a forward: nothing to gain.
+    full = [seq(i, 20) for i in range(1, 5)]
+    assert plan(full, arrivals=announced) == Restore(tuple(full))
+    assert plan([fresh], arrivals=arrivals(100.0, more=3, slots=1)) == Restore((fresh,))
+    one_row = StepLimits(max_batch=4, prefill_chunk=64, prefill_rows=1)
+    assert isinstance(plan([fresh], one_row, arrivals=announced), PrefillPiece)
+    assert plan([fresh], CARD, arrivals=announced) == PrefillPiece(fresh, 20, whole=True)
 
 
 # ------------------------------------------------------------------ chunks

@@ -11,6 +11,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 import zmq.asyncio
@@ -227,6 +228,36 @@ async def test_newcomers_short_prompts_go_in_one_forward_together(rig) -> None: 
     assert any(c[0] == "decode" and set(c[1]) == {1, 2, 3, 4} for c in backend.calls)
     assert all(e.completion_tokens == 6 and e.reason == "length" for e in tokenizer.ended.values())
 
+
+
+async def test_an_idle_device_waits_for_a_burst_the_tokenizer_is_still_encoding(rig) -> None:  # type: ignore[no-untyped-def]
+    bus, backend, tokenizer, device, _ = rig
+    device.gather_s = 60.0  # longer than any test: the last arrival, not the deadline, ends the wait
+    sender = Collector(bus, FailLoudly(), "test-sender")
+    try:
+        # The tokenizer says two more prompts are being encoded, then one, then none.
+        for rid, more in ((1, 2), (2, 1), (3, 0)):
+            await sender.send("device", msgspec.structs.replace(admit(rid, 20 + rid, 4), more_coming=more))
+        await tokenizer.until(lambda: len(tokenizer.ended) == 3)
+    finally:
+        sender.discard()
+
+    feeds = [c for c in backend.calls if c[0] in ("prefill", "extend", "extend_batch")]
+    assert feeds == [("extend_batch", (1, 2, 3), 66)]  # one forward for the whole burst
+    assert all(c[0] != "decode" or set(c[1]) == {1, 2, 3} for c in backend.calls)
+
+
+async def test_a_burst_that_never_arrives_delays_the_first_prompt_only_until_the_deadline(rig) -> None:  # type: ignore[no-untyped-def]
+    bus, _, tokenizer, device, _ = rig
+    device.gather_s = 0.05
+    sender = Collector(bus, FailLoudly(), "test-sender")
+    try:
+        # Announced, then never sent (say its prompt was too long and rejected).
+        await sender.send("device", msgspec.structs.replace(admit(1, 12, 3), more_coming=1))
+        await tokenizer.until(lambda: 1 in tokenizer.ended)
+    finally:
+        sender.discard()
+    assert tokenizer.ended[1].completion_tokens == 3
 
 
 async def test_a_short_prompt_goes_before_a_long_prompts_next_chunk(rig) -> None:  # type: ignore[no-untyped-def]

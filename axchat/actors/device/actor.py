@@ -17,7 +17,7 @@ import msgspec
 from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
 from axchat.actors.device import planner
-from axchat.actors.device.clock import DecodeClock
+from axchat.actors.device.clock import DecodeClock, PrefillRate
 from axchat.actors.device.device_thread import BackendReadings, DeviceThread
 from axchat.actors.device.fair_queue import FairQueue
 from axchat.actors.device.residency import BackendLoader, LoadProgress, Residency, ResidentModel
@@ -76,6 +76,13 @@ class DeviceActor(Actor):
         self._wake = asyncio.Event()
         self._stepper: asyncio.Task[None] | None = None
         self._decode_next = False  # alternates prefill work with decode steps
+        # Newcomers on their way, for an idle device's wait (times on the loop's clock).
+        self._more_coming = 0  # prompts the tokenizer was encoding at the latest Admit
+        self._last_admit = 0.0
+        self._gathering_since: float | None = None  # the planner's wait began then
+        self._gather_timer: asyncio.TimerHandle | None = None
+        self.gather_s = planner.GATHER_S
+        self.prefill_rate = PrefillRate()
         # Keep-alive. The tokenizer stays loaded: it is small, and it must keep working
         # while the model is away (a prompt is tokenized before the device sees it).
         self._model = ResidentModel(
@@ -105,6 +112,7 @@ class DeviceActor(Actor):
             seq = DeviceSequence(msg.rid, msg.label, msg.client, msg.prompt_ids, msg.sampling, frozenset(msg.eos_ids))
             if msg.queued_since_ns:
                 seq.admitted_ns = msg.queued_since_ns  # waited in a placer's line first
+            self._more_coming, self._last_admit = msg.more_coming, asyncio.get_running_loop().time()
             self._model.idle.stop()
             self._waiting.push(seq)
             if self.residency is not Residency.LOADED:
@@ -290,6 +298,15 @@ class DeviceActor(Actor):
             decode_next=self._decode_next,
             recent_step_ms=self.clock.recent_step_ms(),
             chunks=self._chunks,
+            arrivals=planner.Arrivals(
+                now=asyncio.get_running_loop().time(),
+                more_coming=self._more_coming,
+                last_admit=self._last_admit,
+                waiting_since=self._gathering_since,
+                prefill_ms_per_token=self.prefill_rate.ms_per_token(),
+                slots=self.max_running,
+                gather_s=self.gather_s,
+            ),
         )
 
     async def _step(self) -> bool:
@@ -303,6 +320,11 @@ class DeviceActor(Actor):
             await self._restore(list(plan.seqs))
             restored = True
             plan = self._plan()
+        if isinstance(plan, planner.Wait):
+            self._gather_until(plan.until)
+            return restored
+        if self._gathering_since is not None:
+            self._gathering_ended()
         if plan is None:
             return restored
         if isinstance(plan, planner.PREFILL_PLANS):
@@ -312,6 +334,24 @@ class DeviceActor(Actor):
             self._decode_next = False
         await self._run(plan)
         return True
+
+    def _gather_until(self, until: float) -> None:
+        """Wait for newcomers until `until`: the next Admit wakes the step loop sooner,
+        this timer at the latest."""
+        loop = asyncio.get_running_loop()
+        if self._gathering_since is None:
+            self._gathering_since = loop.time()
+        if self._gather_timer is not None:
+            self._gather_timer.cancel()
+        self._gather_timer = loop.call_at(until, self._wake.set)
+
+    def _gathering_ended(self) -> None:
+        """The device goes with what came: the next wait is counted afresh, and a burst
+        that never arrived (rejected, cancelled) is announced no longer."""
+        self._gathering_since, self._more_coming = None, 0
+        if self._gather_timer is not None:
+            self._gather_timer.cancel()
+            self._gather_timer = None
 
     async def _run(self, plan: planner.Forward) -> None:
         if isinstance(plan, planner.PrefillGroup):
@@ -417,6 +457,7 @@ class DeviceActor(Actor):
         if logits is None:
             return
         spent = ms(time.monotonic_ns() - start)
+        self.prefill_rate.observe(sum(len(p) for p in pieces), spent)
         for seq, row in zip(group, logits, strict=True):
             seq.timings.prefill_ms += spent
             await self._prompt_fed(seq, len(seq.prompt_ids), row)
@@ -436,6 +477,8 @@ class DeviceActor(Actor):
             return
         if not plan.whole and self._chunks is not None:
             self._chunks.observe(len(piece), ms(time.monotonic_ns() - start))
+        elif plan.whole:
+            self.prefill_rate.observe(len(piece), ms(time.monotonic_ns() - start))
         seq.timings.prefill_ms += ms(time.monotonic_ns() - start)
         await self._prompt_fed(seq, end, logits)
 
@@ -499,6 +542,7 @@ class DeviceActor(Actor):
 
     async def on_close(self) -> None:
         self._model.idle.stop()
+        self._gathering_ended()
         if self._stepper is not None:
             self._stepper.cancel()
             await asyncio.wait([self._stepper])  # waits without swallowing our own cancel

@@ -1,4 +1,5 @@
-"""The decode clock: what decode forwards cost, and what the daemon adds between them."""
+"""The device's clocks: what decode forwards cost and what the daemon adds between them;
+what a prompt token costs in a whole-prompt forward."""
 
 from __future__ import annotations
 
@@ -54,3 +55,20 @@ class DecodeClock:
 
     def overhead_ms(self) -> float:
         return ms(sum(self._gaps) // len(self._gaps)) if self._gaps else 0.0
+
+
+class PrefillRate:
+    """Milliseconds a prompt token costs in whole-prompt forwards, smoothed (each new
+    forward weighs half): what an idle device's wait for a lone newcomer's company is
+    sized from."""
+
+    def __init__(self) -> None:
+        self._ms_per_token: float | None = None
+
+    def observe(self, tokens: int, spent_ms: float) -> None:
+        if tokens > 0:
+            cost = spent_ms / tokens
+            self._ms_per_token = cost if self._ms_per_token is None else (cost + self._ms_per_token) / 2
+
+    def ms_per_token(self) -> float | None:
+        return self._ms_per_token

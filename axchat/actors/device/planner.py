@@ -8,7 +8,9 @@ alternating with prefill work so running streams keep moving while prompts go in
 Newcomers' short prompts go whole, together in one forward where the backend can; a long
 prompt goes in chunks sized to cost about one decode step, riding inside the decode step
 where the backend can. Admission is fair across clients (`FairQueue`), and nothing is
-ever evicted: a device whose KV does not survive a switch simply runs one at a time."""
+ever evicted: a device whose KV does not survive a switch simply runs one at a time.
+An idle device first waits a moment for a burst of newcomers still on their way
+(`gather_until`), so that they go in one forward and decode together from the start."""
 
 from __future__ import annotations
 
@@ -29,8 +31,23 @@ WHOLE_PROMPT = 128
 # up to this many tokens counting the padding to the longest: starting them together
 # puts them in the same decode batch from their first token on, where one by one the
 # first ones would decode alone, paying each later prompt's forward between their
-# tokens. The bound keeps the pause it makes in running streams to a few prompts' worth.
+# tokens. The bound keeps the pause it makes in running streams to a few prompts' worth;
+# with no stream running there is nobody to pause, and the group is bounded by rows alone.
 GROUP_TOKENS = 512
+# How long an idle device waits for prompts the tokenizer says are still being encoded
+# (a burst of clients), so that they go in the first forward with the first one. Measured
+# with bench/concurrency.py (8 clients, llama.cpp, 2 cores): starting the first prompt
+# alone made the other seven wait for its forward and then paused its stream for theirs.
+GATHER_S = 0.1
+# A burst reaches the tokenizer in batches (the front door reads a few frames at a time),
+# so "none left encoding" can be said while the next batch is a fraction of a millisecond
+# behind: with two or more newcomers, an idle device also waits until none has come for
+# this long. A lone newcomer waits LONE_SHARE of what its own prefill is expected to
+# take (from the prefills measured so far), at most QUIET_S: with 8 clients sending at
+# once the first prompt was often admitted alone, 1-5 ms before the rest, and prefilled
+# alone (0.2-0.6 s for 69 tokens on one core) while the other seven waited behind it.
+QUIET_S = 0.02
+LONE_SHARE = 0.05
 # A long prompt's chunk when no other stream is decoding: nobody waits on it, so it goes
 # in large pieces (with others decoding, ChunkSizer sizes each chunk like their step).
 ALONE_CHUNK = 256
@@ -132,10 +149,31 @@ class DecodeWithChunk:
     step_ms: float | None
 
 
+@dataclass(frozen=True)
+class Wait:
+    """Nothing yet: an idle device waits until `until` (or the next arrival, whichever
+    comes first) for newcomers on their way, then plans again."""
+
+    until: float
+
+
 Forward = PrefillGroup | PrefillPiece | Decode | DecodeWithChunk  # a forward that feeds tokens
-Plan = Restore | Forward
+Plan = Wait | Restore | Forward
 # Plans that put prompt in rather than advance streams: the next turn goes to decoding.
 PREFILL_PLANS = (PrefillGroup, PrefillPiece)
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """What the device knows of newcomers still on their way, in the clock's seconds."""
+
+    now: float
+    more_coming: int  # prompts the tokenizer was still encoding at the latest admission
+    last_admit: float  # when the latest newcomer was admitted
+    waiting_since: float | None  # when this wait for them began; None: not waiting yet
+    prefill_ms_per_token: float | None  # whole prompts' recent cost; None before any
+    slots: int  # sequences that may run at once (the operator's `--max-running`)
+    gather_s: float = GATHER_S  # the longest an announced burst is waited for
 
 
 # ------------------------------------------------------------------ planning
@@ -165,24 +203,28 @@ def next_step(
     decode_next: bool,
     recent_step_ms: float | None,
     chunks: ChunkSizer | None,
+    arrivals: Arrivals | None = None,
 ) -> Plan | None:
-    """The next forward for the running sequences (in admission order); None when none
+    """The next step for the running sequences (in admission order); None when none
     can run now. `decode_next`: the last step put prompt in, so decoding has its turn;
     `recent_step_ms`: the latest decode steps' cost; `chunks`: the chunk sizer (read,
-    never changed here)."""
+    never changed here); `arrivals`: newcomers on their way (None: never wait for any)."""
     prefilling = [s for s in running if s.state is SeqState.PREFILL]
     # Decode only once every running sequence has its next token: stepping the first
     # one back from the sampler alone would split the batch into singles.
     sampling = any(s.state is SeqState.SAMPLING for s in running)
     ready = [] if sampling else [s for s in running if s.state is SeqState.READY]
     if prefilling and not (ready and decode_next):
+        until = gather_until(running, limits, arrivals) if arrivals is not None else None
+        if until is not None:
+            return Wait(until)
         if limits.prefill_rows > 1:
             # Short prompts first: one goes in a forward, where a long one would hold
             # them for all of its chunks. What is short is known once prefixes are back.
             fresh = tuple(s for s in prefilling if not s.started)
             if fresh:
                 return Restore(fresh)
-            group = prefill_group(prefilling, limits)
+            group = prefill_group(prefilling, limits, others_running=len(prefilling) != len(running))
             if len(group) > 1:
                 return PrefillGroup(tuple(group))
             if group:
@@ -202,9 +244,36 @@ def next_step(
     return None
 
 
-def prefill_group(prefilling: Sequence[DeviceSequence], limits: StepLimits) -> list[DeviceSequence]:
+def gather_until(running: Sequence[DeviceSequence], limits: StepLimits, arrivals: Arrivals) -> float | None:
+    """When an idle device stops waiting for newcomers on their way; None: go now.
+
+    It waits for prompts the tokenizer is still encoding (up to `gather_s` from the
+    start of the wait); else, with two or more newcomers, until none has come for
+    QUIET_S; a lone newcomer for LONE_SHARE of its expected prefill (at most QUIET_S).
+    Never while a stream decodes or a prompt is part fed (they would pay for the wait),
+    nor when the group could not grow (rows or slots full, one row a forward)."""
+    prefilling = [s for s in running if s.state is SeqState.PREFILL]
+    busy = len(prefilling) != len(running) or any(s.started for s in prefilling)
+    room = min(limits.prefill_rows, arrivals.slots) - len(prefilling)
+    if not prefilling or busy or room <= 0 or limits.prefill_rows <= 1:
+        return None
+    deadline = (arrivals.now if arrivals.waiting_since is None else arrivals.waiting_since) + arrivals.gather_s
+    if arrivals.more_coming <= 0:
+        if len(prefilling) > 1:
+            quiet = QUIET_S
+        else:
+            new = len(prefilling[0].prompt_ids)  # the cached part is not known yet: an upper bound
+            quiet = min(QUIET_S, LONE_SHARE * (arrivals.prefill_ms_per_token or 0.0) * new / 1e3)
+        deadline = min(deadline, arrivals.last_admit + quiet)
+    return deadline if arrivals.now < deadline else None
+
+
+def prefill_group(
+    prefilling: Sequence[DeviceSequence], limits: StepLimits, *, others_running: bool = True
+) -> list[DeviceSequence]:
     """Started sequences whose (uncached) prompts go whole in one forward together,
-    oldest first, within GROUP_TOKENS and the backend's rows."""
+    oldest first, within the backend's rows and, while `others_running` (streams that
+    the forward pauses), GROUP_TOKENS."""
     group: list[DeviceSequence] = []
     width = 0  # the longest piece in the group: every row is padded to it
     for seq in prefilling:
@@ -212,7 +281,8 @@ def prefill_group(prefilling: Sequence[DeviceSequence], limits: StepLimits) -> l
         if not whole_prompt(seq, limits):
             continue
         wider = max(width, seq.prompt_left)
-        if group and (wider * (len(group) + 1) > GROUP_TOKENS or len(group) == limits.prefill_rows):
+        too_wide = others_running and wider * (len(group) + 1) > GROUP_TOKENS
+        if group and (too_wide or len(group) == limits.prefill_rows):
             break
         group.append(seq)
         width = wider
