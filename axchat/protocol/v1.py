@@ -21,7 +21,8 @@ import msgspec
 PROTOCOL_MAJOR = 1
 # 1.1: the `loading` event, status_reply's model residency fields; 1.2: generate.user;
 # 1.3: error.param, the field a refusal is about.
-PROTOCOL_MINOR = 3
+# 1.4: stats.device and status_reply.devices, for a daemon driving several devices.
+PROTOCOL_MINOR = 4
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # Default cap on one frame's size; the daemon announces its own in `welcome`.

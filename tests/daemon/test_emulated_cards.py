@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import HELD, DaemonProcess, RawClient, chat
 
-from axchat.protocol import v1
 from axchat.actors.backends.aipu import emulator as emu
+from axchat.protocol import v1
 
 CARDS = "a=16,b=16,c=16"
 WAIT_S = 60.0
