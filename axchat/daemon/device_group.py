@@ -16,7 +16,8 @@ from typing import Any
 
 from axchat.actors import messages as m
 from axchat.actors.backends import DeviceBackend, ModelLoadError
-from axchat.actors.device.actor import DeviceActor, Peers
+from axchat.actors.device.actor import DeviceActor
+from axchat.actors.device.peers import Peers
 from axchat.actors.mailbox import Actor, Bus
 from axchat.actors.placer import PLACER_NAME, DeviceSpec, PlacerActor, device_name
 from axchat.daemon import model_load

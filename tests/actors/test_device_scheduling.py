@@ -232,7 +232,7 @@ async def test_newcomers_short_prompts_go_in_one_forward_together(rig) -> None: 
 
 async def test_an_idle_device_waits_for_a_burst_the_tokenizer_is_still_encoding(rig) -> None:  # type: ignore[no-untyped-def]
     bus, backend, tokenizer, device, _ = rig
-    device.gather_s = 60.0  # longer than any test: the last arrival, not the deadline, ends the wait
+    device.burst.gather_s = 60.0  # longer than any test: the last arrival, not the deadline, ends the wait
     sender = Collector(bus, FailLoudly(), "test-sender")
     try:
         # The tokenizer says two more prompts are being encoded, then one, then none.
@@ -249,7 +249,7 @@ async def test_an_idle_device_waits_for_a_burst_the_tokenizer_is_still_encoding(
 
 async def test_a_burst_that_never_arrives_delays_the_first_prompt_only_until_the_deadline(rig) -> None:  # type: ignore[no-untyped-def]
     bus, _, tokenizer, device, _ = rig
-    device.gather_s = 0.05
+    device.burst.gather_s = 0.05
     sender = Collector(bus, FailLoudly(), "test-sender")
     try:
         # Announced, then never sent (say its prompt was too long and rejected).

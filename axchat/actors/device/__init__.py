@@ -8,6 +8,8 @@ forward passes. Modules, by job:
 - `clock`: what decode steps cost, and what the daemon adds between them.
 - `device_thread`: the one thread that calls the backend, and the readings taken there.
 - `residency`: keep-alive (unloading the idle model, loading it again).
+- `burst`: an announced burst of prompts, as an idle device waits for it.
+- `peers`: the actors a device talks to (a placer in front, with several devices).
 - `actor`: the mailbox that runs the planner's steps on the device thread.
 
 Nothing is imported here, so the planner loads without the actor (or torch)."""

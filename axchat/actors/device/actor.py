@@ -9,7 +9,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -17,9 +16,11 @@ import msgspec
 from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
 from axchat.actors.device import planner
+from axchat.actors.device.burst import Burst
 from axchat.actors.device.clock import DecodeClock, PrefillRate
 from axchat.actors.device.device_thread import BackendReadings, DeviceThread
 from axchat.actors.device.fair_queue import FairQueue
+from axchat.actors.device.peers import ONE_DEVICE, Peers
 from axchat.actors.device.residency import BackendLoader, LoadProgress, Residency, ResidentModel
 from axchat.actors.device.sequence import DeviceSequence, SeqState, ms
 from axchat.actors.mailbox import Actor, Bus, Supervisor
@@ -27,20 +28,6 @@ from axchat.actors.token_choice import SequenceSampler
 from axchat.protocol.v1 import ErrorInfo, FinishReason
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Peers:
-    """The actors a device talks to, by name (one device among several: each has its
-    own name, and these stay shared)."""
-
-    tokenizer: str = "tokenizer"
-    sampler: str = "sampler"
-    reply: str = "reply"
-    # Where its filled-in status goes: the reply stage, or a placer that sums several.
-    status: str = "reply"
-    # Who else hears every Ended (a placer: it frees the slot).
-    ended: str | None = None
 
 
 class DeviceActor(Actor):
@@ -56,7 +43,7 @@ class DeviceActor(Actor):
         keep_alive_s: float | None = None,
         loader: BackendLoader | None = None,
         name: str = "device",
-        peers: Peers = Peers(),
+        peers: Peers = ONE_DEVICE,
     ) -> None:
         self.name = name  # before the inbox is bound under it
         super().__init__(bus, supervisor)
@@ -77,11 +64,7 @@ class DeviceActor(Actor):
         self._stepper: asyncio.Task[None] | None = None
         self._decode_next = False  # alternates prefill work with decode steps
         # Newcomers on their way, for an idle device's wait (times on the loop's clock).
-        self._more_coming = 0  # prompts the tokenizer was encoding at the latest Admit
-        self._last_admit = 0.0
-        self._gathering_since: float | None = None  # the planner's wait began then
-        self._gather_timer: asyncio.TimerHandle | None = None
-        self.gather_s = planner.GATHER_S
+        self.burst = Burst(self._wake.set)
         self.prefill_rate = PrefillRate()
         # Keep-alive. The tokenizer stays loaded: it is small, and it must keep working
         # while the model is away (a prompt is tokenized before the device sees it).
@@ -112,7 +95,7 @@ class DeviceActor(Actor):
             seq = DeviceSequence(msg.rid, msg.label, msg.client, msg.prompt_ids, msg.sampling, frozenset(msg.eos_ids))
             if msg.queued_since_ns:
                 seq.admitted_ns = msg.queued_since_ns  # waited in a placer's line first
-            self._more_coming, self._last_admit = msg.more_coming, asyncio.get_running_loop().time()
+            self.burst.admitted(msg.more_coming)
             self._model.idle.stop()
             self._waiting.push(seq)
             if self.residency is not Residency.LOADED:
@@ -251,16 +234,7 @@ class DeviceActor(Actor):
         if backend is not None:
             self._thread.spawn(backend.release, seq.rid, keep)
         await self.send(self._peers.sampler, m.ForgetSequence(rid=seq.rid))
-        ended = m.Ended(
-            rid=seq.rid,
-            reason=reason,
-            prompt_tokens=len(seq.prompt_ids),
-            completion_tokens=seq.completion_tokens,
-            cached_tokens=seq.cached_tokens,
-            timings=seq.timings,
-            error=error,
-            device=self.name,
-        )
+        ended = seq.ended(reason, error, self.name)
         await self.send(self._peers.tokenizer, ended)
         if self._peers.ended is not None:
             await self.send(self._peers.ended, ended)
@@ -298,15 +272,7 @@ class DeviceActor(Actor):
             decode_next=self._decode_next,
             recent_step_ms=self.clock.recent_step_ms(),
             chunks=self._chunks,
-            arrivals=planner.Arrivals(
-                now=asyncio.get_running_loop().time(),
-                more_coming=self._more_coming,
-                last_admit=self._last_admit,
-                waiting_since=self._gathering_since,
-                prefill_ms_per_token=self.prefill_rate.ms_per_token(),
-                slots=self.max_running,
-                gather_s=self.gather_s,
-            ),
+            arrivals=self.burst.arrivals(self.prefill_rate.ms_per_token(), self.max_running),
         )
 
     async def _step(self) -> bool:
@@ -321,10 +287,10 @@ class DeviceActor(Actor):
             restored = True
             plan = self._plan()
         if isinstance(plan, planner.Wait):
-            self._gather_until(plan.until)
+            self.burst.wait_until(plan.until)
             return restored
-        if self._gathering_since is not None:
-            self._gathering_ended()
+        if self.burst.since is not None:
+            self.burst.ended()
         if plan is None:
             return restored
         if isinstance(plan, planner.PREFILL_PLANS):
@@ -334,24 +300,6 @@ class DeviceActor(Actor):
             self._decode_next = False
         await self._run(plan)
         return True
-
-    def _gather_until(self, until: float) -> None:
-        """Wait for newcomers until `until`: the next Admit wakes the step loop sooner,
-        this timer at the latest."""
-        loop = asyncio.get_running_loop()
-        if self._gathering_since is None:
-            self._gathering_since = loop.time()
-        if self._gather_timer is not None:
-            self._gather_timer.cancel()
-        self._gather_timer = loop.call_at(until, self._wake.set)
-
-    def _gathering_ended(self) -> None:
-        """The device goes with what came: the next wait is counted afresh, and a burst
-        that never arrived (rejected, cancelled) is announced no longer."""
-        self._gathering_since, self._more_coming = None, 0
-        if self._gather_timer is not None:
-            self._gather_timer.cancel()
-            self._gather_timer = None
 
     async def _run(self, plan: planner.Forward) -> None:
         if isinstance(plan, planner.PrefillGroup):
@@ -542,7 +490,7 @@ class DeviceActor(Actor):
 
     async def on_close(self) -> None:
         self._model.idle.stop()
-        self._gathering_ended()
+        self.burst.ended()
         if self._stepper is not None:
             self._stepper.cancel()
             await asyncio.wait([self._stepper])  # waits without swallowing our own cancel

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from axchat.actors import messages as m
-from axchat.protocol.v1 import FinishReason, RequestInfo, Sampling
+from axchat.protocol.v1 import ErrorInfo, FinishReason, RequestInfo, Sampling
 
 if TYPE_CHECKING:
     from axchat.actors.token_choice import SequenceSampler
@@ -54,6 +54,19 @@ class DeviceSequence:
     def decoding(self) -> bool:
         """Its whole prompt is in: it produces tokens now."""
         return self.prefilled >= len(self.prompt_ids)
+
+    def ended(self, reason: FinishReason, error: ErrorInfo | None, device: str) -> m.Ended:
+        """What the device tells of it when it ends, served by `device`."""
+        return m.Ended(
+            rid=self.rid,
+            reason=reason,
+            prompt_tokens=len(self.prompt_ids),
+            completion_tokens=self.completion_tokens,
+            cached_tokens=self.cached_tokens,
+            timings=self.timings,
+            error=error,
+            device=device,
+        )
 
     def info(self) -> RequestInfo:
         state: Literal["queued", "prefill", "decode"] = "decode"
