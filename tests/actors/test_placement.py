@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 from axchat.actors.device.fair_queue import FairQueue
 from axchat.actors.prefix_affinity import BLOCK_TOKENS, PrefixAffinity, block_fingerprints
 from axchat.frontends.status import _device_lines
@@ -98,6 +100,27 @@ def test_status_and_metrics_show_each_device() -> None:
 
 
 def _plain(d: v1.DeviceStatus) -> dict[str, object]:
-    import msgspec
-
     return msgspec.to_builtins(d)  # type: ignore[no-any-return]
+
+
+def test_each_device_reports_its_own_temperature() -> None:
+    """Devices send DeviceReading (not the placer): the reply stage's figures put each
+    device's reading on its status line and in the stats of what it served."""
+    from axchat.actors import messages as m
+    from axchat.actors.backends.base import BackendInfo
+    from axchat.actors.telemetry import Telemetry
+
+    info = BackendInfo(backend="aipu", model="m", device="2 devices", dtype="int8", context_length=64, vocab_size=10)
+    telemetry = Telemetry(info)
+    telemetry.device_reading(m.DeviceReading(device="device-0", temperature_c=41.0))
+    telemetry.device_reading(m.DeviceReading(device="device-1", temperature_c=55.5))
+    reply = msgspec.structs.replace(m.blank_status(v1.DaemonState.SERVING), devices=DEVICES)
+    filled = telemetry.fill_status(reply)
+    assert [d.temperature_c for d in filled.devices] == [41.0, None]  # device-1 is down: no reading shown
+    assert filled.device_temp_c == 55.5  # the hottest device
+    finished = m.Finished(
+        rid=1, label="r1", reason="stop", prompt_tokens=1, completion_tokens=1, cached_tokens=0, trimmed_messages=0,
+        received_ns=0, tokenize_ms=0.0, cpu_ns=0, timings=m.DeviceTimings(), device="device-1",
+    )  # fmt: skip
+    stats = telemetry.finished(finished)
+    assert stats.device == "device-1" and stats.device_temp_c == 55.5
