@@ -219,3 +219,12 @@ async def test_the_sampler_answers_the_device_that_sent_the_logits() -> None:
         term.start()
         term.join(5)
         assert not term.is_alive(), "ZeroMQ context did not terminate: a socket leaked"
+
+
+async def test_a_burst_announced_to_the_placer_is_shared_out(rig: tuple[Actor, dict[str, Inbox], Supervision]) -> None:
+    """Each device hears of its share of the prompts still being encoded, so none waits
+    for prompts that will be placed on another (three live devices here)."""
+    driver, box, _ = rig
+    await driver.send("device", msgspec.structs.replace(admit(1, "alice", [1] * 20), more_coming=6))
+    placed = await box["device-0"].next(m.Admit)
+    assert placed.rid == 1 and placed.more_coming == 2  # type: ignore[union-attr]
