@@ -227,6 +227,15 @@ class DeviceDown(_Internal, tag="device_down"):
     reason: str
 
 
+class DeviceResidency(_Internal, tag="device_residency"):
+    """Device -> placer: keep-alive is unloading the model from this device, or it is
+    loaded again. The placer prefers a device that holds the model to one that must load
+    it again (seconds), and an unloaded device's cached prefixes are gone."""
+
+    device: str  # the device actor's name
+    loaded: bool
+
+
 class Outbound(_Internal, tag="outbound"):
     """Reply stage -> front door: an encoded protocol body for the request's client."""
 
@@ -263,6 +272,7 @@ ActorMessage = Union[
     StatusQuery,
     DeviceReading,
     DeviceDown,
+    DeviceResidency,
     Outbound,
     Abort,
 ]

@@ -2,7 +2,8 @@
 daemon's one waiting line (round-robin across clients, so fairness holds across devices,
 not per device) and hands a request to a device only when that device has a free slot:
 to the device holding the conversation's prefix when it has room, else to the least
-loaded. A device that fails is taken out of placement; the others keep serving.
+loaded, a device holding the model before one that keep-alive unloaded (a reload takes
+seconds). A device that fails is taken out of placement; the others keep serving.
 
 It takes the bus name "device", so the tokenizer, front door and supervisor talk to it
 as they would to a lone device; the devices are "device-0", "device-1", ... With one
@@ -56,6 +57,7 @@ class _Device:
     spec: DeviceSpec
     alive: bool
     reason: str = ""
+    loaded: bool = True  # holds the model (each device says when keep-alive unloads it)
     running: dict[int, _Waiting] = field(default_factory=dict)  # placed on it, not ended
     last_placed_ns: int = 0
     failures_running: int = 0
@@ -146,6 +148,8 @@ class PlacerActor(Actor):
                 await self._status_query(msg)  # the front door's
         elif isinstance(msg, m.DeviceDown):
             await self._take_out(msg.name, msg.reason, fail_running=True)
+        elif isinstance(msg, m.DeviceResidency):
+            self._resident(msg)
         else:
             raise TypeError(f"placer got unexpected {type(msg).__name__}")
 
@@ -179,14 +183,26 @@ class PlacerActor(Actor):
         alive = sum(d.alive for d in self._devices.values())
         return msgspec.structs.replace(admit, more_coming=admit.more_coming // max(alive, 1))
 
+    def _resident(self, msg: m.DeviceResidency) -> None:
+        device = self._devices.get(msg.device)
+        if device is None:
+            return
+        device.loaded = msg.loaded
+        if not msg.loaded:  # its cached prefixes go with the model: no turn should wait for them
+            self._affinity.forget_device(msg.device)
+
     def _choose(self, open_: list[_Device]) -> tuple[_Waiting, _Device]:
-        least_loaded = min(open_, key=lambda d: (d.load(), d.last_placed_ns))
+        # A device holding the model before one that must load it again, however busy:
+        # a reload costs seconds, a shared batch milliseconds a token.
+        least_loaded = min(open_, key=lambda d: (not d.loaded, d.load(), d.last_placed_ns))
         first: _Waiting | None = None
         for item in self._queue.in_order():
             first = first or item
             preferred = self._devices.get(item.preferred or "")
-            if preferred is None or not preferred.alive:
-                return item, least_loaded  # no prefix anywhere: it goes where there is most room
+            if preferred is None or not preferred.alive or not preferred.loaded:
+                # No prefix anywhere (an unloaded device's went with the model): it goes
+                # where the model is and there is most room.
+                return item, least_loaded
             if preferred.has_room():
                 return item, preferred
             # Its prefix is on a full device: it waits for that one while others can go.

@@ -163,7 +163,7 @@ def build(bus: Bus, supervisor: DaemonSupervisor, cfg: ServeConfig, model: str, 
             model,
             backend,
             name=device_name(len(devices)),
-            peers=Peers(status=PLACER_NAME, ended=PLACER_NAME),
+            peers=Peers(status=PLACER_NAME, ended=PLACER_NAME, residency=PLACER_NAME),
         )
         del backend
         devices.append(device)

@@ -1,8 +1,9 @@
 """The placer on real inproc ZeroMQ sockets, between stand-in device actors that record
 what they are given and end requests when the test says: placement only into free slots,
-affinity with stealing when the prefix's device stays full, a device actor that dies
-failing only what it held, cancels reaching the right device, and status waiting for
-every device's report (and going without one that never answers)."""
+affinity with stealing when the prefix's device stays full, a device holding the model
+preferred to one keep-alive unloaded, a device actor that dies failing only what it
+held, cancels reaching the right device, and status waiting for every device's report
+(and going without one that never answers)."""
 
 from __future__ import annotations
 
@@ -228,3 +229,29 @@ async def test_a_burst_announced_to_the_placer_is_shared_out(rig: tuple[Actor, d
     await driver.send("device", msgspec.structs.replace(admit(1, "alice", [1] * 20), more_coming=6))
     placed = await box["device-0"].next(m.Admit)
     assert placed.rid == 1 and placed.more_coming == 2  # type: ignore[union-attr]
+
+
+async def test_a_device_holding_the_model_is_preferred_to_one_keep_alive_unloaded(
+    rig: tuple[Actor, dict[str, Inbox], Supervision],
+) -> None:
+    """Devices say when keep-alive unloads them and when they are loaded again: a request
+    goes where the model is while there is room there (a reload takes seconds), and a
+    conversation whose device unloaded (its cache went with the model) goes there too."""
+    driver, box, sup = rig
+    for name in ("device-0", "device-1"):
+        await driver.send("device", m.DeviceResidency(device=name, loaded=False))
+    conversation = list(range(2 * BLOCK_TOKENS))
+    await driver.send("device", admit(1, "alice", conversation))
+    assert (await box["device-2"].next(m.Admit)).rid == 1  # the one still holding the model
+    await driver.send("device", admit(2, "bob", [2] * 20))
+    # The loaded device is full: rather than wait, bob's request loads the model again.
+    assert (await box["device-0"].next(m.Admit)).rid == 2
+    await driver.send("device", m.DeviceResidency(device="device-0", loaded=True))
+    await driver.send("device", ended(2, "device-0"))
+    await driver.send("device", ended(1, "device-2"))  # alice's prefix is on device-2...
+    await driver.send("device", m.DeviceResidency(device="device-2", loaded=False))  # ...until it unloads
+    await driver.send("device", admit(3, "alice", [*conversation, 1, 2, 3]))
+    assert (await box["device-0"].next(m.Admit)).rid == 3  # loaded, with room: no reload for her turn
+    await driver.send("device", admit(4, "carol", [4] * 20))
+    assert (await box["device-1"].next(m.Admit)).rid == 4  # every loaded device full: the first unloaded
+    assert not sup.errors

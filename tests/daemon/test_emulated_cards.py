@@ -223,7 +223,7 @@ def test_emulated_cards_keep_alive_unloads_each_card_on_its_own(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     d = cards_daemon(
-        tiny_model_dir, tmp_path_factory.mktemp("keep-alive-cards"), "--devices", "2", "--keep-alive", "1s", cards="a,b"
+        tiny_model_dir, tmp_path_factory.mktemp("keep-alive-cards"), "--devices", "2", "--keep-alive", "3s", cards="a,b"
     ).wait_ready()
     client = RawClient(d.socket)
     try:
@@ -233,10 +233,16 @@ def test_emulated_cards_keep_alive_unloads_each_card_on_its_own(
         assert done.finish_reason == "length", done
         states = {x.name: x.state for x in status_of(client).devices}
         # The card that served is loaded again; the other stayed unloaded (it may be
-        # unloading once more already if a second passed).
+        # unloading once more already if three seconds passed).
         assert states[done.stats.device] in ("serving", "unloaded") and len(states) == 2, states
         other = next(name for name in states if name != done.stats.device)
         assert states[other] == "unloaded", states
+        assert d.log_text().count("keep-alive: a request arrived; loading the model again") == 1
+        # The next request goes to the card that holds the model, not to the idle one
+        # that would have to load it again (its keep-alive is long enough for both).
+        client.send("r2", chat("and again", max_tokens=3, ignore_eos=True))
+        again = finish(client, "r2")
+        assert again.stats.device == done.stats.device, (again, done)
         assert d.log_text().count("keep-alive: a request arrived; loading the model again") == 1
     finally:
         client.close()

@@ -71,6 +71,7 @@ class DeviceActor(Actor):
         self._model = ResidentModel(
             backend, self._thread, loader, keep_alive_s, wanted=self._wanted, tell_loading=self._tell_loading,
             load_ended=self._load_ended, failed=self._residency_failed, name=name,
+            moved=self._residency_moved if peers.residency is not None else None,
         )
         self.clock = DecodeClock()
 
@@ -172,13 +173,9 @@ class DeviceActor(Actor):
         if seq.greedy is not None:
             await self._take_token(seq, seq.greedy.choose(logits))
         elif first:
-            await self.send(
-                self._peers.sampler,
-                m.Logits(
-                    rid=seq.rid, data=logits.tobytes(), sampling=seq.sampling, context_ids=seq.prompt_ids,
-                    reply_to=self.name,
-                ),
-            )
+            sampling, context = seq.sampling, seq.prompt_ids
+            row = m.Logits(rid=seq.rid, data=logits.tobytes(), sampling=sampling, context_ids=context, reply_to=self.name)
+            await self.send(self._peers.sampler, row)
         else:
             await self.send(self._peers.sampler, m.Logits(rid=seq.rid, data=logits.tobytes()))
 
@@ -350,6 +347,9 @@ class DeviceActor(Actor):
             self._wake.set()
         else:
             self._model.idle.start()  # everyone who waited cancelled
+
+    async def _residency_moved(self, loaded: bool) -> None:  # a placer places by it
+        await self.send(self._peers.residency or "", m.DeviceResidency(device=self.name, loaded=loaded))
 
     def _residency_failed(self, exc: BaseException) -> None:
         # An unload or a load must never die quietly: that would wedge every request.

@@ -15,6 +15,8 @@ class Peers:
     status: str = "reply"
     # Who else hears every Ended (a placer: it frees the slot).
     ended: str | None = None
+    # Who hears when keep-alive unloads the model and when it is back (a placer).
+    residency: str | None = None
 
 
 ONE_DEVICE = Peers()  # a daemon's lone device: no placer

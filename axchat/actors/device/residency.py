@@ -105,10 +105,12 @@ class ResidentModel:
         load_ended: Callable[[Exception | None], Awaitable[None]],
         failed: Callable[[BaseException], None],
         name: str = "device",
+        moved: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         """`wanted`: requests are running or waiting; `tell_loading`: tell each waiting
         request where the load stands; `load_ended`: a reload finished (None) or failed;
-        `failed`: an unload or a load task died (a bug: it would wedge every request)."""
+        `failed`: an unload or a load task died (a bug: it would wedge every request);
+        `moved`: the model is on its way out (False: the idle timer fired) or back (True)."""
         self.backend: DeviceBackend | None = backend  # None while not loaded
         self.state = Residency.LOADED
         self._thread = thread
@@ -117,6 +119,7 @@ class ResidentModel:
         self._tell_loading = tell_loading
         self._load_ended = load_ended
         self._failed = failed
+        self._moved = moved
         self._name = name
         # Without a loader it could never come back: keep it for ever.
         self.idle = IdleTimer(keep_alive_s if loader is not None else None, self._idle_expired)
@@ -161,6 +164,8 @@ class ResidentModel:
         backend, self.backend = self.backend, None
         assert backend is not None
         log.info("keep-alive: no request for %gs; unloading the model", self.idle.keep_alive_s)
+        if self._moved is not None:
+            await self._moved(False)
         try:
             await self._thread.run(backend.close)
         except Exception:
@@ -204,6 +209,8 @@ class ResidentModel:
         self.last_load_s = progress.elapsed_s()
         self.backend, self.load, self.state = backend, None, Residency.LOADED
         log.info("keep-alive: model loaded again in %.1fs", self.last_load_s)
+        if self._moved is not None:
+            await self._moved(True)
         await self._load_ended(None)
 
     def _stage_entered(self, progress: LoadProgress, name: str) -> None:
