@@ -121,6 +121,11 @@ async def load_devices(
     return results, tokenizer
 
 
+def describe(labels: list[str]) -> str:
+    """Several devices in one phrase, as `status`, the ready line and systemd show them."""
+    return f"{len(labels)} devices: {', '.join(labels)}"
+
+
 @dataclass
 class DeviceGroup:
     """The actors driving the devices, in start order (devices, then the placer)."""

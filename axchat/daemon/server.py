@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,7 @@ class _Phase:
 
     text: str = "starting"
     door: FrontDoor | None = None
-    device: DeviceActor | None = None
+    devices: list[tuple[str, DeviceActor]] = field(default_factory=list)  # with their labels
 
     def describe(self) -> str:
         if self.door is not None and self.text == "serving":
@@ -141,12 +141,13 @@ class _Phase:
         return self.text
 
     def _residency(self) -> str:
-        device = self.device
-        if device is None or device.residency is Residency.LOADED:
-            return ""
-        if device.residency is Residency.LOADING:
-            return ", model loading again"
-        return ", model unloaded (idle)"
+        """Where keep-alive has the model away: with several devices, on which."""
+        loading = [label for label, d in self.devices if d.residency is Residency.LOADING]
+        idle = [label for label, d in self.devices if d.residency in (Residency.UNLOADING, Residency.UNLOADED)]
+        if len(self.devices) == 1:
+            return ", model loading again" if loading else ", model unloaded (idle)" if idle else ""
+        text = f", model loading again on {', '.join(loading)}" if loading else ""
+        return text + (f", model unloaded (idle) on {', '.join(idle)}" if idle else "")
 
     def starting_load(self) -> bool:
         """Still in the start-up load, which systemd's start timeout must not cut short."""
@@ -223,11 +224,13 @@ async def _serve(
 ) -> int:
     if backend is not None:
         info = backend.info
+        labels = [info.device]
     else:
         assert loaded is not None
-        on = [r for r in loaded if r.backend is not None]
-        info = on[0].backend.info  # type: ignore[union-attr]
-        info = replace(info, device=f"{len(on)} devices: {', '.join(r.backend.info.device for r in on)}")  # type: ignore[union-attr]
+        on = [r.backend for r in loaded if r.backend is not None]
+        labels = [b.info.device for b in on]
+        info = replace(on[0].info, device=device_group.describe(labels))
+        del on  # the device actors must be the backends' one owners
     eos_ids = set(info.eos_ids) | end_of_turn_ids(tokenizer)
 
     async with AsyncExitStack() as stack:
@@ -246,12 +249,12 @@ async def _serve(
             device = device_group.device_actor(bus, supervisor, cfg, model.source, backend)
             del backend  # the device actor is its one owner, so that unloading frees it
             devices: list[Actor] = [device]
-            max_running = device.max_running
+            device_actors, max_running = [device], device.max_running
         else:
             assert loaded is not None
             group = device_group.build(bus, supervisor, cfg, model.source, loaded)
             del loaded  # emptied of backends: the device actors own them
-            device, devices, max_running = group.devices[0], group.actors, group.max_running
+            devices, device_actors, max_running = group.actors, group.devices, group.max_running
         # The reply stage hears the devices' readings as messages, never holding a
         # backend (even a bound method of it would keep an unloaded model in memory).
         reply_stage = ReplyActor(bus, supervisor, info, max_queued=cfg.max_queued)
@@ -305,8 +308,9 @@ async def _serve(
             info.threads,
             info.context_length,
         )
-        phase.door, phase.device, phase.text = door, device, "serving"
-        notifier.ready(f"serving {info.model}")
+        phase.door, phase.text = door, "serving"
+        phase.devices = list(zip(labels, device_actors, strict=True))
+        notifier.ready(f"serving {info.model}" + (f" on {info.device}" if len(labels) > 1 else ""))
         stopper = asyncio.create_task(stop.wait())
         waiters: list[asyncio.Future[Any]] = [stopper, supervisor.fatal]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

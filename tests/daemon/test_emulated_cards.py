@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HELD, DaemonProcess, RawClient, chat
+from conftest import HELD, DaemonProcess, RawClient, chat, short_socket_dir
+from test_notify import NotifyListener
 
 from axchat.actors.backends.aipu import emulator as emu
 from axchat.protocol import v1
@@ -21,8 +22,10 @@ CARDS = "a=16,b=16,c=16"
 WAIT_S = 60.0
 
 
-def cards_daemon(model: Path, tmp: Path, *extra: str, cards: str = CARDS) -> DaemonProcess:
+def cards_daemon(model: Path, tmp: Path, *extra: str, cards: str = CARDS, notify: str = "") -> DaemonProcess:
     env = {emu.LOCK_DIR_ENV: str(tmp / "card"), "XDG_CACHE_HOME": str(tmp / "cache"), emu.CARDS_ENV: cards}
+    if notify:
+        env["NOTIFY_SOCKET"] = notify  # as systemd's
     return DaemonProcess(model, "--device", "aipu", "--aipu-runtime", "emulator", *extra, env=env)
 
 
@@ -222,12 +225,23 @@ def test_emulated_cards_cpu_refuses_several_devices(tiny_model_dir: Path) -> Non
 def test_emulated_cards_keep_alive_unloads_each_card_on_its_own(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    """Also: the ready line and systemd's status name every card, not the first alone."""
+    notify = str(short_socket_dir() / "notify")
+    listener = NotifyListener(notify)
     d = cards_daemon(
-        tiny_model_dir, tmp_path_factory.mktemp("keep-alive-cards"), "--devices", "2", "--keep-alive", "3s", cards="a,b"
-    ).wait_ready()
+        tiny_model_dir, tmp_path_factory.mktemp("keep-alive-cards"), "--devices", "2", "--keep-alive", "3s",
+        cards="a,b", notify=notify,
+    ).wait_ready()  # fmt: skip
     client = RawClient(d.socket)
     try:
+        ready_line = next(line for line in d.lines if "ready:" in line)
+        assert "2 devices: a (emulated), b (emulated)" in ready_line, ready_line
+        _, ready = listener.until("READY")
+        assert ready["STATUS"].endswith(" on 2 devices: a (emulated), b (emulated)"), ready
         wait_status(client, lambda s: [x.state for x in s.devices] == ["unloaded", "unloaded"], "both cards unloaded")
+        said = listener.until("STATUS")[1]["STATUS"]
+        while said != "serving 0 request(s), model unloaded (idle) on a (emulated), b (emulated)":
+            said = listener.until("STATUS", timeout_s=10)[1]["STATUS"]  # refreshed within a tick of a change
         client.send("r", chat("wake one card", max_tokens=3, ignore_eos=True))
         done = finish(client, "r")
         assert done.finish_reason == "length", done
@@ -246,4 +260,5 @@ def test_emulated_cards_keep_alive_unloads_each_card_on_its_own(
         assert d.log_text().count("keep-alive: a request arrived; loading the model again") == 1
     finally:
         client.close()
+        listener.close()
         assert d.stop() == 0, d.log_text()
