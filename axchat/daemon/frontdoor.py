@@ -108,9 +108,6 @@ class FrontDoor(Actor):
         self._max_live = max_live
         self._max_live_per_client = max_live_per_client
         self._live_per_client: collections.Counter[tuple[bytes, str]] = collections.Counter()
-        # Liveness on the data path: a client with live requests must send something
-        # (a `ping` will do) at least this often; a silent one is treated as gone.
-        self._client_timeout_s = client_timeout_s
         self._liveness: asyncio.Task[None] | None = None
         self._info = info
         self._model_names = {info.model, *model_aliases}
@@ -124,6 +121,8 @@ class FrontDoor(Actor):
             router_mandatory=True,
             curve_server=curve_server,
         )
+        # Liveness on the data path: a client with live requests must send something
+        # (a `ping` will do) at least `client_timeout_s` often; a silent one is gone.
         self._peers = PeerWatch(
             self._router,
             timeout_s=client_timeout_s,
@@ -145,7 +144,7 @@ class FrontDoor(Actor):
     async def on_start(self) -> None:
         self._reader = self.run_in_background(self._read_clients(), "frontdoor-reader")
         self._watcher = self.run_in_background(self._peers.watch_disconnects(), "frontdoor-disconnects")
-        if self._client_timeout_s > 0:
+        if self._peers.timeout_s > 0:
             self._liveness = self.run_in_background(self._peers.expire_silent(), "frontdoor-liveness")
 
     async def on_close(self) -> None:
@@ -282,7 +281,7 @@ class FrontDoor(Actor):
                 dtype=info.dtype,
                 context_length=info.context_length,
                 max_frame_bytes=self._max_frame,
-                client_timeout_s=self._client_timeout_s,
+                client_timeout_s=self._peers.timeout_s,
             ),
         )
 
