@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 LOCK_SUFFIX = ".lock"
+# How long a refused daemon waits for the winner to write its pid. The winner writes it
+# right after taking the lock, so this is only ever waited out when it died meanwhile.
+HOLDER_WAIT_S = 2.0
 
 
 class SocketTaken(Exception):
@@ -31,7 +35,7 @@ def take(socket_path: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        holder = _holder(fd)
         os.close(fd)
         raise SocketTaken(
             f"another axchat daemon (pid {holder}) is already serving at {socket_path} (it holds {path})"
@@ -42,3 +46,28 @@ def take(socket_path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _holder(fd: int) -> str:
+    """The pid of the daemon holding the lock, as it wrote it. It writes it just after
+    taking the lock, so a daemon started at the same moment can read the file before
+    that (empty) or before its truncation (the pid of an earlier, dead holder): wait,
+    with a deadline, for a pid that names a live process."""
+    deadline = time.monotonic() + HOLDER_WAIT_S
+    while True:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text.isdigit() and _alive(int(text)):
+            return text
+        if time.monotonic() >= deadline:
+            return "unknown"
+        time.sleep(0.01)  # the winner is between flock and pwrite; a poll, not a synchronisation
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process (a system service's daemon)
+    return True
