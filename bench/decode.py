@@ -236,7 +236,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     if not llama:
         serve_args += ["--compile", "true" if args.compile else "false"]
     daemon = Daemon(str(model_dir), serve_args, log)
-    samples: dict[str, list[float]] = {k: [] for k in ("bare_b1", "bare_b8", "daemon_b1", "daemon_b8", "step_ms", "overhead_ms")}
+    samples: dict[str, list[float]] = {k: [] for k in ("bare_b1", "bare_b8", "daemon_b1", "daemon_b8", "step_ms", "overhead_ms", "step_ms_b8", "overhead_ms_b8")}
     bare: Any = None
     try:
         daemon.start(args.timeout)
@@ -265,9 +265,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     samples["daemon_b1"].append(b1)
                     samples["step_ms"].append(st.step_ms)
                     samples["overhead_ms"].append(st.overhead_ms_per_token)
-                    b8, _ = asyncio.run(clients(daemon.socket, 8, args, r))
+                    b8, st8 = asyncio.run(clients(daemon.socket, 8, args, r))
                     samples["daemon_b8"].append(b8)
-                    log(f"round {r + 1}: daemon {b1:.1f} tok/s b1 (step {st.step_ms:.1f} ms + {st.overhead_ms_per_token:.2f} ms own), {b8:.1f} b8")
+                    samples["step_ms_b8"].append(st8.step_ms)
+                    samples["overhead_ms_b8"].append(st8.overhead_ms_per_token)
+                    log(
+                        f"round {r + 1}: daemon {b1:.1f} tok/s b1 (step {st.step_ms:.1f} ms + {st.overhead_ms_per_token:.2f} ms own),"
+                        f" {b8:.1f} b8 (step {st8.step_ms:.1f} ms + {st8.overhead_ms_per_token:.2f} ms own)"
+                    )
     finally:
         warnings = daemon.finish() if daemon.proc is not None else []
         if llama and bare is not None:
@@ -287,6 +292,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     out.update({
         "weight_type": status.dtype,
         "step_ms_b1": rnd(med["step_ms"], 2),
+        "step_ms_b8": rnd(med["step_ms_b8"], 2),
         "bandwidth_bound_tok_s_b1": rnd(bound),
         "fraction_of_bound_b1": rnd(med["daemon_b1"] / bound, 3),
         "compile_s": status.compile_s,

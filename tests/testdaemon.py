@@ -55,12 +55,16 @@ def _paced(step: Callable[..., Any]) -> Callable[..., Any]:
 
 def install_held_requests() -> None:
     from axchat.actors.device import actor as device
+    from axchat.actors.device import run_ahead
 
     unpaced = device.DeviceActor._forward
 
     async def paced_forward(self: Any, seqs: list[Any], fn: Callable[..., Any], *args: Any) -> Any:
         if not _released() and any(s.sampling.max_tokens >= HELD_MIN_TOKENS for s in seqs):
-            fn = _paced(fn)
+            if fn is run_ahead.run:  # a run of steps: each of its steps is paced
+                args = (_paced(args[0]), *args[1:])
+            else:
+                fn = _paced(fn)
         return await unpaced(self, seqs, fn, *args)
 
     device.DeviceActor._forward = paced_forward  # type: ignore[method-assign]

@@ -126,8 +126,10 @@ class StopSequence(_Internal, tag="stop"):
 
 
 class TokenOut(_Internal, tag="token"):
+    """A stream's next tokens, in order (several when the device ran steps ahead)."""
+
     rid: int
-    token_id: int
+    token_ids: list[int]
 
 
 class DeviceTimings(msgspec.Struct, gc=False):

@@ -222,13 +222,16 @@ class TokenizerActor(Actor):
         stream = self._streams.get(msg.rid)
         if stream is None or stream.stops.stopped:
             return  # tokens the device made before it heard about the stop string
-        stream.emitted_tokens += 1
-        stream.pending_ids.append(msg.token_id)
         # Decoding one token's window takes microseconds; an executor hop would cost
         # more than the work, so this stays on the loop.
-        text = stream.stops.feed(stream.detok.push(msg.token_id))
-        if stream.stops.stopped:
-            await self.send("device", m.StopSequence(rid=msg.rid))
+        text = ""
+        for token_id in msg.token_ids:
+            stream.emitted_tokens += 1
+            stream.pending_ids.append(token_id)
+            text += stream.stops.feed(stream.detok.push(token_id))
+            if stream.stops.stopped:
+                await self.send("device", m.StopSequence(rid=msg.rid))
+                break  # the rest come after the stop string: never shown or counted
         # A token that adds no text and holds nothing back (one the tokenizer cannot
         # spell, say) still gets its delta, so token ids stream as they are made.
         nothing_held = not stream.detok.holding and not stream.stops.holding

@@ -96,8 +96,7 @@ async def load_devices(
             break
         progress(f"{label}: config")
         try:
-            backend = await loop.run_in_executor(
-                None,
+            backend = await model_load.in_own_thread(
                 model_load.load_device,
                 cfg.backend,
                 model,

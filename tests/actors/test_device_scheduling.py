@@ -20,6 +20,7 @@ from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
 from axchat.actors.backends.load_options import LoadOptions
 from axchat.actors.backends.torch_engine import load as torch_load
+from axchat.actors.device import run_ahead
 from axchat.actors.device.actor import DeviceActor
 from axchat.actors.device.planner import ALONE_CHUNK
 from axchat.actors.device.prompt_chunks import ROUND
@@ -93,13 +94,15 @@ class Collector(Actor):
         self.name = name
         super().__init__(bus, sup)  # type: ignore[arg-type]
         self.tokens: dict[int, int] = {}
+        self.pieces: dict[int, list[int]] = {}  # tokens per TokenOut message, per request
         self.ended: dict[int, m.Ended] = {}
         self.reports: list[v1.StatusReply] = []
         self.changed = asyncio.Event()
 
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.TokenOut):
-            self.tokens[msg.rid] = self.tokens.get(msg.rid, 0) + 1
+            self.tokens[msg.rid] = self.tokens.get(msg.rid, 0) + len(msg.token_ids)
+            self.pieces.setdefault(msg.rid, []).append(len(msg.token_ids))
         elif isinstance(msg, m.Ended):
             self.ended[msg.rid] = msg
         elif isinstance(msg, m.StatusQuery):
@@ -277,6 +280,40 @@ async def test_a_short_prompt_goes_before_a_long_prompts_next_chunk(rig) -> None
     assert feeds[1] == ("extend", (2,), 8)  # then the short one, whole, before the rest
     assert sum(long_chunks) == 600
     assert tokenizer.ended[1].completion_tokens == 2 and tokenizer.ended[2].completion_tokens == 3
+
+
+async def test_a_lone_greedy_stream_runs_its_steps_on_the_device_thread(rig, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    bus, backend, tokenizer, _, _ = rig
+    monkeypatch.setattr(run_ahead, "BUDGET_MS", 60_000.0)  # bounded by the stream, not the clock
+    sender = Collector(bus, FailLoudly(), "test-sender")
+    try:
+        await sender.send("device", admit(1, 8, max_tokens=12))
+        await tokenizer.until(lambda: 1 in tokenizer.ended)
+    finally:
+        sender.discard()
+    # The prompt's token, then the other 11 from one run: one message, one trip.
+    assert tokenizer.pieces[1] == [1, 11]
+    assert tokenizer.ended[1].completion_tokens == 12 and tokenizer.ended[1].reason == "length"
+    assert [c[0] for c in backend.calls].count("decode") == 11  # still one forward a token
+
+
+async def test_a_newcomer_ends_a_run_at_the_next_step(rig, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    bus, backend, tokenizer, _, telemetry = rig
+    monkeypatch.setattr(run_ahead, "BUDGET_MS", 60_000.0)
+    sender = Collector(bus, FailLoudly(), "test-sender")
+    try:
+        backend.hold = "decode"  # the run's first step holds the device
+        await sender.send("device", admit(1, 8, max_tokens=40))
+        await arrive_while_held(backend, sender, telemetry, [admit(2, 8, max_tokens=3)])
+        await tokenizer.until(lambda: len(tokenizer.ended) == 2)
+    finally:
+        sender.discard()
+    # Request 1's run stopped after the held step: the newcomer's prompt went in next,
+    # not 38 more steps of request 1 alone.
+    first = next(i for i, c in enumerate(backend.calls) if c[0] == "decode")
+    assert backend.calls[first] == ("decode", (1,), 1)
+    assert 2 in backend.calls[first + 1][1], backend.calls[first : first + 3]
+    assert tokenizer.ended[1].completion_tokens == 40 and tokenizer.ended[2].completion_tokens == 3
 
 
 async def arrive_while_held(backend, sender, telemetry, admits) -> None:  # type: ignore[no-untyped-def]

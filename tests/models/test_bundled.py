@@ -62,7 +62,10 @@ def test_give_me_a_joke_streams_a_joke_from_the_corpus(client: RawClient) -> Non
     request.model = "axchat-mini"  # the bundled name is an accepted alias
     deltas = answer(client, "joke", request)
     text = "".join(d.text for d in deltas)
-    assert len(deltas) > 3, text  # streamed, not one lump
+    # Streamed, not one lump: the first token goes out alone as soon as the prompt is in;
+    # the rest follow in pieces (a run of steps on the device thread lasts at most
+    # run_ahead.BUDGET_MS, and this model may make the whole answer within one).
+    assert len(deltas) >= 2 and len(deltas[0].token_ids) == 1, deltas
     assert any(s in text for s in sentences(jokes_en.neutral)), text
 
 

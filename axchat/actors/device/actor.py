@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ import msgspec
 
 from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
-from axchat.actors.device import planner
+from axchat.actors.device import planner, run_ahead
 from axchat.actors.device.burst import Burst
 from axchat.actors.device.clock import DecodeClock, PrefillRate
 from axchat.actors.device.device_thread import BackendReadings, DeviceThread
@@ -63,6 +64,9 @@ class DeviceActor(Actor):
         self._wake = asyncio.Event()
         self._stepper: asyncio.Task[None] | None = None
         self._decode_next = False  # alternates prefill work with decode steps
+        # Set by anything that arrives for the device: a run of greedy steps on the
+        # device thread ends at its next step boundary (run_ahead.py).
+        self._interrupt = threading.Event()
         # Newcomers on their way, for an idle device's wait (times on the loop's clock).
         self.burst = Burst(self._wake.set)
         self.prefill_rate = PrefillRate()
@@ -92,6 +96,8 @@ class DeviceActor(Actor):
         await self._publish(await self._thread.read())  # telemetry's first reading
 
     async def handle(self, msg: m.ActorMessage) -> None:
+        if isinstance(msg, (m.Admit, m.CancelRequest, m.StopSequence)):
+            self._interrupt.set()
         if isinstance(msg, m.Admit):
             seq = DeviceSequence(msg.rid, msg.label, msg.client, msg.prompt_ids, msg.sampling, frozenset(msg.eos_ids))
             if msg.queued_since_ns:
@@ -160,7 +166,7 @@ class DeviceActor(Actor):
         seq = self._running.get(msg.rid)
         if seq is None or seq.state is not SeqState.SAMPLING:
             return  # ended while the sampler worked
-        await self._take_token(seq, msg.token_id)
+        await self._take_tokens(seq, [msg.token_id])
 
     async def _choose_next(self, seq: DeviceSequence, logits: Any, first: bool) -> None:
         """Hand a row of logits on for the next token. Greedy requests pick it here:
@@ -171,7 +177,7 @@ class DeviceActor(Actor):
             sampler = SequenceSampler(seq.sampling, seq.prompt_ids)
             seq.greedy = sampler if sampler.greedy else None
         if seq.greedy is not None:
-            await self._take_token(seq, seq.greedy.choose(logits))
+            await self._take_tokens(seq, [seq.greedy.choose(logits)])
         elif first:
             sampling, context = seq.sampling, seq.prompt_ids
             row = m.Logits(rid=seq.rid, data=logits.tobytes(), sampling=sampling, context_ids=context, reply_to=self.name)
@@ -179,27 +185,41 @@ class DeviceActor(Actor):
         else:
             await self.send(self._peers.sampler, m.Logits(rid=seq.rid, data=logits.tobytes()))
 
-    async def _take_token(self, seq: DeviceSequence, token: int) -> None:
+    async def _take_tokens(self, seq: DeviceSequence, tokens: list[int]) -> None:
+        """`seq`'s next tokens, in order: emitted in one message up to the first that
+        ends it (an end-of-turn id, its length limit, the context's end)."""
         now = time.monotonic_ns()
         if seq.completion_tokens == 0:
             seq.timings.first_token_ns = now
         seq.timings.last_token_ns = now
-        if token in seq.eos_ids and not seq.sampling.ignore_eos:
-            await self._end(seq, "stop")
-            return
-        seq.completion_tokens += 1
-        await self._emit(seq, token)
-        full = len(seq.prompt_ids) + seq.completion_tokens >= self._context_length
-        if seq.completion_tokens >= seq.sampling.max_tokens or full:
-            await self._end(seq, "length")
+        out: list[int] = []
+        end: FinishReason | None = None
+        for token in tokens:
+            if token in seq.eos_ids and not seq.sampling.ignore_eos:
+                end = "stop"
+                break
+            seq.completion_tokens += 1
+            out.append(token)
+            if self._room(seq) <= 0:
+                end = "length"
+                break
+        if out:
+            await self._emit(seq, out)
+        if end is not None:
+            await self._end(seq, end)
         else:
-            seq.next_token = token
+            seq.next_token = out[-1]
             seq.state = SeqState.READY
             self._wake.set()
 
-    async def _emit(self, seq: DeviceSequence, token: int) -> None:
-        """The one place a generated token leaves the device (for the tokenizer)."""
-        await self.send(self._peers.tokenizer, m.TokenOut(rid=seq.rid, token_id=token))
+    def _room(self, seq: DeviceSequence) -> int:
+        """Tokens `seq` may still produce: its length limit or the context's end."""
+        used = seq.completion_tokens
+        return min(seq.sampling.max_tokens - used, self._context_length - len(seq.prompt_ids) - used)
+
+    async def _emit(self, seq: DeviceSequence, tokens: list[int]) -> None:
+        """The one place generated tokens leave the device (for the tokenizer)."""
+        await self.send(self._peers.tokenizer, m.TokenOut(rid=seq.rid, token_ids=tokens))
 
     async def _stop(self, rid: int, reason: FinishReason) -> None:
         waiting = self._waiting.remove(rid)
@@ -443,6 +463,9 @@ class DeviceActor(Actor):
     async def _decode(self, seqs: list[DeviceSequence]) -> None:
         for seq in seqs:
             seq.fed.append(seq.next_token)
+        if self._may_run_ahead(seqs):
+            await self._decode_run(seqs)
+            return
         # Timed per call, not wrapped once: a kept bound method would hold the backend
         # (and so an unloaded model) alive.
         logits = await self._forward(
@@ -450,6 +473,36 @@ class DeviceActor(Actor):
         )
         if logits is not None:
             await self._decoded(seqs, logits)
+
+    def _may_run_ahead(self, seqs: list[DeviceSequence]) -> bool:
+        """Every running stream is in this step and greedy, and nobody waits for a slot:
+        the steps after this one need nothing from the loop."""
+        return (
+            len(seqs) == len(self._running)
+            and not self._waiting
+            and all(s.greedy is not None and s.pending_end is None for s in seqs)
+        )
+
+    async def _decode_run(self, seqs: list[DeviceSequence]) -> None:
+        """Decode steps on the device thread until a bound (run_ahead.py); then each
+        stream's tokens are taken in one pass, as one step's would be."""
+        self._interrupt.clear()  # on the loop, where anything arriving later sets it
+        lanes = []
+        for seq in seqs:
+            assert seq.greedy is not None
+            ends = frozenset() if seq.sampling.ignore_eos else seq.eos_ids
+            lanes.append(run_ahead.Lane(seq.rid, seq.next_token, seq.greedy.choose, self._room(seq), ends))
+        backend = self._loaded()
+        done = await self._forward(
+            seqs, run_ahead.run, self.clock.timed(backend.decode), lanes, self._interrupt, backend.quiet
+        )
+        if done is None:
+            return
+        for seq, lane in zip(seqs, lanes, strict=True):
+            seq.fed.extend(lane.fed)  # in its KV whatever happens next
+            if await self._ended_during_forward(seq):
+                continue
+            await self._take_tokens(seq, lane.chosen)
 
     async def _decode_with_chunk(self, plan: planner.DecodeWithChunk) -> None:
         """A decode step carrying the next chunk of a long prompt. The chunk is sized so

@@ -1,0 +1,95 @@
+"""Runs of greedy decode steps on the device thread (actors/device/run_ahead.py), with
+a scripted decode: where each lane stops, what it fed, and the run's own bounds."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pytest
+
+from axchat.actors.device import run_ahead
+from axchat.actors.device.run_ahead import Lane
+
+VOCAB = 16
+
+
+class Script:
+    """A decode whose rows make sequence `rid` pick `next_of[rid](fed token)`; it logs
+    each step's (sequence ids, tokens fed)."""
+
+    def __init__(self, interrupt_after: int | None = None, interrupt: threading.Event | None = None) -> None:
+        self.steps: list[tuple[list[int], list[int]]] = []
+        self.interrupt_after = interrupt_after
+        self.interrupt = interrupt
+
+    def __call__(self, rids: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        self.steps.append((list(rids), list(tokens)))
+        rows = np.zeros((len(rids), VOCAB), dtype=np.float32)
+        for i, (rid, token) in enumerate(zip(rids, tokens, strict=True)):
+            rows[i, (token + rid) % VOCAB] = 1.0  # each sequence counts up by its id
+        if self.interrupt is not None and len(self.steps) == self.interrupt_after:
+            self.interrupt.set()  # as a newcomer's arrival would, during this step
+        return rows
+
+
+def lane(rid: int, token: int, room: int = 100, ends: frozenset[int] = frozenset()) -> Lane:
+    return Lane(rid, token, lambda row: int(np.argmax(row)), room, ends)
+
+
+def test_each_lane_stops_at_its_end_token_or_its_room_and_the_others_go_on() -> None:
+    decode = Script()
+    a, b, c = lane(1, 0, room=3), lane(2, 0, ends=frozenset({6})), lane(3, 0, room=5)
+    run_ahead.run(decode, [a, b, c], threading.Event(), budget_ms=60_000)
+    assert a.chosen == [1, 2, 3]  # its room
+    assert b.chosen == [2, 4, 6]  # the end token is chosen (the actor ends it there)
+    assert c.chosen == [3, 6, 9, 12, 15]
+    # Every step fed each lane's last choice; an ended lane leaves the batch.
+    assert decode.steps[0] == ([1, 2, 3], [0, 0, 0])
+    assert decode.steps[1] == ([1, 2, 3], [1, 2, 3])
+    assert decode.steps[3] == ([3], [9])
+    assert len(decode.steps) == 5
+    # What went into the KV: all but the last choice of each.
+    assert a.fed == [1, 2] and c.fed == [3, 6, 9, 12]
+
+
+def test_a_run_ends_at_the_step_after_an_interrupt() -> None:
+    interrupt = threading.Event()
+    decode = Script(interrupt_after=2, interrupt=interrupt)
+    only = lane(1, 0)
+    run_ahead.run(decode, [only], interrupt, budget_ms=60_000)
+    assert len(decode.steps) == 2 and only.chosen == [1, 2]
+
+
+def test_the_first_step_always_runs_and_a_spent_budget_ends_the_run_there() -> None:
+    decode = Script()
+    interrupt = threading.Event()
+    interrupt.set()  # set before the run: still the step the planner asked for
+    first = lane(1, 0)
+    run_ahead.run(decode, [first], interrupt, budget_ms=60_000)
+    assert first.chosen == [1]
+    second = lane(1, 0)
+    run_ahead.run(decode, [second], threading.Event(), budget_ms=0)
+    assert second.chosen == [1]
+
+
+def test_the_steps_run_inside_the_backends_quiet_context_even_when_one_fails() -> None:
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def quiet() -> Iterator[None]:
+        entered.append("in")
+        try:
+            yield
+        finally:
+            entered.append("out")
+
+    def failing(rids: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        assert entered == ["in"]
+        raise RuntimeError("device lost")
+
+    with pytest.raises(RuntimeError, match="device lost"):
+        run_ahead.run(failing, [lane(1, 0)], threading.Event(), quiet)
+    assert entered == ["in", "out"]
