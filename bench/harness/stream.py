@@ -34,6 +34,11 @@ class Stream:
             return None
         return self.completion_tokens / (self.done_at - self.first)
 
+    def first_delta_tokens(self) -> int:
+        """Token ids in the first delta: 1 when the first token spells text. Later deltas
+        may carry several whatever the model (the device's runs of greedy steps)."""
+        return self.deltas[0][1] if self.deltas else 0
+
     def gaps(self) -> list[tuple[float, float]]:
         """(end time, gap seconds) between consecutive deltas."""
         return [(b[0], b[0] - a[0]) for a, b in zip(self.deltas, self.deltas[1:], strict=False)]
@@ -82,3 +87,10 @@ def greedy(max_tokens: int) -> Any:
     from axchat.protocol import v1
 
     return v1.Sampling(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+
+
+def text_comes_late(recs: list[Stream]) -> bool:
+    """Most streams' first delta held several tokens: the model picks ids the tokenizer
+    cannot spell, so text (and client-side TTFT) comes late."""
+    firsts = sorted(r.first_delta_tokens() for r in recs if r.deltas)
+    return bool(firsts) and firsts[len(firsts) // 2] > 1

@@ -5,7 +5,6 @@ interchangeable."""
 from __future__ import annotations
 
 import abc
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -105,12 +104,6 @@ class DeviceBackend(abc.ABC):
         Only called when `capabilities.prefix_cache` is set or `prefill_rows` > 1 (a
         backend without a cache then starts the sequence empty and returns 0)."""
         raise NotImplementedError(f"{type(self).__name__} has no prefix cache")
-
-    def quiet(self) -> contextlib.AbstractContextManager[None]:
-        """Decode steps run inside this while the daemon does nothing else: a run of
-        greedy steps on the device thread (actors/device/run_ahead.py). A backend that
-        leaves a core to the event loop between ordinary steps may use it here."""
-        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def release(self, seq_id: int, keep: tuple[str, list[int]] | None = None) -> None:

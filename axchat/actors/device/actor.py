@@ -494,7 +494,7 @@ class DeviceActor(Actor):
             lanes.append(run_ahead.Lane(seq.rid, seq.next_token, seq.greedy.choose, self._room(seq), ends))
         backend = self._loaded()
         done = await self._forward(
-            seqs, run_ahead.run, self.clock.timed(backend.decode), lanes, self._interrupt, backend.quiet
+            seqs, run_ahead.run, self.clock.timed(backend.decode), lanes, self._interrupt
         )
         if done is None:
             return

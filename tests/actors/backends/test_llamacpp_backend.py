@@ -165,11 +165,3 @@ def test_each_turn_supersedes_the_entry_it_started_from(backend: LlamaCppBackend
     for i, (salt, p) in enumerate(others.items()):  # nobody else was pushed out
         assert backend.start(3000 + i, p, salt) == len(p) - 1
         backend.release(3000 + i)
-
-
-def test_one_token_steps_leave_a_core_for_the_event_loop_only_when_llama_cpp_has_them_all() -> None:
-    from axchat.actors.backends.llamacpp.thread_choice import one_token_threads
-
-    assert one_token_threads(2, cores=2) == 1  # 2 cores: the loop's per-token work needs one
-    assert one_token_threads(3, cores=4) == 3  # from 4 cores up default_threads already left one
-    assert one_token_threads(1, cores=1) == 1

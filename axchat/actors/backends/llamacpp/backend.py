@@ -10,8 +10,7 @@ a later request of the same client shares the longest matching prefix with `seq_
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,12 +30,8 @@ class LlamaCppBackend(DeviceBackend):
         bytes_per_cell: int,
         prefill_chunk: int = 256,
         prefix_cache_bytes: int = 0,
-        quiet_threads: int | None = None,
     ) -> None:
         self.engine = engine
-        # One-token steps leave a core to the event loop (thread_choice.py); runs of
-        # steps with the loop quiet take this many threads instead.
-        self._quiet_threads = quiet_threads
         self.info = info
         self.capabilities = Capabilities(
             max_batch=max_batch,
@@ -162,18 +157,6 @@ class LlamaCppBackend(DeviceBackend):
                 if self._prefixes.put(salt, tokens, llama_seq, length * self._bytes_per_cell):
                     return
         self._free(llama_seq)
-
-    @contextlib.contextmanager
-    def quiet(self) -> Iterator[None]:
-        usual = self.engine.threads
-        if self._quiet_threads is None or self._quiet_threads == usual[0]:
-            yield
-            return
-        self.engine.set_threads(self._quiet_threads, usual[1])
-        try:
-            yield
-        finally:
-            self.engine.set_threads(*usual)
 
     def live_sequences(self) -> int:
         return len(self._seq)

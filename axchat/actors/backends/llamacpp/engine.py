@@ -112,7 +112,6 @@ class Engine:
         self.vocab_size = int(llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model)))
         self.context_trained = int(llama_cpp.llama_model_n_ctx_train(self.model))
         self.batch_size = batch
-        self.threads = (threads, threads)  # (one-token batches, larger ones)
         self._batch = llama_cpp.llama_batch_init(batch, 0, 1)
         # Views of the batch's arrays, made once: each step refills them in place.
         self._token = np.ctypeslib.as_array(self._batch.token, shape=(batch,))
@@ -124,8 +123,7 @@ class Engine:
 
     def set_threads(self, threads: int, batch_threads: int | None = None) -> None:
         """llama.cpp computes a one-token batch with `threads`, larger ones with `batch_threads`."""
-        self.threads = (threads, batch_threads or threads)
-        llama_cpp.llama_set_n_threads(self.ctx, *self.threads)
+        llama_cpp.llama_set_n_threads(self.ctx, threads, batch_threads or threads)
 
     def run(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int], want: Sequence[int]) -> np.ndarray:
         """Feed tokens (each with its position and sequence id) and return float32 logits

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from axchat.actors.backends.base import BackendInfo, ModelLoadError
 from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert, thread_choice
-from axchat.host_cores import default_threads, usable_cores
+from axchat.host_cores import default_threads
 
 if TYPE_CHECKING:
     from axchat.actors.backends.llamacpp.backend import LlamaCppBackend
@@ -180,16 +180,8 @@ def load(
     cells = -(-(running + parked) // 256) * 256
     engine = _engine(engine_mod, gguf, cells, max_batch + (PARKED if parked else 0), threads, exact)
     threads_reason = f"{threads} threads as asked"
-    quiet_threads = None
     if measure_threads and threads > 1:
         threads, threads_reason = thread_choice.choose(engine, [threads, 1])
-    # Also for threads as asked, and so for a keep-alive reload (which asks for the
-    # count measured at start-up): its steps meet the same event loop.
-    single = thread_choice.one_token_threads(threads, usable_cores())
-    if single != threads:
-        engine.set_threads(single, threads)
-        quiet_threads = threads
-        threads_reason += f"; one-token steps on {single} (a core left for the event loop), on {threads} in runs of greedy steps"
     info = BackendInfo(
         backend="llamacpp",
         model=_display_name(model),
@@ -215,7 +207,6 @@ def load(
         bytes_per_cell=per_cell,
         prefill_chunk=PREFILL_CHUNK,
         prefix_cache_bytes=parked * per_cell,
-        quiet_threads=quiet_threads,
     )
 
 

@@ -32,19 +32,6 @@ def _step_ms(engine: Engine, start: int) -> float:
     return statistics.median(times)
 
 
-def one_token_threads(threads: int, cores: int) -> int:
-    """Threads for a one-token step when batches get `threads` on `cores` usable cores.
-
-    While llama.cpp computes one sequence's next token, the event loop handles the last
-    one (detokenize, send, the next admission): about 0.7 ms a token. With every core in
-    llama.cpp's spinning barrier that work preempts one of its threads and stalls all of
-    them: on 2 cores, `bench/decode.py` measured the daemon at 82 tokens/s with 2 threads
-    and 117 with 1 (bare llama.cpp: 152 and 122). A batch of several tokens has more
-    compute to share than the loop takes away (8 streams: 160 against 133 tokens/s), so
-    it keeps every thread. From 4 cores up a core is already left to the loop."""
-    return threads - 1 if threads > 1 and threads >= cores else threads
-
-
 def choose(engine: Engine, candidates: list[int]) -> tuple[int, str]:
     """The candidate with the fastest batch-1 decode step (set on the engine), and a
     line saying what was measured."""
