@@ -13,7 +13,11 @@ chunks.
 
 from __future__ import annotations
 
-MIN_TOKENS = 8  # below this a forward's fixed cost dominates
+# The smallest chunk. A chunk mostly rides in a decode step, whose forward is paid for
+# anyway; at 1.9k positions on the 135M shape 8 prompt tokens cost two to three steps of
+# three chatters (their p95 gap per token 3.2x normal in bench/fairness.py), 4 about one
+# (2.1x), for a paste's first token 17 s instead of 14 s.
+MIN_TOKENS = 4
 ROUND = 8  # chunk sizes in multiples of this, so shapes repeat
 SMOOTHING = 0.5  # weight of the newest measurement of a prompt token's cost
 
