@@ -121,9 +121,9 @@ class Engine:
         self._seq = [self._batch.seq_id[i] for i in range(batch)]
         self._seq_now = [-1] * batch  # what each seq_id slot holds, to write only changes
 
-    def set_threads(self, threads: int, batch_threads: int | None = None) -> None:
-        """llama.cpp computes a one-token batch with `threads`, larger ones with `batch_threads`."""
-        llama_cpp.llama_set_n_threads(self.ctx, threads, batch_threads or threads)
+    def set_threads(self, threads: int) -> None:
+        """llama.cpp computes every batch, one token or many, with `threads`."""
+        llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
 
     def run(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int], want: Sequence[int]) -> np.ndarray:
         """Feed tokens (each with its position and sequence id) and return float32 logits
