@@ -4,9 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # CPU build, from the local wheel store; an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
-# The CPU engine. No binary wheel on the index: pip compiles llama.cpp from source once
-# (about 5-10 minutes on 2 cores) and keeps the wheel in its cache for later installs.
-LLAMACPP := llama-cpp-python==0.3.36
+# The CPU engine, the default one. No binary wheel on the index: axchat.engine_build
+# compiles llama.cpp for this CPU once (about 5-10 minutes on 2 cores), keeps the wheel in
+# ~/.cache/axchat/engine, and self-tests it; see README "The engine build". Its version is
+# the one pyproject.toml's `llamacpp` extra pins.
 # Empty: the default socket, where `axchat ask`, `chat`, `status` and `web` look by themselves.
 SOCKET ?=
 PROMPT ?= Give me a joke
@@ -25,19 +26,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# Built for this CPU's instruction set. If it cannot be built (no compiler), the daemon
-# runs on torch and its log says why; delete $(BIN)/.llamacpp-installed to try again.
-$(BIN)/.llamacpp-installed: $(BIN)/.installed
-	@if $(BIN)/python -c 'import llama_cpp, sys; sys.exit(llama_cpp.__version__ != "$(patsubst llama-cpp-python==%,%,$(LLAMACPP))")' 2>/dev/null; then \
-	  :; \
-	elif $(BIN)/pip cache list llama_cpp_python 2>/dev/null | grep -q 'llama_cpp_python-$(patsubst llama-cpp-python==%,%,$(LLAMACPP))-'; then \
-	  echo "installing $(LLAMACPP) from pip's cache..."; \
-	  $(BIN)/pip install -q $(LLAMACPP) || echo "$(LLAMACPP) did not install: the daemon will run on torch"; \
-	else \
-	  echo "building $(LLAMACPP): a one-time compile of llama.cpp, about 5-10 minutes on 2 cores (pip caches the wheel, so later installs take seconds)..."; \
-	  CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install -q $(LLAMACPP) || echo "$(LLAMACPP) could not be built: the daemon will run on torch"; \
-	fi
-	touch $@
+# Built for this CPU's instruction set without llama.cpp's AMX kernels, then self-tested
+# in every weight type; a build that crashes or computes nonsense is replaced by a portable
+# one, and if that fails too the install stops here: the daemon never runs on torch instead.
+ENGINE_BUILD := pyproject.toml axchat/engine_build.py axchat/doctor/selftest.py axchat/doctor/selftest_child.py
+$(BIN)/.llamacpp-installed: $(BIN)/.installed $(ENGINE_BUILD)
+	@$(BIN)/python -m axchat.engine_build
+	@touch $@
 
 $(BIN)/.dev-installed: $(BIN)/.installed $(BIN)/.llamacpp-installed
 	$(BIN)/pip install -q -e '.[dev]'

@@ -17,6 +17,7 @@ COMMANDS = {
     "models": ("axchat.models.listing", "list local models and the catalogs"),
     "keys": ("axchat.keys_command", "create and list CURVE keys for tcp:// daemons, allow clients"),
     "stop": ("axchat.frontends.stop", "ask the local daemon to drain and exit"),
+    "doctor": ("axchat.doctor.command", "test the engine on this machine and print what a problem report needs"),
     "service": ("axchat.daemon.units", "print or install the systemd unit (--user for a per-user one)"),
     "extract-embeddings": ("axchat.actors.backends.aipu.embeddings", "write a model's input embeddings for --device aipu"),
 }
