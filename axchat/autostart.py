@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from axchat import endpoint as ep
+from axchat import exit_status
 from axchat.client import Client, DaemonUnavailable, KeysRefused, RequestFailed, UntrustedSocket
 from axchat.client import connect as connect_client
 from axchat.connection import Backoff
@@ -125,7 +126,9 @@ def _spawn_and_wait(endpoint: str, socket_path: str, deadline: float, progress: 
             code = None
         if code is not None:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise DaemonUnavailable(f"the daemon it started exited with code {code}; the end of {log}:\n{tail}")
+            hint = f"\n{exit_status.doctor_hint()}" if exit_status.signal_of(code) is not None else ""
+            how = exit_status.describe(code, "while loading the model")
+            raise DaemonUnavailable(f"the daemon it started {how}; the end of {log}:\n{tail}{hint}")
         if os.path.exists(socket_path) and _answers(endpoint):
             break
         now = time.monotonic()

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from axchat import endpoint as ep
+from axchat import exit_status
 from axchat.client import Client, DaemonUnavailable, RequestFailed
 from axchat.frontends import stop as stop_command
 from axchat.models.resolve import ModelNotFound, ensure_available, resolve
@@ -90,8 +91,10 @@ def start(socket: str, log: Path, extra: list[str]) -> int:
                 _show_model_hint(log, offset)
                 return 0
             continue
-        print(f"the daemon exited with code {code}; what it logged:", file=sys.stderr)
+        print(f"the daemon {exit_status.describe(code, 'while loading the model')}; what it logged:", file=sys.stderr)
         print(_logged_since(log, offset).rstrip("\n"), file=sys.stderr)
+        if exit_status.signal_of(code) is not None:
+            print(exit_status.doctor_hint(), file=sys.stderr)
         return 1
     print(f"the daemon was not ready after {READY_TIMEOUT_S:.0f}s; see {log}", file=sys.stderr)
     return 1

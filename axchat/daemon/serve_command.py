@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import sys
 
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"axchat serve: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
+    # A fault in the engine's native code kills the process before any Python handler
+    # runs; this writes the Python stack of every thread to the log first, so the log
+    # says where (loading, warm-up, a decode step).
+    faulthandler.enable()
     if cfg.check:
         from axchat.daemon.check import CheckFailed, check
 
