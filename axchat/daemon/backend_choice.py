@@ -26,14 +26,11 @@ def choose_backend(cfg: ServeConfig, model: str) -> tuple[str, str | None]:
         return "aipu", None
     if cfg.device.startswith("cuda") or (cfg.device == "auto" and cuda_present()):
         return "torch", None
-    from axchat.actors.backends import registry
     from axchat.actors.backends.llamacpp.load import find_gguf, is_llama_family
 
-    if find_gguf(model) is not None:
-        return "llamacpp", None  # torch cannot run it: a missing llama_cpp fails the load, saying why
-    if not is_llama_family(model):
+    if find_gguf(model) is None and not is_llama_family(model):
         return "torch", None
-    why = registry.engine("llamacpp").unavailable()
-    if why is not None:
-        return "torch", f"{why}: running on torch instead (`make venv` builds it)"
+    # llama.cpp even when it cannot be imported: the load then fails saying why and how
+    # to build it. Running on torch instead would hide a broken install behind a
+    # daemon several times slower that nobody asked for.
     return "llamacpp", None

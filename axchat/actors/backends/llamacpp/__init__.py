@@ -12,5 +12,8 @@ def unavailable() -> str | None:
     try:
         import llama_cpp  # noqa: F401
     except Exception as exc:  # ImportError, or OSError from a libllama that will not load
-        return f"llama-cpp-python is not usable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return (
+            f"llama-cpp-python is not usable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
+            "`make venv` builds it and `axchat doctor` tests it; `--backend torch` runs the model on torch instead"
+        )
     return None

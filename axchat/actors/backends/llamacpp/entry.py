@@ -31,15 +31,19 @@ def load(model: str, options: LoadOptions) -> DeviceBackend:
     if why is not None:
         raise ModelLoadError(why)
     from axchat.actors.backends.llamacpp import load as llamacpp_load
+    from axchat.actors.backends.llamacpp.engine import EngineError
 
-    return llamacpp_load.load(
-        model,
-        quant=options.quant,
-        dtype=options.dtype,
-        context=options.context,
-        threads=options.threads,
-        prefix_cache_bytes=options.prefix_cache_bytes,
-    )
+    try:
+        return llamacpp_load.load(
+            model,
+            quant=options.quant,
+            dtype=options.dtype,
+            context=options.context,
+            threads=options.threads,
+            prefix_cache_bytes=options.prefix_cache_bytes,
+        )
+    except EngineError as exc:  # anything libllama refused past the checks in `load`
+        raise ModelLoadError.because(f"llama.cpp cannot load {model}", exc) from None
 
 
 def reload_options(options: LoadOptions, loaded: BackendInfo) -> LoadOptions:

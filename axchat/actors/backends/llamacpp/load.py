@@ -97,7 +97,10 @@ def gguf_for(model_dir: Path, kind: str, threads: int) -> Path:
         def make(src: Path, out: Path) -> None:
             base = gguf_for(src, base_kind, threads)
             log.info("quantizing %s to %s with libllama", src.name, kind)
-            quantize.quantize(base, out, kind, threads)
+            try:
+                quantize.quantize(base, out, kind, threads)
+            except quantize.QuantizeError as exc:
+                raise ModelLoadError(f"cannot quantize {src.name} to {kind}: {exc}") from None
 
     started = time.monotonic()
     try:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import llama_cpp
 
-from axchat.actors.backends.llamacpp.engine import _init_once
+from axchat.actors.backends.llamacpp.engine import EngineError, _init_once
 
 QUANT_TYPES = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
 
 
-class QuantizeError(Exception):
+class QuantizeError(EngineError):
     """libllama could not quantize the model; one line."""
 
 
