@@ -58,7 +58,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def llamacpp_f32_gguf(tiny_model_dir: Path) -> Path:
     """The tiny model as an f32 GGUF, converted once (and cached in the model store, so
     the daemons the tests start find it there)."""
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make venv builds it)")
     from axchat.actors.backends.llamacpp.load import gguf_for
 
     return gguf_for(tiny_model_dir, "f32", threads=1)
@@ -131,14 +130,18 @@ class DaemonProcess(LoggedProcess):
         self, model: Path | str | None, *extra: str, socket: str | None = None, env: dict[str, str] | None = None
     ):
         """model None: no --model flag, so the daemon serves its default (axchat-mini)."""
+        # Whether it computes exactly (f32 weights): what transformers computes, whatever
+        # else is in the batch. Other weight types agree with that only mostly.
+        self.exact = "float32" in extra or "f32" in extra
         self.socket_dir = short_socket_dir()
         self.socket = socket or str(self.socket_dir / "d.sock")
         named = ["--model", str(model)] if model is not None else []
-        # float32 unless a test says otherwise: tests compare greedy output with
-        # transformers' float32 reference, and "auto" may measure bfloat16 faster.
-        # No compile (the default today) unless a test asks: it would cost each daemon
-        # tens of seconds.
-        pinned = [] if "--dtype" in extra else ["--dtype", "float32"]
+        # The default path unless a test says otherwise: no --dtype or --quant, so a
+        # Llama-family model runs where a flag-less `axchat serve` runs it (llama.cpp,
+        # q8_0). Tests that compare with transformers' float32 reference ask for
+        # `--dtype float32` themselves. No compile (the default today) unless a test
+        # asks: it would cost each daemon tens of seconds.
+        pinned = []
         if not {"--compile", "--no-compile"} & set(extra):
             pinned.append("--no-compile")
         cmd = [sys.executable, str(TEST_DAEMON), "serve", *named, "--socket", self.socket, *pinned, *extra]
@@ -205,20 +208,40 @@ class RawClient:
         self.ctx.term()
 
 
-@pytest.fixture(scope="session")
-def daemon(tiny_model_dir: Path) -> Iterator[DaemonProcess]:
-    """One daemon for the tests that only need a serving one."""
-    d = DaemonProcess(tiny_model_dir).wait_ready()
+def serving(model: Path | str | None, *flags: str) -> Iterator[DaemonProcess]:
+    """A ready daemon for a fixture's scope, which must exit 0 when stopped."""
+    d = DaemonProcess(model, *flags).wait_ready()
     yield d
     code = d.stop()
     assert code == 0, d.log_text()
 
 
-@pytest.fixture
-def raw(daemon: DaemonProcess) -> Iterator[RawClient]:
-    client = RawClient(daemon.socket)
+def connected(d: DaemonProcess) -> Iterator[RawClient]:
+    client = RawClient(d.socket)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def daemon(tiny_model_dir: Path) -> Iterator[DaemonProcess]:
+    """One daemon for the tests that only need a serving one."""
+    yield from serving(tiny_model_dir)
+
+
+@pytest.fixture
+def raw(daemon: DaemonProcess) -> Iterator[RawClient]:
+    yield from connected(daemon)
+
+
+@pytest.fixture(scope="session")
+def daemon_f32(tiny_model_dir: Path) -> Iterator[DaemonProcess]:
+    """A daemon on f32 weights, for the tests that compare with transformers' float32 output."""
+    yield from serving(tiny_model_dir, "--dtype", "float32")
+
+
+@pytest.fixture
+def raw_f32(daemon_f32: DaemonProcess) -> Iterator[RawClient]:
+    yield from connected(daemon_f32)
 
 
 def chat(text: str, **sampling: object) -> v1.Generate:

@@ -18,7 +18,12 @@ file exists (at most `GATE_LIMIT_S`), so a test opens it by creating the file:
   can hold a reload open while clients queue behind it (tests/daemon/test_keepalive.py);
 - `$AXCHAT_TEST_TOKENIZE_GATE` (`TOKENIZE_GATE_ENV`): the encoding of a request with
   `HOLD_MARKER` in its text, so a test can hold one client's tokenizing open
-  (tests/daemon/test_tokenizer_fairness.py).
+  (tests/daemon/test_tokenizer_fairness.py);
+- `$AXCHAT_TEST_PREFILL_GATE` (`PREFILL_GATE_ENV`): the device thread, before a forward
+  that feeds a later chunk of the prompt of a request asking for `PREFILL_GATE_TOKENS`
+  tokens, with part of that prompt already in the KV: `status` then shows the request
+  mid-prefill for as long as the test keeps the gate shut
+  (tests/actors/backends/test_llamacpp_weight_types.py).
 
 Nothing here is in the package: the switches live only in this launcher.
 """
@@ -36,6 +41,8 @@ HELD_STEP_S = 0.02
 LOAD_GATE_ENV = "AXCHAT_TEST_LOAD_GATE"
 TOKENIZE_GATE_ENV = "AXCHAT_TEST_TOKENIZE_GATE"
 HOLD_MARKER = "AXCHAT-TEST-HOLD"
+PREFILL_GATE_ENV = "AXCHAT_TEST_PREFILL_GATE"
+PREFILL_GATE_TOKENS = 999
 GATE_LIMIT_S = 120.0
 GATE_POLL_S = 0.01
 
@@ -53,13 +60,28 @@ def _paced(step: Callable[..., Any]) -> Callable[..., Any]:
     return paced
 
 
+def _gated(step: Callable[..., Any], gate: str) -> Callable[..., Any]:
+    def gated(*args: Any) -> Any:  # on the device thread: the forward waits, the loop does not
+        _wait_for_gate(gate)
+        return step(*args)
+
+    return gated
+
+
+def _mid_prefill(seq: Any) -> bool:
+    return seq.sampling.max_tokens == PREFILL_GATE_TOKENS and 0 < seq.prefilled < len(seq.prompt_ids)
+
+
 def install_held_requests() -> None:
     from axchat.actors.device import actor as device
     from axchat.actors.device import run_ahead
 
     unpaced = device.DeviceActor._forward
+    prefill_gate = os.environ.get(PREFILL_GATE_ENV)
 
     async def paced_forward(self: Any, seqs: list[Any], fn: Callable[..., Any], *args: Any) -> Any:
+        if prefill_gate and any(_mid_prefill(s) for s in seqs):
+            fn = _gated(fn, prefill_gate)
         if not _released() and any(s.sampling.max_tokens >= HELD_MIN_TOKENS for s in seqs):
             if fn is run_ahead.run:  # a run of steps: each of its steps is paced
                 args = (_paced(args[0]), *args[1:])

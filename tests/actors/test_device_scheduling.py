@@ -124,13 +124,16 @@ class FailLoudly:
         raise AssertionError(f"{actor.name} lost its task {task_name}") from exc
 
 
-@pytest.fixture(params=["torch", "llamacpp"])
+@pytest.fixture(params=["torch", "llamacpp-f32", "llamacpp"])
 def engine(request: pytest.FixtureRequest, tiny_model_dir: Path) -> DeviceBackend:
-    if request.param == "llamacpp":
-        request.getfixturevalue("llamacpp_f32_gguf")  # skips when llama_cpp is missing; converts once
+    """torch; llama.cpp in f32; llama.cpp as a flag-less daemon loads it (q8_0)."""
+    if request.param.startswith("llamacpp"):
         from axchat.actors.backends.llamacpp import load
 
-        return load.load(str(tiny_model_dir), quant="f32", threads=1)
+        if request.param == "llamacpp-f32":
+            request.getfixturevalue("llamacpp_f32_gguf")  # converts once per session
+            return load.load(str(tiny_model_dir), quant="f32", threads=1)
+        return load.load(str(tiny_model_dir), threads=1)
     return torch_load.load(str(tiny_model_dir), LoadOptions(threads=1))
 
 

@@ -152,9 +152,8 @@ def test_hello_reports_model(raw: RawClient, tiny_model_dir) -> None:  # type: i
     assert isinstance(welcome, v1.Welcome)
     assert welcome.protocol == v1.PROTOCOL_VERSION
     assert welcome.model == tiny_model_dir.name
-    # The CPU default for a Llama-family model: llama.cpp, with f32 weights as --dtype float32
-    # asks; torch when llama_cpp cannot be imported.
-    assert (welcome.backend, welcome.device, welcome.dtype) in (("llamacpp", "cpu", "f32"), ("torch", "cpu", "float32"))
+    # The CPU default for a Llama-family model, with no flags: llama.cpp, q8_0 weights.
+    assert (welcome.backend, welcome.device, welcome.dtype) == ("llamacpp", "cpu", "q8_0")
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert welcome.context_length == config["max_position_embeddings"]
     assert isinstance(raw.request(v1.Ping()), v1.Pong)

@@ -72,14 +72,15 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def test_emulated_aipu_greedy_answer_equals_torch_where_int8_keeps_the_argmax(
-    emulated: DaemonProcess, daemon: DaemonProcess
+    emulated: DaemonProcess, daemon_f32: DaemonProcess
 ) -> None:
     """Measured on the tiny random model (flat logits, so near-ties are common): over
     these 20 prompts 19 first tokens and 9 whole 16-token answers agree; per decode
     step about 96% (244 of 255 steps up to the first difference) keep the argmax. A
     difference is always a near-tie that the int8 quantization (and fp16 embeddings)
     turned; after it the two answers go their own ways."""
-    aipu, torch = RawClient(emulated.socket), RawClient(daemon.socket)
+    # The float32 reference (f32 weights, computing what transformers computes).
+    aipu, torch = RawClient(emulated.socket), RawClient(daemon_f32.socket)
     try:
         assert greedy_ids(aipu, "agree", AGREEING_PROMPT) == greedy_ids(torch, "agree", AGREEING_PROMPT)
         first = whole = 0

@@ -41,7 +41,7 @@ def wait_until_idle(raw: RawClient, timeout_s: float = 15.0) -> v1.StatusReply:
     "prompt",
     ["Tell me a joke about the weather.", "héllo 日本 🙂 what is a computer?", "x"],
 )
-def test_greedy_matches_model_generate(raw: RawClient, tiny_model_dir: Path, prompt: str) -> None:
+def test_greedy_matches_model_generate(raw_f32: RawClient, tiny_model_dir: Path, prompt: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -52,7 +52,7 @@ def test_greedy_matches_model_generate(raw: RawClient, tiny_model_dir: Path, pro
     if expected and expected[-1] == tok.eos_token_id:
         expected = expected[:-1]  # the daemon ends on EOS without emitting it
 
-    deltas, done = collect(raw, "g", chat(prompt, max_tokens=40))
+    deltas, done = collect(raw_f32, "g", chat(prompt, max_tokens=40))
     assert isinstance(done, v1.Done), done
     got = [t for d in deltas for t in d.token_ids]
     assert got == expected
@@ -193,13 +193,10 @@ def test_status_reports_the_decode_path_and_its_timings(raw: RawClient) -> None:
     _deltas, done = collect(raw, "timed", chat("time me", max_tokens=24, ignore_eos=True))
     assert isinstance(done, v1.Done) and done.usage.completion_tokens == 24
     status = wait_until_idle(raw)
-    # The tiny model is Llama-shaped: on the CPU it runs on llama.cpp with f32 weights
-    # (the test daemons pin --dtype float32); without llama_cpp, on torch's lean path,
-    # not compiled (the default), with what was measured said.
-    if status.backend == "llamacpp":
-        assert status.decode_path == "llama.cpp" and status.dtype == "f32" and "weights f32" in status.dtype_reason
-    else:
-        assert status.decode_path == "lean" and status.dtype == "float32" and "ms" in status.dtype_reason
+    # The tiny model is Llama-shaped: on the CPU a flag-less daemon runs it on llama.cpp
+    # with q8_0 weights, and says so with what it measured.
+    assert (status.backend, status.decode_path, status.dtype) == ("llamacpp", "llama.cpp", "q8_0")
+    assert "weights q8_0" in status.dtype_reason
     assert not status.compiled and status.compile_s == 0.0
     assert status.threads >= 1
     # 23 decode steps back to back ran: both halves of a token's time were measured.

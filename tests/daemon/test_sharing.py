@@ -31,15 +31,35 @@ def tokens_of(client: RawClient, rid: str) -> tuple[list[int], v1.Done]:
     raise AssertionError("no done")
 
 
+# The default daemon (q8_0) and the f32 one. Only f32 computes exactly: llama.cpp's
+# quantized kernels may sum a row in another order in a batch of 8 than alone (or in a
+# prompt's extension than in its whole prefill), so on the tiny model's nearly flat
+# logits a near-tie can flip; there the answers are held to mostly agreeing instead.
+WEIGHTS = ["daemon", "daemon_f32"]
+
+
+def same_or_mostly(got: list[list[int]], want: list[list[int]], exact: bool) -> None:
+    if exact:
+        assert got == want
+    else:  # the first tokens agree in most answers
+        assert sum(g[:4] == w[:4] for g, w in zip(got, want, strict=True)) >= max(1, len(want) * 3 // 4), (got, want)
+
+
+@pytest.fixture(params=WEIGHTS)
+def served(request: pytest.FixtureRequest) -> DaemonProcess:
+    d: DaemonProcess = request.getfixturevalue(request.param)
+    return d
+
+
 @pytest.fixture
-def clients(daemon: DaemonProcess) -> Iterator[list[RawClient]]:
-    made = [RawClient(daemon.socket) for _ in PROMPTS]
+def clients(served: DaemonProcess) -> Iterator[list[RawClient]]:
+    made = [RawClient(served.socket) for _ in PROMPTS]
     yield made
     for c in made:
         c.close()
 
 
-def test_greedy_output_is_the_same_alone_or_beside_seven_others(daemon: DaemonProcess, clients: list[RawClient]) -> None:
+def test_greedy_output_is_the_same_alone_or_beside_seven_others(served: DaemonProcess, clients: list[RawClient]) -> None:
     alone = []
     for i, prompt in enumerate(PROMPTS):
         clients[0].send(f"alone{i}", chat(prompt, max_tokens=24, ignore_eos=True))
@@ -47,7 +67,8 @@ def test_greedy_output_is_the_same_alone_or_beside_seven_others(daemon: DaemonPr
     for i, (client, prompt) in enumerate(zip(clients, PROMPTS, strict=True)):
         client.send(f"together{i}", chat(prompt, max_tokens=24, ignore_eos=True))
     together = [tokens_of(client, f"together{i}")[0] for i, client in enumerate(clients)]
-    assert together == alone
+    assert all(len(t) == 24 for t in together)
+    same_or_mostly(together, alone, exact=served.exact)
     # The daemon had room for all eight at once.
     status = clients[0].request(v1.Status())
     assert isinstance(status, v1.StatusReply) and status.max_running >= 8
@@ -175,8 +196,8 @@ def test_long_history_drops_oldest_turns_and_says_so(small_context: DaemonProces
         client.close()
 
 
-def test_prefix_cache_serves_the_next_turn_only_to_the_same_client(daemon: DaemonProcess) -> None:
-    alice, mallory = RawClient(daemon.socket), RawClient(daemon.socket)
+def test_prefix_cache_serves_the_next_turn_only_to_the_same_client(served: DaemonProcess) -> None:
+    alice, mallory = RawClient(served.socket), RawClient(served.socket)
     try:
         turn1 = [v1.ChatMessage(role="user", content="Remember the number 7, please.")]
         alice.send("t1", v1.Generate(messages=turn1, sampling=v1.Sampling(max_tokens=12)))
@@ -194,8 +215,8 @@ def test_prefix_cache_serves_the_next_turn_only_to_the_same_client(daemon: Daemo
         mallory.send("m2", v1.Generate(messages=turn2, sampling=v1.Sampling(max_tokens=12)))
         fresh_ids, fresh = tokens_of(mallory, "m2")
         assert fresh.usage.cached_tokens == 0
-        # ...and the cached path computes exactly what a full prefill does.
-        assert cached_ids == fresh_ids
+        # ...and the cached path computes what a full prefill does (exactly, in f32).
+        same_or_mostly([cached_ids], [fresh_ids], exact=served.exact)
         status = alice.request(v1.Status())
         assert isinstance(status, v1.StatusReply)
         assert status.prefix_cache_entries >= 2 and status.prefix_cache_bytes > 0

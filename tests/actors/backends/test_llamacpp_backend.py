@@ -9,9 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make venv builds it)")
-
 from transformers_reference import check_prefix_restore, greedy_reference, prompt, ref_logits
 
 from axchat.actors.backends.llamacpp import gguf_cache, load
