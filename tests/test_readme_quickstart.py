@@ -48,14 +48,16 @@ def checkout(tmp_path: Path) -> Iterator[Path]:
     root = tmp_path / "checkout"
     bin_dir = root / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    for name in ("Makefile", "pyproject.toml"):
+    for name in ("Makefile", "pyproject.toml", "axchat"):
         (root / name).symlink_to(REPO / name)
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     (bin_dir / "axchat").write_text(f'#!/bin/sh\nexec {sys.executable} -m axchat "$@"\n')
     for exe in ("python", "axchat"):
         (bin_dir / exe).chmod(0o755)
     (bin_dir / "activate").write_text(f'VIRTUAL_ENV={root / ".venv"}\nexport PATH="$VIRTUAL_ENV/bin:$PATH"\n')
-    (bin_dir / ".installed").touch()  # newer than pyproject.toml: `make` installs nothing
+    # Newer than pyproject.toml and the engine build's sources: `make` installs nothing.
+    for stamp in (".installed", ".llamacpp-installed"):
+        (bin_dir / stamp).touch()
     yield root
     # Whatever the script got to, no daemon outlives the test.
     subprocess.run([bin_dir / "axchat", "stop"], env=quick_start_env(root), capture_output=True, timeout=60)
