@@ -33,6 +33,7 @@ from axchat.connection import (
     UntrustedSocket,
     not_answering,
     open_daemon_socket,
+    request_frames,
     restart_backoff,
 )
 from axchat.protocol import v1
@@ -101,6 +102,7 @@ class AsyncClient:
         self._reader: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._last_sent = time.monotonic()
+        self._max_frame: int | None = None  # the daemon's, from `welcome`
 
     async def close(self) -> None:
         tasks = [t for t in (self._reader, self._heartbeat) if t is not None]
@@ -123,6 +125,7 @@ class AsyncClient:
         self._link.check_reachable()
         reply = await self._call(v1.Hello(client=f"axchat-async/{os.getpid()}"))
         assert isinstance(reply, v1.Welcome)
+        self._max_frame = reply.max_frame_bytes
         if reply.client_timeout_s > 0 and self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._keep_alive(reply.client_timeout_s / 3), name="axchat-heartbeat")
         return reply
@@ -146,8 +149,14 @@ class AsyncClient:
         return reply
 
     async def generate(self, request: v1.Generate) -> GenerateHandle:
+        """Raises RequestFailed (`frame_too_large`) without sending when the request is
+        over the daemon's frame limit: the connection stays up for every other request."""
         rid, queue = self._open()
-        await self._send(rid, request)
+        try:
+            await self._send(rid, request)
+        except BaseException:
+            self._forget(rid)
+            raise
         return GenerateHandle(self, rid, queue)
 
     # ------------------------------------------------------------ plumbing
@@ -168,7 +177,7 @@ class AsyncClient:
 
     async def _send(self, rid: str, body: v1.ClientMessage) -> None:
         self._link.check_trusted()
-        await self._sock.send_multipart(v1.encode(v1.Envelope(id=rid), body))
+        await self._sock.send_multipart(request_frames(rid, body, self._max_frame))
         self._last_sent = time.monotonic()
 
     async def _keep_alive(self, every_s: float) -> None:

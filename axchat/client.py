@@ -67,6 +67,7 @@ class Client:
         # Set from `welcome`: how often to ping while waiting, so the daemon knows we live.
         self.heartbeat_s: float | None = None
         self._last_sent = time.monotonic()
+        self._max_frame: int | None = None  # the daemon's, from `welcome`
 
     def close(self) -> None:
         self._link.close()
@@ -84,6 +85,7 @@ class Client:
         self._link.check_reachable()
         reply = self._call(v1.Hello(client=f"axchat-cli/{os.getpid()}"), self.connect_timeout_s)
         assert isinstance(reply, v1.Welcome)
+        self._max_frame = reply.max_frame_bytes
         if reply.client_timeout_s > 0:
             self.heartbeat_s = reply.client_timeout_s / 3
         return reply
@@ -110,7 +112,7 @@ class Client:
             # A drop before this request is not its problem. (A heartbeat ping must not
             # swallow a drop that happened during the request it keeps alive.)
             self._dropped_since_last_send()
-        self._sock.send_multipart(v1.encode(v1.Envelope(id=request_id), body))
+        self._sock.send_multipart(connection.request_frames(request_id, body, self._max_frame))
         self._last_sent = time.monotonic()
 
     def _dropped_since_last_send(self) -> bool:

@@ -19,6 +19,7 @@ import zmq
 from axchat import curve_keys
 from axchat import endpoint as ep
 from axchat.protocol import v1
+from axchat.sizes import human_bytes
 
 HOW_TO_START = "start one with `axchat serve` (or `make run` in a checkout)"
 # After the daemon restarted mid-request, how long to wait for it to serve again (a
@@ -46,6 +47,22 @@ class RequestFailed(Exception):
     def __init__(self, error: v1.Error) -> None:
         super().__init__(f"{error.code}: {error.message}")
         self.error = error
+
+
+def request_frames(request_id: str, body: v1.ClientMessage, max_frame_bytes: int | None) -> list[bytes]:
+    """The two frames of a request, refused here when one is over the daemon's
+    `max_frame_bytes` (from `welcome`; None before it): the daemon would refuse it
+    anyway, and one far over the limit makes ZeroMQ drop the whole connection, taking
+    every other request on it along (all the users of a web bridge)."""
+    frames = v1.encode(v1.Envelope(id=request_id), body)
+    size = max(len(frame) for frame in frames)
+    if max_frame_bytes is not None and size > max_frame_bytes:
+        text = (
+            f"the request is {human_bytes(size)} ({size} bytes); the daemon accepts at most "
+            f"{human_bytes(max_frame_bytes)} ({max_frame_bytes} bytes): a shorter prompt or history fits"
+        )
+        raise RequestFailed(v1.Error(code="frame_too_large", message=text))
+    return frames
 
 
 class DaemonRestarted(RequestFailed):

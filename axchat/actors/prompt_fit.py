@@ -58,6 +58,20 @@ def min_tokens(chars: int, max_token_chars: int) -> int:
     return math.ceil(chars / max_token_chars) if max_token_chars > 0 else 0
 
 
+@dataclass(frozen=True)
+class LengthFloor:
+    """A proven lower bound on a prompt's tokens from its length alone, before any
+    tokenizer work: its characters over the longest vocabulary entry, plus the chat
+    template's own tokens around each message (so 40,000 empty messages are refused as
+    cheaply as one huge one). The front door and the tokenizer both judge by it."""
+
+    max_token_chars: int  # 0: unknown, no bound from characters
+    tokens_per_message: int = 0
+
+    def of(self, chars: int, messages: int = 0) -> int:
+        return min_tokens(chars, self.max_token_chars) + messages * self.tokens_per_message
+
+
 def split_turns(messages: list[ChatMessage]) -> tuple[list[ChatMessage], list[list[ChatMessage]]]:
     """(the leading system message, if any; the turns: a user message and the replies
     after it, oldest first). Messages before the first user one make a turn of their own."""
@@ -98,15 +112,18 @@ class PromptFitter:
         self._encode = encode
         self._render = render
         self._context = context_length
-        self._max_token_chars = max_token_chars
         self._overhead = self._template_overhead()
+        # One token less than measured per message: a merge at the seam between the
+        # template's text and a message's may save one, and the floor must stay proven.
+        self.floor = LengthFloor(max_token_chars, max(0, self._overhead - 1))
 
     def min_tokens(self, chars: int) -> int:
-        return min_tokens(chars, self._max_token_chars)
+        return self.floor.of(chars)
 
-    def check_length(self, chars: int) -> None:
-        """Raise PromptTooLong when text this long cannot fit, before tokenizing it."""
-        floor = self.min_tokens(chars)
+    def check_length(self, chars: int, messages: int = 0) -> None:
+        """Raise PromptTooLong when a prompt this long (`messages` of them, for a chat)
+        cannot fit, before tokenizing it."""
+        floor = self.floor.of(chars, messages)
         if floor >= self._context:
             raise PromptTooLong(floor)
 
@@ -116,7 +133,7 @@ class PromptFitter:
         the newest turn always stay."""
         system, turns = split_turns(messages)
         kept = system + turns[-1]
-        self.check_length(kept_chars(messages))
+        self.check_length(kept_chars(messages), len(kept))
 
         # Estimate each turn's tokens from its messages alone, newest first, and stop at
         # the first turn that would overflow: nothing older is ever tokenized.

@@ -72,6 +72,7 @@ class TokenizerActor(Actor):
             context_length=context_length,
             max_token_chars=longest_token_chars(tokenizer),
         )
+        self.length_floor = self._fitter.floor  # the front door refuses by the same bound
 
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.Encode):

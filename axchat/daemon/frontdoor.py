@@ -18,7 +18,7 @@ from axchat import __version__
 from axchat.actors import messages as m
 from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
-from axchat.actors.prompt_fit import kept_chars, kept_positions, min_tokens, prompt_field
+from axchat.actors.prompt_fit import LengthFloor, kept_chars, kept_positions, prompt_field
 from axchat.actors.token_choice import validate as validate_sampling
 from axchat.daemon.peer_watch import PeerWatch
 from axchat.protocol import v1
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Frames beyond this many times the limit make ZeroMQ drop the connection outright,
 # so a hostile client cannot make us buffer gigabytes just to refuse them.
-HARD_LIMIT_FACTOR = 8
+HARD_LIMIT_FACTOR = 32
 # Replies queued for one slow client before we treat it as gone.
 CLIENT_SNDHWM = 10_000
 # A hint, not a promise: long enough for a short request to finish somewhere.
@@ -67,6 +67,7 @@ class _Live:
 # Client-chosen strings (request ids, error texts quoting a bad field) are cut to this
 # in logs and error replies: ten 1 MB type tags once grew the log by 10 MB.
 MAX_ECHO_CHARS = 200
+NO_FLOOR = LengthFloor(0)  # no cheap bound: every request goes to the tokenizer
 
 
 def _short(text: str, limit: int = MAX_ECHO_CHARS) -> str:
@@ -96,13 +97,13 @@ class FrontDoor(Actor):
         max_live_per_client: int = 1 << 30,
         client_timeout_s: float = 0.0,
         curve_server: tuple[bytes, bytes] | None = None,
-        max_token_chars: int = 0,
+        length_floor: LengthFloor = NO_FLOOR,
     ) -> None:
         super().__init__(bus, supervisor)
         # The most characters one token stands for (0: unknown): a prompt whose length
         # alone proves it cannot fit is refused here, before it is copied on to the
         # tokenizer, so a refused frame costs about its own size in memory.
-        self._max_token_chars = max_token_chars
+        self._floor = length_floor
         # Admission: running + queued requests, in all and per client. Past either the
         # client hears `busy` at once instead of waiting in an unbounded line.
         self._max_live = max_live
@@ -226,10 +227,14 @@ class FrontDoor(Actor):
                 "unsupported_version",
                 f"this daemon speaks protocol {v1.PROTOCOL_MAJOR}.x; the client sent version {env.v}",
             )
+        if len(env.id) > v1.MAX_ID_CHARS:
+            # Refused once, not served: every reply frame of a request repeats its id.
+            text = f"the request id is {len(env.id)} characters; the limit is {v1.MAX_ID_CHARS}"
+            return await self._reject(identity, env.id, "invalid_field", text, param="id")
         if len(raw_body) > SIZE_PEEK_BYTES:
-            floor = self._encoded_floor(raw_body)
+            floor, param = self._encoded_floor(raw_body)
             if floor >= self._info.context_length:
-                return await self._reject(identity, env.id, "context_overflow", self._overflow_text(floor))
+                return await self._reject(identity, env.id, "context_overflow", self._overflow_text(floor), param=param)
         try:
             body = v1.decode_client_body(raw_body)
         except msgspec.ValidationError as exc:
@@ -350,8 +355,14 @@ class FrontDoor(Actor):
         bad = validate_sampling(gen.sampling)
         if bad is not None:
             return v1.Error(code="invalid_field", message=bad.message, param=bad.param)
-        chars = len(gen.prompt) if gen.prompt is not None else kept_chars(gen.messages or [])
-        floor = min_tokens(chars, self._max_token_chars)
+        if gen.messages is not None and len(gen.messages) > v1.MAX_MESSAGES:
+            text = f"{len(gen.messages)} messages; a request may hold at most {v1.MAX_MESSAGES}"
+            return v1.Error(code="invalid_field", message=text, param="messages")
+        if gen.prompt is not None:
+            floor = self._floor.of(len(gen.prompt))
+        else:
+            messages = gen.messages or []
+            floor = self._floor.of(kept_chars(messages), len(kept_positions([msg.role for msg in messages])))
         if floor >= self._info.context_length:
             return v1.Error(code="context_overflow", message=self._overflow_text(floor), param=prompt_field(gen.prompt))
         return None
@@ -362,22 +373,20 @@ class FrontDoor(Actor):
             f"but the model's context is {self._info.context_length} tokens, including the reply"
         )
 
-    def _encoded_floor(self, raw_body: memoryview) -> int:
+    def _encoded_floor(self, raw_body: memoryview) -> tuple[int, str | None]:
         """A lower bound on a large generate's tokens from its encoded text alone, read
-        without copying it out of the frame (a character is at most 4 UTF-8 bytes); 0
-        when the body is anything else, for the full decode to judge."""
+        without copying it out of the frame (a character is at most 4 UTF-8 bytes), and
+        the field it is about; 0 when the body is anything else, for the full decode."""
         try:
             shape = _size_decoder.decode(raw_body)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            return 0
+            return 0, None
         if shape.prompt:
-            encoded = len(shape.prompt)
-        elif shape.messages:
+            return self._floor.of(len(shape.prompt) // 4), "prompt"
+        if shape.messages:
             kept = kept_positions([msg.role for msg in shape.messages])
-            encoded = sum(len(shape.messages[i].content) for i in kept)
-        else:
-            return 0
-        return min_tokens(encoded // 4, self._max_token_chars)
+            return self._floor.of(sum(len(shape.messages[i].content) for i in kept) // 4, len(kept)), "messages"
+        return 0, None
 
     def _over_limit(self, identity: bytes, user: str) -> str | None:
         if self._live_per_client[(identity, user)] >= self._max_live_per_client:

@@ -26,7 +26,6 @@ from axchat.actors.backends import DeviceBackend, ModelLoadError
 from axchat.actors.device.actor import DeviceActor
 from axchat.actors.device.residency import Residency
 from axchat.actors.mailbox import Actor, Bus, send_close
-from axchat.actors.prompt_fit import longest_token_chars
 from axchat.actors.reply import ReplyActor
 from axchat.actors.sampler import SamplerActor
 from axchat.actors.tokenizer import TokenizerActor, end_of_turn_ids
@@ -279,7 +278,7 @@ async def _serve(
                 max_live_per_client=cfg.max_per_client,
                 client_timeout_s=cfg.client_timeout_s,
                 curve_server=None if keys is None else (keys.public, keys.secret),
-                max_token_chars=longest_token_chars(tokenizer),
+                length_floor=tok.length_floor,
             )
         except zmq.ZMQError as exc:
             for made in (reply_stage, sampler, *devices, tok):

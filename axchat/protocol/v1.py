@@ -22,7 +22,8 @@ PROTOCOL_MAJOR = 1
 # 1.1: the `loading` event, status_reply's model residency fields; 1.2: generate.user;
 # 1.3: error.param, the field a refusal is about.
 # 1.4: stats.device and status_reply.devices, for a daemon driving several devices.
-PROTOCOL_MINOR = 4
+# 1.5: bounds on the envelope's `id` and on a generate's number of messages.
+PROTOCOL_MINOR = 5
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # Default cap on one frame's size; the daemon announces its own in `welcome`.
@@ -32,6 +33,10 @@ DEFAULT_MAX_FRAME_BYTES = 1 << 20
 MAX_FRAME_BYTES_CEILING = 16 << 20
 # Longest `generate.user`, characters.
 MAX_USER_CHARS = 256
+# Longest envelope `id`, characters: it comes back on every reply frame of the request.
+MAX_ID_CHARS = 128
+# Most messages in one generate: each one is a chat-template render and an encode.
+MAX_MESSAGES = 4096
 
 ErrorCode = Literal[
     "bad_frame",  # not two frames, or a frame that is not MessagePack

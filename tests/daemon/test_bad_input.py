@@ -162,6 +162,9 @@ def test_hello_reports_model(raw: RawClient, tiny_model_dir) -> None:  # type: i
 def test_client_strings_are_cut_short_in_logs_and_errors(raw: RawClient, daemon: DaemonProcess) -> None:
     huge_type = "x" * 1_000_000
     raw.send_frames([env("q" * 100_000), pack({"type": huge_type})])
+    err = expect_error(raw, "invalid_field", "the request id is 100000 characters; the limit is 128")
+    assert err.param == "id" and len(err.message) < 1000
+    raw.send_frames([env("q" * v1.MAX_ID_CHARS), pack({"type": huge_type})])
     err = expect_error(raw, "unknown_type")
     assert len(err.message) < 1000
     still_serving(raw)

@@ -32,6 +32,28 @@ def big_conversation(turns: int = 120) -> list[v1.ChatMessage]:
     return msgs
 
 
+def test_thousands_of_empty_messages_are_refused_before_any_tokenizing(gated: tuple[DaemonProcess, Path]) -> None:
+    """Each message costs at least the chat template's tokens around it: a turn of 4,000
+    empty replies cannot fit the tiny model's 8,192 positions, and the front door says so from
+    their count alone. Had the request reached the tokenizer, the closed gate (its last
+    message holds the marker) would have held it there."""
+    daemon, _ = gated
+    client = RawClient(daemon.socket)
+    try:
+        # All in the newest turn, which trimming never drops (older turns it would).
+        empty = [v1.ChatMessage(role="assistant", content="")] * 3999
+        client.send("many", v1.Generate(messages=[v1.ChatMessage(role="user", content=HOLD_MARKER), *empty]))
+        (_, err), = [client.recv(want="many")]
+        assert isinstance(err, v1.Error) and err.code == "context_overflow" and err.param == "messages", err
+        too_many = [v1.ChatMessage(role="user", content=HOLD_MARKER)] * (v1.MAX_MESSAGES + 1)
+        client.send("count", v1.Generate(messages=too_many))
+        _, err = client.recv(want="count")
+        assert isinstance(err, v1.Error) and (err.code, err.param) == ("invalid_field", "messages"), err
+        assert f"at most {v1.MAX_MESSAGES}" in err.message
+    finally:
+        client.close()
+
+
 def test_a_short_request_finishes_while_a_huge_one_is_still_tokenizing(gated: tuple[DaemonProcess, Path]) -> None:
     daemon, gate = gated
     hog, other = RawClient(daemon.socket), RawClient(daemon.socket)
