@@ -15,6 +15,7 @@ from axchat.frontends.web.appkeys import BODY_TIMEOUT, LINK, METRICS, USER_HEADE
 from axchat.frontends.web.auth import bearer_key_middleware
 from axchat.frontends.web.cross_site import cross_site_middleware
 from axchat.frontends.web.daemon_link import DaemonLink
+from axchat.frontends.web.inflight import DEFAULT_MAX_REQUESTS, inflight_middleware
 from axchat.frontends.web.metrics import BridgeMetrics
 from axchat.frontends.web.openai_errors import error_middleware
 
@@ -30,8 +31,9 @@ def build_app(
     user_header: str | None = None,
     allowed_hosts: tuple[str, ...] = (),
     body_timeout_s: float,  # `axchat web --body-timeout` (serve.BODY_TIMEOUT_S)
+    max_requests: int = DEFAULT_MAX_REQUESTS,  # `axchat web --max-requests`
 ) -> web.Application:
-    middlewares: list[Middleware] = [access_log_middleware, error_middleware]
+    middlewares: list[Middleware] = [access_log_middleware, error_middleware, inflight_middleware(max_requests)]
     if api_key:
         middlewares.append(bearer_key_middleware(api_key))
     else:

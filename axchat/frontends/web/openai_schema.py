@@ -7,11 +7,12 @@ the wrong shape is a 400 naming the field.
 
 from __future__ import annotations
 
-from typing import TypeVar, Union
+from typing import Annotated, TypeVar, Union
 
 import msgspec
 
 from axchat.frontends.web.openai_errors import bad_request
+from axchat.protocol import v1
 from axchat.protocol.field_path import field_path
 
 
@@ -48,7 +49,9 @@ class _Common(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
 
 
 class ChatCompletionRequest(_Common, kw_only=True):
-    messages: list[InMessage]
+    # The daemon's own bound, checked as the body is decoded: an 8 MiB body of empty
+    # messages is refused here, before half a million of them are mapped and encoded.
+    messages: Annotated[list[InMessage], msgspec.Meta(max_length=v1.MAX_MESSAGES)]
     max_completion_tokens: int | None = None
 
 

@@ -14,6 +14,7 @@ from axchat import curve_keys
 from axchat.daemon.logs import setup_logging
 from axchat.frontends.web.api_key import ENV_API_KEY, MIN_KEY_CHARS, UnusableKey, find_key
 from axchat.frontends.web.bind_policy import is_loopback
+from axchat.frontends.web.inflight import DEFAULT_MAX_REQUESTS
 
 # A body still arriving after this long is a client holding a connection open, not a
 # slow network: an 8 MiB body needs only 2 Mbit/s to make it.
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--body-timeout", type=float, default=BODY_TIMEOUT_S, help=f"seconds a request body may take (default {BODY_TIMEOUT_S:g})"
     )
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        default=DEFAULT_MAX_REQUESTS,
+        help=f"HTTP requests handled at once, streams included; past it 503 with Retry-After (default {DEFAULT_MAX_REQUESTS})",
+    )
     p.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
     return p
 
@@ -76,6 +83,7 @@ async def serve(
     allowed_hosts: tuple[str, ...] = (),
     body_timeout_s: float = BODY_TIMEOUT_S,
     header_timeout_s: float = HEADER_TIMEOUT_S,
+    max_requests: int = DEFAULT_MAX_REQUESTS,
 ) -> None:
     # Imported here so that a missing `web` extra is a one-line message, not a traceback.
     from aiohttp import web
@@ -83,7 +91,14 @@ async def serve(
     from axchat.frontends.web.app import build_app
 
     runner = web.AppRunner(
-        build_app(socket, api_key, user_header=user_header, allowed_hosts=allowed_hosts, body_timeout_s=body_timeout_s),
+        build_app(
+            socket,
+            api_key,
+            user_header=user_header,
+            allowed_hosts=allowed_hosts,
+            body_timeout_s=body_timeout_s,
+            max_requests=max_requests,
+        ),
         # A closed connection cancels its handler, so a non-streaming request whose
         # client left is cancelled on the daemon too, not only a stream at its next write.
         handler_cancellation=True,
@@ -152,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 tuple(args.allowed_host),
                 args.body_timeout,
                 args.header_timeout,
+                args.max_requests,
             )
         )
     except OSError as exc:  # the port is taken, the address is not ours

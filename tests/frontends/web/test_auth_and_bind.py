@@ -116,5 +116,7 @@ def test_trickled_headers_and_body_time_out(daemon: DaemonProcess) -> None:
         with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
             conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # the headers never end
             assert conn.recv(4096) == b""  # closed by the bridge, well before our 30 s timeout
+        with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
+            assert conn.recv(4096) == b""  # a connection that never sends a byte is closed too
     finally:
         assert bridge.stop() == 0
