@@ -30,6 +30,7 @@ def check(cfg: ServeConfig) -> str:
         raise CheckFailed(str(exc)) from None
 
     from axchat.daemon.backend_choice import choose_backend
+    from axchat.models.readable import unreadable_part
     from axchat.models.resolve import ModelNotFound, ensure_available, resolve
 
     try:  # before torch is imported: a misspelt name is refused in a fraction of a second
@@ -37,6 +38,11 @@ def check(cfg: ServeConfig) -> str:
         ensure_available(resolved)
     except ModelNotFound as exc:
         raise CheckFailed(str(exc)) from None
+    # What the daemon's load refuses first: files it may not read, shards outside the
+    # directory, a GGUF header out of bounds.
+    unreadable = unreadable_part(resolved.source)
+    if unreadable is not None:
+        raise CheckFailed(unreadable)
 
     backend, _ = choose_backend(cfg, resolved.source)
     if backend == "llamacpp":
@@ -63,7 +69,8 @@ def _check_llamacpp(cfg: ServeConfig, source: str, name: str, endpoint: str) -> 
     if why is not None:
         raise CheckFailed(why)
     from axchat.actors.backends.llamacpp.gguf_convert import read_config
-    from axchat.models.gguf_header import NotGguf, read_facts
+    from axchat.models.gguf_header import read_facts
+    from axchat.models.model_files import ModelFileError
 
     gguf = find_gguf(source)
     if gguf is None and not is_llama_family(source):
@@ -73,6 +80,6 @@ def _check_llamacpp(cfg: ServeConfig, source: str, name: str, endpoint: str) -> 
             weights, kind = gguf.name, read_facts(gguf).get("general.architecture", "unknown")
         else:
             weights, kind = f"{weight_type(cfg.quant, cfg.dtype)} GGUF", read_config(Path(source)).get("model_type")
-    except (ModelLoadError, NotGguf, OSError) as exc:
+    except (ModelLoadError, ModelFileError, OSError) as exc:
         raise CheckFailed(str(exc)) from None
     return f"ok: model {name} ({kind}), backend llamacpp, device cpu, weights {weights}, socket {ep.describe(endpoint)}"

@@ -2,7 +2,8 @@
 sizes, and one file's bytes from an offset (HTTP Range), each failure a one-line HubError.
 
 The endpoint is `$HF_ENDPOINT` (default the public hub), so tests point it at a loopback
-server; `$HF_TOKEN`, when set, goes along as a Bearer token for gated and private models.
+server; `$HF_TOKEN`, when set, goes along as a Bearer token for gated and private models,
+to the hub's own host only: downloads redirect to a CDN, which must never see it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,39 @@ def endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) with the scheme's default port filled in; None for a URL
+    whose port is not a number (never the hub's)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+class _TokenStaysOnHub(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, minus the token once one leaves the hub's own
+    scheme, host and port (urllib copies every `add_header` header to the next request,
+    wherever it goes). Why not `add_unredirected_header`: that drops the token on the
+    hub's own redirects too (a renamed repository answers with one), and a gated model
+    behind one would then be refused."""
+
+    def redirect_request(  # type: ignore[override]
+        self,
+        req: urllib.request.Request,
+        fp: object,
+        code: int,
+        msg: str,
+        headers: object,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)  # type: ignore[arg-type]
+        if new is not None and (_origin(newurl) is None or _origin(newurl) != _origin(endpoint())):
+            new.remove_header("Authorization")
+        return new
+
+
 def _request(url: str, headers: dict[str, str] | None = None) -> urllib.request.Request:
     req = urllib.request.Request(url, headers={"User-Agent": "axchat-pull", **(headers or {})})
     token = os.environ.get("HF_TOKEN")
@@ -52,7 +86,8 @@ def _open(
     req: urllib.request.Request, repo_id: str, gated: bool, timeout_s: float = TIMEOUT_S
 ) -> http.client.HTTPResponse:
     try:
-        return urllib.request.urlopen(req, timeout=timeout_s)  # type: ignore[no-any-return]
+        opener = urllib.request.build_opener(_TokenStaysOnHub())
+        return opener.open(req, timeout=timeout_s)  # type: ignore[no-any-return]
     except urllib.error.HTTPError as exc:
         raise _http_error(exc.code, repo_id, gated) from None
     except (urllib.error.URLError, OSError) as exc:

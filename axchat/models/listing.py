@@ -25,14 +25,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-def render() -> str:
+def render(local: Sequence[store.LocalModel]) -> str:
     root = store.store_root()
     bundled = store.describe(catalog.BUNDLED_DIR, catalog.BUNDLED_NAME)
-    local = store.local_models(root)
     lines = [f"Local models ({root}):"]
     rows = [
         [m.name, _size(m.size_bytes), str(m.context or "?"), m.architecture, note]
-        for m, note in [(bundled, "bundled demo (jokes and quotes)"), *((m, "") for m in local)]
+        for m, note in [
+            (bundled, "bundled demo (jokes and quotes)"),
+            *((m, "cannot be read (below)" if m.unreadable else "") for m in local),
+        ]
     ]
     lines += _table(["NAME", "SIZE", "CONTEXT", "ARCHITECTURE", ""], rows)
 
@@ -53,9 +55,15 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The listing on stdout; a line on stderr for each model whose files cannot be read,
+    and then exit status 1, so a script notices."""
     argparse.ArgumentParser(prog="axchat models", description=__doc__.split("\n\n")[0]).parse_args(argv)
-    print(render())
-    return 0
+    local = store.local_models()
+    print(render(local))
+    unreadable = [m for m in local if m.unreadable]
+    for m in unreadable:
+        print(f"axchat models: {m.name}: {m.unreadable}", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 if __name__ == "__main__":

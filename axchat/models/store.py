@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from axchat.models import catalog
+from axchat.models.model_files import ModelFileError
 
 # Hidden, so a half-pulled model never looks like a model; kept across runs so a pull resumes.
 STAGING_DIR = ".partial"
@@ -57,6 +58,7 @@ class LocalModel:
     size_bytes: int
     context: int | None
     architecture: str
+    unreadable: str | None = None  # one line saying why its files cannot be read
 
 
 def describe(path: Path, name: str) -> LocalModel:
@@ -77,7 +79,7 @@ def gguf_file(path: Path) -> Path | None:
     if path.is_file() and path.suffix == ".gguf":
         return path
     if path.is_dir() and not (path / "config.json").is_file():
-        found = sorted(path.glob("*.gguf"))
+        found = [p for p in sorted(path.glob("*.gguf")) if p.is_file()]  # not a FIFO or device so named
         return found[0] if len(found) == 1 else None
     return None
 
@@ -87,13 +89,18 @@ def describe_gguf(path: Path, name: str) -> LocalModel:
     from axchat.models import gguf_header
 
     gguf = gguf_file(path) or path
+    facts: dict[str, object] = {}
+    unreadable = None
     try:
         facts = gguf_header.read_facts(gguf)
-    except (OSError, gguf_header.NotGguf):
-        facts = {}
+    except ModelFileError as exc:
+        unreadable = str(exc)
+    except OSError as exc:
+        unreadable = f"{gguf}: {exc.strerror}"
     arch = str(facts.get("general.architecture") or "unknown")
     context = facts.get(f"{arch}.context_length")
-    return LocalModel(name, path, gguf.stat().st_size, int(context) if isinstance(context, int) else None, f"{arch} (GGUF)")
+    size = gguf.stat().st_size
+    return LocalModel(name, path, size, int(context) if isinstance(context, int) else None, f"{arch} (GGUF)", unreadable)
 
 
 def local_models(root: Path | None = None) -> list[LocalModel]:

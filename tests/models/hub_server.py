@@ -1,6 +1,7 @@
 """A loopback HTTP server laid out like the model hub, for `axchat pull` tests: the tree
-API with sizes, `resolve/` downloads with Range, a gated repository, and a connection
-that breaks off mid-file on request."""
+API with sizes, `resolve/` downloads with Range, a gated repository, a connection
+that breaks off mid-file on request, and downloads that redirect elsewhere (as the hub's
+to its CDN)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class HubState:
     break_after: dict[str, int] = field(default_factory=dict)
     # (path, Range header, Authorization header) of every download
     downloads: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+    # request path -> Location: a download answered with a redirect there
+    redirects: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -77,6 +80,9 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.downloads.append((path, rng, self.headers.get("Authorization")))
                 cut = state.break_after.pop(path, None)
+            if self.path in state.redirects:
+                self._send(302, b"", {"Location": state.redirects[self.path]})
+                return
             if path not in repo.files:
                 self._send(404, b"")
                 return

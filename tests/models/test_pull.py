@@ -153,6 +153,29 @@ def test_gated_model_asks_for_a_token_and_sends_it(model_files: dict[str, bytes]
     assert {auth for _, _, auth in state.downloads} == {"Bearer s3cret"}
 
 
+def test_the_token_goes_to_the_hub_and_never_to_a_host_it_redirects_to(
+    model_files: dict[str, bytes], data_home: Path
+) -> None:
+    """The hub sends downloads on to a CDN: that other host (here another loopback port)
+    must never see HF_TOKEN. The hub's redirects to itself (a renamed repository) keep it."""
+    gated = "meta-llama/Llama-3.2-1B-Instruct"
+    cdn = HubState(repos={gated: Repo(model_files)})  # open: it would take a token if one came
+    with hub_server(cdn) as cdn_url:
+        state = HubState(repos={gated: Repo(model_files, token="s3cret"), "meta-llama/renamed": Repo(model_files, token="s3cret")})
+        state.redirects = {
+            f"/{gated}/resolve/main/model.safetensors": f"{cdn_url}/{gated}/resolve/main/model.safetensors",
+            f"/{gated}/resolve/main/config.json": "/meta-llama/renamed/resolve/main/config.json",
+        }
+        with hub_server(state) as url:
+            done = axchat_pull("llama-3.2-1b", url, data_home, HF_TOKEN="s3cret")
+    assert done.returncode == 0, done.stderr
+    assert cdn.downloads == [("model.safetensors", None, None)]
+    assert {auth for _, _, auth in state.downloads} == {"Bearer s3cret"}
+    assert [p for p, _, _ in state.downloads].count("config.json") == 2  # asked, then fetched from the new name
+    pulled = data_home / "axchat" / "models" / "llama-3.2-1b"
+    assert (pulled / "model.safetensors").read_bytes() == model_files["model.safetensors"]
+
+
 def test_not_enough_disk_stops_before_the_first_byte(
     hub: tuple[str, HubState], data_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

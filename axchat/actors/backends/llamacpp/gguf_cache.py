@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from axchat.actors.backends.llamacpp import gguf_convert
-from axchat.models import store
+from axchat.models import model_files, store
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _file_hash(path: Path, memo: dict[str, list[object]]) -> str:
     if known is not None and known[:2] == stamp:
         return str(known[2])
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with model_files.open_regular(path) as f:  # a device or FIFO would never end the hash
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     memo[key] = [*stamp, digest.hexdigest()]

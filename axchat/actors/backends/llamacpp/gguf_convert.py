@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from axchat.actors.backends.llamacpp import safetensors_read
+from axchat.models.model_files import ModelFileError
 
 # Bumped whenever the written file would differ for the same source: part of the cache key.
 CONVERTER_VERSION = 2
@@ -170,7 +171,7 @@ def convert(model_dir: Path, out: Path, kind: str, progress: Callable[[float], N
     theta, rope = _rope(config)
     try:
         tensors = safetensors_read.tensor_names(model_dir)
-    except (safetensors_read.SafetensorsError, OSError, ValueError, KeyError) as exc:
+    except (ModelFileError, OSError, ValueError, KeyError) as exc:
         raise ConversionError(f"cannot read the weights of {model_dir}: {exc}") from None
 
     writer = gguf.GGUFWriter(out, "llama")

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from axchat.actors.backends.base import BackendInfo, ModelLoadError
 from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert, thread_choice
 from axchat.host_cores import default_threads
+from axchat.models import store
+from axchat.models.model_files import ModelFileError
 
 if TYPE_CHECKING:
     from axchat.actors.backends.llamacpp.backend import LlamaCppBackend
@@ -47,14 +49,7 @@ def weight_type(quant: str, dtype: str) -> str:
 
 def find_gguf(model: str) -> Path | None:
     """A .gguf file, or a directory with exactly one .gguf and no Hugging Face weights."""
-    path = Path(model).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return path
-    if path.is_dir() and not (path / "config.json").is_file():
-        found = sorted(path.glob("*.gguf"))
-        if len(found) == 1:
-            return found[0]
-    return None
+    return store.gguf_file(Path(model).expanduser())
 
 
 def is_llama_family(model: str) -> bool:
@@ -105,7 +100,7 @@ def gguf_for(model_dir: Path, kind: str, threads: int) -> Path:
     started = time.monotonic()
     try:
         path, made = gguf_cache.ensure(model_dir, kind, make)
-    except (gguf_convert.ConversionError, OSError) as exc:
+    except (gguf_convert.ConversionError, ModelFileError, OSError) as exc:
         raise ModelLoadError.because(f"cannot convert {model_dir} to GGUF", exc) from None
     if made:
         log.info("GGUF %s of %s written in %.1fs: %s", kind, model_dir.name, time.monotonic() - started, path)
@@ -118,7 +113,11 @@ def convert_if_needed(model: str, quant: str, dtype: str, threads: int | None, p
     if find_gguf(model) is not None or not is_llama_family(model):
         return
     kind = weight_type(quant, dtype)
-    if not gguf_cache.cached_path(Path(model).expanduser(), kind).is_file():
+    try:
+        cached = gguf_cache.cached_path(Path(model).expanduser(), kind)
+    except ModelFileError as exc:  # the cache key hashes the weights the directory names
+        raise ModelLoadError(str(exc)) from None
+    if not cached.is_file():
         progress("convert")
         gguf_for(Path(model).expanduser(), kind, threads or default_threads())
 
