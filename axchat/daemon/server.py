@@ -236,8 +236,9 @@ async def _serve(
     async with AsyncExitStack() as stack:
         ctx = zmq.asyncio.Context()
         stack.callback(_term_context, ctx)
-        if keys is not None:
-            auth = curve_auth.start_authenticator(ctx, keys)
+        allow_list = None if keys is None else curve_auth.AllowList(keys.allow_dir)
+        if allow_list is not None:
+            auth = curve_auth.start_authenticator(ctx, allow_list)
             stack.callback(auth.stop)  # type: ignore[attr-defined]
         bus = Bus(ctx, f"axchat-{os.getpid()}")
         supervisor = DaemonSupervisor(bus) if loaded is None else device_group.GroupSupervisor(bus)
@@ -279,6 +280,7 @@ async def _serve(
                 max_live_per_client=cfg.max_per_client,
                 client_timeout_s=cfg.client_timeout_s,
                 curve_server=None if keys is None else (keys.public, keys.secret),
+                allow_list=allow_list,
                 max_token_chars=longest_token_chars(tokenizer),
             )
         except zmq.ZMQError as exc:
