@@ -177,6 +177,8 @@ class AsyncClient:
 
     async def _send(self, rid: str, body: v1.ClientMessage) -> None:
         self._link.check_trusted()
+        if self._link.keys_refused is not None:
+            return  # never connected, as our keys are unusable: the request's queue holds why
         await self._sock.send_multipart(request_frames(rid, body, self._max_frame))
         self._last_sent = time.monotonic()
 

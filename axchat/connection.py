@@ -136,7 +136,7 @@ def open_daemon_socket(ctx: Any, endpoint: str, *, name: str, keys_refused_raise
     """A DEALER socket on `ctx` (sync or asyncio) with CURVE keys and a drop monitor,
     connected to `endpoint` unless its directory is untrusted. Unusable keys raise
     `KeysRefused` when `keys_refused_raises`; else they are noted in `keys_refused`
-    for the caller to fail each request with."""
+    for the caller to fail each request with, and the socket is never connected."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     keys_refused = None
@@ -154,9 +154,11 @@ def open_daemon_socket(ctx: Any, endpoint: str, *, name: str, keys_refused_raise
     monitor = ctx.socket(zmq.PAIR)
     monitor.setsockopt(zmq.LINGER, 0)
     monitor.connect(monitor_addr)
-    # Checked before connecting: the first frame already carries a prompt.
+    # Checked before connecting: the first frame already carries a prompt. Refused keys
+    # (no server key for another host, say) mean no connection either: a plain one
+    # would already tell that host who is calling.
     untrusted = ep.untrusted_reason(endpoint)
-    if untrusted is None:
+    if untrusted is None and keys_refused is None:
         sock.connect(endpoint)
     return DaemonSocket(endpoint, sock, monitor, keys, keys_refused, untrusted)
 

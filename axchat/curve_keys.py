@@ -2,8 +2,9 @@
 permissions checked, setting them on a client socket, and naming why a handshake failed.
 
 Shared by every client and by `axchat keys`; imports only the standard library and
-pyzmq (its `zmq.auth` certificate reader only once a key file is actually read), so
-`axchat ask` on a local socket pays nothing for it.
+pyzmq (its `zmq.auth` certificate reader only once a key file is actually read, the
+loopback rule only for a tcp endpoint), so `axchat ask` on a local socket pays nothing
+for it.
 
 Layout of a keys directory (`$AXCHAT_KEYS_DIR`, else `$XDG_CONFIG_HOME/axchat/keys`):
 `server.key` / `server.key_secret` (the daemon's pair; a client machine holds only the
@@ -70,6 +71,16 @@ def is_network(endpoint: str) -> bool:
     return not endpoint.startswith(("ipc://", "inproc://"))
 
 
+def is_loopback(endpoint: str) -> bool:
+    """`tcp://127.0.0.1:N`, `tcp://[::1]:N` or `tcp://localhost:N`; `*` and interface
+    names are not. The same judgement as the web bridge's no-API-key rule."""
+    from axchat.frontends.web.bind_policy import is_loopback as host_is_loopback  # only tcp pays for it
+
+    if not endpoint.startswith("tcp://"):
+        return False
+    return host_is_loopback(endpoint.removeprefix("tcp://").rpartition(":")[0].strip("[]"))
+
+
 def check_private(path: Path) -> None:
     """A secret key file must be ours and closed to everyone else, as ssh insists."""
     try:
@@ -115,8 +126,10 @@ def read_key_pair(path: Path) -> tuple[bytes, bytes]:
 
 
 def client_keys(endpoint: str, environ: Mapping[str, str] | None = None) -> ClientKeys | None:
-    """The keys a client uses for `endpoint`: None for a local socket, or when no server
-    key is known (then the client speaks plain, which only an --insecure-tcp daemon takes).
+    """The keys a client uses for `endpoint`: None for a local socket, for `--server-key
+    none`, or when no server key is known for a loopback address (then the client speaks
+    plain, which only an --insecure-tcp daemon takes). With no key for another host it
+    raises: plain text there would cross the network unencrypted, to whoever answers.
     Flags reach here through the environment (`use_key_flags`)."""
     if not is_network(endpoint):
         return None
@@ -128,6 +141,8 @@ def client_keys(endpoint: str, environ: Mapping[str, str] | None = None) -> Clie
     if not server_spec:
         default = where / (SERVER + PUBLIC_SUFFIX)
         if not default.exists():
+            if not is_loopback(endpoint):
+                raise KeysError(no_server_key(endpoint, default))
             return None
         server_spec = str(default)
     server_public = read_public(server_spec)
@@ -141,15 +156,28 @@ def client_keys(endpoint: str, environ: Mapping[str, str] | None = None) -> Clie
     return ClientKeys(server_public, public, secret, server_spec, str(client_file))
 
 
+def no_server_key(endpoint: str, default: Path) -> str:
+    return (
+        f"refusing to talk to {endpoint} unencrypted: no server key for it; copy the daemon's "
+        f"{SERVER}{PUBLIC_SUFFIX} (made by `axchat keys server` on its host) to {default} or pass --server-key "
+        f"FILE, or pass --server-key {NO_KEY} to send in plain text anyway"
+    )
+
+
 def secure_client_socket(sock: zmq.Socket, endpoint: str) -> ClientKeys | None:  # type: ignore[type-arg]
     """Set CURVE on a client socket before it connects, when `endpoint` calls for it.
     The one place both clients do this. Raises KeysError for unusable key files."""
     keys = client_keys(endpoint)
     if keys is not None:
-        sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+        use_keys(sock, keys)
     return keys
+
+
+def use_keys(sock: zmq.Socket, keys: ClientKeys) -> None:  # type: ignore[type-arg]
+    """Make a socket that has not connected yet a CURVE client with `keys`."""
+    sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
 
 
 def refusal(event: int, value: int, endpoint: str, keys: ClientKeys | None) -> str | None:

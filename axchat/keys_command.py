@@ -73,7 +73,10 @@ def allow(directory: Path, spec: str, name: str | None) -> Path:
     target = allowed / (name + ck.PUBLIC_SUFFIX)
     if target.exists():
         raise KeysCommandError(f"{target} already exists; pick another --name or `axchat keys revoke {name}` first")
-    target.write_text(f'# axchat allowed client {name}\ncurve\n    public-key = "{key.decode()}"\n')
+    # Written beside it and renamed in: a daemon reading the list never sees half a file.
+    scratch = allowed / f".{name}.new"
+    scratch.write_text(f'# axchat allowed client {name}\ncurve\n    public-key = "{key.decode()}"\n')
+    os.replace(scratch, target)
     return target
 
 
@@ -145,7 +148,7 @@ def run(args: argparse.Namespace) -> list[str]:
     if not NAME_RE.fullmatch(args.name) or not target.exists():
         raise KeysCommandError(f"no allowed client named {args.name!r} in {target.parent}")
     target.unlink()
-    return [f"revoked {args.name}: new connections with its key are refused"]
+    return [f"revoked {args.name}: a running daemon refuses its key from its next request on"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,8 @@ import zmq.asyncio
 # Unsent frames are worthless once we decided to close: never let a peer that is gone
 # keep the context from terminating.
 LINGER_MS = 0
+# The ZAP domain of a CURVE server socket; the daemon's handler answers for it alone.
+ZAP_DOMAIN = "axchat"
 
 
 def make_socket(
@@ -27,7 +29,9 @@ def make_socket(
     """A socket with the project's defaults. `hwm=0` means unbounded: the inproc
     links between actors carry at most what admission already bounded, and a full
     pipe there would deadlock the device/sampler round trip. `curve_server` (public,
-    secret) makes it a CURVE server: set before binding, so no plain peer ever gets in."""
+    secret) makes it a CURVE server: set before binding, so no plain peer ever gets in,
+    and with its ZAP domain enforced, so no peer gets in unless a ZAP handler says yes
+    (without it, libzmq lets in anyone who knows the server key when no handler runs)."""
     sock = ctx.socket(kind)
     try:
         sock.setsockopt(zmq.LINGER, LINGER_MS)
@@ -43,6 +47,8 @@ def make_socket(
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_PUBLICKEY, curve_server[0])
             sock.setsockopt(zmq.CURVE_SECRETKEY, curve_server[1])
+            sock.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+            sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         if bind is not None:
             sock.bind(bind)
         if connect is not None:

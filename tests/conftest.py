@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from axchat.curve_keys import ClientKeys, use_keys
 from axchat.protocol import v1
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -160,10 +161,13 @@ class DaemonProcess(LoggedProcess):
 class RawClient:
     """A bare DEALER socket speaking frames, for tests that must send bad ones."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, keys: ClientKeys | None = None) -> None:
+        """`keys`: speak CURVE with them, for a `tcp://` daemon with an allow-list."""
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            use_keys(self.sock, keys)
         self.sock.connect(endpoint if "://" in endpoint else "ipc://" + endpoint)
         self._held: dict[str, collections.deque[tuple[v1.Envelope, v1.DaemonMessage]]] = {}
 

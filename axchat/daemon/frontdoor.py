@@ -20,6 +20,7 @@ from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_fit import LengthFloor, kept_chars, kept_positions, prompt_field
 from axchat.actors.token_choice import validate as validate_sampling
+from axchat.daemon.curve_auth import AllowList
 from axchat.daemon.peer_watch import PeerWatch
 from axchat.protocol import v1
 from axchat.protocol.field_path import field_path
@@ -64,6 +65,12 @@ class _Live:
     user: str = ""  # generate.user: who behind the connection, for per-user limits
 
 
+# What admission counts a kind of live request as, in a `busy` refusal.
+_LIVE_WORDS = {"generate": "requests running or queued", "status": "status requests waiting for an answer"}
+# Why a peer whose key left the allow-list is no longer served.
+REVOKED_TEXT = "this client's key is no longer on the daemon's allow-list (revoked with `axchat keys revoke`?)"
+
+
 # Client-chosen strings (request ids, error texts quoting a bad field) are cut to this
 # in logs and error replies: ten 1 MB type tags once grew the log by 10 MB.
 MAX_ECHO_CHARS = 200
@@ -98,17 +105,24 @@ class FrontDoor(Actor):
         client_timeout_s: float = 0.0,
         curve_server: tuple[bytes, bytes] | None = None,
         length_floor: LengthFloor = NO_FLOOR,
+        allow_list: AllowList | None = None,
     ) -> None:
         super().__init__(bus, supervisor)
-        # The most characters one token stands for (0: unknown): a prompt whose length
-        # alone proves it cannot fit is refused here, before it is copied on to the
-        # tokenizer, so a refused frame costs about its own size in memory.
+        # A proven lower bound on a prompt's tokens from its length: a prompt that cannot
+        # fit is refused here, before it is copied on to the tokenizer, so a refused
+        # frame costs about its own size in memory.
         self._floor = length_floor
-        # Admission: running + queued requests, in all and per client. Past either the
-        # client hears `busy` at once instead of waiting in an unbounded line.
+        # Admission: running + queued requests, in all and per client (and, counted
+        # apart, status requests awaiting their answer, so watching one's own full
+        # queue still works). Past either the client hears `busy` at once instead of
+        # waiting in an unbounded line.
         self._max_live = max_live
         self._max_live_per_client = max_live_per_client
-        self._live_per_client: collections.Counter[tuple[bytes, str]] = collections.Counter()
+        self._live_per_client: collections.Counter[tuple[bytes, str, str]] = collections.Counter()  # (peer, user, kind)
+        self._live_total: collections.Counter[str] = collections.Counter()  # by kind
+        # A CURVE socket's allow-list, asked again for every frame: a key revoked while
+        # its connection is open is cut off at that connection's next frame.
+        self._allow_list = allow_list
         self._liveness: asyncio.Task[None] | None = None
         self._info = info
         self._model_names = {info.model, *model_aliases}
@@ -185,18 +199,48 @@ class FrontDoor(Actor):
             parts = await self._router.recv_multipart(copy=False)
             fd = parts[0].get(zmq.SRCFD)
             identity = parts[0].bytes
+            allowed = self._allow_list is None or self._still_allowed(identity, parts[0])
             # Views, not copies: a large body is decoded straight from ZeroMQ's buffer.
             frames = [part.buffer for part in parts[1:]]
             del parts
             self._peers.seen(identity, fd)
             try:
-                await self._dispatch(identity, frames)
+                await (self._dispatch(identity, frames) if allowed else self._cut_off(identity, frames))
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let one client's frame stop the door
                 log.exception("peer %s: unexpected failure handling a frame", peer_label(identity))
                 await self._reply(identity, "", v1.Error(code="internal", message="internal error handling frame"))
             del frames
+
+    def _still_allowed(self, identity: bytes, frame: zmq.Frame) -> bool:
+        """Whether the CURVE key this frame came with (its `User-Id`, which our ZAP
+        handler sets to the key) is still on the allow-list."""
+        assert self._allow_list is not None
+        try:
+            key = str(frame.get("User-Id"))
+        except zmq.ZMQError:  # no user id: not a peer our handler let in
+            key = ""
+        return self._allow_list.admits(key.encode(), f"a request of peer {peer_label(identity)}")
+
+    async def _cut_off(self, identity: bytes, frames: list[memoryview]) -> None:
+        """A peer whose key left the allow-list: its live requests end with `forbidden`,
+        and so does this frame. Logged by the allow-list, at most once a while per key."""
+        ended = await self._end_requests(identity)
+        for live in ended:
+            await self._reply(identity, live.client_id, v1.Error(code="forbidden", message=REVOKED_TEXT))
+        client_id = self._envelope_id(frames)
+        if client_id not in {live.client_id for live in ended}:
+            await self._reply(identity, client_id, v1.Error(code="forbidden", message=REVOKED_TEXT))
+
+    def _envelope_id(self, frames: list[memoryview]) -> str:
+        """The request id of a frame that gets no further look, or "" if it has none."""
+        if len(frames) != 2 or len(frames[0]) > self._max_frame:
+            return ""
+        try:
+            return v1.decode_envelope(frames[0]).id
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return ""
 
     async def _dispatch(self, identity: bytes, frames: list[memoryview]) -> None:
         if frames == [b""]:
@@ -257,8 +301,9 @@ class FrontDoor(Actor):
             if rid is not None:
                 await self.send("tokenizer", m.CancelRequest(rid=rid))
         elif isinstance(body, v1.Status):
-            rid = self._register(identity, env.id, "status")
-            await self.send("device", m.StatusQuery(rid=rid, reply=self._status_draft()))
+            if await self._admit(identity, env.id, "status"):
+                rid = self._register(identity, env.id, "status")
+                await self.send("device", m.StatusQuery(rid=rid, reply=self._status_draft()))
         elif isinstance(body, v1.Hello):
             await self._hello(identity, env.id, body)
         elif isinstance(body, v1.Ping):
@@ -318,12 +363,8 @@ class FrontDoor(Actor):
             return await self._reject(
                 identity, client_id, "duplicate_request", f"request id {_short(client_id)!r} is already running"
             )
-        busy = self._over_limit(identity, gen.user)
-        if busy is not None:
-            log.info("peer %s request %r: busy: %s", peer_label(identity), _short(client_id), busy)
-            return await self._reply(
-                identity, client_id, v1.Error(code="busy", message=busy, retry_after_s=BUSY_RETRY_AFTER_S)
-            )
+        if not await self._admit(identity, client_id, "generate", gen.user):
+            return
         rid = self._register(identity, client_id, "generate", gen.user)
         await self.send(
             "tokenizer",
@@ -388,12 +429,21 @@ class FrontDoor(Actor):
             return self._floor.of(sum(len(shape.messages[i].content) for i in kept) // 4, len(kept)), "messages"
         return 0, None
 
-    def _over_limit(self, identity: bytes, user: str) -> str | None:
-        if self._live_per_client[(identity, user)] >= self._max_live_per_client:
+    async def _admit(self, identity: bytes, client_id: str, kind: str, user: str = "") -> bool:
+        """Whether a request of `kind` may go on; if not, the client has heard `busy`."""
+        busy = self._over_limit(identity, kind, user)
+        if busy is None:
+            return True
+        log.info("peer %s request %r: busy: %s", peer_label(identity), _short(client_id), busy)
+        await self._reply(identity, client_id, v1.Error(code="busy", message=busy, retry_after_s=BUSY_RETRY_AFTER_S))
+        return False
+
+    def _over_limit(self, identity: bytes, kind: str, user: str) -> str | None:
+        if self._live_per_client[(identity, user, kind)] >= self._max_live_per_client:
             who = "this client" if not user else "this user"
-            return f"{who} already has {self._max_live_per_client} requests running or queued"
-        if len(self._by_client) >= self._max_live:
-            return f"the daemon has {self._max_live} requests running or queued"
+            return f"{who} already has {self._max_live_per_client} {_LIVE_WORDS[kind]}"
+        if self._live_total[kind] >= self._max_live:
+            return f"the daemon has {self._max_live} {_LIVE_WORDS[kind]}"
         return None
 
     def _register(self, identity: bytes, client_id: str, kind: str, user: str = "") -> int:
@@ -401,18 +451,21 @@ class FrontDoor(Actor):
         self._live[rid] = _Live(identity, client_id, kind, user)
         if kind == "generate":
             self._by_client[(identity, client_id)] = rid
-            self._live_per_client[(identity, user)] += 1
+        self._live_per_client[(identity, user, kind)] += 1
+        self._live_total[kind] += 1
         self.idle.clear()
         return rid
 
     def _forget(self, rid: int) -> _Live | None:
         live = self._live.pop(rid, None)
-        if live is not None and live.kind == "generate":
-            self._by_client.pop((live.identity, live.client_id), None)
-            key = (live.identity, live.user)
+        if live is not None:
+            if live.kind == "generate":
+                self._by_client.pop((live.identity, live.client_id), None)
+            key = (live.identity, live.user, live.kind)
             self._live_per_client[key] -= 1
             if self._live_per_client[key] <= 0:
                 del self._live_per_client[key]
+            self._live_total[live.kind] -= 1
         if not self._live:
             self.idle.set()
         return live
@@ -462,13 +515,20 @@ class FrontDoor(Actor):
 
     async def _client_gone(self, identity: bytes, why: str) -> None:
         """A client we cannot reach any more: cancel all it asked for, free its KV."""
-        gone = [rid for rid, live in self._live.items() if live.identity == identity]
-        if gone:
-            log.info("peer %s %s; cancelling %d request(s)", peer_label(identity), why, len(gone))
-        for rid in gone:
+        ended = await self._end_requests(identity)
+        if ended:
+            log.info("peer %s %s; cancelling %d request(s)", peer_label(identity), why, len(ended))
+
+    async def _end_requests(self, identity: bytes) -> list[_Live]:
+        """Forget every live request of a client we serve no more and cancel its work."""
+        ended = []
+        for rid in [rid for rid, live in self._live.items() if live.identity == identity]:
             live = self._forget(rid)
-            if live is not None and live.kind == "generate":
-                await self.send("tokenizer", m.CancelRequest(rid=rid))
+            if live is not None:
+                ended.append(live)
+                if live.kind == "generate":
+                    await self.send("tokenizer", m.CancelRequest(rid=rid))
         # Its cached conversations can never be asked for again (routing ids are not
         # reused): free them now rather than when the cache's byte cap pushes them out.
         await self.send("tokenizer", m.ForgetClient(connection=identity.hex()))
+        return ended

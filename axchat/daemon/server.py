@@ -235,8 +235,9 @@ async def _serve(
     async with AsyncExitStack() as stack:
         ctx = zmq.asyncio.Context()
         stack.callback(_term_context, ctx)
-        if keys is not None:
-            auth = curve_auth.start_authenticator(ctx, keys)
+        allow_list = None if keys is None else curve_auth.AllowList(keys.allow_dir)
+        if allow_list is not None:
+            auth = curve_auth.start_authenticator(ctx, allow_list)
             stack.callback(auth.stop)  # type: ignore[attr-defined]
         bus = Bus(ctx, f"axchat-{os.getpid()}")
         supervisor = DaemonSupervisor(bus) if loaded is None else device_group.GroupSupervisor(bus)
@@ -279,6 +280,7 @@ async def _serve(
                 client_timeout_s=cfg.client_timeout_s,
                 curve_server=None if keys is None else (keys.public, keys.secret),
                 length_floor=tok.length_floor,
+                allow_list=allow_list,
             )
         except zmq.ZMQError as exc:
             for made in (reply_stage, sampler, *devices, tok):

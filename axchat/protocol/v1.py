@@ -22,7 +22,8 @@ PROTOCOL_MAJOR = 1
 # 1.1: the `loading` event, status_reply's model residency fields; 1.2: generate.user;
 # 1.3: error.param, the field a refusal is about.
 # 1.4: stats.device and status_reply.devices, for a daemon driving several devices.
-# 1.5: bounds on the envelope's `id` and on a generate's number of messages.
+# 1.5: bounds on the envelope's `id` and on a generate's number of messages; the
+# `forbidden` error code, for a client whose key was revoked while connected.
 PROTOCOL_MINOR = 5
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
@@ -52,6 +53,7 @@ ErrorCode = Literal[
     "internal",  # a bug or device failure; the daemon keeps serving
     "load_failed",  # the model was unloaded (keep-alive) and reloading it failed
     "daemon_restarted",  # never sent: a client's own verdict when its connection dropped mid-request
+    "forbidden",  # the client's CURVE key is no longer on the daemon's allow-list
 ]
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]

@@ -5,17 +5,20 @@ refused unless it is marked insecure and on loopback. Real daemon, real sockets.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
-from conftest import DaemonProcess, LoggedProcess, chat
+from conftest import HELD, DaemonProcess, LoggedProcess, RawClient, chat
 
 from axchat import curve_keys as ck
 from axchat import keys_command
@@ -79,6 +82,18 @@ def curve_daemon(tiny_model_dir: Path, key_dirs: dict[str, Path]) -> Iterator[tu
 
 
 @pytest.fixture
+def another_host() -> str:
+    """An endpoint on a non-loopback address, as a remote daemon's would be. The client
+    must refuse before connecting; should one ever connect, this machine's own address
+    keeps the attempt here."""
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not ipaddress.ip_address(address.address).is_loopback:
+                return f"tcp://{address.address}:9"
+    pytest.skip("this machine has no non-loopback IPv4 address")
+
+
+@pytest.fixture
 def as_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[UseKeys]:
     """Point this process's clients at one keys directory, as `--keys-dir` would."""
     for name in (ck.ENV_SERVER_KEY, ck.ENV_CLIENT_KEY):
@@ -103,6 +118,20 @@ def ask_json(endpoint: str, env: dict[str, str], *extra: str) -> subprocess.Comp
         text=True,
         timeout=120,
     )
+
+
+def new_client(server_dir: Path, directory: Path, name: str | None = None) -> Path:
+    """A client key pair in `directory` that knows the daemon's key; on its allow-list as `name`, if given."""
+    make_keys(directory, "client")
+    shutil.copy(server_dir / "server.key", directory / "server.key")
+    if name is not None:
+        make_keys(server_dir, "allow", str(directory / "client.key"), "--name", name)
+    return directory
+
+
+def curve_raw(endpoint: str, directory: Path) -> RawClient:
+    """A raw protocol client speaking CURVE with the keys in `directory`."""
+    return RawClient(endpoint, ck.client_keys(endpoint, client_env(directory)))
 
 
 def stream_shape(stdout: str) -> tuple[list[str], dict[str, object]]:
@@ -193,6 +222,108 @@ def test_allowing_a_client_takes_effect_without_a_restart(
             assert isinstance(done, v1.Done) and done.finish_reason in ("length", "stop")
     finally:
         make_keys(key_dirs["server"], "revoke", "late")
+
+
+def test_a_revoked_key_is_cut_off_on_the_connection_it_has(
+    curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    d, endpoint = curve_daemon
+    victim = curve_raw(endpoint, new_client(key_dirs["server"], tmp_path / "victim", name="victim"))
+    other = curve_raw(endpoint, key_dirs["good"])
+    try:
+        assert isinstance(victim.request(v1.Hello()), v1.Welcome)
+        victim.send("held", chat("Hi", **HELD))
+        assert isinstance(victim.recv(want="held")[1], v1.Delta)  # running when the key goes
+        make_keys(key_dirs["server"], "revoke", "victim")
+        # The same open connection: its next request is refused, and what it had running ends.
+        refused = victim.request(v1.Ping())
+        assert isinstance(refused, v1.Error) and refused.code == "forbidden", refused
+        assert "allow-list" in refused.message
+        ended = list(victim.stream("held"))[-1]
+        assert isinstance(ended, v1.Error) and ended.code == "forbidden", ended
+        again = victim.request(chat("Hi", max_tokens=2))
+        assert isinstance(again, v1.Error) and again.code == "forbidden", again
+        # Everyone else is served as before.
+        assert isinstance(other.request(v1.Hello()), v1.Welcome)
+        other.send("after", chat("Hi", max_tokens=2))
+        assert isinstance(list(other.stream("after"))[-1], v1.Done)
+    finally:
+        victim.close()
+        other.close()
+        if (key_dirs["server"] / "allowed_clients" / "victim.key").exists():
+            make_keys(key_dirs["server"], "revoke", "victim")
+    # Three refusals of one key, one log line.
+    d.wait_for_line("request after@")  # logged after every line the refusals wrote
+    key = ck.read_public(str(tmp_path / "victim" / "client.key")).decode()
+    refusals = [line for line in d.lines if key in line and "refused" in line]
+    assert len(refusals) == 1 and "refused a request of peer" in refusals[0], refusals
+
+
+def test_a_key_refused_again_and_again_is_logged_once_a_while(
+    curve_daemon: tuple[DaemonProcess, str], key_dirs: dict[str, Path], as_client: UseKeys, tmp_path: Path
+) -> None:
+    d, endpoint = curve_daemon
+    as_client(new_client(key_dirs["server"], tmp_path / "pest"))
+    for _ in range(4):
+        with pytest.raises(KeysRefused, match="not on the daemon's allow-list"):
+            hello(endpoint)
+    other = curve_raw(endpoint, key_dirs["good"])
+    try:
+        other.send("after-pest", chat("Hi", max_tokens=2))
+        assert isinstance(list(other.stream("after-pest"))[-1], v1.Done)
+    finally:
+        other.close()
+    d.wait_for_line("request after-pest@")  # logged after every refusal's line
+    key = ck.read_public(str(tmp_path / "pest" / "client.key")).decode()
+    assert len([line for line in d.lines if f"refused a client whose key {key}" in line]) == 1
+
+
+def test_a_refusal_log_line_is_due_once_a_window_per_key_and_says_what_it_held_back() -> None:
+    refusals = curve_auth.RefusalLog(window_s=60.0, max_keys=2)
+    assert refusals.due(b"a", 0.0) == curve_auth.Held(0, 0)
+    assert refusals.due(b"a", 1.0) is None
+    assert refusals.due(b"a", 59.0) is None
+    assert refusals.due(b"b", 2.0) == curve_auth.Held(0, 0)
+    assert refusals.due(b"c", 3.0) is None  # past the cap on keys: counted, not logged
+    assert refusals.due(b"a", 60.0) == curve_auth.Held(2, 1)
+    assert refusals.due(b"c", 62.5) == curve_auth.Held(0, 0)  # b's window is over: c takes its place
+
+
+def test_the_allow_list_is_read_again_only_when_its_directory_changes(tmp_path: Path) -> None:
+    make_keys(tmp_path, "client")
+    make_keys(tmp_path, "allow", str(tmp_path / "client.key"), "--name", "first")
+    allowed = tmp_path / "allowed_clients"
+    first = ck.read_public(str(tmp_path / "client.key"))
+    settled = allowed.stat().st_mtime - 10  # older than any file system's mtime resolution
+    os.utime(allowed, (settled, settled))
+    allow_list = curve_auth.AllowList(allowed)
+    assert allow_list.keys() == {first}
+    # Edited in place, the directory's mtime stays: the cached list is still the answer.
+    (allowed / "first.key").write_text("not a certificate\n")
+    os.utime(allowed, (settled, settled))
+    assert allow_list.keys() == {first}
+    make_keys(tmp_path, "client", "--force")
+    make_keys(tmp_path, "allow", str(tmp_path / "client.key"), "--name", "second")
+    assert allow_list.keys() == {ck.read_public(str(tmp_path / "client.key"))}  # read again: first is unreadable now
+
+
+def test_plain_tcp_to_another_host_is_refused_before_connecting(
+    tmp_path: Path, as_client: UseKeys, another_host: str
+) -> None:
+    as_client(tmp_path)  # no server key anywhere
+    with pytest.raises(KeysRefused, match="--server-key") as refused:
+        Client(another_host, connect_timeout_s=PATIENT_S)
+    assert "unencrypted" in str(refused.value) and "axchat keys server" in str(refused.value)
+    with pytest.raises(KeysRefused, match="--server-key"):
+        hello_async(another_host)
+    proc = ask_json(another_host, client_env(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"axchat ask: refusing to talk to {another_host} unencrypted")
+    assert proc.stderr.count("\n") == 1
+    env = client_env(tmp_path)
+    # Said in so many words, plain text is allowed; a loopback daemon (--insecure-tcp) needs no words.
+    assert ck.client_keys(another_host, {**env, ck.ENV_SERVER_KEY: ck.NO_KEY}) is None
+    assert ck.client_keys("tcp://127.0.0.1:7777", env) is None
 
 
 # ---------------------------------------------------------------- the bind rule

@@ -3,6 +3,7 @@ context trimming, and cancelling clients that vanish while they wait."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -123,20 +124,45 @@ def test_round_robin_admission_and_queue_positions(one_slot: DaemonProcess) -> N
     assert finished == ["a1", "a2", "b1", "a3"]
 
 
-def test_per_client_limit(one_slot: DaemonProcess) -> None:
-    a = RawClient(one_slot.socket)
+@contextlib.contextmanager
+def at_its_limit(d: DaemonProcess) -> Iterator[RawClient]:
+    """A client with as many held generates live as --max-per-client allows (3), all
+    ended before it closes."""
+    a = RawClient(d.socket)
     try:
         for i in range(3):
             a.send(f"r{i}", chat("wait", **HELD))
-        a.send("r3", chat("one more", max_tokens=2))
-        _, busy = a.recv(want="r3")
-        assert isinstance(busy, v1.Error) and busy.code == "busy" and "this client" in busy.message
+        yield a
         for i in range(3):
             a.send(f"r{i}", v1.Cancel())
         for i in range(3):
             assert isinstance(list(a.stream(f"r{i}"))[-1], v1.Done)
     finally:
         a.close()
+
+
+def test_per_client_limit(one_slot: DaemonProcess) -> None:
+    with at_its_limit(one_slot) as a:
+        a.send("r3", chat("one more", max_tokens=2))
+        _, busy = a.recv(want="r3")
+        assert isinstance(busy, v1.Error) and busy.code == "busy" and "this client" in busy.message
+
+
+def test_status_requests_are_admitted_too(one_slot: DaemonProcess) -> None:
+    with at_its_limit(one_slot) as a:
+        # Counted apart from generates: a client at its limit can still watch its queue.
+        assert isinstance(a.request(v1.Status()), v1.StatusReply)
+        # A flood, sent faster than answered: past --max-per-client awaiting their
+        # answer, the rest hear `busy` at once instead of piling up in the daemon.
+        flood = [f"s{i}" for i in range(200)]
+        for rid in flood:
+            a.send(rid, v1.Status())
+        replies = [a.recv(want=rid)[1] for rid in flood]
+        busy = [r for r in replies if isinstance(r, v1.Error)]
+        assert busy, "no status request was refused"
+        assert all(r.code == "busy" and r.retry_after_s and "3 status requests" in r.message for r in busy), busy[0]
+        assert all(isinstance(r, v1.StatusReply) for r in replies if not isinstance(r, v1.Error))
+        assert isinstance(a.request(v1.Status()), v1.StatusReply)  # answered again once the flood is
 
 
 def test_client_that_vanishes_while_queued_is_cancelled(one_slot: DaemonProcess) -> None:
