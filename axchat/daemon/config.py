@@ -55,6 +55,9 @@ class ServeConfig:
     max_running: int | None = None  # None: what the backend can batch
     max_queued: int = 32
     max_per_client: int = 8
+    # None: three quarters of max_running + max_queued, so that one connection (a web
+    # bridge with all its users, one busy program) can never take every slot.
+    max_per_connection: int | None = None
     prefix_cache_mb: int = 256
     client_timeout_s: float = 30.0
     keep_alive_s: float | None = None  # None: keep the model loaded for ever
@@ -201,6 +204,7 @@ SETTINGS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "max_running": ("max_running", _positive_int),
     "max_queued": ("max_queued", _positive_int),
     "max_per_client": ("max_per_client", _positive_int),
+    "max_per_connection": ("max_per_connection", _positive_int),
     "prefix_cache_mb": ("prefix_cache_mb", _non_negative_int),
     "client_timeout": ("client_timeout_s", _seconds),
     "build_root": ("build_root", _str),
@@ -301,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         "socket_mode": "socket file mode, octal (default: 0660)",
         "max_running": "sequences on the device at once (default: what the backend batches)",
         "max_queued": "requests waiting for a slot, all clients together (default: 32)",
-        "max_per_client": "requests running or waiting, per client connection (default: 8)",
+        "max_per_client": "requests running or waiting, per client connection or per user behind one (default: 8)",
+        "max_per_connection": "requests running or waiting on one connection, all its users together "
+        "(default: 3/4 of max_running + max_queued)",
         "prefix_cache_mb": "memory for kept conversation KV, 0 turns reuse off (default: 256)",
         "client_timeout": "cancel the requests of a client silent this many seconds, 0: never (default: 30)",
         "build_root": "aipu: the Voyager SDK's build directory (default: $AXELERA_FRAMEWORK/build)",

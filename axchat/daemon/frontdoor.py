@@ -10,6 +10,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import zmq
@@ -77,6 +78,12 @@ MAX_ECHO_CHARS = 200
 NO_FLOOR = LengthFloor(0)  # no cheap bound: every request goes to the tokenizer
 
 
+def _uncount(counter: collections.Counter[Any], key: object) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
 def _short(text: str, limit: int = MAX_ECHO_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
@@ -102,6 +109,7 @@ class FrontDoor(Actor):
         max_frame_bytes: int = v1.DEFAULT_MAX_FRAME_BYTES,
         max_live: int = 1 << 30,
         max_live_per_client: int = 1 << 30,
+        max_live_per_connection: int = 1 << 30,
         client_timeout_s: float = 0.0,
         curve_server: tuple[bytes, bytes] | None = None,
         length_floor: LengthFloor = NO_FLOOR,
@@ -119,6 +127,10 @@ class FrontDoor(Actor):
         self._max_live = max_live
         self._max_live_per_client = max_live_per_client
         self._live_per_client: collections.Counter[tuple[bytes, str, str]] = collections.Counter()  # (peer, user, kind)
+        # ...and per connection, all its users together: a bridge's anonymous callers, or
+        # one application's many user names, cannot fill every slot of the daemon.
+        self._max_live_per_connection = max_live_per_connection
+        self._live_per_connection: collections.Counter[tuple[bytes, str]] = collections.Counter()  # (peer, kind)
         self._live_total: collections.Counter[str] = collections.Counter()  # by kind
         # A CURVE socket's allow-list, asked again for every frame: a key revoked while
         # its connection is open is cut off at that connection's next frame.
@@ -442,6 +454,8 @@ class FrontDoor(Actor):
         if self._live_per_client[(identity, user, kind)] >= self._max_live_per_client:
             who = "this client" if not user else "this user"
             return f"{who} already has {self._max_live_per_client} {_LIVE_WORDS[kind]}"
+        if user and self._live_per_connection[(identity, kind)] >= self._max_live_per_connection:
+            return f"this connection already has {self._max_live_per_connection} {_LIVE_WORDS[kind]}, all its users together"
         if self._live_total[kind] >= self._max_live:
             return f"the daemon has {self._max_live} {_LIVE_WORDS[kind]}"
         return None
@@ -452,6 +466,7 @@ class FrontDoor(Actor):
         if kind == "generate":
             self._by_client[(identity, client_id)] = rid
         self._live_per_client[(identity, user, kind)] += 1
+        self._live_per_connection[(identity, kind)] += 1
         self._live_total[kind] += 1
         self.idle.clear()
         return rid
@@ -462,9 +477,8 @@ class FrontDoor(Actor):
             if live.kind == "generate":
                 self._by_client.pop((live.identity, live.client_id), None)
             key = (live.identity, live.user, live.kind)
-            self._live_per_client[key] -= 1
-            if self._live_per_client[key] <= 0:
-                del self._live_per_client[key]
+            _uncount(self._live_per_client, key)
+            _uncount(self._live_per_connection, (live.identity, live.kind))
             self._live_total[live.kind] -= 1
         if not self._live:
             self.idle.set()

@@ -277,6 +277,7 @@ async def _serve(
                 max_frame_bytes=cfg.max_frame_bytes,
                 max_live=max_running + cfg.max_queued,
                 max_live_per_client=cfg.max_per_client,
+                max_live_per_connection=cfg.max_per_connection or max(1, (max_running + cfg.max_queued) * 3 // 4),
                 client_timeout_s=cfg.client_timeout_s,
                 curve_server=None if keys is None else (keys.public, keys.secret),
                 length_floor=tok.length_floor,

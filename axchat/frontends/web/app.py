@@ -11,11 +11,13 @@ from aiohttp.typedefs import Middleware
 
 from axchat.frontends.web import routes_openai, routes_ops, routes_page
 from axchat.frontends.web.access_log import access_log_middleware
-from axchat.frontends.web.appkeys import BODY_TIMEOUT, LINK, METRICS, USER_HEADER
+from axchat.frontends.web.appkeys import BODY_TIMEOUT, LINK, METRICS, USER_TRUST
 from axchat.frontends.web.auth import bearer_key_middleware
 from axchat.frontends.web.cross_site import cross_site_middleware
 from axchat.frontends.web.daemon_link import DaemonLink
+from axchat.frontends.web.end_user import NO_HEADER, UserTrust
 from axchat.frontends.web.inflight import DEFAULT_MAX_REQUESTS, inflight_middleware
+from axchat.frontends.web.local_user import own_user_middleware
 from axchat.frontends.web.metrics import BridgeMetrics
 from axchat.frontends.web.openai_errors import error_middleware
 
@@ -26,22 +28,23 @@ MAX_BODY_BYTES = 8 << 20
 
 def build_app(
     socket: str | None,
-    api_key: str | None,
+    api_keys: dict[str, str],
     *,
-    user_header: str | None = None,
+    user_trust: UserTrust = NO_HEADER,
     allowed_hosts: tuple[str, ...] = (),
     body_timeout_s: float,  # `axchat web --body-timeout` (serve.BODY_TIMEOUT_S)
     max_requests: int = DEFAULT_MAX_REQUESTS,  # `axchat web --max-requests`
 ) -> web.Application:
     middlewares: list[Middleware] = [access_log_middleware, error_middleware, inflight_middleware(max_requests)]
-    if api_key:
-        middlewares.append(bearer_key_middleware(api_key))
+    if api_keys:
+        middlewares.append(bearer_key_middleware(api_keys))
     else:
-        # The key is what stops other sites when there is one; without it, these checks.
-        middlewares.append(cross_site_middleware(allowed_hosts))
+        # A key is what stops other users and other sites when there is one; without
+        # one, the client's Unix user must be ours, and these cross-site checks.
+        middlewares += [own_user_middleware(), cross_site_middleware(allowed_hosts)]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[METRICS] = BridgeMetrics()
-    app[USER_HEADER] = user_header
+    app[USER_TRUST] = user_trust
     app[BODY_TIMEOUT] = body_timeout_s
 
     async def daemon_link(app: web.Application) -> AsyncIterator[None]:

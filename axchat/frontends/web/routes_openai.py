@@ -8,7 +8,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from axchat.frontends.web import openai_mapping as mapping
-from axchat.frontends.web.appkeys import BODY_TIMEOUT, LINK, METRICS, USER_HEADER
+from axchat.frontends.web.appkeys import BODY_TIMEOUT, LINK, METRICS, USER_TRUST
 from axchat.frontends.web.end_user import end_user
 from axchat.frontends.web.generation import Generation
 from axchat.frontends.web.openai_errors import ApiError, from_daemon
@@ -23,7 +23,7 @@ routes = web.RouteTableDef()
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = decode_body(await _read_body(request), ChatCompletionRequest)
     generate = mapping.chat_to_generate(body)
-    generate.user = end_user(request, body.user, request.app[USER_HEADER])
+    generate.user = end_user(request, body.user, request.app[USER_TRUST])
     return await _respond(request, "chat", generate, body.stream, mapping.include_usage(body))
 
 
@@ -31,7 +31,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def completions(request: web.Request) -> web.StreamResponse:
     body = decode_body(await _read_body(request), CompletionRequest)
     generate = mapping.completion_to_generate(body)
-    generate.user = end_user(request, body.user, request.app[USER_HEADER])
+    generate.user = end_user(request, body.user, request.app[USER_TRUST])
     return await _respond(request, "text", generate, body.stream, mapping.include_usage(body))
 
 

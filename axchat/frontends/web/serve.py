@@ -7,12 +7,14 @@ import argparse
 import asyncio
 import importlib.util
 import logging
+import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from axchat import curve_keys
 from axchat.daemon.logs import setup_logging
-from axchat.frontends.web.api_key import ENV_API_KEY, MIN_KEY_CHARS, UnusableKey, find_key
+from axchat.frontends.web.api_key import ENV_API_KEY, MIN_KEY_CHARS, UnusableKey, find_keys
 from axchat.frontends.web.bind_policy import is_loopback
 from axchat.frontends.web.inflight import DEFAULT_MAX_REQUESTS
 
@@ -30,6 +32,9 @@ SHUTDOWN_GRACE_S = 5.0
 
 log = logging.getLogger("axchat.web")
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -41,13 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key",
         help=f"require `Authorization: Bearer KEY`; visible in `ps`, so prefer --api-key-file or ${ENV_API_KEY}",
     )
-    p.add_argument("--api-key-file", help=f"read the API key from this file (at least {MIN_KEY_CHARS} characters)")
+    p.add_argument(
+        "--api-key-file",
+        help=f"read the API keys from this file: `NAME KEY` per line, one per application, or one bare KEY "
+        f"(at least {MIN_KEY_CHARS} characters each)",
+    )
     p.add_argument("--socket", help="daemon socket path or endpoint (default: $AXCHAT_SOCKET or the per-user default)")
     curve_keys.add_key_flags(p)
     p.add_argument(
-        "--user-header",
-        help="header naming the end user, set by an authenticating proxy in front (e.g. X-Forwarded-User); "
-        "the daemon's per-user limits and prefix-cache privacy follow it",
+        "--trust-user-header",
+        metavar="HEADER",
+        help="a header naming the end user, set by an authenticating proxy in front (e.g. X-Forwarded-User); "
+        "honoured only from loopback or a --trusted-proxy address, and namespaced by the API key the proxy used",
+    )
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="an address (besides loopback) whose --trust-user-header is believed (repeatable)",
     )
     p.add_argument(
         "--allowed-host",
@@ -74,31 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def serve(
-    host: str,
-    port: int,
-    socket: str | None,
-    api_key: str | None,
-    user_header: str | None = None,
-    allowed_hosts: tuple[str, ...] = (),
-    body_timeout_s: float = BODY_TIMEOUT_S,
-    header_timeout_s: float = HEADER_TIMEOUT_S,
-    max_requests: int = DEFAULT_MAX_REQUESTS,
-) -> None:
-    # Imported here so that a missing `web` extra is a one-line message, not a traceback.
+async def serve(host: str, port: int, app: web.Application, header_timeout_s: float, access: str) -> None:
+    """Run `app` until SIGTERM or SIGINT; `access` says who may use it, for the log."""
     from aiohttp import web
 
-    from axchat.frontends.web.app import build_app
-
     runner = web.AppRunner(
-        build_app(
-            socket,
-            api_key,
-            user_header=user_header,
-            allowed_hosts=allowed_hosts,
-            body_timeout_s=body_timeout_s,
-            max_requests=max_requests,
-        ),
+        app,
         # A closed connection cancels its handler, so a non-streaming request whose
         # client left is cancelled on the daemon too, not only a stream at its next write.
         handler_cancellation=True,
@@ -119,13 +117,7 @@ async def serve(
         for address in runner.addresses:
             bound_host, bound_port = address[0], address[1]
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-            log.info(
-                "listening: http://%s:%d/ (daemon %s, %s)",
-                shown,
-                bound_port,
-                socket or "default socket",
-                "API key required" if api_key else "no API key",
-            )
+            log.info("listening: http://%s:%d/ (%s)", shown, bound_port, access)
         await stop.wait()
         log.info("shutting down")
     finally:
@@ -143,33 +135,36 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     try:
-        api_key, warning = find_key(args.api_key, args.api_key_file)
+        api_keys, warning = find_keys(args.api_key, args.api_key_file)
     except UnusableKey as exc:
         print(f"axchat web: error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     if warning:
         log.warning("%s", warning)
-    if api_key is None and not is_loopback(args.host):
+    if not api_keys and not is_loopback(args.host):
         print(
             f"axchat web: refusing to listen on {args.host!r} without an API key: anyone who can reach it could "
             f"use the daemon. Give --api-key-file FILE (or ${ENV_API_KEY}), or bind 127.0.0.1.",
             file=sys.stderr,
         )
         return EXIT_REFUSED
+    from axchat.frontends.web.app import build_app
+    from axchat.frontends.web.end_user import UserTrust
+
+    app = build_app(
+        args.socket,
+        api_keys,
+        user_trust=UserTrust(args.trust_user_header, frozenset(args.trusted_proxy)),
+        allowed_hosts=tuple(args.allowed_host),
+        body_timeout_s=args.body_timeout,
+        max_requests=args.max_requests,
+    )
+    if api_keys:
+        access = f"API key required: {', '.join(sorted(api_keys))}"
+    else:
+        access = f"no API key: Unix user {os.getuid()} only"
     try:
-        asyncio.run(
-            serve(
-                args.host,
-                args.port,
-                args.socket,
-                api_key,
-                args.user_header,
-                tuple(args.allowed_host),
-                args.body_timeout,
-                args.header_timeout,
-                args.max_requests,
-            )
-        )
+        asyncio.run(serve(args.host, args.port, app, args.header_timeout, f"daemon {args.socket or 'default socket'}, {access}"))
     except OSError as exc:  # the port is taken, the address is not ours
         print(f"axchat web: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

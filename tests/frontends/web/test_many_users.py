@@ -45,14 +45,12 @@ def test_thirty_concurrent_streams_through_one_bridge_all_succeed(bridge: Bridge
     assert all(finish == "length" and pieces >= 1 for pieces, finish in results), results
 
 
-def test_past_the_daemons_own_bound_and_only_then_a_429(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
-    """16 held streams from 16 people through one bridge, against a daemon that takes 12
-    live requests (2 running + 10 queued): 12 are admitted (8 would be, if the bridge's
-    one connection were still one client) and 4 get 429 with Retry-After."""
+def held_through_one_bridge(tiny_model_dir, *serve_args: str, people: int = 16) -> tuple[int, list[openai.RateLimitError]]:  # type: ignore[no-untyped-def]
+    """`people` held streams of as many users through one bridge: (admitted, the 429s)."""
     from conftest import HELD, DaemonProcess
     from web_bridge import started_bridge
 
-    daemon = DaemonProcess(tiny_model_dir, "--max-running", "2", "--max-queued", "10").wait_ready()
+    daemon = DaemonProcess(tiny_model_dir, "--max-running", "2", "--max-queued", "10", *serve_args).wait_ready()
     try:
         with started_bridge(daemon.socket) as bridge:
 
@@ -69,7 +67,7 @@ def test_past_the_daemons_own_bound_and_only_then_a_429(tiny_model_dir) -> None:
                                 max_tokens=HELD["max_tokens"],  # type: ignore[arg-type]
                                 extra_body={"ignore_eos": True},
                             )
-                            for i in range(16)
+                            for i in range(people)
                         ),
                         return_exceptions=True,
                     )
@@ -78,8 +76,24 @@ def test_past_the_daemons_own_bound_and_only_then_a_429(tiny_model_dir) -> None:
                         await stream.close()
                     return len(streams), [e for e in opened if isinstance(e, openai.RateLimitError)]
 
-            admitted, refused = asyncio.run(run())
-        assert admitted == 12 and len(refused) == 4
-        assert all(int(e.response.headers["retry-after"]) >= 1 for e in refused)
+            return asyncio.run(run())
     finally:
         assert daemon.stop() == 0, daemon.log_text()
+
+
+def test_past_the_daemons_own_bound_and_only_then_a_429(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    """16 held streams from 16 people through one bridge, against a daemon that takes 12
+    live requests (2 running + 10 queued) and lets one connection have all 12: 12 are
+    admitted (8 would be, if the bridge's one connection were still one client) and 4
+    get 429 with Retry-After."""
+    admitted, refused = held_through_one_bridge(tiny_model_dir, "--max-per-connection", "12")
+    assert admitted == 12 and len(refused) == 4
+    assert all(int(e.response.headers["retry-after"]) >= 1 for e in refused)
+
+
+def test_one_connection_takes_at_most_three_quarters_of_the_daemon(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    """By default one connection, a bridge with all its users, holds at most 3/4 of the
+    daemon's 12 live requests: the last 3 stay for everyone else."""
+    admitted, refused = held_through_one_bridge(tiny_model_dir)
+    assert admitted == 9 and len(refused) == 7
+    assert all("all its users together" in e.message for e in refused)
