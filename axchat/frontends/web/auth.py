@@ -1,6 +1,7 @@
-"""Bearer-key check. `/health` stays open for load balancers, and the chat page's own
-files stay open because a browser cannot attach a header to a page load; they hold no
-data, and every call the page makes carries the key."""
+"""Bearer-key check. `/health` and `/ready` stay open for load balancers, whose health
+checks then need no copy of the key, and the chat page's own files stay open because a
+browser cannot attach a header to a page load; they hold no data, and every call the
+page makes carries the key."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from axchat.frontends.web.openai_errors import ApiError
 
-OPEN_PATHS = frozenset({"/health", "/"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/"})
 OPEN_PREFIXES = ("/static/",)
 
 
