@@ -67,11 +67,14 @@ def untrusted_reason(endpoint: str) -> str | None:
         return None  # tcp://: the user named a network address on purpose
     directory = path.parent
     try:
-        info = os.stat(directory)
+        info = os.lstat(directory)
     except FileNotFoundError:
         return None
     except OSError as exc:
         return f"cannot check socket directory {directory}: {exc.strerror}"
+    link = _symlink_reason(directory, info, "socket directory") or _socket_symlink_reason(path)
+    if link is not None:
+        return link
     if info.st_mode & 0o022:
         return (
             f"refusing socket directory {directory}: mode {stat.S_IMODE(info.st_mode):04o} lets other users "
@@ -83,6 +86,48 @@ def untrusted_reason(endpoint: str) -> str | None:
         f"refusing socket directory {directory}: owned by uid {info.st_uid}, not by you ({os.getuid()}) or root; "
         "another user could be listening there"
     )
+
+
+def _symlink_reason(path: Path, info: os.stat_result, what: str) -> str | None:
+    # The checks here judge the link, not what it points to, and whoever can write the
+    # link's directory can point it elsewhere after they pass: a link is never followed.
+    if not stat.S_ISLNK(info.st_mode):
+        return None
+    return f"refusing {what} {path}: it is a symbolic link; name the real path"
+
+
+def _socket_symlink_reason(path: Path) -> str | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None  # nothing there yet, or nothing to connect to: the connect says so
+    return _symlink_reason(path, info, "socket")
+
+
+def socket_file_exists(path: Path) -> bool:
+    """Whether a socket file is at `path` (False when nothing is). Anything else there
+    raises EndpointError: a symbolic link, a regular file or a directory is not a
+    daemon's leftover, and removing it could delete what the path was pointed at."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISSOCK(info.st_mode):
+        return True
+    raise EndpointError(
+        f"refusing socket path {path}: it is {_file_kind(info.st_mode)}, not a socket; "
+        "axchat removes only its own stale sockets, so move it away"
+    )
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a special file"
 
 
 def _made_by_root(parent: Path) -> bool:
@@ -122,7 +167,10 @@ def prepare_private_dir(directory: Path, group: int | None = None) -> None:
         pass
     except OSError as exc:
         raise EndpointError(f"cannot create socket directory {directory}: {exc.strerror}") from None
-    info = os.stat(directory)
+    info = os.lstat(directory)
+    link = _symlink_reason(directory, info, "socket directory")
+    if link is not None:
+        raise EndpointError(link)
     if not stat.S_ISDIR(info.st_mode):
         raise EndpointError(f"{directory} exists and is not a directory")
     if info.st_uid != os.getuid():

@@ -281,11 +281,12 @@ def ask_streaming(socket: str, *args: str, timeout_s: float = 60.0) -> subproces
 PROBLEM_DAEMON = Path(__file__).resolve().parent / "problemdaemon.py"
 
 
-def start_problem_daemon(sock: str) -> subprocess.Popen[str]:
-    """A daemon that says hello, then dies as soon as a generate arrives."""
+def start_problem_daemon(sock: str, problem_name: str = "die_on_generate", **env: str) -> subprocess.Popen[str]:
+    """A daemon that misbehaves as `problem_name` says (tests/problemdaemon.py); by
+    default it says hello, then dies as soon as a generate arrives."""
     problem = subprocess.Popen(
         [sys.executable, str(PROBLEM_DAEMON), sock],
-        env={**os.environ, "AXCHAT_PROBLEM": "die_on_generate"},
+        env={**os.environ, **env, "AXCHAT_PROBLEM": problem_name},
         stdout=subprocess.PIPE,
         text=True,
     )

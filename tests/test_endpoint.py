@@ -130,3 +130,37 @@ def test_socket_directory_open_to_a_foreign_group_is_refused() -> None:
     with pytest.raises(ep.EndpointError, match="lets group"):
         ep.prepare_private_dir(d)
     ep.prepare_private_dir(d, group=OUTSIDER)  # the group named on purpose: accepted
+
+
+# ---------------------------------------------------------------- symbolic links
+
+
+def serve_at(socket: str, model: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "axchat", "serve", "--model", str(model), "--socket", socket],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_symlinks_in_the_socket_path_are_refused_by_daemon_and_client(
+    daemon: DaemonProcess, tiny_model_dir: Path
+) -> None:
+    """A link is judged by what it points to today and can be repointed tomorrow: neither
+    the socket's directory nor the socket itself may be one."""
+    top = short_socket_dir()
+    real = top / "real"
+    real.mkdir(mode=0o700)
+    (top / "dir-link").symlink_to(real)
+    served = serve_at(str(top / "dir-link" / "axchat.sock"), tiny_model_dir)
+    assert served.returncode == 1 and served.stderr.count("\n") == 1, served.stderr
+    assert "refusing socket directory" in served.stderr and "symbolic link" in served.stderr
+    assert list(real.iterdir()) == []  # no lock, no socket made through the link
+
+    (top / "daemon-link").symlink_to(Path(daemon.socket).parent)
+    (real / "axchat.sock").symlink_to(daemon.socket)
+    for linked in (top / "daemon-link" / Path(daemon.socket).name, real / "axchat.sock"):
+        asked = ask_at(str(linked))
+        assert asked.returncode != 0 and asked.stdout == "", asked.stderr
+        assert asked.stderr.count("\n") == 1 and "symbolic link" in asked.stderr, asked.stderr

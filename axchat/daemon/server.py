@@ -81,7 +81,7 @@ def claim_endpoint(endpoint: str, group: int | None = None) -> int | None:
 
 
 def _clear_stale(path: Path, endpoint: str) -> None:
-    if not path.exists():
+    if not ep.socket_file_exists(path):
         return
     from axchat.client import Client, DaemonUnavailable, RequestFailed
 
@@ -382,5 +382,10 @@ def _term_context(ctx: zmq.asyncio.Context) -> None:
 
 def _unlink_socket(endpoint: str) -> None:
     path = ep.ipc_path(endpoint)
-    if path is not None:
-        Path(path).unlink(missing_ok=True)
+    if path is None:
+        return
+    try:
+        if ep.socket_file_exists(path):
+            path.unlink(missing_ok=True)
+    except ep.EndpointError as exc:
+        log.warning("%s", exc)

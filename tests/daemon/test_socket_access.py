@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,29 @@ def test_group_layout_admits_the_group_and_nobody_else(tiny_model_dir: Path) -> 
             client.close()
     finally:
         assert d.stop() == 0
+
+
+@pytest.mark.parametrize("kind", ["regular-file", "symlink", "directory"])
+def test_a_stale_path_that_is_not_a_socket_is_refused_and_left_in_place(kind: str, tiny_model_dir: Path) -> None:
+    top = short_socket_dir()
+    sock = top / "axchat.sock"
+    kept = top / "someone-elses-file"
+    kept.write_text("keep me\n")
+    if kind == "regular-file":
+        sock.write_text("keep me too\n")
+    elif kind == "symlink":
+        sock.symlink_to(kept)
+    else:
+        sock.mkdir()
+    served = subprocess.run(
+        [sys.executable, "-m", "axchat", "serve", "--model", str(tiny_model_dir), "--socket", str(sock)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert served.returncode == 1 and served.stderr.count("\n") == 1, served.stderr
+    assert f"refusing socket path {sock}" in served.stderr and "not a socket" in served.stderr
+    assert kept.read_text() == "keep me\n"
+    assert sock.is_symlink() if kind == "symlink" else sock.exists()
+    if kind == "regular-file":
+        assert sock.read_text() == "keep me too\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,14 @@ def test_system_unit_is_a_hardened_notify_service() -> None:
     assert "#DeviceAllow=/dev/metis-0 rw" in proc.stdout and "#DeviceAllow=/dev/nvidiactl rw" in proc.stdout
 
 
+def test_system_unit_confines_system_calls_capabilities_processes_and_resources() -> None:
+    d = directives(units.render(False))
+    for key, value in [("SystemCallFilter", "@system-service"), ("SystemCallArchitectures", "native"),
+                       ("CapabilityBoundingSet", ""), ("ProtectProc", "invisible")]:  # fmt: skip
+        assert d[key] == [value], key
+    assert len(d["MemoryMax"]) == 1 and d["MemoryMax"][0] and len(d["TasksMax"]) == 1 and d["TasksMax"][0].isdigit()
+
+
 def test_user_unit_uses_the_per_user_socket() -> None:
     proc = axchat("service", "print", "--user")
     assert proc.returncode == 0, proc.stderr
@@ -78,6 +87,23 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path, user: bool) -> 
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
     # verify exits 0 even on unknown keys, which it only warns about: no output is the pass.
     assert proc.returncode == 0 and proc.stderr.strip() == "" and proc.stdout.strip() == "", proc.stdout + proc.stderr
+
+
+# systemd-analyze rates a unit's exposure from 0 (locked down) to 10; README's service
+# section quotes the figure for the system unit.
+EXPOSURE = re.compile(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)")
+MAX_EXPOSURE = 2.0
+
+
+def test_systemd_analyze_security_rates_the_system_unit_ok(tmp_path: Path) -> None:
+    tool = systemd_analyze()
+    unit = tmp_path / "axchat.service"
+    unit.write_text(units.render(False))
+    proc = subprocess.run([tool, "security", "--offline=true", str(unit)], capture_output=True, text=True, timeout=60)
+    found = EXPOSURE.search(proc.stdout + proc.stderr)
+    assert found is not None, proc.stdout + proc.stderr
+    score, level = float(found.group(1)), found.group(2)
+    assert score <= MAX_EXPOSURE and level == "OK", found.group(0)
 
 
 def test_install_writes_the_units(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+import stat
 
 ENV_API_KEY = "AXCHAT_API_KEY"
 MIN_KEY_CHARS = 16
@@ -29,10 +29,12 @@ def find_keys(flag: str | None, key_file: str | None) -> tuple[dict[str, str], s
     no keys when none is given."""
     if key_file:
         try:
-            text = Path(key_file).read_text()
+            with open(key_file) as f:
+                mode = os.fstat(f.fileno()).st_mode  # of the file read, not of whatever is there later
+                text = f.read()
         except OSError as exc:
             raise UnusableKey(f"cannot read the API key file {key_file}: {exc.strerror}") from None
-        return parse_key_file(text, key_file), None
+        return parse_key_file(text, key_file), _readable_by_others(key_file, mode)
     env = os.environ.get(ENV_API_KEY)
     if env is not None and env.strip():
         return {DEFAULT_NAME: check(env.strip(), f"${ENV_API_KEY}")}, None
@@ -63,6 +65,16 @@ def parse_key_file(text: str, where: str) -> dict[str, str]:
     if not keys:
         raise UnusableKey(f"{where} holds no key")
     return keys
+
+
+def _readable_by_others(key_file: str, mode: int) -> str | None:
+    # Whoever can read the key can use the bridge as its owner does.
+    if not mode & 0o044:
+        return None
+    return (
+        f"the API key file {key_file} has mode {stat.S_IMODE(mode):04o}: its group or other users can read it; "
+        f"`chmod 600 {key_file}`"
+    )
 
 
 def check(key: str, where: str) -> str:

@@ -1,9 +1,9 @@
 """Who may use the bridge, and under which credential its requests' end users are
 named. With API keys: a bearer key, the name it is known by becoming the credential.
-Without: only the bridge's own Unix user (`local_user.py`). `/health` stays open for
-load balancers, and the chat page's own files stay open because a browser cannot
-attach a header to a page load; they hold no data, and every call the page makes
-carries the key."""
+Without: only the bridge's own Unix user (`local_user.py`). `/health` and `/ready`
+stay open for load balancers, whose health checks then need no copy of the key, and
+the chat page's own files stay open because a browser cannot attach a header to a page
+load; they hold no data, and every call the page makes carries the key."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from axchat.frontends.web.openai_errors import ApiError
 
-OPEN_PATHS = frozenset({"/health", "/"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/"})
 OPEN_PREFIXES = ("/static/",)
 # request[CREDENTIAL]: what authenticated it, e.g. "key:billing-app" or "local".
 CREDENTIAL = "axchat_credential"

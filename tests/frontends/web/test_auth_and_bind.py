@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import openai
@@ -17,22 +18,22 @@ from web_bridge import API_KEY, BridgeProcess, keyed_bridge_fixture  # noqa: F40
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_key_required_everywhere_but_health_and_the_page(keyed_bridge: BridgeProcess) -> None:
+def test_key_required_everywhere_but_health_ready_and_the_page(keyed_bridge: BridgeProcess) -> None:
     with keyed_bridge.openai_client("wrong-key") as wrong, pytest.raises(openai.AuthenticationError) as caught:
         wrong.models.list()
     assert caught.value.code == "invalid_api_key"
-    for path in ("v1/models", "ready", "metrics"):
+    for path in ("v1/models", "metrics"):
         status, body, _ = get(keyed_bridge.url + path)
         assert status == 401 and body["error"]["code"] == "invalid_api_key", path
     status, _, _ = post(keyed_bridge.url + "v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}]}')
     assert status == 401
     assert get(keyed_bridge.url + "health")[0] == 200
+    # A load balancer's health check needs no key, and learns nothing but "ready".
+    assert get(keyed_bridge.url + "ready")[:2] == (200, {"status": "ready"})
     with keyed_bridge.openai_client(API_KEY) as right:
         model = right.models.list().data[0].id
         reply = right.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
         assert reply.choices[0].finish_reason in ("length", "stop")
-    ready = get(keyed_bridge.url + "ready", {"Authorization": f"Bearer {API_KEY}"})
-    assert ready[0] == 200
 
 
 def test_page_loads_without_key(keyed_bridge: BridgeProcess) -> None:
@@ -88,9 +89,11 @@ def test_blank_or_short_keys_are_refused(tmp_path) -> None:  # type: ignore[no-u
 def test_key_file_is_used_and_the_flag_warned_about(daemon: DaemonProcess, tmp_path) -> None:  # type: ignore[no-untyped-def]
     key_file = tmp_path / "key"
     key_file.write_text(API_KEY + "\n")
+    key_file.chmod(0o600)
     bridge = BridgeProcess(daemon.socket, "--api-key-file", str(key_file)).wait_listening()
     try:
         assert "API key required" in bridge.log_text() and "visible" not in bridge.log_text()
+        assert "can read it" not in bridge.log_text()
         with bridge.openai_client(API_KEY) as right:
             assert right.models.list().data
     finally:
@@ -100,6 +103,21 @@ def test_key_file_is_used_and_the_flag_warned_about(daemon: DaemonProcess, tmp_p
         assert "visible to every user" in flagged.log_text()
     finally:
         assert flagged.stop() == 0
+
+
+def test_a_key_file_its_group_can_read_is_warned_about(daemon: DaemonProcess, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(API_KEY + "\n")
+    key_file.chmod(0o640)
+    bridge = BridgeProcess(daemon.socket, "--api-key-file", str(key_file)).wait_listening()
+    try:
+        warned = [line for line in bridge.lines if "can read it" in line]
+        assert len(warned) == 1 and "WARNING" in warned[0], bridge.log_text()
+        assert f"{key_file} has mode 0640" in warned[0] and f"chmod 600 {key_file}" in warned[0]
+        with bridge.openai_client(API_KEY) as right:
+            assert right.models.list().data  # a warning, not a refusal
+    finally:
+        assert bridge.stop() == 0
 
 
 def test_trickled_headers_and_body_time_out(daemon: DaemonProcess) -> None:

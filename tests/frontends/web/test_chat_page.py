@@ -44,12 +44,17 @@ def browser() -> Iterator[sync_api.Browser]:
 
 @pytest.fixture
 def page(browser: sync_api.Browser, bridge: BridgeProcess) -> Iterator[sync_api.Page]:
+    """The page, loaded; every test using it also checks that the page broke none of its
+    own Content-Security-Policy (Chromium reports each refusal on the console)."""
     context = browser.new_context(viewport={"width": 1000, "height": 700})
     context.set_default_timeout(WAIT_MS)
     page = context.new_page()
+    refused: list[str] = []
+    page.on("console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None)
     page.goto(bridge.url)
     yield page
     context.close()
+    assert refused == []
 
 
 def make_answers_long(page: sync_api.Page) -> None:
@@ -61,6 +66,36 @@ def make_answers_long(page: sync_api.Page) -> None:
         route.continue_(post_data=json.dumps({**body, "ignore_eos": True}))
 
     page.route("**/v1/chat/completions", extend)
+
+
+def test_the_page_sends_a_policy_it_keeps_and_refuses_to_be_framed(
+    browser: sync_api.Browser, bridge: BridgeProcess
+) -> None:
+    context = browser.new_context()
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
+    refused: list[str] = []
+    page.on("console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None)
+    try:
+        response = page.goto(bridge.url)
+        assert response is not None
+        policy = {d.split()[0]: d.split()[1:] for d in response.headers["content-security-policy"].split("; ")}
+        assert policy["frame-ancestors"] == ["'none'"] and policy["default-src"] == ["'none'"]
+        assert policy["script-src"] == ["'self'"] and policy["style-src"] == ["'self'"]
+        # Its own script ran (the model name came from /v1/models) and its stylesheet applied.
+        sync_api.expect(page.locator("#model")).not_to_be_empty()
+        assert page.evaluate("getComputedStyle(document.querySelector('#composer')).display") == "flex"
+        assert refused == []
+        # What a reply might smuggle in is refused: an inline script does not run.
+        with page.expect_console_message(lambda msg: "Content Security Policy" in msg.text) as report:
+            page.evaluate(
+                """() => { const s = document.createElement("script"); s.textContent = "window.injected = 1";
+                           document.body.append(s); }"""
+            )
+        assert "script-src" in report.value.text
+        assert page.evaluate("() => window.injected") is None
+    finally:
+        context.close()
 
 
 def test_type_stream_and_stop(page: sync_api.Page, bridge: BridgeProcess, tmp_path: Path) -> None:
@@ -76,7 +111,8 @@ def test_type_stream_and_stop(page: sync_api.Page, bridge: BridgeProcess, tmp_pa
     answer = page.locator(".message.assistant").nth(0)
     stop = page.locator("#stop")
     sync_api.expect(stop).to_be_visible()
-    page.wait_for_function("document.querySelector('.message.assistant').textContent.length > 20", timeout=WAIT_MS)
+    # A function, not a string: the page's policy forbids eval, which a string would need.
+    page.wait_for_function("() => document.querySelector('.message.assistant').textContent.length > 20", timeout=WAIT_MS)
     page.screenshot(path=str(tmp_path / "chat-streaming.png"))
 
     stop.click()
