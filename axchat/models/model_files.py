@@ -55,12 +55,21 @@ def inside(model_dir: Path, name: str, named_in: str) -> Path:
         raise ModelFileError(f"{named_in}: {name!r} is outside the model directory {model_dir}")
     root = model_dir.resolve()
     target = (root / relative).resolve()
-    if not target.is_relative_to(root):
+    if not any(target.is_relative_to(allowed) for allowed in _allowed_roots(root)):
         raise ModelFileError(f"{named_in}: {name!r} leads out of the model directory {model_dir} (to {target})")
     why = _not_regular(target)
     if why is not None:
         raise ModelFileError(f"{named_in}: {name!r} {why}")
     return model_dir / relative
+
+
+def _allowed_roots(root: Path) -> list[Path]:
+    """Where a model directory's files may lead: inside it, and for a snapshot in the
+    Hugging Face cache (`models--ORG--NAME/snapshots/REV`, whose files are links into
+    `../../blobs`) into that one repository's blobs."""
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        return [root, root.parent.parent / "blobs"]
+    return [root]
 
 
 def weight_shards(model_dir: Path) -> list[Path]:

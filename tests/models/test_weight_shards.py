@@ -113,3 +113,26 @@ def test_shards_inside_the_directory_are_read(tiny_model_dir: Path, tmp_path: Pa
     (model / model_files.INDEX).write_text(json.dumps({"weight_map": weight_map}))
     assert safetensors_read.weight_files(model) == [model / "model.safetensors", model / "shards" / "model-00001-of-00001.safetensors"]
     assert "model.embed_tokens.weight" in safetensors_read.tensor_names(model)
+
+
+def test_a_hugging_face_cache_snapshot_reads_its_own_blobs_only(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The hub's cache keeps each file once under `blobs/` and links to it from
+    `snapshots/REV/`: those links lead into that repository's blobs, and are read; a
+    link into another repository's blobs is still refused."""
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snapshot = repo / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for item in tiny_model_dir.iterdir():
+        blob = repo / "blobs" / f"blob-{item.name}"
+        shutil.copy(item, blob)
+        (snapshot / item.name).symlink_to(Path("..", "..", "blobs", blob.name))
+    assert safetensors_read.weight_files(snapshot) == [snapshot / "model.safetensors"]
+
+    other = tmp_path / "hub" / "models--org--other" / "blobs"
+    other.mkdir(parents=True)
+    shutil.copy(tiny_model_dir / "model.safetensors", other / "weights")
+    (snapshot / "model.safetensors").unlink()
+    (snapshot / "model.safetensors").symlink_to(Path("..", "..", "..", "models--org--other", "blobs", "weights"))
+    with pytest.raises(model_files.ModelFileError, match="leads out of the model directory"):
+        safetensors_read.weight_files(snapshot)
