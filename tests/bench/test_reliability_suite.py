@@ -39,3 +39,12 @@ def test_churn_leaks_nothing(tiny_model_dir: Path) -> None:
     assert result["leaked_sequences"] == 0 and result["stuck_requests"] == 0
     assert result["tracebacks"] == 0
     assert sum(result["outcomes"].values()) == 3 * 16
+
+
+def test_hostile_http_bodies_cut_no_good_stream(tiny_model_dir: Path) -> None:
+    result = run_bench("fuzz_http.py", tiny_model_dir, "--bodies", "40", "--seed", "1")
+    assert result["good_streams_cut"] == 0, result["good_cuts"]
+    assert result["server_errors"] == 0 and result["no_response"] == 0 and result["tracebacks"] == 0
+    assert result["daemon_exit_code"] == 0 and result["bridge_exit_code"] == 0
+    assert result["good_answers"] >= 3
+    assert {"many_empty", "over_frame", "deep"} <= set(result["statuses"])
