@@ -120,9 +120,11 @@ class ForgetSequence(_Internal, tag="forget"):
 
 
 class StopSequence(_Internal, tag="stop"):
-    """Tokenizer -> device: a stop string matched, end it as `stop`."""
+    """Tokenizer -> device: a stop string matched in the reply's first
+    `completion_tokens` tokens; the device ends the turn there (`turn_end.py`)."""
 
     rid: int
+    completion_tokens: int
 
 
 class TokenOut(_Internal, tag="token"):

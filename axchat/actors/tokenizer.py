@@ -16,6 +16,7 @@ from typing import Any
 
 from axchat.actors import messages as m
 from axchat.actors.detokenizer import IncrementalDetokenizer, StopMatcher
+from axchat.actors.device.turn_end import end_of_turn
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars, prompt_field
 from axchat.protocol.v1 import ChatMessage, ErrorInfo
@@ -231,7 +232,7 @@ class TokenizerActor(Actor):
             stream.pending_ids.append(token_id)
             text += stream.stops.feed(stream.detok.push(token_id))
             if stream.stops.stopped:
-                await self.send("device", m.StopSequence(rid=msg.rid))
+                await self.send("device", m.StopSequence(rid=msg.rid, completion_tokens=stream.emitted_tokens))
                 break  # the rest come after the stop string: never shown or counted
         # A token that adds no text and holds nothing back (one the tokenizer cannot
         # spell, say) still gets its delta, so token ids stream as they are made.
@@ -248,17 +249,18 @@ class TokenizerActor(Actor):
         stream = self._streams.pop(msg.rid, None)
         if stream is None:
             return
-        reason = msg.reason
-        completion = msg.completion_tokens
-        if stream.stops.stopped:
-            reason, completion = "stop", stream.emitted_tokens
-        else:
-            tail = stream.stops.feed(stream.detok.flush())
+        if not stream.stops.stopped:
+            tail = stream.stops.feed(stream.detok.flush())  # a stop string may complete here
             tail += stream.stops.flush()
-            if stream.stops.stopped:  # the stop string completed in the last bytes
-                reason = "stop"
             if tail or stream.pending_ids:
                 await self._emit(msg.rid, stream, tail)
+        # The device ends a turn where a reported stop string says, but it may have ended
+        # first (its end-of-turn token or length limit came in the same run of tokens,
+        # or the stop string completed in the last bytes): the same rule settles it here.
+        stop_at = stream.emitted_tokens if stream.stops.stopped else None
+        turn = end_of_turn(max(msg.completion_tokens, stream.emitted_tokens), stop_at=stop_at)
+        reason = turn.reason or msg.reason
+        completion = turn.completion_tokens if turn.reason else msg.completion_tokens
         await self.send(
             "reply",
             m.Finished(

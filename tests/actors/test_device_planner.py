@@ -27,6 +27,7 @@ from axchat.actors.device.planner import (
 )
 from axchat.actors.device.prompt_chunks import ChunkSizer
 from axchat.actors.device.sequence import DeviceSequence, SeqState
+from axchat.actors.device.turn_end import TurnEnd, end_of_turn
 from axchat.protocol.v1 import Sampling
 
 HEAVY = ("torch", "transformers", "llama_cpp", "numpy", "zmq")
@@ -258,3 +259,56 @@ def test_capabilities_map_onto_limits() -> None:
 def test_nothing_to_do_is_no_plan() -> None:
     assert plan([]) is None
     assert Path(planner.__file__).parent.name == "device"
+
+
+# ------------------------------------------------------------------ turns and runs
+
+
+def test_the_turn_after_a_prompt_goes_in_is_the_streams_and_after_a_decode_step_the_prompts() -> None:
+    no_mixing = StepLimits(max_batch=4, prefill_chunk=64, prefill_rows=1, mixed_steps=False)
+    stream, long = decoding(1), seq(2, 600, started=True, prefilled=64)
+    decode_next = False
+    taken = []
+    for _ in range(4):  # the planner and the alternation, as the device drives them
+        step = plan([stream, long], no_mixing, decode_next=decode_next)
+        assert step is not None
+        taken.append(type(step).__name__)
+        decode_next = planner.decode_next_after(step, decode_next)
+    assert taken == ["PrefillPiece", "Decode", "PrefillPiece", "Decode"]
+    # A wait or a restore feeds nothing: the turn stays whose it was.
+    assert planner.decode_next_after(Wait(1.0), True) is True
+    assert planner.decode_next_after(Restore((long,)), False) is False
+    assert planner.decode_next_after(PrefillGroup((long,)), False) is True
+    assert planner.decode_next_after(DecodeWithChunk((stream,), long, 128, None), True) is False
+
+
+def test_a_step_runs_ahead_only_with_every_stream_greedy_in_it_and_nobody_waiting() -> None:
+    a, b = decoding(1), decoding(2)
+    a.greedy = b.greedy = object()  # type: ignore[assignment]  # any picker: only its presence counts
+    assert planner.may_run_ahead([a, b], running=2, waiting=0)
+    assert not planner.may_run_ahead([a], running=2, waiting=0)  # b is not in this step
+    assert not planner.may_run_ahead([a, b], running=2, waiting=1)  # someone needs a slot
+    b.pending_end = "cancelled"
+    assert not planner.may_run_ahead([a, b], running=2, waiting=0)  # b ends after this step
+    b.pending_end, b.greedy = None, None
+    assert not planner.may_run_ahead([a, b], running=2, waiting=0)  # b's tokens go to the sampler
+
+
+def test_a_turn_ends_at_an_end_token_uncounted_or_at_its_limit_counted() -> None:
+    assert end_of_turn(3, [5, 9, 6], ends={9}, limit=100) == TurnEnd("stop", 1, 4)
+    assert end_of_turn(3, [5, 6, 7], ends={9}, limit=5) == TurnEnd("length", 2, 5)
+    assert end_of_turn(3, [5, 6], ends={9}, limit=100) == TurnEnd(None, 2, 5)
+    assert end_of_turn(0, [9], ends=frozenset(), limit=100).reason is None  # ignore_eos: no end ids
+
+
+def test_a_stop_string_wins_and_nothing_after_it_is_counted() -> None:
+    # Reported while the device had made more tokens: the reply is cut back to it.
+    assert end_of_turn(7, stop_at=4) == TurnEnd("stop", 0, 4)
+    assert end_of_turn(7, stop_at=4, cancel="cancelled") == TurnEnd("stop", 0, 4)
+    # Found in tokens the device has yet to take: it ends there, before its limit.
+    assert end_of_turn(2, [5, 6, 7], limit=100, stop_at=4) == TurnEnd("stop", 2, 4)
+
+
+def test_a_cancel_ends_the_turn_with_what_it_has() -> None:
+    assert end_of_turn(3, cancel="cancelled") == TurnEnd("cancelled", 0, 3)
+    assert end_of_turn(3, [5], cancel="stop") == TurnEnd("stop", 0, 3)

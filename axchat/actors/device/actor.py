@@ -6,32 +6,31 @@ that same thread, when the next request comes."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
-from axchat.actors.device import planner, run_ahead
+from axchat.actors.device import planner
 from axchat.actors.device.burst import Burst
 from axchat.actors.device.clock import DecodeClock, PrefillRate
 from axchat.actors.device.device_thread import BackendReadings, DeviceThread
 from axchat.actors.device.fair_queue import FairQueue
+from axchat.actors.device.forward_passes import ForwardPasses
 from axchat.actors.device.peers import ONE_DEVICE, Peers
 from axchat.actors.device.residency import BackendLoader, LoadProgress, Residency, ResidentModel
-from axchat.actors.device.sequence import DeviceSequence, SeqState, ms
+from axchat.actors.device.sequence import DeviceSequence, SeqState
+from axchat.actors.device.turn_end import TurnEnd, end_of_turn
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.token_choice import SequenceSampler
 from axchat.protocol.v1 import ErrorInfo, FinishReason
 
-log = logging.getLogger(__name__)
 
-
-class DeviceActor(Actor):
+class DeviceActor(ForwardPasses, Actor):
     name = "device"
 
     def __init__(
@@ -112,9 +111,10 @@ class DeviceActor(Actor):
             self._wake.set()
         elif isinstance(msg, m.Sampled):
             await self._sampled(msg)
-        elif isinstance(msg, (m.CancelRequest, m.StopSequence)):
-            reason: FinishReason = msg.reason if isinstance(msg, m.CancelRequest) else "stop"
-            await self._stop(msg.rid, reason)
+        elif isinstance(msg, m.CancelRequest):
+            await self._stop(msg.rid, cancel=msg.reason)
+        elif isinstance(msg, m.StopSequence):
+            await self._stop(msg.rid, stop_at=msg.completion_tokens)
         elif isinstance(msg, m.StatusQuery):
             await self._report(msg)
         elif isinstance(msg, m.ForgetClient):
@@ -186,54 +186,58 @@ class DeviceActor(Actor):
             await self.send(self._peers.sampler, m.Logits(rid=seq.rid, data=logits.tobytes()))
 
     async def _take_tokens(self, seq: DeviceSequence, tokens: list[int]) -> None:
-        """`seq`'s next tokens, in order: emitted in one message up to the first that
-        ends it (an end-of-turn id, its length limit, the context's end)."""
+        """`seq`'s next tokens, in order: emitted in one message up to where its turn
+        ends, if it ends among them."""
         now = time.monotonic_ns()
         if seq.completion_tokens == 0:
             seq.timings.first_token_ns = now
         seq.timings.last_token_ns = now
-        out: list[int] = []
-        end: FinishReason | None = None
-        for token in tokens:
-            if token in seq.eos_ids and not seq.sampling.ignore_eos:
-                end = "stop"
-                break
-            seq.completion_tokens += 1
-            out.append(token)
-            if self._room(seq) <= 0:
-                end = "length"
-                break
-        if out:
-            await self._emit(seq, out)
-        if end is not None:
-            await self._end(seq, end)
+        turn = self._turn(seq, tokens)
+        seq.completion_tokens = turn.completion_tokens
+        if turn.kept:
+            await self._emit(seq, tokens[: turn.kept])
+        if turn.reason is not None:
+            await self._end(seq, turn.reason)
         else:
-            seq.next_token = out[-1]
+            seq.next_token = tokens[-1]
             seq.state = SeqState.READY
             self._wake.set()
 
+    def _turn(self, seq: DeviceSequence, tokens: Sequence[int] = (), cancel: FinishReason | None = None) -> TurnEnd:
+        return end_of_turn(
+            seq.completion_tokens, tokens, ends=seq.end_ids, limit=self._limit(seq), stop_at=seq.stop_at, cancel=cancel
+        )
+
+    def _limit(self, seq: DeviceSequence) -> int:
+        """The most tokens `seq`'s reply may have: its max_tokens, or the context's end."""
+        return min(seq.sampling.max_tokens, self._context_length - len(seq.prompt_ids))
+
     def _room(self, seq: DeviceSequence) -> int:
-        """Tokens `seq` may still produce: its length limit or the context's end."""
-        used = seq.completion_tokens
-        return min(seq.sampling.max_tokens - used, self._context_length - len(seq.prompt_ids) - used)
+        """Tokens `seq` may still produce."""
+        return self._limit(seq) - seq.completion_tokens
 
     async def _emit(self, seq: DeviceSequence, tokens: list[int]) -> None:
         """The one place generated tokens leave the device (for the tokenizer)."""
         await self.send(self._peers.tokenizer, m.TokenOut(rid=seq.rid, token_ids=tokens))
 
-    async def _stop(self, rid: int, reason: FinishReason) -> None:
+    async def _stop(self, rid: int, *, cancel: FinishReason | None = None, stop_at: int | None = None) -> None:
+        """A cancel, or a stop string the tokenizer found in the first `stop_at` tokens
+        of the reply (the device has usually made more by then)."""
         waiting = self._waiting.remove(rid)
-        if waiting is not None:
-            await self._end(waiting, reason)
-            await self._announce_positions()
-            return
-        seq = self._running.get(rid)
+        seq = waiting or self._running.get(rid)
         if seq is None:
             return
+        seq.stop_at = stop_at if stop_at is not None else seq.stop_at
+        turn = self._turn(seq, cancel=cancel)
+        if turn.reason is None:
+            return  # a stop string in tokens it has yet to make: it ends when it takes them
+        seq.completion_tokens = turn.completion_tokens
         if seq.state is SeqState.COMPUTING:
-            seq.pending_end = reason
-        else:
-            await self._end(seq, reason)
+            seq.pending_end = turn.reason
+            return
+        await self._end(seq, turn.reason)
+        if waiting is not None:
+            await self._announce_positions()
 
     async def _end(self, seq: DeviceSequence, reason: FinishReason, error: ErrorInfo | None = None) -> None:
         self._running.pop(seq.rid, None)
@@ -311,22 +315,10 @@ class DeviceActor(Actor):
         if plan is None:
             return restored
         if isinstance(plan, planner.PREFILL_PLANS):
-            self._decode_next = True  # the streams' turn next
-            self.clock.interrupted()
-        elif isinstance(plan, (planner.Decode, planner.DecodeWithChunk)):
-            self._decode_next = False
+            self.clock.interrupted()  # not a decode step: not one for the clock
+        self._decode_next = planner.decode_next_after(plan, self._decode_next)
         await self._run(plan)
         return True
-
-    async def _run(self, plan: planner.Forward) -> None:
-        if isinstance(plan, planner.PrefillGroup):
-            await self._prefill_together(list(plan.seqs))
-        elif isinstance(plan, planner.PrefillPiece):
-            await self._prefill_piece(plan)
-        elif isinstance(plan, planner.Decode):
-            await self._decode(list(plan.seqs))
-        else:
-            await self._decode_with_chunk(plan)
 
     async def _announce_positions(self) -> None:
         if self.residency is not Residency.LOADED:
@@ -374,172 +366,6 @@ class DeviceActor(Actor):
     def _residency_failed(self, exc: BaseException) -> None:
         # An unload or a load must never die quietly: that would wedge every request.
         self.supervisor.on_handler_error(self, m.Close(), exc)
-
-    # ------------------------------------------------------------ forward passes
-
-    def _loaded(self) -> DeviceBackend:
-        # Steps run only while LOADED (the step loop checks), and unloading waits for idle.
-        backend = self.backend
-        assert backend is not None, "a step ran while the model was unloaded"
-        return backend
-
-    async def _forward(self, seqs: list[DeviceSequence], fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn` on the device thread; None when it failed (the sequences are ended)."""
-        for seq in seqs:
-            seq.state = SeqState.COMPUTING
-        try:
-            result = await self._thread.run(fn, *args)
-        except Exception as exc:
-            log.exception("forward pass failed for requests %s", [s.label for s in seqs])
-            for seq in seqs:
-                await self._end(seq, "error", ErrorInfo(code="internal", message=f"device error: {exc}"))
-            return None
-        await self._publish(self._thread.readings)
-        return result
-
-    async def _restore(self, seqs: list[DeviceSequence]) -> None:
-        """Give each sequence its KV, with the longest cached prefix of its prompt."""
-        now = time.monotonic_ns()
-        for seq in seqs:
-            seq.started = True
-            seq.timings.prefill_start_ns = now
-            seq.timings.queue_ms = ms(now - seq.admitted_ns)
-        backend = self._loaded()
-        restored = await self._forward(
-            seqs, lambda: [backend.start(s.rid, s.prompt_ids, s.client) for s in seqs]
-        )
-        if restored is None:
-            return
-        spent = ms(time.monotonic_ns() - now)
-        for seq, n in zip(seqs, restored, strict=True):
-            seq.prefilled = seq.cached_tokens = int(n)
-            seq.state = SeqState.PREFILL
-            seq.timings.prefill_ms += spent
-            await self._ended_during_forward(seq)
-
-    async def _prefill_together(self, group: list[DeviceSequence]) -> None:
-        """The rest of each prompt in `group`, in one forward."""
-        start = time.monotonic_ns()
-        pieces = [s.prompt_ids[s.prefilled :] for s in group]
-        logits = await self._forward(group, self._loaded().extend_batch, [s.rid for s in group], pieces)
-        if logits is None:
-            return
-        spent = ms(time.monotonic_ns() - start)
-        self.prefill_rate.observe(sum(len(p) for p in pieces), spent)
-        for seq, row in zip(group, logits, strict=True):
-            seq.timings.prefill_ms += spent
-            await self._prompt_fed(seq, len(seq.prompt_ids), row)
-
-    async def _prefill_piece(self, plan: planner.PrefillPiece) -> None:
-        seq, end = plan.seq, plan.end
-        start = time.monotonic_ns()
-        if seq.timings.prefill_start_ns == 0:
-            seq.timings.prefill_start_ns = start
-            seq.timings.queue_ms = ms(start - seq.admitted_ns)
-        piece = seq.prompt_ids[seq.prefilled : end]
-        backend = self._loaded()
-        fn = backend.extend if seq.started else backend.prefill
-        seq.started = True
-        logits = await self._forward([seq], fn, seq.rid, piece)
-        if logits is None:
-            return
-        if not plan.whole and self._chunks is not None:
-            self._chunks.observe(len(piece), ms(time.monotonic_ns() - start))
-        elif plan.whole:
-            self.prefill_rate.observe(len(piece), ms(time.monotonic_ns() - start))
-        seq.timings.prefill_ms += ms(time.monotonic_ns() - start)
-        await self._prompt_fed(seq, end, logits)
-
-    async def _prompt_fed(self, seq: DeviceSequence, end: int, logits: Any) -> None:
-        """A forward fed `seq`'s prompt up to `end`; `logits` are those after it."""
-        seq.prefilled = end
-        if await self._ended_during_forward(seq):
-            return
-        if end < len(seq.prompt_ids):
-            seq.state = SeqState.PREFILL  # more chunks; other users' steps go between
-        else:
-            await self._choose_next(seq, logits, first=True)
-
-    async def _decode(self, seqs: list[DeviceSequence]) -> None:
-        for seq in seqs:
-            seq.fed.append(seq.next_token)
-        if self._may_run_ahead(seqs):
-            await self._decode_run(seqs)
-            return
-        # Timed per call, not wrapped once: a kept bound method would hold the backend
-        # (and so an unloaded model) alive.
-        logits = await self._forward(
-            seqs, self.clock.timed(self._loaded().decode), [s.rid for s in seqs], [s.next_token for s in seqs]
-        )
-        if logits is not None:
-            await self._decoded(seqs, logits)
-
-    def _may_run_ahead(self, seqs: list[DeviceSequence]) -> bool:
-        """Every running stream is in this step and greedy, and nobody waits for a slot:
-        the steps after this one need nothing from the loop."""
-        return (
-            len(seqs) == len(self._running)
-            and not self._waiting
-            and all(s.greedy is not None and s.pending_end is None for s in seqs)
-        )
-
-    async def _decode_run(self, seqs: list[DeviceSequence]) -> None:
-        """Decode steps on the device thread until a bound (run_ahead.py); then each
-        stream's tokens are taken in one pass, as one step's would be."""
-        self._interrupt.clear()  # on the loop, where anything arriving later sets it
-        lanes = []
-        for seq in seqs:
-            assert seq.greedy is not None
-            ends = frozenset() if seq.sampling.ignore_eos else seq.eos_ids
-            lanes.append(run_ahead.Lane(seq.rid, seq.next_token, seq.greedy.choose, self._room(seq), ends))
-        backend = self._loaded()
-        done = await self._forward(
-            seqs, run_ahead.run, self.clock.timed(backend.decode), lanes, self._interrupt
-        )
-        if done is None:
-            return
-        for seq, lane in zip(seqs, lanes, strict=True):
-            seq.fed.extend(lane.fed)  # in its KV whatever happens next
-            if await self._ended_during_forward(seq):
-                continue
-            await self._take_tokens(seq, lane.chosen)
-
-    async def _decode_with_chunk(self, plan: planner.DecodeWithChunk) -> None:
-        """A decode step carrying the next chunk of a long prompt. The chunk is sized so
-        that what it adds to the step is about one step (measured): the streams then
-        wait about two steps a token while the prompt goes in."""
-        assert self._chunks is not None
-        seqs, rider = list(plan.seqs), plan.rider
-        for seq in seqs:
-            seq.fed.append(seq.next_token)
-        piece = rider.prompt_ids[rider.prefilled : plan.end]
-        self.clock.interrupted()  # longer than a decode step: not one for the clock
-        start = time.monotonic_ns()
-        result = await self._forward(
-            [*seqs, rider], self._loaded().decode_and_extend,
-            [s.rid for s in seqs], [s.next_token for s in seqs], rider.rid, piece,
-        )
-        if result is None:
-            return
-        spent = ms(time.monotonic_ns() - start)
-        if plan.step_ms:
-            self._chunks.observe(len(piece), max(spent - plan.step_ms, spent * 0.05))
-        logits, chunk_logits = result
-        rider.timings.prefill_ms += spent
-        await self._prompt_fed(rider, plan.end, chunk_logits)
-        await self._decoded(seqs, logits)
-
-    async def _decoded(self, seqs: list[DeviceSequence], logits: Any) -> None:
-        for seq, row in zip(seqs, logits, strict=True):
-            if await self._ended_during_forward(seq):
-                continue
-            await self._choose_next(seq, row, first=False)
-
-    async def _ended_during_forward(self, seq: DeviceSequence) -> bool:
-        if seq.pending_end is not None:
-            await self._end(seq, seq.pending_end)
-            return True
-        return False
 
     async def on_close(self) -> None:
         self._model.idle.stop()

@@ -191,6 +191,29 @@ def admissions(waiting_in_order: Iterable[DeviceSequence], running: int, limit: 
     return taken
 
 
+def may_run_ahead(step: Sequence[DeviceSequence], *, running: int, waiting: int) -> bool:
+    """Whether a decode step for `step` may go on as a run of steps on the device thread
+    (run_ahead.py): every one of the `running` streams is in it and greedy, none is
+    ending, and nobody of the `waiting` line needs a slot. The steps after this one then
+    need nothing from the loop."""
+    return (
+        len(step) == running
+        and not waiting
+        and all(s.greedy is not None and s.pending_end is None for s in step)
+    )
+
+
+def decode_next_after(plan: Plan, decode_next: bool) -> bool:
+    """Whose turn the step after `plan` is: after prompt went in, the running streams'
+    (a decode step), so they keep moving while prompts go in; after a decode step,
+    prompts may go again. A wait or a restore feeds nothing and leaves the turn as it was."""
+    if isinstance(plan, PREFILL_PLANS):
+        return True
+    if isinstance(plan, (Decode, DecodeWithChunk)):
+        return False
+    return decode_next
+
+
 def whole_prompt(seq: DeviceSequence, limits: StepLimits) -> bool:
     """Its prompt, less the cached prefix, goes in one forward (not in chunks)."""
     return limits.prefill_chunk is None or len(seq.prompt_ids) - seq.cached_tokens <= WHOLE_PROMPT

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from axchat.actors.device.turn_end import end_of_turn
+
 # A run's length in time: long enough that the loop's per-token work is spread over
 # several tokens at small-model speeds (135M shape here: 9 one-stream steps, or 2 steps
 # of 8 streams, where 50 ms allowed only one and left batch 8 at 0.88x of bare llama.cpp
@@ -35,7 +37,8 @@ BUDGET_MS = 75.0
 @dataclass(eq=False)
 class Lane:
     """One stream's part in a run: fed `token` first; `choose` picks from a row of
-    logits; it ends on a token in `ends` or after `room` tokens."""
+    logits; it ends where `end_of_turn` says, with `ends` its end-of-turn ids and
+    `room` the tokens it may still make."""
 
     rid: int
     token: int
@@ -69,7 +72,7 @@ def run(
         for lane, row in zip(active, rows, strict=True):
             token = lane.choose(row)
             lane.chosen.append(token)
-            if token not in lane.ends and len(lane.chosen) < lane.room:
+            if end_of_turn(len(lane.chosen) - 1, (token,), ends=lane.ends, limit=lane.room).reason is None:
                 lane.token = token
                 still.append(lane)
         active = still

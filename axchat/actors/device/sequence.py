@@ -39,11 +39,17 @@ class DeviceSequence:
     next_token: int = -1
     completion_tokens: int = 0
     queue_position: int = 0
-    # Set when a cancel arrives during a forward pass: acted on when it returns.
+    # Set when a cancel or a stop string arrives during a forward pass: acted on when it returns.
     pending_end: FinishReason | None = None
+    stop_at: int | None = None  # the reply's token at which the tokenizer found a stop string
     admitted_ns: int = field(default_factory=time.monotonic_ns)
     timings: m.DeviceTimings = field(default_factory=m.DeviceTimings)
     greedy: SequenceSampler | None = None  # set for greedy requests: sampled here, not by the sampler actor
+
+    @property
+    def end_ids(self) -> frozenset[int]:
+        """The ids that end its turn: none when the request ignores them."""
+        return frozenset() if self.sampling.ignore_eos else self.eos_ids
 
     @property
     def prompt_left(self) -> int:

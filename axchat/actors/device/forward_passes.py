@@ -1,0 +1,210 @@
+"""The device actor's forward passes: each plan the planner makes, run on the device
+thread, and what it fed and returned put back on the sequences. A mixin of
+`DeviceActor` (actor.py), which owns the sequences and decides how each turn ends."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from axchat.actors.backends.base import DeviceBackend
+from axchat.actors.device import planner, run_ahead
+from axchat.actors.device.clock import DecodeClock, PrefillRate
+from axchat.actors.device.device_thread import BackendReadings, DeviceThread
+from axchat.actors.device.fair_queue import FairQueue
+from axchat.actors.device.prompt_chunks import ChunkSizer
+from axchat.actors.device.sequence import DeviceSequence, SeqState, ms
+from axchat.protocol.v1 import ErrorInfo, FinishReason
+
+log = logging.getLogger(__name__)
+
+
+class ForwardPasses:
+    """Runs plans; the actor supplies the state and the turn's bookkeeping below."""
+
+    _thread: DeviceThread
+    _running: dict[int, DeviceSequence]
+    _waiting: FairQueue[DeviceSequence]
+    _chunks: ChunkSizer | None
+    _interrupt: threading.Event
+    clock: DecodeClock
+    prefill_rate: PrefillRate
+
+    if TYPE_CHECKING:
+
+        @property
+        def backend(self) -> DeviceBackend | None: ...
+        async def _end(self, seq: DeviceSequence, reason: FinishReason, error: ErrorInfo | None = None) -> None: ...
+        async def _choose_next(self, seq: DeviceSequence, logits: Any, first: bool) -> None: ...
+        async def _take_tokens(self, seq: DeviceSequence, tokens: list[int]) -> None: ...
+        async def _publish(self, readings: BackendReadings) -> None: ...
+        def _room(self, seq: DeviceSequence) -> int: ...
+
+    async def _run(self, plan: planner.Forward) -> None:
+        if isinstance(plan, planner.PrefillGroup):
+            await self._prefill_together(list(plan.seqs))
+        elif isinstance(plan, planner.PrefillPiece):
+            await self._prefill_piece(plan)
+        elif isinstance(plan, planner.Decode):
+            await self._decode(list(plan.seqs))
+        else:
+            await self._decode_with_chunk(plan)
+
+
+    def _loaded(self) -> DeviceBackend:
+        # Steps run only while LOADED (the step loop checks), and unloading waits for idle.
+        backend = self.backend
+        assert backend is not None, "a step ran while the model was unloaded"
+        return backend
+
+    async def _forward(self, seqs: list[DeviceSequence], fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn` on the device thread; None when it failed (the sequences are ended)."""
+        for seq in seqs:
+            seq.state = SeqState.COMPUTING
+        try:
+            result = await self._thread.run(fn, *args)
+        except Exception as exc:
+            log.exception("forward pass failed for requests %s", [s.label for s in seqs])
+            for seq in seqs:
+                await self._end(seq, "error", ErrorInfo(code="internal", message=f"device error: {exc}"))
+            return None
+        await self._publish(self._thread.readings)
+        return result
+
+    async def _restore(self, seqs: list[DeviceSequence]) -> None:
+        """Give each sequence its KV, with the longest cached prefix of its prompt."""
+        now = time.monotonic_ns()
+        for seq in seqs:
+            seq.started = True
+            seq.timings.prefill_start_ns = now
+            seq.timings.queue_ms = ms(now - seq.admitted_ns)
+        backend = self._loaded()
+        restored = await self._forward(
+            seqs, lambda: [backend.start(s.rid, s.prompt_ids, s.client) for s in seqs]
+        )
+        if restored is None:
+            return
+        spent = ms(time.monotonic_ns() - now)
+        for seq, n in zip(seqs, restored, strict=True):
+            seq.prefilled = seq.cached_tokens = int(n)
+            seq.state = SeqState.PREFILL
+            seq.timings.prefill_ms += spent
+            await self._ended_during_forward(seq)
+
+    async def _prefill_together(self, group: list[DeviceSequence]) -> None:
+        """The rest of each prompt in `group`, in one forward."""
+        start = time.monotonic_ns()
+        pieces = [s.prompt_ids[s.prefilled :] for s in group]
+        logits = await self._forward(group, self._loaded().extend_batch, [s.rid for s in group], pieces)
+        if logits is None:
+            return
+        spent = ms(time.monotonic_ns() - start)
+        self.prefill_rate.observe(sum(len(p) for p in pieces), spent)
+        for seq, row in zip(group, logits, strict=True):
+            seq.timings.prefill_ms += spent
+            await self._prompt_fed(seq, len(seq.prompt_ids), row)
+
+    async def _prefill_piece(self, plan: planner.PrefillPiece) -> None:
+        seq, end = plan.seq, plan.end
+        start = time.monotonic_ns()
+        if seq.timings.prefill_start_ns == 0:
+            seq.timings.prefill_start_ns = start
+            seq.timings.queue_ms = ms(start - seq.admitted_ns)
+        piece = seq.prompt_ids[seq.prefilled : end]
+        backend = self._loaded()
+        fn = backend.extend if seq.started else backend.prefill
+        seq.started = True
+        logits = await self._forward([seq], fn, seq.rid, piece)
+        if logits is None:
+            return
+        if not plan.whole and self._chunks is not None:
+            self._chunks.observe(len(piece), ms(time.monotonic_ns() - start))
+        elif plan.whole:
+            self.prefill_rate.observe(len(piece), ms(time.monotonic_ns() - start))
+        seq.timings.prefill_ms += ms(time.monotonic_ns() - start)
+        await self._prompt_fed(seq, end, logits)
+
+    async def _prompt_fed(self, seq: DeviceSequence, end: int, logits: Any) -> None:
+        """A forward fed `seq`'s prompt up to `end`; `logits` are those after it."""
+        seq.prefilled = end
+        if await self._ended_during_forward(seq):
+            return
+        if end < len(seq.prompt_ids):
+            seq.state = SeqState.PREFILL  # more chunks; other users' steps go between
+        else:
+            await self._choose_next(seq, logits, first=True)
+
+    async def _decode(self, seqs: list[DeviceSequence]) -> None:
+        for seq in seqs:
+            seq.fed.append(seq.next_token)
+        if planner.may_run_ahead(seqs, running=len(self._running), waiting=len(self._waiting)):
+            await self._decode_run(seqs)
+            return
+        # Timed per call, not wrapped once: a kept bound method would hold the backend
+        # (and so an unloaded model) alive.
+        logits = await self._forward(
+            seqs, self.clock.timed(self._loaded().decode), [s.rid for s in seqs], [s.next_token for s in seqs]
+        )
+        if logits is not None:
+            await self._decoded(seqs, logits)
+
+    async def _decode_run(self, seqs: list[DeviceSequence]) -> None:
+        """Decode steps on the device thread until a bound (run_ahead.py); then each
+        stream's tokens are taken in one pass, as one step's would be."""
+        self._interrupt.clear()  # on the loop, where anything arriving later sets it
+        lanes = []
+        for seq in seqs:
+            assert seq.greedy is not None
+            lanes.append(run_ahead.Lane(seq.rid, seq.next_token, seq.greedy.choose, self._room(seq), seq.end_ids))
+        backend = self._loaded()
+        done = await self._forward(
+            seqs, run_ahead.run, self.clock.timed(backend.decode), lanes, self._interrupt
+        )
+        if done is None:
+            return
+        for seq, lane in zip(seqs, lanes, strict=True):
+            seq.fed.extend(lane.fed)  # in its KV whatever happens next
+            if await self._ended_during_forward(seq):
+                continue
+            await self._take_tokens(seq, lane.chosen)
+
+    async def _decode_with_chunk(self, plan: planner.DecodeWithChunk) -> None:
+        """A decode step carrying the next chunk of a long prompt. The chunk is sized so
+        that what it adds to the step is about one step (measured): the streams then
+        wait about two steps a token while the prompt goes in."""
+        assert self._chunks is not None
+        seqs, rider = list(plan.seqs), plan.rider
+        for seq in seqs:
+            seq.fed.append(seq.next_token)
+        piece = rider.prompt_ids[rider.prefilled : plan.end]
+        self.clock.interrupted()  # longer than a decode step: not one for the clock
+        start = time.monotonic_ns()
+        result = await self._forward(
+            [*seqs, rider], self._loaded().decode_and_extend,
+            [s.rid for s in seqs], [s.next_token for s in seqs], rider.rid, piece,
+        )
+        if result is None:
+            return
+        spent = ms(time.monotonic_ns() - start)
+        if plan.step_ms:
+            self._chunks.observe(len(piece), max(spent - plan.step_ms, spent * 0.05))
+        logits, chunk_logits = result
+        rider.timings.prefill_ms += spent
+        await self._prompt_fed(rider, plan.end, chunk_logits)
+        await self._decoded(seqs, logits)
+
+    async def _decoded(self, seqs: list[DeviceSequence], logits: Any) -> None:
+        for seq, row in zip(seqs, logits, strict=True):
+            if await self._ended_during_forward(seq):
+                continue
+            await self._choose_next(seq, row, first=False)
+
+    async def _ended_during_forward(self, seq: DeviceSequence) -> bool:
+        if seq.pending_end is not None:
+            await self._end(seq, seq.pending_end)
+            return True
+        return False
+
