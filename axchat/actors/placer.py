@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from axchat.actors import messages as m
-from axchat.actors.device.fair_queue import FairQueue
+from axchat.actors.device.waiting_line import WaitingLine
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prefix_affinity import PrefixAffinity, block_fingerprints
 from axchat.protocol.v1 import DeviceStatus, ErrorInfo, FinishReason, RequestInfo, StatusReply
@@ -111,7 +111,7 @@ class PlacerActor(Actor):
             spec.name or f"failed-{i}": _Device(spec, alive=not spec.down_reason, reason=spec.down_reason)
             for i, spec in enumerate(devices)
         }
-        self._queue: FairQueue[_Waiting] = FairQueue()
+        self._queue: WaitingLine[_Waiting] = WaitingLine(self._tell_position)
         self._placed: dict[int, str] = {}  # rid -> device name, until it ends
         self._affinity = PrefixAffinity()
         self._status_ids = itertools.count(-1, -1)  # never a request's rid (those count up)
@@ -165,7 +165,7 @@ class PlacerActor(Actor):
             if not open_:
                 break
             item, device = self._choose(open_)
-            self._queue.take(item.rid)
+            self._queue.leave(item.rid)
             device.running[item.rid] = item
             device.requests_total += 1
             device.last_placed_ns = time.monotonic_ns()
@@ -173,7 +173,7 @@ class PlacerActor(Actor):
                 device.affinity_hits += 1
             self._placed[item.rid] = device.spec.name
             await self.send(device.spec.name, self._for_device(item.admit))
-        await self._announce_positions()
+        await self._queue.announce()
 
     def _for_device(self, admit: m.Admit) -> m.Admit:
         """A burst the tokenizer announces spreads over the devices: each hears of its
@@ -211,11 +211,8 @@ class PlacerActor(Actor):
         assert first is not None
         return first, least_loaded
 
-    async def _announce_positions(self) -> None:
-        for position, item in enumerate(self._queue.in_order(), start=1):
-            if item.queue_position != position:
-                item.queue_position = position
-                await self.send("tokenizer", m.QueuePosition(rid=item.rid, position=position))
+    async def _tell_position(self, rid: int, position: int) -> None:
+        await self.send("tokenizer", m.QueuePosition(rid=rid, position=position))
 
     async def _ended(self, msg: m.Ended) -> None:
         name = self._placed.pop(msg.rid, None)
@@ -257,11 +254,8 @@ class PlacerActor(Actor):
         await self._place()
 
     async def _stop(self, msg: m.CancelRequest | m.StopSequence) -> None:
-        waiting = self._queue.remove(msg.rid)
-        if waiting is not None:
-            reason: FinishReason = msg.reason if isinstance(msg, m.CancelRequest) else "stop"
-            await self._end_here(waiting, reason)
-            await self._announce_positions()
+        reason: FinishReason = msg.reason if isinstance(msg, m.CancelRequest) else "stop"
+        if await self._queue.stop(msg.rid, lambda item: self._end_here(item, reason)):
             return
         where = self._placed.get(msg.rid)
         if where is not None:

@@ -19,12 +19,12 @@ from axchat.actors.device import planner
 from axchat.actors.device.burst import Burst
 from axchat.actors.device.clock import DecodeClock, PrefillRate
 from axchat.actors.device.device_thread import BackendReadings, DeviceThread
-from axchat.actors.device.fair_queue import FairQueue
 from axchat.actors.device.forward_passes import ForwardPasses
 from axchat.actors.device.peers import ONE_DEVICE, Peers
 from axchat.actors.device.residency import BackendLoader, LoadProgress, Residency, ResidentModel
 from axchat.actors.device.sequence import DeviceSequence, SeqState
 from axchat.actors.device.turn_end import TurnEnd, end_of_turn
+from axchat.actors.device.waiting_line import WaitingLine
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.token_choice import SequenceSampler
 from axchat.protocol.v1 import ErrorInfo, FinishReason
@@ -58,7 +58,9 @@ class DeviceActor(ForwardPasses, Actor):
         # The one thread that touches the device, for the life of the daemon.
         self._thread = DeviceThread(lambda: self.backend, name=f"axchat-{name}")
         self._sent_temperature: float | None = None
-        self._waiting: FairQueue[DeviceSequence] = FairQueue()
+        self._waiting: WaitingLine[DeviceSequence] = WaitingLine(
+            self._tell_position, may_announce=lambda: self.residency is Residency.LOADED
+        )
         self._running: dict[int, DeviceSequence] = {}
         self._wake = asyncio.Event()
         self._stepper: asyncio.Task[None] | None = None
@@ -107,7 +109,7 @@ class DeviceActor(ForwardPasses, Actor):
             if self.residency is not Residency.LOADED:
                 await self._need_model(seq)
             elif len(self._running) >= self.max_running:
-                await self._announce_positions()  # it waits: say where it stands
+                await self._waiting.announce()  # it waits: say where it stands
             self._wake.set()
         elif isinstance(msg, m.Sampled):
             await self._sampled(msg)
@@ -223,8 +225,10 @@ class DeviceActor(ForwardPasses, Actor):
     async def _stop(self, rid: int, *, cancel: FinishReason | None = None, stop_at: int | None = None) -> None:
         """A cancel, or a stop string the tokenizer found in the first `stop_at` tokens
         of the reply (the device has usually made more by then)."""
-        waiting = self._waiting.remove(rid)
-        seq = waiting or self._running.get(rid)
+        # A waiter has made no tokens, so a stop string cannot be what ends it.
+        if await self._waiting.stop(rid, lambda seq: self._end(seq, cancel or "stop")):
+            return
+        seq = self._running.get(rid)
         if seq is None:
             return
         seq.stop_at = stop_at if stop_at is not None else seq.stop_at
@@ -234,10 +238,8 @@ class DeviceActor(ForwardPasses, Actor):
         seq.completion_tokens = turn.completion_tokens
         if seq.state is SeqState.COMPUTING:
             seq.pending_end = turn.reason
-            return
-        await self._end(seq, turn.reason)
-        if waiting is not None:
-            await self._announce_positions()
+        else:
+            await self._end(seq, turn.reason)
 
     async def _end(self, seq: DeviceSequence, reason: FinishReason, error: ErrorInfo | None = None) -> None:
         self._running.pop(seq.rid, None)
@@ -272,17 +274,16 @@ class DeviceActor(ForwardPasses, Actor):
             if self.residency is not Residency.LOADED:
                 continue  # the reload wakes us when the model is back
             if self._admit():
-                await self._announce_positions()
+                await self._waiting.announce()
             if await self._step():
                 self._wake.set()  # more may be runnable
 
     def _admit(self) -> bool:
         chosen = planner.admissions(self._waiting.in_order(), len(self._running), self.max_running)
         for expected in chosen:
-            seq = self._waiting.pop()
+            seq = self._waiting.leave()
             assert seq is expected, "the planner admits in the fair queue's order"
             seq.state = SeqState.PREFILL
-            seq.queue_position = 0
             self._running[seq.rid] = seq
         return bool(chosen)
 
@@ -320,13 +321,8 @@ class DeviceActor(ForwardPasses, Actor):
         await self._run(plan)
         return True
 
-    async def _announce_positions(self) -> None:
-        if self.residency is not Residency.LOADED:
-            return  # they wait for the model, and hear `loading` instead
-        for position, seq in enumerate(self._waiting.in_order(), start=1):
-            if seq.queue_position != position:
-                seq.queue_position = position
-                await self.send(self._peers.tokenizer, m.QueuePosition(rid=seq.rid, position=position))
+    async def _tell_position(self, rid: int, position: int) -> None:
+        await self.send(self._peers.tokenizer, m.QueuePosition(rid=rid, position=position))
 
     # ------------------------------------------------------------ keep-alive
 

@@ -9,8 +9,10 @@ from typing import Generic, Protocol, TypeVar
 
 
 class Waiting(Protocol):
-    rid: int
-    client: str
+    @property
+    def rid(self) -> int: ...
+    @property
+    def client(self) -> str: ...
 
 
 T = TypeVar("T", bound=Waiting)
