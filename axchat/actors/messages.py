@@ -19,7 +19,8 @@ from typing import Union
 
 import msgspec
 
-from axchat.protocol.v1 import ChatMessage, DaemonState, ErrorInfo, FinishReason, Sampling, StatusReply
+from axchat.actors.status import DeviceSection, ModelFacts
+from axchat.protocol.v1 import ChatMessage, DaemonState, ErrorInfo, FinishReason, Sampling
 
 
 class _Internal(msgspec.Struct, tag_field="t", gc=False):
@@ -185,34 +186,16 @@ class Rejected(_Internal, tag="rejected"):
 
 
 class StatusQuery(_Internal, tag="status_query"):
-    """A client's `status`, answered as it passes front door -> device -> reply stage:
-    each fills in the fields of `reply` it owns (the front door the state and the model's
-    facts, the device its sequences, cache, residency and step times, the reply stage the
-    totals and process figures) and passes the one reply on, so nothing is copied from
-    message to message. Fields not yet filled in hold zeros."""
+    """A client's `status` on its way front door -> device (or placer) -> reply stage.
+    The front door sends the daemon's phase and the model's facts; the device (the
+    placer: its devices' together) adds its section; the reply stage adds telemetry's
+    and assembles the reply (`status.status_reply`). A query with `device` set is a
+    device's answer, one without is still asking."""
 
     rid: int
-    reply: StatusReply
-
-
-def blank_status(state: DaemonState) -> StatusReply:
-    """A `status_reply` before any stage has filled it in: the state, zeros elsewhere."""
-    return StatusReply(
-        state=state,
-        model="",
-        backend="",
-        device="",
-        dtype="",
-        context_length=0,
-        uptime_s=0.0,
-        running=0,
-        queued=0,
-        kv_sequences=0,
-        requests_total=0,
-        completion_tokens_total=0,
-        cpu_percent=0.0,
-        rss_bytes=0,
-    )
+    state: DaemonState
+    model: ModelFacts = msgspec.field(default_factory=ModelFacts)
+    device: DeviceSection | None = None
 
 
 class DeviceReading(_Internal, tag="device_reading"):

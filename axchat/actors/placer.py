@@ -25,7 +25,8 @@ from axchat.actors import messages as m
 from axchat.actors.device.waiting_line import WaitingLine
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prefix_affinity import PrefixAffinity, block_fingerprints
-from axchat.protocol.v1 import DeviceStatus, ErrorInfo, FinishReason, RequestInfo, StatusReply
+from axchat.actors.status import DeviceSection
+from axchat.protocol.v1 import DeviceStatus, ErrorInfo, FinishReason, RequestInfo
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class _Waiting:
 class _StatusRound:
     query: m.StatusQuery
     waiting_for: set[str]
-    reports: dict[str, StatusReply] = field(default_factory=dict)  # each device's filled copy
+    reports: dict[str, DeviceSection] = field(default_factory=dict)  # each device's section
     timer: asyncio.TimerHandle | None = None
 
 
@@ -114,7 +115,7 @@ class PlacerActor(Actor):
         self._queue: WaitingLine[_Waiting] = WaitingLine(self._tell_position)
         self._placed: dict[int, str] = {}  # rid -> device name, until it ends
         self._affinity = PrefixAffinity()
-        self._status_ids = itertools.count(-1, -1)  # never a request's rid (those count up)
+        self._status_ids = itertools.count(1)  # the copies it asks its devices
         self._status_of: dict[int, tuple[int, str]] = {}  # query id -> (round rid, device)
         self._rounds: dict[int, _StatusRound] = {}
 
@@ -142,7 +143,7 @@ class PlacerActor(Actor):
             for name in self._with_actor():
                 await self.send(name, msg)
         elif isinstance(msg, m.StatusQuery):
-            if msg.rid < 0:  # a device's copy, filled in (the front door's rids count up)
+            if msg.device is not None:  # a device's answer to the copy it was asked
                 await self._device_report(msg)
             else:
                 await self._status_query(msg)  # the front door's
@@ -289,7 +290,7 @@ class PlacerActor(Actor):
         for name in asking:
             qid = next(self._status_ids)
             self._status_of[qid] = (query.rid, name)
-            await self.send(name, m.StatusQuery(rid=qid, reply=query.reply))
+            await self.send(name, msgspec.structs.replace(query, rid=qid))
         if not asking:
             await self._answer(query.rid)
             return
@@ -301,7 +302,8 @@ class PlacerActor(Actor):
         round_ = self._rounds.get(rid) if rid is not None else None
         if round_ is None:
             return  # came after the reply went
-        round_.reports[name] = filled.reply
+        assert filled.device is not None
+        round_.reports[name] = filled.device
         round_.waiting_for.discard(name)
         if not round_.waiting_for:
             await self._answer(round_.query.rid)
@@ -315,10 +317,10 @@ class PlacerActor(Actor):
         for qid in [q for q, (r, _) in self._status_of.items() if r == rid]:
             del self._status_of[qid]
         # On to the reply stage, as a lone device would send it.
-        await self.send("reply", m.StatusQuery(rid=rid, reply=self._aggregate(round_)))
+        await self.send("reply", msgspec.structs.replace(round_.query, device=self._aggregate(round_)))
 
-    def _aggregate(self, round_: _StatusRound) -> StatusReply:
-        """The front door's reply with the devices' fields summed, and a line for each."""
+    def _aggregate(self, round_: _StatusRound) -> DeviceSection:
+        """The devices' sections summed, and a line for each."""
         reports = list(round_.reports.values())
         now = time.monotonic()
         statuses = []
@@ -347,8 +349,7 @@ class PlacerActor(Actor):
         unloads = [r.unloads_at for r in reports if r.unloads_at is not None]
         steps = [r.step_ms for r in reports if r.step_ms]
         overheads = [r.overhead_ms_per_token for r in reports if r.overhead_ms_per_token]
-        return msgspec.structs.replace(
-            round_.query.reply,
+        return DeviceSection(
             running=sum(r.running for r in reports),
             queued=sum(r.queued for r in reports) + len(waiting),
             kv_sequences=sum(r.kv_sequences for r in reports),

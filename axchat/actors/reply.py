@@ -7,6 +7,7 @@ from __future__ import annotations
 from axchat.actors import messages as m
 from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
+from axchat.actors.status import DeviceSection, status_reply
 from axchat.actors.telemetry import Telemetry
 from axchat.protocol import v1
 
@@ -41,7 +42,8 @@ class ReplyActor(Actor):
             error = v1.Error(code=msg.error.code, message=msg.error.message, param=msg.param)
             await self._out(msg.rid, error, final=True)
         elif isinstance(msg, m.StatusQuery):
-            await self._out(msg.rid, self.telemetry.fill_status(msg.reply), final=True)
+            reply = status_reply(msg.state, msg.model, msg.device or DeviceSection(), self.telemetry.totals())
+            await self._out(msg.rid, reply, final=True)
         elif isinstance(msg, m.DeviceReading):
             self.telemetry.device_reading(msg)
         else:

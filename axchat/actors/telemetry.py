@@ -9,11 +9,11 @@ import logging
 import os
 import time
 
-import msgspec
 import psutil
 
 from axchat.actors import messages as m
 from axchat.actors.backends.base import BackendInfo
+from axchat.actors.status import Totals
 from axchat.protocol import v1
 from axchat.stats_line import format_host, format_stats
 
@@ -102,10 +102,9 @@ class Telemetry:
         self._recent.append((time.monotonic(), msg.completion_tokens))
         return stats
 
-    def fill_status(self, reply: v1.StatusReply) -> v1.StatusReply:
-        """`reply` with the figures this owns: uptime, totals, rate, process and temperature."""
-        return msgspec.structs.replace(
-            reply,
+    def totals(self) -> Totals:
+        """Its section of `status`: uptime, totals, rate, process and temperatures."""
+        return Totals(
             uptime_s=time.monotonic() - self._started,
             requests_total=self.requests_total,
             completion_tokens_total=self.completion_tokens_total,
@@ -115,7 +114,7 @@ class Telemetry:
             pid=os.getpid(),
             tokens_per_s=self._recent_rate(),
             max_queued=self._max_queued,
-            devices=[self._with_temperature(d) for d in reply.devices],
+            temperatures=dict(self._device_temperatures),
         )
 
     def _temperature_c(self, device: str | None = None) -> float | None:
@@ -126,12 +125,6 @@ class Telemetry:
             readings = [t for t in self._device_temperatures.values() if t is not None]
             reading = max(readings) if readings else None
         return reading if reading is not None else read_temperature_c()
-
-    def _with_temperature(self, status: v1.DeviceStatus) -> v1.DeviceStatus:
-        """A device's status line with its own reading (a device that is down has none)."""
-        if status.state == "down":
-            return status
-        return msgspec.structs.replace(status, temperature_c=self._device_temperatures.get(status.name))
 
     def _recent_rate(self, window_s: float = RATE_WINDOW_S) -> float:
         """Completion tokens per second over the last `window_s`, all requests together."""

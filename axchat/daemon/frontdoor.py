@@ -17,6 +17,7 @@ import zmq
 
 from axchat import __version__
 from axchat.actors import messages as m
+from axchat.actors import status
 from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_fit import LengthFloor, kept_chars, kept_positions, prompt_field
@@ -137,6 +138,7 @@ class FrontDoor(Actor):
         self._allow_list = allow_list
         self._liveness: asyncio.Task[None] | None = None
         self._info = info
+        self._facts = status.ModelFacts.of(info)  # its section of `status`, and `hello`'s answer
         self._model_names = {info.model, *model_aliases}
         self._max_frame = max_frame_bytes
         self._router = make_socket(
@@ -315,7 +317,7 @@ class FrontDoor(Actor):
         elif isinstance(body, v1.Status):
             if await self._admit(identity, env.id, "status"):
                 rid = self._register(identity, env.id, "status")
-                await self.send("device", m.StatusQuery(rid=rid, reply=self._status_draft()))
+                await self.send("device", m.StatusQuery(rid=rid, state=self.daemon_state, model=self._facts))
         elif isinstance(body, v1.Hello):
             await self._hello(identity, env.id, body)
         elif isinstance(body, v1.Ping):
@@ -330,40 +332,14 @@ class FrontDoor(Actor):
                 "unsupported_version",
                 f"this daemon speaks protocol {v1.PROTOCOL_VERSION}; the client speaks {hello.protocol}",
             )
-        info = self._info
-        await self._reply(
-            identity,
-            client_id,
-            v1.Welcome(
-                protocol=v1.PROTOCOL_VERSION,
-                server_version=__version__,
-                model=info.model,
-                backend=info.backend,
-                device=info.device,
-                dtype=info.dtype,
-                context_length=info.context_length,
-                max_frame_bytes=self._max_frame,
-                client_timeout_s=self._peers.timeout_s,
-            ),
+        welcome = status.welcome(
+            self._facts,
+            protocol=v1.PROTOCOL_VERSION,
+            server_version=__version__,
+            max_frame_bytes=self._max_frame,
+            client_timeout_s=self._peers.timeout_s,
         )
-
-    def _status_draft(self) -> v1.StatusReply:
-        """`status_reply` with what the front door owns, the state and the model's facts
-        (as in `welcome`); the device and the reply stage fill in the zeros on its way."""
-        info = self._info
-        return msgspec.structs.replace(
-            m.blank_status(self.daemon_state),
-            model=info.model,
-            backend=info.backend,
-            device=info.device,
-            dtype=info.dtype,
-            context_length=info.context_length,
-            decode_path=info.decode_path,
-            threads=info.threads * info.lanes,
-            dtype_reason=info.dtype_reason,
-            compiled=info.compiled,
-            compile_s=info.compile_s,
-        )
+        await self._reply(identity, client_id, welcome)
 
     async def _generate(self, identity: bytes, client_id: str, gen: v1.Generate) -> None:
         problem = self._check_generate(gen)

@@ -26,6 +26,7 @@ from axchat.actors.device.planner import ALONE_CHUNK
 from axchat.actors.device.prompt_chunks import MIN_TOKENS, ROUND
 from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.sampler import SamplerActor
+from axchat.actors.status import DeviceSection
 from axchat.protocol import v1
 from axchat.protocol.v1 import Sampling
 
@@ -96,7 +97,7 @@ class Collector(Actor):
         self.tokens: dict[int, int] = {}
         self.pieces: dict[int, list[int]] = {}  # tokens per TokenOut message, per request
         self.ended: dict[int, m.Ended] = {}
-        self.reports: list[v1.StatusReply] = []
+        self.reports: list[DeviceSection] = []
         self.changed = asyncio.Event()
 
     async def handle(self, msg: m.ActorMessage) -> None:
@@ -105,8 +106,8 @@ class Collector(Actor):
             self.pieces.setdefault(msg.rid, []).append(len(msg.token_ids))
         elif isinstance(msg, m.Ended):
             self.ended[msg.rid] = msg
-        elif isinstance(msg, m.StatusQuery):
-            self.reports.append(msg.reply)
+        elif isinstance(msg, m.StatusQuery) and msg.device is not None:
+            self.reports.append(msg.device)
         self.changed.set()
 
     async def until(self, predicate, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
@@ -326,7 +327,7 @@ async def arrive_while_held(backend, sender, telemetry, admits) -> None:  # type
     for msg in admits:
         await sender.send("device", msg)
     # The device handles its mail in order: its answer to this comes after the admits.
-    await sender.send("device", m.StatusQuery(rid=99, reply=m.blank_status(v1.DaemonState.SERVING)))
+    await sender.send("device", m.StatusQuery(rid=99, state=v1.DaemonState.SERVING))
     await telemetry.until(lambda: bool(telemetry.reports))
     report = telemetry.reports[-1]
     assert report.running + report.queued == 1 + len(admits)

@@ -108,14 +108,14 @@ def test_each_device_reports_its_own_temperature() -> None:
     device's reading on its status line and in the stats of what it served."""
     from axchat.actors import messages as m
     from axchat.actors.backends.base import BackendInfo
+    from axchat.actors.status import DeviceSection, ModelFacts, status_reply
     from axchat.actors.telemetry import Telemetry
 
     info = BackendInfo(backend="aipu", model="m", device="2 devices", dtype="int8", context_length=64, vocab_size=10)
     telemetry = Telemetry(info)
     telemetry.device_reading(m.DeviceReading(device="device-0", temperature_c=41.0))
     telemetry.device_reading(m.DeviceReading(device="device-1", temperature_c=55.5))
-    reply = msgspec.structs.replace(m.blank_status(v1.DaemonState.SERVING), devices=DEVICES)
-    filled = telemetry.fill_status(reply)
+    filled = status_reply(v1.DaemonState.SERVING, ModelFacts(), DeviceSection(devices=DEVICES), telemetry.totals())
     assert [d.temperature_c for d in filled.devices] == [41.0, None]  # device-1 is down: no reading shown
     assert filled.device_temp_c == 55.5  # the hottest device
     finished = m.Finished(

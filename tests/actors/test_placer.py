@@ -19,6 +19,7 @@ from axchat.actors import messages as m
 from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.placer import PlacerActor
 from axchat.actors.prefix_affinity import BLOCK_TOKENS
+from axchat.actors.status import DeviceSection
 from axchat.protocol.v1 import DaemonState, Sampling
 
 DEADLINE_S = 5.0
@@ -47,8 +48,8 @@ class Inbox(Actor):
 
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.StatusQuery) and self.answers_status and self.name.startswith("device-"):
-            filled = msgspec.structs.replace(msg.reply, running=1, kv_sequences=1)
-            await self.send("device", m.StatusQuery(rid=msg.rid, reply=filled))
+            filled = msgspec.structs.replace(msg, device=DeviceSection(running=1, kv_sequences=1))
+            await self.send("device", filled)
         self.got.put_nowait(msg)
 
     async def next(self, kind: type) -> m.ActorMessage:
@@ -131,10 +132,10 @@ async def test_placement_affinity_stealing_death_and_status(rig: tuple[Actor, di
     assert third in failed.error.message  # type: ignore[union-attr]
 
     # Status: the reports of the live devices, the dead and the never-loaded listed.
-    await driver.send("device", m.StatusQuery(rid=99, reply=m.blank_status(DaemonState.SERVING)))
+    await driver.send("device", m.StatusQuery(rid=99, state=DaemonState.SERVING))
     answered = await box["reply"].next(m.StatusQuery)
     assert answered.rid == 99  # type: ignore[union-attr]
-    report = answered.reply  # type: ignore[union-attr]
+    report = answered.device  # type: ignore[union-attr]
     states = {d.label: (d.state, d.reason) for d in report.devices}  # type: ignore[union-attr]
 
     def label(name: str) -> str:
@@ -153,10 +154,10 @@ async def test_placement_affinity_stealing_death_and_status(rig: tuple[Actor, di
 async def test_status_goes_without_a_device_that_never_answers(rig: tuple[Actor, dict[str, Inbox], Supervision]) -> None:
     driver, box, _ = rig
     box["device-2"].answers_status = False
-    await driver.send("device", m.StatusQuery(rid=7, reply=m.blank_status(DaemonState.SERVING)))
+    await driver.send("device", m.StatusQuery(rid=7, state=DaemonState.SERVING))
     answered = await box["reply"].next(m.StatusQuery)  # device-2 is silent: the wait is bounded
-    report = answered.reply  # type: ignore[union-attr]
-    assert answered.rid == 7 and report.running == 2 and report.state is DaemonState.SERVING  # type: ignore[union-attr]
+    report = answered.device  # type: ignore[union-attr]
+    assert answered.rid == 7 and report.running == 2 and answered.state is DaemonState.SERVING  # type: ignore[union-attr]
     silent = next(d for d in report.devices if d.name == "device-2")
     assert silent.state == "serving" and "did not answer" in silent.reason
 

@@ -26,6 +26,7 @@ from axchat.actors.device.sequence import DeviceSequence, SeqState
 from axchat.actors.device.turn_end import TurnEnd, end_of_turn
 from axchat.actors.device.waiting_line import WaitingLine
 from axchat.actors.mailbox import Actor, Bus, Supervisor
+from axchat.actors.status import DeviceSection
 from axchat.actors.token_choice import SequenceSampler
 from axchat.protocol.v1 import ErrorInfo, FinishReason
 
@@ -140,8 +141,7 @@ class DeviceActor(ForwardPasses, Actor):
         readings = await self._thread.read()
         await self._publish(readings)
         requests = [s.info() for s in self._running.values()] + [s.info() for s in self._waiting.in_order()]
-        filled = msgspec.structs.replace(
-            query.reply,
+        section = DeviceSection(
             running=len(self._running),
             queued=len(self._waiting),
             kv_sequences=readings.kv_sequences,
@@ -155,7 +155,7 @@ class DeviceActor(ForwardPasses, Actor):
             step_ms=self.clock.step_ms(),
             overhead_ms_per_token=self.clock.overhead_ms(),
         )
-        await self.send(self._peers.status, m.StatusQuery(rid=query.rid, reply=filled))
+        await self.send(self._peers.status, msgspec.structs.replace(query, device=section))
 
     async def _publish(self, readings: BackendReadings) -> None:
         """Telemetry hears the device's temperature when it changes (it must not hold the
