@@ -20,11 +20,11 @@ from axchat.actors.backends.aipu import runtime as rt
 from axchat.actors.backends.aipu.backend import AipuBackend
 from axchat.actors.backends.aipu.build_tree import TOKENIZER_MARKER, tokenizer_source
 from axchat.actors.backends.aipu.cards import SELECTOR_ENV, select_cards
-from axchat.actors.backends.aipu.catalog import CATALOG
 from axchat.actors.backends.aipu.embeddings import extract_embeddings
 from axchat.actors.backends.aipu.temperature import CoreTemperatureProbe, hottest_core_c
 from axchat.actors.backends.load_options import LoadOptions
 from axchat.actors.tokenizer import end_of_turn_ids, load_tokenizer
+from axchat.models.aipu_catalog import CATALOG
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = "llama-3-2-3b-1024-4core-static"  # 4 GB in the SDK's YAML

@@ -17,12 +17,12 @@ import numpy as np
 
 from axchat.actors.backends.aipu import runtime as rt
 from axchat.actors.backends.aipu.cards import cards_with_memory, connect_first_free, select_cards
-from axchat.actors.backends.aipu.catalog import CATALOG, reply_reserve_for
 from axchat.actors.backends.aipu.embeddings import EmbeddingsError, load_embeddings
 from axchat.actors.backends.aipu.model_files import build_tree_files, model_dir_files
 from axchat.actors.backends.aipu.temperature import CoreTemperatureProbe
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
 from axchat.actors.backends.load_options import LoadOptions
+from axchat.models.aipu_catalog import CATALOG, reply_reserve_for
 
 log = logging.getLogger(__name__)
 
