@@ -240,10 +240,12 @@ def test_emulated_aipu_temperature_probe_runs_the_sdk_commands(tmp_path: Path, m
 
 
 def first_logits(build_root: Path) -> tuple[np.ndarray, tuple[float, int]]:
-    """The logits after a three-token prompt, and the output tensor's (scale, zero-point)."""
+    """The logits after a three-token prompt, and the (scale, zero-point) the loaded
+    model's output tensor reported to the backend."""
     backend = load(SMALL, build_root)
     try:
-        return backend.prefill(1, [5, 6, 7]), backend.logit_quantisation
+        reported = backend._instance.output_scale, backend._instance.output_zero_point
+        return backend.prefill(1, [5, 6, 7]), reported
     finally:
         backend.close()
 

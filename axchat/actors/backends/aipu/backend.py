@@ -118,11 +118,6 @@ class AipuBackend(DeviceBackend):
         )
         return cls(instance, connection, embeddings, info, CoreTemperatureProbe.start_if_available())
 
-    @property
-    def logit_quantisation(self) -> tuple[float, int]:
-        """The output tensor's (scale, zero-point); (1.0, 0): raw int8 logits."""
-        return float(self._scale), int(self._zero_point)
-
     def _run(self, token_ids: Sequence[int]) -> np.ndarray:
         rows = np.ascontiguousarray(self._embeddings[np.asarray(token_ids, dtype=np.int64)], dtype=np.float16)
         self._instance.run(rows.view(np.int8), self._logits)
