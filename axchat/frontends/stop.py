@@ -37,18 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def wait_exit(pid: int, timeout_s: float) -> bool:
-    """True once `pid` has exited; it is not our child, so no waitpid."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return _exited(fd, timeout_s)
-    finally:
-        os.close(fd)
-
-
 def _exited(pidfd: int, timeout_s: float) -> bool:
     readable, _, _ = select.select([pidfd], [], [], timeout_s)
     return bool(readable)

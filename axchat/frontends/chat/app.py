@@ -120,7 +120,6 @@ class ChatApp(App[None]):
         self.client: AsyncClient | None = None
         self.welcome: v1.Welcome | None = None
         self.pending: PendingAnswer | None = None
-        self.last_request: v1.Generate | None = None
         self.last_done: v1.Done | None = None
         self.show_stats = True
         self._quit_armed = False
@@ -311,7 +310,6 @@ class ChatApp(App[None]):
 
     @work(exclusive=True, group="answer")
     async def stream_answer(self, client: AsyncClient, request: v1.Generate, pending: PendingAnswer) -> None:
-        self.last_request = request
         stream = Markdown.get_stream(pending.bubble)
         try:
             await retry_once_async(
