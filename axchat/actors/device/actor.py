@@ -26,7 +26,7 @@ from axchat.actors.device.residency import BackendLoader, LoadProgress, Residenc
 from axchat.actors.device.sequence import DeviceSequence, SeqState, ms
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.token_choice import SequenceSampler
-from axchat.protocol.v1 import ErrorInfo, FinishReason
+from axchat.protocol.v1 import FinishReason
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class DeviceActor(Actor):
         else:
             await self._end(seq, reason)
 
-    async def _end(self, seq: DeviceSequence, reason: FinishReason, error: ErrorInfo | None = None) -> None:
+    async def _end(self, seq: DeviceSequence, reason: FinishReason, error: m.Failure | None = None) -> None:
         self._running.pop(seq.rid, None)
         keep = None
         connection = m.connection_of(seq.client)
@@ -360,7 +360,7 @@ class DeviceActor(Actor):
 
     async def _load_ended(self, error: Exception | None) -> None:
         if error is not None:
-            info = ErrorInfo(code="load_failed", message=f"loading the model again failed: {error}")
+            info = m.Failure(code="load_failed", message=f"loading the model again failed: {error}")
             while self._waiting:
                 await self._end(self._waiting.pop(), "error", info)
         elif self._waiting:
@@ -392,7 +392,7 @@ class DeviceActor(Actor):
         except Exception as exc:
             log.exception("forward pass failed for requests %s", [s.label for s in seqs])
             for seq in seqs:
-                await self._end(seq, "error", ErrorInfo(code="internal", message=f"device error: {exc}"))
+                await self._end(seq, "error", m.Failure(code="internal", message=f"device error: {exc}"))
             return None
         await self._publish(self._thread.readings)
         return result
