@@ -44,7 +44,7 @@ class ServeConfig:
     context: int | None = None
     threads: int | None = None
     # Compile the decode step at load (torch backend, lean path). Off by default: on
-    # this project's 2-core CPU it cost minutes and gained nothing measurable (bench/README.md).
+    # this project's 2-core CPU it cost minutes and gained nothing measurable (docs/performance.md).
     compile: bool = False
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     drain_timeout_s: float = 10.0
