@@ -1,9 +1,11 @@
 """Autostart for people without the service: when no daemon answers, a frontend starts
-one for the current user in the background and waits until it serves.
+one for the current user in the background and waits until it serves; `make run`
+starts its daemon with the same `spawn_daemon`.
 
 A lock file beside the socket makes concurrent frontends start exactly one daemon:
 whoever holds it starts and waits; the others, once they get it, find a daemon that
-answers. Imports only the standard library and the client, like every frontend path.
+answers. Imports only the standard library and the client, like every frontend path;
+`axchat.connection` decides when to call it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ from typing import TextIO
 
 from axchat import endpoint as ep
 from axchat import exit_status
-from axchat.client import Client, DaemonUnavailable, KeysRefused, RequestFailed, UntrustedSocket
-from axchat.client import connect as connect_client
-from axchat.connection import Backoff
+from axchat.backoff import Backoff
+from axchat.client import Client, DaemonUnavailable, RequestFailed, UntrustedSocket
 
 ENV_NO_AUTOSTART = "AXCHAT_NO_AUTOSTART"
 LOCK_NAME = "axchat.lock"
@@ -63,25 +64,11 @@ def _locked(path: Path, deadline: float) -> Iterator[None]:
 
 def _answers(socket: str) -> bool:
     try:
-        with connect_client(socket, connect_timeout_s=0.5):
+        with Client(socket, connect_timeout_s=0.5) as client:
+            client.hello()
             return True
     except (DaemonUnavailable, RequestFailed):
         return False
-
-
-def connect(socket: str | None, *, no_autostart: bool = False, progress: TextIO = sys.stderr, wait_s: float = 0.0) -> Client:
-    """A client that has had its `welcome`: from the daemon that answers, else (unless
-    autostart is off) from one started now, its progress written to `progress`.
-    Raises DaemonUnavailable when neither works. `ask` and `chat --plain` both use it."""
-    if not enabled(no_autostart):
-        return connect_client(socket, wait_s=wait_s)
-    try:
-        return connect_client(socket)
-    except (KeysRefused, UntrustedSocket):
-        raise  # starting a daemon would not help: keys refused, or not our directory
-    except DaemonUnavailable:
-        start_daemon(socket, progress)
-        return connect_client(socket)
 
 
 def start_daemon(socket: str | None, progress: TextIO = sys.stderr) -> None:

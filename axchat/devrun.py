@@ -13,9 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from axchat import autostart
+from axchat import autostart, connection
 from axchat import endpoint as ep
-from axchat.client import Client, DaemonUnavailable, RequestFailed
 from axchat.frontends import stop as stop_command
 from axchat.models.resolve import ModelNotFound, ensure_available, resolve
 
@@ -24,11 +23,8 @@ READY_TIMEOUT_S = 600.0  # a large --model can take minutes to load
 
 def _running_model(socket: str) -> str | None:
     """The model the daemon on `socket` serves, or None when none answers."""
-    try:
-        with Client(socket, connect_timeout_s=1.0) as client:
-            return client.hello().model
-    except (DaemonUnavailable, RequestFailed):
-        return None
+    welcome = connection.probe(socket, timeout_s=1.0)
+    return None if welcome is None else welcome.model
 
 
 def _names_of(model: str) -> set[str]:
