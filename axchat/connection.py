@@ -2,8 +2,8 @@
 back off, start a daemon when none answers, and ask once more after a restart.
 
 `connect` is the blocking face (`ask`, `chat --plain`, `status`, `stop`, `make run`);
-`connect_async`, `hello_again` and `heartbeat` the asyncio one (the TUI, the web
-bridge). The transports they drive are `client.Client` and `aclient.AsyncClient`; the daemon it
+`connect_async`, `hello_again` and `heartbeat` the asyncio one for the TUI, and
+`open_async` with `status_now` for the web bridge. The transports they drive are `client.Client` and `aclient.AsyncClient`; the daemon it
 starts comes from `autostart`. Imports only pyzmq, msgspec and the protocol beneath
 those, so `axchat ask` still starts in milliseconds.
 """
@@ -45,10 +45,12 @@ __all__ = [
     "connect_async",
     "heartbeat",
     "hello_again",
+    "open_async",
     "probe",
     "restart_backoff",
     "retry_once",
     "retry_once_async",
+    "status_now",
 ]
 
 # After the daemon restarted mid-request, how long to wait for it to serve again (a
@@ -173,6 +175,20 @@ async def hello_again(client: AsyncClient, wait_s: float) -> v1.Welcome | None:
             if pause is None:
                 return None
             await asyncio.sleep(pause)  # the backoff itself, not a synchronisation
+
+
+def open_async(socket: str | None, *, connect_timeout_s: float = 3.0) -> AsyncClient:
+    """A client not yet said hello to, for a user that lives longer than any one daemon
+    (the web bridge): each of its requests says hello first (`status_now`), so a
+    daemon started later is found, and a missing one is a quick failure, not a wait."""
+    return AsyncClient(socket, connect_timeout_s=connect_timeout_s)
+
+
+async def status_now(client: AsyncClient) -> v1.StatusReply:
+    """The daemon's status, after a hello: a status request alone waits out its timeout
+    where the hello fails at once (no socket file)."""
+    await client.hello()
+    return await client.status()
 
 
 async def heartbeat(client: AsyncClient) -> str | None:
