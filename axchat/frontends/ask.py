@@ -14,7 +14,7 @@ from typing import TextIO
 
 import msgspec
 
-from axchat import autostart, curve_keys
+from axchat import autostart, connection, curve_keys
 from axchat.client import DaemonUnavailable, RequestFailed
 from axchat.connection import retry_once
 from axchat.frontends.field_names import with_field_named
@@ -191,7 +191,8 @@ class _Shown:
 
 
 def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, shown: _Shown, *, wait_s: float = 0.0) -> int:
-    with autostart.connect(args.socket, no_autostart=args.no_autostart, wait_s=wait_s) as client:
+    start = autostart.enabled(args.no_autostart)
+    with connection.connect(args.socket, start_daemon=start, wait_s=wait_s) as client:
         stream = client.generate(build_request(args, prompt))
         interrupted = False
         events = iter(stream)

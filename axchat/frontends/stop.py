@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from axchat import endpoint as ep
-from axchat.client import DaemonUnavailable, RequestFailed, connect
+from axchat.connection import DaemonUnavailable, RequestFailed, connect
 
 EXIT_NO_DAEMON = 2
 EXIT_FAILED = 1
