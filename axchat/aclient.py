@@ -3,7 +3,7 @@ web bridge). One DEALER socket carries any number of concurrent requests; a read
 task routes each frame to its request's queue.
 
 Imports only pyzmq, msgspec and the protocol; the socket, its errors and the retry
-policies are `axchat.connection`'s, shared with the blocking client. Every wait has a
+policies are `axchat.connection`'s; the socket is `axchat.daemon_socket`'s, shared with the blocking client. Every wait has a
 deadline, and a reader failure reaches every waiting request instead of vanishing. As
 in the blocking client, a socket monitor tells when the connection drops: requests in
 flight then fail with `DaemonRestarted` at once, since their answers will never come.
@@ -25,7 +25,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from axchat import endpoint as ep
-from axchat.connection import (
+from axchat.daemon_socket import (
     DaemonRestarted,
     DaemonUnavailable,
     KeysRefused,
@@ -34,7 +34,6 @@ from axchat.connection import (
     not_answering,
     open_daemon_socket,
     request_frames,
-    restart_backoff,
 )
 from axchat.protocol import v1
 
@@ -129,19 +128,6 @@ class AsyncClient:
         if reply.client_timeout_s > 0 and self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._keep_alive(reply.client_timeout_s / 3), name="axchat-heartbeat")
         return reply
-
-    async def hello_again(self, wait_s: float) -> v1.Welcome | None:
-        """Hello until a (re)started daemon answers on this same socket (ZeroMQ
-        reconnects it by itself), backing off to a second; None after `wait_s`."""
-        backoff = restart_backoff(wait_s)
-        while True:
-            try:
-                return await self.hello()
-            except (DaemonUnavailable, RequestFailed):
-                pause = backoff.next_pause_in_time()
-                if pause is None:
-                    return None
-                await asyncio.sleep(pause)  # the backoff itself, not a synchronisation
 
     async def status(self) -> v1.StatusReply:
         reply = await self._call(v1.Status())

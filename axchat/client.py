@@ -1,8 +1,8 @@
 """A blocking client of the daemon for command-line frontends.
 
 Imports only pyzmq, msgspec and the protocol, so a frontend built on it starts in
-milliseconds. The socket, its errors and the retry policies are `axchat.connection`'s,
-shared with the asyncio client. Every wait has a deadline: a daemon that stops answering shows up as
+milliseconds. The socket and its errors are `axchat.daemon_socket`'s, shared with the
+asyncio client; connecting, backing off and retrying are `axchat.connection`'s. Every wait has a deadline: a daemon that stops answering shows up as
 `DaemonUnavailable`, never as a hang.
 """
 
@@ -18,9 +18,9 @@ import msgspec
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from axchat import connection
+from axchat import daemon_socket
 from axchat import endpoint as ep
-from axchat.connection import DaemonRestarted, DaemonUnavailable, KeysRefused, RequestFailed, UntrustedSocket
+from axchat.daemon_socket import DaemonRestarted, DaemonUnavailable, KeysRefused, RequestFailed, UntrustedSocket
 from axchat.protocol import v1
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "KeysRefused",
     "RequestFailed",
     "UntrustedSocket",
-    "connect",
 ]
 
 
@@ -59,7 +58,7 @@ class Client:
         self.endpoint = ep.client_endpoint(socket)
         self.connect_timeout_s = connect_timeout_s
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self._link = connection.open_daemon_socket(self._ctx, self.endpoint, name="client", keys_refused_raises=True)
+        self._link = daemon_socket.open_daemon_socket(self._ctx, self.endpoint, name="client", keys_refused_raises=True)
         self._sock, self._monitor = self._link.sock, self._link.monitor
         self._refused: str | None = None  # a tcp:// daemon refused our keys
         self._prefix = uuid.uuid4().hex[:8]
@@ -112,7 +111,7 @@ class Client:
             # A drop before this request is not its problem. (A heartbeat ping must not
             # swallow a drop that happened during the request it keeps alive.)
             self._dropped_since_last_send()
-        self._sock.send_multipart(connection.request_frames(request_id, body, self._max_frame))
+        self._sock.send_multipart(daemon_socket.request_frames(request_id, body, self._max_frame))
         self._last_sent = time.monotonic()
 
     def _dropped_since_last_send(self) -> bool:
@@ -143,7 +142,7 @@ class Client:
                 raise KeysRefused(self._refused)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise connection.not_answering(self.endpoint, timeout_s)
+                raise daemon_socket.not_answering(self.endpoint, timeout_s)
             wait = left
             if self.heartbeat_s is not None:
                 # The daemon hears only what we send, not what we read: ping on a
@@ -170,26 +169,3 @@ class Client:
                 return body
             if env.id == "" and isinstance(body, v1.Error):
                 raise RequestFailed(body)
-
-
-def connect(socket: str | None = None, *, wait_s: float = 0.0, connect_timeout_s: float = 3.0) -> Client:
-    """A client that has had its `welcome`. With `wait_s`, keeps trying that long for a
-    daemon that is (re)starting, backing off to a second between tries."""
-    backoff = connection.restart_backoff(wait_s)
-    client = Client(socket, connect_timeout_s=connect_timeout_s)
-    try:
-        while True:
-            try:
-                client.hello()
-                return client
-            except KeysRefused:
-                raise
-            except (DaemonUnavailable, DaemonRestarted):
-                # One socket throughout: ZeroMQ reconnects it by itself once a daemon binds.
-                pause = backoff.next_pause_in_time()
-                if pause is None:
-                    raise
-            time.sleep(pause)
-    except BaseException:
-        client.close()
-        raise

@@ -1,27 +1,58 @@
-"""What every client of the daemon shares, blocking or asyncio: the errors a frontend
-handles, the DEALER socket with its CURVE keys, trust check and drop monitor, the
-reconnect backoff, and the policy of asking once more after a restart.
+"""The connection manager every client of the daemon goes through: connect, hello,
+back off, start a daemon when none answers, and ask once more after a restart.
 
-Imports only pyzmq, msgspec and the protocol (through `endpoint` and `curve_keys`), so
-`axchat ask` still starts in milliseconds.
+`connect` is the blocking face (`ask`, `chat --plain`, `status`, `stop`, `make run`);
+`connect_async`, `hello_again` and `heartbeat` the asyncio one for the TUI, and
+`open_async` with `status_now` for the web bridge. The transports they drive are `client.Client` and `aclient.AsyncClient`; the daemon it
+starts comes from `autostart`. Imports only pyzmq, msgspec and the protocol beneath
+those, so `axchat ask` still starts in milliseconds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TextIO, TypeVar
 
 import zmq
 
-from axchat import curve_keys
-from axchat import endpoint as ep
+from axchat import autostart
+from axchat.aclient import AsyncClient
+from axchat.backoff import Backoff
+from axchat.client import Client
+from axchat.daemon_socket import (
+    HOW_TO_START,
+    DaemonRestarted,
+    DaemonUnavailable,
+    KeysRefused,
+    RequestFailed,
+    UntrustedSocket,
+)
 from axchat.protocol import v1
-from axchat.sizes import human_bytes
 
-HOW_TO_START = "start one with `axchat serve` (or `make run` in a checkout)"
+__all__ = [
+    "HOW_TO_START",
+    "RESTART_WAIT_S",
+    "Backoff",
+    "DaemonRestarted",
+    "DaemonUnavailable",
+    "KeysRefused",
+    "RequestFailed",
+    "UntrustedSocket",
+    "connect",
+    "connect_async",
+    "heartbeat",
+    "hello_again",
+    "open_async",
+    "probe",
+    "restart_backoff",
+    "retry_once",
+    "retry_once_async",
+    "status_now",
+]
+
 # After the daemon restarted mid-request, how long to wait for it to serve again (a
 # model load) before asking once more.
 RESTART_WAIT_S = 120.0
@@ -29,163 +60,145 @@ RESTART_WAIT_S = 120.0
 T = TypeVar("T")
 
 
-class DaemonUnavailable(Exception):
-    """No daemon answered; the message says where we looked and how to start one."""
-
-
-class KeysRefused(DaemonUnavailable):
-    """A tcp:// daemon turned down this client's CURVE handshake, or the client's own key
-    files are unusable. The message names the likely cause; trying again will not help."""
-
-
-class UntrustedSocket(DaemonUnavailable):
-    """The socket's directory could be another user's: nothing is sent there, and no
-    daemon is started there."""
-
-
-class RequestFailed(Exception):
-    def __init__(self, error: v1.Error) -> None:
-        super().__init__(f"{error.code}: {error.message}")
-        self.error = error
-
-
-def request_frames(request_id: str, body: v1.ClientMessage, max_frame_bytes: int | None) -> list[bytes]:
-    """The two frames of a request, refused here when one is over the daemon's
-    `max_frame_bytes` (from `welcome`; None before it): the daemon would refuse it
-    anyway, and one far over the limit makes ZeroMQ drop the whole connection, taking
-    every other request on it along (all the users of a web bridge)."""
-    frames = v1.encode(v1.Envelope(id=request_id), body)
-    size = max(len(frame) for frame in frames)
-    if max_frame_bytes is not None and size > max_frame_bytes:
-        text = (
-            f"the request is {human_bytes(size)} ({size} bytes); the daemon accepts at most "
-            f"{human_bytes(max_frame_bytes)} ({max_frame_bytes} bytes): a shorter prompt or history fits"
-        )
-        raise RequestFailed(v1.Error(code="frame_too_large", message=text))
-    return frames
-
-
-class DaemonRestarted(RequestFailed):
-    """The connection dropped while a request was in flight: its answer will never come."""
-
-    def __init__(self, endpoint: str) -> None:
-        super().__init__(
-            v1.Error(
-                code="daemon_restarted",
-                message=f"the connection to the axchat daemon at {ep.describe(endpoint)} dropped mid-request "
-                "(the daemon stopped or was restarted)",
-            )
-        )
-
-
-def not_answering(endpoint: str, timeout_s: float) -> DaemonUnavailable:
-    return DaemonUnavailable(
-        f"the axchat daemon at {ep.describe(endpoint)} did not answer within {timeout_s:g}s; "
-        f"is it running? {HOW_TO_START}"
-    )
-
-
-def secure(sock: zmq.Socket, endpoint: str) -> curve_keys.ClientKeys | None:  # type: ignore[type-arg]
-    """CURVE keys on a client socket that will connect to `endpoint`."""
-    try:
-        return curve_keys.secure_client_socket(sock, endpoint)
-    except curve_keys.KeysError as exc:
-        raise KeysRefused(str(exc)) from None
-
-
-@dataclass
-class DaemonSocket:
-    """A DEALER socket towards the daemon and the monitor that watches its connection.
-
-    The daemon sends nothing while a request waits (queued, or a long prefill), so
-    silence proves nothing: the monitor says when the connection drops, or when a
-    tcp:// daemon refused our keys."""
-
-    endpoint: str
-    sock: Any  # zmq.Socket or zmq.asyncio.Socket, as the context made it
-    monitor: Any
-    keys: curve_keys.ClientKeys | None
-    # Why our own keys are unusable (the socket then carries no CURVE keys).
-    keys_refused: str | None
-    # Why the socket's directory is not trusted; then it is never connected.
-    untrusted: str | None
-
-    def check_trusted(self) -> None:
-        if self.untrusted is not None:
-            raise UntrustedSocket(self.untrusted)
-
-    def check_reachable(self) -> None:
-        """Fail at once where waiting could not help: an untrusted directory, or no
-        socket file where an ipc:// daemon would be."""
-        self.check_trusted()
-        path = ep.ipc_path(self.endpoint)
-        if path is not None and not path.exists():
-            raise DaemonUnavailable(f"no axchat daemon is running at {path}; {HOW_TO_START}")
-
-    def refusal(self, event: dict[str, Any]) -> str | None:
-        """Why a monitor event means the daemon refused our keys; None when it does not."""
-        return curve_keys.refusal(event["event"], event["value"], self.endpoint, self.keys)
-
-    def close(self) -> None:
-        self.sock.disable_monitor()
-        self.monitor.close(linger=0)
-        self.sock.close(linger=0)
-
-
-def open_daemon_socket(ctx: Any, endpoint: str, *, name: str, keys_refused_raises: bool) -> DaemonSocket:
-    """A DEALER socket on `ctx` (sync or asyncio) with CURVE keys and a drop monitor,
-    connected to `endpoint` unless its directory is untrusted. Unusable keys raise
-    `KeysRefused` when `keys_refused_raises`; else they are noted in `keys_refused`
-    for the caller to fail each request with, and the socket is never connected."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    keys_refused = None
-    try:
-        keys = secure(sock, endpoint)
-    except KeysRefused as exc:
-        if keys_refused_raises:
-            sock.close(linger=0)
-            raise
-        keys, keys_refused = None, str(exc)
-    # A unique inproc name: pyzmq's default derives it from the fd, which a closed
-    # and reopened client can reuse while the old name is still being released.
-    monitor_addr = f"inproc://axchat-{name}-monitor-{uuid.uuid4().hex}"
-    sock.monitor(monitor_addr, zmq.EVENT_DISCONNECTED | curve_keys.HANDSHAKE_EVENTS)
-    monitor = ctx.socket(zmq.PAIR)
-    monitor.setsockopt(zmq.LINGER, 0)
-    monitor.connect(monitor_addr)
-    # Checked before connecting: the first frame already carries a prompt. Refused keys
-    # (no server key for another host, say) mean no connection either: a plain one
-    # would already tell that host who is calling.
-    untrusted = ep.untrusted_reason(endpoint)
-    if untrusted is None and keys_refused is None:
-        sock.connect(endpoint)
-    return DaemonSocket(endpoint, sock, monitor, keys, keys_refused, untrusted)
-
-
-class Backoff:
-    """Pauses between tries that double from `first_s` up to `cap_s`."""
-
-    def __init__(self, first_s: float, cap_s: float, *, deadline: float | None = None) -> None:
-        self.cap_s = cap_s
-        self.deadline = deadline
-        self._next = first_s
-
-    def next_pause(self) -> float:
-        pause = self._next
-        self._next = min(pause * 2, self.cap_s)
-        return pause
-
-    def next_pause_in_time(self) -> float | None:
-        """The next pause, or None once it would end past the deadline: give up then."""
-        if self.deadline is not None and time.monotonic() + self._next >= self.deadline:
-            return None
-        return self.next_pause()
-
-
 def restart_backoff(wait_s: float) -> Backoff:
     """Tries for a daemon that is (re)starting: quick at first, a second apart at most."""
     return Backoff(0.05, 1.0, deadline=time.monotonic() + wait_s)
+
+
+# ---------------------------------------------------------------- the blocking face
+
+
+def connect(
+    socket: str | None = None,
+    *,
+    wait_s: float = 0.0,
+    connect_timeout_s: float = 3.0,
+    start_daemon: bool = False,
+    progress: TextIO = sys.stderr,
+) -> Client:
+    """A client that has had its `welcome`. With `start_daemon`, when none answers at
+    once one is started (its progress written to `progress`) unless waiting could not
+    help (our keys refused, someone else's directory). Else, with `wait_s`, keeps trying
+    that long for a daemon that is (re)starting. Raises DaemonUnavailable when neither
+    works."""
+    if not start_daemon:
+        return _hello_until(socket, wait_s, connect_timeout_s)
+    try:
+        return _hello_until(socket, 0.0, connect_timeout_s)
+    except (KeysRefused, UntrustedSocket):
+        raise
+    except DaemonUnavailable:
+        autostart.start_daemon(socket, progress)
+        return _hello_until(socket, 0.0, connect_timeout_s)
+
+
+def _hello_until(socket: str | None, wait_s: float, connect_timeout_s: float) -> Client:
+    backoff = restart_backoff(wait_s)
+    client = Client(socket, connect_timeout_s=connect_timeout_s)
+    try:
+        while True:
+            try:
+                client.hello()
+                return client
+            except KeysRefused:
+                raise
+            except (DaemonUnavailable, DaemonRestarted):
+                # One socket throughout: ZeroMQ reconnects it by itself once a daemon binds.
+                pause = backoff.next_pause_in_time()
+                if pause is None:
+                    raise
+            time.sleep(pause)
+    except BaseException:
+        client.close()
+        raise
+
+
+def probe(socket: str | None, timeout_s: float = 1.0) -> v1.Welcome | None:
+    """The `welcome` of the daemon at `socket`, or None when none answers there."""
+    try:
+        with Client(socket, connect_timeout_s=timeout_s) as client:
+            return client.hello()
+    except (DaemonUnavailable, RequestFailed):
+        return None
+
+
+# ---------------------------------------------------------------- the asyncio face
+
+
+async def connect_async(
+    socket: str | None,
+    *,
+    backoff: Backoff,
+    unavailable: Callable[[DaemonUnavailable | RequestFailed, float], None],
+    start_progress: TextIO | None = None,
+    connect_timeout_s: float = 3.0,
+) -> tuple[AsyncClient, v1.Welcome]:
+    """A client and its `welcome`, saying hello on a fresh socket until a daemon
+    answers, pausing as `backoff` says; `unavailable(why, pause_s)` hears each failure.
+    With `start_progress`, the first time none answers a daemon is started (from a
+    thread: autostart blocks), its progress written there."""
+    tried_start = start_progress is None
+    while True:
+        client = AsyncClient(socket, connect_timeout_s=connect_timeout_s)
+        try:
+            welcome = await client.hello()
+        except (DaemonUnavailable, RequestFailed) as exc:
+            await client.close()
+            why: DaemonUnavailable | RequestFailed = exc
+            if start_progress is not None and not tried_start and isinstance(exc, DaemonUnavailable):
+                tried_start = True
+                try:
+                    await asyncio.to_thread(autostart.start_daemon, socket, start_progress)
+                    continue
+                except DaemonUnavailable as failed:
+                    # The first line; the log's tail that follows it does not fit a status line.
+                    why = DaemonUnavailable(f"could not start one: {str(failed).splitlines()[0]}")
+            pause = backoff.next_pause()
+            unavailable(why, pause)
+            await asyncio.sleep(pause)  # the backoff itself, not a synchronisation
+            continue
+        except asyncio.CancelledError:
+            await client.close()
+            raise
+        return client, welcome
+
+
+async def hello_again(client: AsyncClient, wait_s: float) -> v1.Welcome | None:
+    """Hello until a (re)started daemon answers on this same socket (ZeroMQ reconnects
+    it by itself), backing off to a second; None after `wait_s`."""
+    backoff = restart_backoff(wait_s)
+    while True:
+        try:
+            return await client.hello()
+        except (DaemonUnavailable, RequestFailed):
+            pause = backoff.next_pause_in_time()
+            if pause is None:
+                return None
+            await asyncio.sleep(pause)  # the backoff itself, not a synchronisation
+
+
+def open_async(socket: str | None, *, connect_timeout_s: float = 3.0) -> AsyncClient:
+    """A client not yet said hello to, for a user that lives longer than any one daemon
+    (the web bridge): each of its requests says hello first (`status_now`), so a
+    daemon started later is found, and a missing one is a quick failure, not a wait."""
+    return AsyncClient(socket, connect_timeout_s=connect_timeout_s)
+
+
+async def status_now(client: AsyncClient) -> v1.StatusReply:
+    """The daemon's status, after a hello: a status request alone waits out its timeout
+    where the hello fails at once (no socket file)."""
+    await client.hello()
+    return await client.status()
+
+
+async def heartbeat(client: AsyncClient) -> str | None:
+    """Ask the daemon for its status: None when it answers, else why it is gone. The
+    daemon sends nothing while idle, so after a quiet spell only asking tells."""
+    try:
+        await client.status()
+    except (DaemonUnavailable, RequestFailed, zmq.ZMQError) as exc:
+        return str(exc)
+    return None
 
 
 # ---------------------------------------------------------------- retry once after a restart

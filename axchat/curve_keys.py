@@ -2,9 +2,8 @@
 permissions checked, setting them on a client socket, and naming why a handshake failed.
 
 Shared by every client and by `axchat keys`; imports only the standard library and
-pyzmq (its `zmq.auth` certificate reader only once a key file is actually read, the
-loopback rule only for a tcp endpoint), so `axchat ask` on a local socket pays nothing
-for it.
+pyzmq (its `zmq.auth` certificate reader only once a key file is actually read), so
+`axchat ask` on a local socket pays nothing for it.
 
 Layout of a keys directory (`$AXCHAT_KEYS_DIR`, else `$XDG_CONFIG_HOME/axchat/keys`):
 `server.key` / `server.key_secret` (the daemon's pair; a client machine holds only the
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import zmq
+
+from axchat.endpoint import is_loopback
 
 ENV_KEYS_DIR = "AXCHAT_KEYS_DIR"
 ENV_SERVER_KEY = "AXCHAT_SERVER_KEY"
@@ -69,16 +70,6 @@ def keys_dir(environ: Mapping[str, str] | None = None) -> Path:
 def is_network(endpoint: str) -> bool:
     """A transport other hosts can reach, so one that needs CURVE (ipc relies on its directory)."""
     return not endpoint.startswith(("ipc://", "inproc://"))
-
-
-def is_loopback(endpoint: str) -> bool:
-    """`tcp://127.0.0.1:N`, `tcp://[::1]:N` or `tcp://localhost:N`; `*` and interface
-    names are not. The same judgement as the web bridge's no-API-key rule."""
-    from axchat.frontends.web.bind_policy import is_loopback as host_is_loopback  # only tcp pays for it
-
-    if not endpoint.startswith("tcp://"):
-        return False
-    return host_is_loopback(endpoint.removeprefix("tcp://").rpartition(":")[0].strip("[]"))
 
 
 def check_private(path: Path) -> None:

@@ -9,14 +9,12 @@ wrote to the log, and nothing older.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from axchat import autostart, connection
 from axchat import endpoint as ep
-from axchat import exit_status
-from axchat.client import Client, DaemonUnavailable, RequestFailed
 from axchat.frontends import stop as stop_command
 from axchat.models.resolve import ModelNotFound, ensure_available, resolve
 
@@ -25,11 +23,8 @@ READY_TIMEOUT_S = 600.0  # a large --model can take minutes to load
 
 def _running_model(socket: str) -> str | None:
     """The model the daemon on `socket` serves, or None when none answers."""
-    try:
-        with Client(socket, connect_timeout_s=1.0) as client:
-            return client.hello().model
-    except (DaemonUnavailable, RequestFailed):
-        return None
+    welcome = connection.probe(socket, timeout_s=1.0)
+    return None if welcome is None else welcome.model
 
 
 def _names_of(model: str) -> set[str]:
@@ -69,48 +64,27 @@ def start(socket: str, log: Path, extra: list[str]) -> int:
         except ep.EndpointError as exc:
             print(f"cannot use {socket}: {exc}", file=sys.stderr)
             return 1
-    log.parent.mkdir(parents=True, exist_ok=True)
-    offset = log.stat().st_size if log.exists() else 0
     print(f"starting the daemon (log: {log})...", file=sys.stderr)
-    started = time.monotonic()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "axchat", "serve", "--socket", socket, *extra],
-            stdout=out,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # outlives `make`, ignores its Ctrl-C
-        )
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            code = proc.wait(timeout=0.5)
-        except subprocess.TimeoutExpired:
-            if _running_model(socket) is not None:
-                print(f"daemon ready (pid {proc.pid}, {time.monotonic() - started:.1f}s)", file=sys.stderr)
-                _show_model_hint(log, offset)
-                return 0
-            continue
-        print(f"the daemon {exit_status.describe(code, 'while loading the model')}; what it logged:", file=sys.stderr)
-        print(_logged_since(log, offset).rstrip("\n"), file=sys.stderr)
-        if exit_status.signal_of(code) is not None:
-            print(exit_status.doctor_hint(), file=sys.stderr)
+    try:
+        spawned = autostart.spawn_daemon(socket, log, extra, deadline=time.monotonic() + READY_TIMEOUT_S)
+    except autostart.StartFailed as exc:
+        if exc.returncode is None:
+            print(f"the daemon {exc.how}; see {log}", file=sys.stderr)
+            return 1
+        print(f"the daemon {exc.how}; what it logged:", file=sys.stderr)
+        print(exc.logged.rstrip("\n"), file=sys.stderr)
+        if exc.next_step() is not None:
+            print(exc.next_step(), file=sys.stderr)
         return 1
-    print(f"the daemon was not ready after {READY_TIMEOUT_S:.0f}s; see {log}", file=sys.stderr)
-    return 1
+    print(f"daemon ready (pid {spawned.pid}, {spawned.elapsed_s:.1f}s)", file=sys.stderr)
+    _show_model_hint(spawned.logged)
+    return 0
 
 
-def _logged_since(log: Path, offset: int) -> str:
-    """This start's lines only: earlier daemons' lines are not this failure's story."""
-    with open(log, "rb") as f:
-        f.seek(offset)
-        return f.read().decode(errors="replace")
-
-
-def _show_model_hint(log: Path, offset: int) -> None:
+def _show_model_hint(logged: str) -> None:
     """Repeat the daemon's "how to use a real model" line, which would otherwise sit
     unseen in its log file."""
-    for line in _logged_since(log, offset).splitlines():
+    for line in logged.splitlines():
         if "no --model given" in line:
             print(line.split(": ", 1)[-1], file=sys.stderr)
 

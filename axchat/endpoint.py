@@ -1,11 +1,14 @@
-"""Where the daemon listens: socket path resolution and the private runtime directory.
+"""Where the daemon listens: socket path resolution, the private runtime directory, and
+which addresses are loopback (for the rules that allow no authentication there).
 
 Shared by the daemon and every frontend, so it imports only the standard library.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -145,6 +148,30 @@ def ipc_path(endpoint: str) -> Path | None:
 def describe(endpoint: str) -> str:
     path = ipc_path(endpoint)
     return str(path) if path is not None else endpoint
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when every address `host` names is a loopback one. An empty host or a
+    wildcard (0.0.0.0, ::) listens everywhere and is not."""
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass  # a name: judge what it resolves to
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def is_loopback(endpoint: str) -> bool:
+    """`tcp://127.0.0.1:N`, `tcp://[::1]:N` or `tcp://localhost:N`; `*` and interface
+    names are not. The same judgement as the web bridge's no-API-key rule."""
+    if not endpoint.startswith("tcp://"):
+        return False
+    return is_loopback_host(endpoint.removeprefix("tcp://").rpartition(":")[0].strip("[]"))
 
 
 def prepare_private_dir(directory: Path, group: int | None = None) -> None:

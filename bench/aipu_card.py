@@ -104,9 +104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     from axchat.actors.backends.aipu.backend import AipuBackend
-    from axchat.actors.backends.aipu.catalog import CATALOG
     from axchat.actors.backends.load_options import LoadOptions
     from axchat.actors.tokenizer import end_of_turn_ids, load_tokenizer
+    from axchat.models.aipu_catalog import CATALOG
 
     t_load = time.perf_counter()
     backend = AipuBackend.load(

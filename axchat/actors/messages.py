@@ -20,11 +20,28 @@ from typing import Union
 import msgspec
 
 from axchat.actors.status import DeviceSection, ModelFacts
-from axchat.protocol.v1 import ChatMessage, DaemonState, ErrorInfo, FinishReason, Sampling
+from axchat.protocol.v1 import ChatMessage, DaemonState, Error, ErrorCode, ErrorInfo, FinishReason, Sampling
 
 
 class _Internal(msgspec.Struct, tag_field="t", gc=False):
     pass
+
+
+class Failure(msgspec.Struct, gc=False):
+    """Why a request failed or was refused, carried from where that is found to the frame
+    the client gets. Whoever acts on it matches `code` (the protocol's closed set) and
+    reads the field at fault from `param`; `message` is for people only."""
+
+    code: ErrorCode
+    message: str
+    param: str | None = None  # the field at fault, as the protocol's `error.param`
+
+    def as_error(self) -> Error:
+        return Error(code=self.code, message=self.message, param=self.param)
+
+    def as_done_error(self) -> ErrorInfo:
+        # `done.error` names no field: a request that started had none at fault.
+        return ErrorInfo(code=self.code, message=self.message)
 
 
 class Close(_Internal, tag="close"):
@@ -150,7 +167,7 @@ class Ended(_Internal, tag="ended"):
     completion_tokens: int
     cached_tokens: int
     timings: DeviceTimings
-    error: ErrorInfo | None = None
+    error: Failure | None = None
     device: str = "device"  # the device actor that served it
 
 
@@ -172,7 +189,7 @@ class Finished(_Internal, tag="finished"):
     received_ns: int
     cpu_ns: int
     timings: DeviceTimings
-    error: ErrorInfo | None = None
+    error: Failure | None = None
     device: str = ""  # which of several devices served it ("" with one)
 
 
@@ -181,8 +198,7 @@ class Rejected(_Internal, tag="rejected"):
 
     rid: int
     label: str
-    error: ErrorInfo
-    param: str | None = None  # the field at fault, as the protocol's `error.param`
+    error: Failure
 
 
 class StatusQuery(_Internal, tag="status_query"):
@@ -236,7 +252,7 @@ class Abort(_Internal, tag="abort"):
     with an error now, and drop anything that still arrives for it."""
 
     rid: int
-    error: ErrorInfo
+    error: Failure
 
 
 ActorMessage = Union[

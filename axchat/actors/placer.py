@@ -26,7 +26,7 @@ from axchat.actors.device.waiting_line import WaitingLine
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prefix_affinity import PrefixAffinity, block_fingerprints
 from axchat.actors.status import DeviceSection
-from axchat.protocol.v1 import DeviceStatus, ErrorInfo, FinishReason, RequestInfo
+from axchat.protocol.v1 import DeviceStatus, FinishReason, RequestInfo
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class PlacerActor(Actor):
                 self._affinity.record(item.client, item.fingerprints, device.spec.name)
         elif msg.error.code == "load_failed":
             await self._take_out(device.spec.name, f"loading the model failed: {msg.error.message}")
-        elif msg.error.message.startswith("device error"):
+        elif msg.error.code == "internal":  # the protocol's code for a device failure: a forward pass failed
             device.failures_running += 1
             if device.failures_running >= FAILURES_TO_TAKE_OUT:
                 await self._take_out(device.spec.name, f"{device.failures_running} forward passes failed in a row")
@@ -247,7 +247,7 @@ class PlacerActor(Actor):
         self._affinity.forget_device(name)
         log.error("%s (%s) taken out of placement: %s; the other devices keep serving", name, device.spec.label, reason)
         if fail_running:
-            error = ErrorInfo(code="internal", message=f"{name} ({device.spec.label}) stopped: {reason}")
+            error = m.Failure(code="internal", message=f"{name} ({device.spec.label}) stopped: {reason}")
             for rid, item in list(device.running.items()):
                 self._placed.pop(rid, None)
                 await self._end_here(item, "error", error)
@@ -262,7 +262,7 @@ class PlacerActor(Actor):
         if where is not None:
             await self.send(where, msg)
 
-    async def _end_here(self, item: _Waiting, reason: FinishReason, error: ErrorInfo | None = None) -> None:
+    async def _end_here(self, item: _Waiting, reason: FinishReason, error: m.Failure | None = None) -> None:
         """End a request no device holds (it waited here, or its device died)."""
         await self.send("sampler", m.ForgetSequence(rid=item.rid))
         queue_ms = (time.monotonic_ns() - item.admitted_ns) / 1e6

@@ -39,8 +39,7 @@ class ReplyActor(Actor):
             await self._finished(msg)
         elif isinstance(msg, m.Rejected):
             self.telemetry.rejected(msg)
-            error = v1.Error(code=msg.error.code, message=msg.error.message, param=msg.param)
-            await self._out(msg.rid, error, final=True)
+            await self._out(msg.rid, msg.error.as_error(), final=True)
         elif isinstance(msg, m.StatusQuery):
             reply = status_reply(msg.state, msg.model, msg.device or DeviceSection(), self.telemetry.totals())
             await self._out(msg.rid, reply, final=True)
@@ -59,7 +58,6 @@ class ReplyActor(Actor):
             completion_tokens=msg.completion_tokens,
             cached_tokens=msg.cached_tokens,
         )
-        done = v1.Done(
-            finish_reason=msg.reason, usage=usage, stats=stats, error=msg.error, trimmed_messages=msg.trimmed_messages
-        )
+        error = msg.error.as_done_error() if msg.error is not None else None
+        done = v1.Done(finish_reason=msg.reason, usage=usage, stats=stats, error=error, trimmed_messages=msg.trimmed_messages)
         await self._out(msg.rid, done, final=True)

@@ -19,7 +19,7 @@ from axchat.actors.detokenizer import IncrementalDetokenizer, StopMatcher
 from axchat.actors.device.turn_end import end_of_turn
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars, prompt_field
-from axchat.protocol.v1 import ChatMessage, ErrorInfo
+from axchat.protocol.v1 import ChatMessage
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +115,16 @@ class TokenizerActor(Actor):
                         self._pool, self._encode_blocking, msg.messages, msg.prompt, reserve
                     )
         except PromptTooLong as exc:
-            error = self._overflow(exc.min_tokens, "at least ")
-            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error, param=prompt_field(msg.prompt)))
+            too_long = self._overflow(exc.min_tokens, prompt_field(msg.prompt), "at least ")
+            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=too_long))
             return
         tokenize_ms = (time.perf_counter() - t0) * 1e3
         if msg.rid in self._cancelled_while_encoding:
             await self.send("reply", self._finished_early(msg, len(ids), tokenize_ms))
             return
-        error = self._check_fits(ids)
+        error = self._check_fits(ids, prompt_field(msg.prompt))
         if error is not None:
-            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error, param=prompt_field(msg.prompt)))
+            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error))
             return
         self._streams[msg.rid] = _Stream(
             label=msg.label,
@@ -189,20 +189,22 @@ class TokenizerActor(Actor):
             return str(self._tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=False))
         return "".join(f"{c['role']}: {c['content']}\n" for c in convo) + "assistant:"
 
-    def _check_fits(self, ids: list[int]) -> ErrorInfo | None:
+    def _check_fits(self, ids: list[int], param: str) -> m.Failure | None:
+        """Why the prompt, held in the generate's field `param`, cannot run; None when it can."""
         if not ids:
-            return ErrorInfo(code="invalid_field", message="the prompt encodes to zero tokens")
+            return m.Failure(code="invalid_field", message="the prompt encodes to zero tokens", param=param)
         if len(ids) >= self._context_length:
-            return self._overflow(len(ids))
+            return self._overflow(len(ids), param)
         return None
 
-    def _overflow(self, tokens: int, qualifier: str = "") -> ErrorInfo:
-        return ErrorInfo(
+    def _overflow(self, tokens: int, param: str, qualifier: str = "") -> m.Failure:
+        return m.Failure(
             code="context_overflow",
             message=(
                 f"the prompt is {qualifier}{tokens} tokens (after dropping every older turn that could go) "
                 f"but the model's context is {self._context_length} tokens, including the reply"
             ),
+            param=param,
         )
 
     def _finished_early(self, msg: m.Encode, prompt_tokens: int, tokenize_ms: float) -> m.Finished:

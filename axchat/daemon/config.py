@@ -43,11 +43,8 @@ class ServeConfig:
     socket: str | None = None
     context: int | None = None
     threads: int | None = None
-    # Threads splitting each matmul (lean path); not a setting: a reload after keep-alive
-    # passes the start-up load's measured plan back with `threads`.
-    lanes: int | None = None
     # Compile the decode step at load (torch backend, lean path). Off by default: on
-    # this project's 2-core CPU it cost minutes and gained nothing measurable (bench/README.md).
+    # this project's 2-core CPU it cost minutes and gained nothing measurable (docs/performance.md).
     compile: bool = False
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     drain_timeout_s: float = 10.0

@@ -16,6 +16,7 @@ import zmq.asyncio
 
 from axchat import curve_keys
 from axchat.daemon.config import ServeConfig
+from axchat.endpoint import is_loopback
 from axchat.zmq_sockets import ZAP_DOMAIN
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def listen_security(cfg: ServeConfig, endpoint: str) -> ServerKeys | None:
     if not curve_keys.is_network(endpoint):
         return None
     if cfg.insecure_tcp:
-        if not curve_keys.is_loopback(endpoint):
+        if not is_loopback(endpoint):
             raise ListenRefused(
                 f"refusing --insecure-tcp on {endpoint}: without keys only a loopback address "
                 "(127.0.0.1, ::1, localhost) is allowed"

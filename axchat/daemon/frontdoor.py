@@ -473,7 +473,7 @@ class FrontDoor(Actor):
         elif isinstance(msg, m.Abort):
             live = self._forget(msg.rid)
             if live is not None:
-                await self._reply(live.identity, live.client_id, v1.Error(code=msg.error.code, message=msg.error.message))
+                await self._reply(live.identity, live.client_id, msg.error.as_error())
         else:
             raise TypeError(f"front door got unexpected {type(msg).__name__}")
 

@@ -34,7 +34,6 @@ def load_options(cfg: ServeConfig) -> LoadOptions:
         dtype=cfg.dtype,
         context=cfg.context,
         threads=cfg.threads,
-        lanes=cfg.lanes,
         prefix_cache_bytes=cfg.prefix_cache_mb << 20,
         compile=cfg.compile,
         quant=cfg.quant,

@@ -8,8 +8,8 @@ import logging
 import sys
 
 from axchat.daemon.config import ConfigError, ServeConfig, parse
-from axchat.daemon.logs import setup_logging
 from axchat.daemon.server import StartupError, run
+from axchat.logs import setup_logging
 
 log = logging.getLogger("axchat.daemon")
 

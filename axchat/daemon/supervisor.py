@@ -9,7 +9,6 @@ import logging
 
 from axchat.actors import messages as m
 from axchat.actors.mailbox import Actor, Bus, Outboxes
-from axchat.protocol.v1 import ErrorInfo
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ class DaemonSupervisor:
                 self.fatal.set_result(exc)
             return
         log.error("actor %s failed on %s for request %d", actor.name, type(msg).__name__, rid, exc_info=exc)
-        error = ErrorInfo(code="internal", message=f"{actor.name} failed: {type(exc).__name__}: {exc}")
+        error = m.Failure(code="internal", message=f"{actor.name} failed: {type(exc).__name__}: {exc}")
         task = asyncio.get_running_loop().create_task(self._fail_request(rid, error))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -50,7 +49,7 @@ class DaemonSupervisor:
         log.critical("%s", what, exc_info=exc)
         self.fatal.set_result(exc)
 
-    async def _fail_request(self, rid: int, error: ErrorInfo) -> None:
+    async def _fail_request(self, rid: int, error: m.Failure) -> None:
         # The client hears first; then the device drops the sequence if it holds one.
         await self._outboxes.send("frontdoor", m.Abort(rid=rid, error=error))
         await self._outboxes.send("device", m.CancelRequest(rid=rid, reason="error"))

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import sys
 from typing import TextIO
 
 import msgspec
 
-from axchat import autostart, curve_keys
+from axchat import autostart, connection, curve_keys
 from axchat.client import DaemonUnavailable, RequestFailed
 from axchat.connection import retry_once
+from axchat.frontends.field_names import with_field_named
 from axchat.frontends.loading import loading_line
 from axchat.protocol import v1
 from axchat.stats_line import format_host, format_stats
@@ -84,12 +84,25 @@ def read_prompt(args: argparse.Namespace, stdin: TextIO) -> str:
     return text
 
 
-_SAMPLING_FIELD = re.compile(r"sampling\.(\w+)")
+def in_flag_words(error: v1.Error) -> str:
+    """The daemon's sentence with the field at fault (`error.param`, a protocol path such
+    as `sampling.max_tokens`) called by the flag that set it: the user typed flags."""
+    if error.param is None:
+        return error.message
+    flag = _flag_for(error.param)
+    return error.message if flag is None else with_field_named(error.message, error.param, flag)
 
 
-def in_flag_words(message: str) -> str:
-    """The daemon names protocol fields (`sampling.max_tokens`); the user typed flags."""
-    return _SAMPLING_FIELD.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
+def _flag_for(param: str) -> str | None:
+    """The flag that sets the sampling field `param` names (`sampling.stop[1]` ->
+    `--stop[1]`), or None for a field no flag sets alone (the prompt, the messages)."""
+    if not param.startswith("sampling."):
+        return None
+    field, bracket, rest = param.removeprefix("sampling.").partition("[")
+    for action in build_parser()._actions:
+        if action.dest == field and action.option_strings:
+            return action.option_strings[0] + bracket + rest
+    return None
 
 
 def build_request(args: argparse.Namespace, prompt: str) -> v1.Generate:
@@ -178,7 +191,8 @@ class _Shown:
 
 
 def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, shown: _Shown, *, wait_s: float = 0.0) -> int:
-    with autostart.connect(args.socket, no_autostart=args.no_autostart, wait_s=wait_s) as client:
+    start = autostart.enabled(args.no_autostart)
+    with connection.connect(args.socket, start_daemon=start, wait_s=wait_s) as client:
         stream = client.generate(build_request(args, prompt))
         interrupted = False
         events = iter(stream)
@@ -200,10 +214,10 @@ def _ask_once(args: argparse.Namespace, prompt: str, out: TextIO, shown: _Shown,
             shown.streamed = shown.streamed or isinstance(body, v1.Delta)
             _emit(body, args, out, loading)
             if isinstance(body, v1.Error):
-                print(f"axchat ask: {in_flag_words(body.message)}", file=sys.stderr)
+                print(f"axchat ask: {in_flag_words(body)}", file=sys.stderr)
                 return EXIT_FAILED
             if isinstance(body, v1.Done) and body.finish_reason == "error" and body.error is not None:
-                print(f"axchat ask: {in_flag_words(body.error.message)}", file=sys.stderr)
+                print(f"axchat ask: {body.error.message}", file=sys.stderr)  # `done.error` names no field
                 return EXIT_FAILED
         return EXIT_INTERRUPTED if interrupted else 0
 
@@ -228,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"axchat ask: {exc}", file=sys.stderr)
         return EXIT_NO_DAEMON
     except RequestFailed as exc:
-        print(f"axchat ask: {in_flag_words(str(exc))}", file=sys.stderr)
+        print(f"axchat ask: {exc.error.code}: {in_flag_words(exc.error)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:  # before the request started: nothing to cancel
         return EXIT_INTERRUPTED

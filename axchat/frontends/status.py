@@ -10,7 +10,7 @@ import time
 import msgspec
 
 from axchat import curve_keys
-from axchat.client import DaemonUnavailable, RequestFailed, connect
+from axchat.connection import DaemonUnavailable, RequestFailed, connect
 
 EXIT_NO_DAEMON = 2
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from axchat import endpoint as ep
-from axchat.client import DaemonUnavailable, RequestFailed, connect
+from axchat.connection import DaemonUnavailable, RequestFailed, connect
 
 EXIT_NO_DAEMON = 2
 EXIT_FAILED = 1
@@ -35,18 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", help="daemon socket path (default: $AXCHAT_SOCKET or the per-user default)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to exit (default: 60)")
     return p
-
-
-def wait_exit(pid: int, timeout_s: float) -> bool:
-    """True once `pid` has exited; it is not our child, so no waitpid."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return _exited(fd, timeout_s)
-    finally:
-        os.close(fd)
 
 
 def _exited(pidfd: int, timeout_s: float) -> bool:

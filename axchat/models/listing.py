@@ -10,8 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from axchat.actors.backends.aipu.catalog import CATALOG as AIPU_CATALOG
 from axchat.models import catalog, store
+from axchat.models.aipu_catalog import CATALOG as AIPU_CATALOG
 
 
 def _size(n: int) -> str:

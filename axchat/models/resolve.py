@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from axchat.actors.backends.aipu.catalog import CATALOG as METIS_CATALOG
 from axchat.models import catalog, hub, store
+from axchat.models.aipu_catalog import CATALOG as METIS_CATALOG
 
 # A hub id is ORG/NAME; anything else that is not a catalog name, a path or in the store
 # is a typo, refused at once instead of after the hub's retries.

@@ -20,6 +20,7 @@ from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.placer import PlacerActor
 from axchat.actors.prefix_affinity import BLOCK_TOKENS
 from axchat.actors.status import DeviceSection
+from axchat.protocol import v1
 from axchat.protocol.v1 import DaemonState, Sampling
 
 DEADLINE_S = 5.0
@@ -255,4 +256,32 @@ async def test_a_device_holding_the_model_is_preferred_to_one_keep_alive_unloade
     assert (await box["device-0"].next(m.Admit)).rid == 3  # loaded, with room: no reload for her turn
     await driver.send("device", admit(4, "carol", [4] * 20))
     assert (await box["device-1"].next(m.Admit)).rid == 4  # every loaded device full: the first unloaded
+    assert not sup.errors
+
+
+async def test_a_device_failing_forward_passes_is_taken_out_by_the_errors_code(
+    rig: tuple[Actor, dict[str, Inbox], Supervision],
+) -> None:
+    """The placer knows a failed forward pass by the code the device ends the request
+    with (`internal`, the protocol's code for a device failure), whatever the sentence says."""
+    driver, box, sup = rig
+    for rid in (1, 2, 3):
+        await driver.send("device", admit(rid, f"client{rid}", [rid] * 20))
+    placed = {name: (await box[name].next(m.Admit)).rid for name in ("device-0", "device-1", "device-2")}  # type: ignore[union-attr]
+
+    def failed(rid: int, device: str, code: v1.ErrorCode) -> m.Ended:
+        error = m.Failure(code=code, message="the card went away")  # no "device error" in the text
+        return msgspec.structs.replace(ended(rid, device, "error"), error=error)
+
+    await driver.send("device", failed(placed["device-0"], "device-0", "internal"))
+    await driver.send("device", admit(4, "client4", [4] * 20))
+    assert (await box["device-0"].next(m.Admit)).rid == 4  # type: ignore[union-attr]  # one failure may be the request's
+    await driver.send("device", failed(4, "device-0", "internal"))  # two in a row are the device's
+    await driver.send("device", admit(5, "client5", [5] * 20))
+    await driver.send("device", m.StatusQuery(rid=99, state=DaemonState.SERVING))
+    report = (await box["reply"].next(m.StatusQuery)).device  # type: ignore[union-attr]
+    states = {d.name: (d.state, d.reason) for d in report.devices}  # type: ignore[union-attr]
+    assert states["device-0"] == ("down", "2 forward passes failed in a row")
+    assert states["device-1"] == states["device-2"] == ("serving", "")
+    assert box["device-0"].got.empty()  # neither request 5 (it waits for a live device) nor the status query
     assert not sup.errors

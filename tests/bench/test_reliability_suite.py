@@ -1,6 +1,6 @@
 """A short run of each reliability script as a test: bench/fuzz.py (fuzzed frames while
 good clients stream) and bench/churn.py (rounds of cancels and vanishing clients). The
-full runs and their figures are in README.md; here, the same scripts, fewer frames."""
+full runs and their figures are in docs/performance.md; here, the same scripts, fewer frames."""
 
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ from conftest import HELD, DaemonProcess, RawClient, chat
 
 from axchat.actors.backends.aipu import emulator as emu
 from axchat.actors.backends.aipu.backend import AipuBackend
-from axchat.actors.backends.aipu.catalog import CATALOG
 from axchat.actors.backends.load_options import LoadOptions
 from axchat.actors.tokenizer import load_tokenizer
+from axchat.models.aipu_catalog import CATALOG
 from axchat.protocol import v1
 
 TOPICS = [

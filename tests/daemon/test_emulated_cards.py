@@ -195,7 +195,7 @@ def test_emulated_cards_a_busy_card_and_a_failing_card_are_left_out(one_card_bus
         # taken out and every later request is served by a.
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv(emu.LOCK_DIR_ENV, str(lock_dir))
-            emu.fail_card("c")
+            emu.fail_marker("c").touch()  # the emulator's dead-card switch, read at every run
         outcomes = []
         for i in range(6):
             client.send(f"r{i}", chat(f"question {i}", max_tokens=3, ignore_eos=True))

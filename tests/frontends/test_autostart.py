@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import short_socket_dir
 
-from axchat.frontends.stop import wait_exit
+
+def wait_exit(pid: int, timeout_s: float) -> bool:
+    """True once `pid` has exited; it is not our child, so no waitpid."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout_s)
+        return bool(readable)
+    finally:
+        os.close(fd)
 
 
 def autostart_env(tiny_model_dir: Path, sock: Path, state: Path) -> dict[str, str]:

@@ -11,6 +11,7 @@ import sys
 import pytest
 from conftest import DaemonProcess, RawClient, chat
 
+from axchat.frontends.ask import in_flag_words
 from axchat.protocol import v1
 from axchat.stats_line import format_stats
 
@@ -31,6 +32,25 @@ def test_ask_names_flags_not_protocol_fields(daemon: DaemonProcess) -> None:
     assert "sampling." not in proc.stderr
     proc = run_ask("--socket", daemon.socket, "--temperature", "-1", "Hi")
     assert "--temperature must be" in proc.stderr and "sampling." not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (v1.Error(code="invalid_field", message="sampling.max_tokens must be >= 1", param="sampling.max_tokens"),
+         "--max-tokens must be >= 1"),
+        (v1.Error(code="invalid_field", message="sampling.stop[1] is empty", param="sampling.stop[1]"),
+         "--stop[1] is empty"),
+        # Which field is at fault comes from `param`, not from the text: a sentence that
+        # only mentions a sampling field, or an older daemon's with no `param`, is as sent.
+        (v1.Error(code="invalid_field", message="sampling.top_k is fine; top_p is not", param="sampling.top_p"),
+         "sampling.top_k is fine; top_p is not"),
+        (v1.Error(code="invalid_field", message="sampling.top_p must be in (0, 1]"), "sampling.top_p must be in (0, 1]"),
+        (v1.Error(code="context_overflow", message="the prompt is 9 tokens", param="messages"), "the prompt is 9 tokens"),
+    ],
+)  # fmt: skip
+def test_ask_names_the_flag_that_param_names(error: v1.Error, shown: str) -> None:
+    assert in_flag_words(error) == shown
 
 
 def test_the_seed_spellings_work(daemon: DaemonProcess) -> None:

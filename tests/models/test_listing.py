@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from axchat.actors.backends.aipu.catalog import CATALOG as AIPU_CATALOG
 from axchat.models import catalog
+from axchat.models.aipu_catalog import CATALOG as AIPU_CATALOG
 from axchat.models.catalog import BUNDLED_DIR
 
 

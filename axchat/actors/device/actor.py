@@ -28,7 +28,7 @@ from axchat.actors.device.waiting_line import WaitingLine
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.status import DeviceSection
 from axchat.actors.token_choice import SequenceSampler
-from axchat.protocol.v1 import ErrorInfo, FinishReason
+from axchat.protocol.v1 import FinishReason
 
 
 class DeviceActor(ForwardPasses, Actor):
@@ -241,7 +241,7 @@ class DeviceActor(ForwardPasses, Actor):
         else:
             await self._end(seq, turn.reason)
 
-    async def _end(self, seq: DeviceSequence, reason: FinishReason, error: ErrorInfo | None = None) -> None:
+    async def _end(self, seq: DeviceSequence, reason: FinishReason, error: m.Failure | None = None) -> None:
         self._running.pop(seq.rid, None)
         keep = None
         connection = m.connection_of(seq.client)
@@ -348,7 +348,7 @@ class DeviceActor(ForwardPasses, Actor):
 
     async def _load_ended(self, error: Exception | None) -> None:
         if error is not None:
-            info = ErrorInfo(code="load_failed", message=f"loading the model again failed: {error}")
+            info = m.Failure(code="load_failed", message=f"loading the model again failed: {error}")
             while self._waiting:
                 await self._end(self._waiting.pop(), "error", info)
         elif self._waiting:

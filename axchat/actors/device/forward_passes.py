@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
 from axchat.actors.device import planner, run_ahead
 from axchat.actors.device.clock import DecodeClock, PrefillRate
@@ -17,7 +18,7 @@ from axchat.actors.device.device_thread import BackendReadings, DeviceThread
 from axchat.actors.device.fair_queue import FairQueue
 from axchat.actors.device.prompt_chunks import ChunkSizer
 from axchat.actors.device.sequence import DeviceSequence, SeqState, ms
-from axchat.protocol.v1 import ErrorInfo, FinishReason
+from axchat.protocol.v1 import FinishReason
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class ForwardPasses:
 
         @property
         def backend(self) -> DeviceBackend | None: ...
-        async def _end(self, seq: DeviceSequence, reason: FinishReason, error: ErrorInfo | None = None) -> None: ...
+        async def _end(self, seq: DeviceSequence, reason: FinishReason, error: m.Failure | None = None) -> None: ...
         async def _choose_next(self, seq: DeviceSequence, logits: Any, first: bool) -> None: ...
         async def _take_tokens(self, seq: DeviceSequence, tokens: list[int]) -> None: ...
         async def _publish(self, readings: BackendReadings) -> None: ...
@@ -69,7 +70,7 @@ class ForwardPasses:
         except Exception as exc:
             log.exception("forward pass failed for requests %s", [s.label for s in seqs])
             for seq in seqs:
-                await self._end(seq, "error", ErrorInfo(code="internal", message=f"device error: {exc}"))
+                await self._end(seq, "error", m.Failure(code="internal", message=f"device error: {exc}"))
             return None
         await self._publish(self._thread.readings)
         return result

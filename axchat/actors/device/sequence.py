@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from axchat.actors import messages as m
-from axchat.protocol.v1 import ErrorInfo, FinishReason, RequestInfo, Sampling
+from axchat.protocol.v1 import FinishReason, RequestInfo, Sampling
 
 if TYPE_CHECKING:
     from axchat.actors.token_choice import SequenceSampler
@@ -61,7 +61,7 @@ class DeviceSequence:
         """Its whole prompt is in: it produces tokens now."""
         return self.prefilled >= len(self.prompt_ids)
 
-    def ended(self, reason: FinishReason, error: ErrorInfo | None, device: str) -> m.Ended:
+    def ended(self, reason: FinishReason, error: m.Failure | None, device: str) -> m.Ended:
         """What the device tells of it when it ends, served by `device`."""
         return m.Ended(
             rid=self.rid,

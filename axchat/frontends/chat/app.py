@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TextIO, cast
 
 import zmq
 from textual import on, work
@@ -24,9 +24,10 @@ from textual.widgets import Markdown
 from textual.widgets.markdown import MarkdownStream
 from textual.worker import Worker, WorkerState
 
-from axchat import autostart
+from axchat import autostart, connection
 from axchat.aclient import AsyncClient, DaemonRestarted, DaemonUnavailable, GenerateHandle, RequestFailed
-from axchat.connection import Backoff, retry_once_async
+from axchat.backoff import Backoff
+from axchat.connection import retry_once_async
 from axchat.endpoint import client_endpoint, describe
 from axchat.frontends.chat import commands
 from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn, open_conversation
@@ -120,7 +121,6 @@ class ChatApp(App[None]):
         self.client: AsyncClient | None = None
         self.welcome: v1.Welcome | None = None
         self.pending: PendingAnswer | None = None
-        self.last_request: v1.Generate | None = None
         self.last_done: v1.Done | None = None
         self.show_stats = True
         self._quit_armed = False
@@ -189,47 +189,28 @@ class ChatApp(App[None]):
         if old is not None:
             await old.close()
         self.refresh_footer()
-        backoff = Backoff(RECONNECT_FIRST_S, self.reconnect_cap_s)
         where = describe(client_endpoint(self.socket))
         if lost is None:
             self.status_line.say(f"connecting to the daemon at {where}…")
         else:
             self.status_line.say(f"daemon gone ({lost}); reconnecting…", error=True)
-        tried_start = lost is not None or not self.start_daemon
-        while True:
-            client = AsyncClient(self.socket, connect_timeout_s=CONNECT_TIMEOUT_S)
-            try:
-                welcome = await client.hello()
-            except (DaemonUnavailable, RequestFailed) as exc:
-                await client.close()
-                if not tried_start and isinstance(exc, DaemonUnavailable):
-                    tried_start = True
-                    start_failure = await self._autostart()
-                    if start_failure is None:
-                        continue
-                    exc = DaemonUnavailable(f"could not start one: {start_failure}")
-                delay = backoff.next_pause()
-                self.status_line.say(f"daemon unavailable: {exc} (retrying in {delay:g}s)", error=True)
-                await asyncio.sleep(delay)  # the backoff itself, not a synchronisation
-                continue
-            except asyncio.CancelledError:
-                await client.close()
-                raise
-            self.client, self.welcome = client, welcome
-            self._last_traffic = time.monotonic()
-            self.status_line.say(f"connected: {welcome.model} on {welcome.device} ({where})")
-            self.refresh_footer()
-            return
+        first_start = self.start_daemon and lost is None
+        # A stream autostart writes to as it would to stderr (it is one, in all it uses).
+        progress = cast(TextIO, StatusLineProgress(self, self.status_line.say)) if first_start else None
 
-    async def _autostart(self) -> str | None:
-        """Start a daemon (autostart's lock makes it one for all clients), its progress in
-        the status line; why not, when it could not."""
-        try:
-            await asyncio.to_thread(autostart.start_daemon, self.socket, StatusLineProgress(self, self.status_line.say))
-        except DaemonUnavailable as exc:
-            # The first line; the log's tail that follows it does not fit a status line.
-            return str(exc).splitlines()[0]
-        return None
+        def unavailable(exc: DaemonUnavailable | RequestFailed, pause_s: float) -> None:
+            self.status_line.say(f"daemon unavailable: {exc} (retrying in {pause_s:g}s)", error=True)
+
+        self.client, self.welcome = await connection.connect_async(
+            self.socket,
+            backoff=Backoff(RECONNECT_FIRST_S, self.reconnect_cap_s),
+            unavailable=unavailable,
+            start_progress=progress,
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+        )
+        self._last_traffic = time.monotonic()
+        self.status_line.say(f"connected: {self.welcome.model} on {self.welcome.device} ({where})")
+        self.refresh_footer()
 
     def check_daemon(self) -> None:
         quiet = time.monotonic() - self._last_traffic >= self.heartbeat_s
@@ -240,14 +221,13 @@ class ChatApp(App[None]):
     @work(group="heartbeat")
     async def ping_daemon(self, client: AsyncClient) -> None:
         try:
-            await client.status()
-        except (DaemonUnavailable, RequestFailed, zmq.ZMQError) as exc:
-            if client is self.client:
-                self.daemon_lost(str(exc))
-            return
+            gone = await connection.heartbeat(client)
         finally:
             self._pinging = False
-        self._last_traffic = time.monotonic()
+        if gone is None:
+            self._last_traffic = time.monotonic()
+        elif client is self.client:
+            self.daemon_lost(gone)
 
     def daemon_lost(self, reason: str) -> None:
         pending = self.pending
@@ -311,7 +291,6 @@ class ChatApp(App[None]):
 
     @work(exclusive=True, group="answer")
     async def stream_answer(self, client: AsyncClient, request: v1.Generate, pending: PendingAnswer) -> None:
-        self.last_request = request
         stream = Markdown.get_stream(pending.bubble)
         try:
             await retry_once_async(
@@ -372,7 +351,7 @@ class ChatApp(App[None]):
         The heartbeat holds off meanwhile: this wait is its job done more patiently."""
         self._awaiting_restart = True
         try:
-            welcome = await client.hello_again(wait_s)
+            welcome = await connection.hello_again(client, wait_s)
         finally:
             self._awaiting_restart = False
         if welcome is None:

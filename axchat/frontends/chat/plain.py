@@ -9,8 +9,8 @@ import argparse
 import sys
 from typing import TextIO
 
-from axchat import autostart
-from axchat.client import Client, DaemonRestarted, DaemonUnavailable, GenerateStream, RequestFailed, connect
+from axchat import autostart, connection
+from axchat.client import Client, DaemonRestarted, DaemonUnavailable, GenerateStream, RequestFailed
 from axchat.connection import retry_once
 from axchat.frontends.chat import commands
 from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn, open_conversation
@@ -43,7 +43,7 @@ class PlainChat:
         """The client of the last turn, else a new one, trying `wait_s` for a daemon
         that is (re)starting."""
         if self.client is None:
-            self.client = connect(self.args.socket, wait_s=wait_s)
+            self.client = connection.connect(self.args.socket, wait_s=wait_s)
         return self.client
 
     def announce_retry(self, exc: DaemonRestarted) -> None:
@@ -53,7 +53,8 @@ class PlainChat:
     def start(self) -> None:
         """The first connection: to the daemon that answers, else to one started now
         (progress on stderr), as `axchat ask` does."""
-        self.client = autostart.connect(self.args.socket, no_autostart=self.args.no_autostart)
+        start = autostart.enabled(self.args.no_autostart)
+        self.client = connection.connect(self.args.socket, start_daemon=start)
         self.welcome = self.client.hello()  # one more round trip, for the model's name
 
     def drop_client(self) -> None:

@@ -3,14 +3,15 @@ request (one DEALER socket carries any number of concurrent generates)."""
 
 from __future__ import annotations
 
-from axchat.aclient import AsyncClient, DaemonUnavailable, RequestFailed
+from axchat import connection
+from axchat.connection import DaemonUnavailable, RequestFailed
 from axchat.frontends.web.openai_errors import ApiError, daemon_unavailable, from_error
 from axchat.protocol import v1
 
 
 class DaemonLink:
     def __init__(self, socket: str | None, *, connect_timeout_s: float = 3.0) -> None:
-        self.client = AsyncClient(socket, connect_timeout_s=connect_timeout_s)
+        self.client = connection.open_async(socket, connect_timeout_s=connect_timeout_s)
 
     async def close(self) -> None:
         await self.client.close()
@@ -26,9 +27,8 @@ class DaemonLink:
             raise _api_error(exc) from None
 
     async def status(self) -> v1.StatusReply:
-        await self.welcome()  # fails fast when the socket file is missing; status alone would wait
         try:
-            return await self.client.status()
+            return await connection.status_now(self.client)
         except DaemonUnavailable as exc:
             raise daemon_unavailable(str(exc)) from None
         except RequestFailed as exc:

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from axchat.frontends.field_names import with_field_named
 from axchat.protocol import v1
 
 log = logging.getLogger("axchat.web")
@@ -77,9 +78,7 @@ def from_daemon(
     if code == "invalid_field":
         if param is not None and param.startswith(_SAMPLING_PREFIX):
             api_param = param.removeprefix(_SAMPLING_PREFIX)
-            # The daemon's sentence opens with the field's path; name it as the caller wrote it.
-            if message.startswith(param):
-                message = f"`{api_param}`{message[len(param):]}"
+            message = with_field_named(message, param, f"`{api_param}`")
             param = api_param
         return ApiError(400, message, code="invalid_value", param=param)
     if code == "context_overflow":

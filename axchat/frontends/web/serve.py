@@ -13,10 +13,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from axchat import curve_keys
-from axchat.daemon.logs import setup_logging
+from axchat.endpoint import is_loopback_host
 from axchat.frontends.web.api_key import ENV_API_KEY, MIN_KEY_CHARS, UnusableKey, find_keys
-from axchat.frontends.web.bind_policy import is_loopback
 from axchat.frontends.web.inflight import DEFAULT_MAX_REQUESTS
+from axchat.logs import setup_logging
 
 # A body still arriving after this long is a client holding a connection open, not a
 # slow network: an 8 MiB body needs only 2 Mbit/s to make it.
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     if warning:
         log.warning("%s", warning)
-    if not api_keys and not is_loopback(args.host):
+    if not api_keys and not is_loopback_host(args.host):
         print(
             f"axchat web: refusing to listen on {args.host!r} without an API key: anyone who can reach it could "
             f"use the daemon. Give --api-key-file FILE (or ${ENV_API_KEY}), or bind 127.0.0.1.",

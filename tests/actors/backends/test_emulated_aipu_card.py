@@ -20,11 +20,11 @@ from axchat.actors.backends.aipu import runtime as rt
 from axchat.actors.backends.aipu.backend import AipuBackend
 from axchat.actors.backends.aipu.build_tree import TOKENIZER_MARKER, tokenizer_source
 from axchat.actors.backends.aipu.cards import SELECTOR_ENV, select_cards
-from axchat.actors.backends.aipu.catalog import CATALOG
 from axchat.actors.backends.aipu.embeddings import extract_embeddings
 from axchat.actors.backends.aipu.temperature import CoreTemperatureProbe, hottest_core_c
 from axchat.actors.backends.load_options import LoadOptions
 from axchat.actors.tokenizer import end_of_turn_ids, load_tokenizer
+from axchat.models.aipu_catalog import CATALOG
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = "llama-3-2-3b-1024-4core-static"  # 4 GB in the SDK's YAML
@@ -240,10 +240,12 @@ def test_emulated_aipu_temperature_probe_runs_the_sdk_commands(tmp_path: Path, m
 
 
 def first_logits(build_root: Path) -> tuple[np.ndarray, tuple[float, int]]:
-    """The logits after a three-token prompt, and the output tensor's (scale, zero-point)."""
+    """The logits after a three-token prompt, and the (scale, zero-point) the loaded
+    model's output tensor reported to the backend."""
     backend = load(SMALL, build_root)
     try:
-        return backend.prefill(1, [5, 6, 7]), backend.logit_quantisation
+        reported = backend._instance.output_scale, backend._instance.output_zero_point
+        return backend.prefill(1, [5, 6, 7]), reported
     finally:
         backend.close()
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import HELD, HELD_TOKENS, DaemonProcess, RawClient, short_socket_dir, start_problem_daemon
 from textual.pilot import Pilot
+from textual.worker import Worker
 
+from axchat.aclient import AsyncClient
 from axchat.frontends.chat.app import ChatApp, PendingAnswer
 from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn
 from axchat.frontends.chat.widgets import AssistantBubble, InfoFooter, NoteBubble, PromptInput, StatusLine, UserBubble
@@ -52,8 +54,21 @@ def store(tmp_path: Path) -> ConversationStore:
     return ConversationStore(tmp_path / "conversations")
 
 
-def make_app(socket: str, store: ConversationStore, conversation: Conversation | None = None, **kw: object) -> ChatApp:
-    return ChatApp(socket=socket, conversation=conversation or Conversation(), store=store, **kw)  # type: ignore[arg-type]
+class RecordingChatApp(ChatApp):
+    """The app as users run it, also keeping the last request it sent, so a test can
+    check what went to the daemon."""
+
+    last_request: v1.Generate | None = None
+
+    def stream_answer(self, client: AsyncClient, request: v1.Generate, pending: PendingAnswer) -> Worker[None]:
+        self.last_request = request
+        return super().stream_answer(client, request, pending)
+
+
+def make_app(
+    socket: str, store: ConversationStore, conversation: Conversation | None = None, **kw: object
+) -> RecordingChatApp:
+    return RecordingChatApp(socket=socket, conversation=conversation or Conversation(), store=store, **kw)  # type: ignore[arg-type]
 
 
 async def connected(pilot: Pilot[None]) -> ChatApp:

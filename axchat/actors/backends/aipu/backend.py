@@ -17,12 +17,12 @@ import numpy as np
 
 from axchat.actors.backends.aipu import runtime as rt
 from axchat.actors.backends.aipu.cards import cards_with_memory, connect_first_free, select_cards
-from axchat.actors.backends.aipu.catalog import CATALOG, reply_reserve_for
 from axchat.actors.backends.aipu.embeddings import EmbeddingsError, load_embeddings
 from axchat.actors.backends.aipu.model_files import build_tree_files, model_dir_files
 from axchat.actors.backends.aipu.temperature import CoreTemperatureProbe
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
 from axchat.actors.backends.load_options import LoadOptions
+from axchat.models.aipu_catalog import CATALOG, reply_reserve_for
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +117,6 @@ class AipuBackend(DeviceBackend):
             files.tokenizer,
         )
         return cls(instance, connection, embeddings, info, CoreTemperatureProbe.start_if_available())
-
-    @property
-    def logit_quantisation(self) -> tuple[float, int]:
-        """The output tensor's (scale, zero-point); (1.0, 0): raw int8 logits."""
-        return float(self._scale), int(self._zero_point)
 
     def _run(self, token_ids: Sequence[int]) -> np.ndarray:
         rows = np.ascontiguousarray(self._embeddings[np.asarray(token_ids, dtype=np.int64)], dtype=np.float16)

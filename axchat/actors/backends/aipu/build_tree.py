@@ -8,8 +8,8 @@ import logging
 import os
 from pathlib import Path
 
-from axchat.actors.backends.aipu.catalog import CatalogModel
 from axchat.actors.backends.aipu.runtime import FilesMissing
+from axchat.models.aipu_catalog import CatalogModel
 
 log = logging.getLogger(__name__)
 

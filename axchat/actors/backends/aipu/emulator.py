@@ -24,7 +24,8 @@ It behaves as the card does where the backend can tell:
   neither the GIL nor a core, and several emulated cards overlap as real ones would.
   This models a card's timing for scheduling tests and benches; it measures no card.
 - a card that dies: once the file `fail_marker(name)` exists (in the lock directory), every
-  `run` on that card raises, as a card that stopped responding would (`fail_card`).
+  `run` on that card raises, as a card that stopped responding would; create it (from
+  another process, at any time) to fail a card; once it is removed, runs succeed again.
 
 A model path is a Hugging Face model directory, or a build tree's `model.json` written by
 `write_build_tree` (which names such a directory and the static context).
@@ -57,12 +58,6 @@ DEFAULT_STATIC_CONTEXT = 1024
 def fail_marker(card: str) -> Path:
     """While this file exists, the card fails every `run` (a card that stopped responding)."""
     return lock_dir() / f"{card.replace(':', '_')}.failed"
-
-
-def fail_card(card: str) -> None:
-    marker = fail_marker(card)
-    marker.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    marker.touch()
 
 
 def lock_dir() -> Path:

@@ -19,9 +19,9 @@ from axchat.actors.backends.aipu.build_tree import (
     model_embeddings,
     tokenizer_source,
 )
-from axchat.actors.backends.aipu.catalog import DEFAULT_DDR_GB, CatalogModel
 from axchat.actors.backends.aipu.embeddings import extract_embeddings
 from axchat.actors.backends.base import ModelLoadError
+from axchat.models.aipu_catalog import DEFAULT_DDR_GB, CatalogModel
 
 log = logging.getLogger(__name__)
 

@@ -110,7 +110,6 @@ class Engine:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.cells = int(llama_cpp.llama_n_ctx(self.ctx))
         self.vocab_size = int(llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model)))
-        self.context_trained = int(llama_cpp.llama_model_n_ctx_train(self.model))
         self.batch_size = batch
         self._batch = llama_cpp.llama_batch_init(batch, 0, 1)
         # Views of the batch's arrays, made once: each step refills them in place.

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_k_m")
-# Measured with bench/decode.py on this project's 2-core CPU (README): q8_0 decodes
+# Measured with bench/decode.py on this project's 2-core CPU (docs/performance.md): q8_0 decodes
 # fastest at batch 1 on both benched shapes, and llama.cpp's perplexity tables put it
 # within noise of f16.
 DEFAULT_WEIGHT_TYPE = "q8_0"

@@ -1,4 +1,5 @@
-"""Log set-up: plain lines for journald and pipes, a timestamp only on a terminal."""
+"""Log set-up for the long-running processes (the daemon, the web bridge): plain lines for
+journald and pipes, a timestamp only on a terminal."""
 
 from __future__ import annotations
 
