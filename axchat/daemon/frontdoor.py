@@ -4,13 +4,9 @@ bad ones with a typed error, and routes good requests into the actor chain."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
-import itertools
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 import zmq
@@ -20,9 +16,10 @@ from axchat.actors import messages as m
 from axchat.actors import status
 from axchat.actors.backends.base import BackendInfo
 from axchat.actors.mailbox import Actor, Bus, Supervisor
-from axchat.actors.prompt_fit import LengthFloor, kept_chars, kept_positions, prompt_field
-from axchat.actors.token_choice import validate as validate_sampling
+from axchat.actors.prompt_fit import LengthFloor
+from axchat.daemon.admission import Admission, Live
 from axchat.daemon.curve_auth import AllowList
+from axchat.daemon.generate_checks import GenerateChecks
 from axchat.daemon.peer_watch import PeerWatch
 from axchat.protocol import v1
 from axchat.protocol.field_path import field_path
@@ -40,35 +37,6 @@ CLIENT_SNDHWM = 10_000
 BUSY_RETRY_AFTER_S = 1.0
 
 
-# Bodies larger than this are first sized without copying their text out of the frame.
-SIZE_PEEK_BYTES = 64 << 10
-
-
-class _SizedMessage(msgspec.Struct, forbid_unknown_fields=False):
-    role: str
-    content: msgspec.Raw
-
-
-class _SizedGenerate(msgspec.Struct, tag="generate", tag_field="type", forbid_unknown_fields=False):
-    """Just enough of `generate` to bound its size: the texts stay views into the frame."""
-
-    messages: list[_SizedMessage] = []
-    prompt: msgspec.Raw = msgspec.Raw()  # Raw: a view of the encoded text, not a copy
-
-
-_size_decoder = msgspec.msgpack.Decoder(_SizedGenerate)
-
-
-@dataclass
-class _Live:
-    identity: bytes
-    client_id: str
-    kind: str  # "generate" or "status"
-    user: str = ""  # generate.user: who behind the connection, for per-user limits
-
-
-# What admission counts a kind of live request as, in a `busy` refusal.
-_LIVE_WORDS = {"generate": "requests running or queued", "status": "status requests waiting for an answer"}
 # Why a peer whose key left the allow-list is no longer served.
 REVOKED_TEXT = "this client's key is no longer on the daemon's allow-list (revoked with `axchat keys revoke`?)"
 
@@ -77,12 +45,6 @@ REVOKED_TEXT = "this client's key is no longer on the daemon's allow-list (revok
 # in logs and error replies: ten 1 MB type tags once grew the log by 10 MB.
 MAX_ECHO_CHARS = 200
 NO_FLOOR = LengthFloor(0)  # no cheap bound: every request goes to the tokenizer
-
-
-def _uncount(counter: collections.Counter[Any], key: object) -> None:
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]
 
 
 def _short(text: str, limit: int = MAX_ECHO_CHARS) -> str:
@@ -117,29 +79,16 @@ class FrontDoor(Actor):
         allow_list: AllowList | None = None,
     ) -> None:
         super().__init__(bus, supervisor)
-        # A proven lower bound on a prompt's tokens from its length: a prompt that cannot
-        # fit is refused here, before it is copied on to the tokenizer, so a refused
-        # frame costs about its own size in memory.
-        self._floor = length_floor
-        # Admission: running + queued requests, in all and per client (and, counted
-        # apart, status requests awaiting their answer, so watching one's own full
-        # queue still works). Past either the client hears `busy` at once instead of
-        # waiting in an unbounded line.
-        self._max_live = max_live
-        self._max_live_per_client = max_live_per_client
-        self._live_per_client: collections.Counter[tuple[bytes, str, str]] = collections.Counter()  # (peer, user, kind)
-        # ...and per connection, all its users together: a bridge's anonymous callers, or
-        # one application's many user names, cannot fill every slot of the daemon.
-        self._max_live_per_connection = max_live_per_connection
-        self._live_per_connection: collections.Counter[tuple[bytes, str]] = collections.Counter()  # (peer, kind)
-        self._live_total: collections.Counter[str] = collections.Counter()  # by kind
+        self._checks = GenerateChecks(info, {info.model, *model_aliases}, length_floor)
+        self._admission = Admission(
+            max_live=max_live, max_per_client=max_live_per_client, max_per_connection=max_live_per_connection
+        )
         # A CURVE socket's allow-list, asked again for every frame: a key revoked while
         # its connection is open is cut off at that connection's next frame.
         self._allow_list = allow_list
         self._liveness: asyncio.Task[None] | None = None
         self._info = info
         self._facts = status.ModelFacts.of(info)  # its section of `status`, and `hello`'s answer
-        self._model_names = {info.model, *model_aliases}
         self._max_frame = max_frame_bytes
         self._router = make_socket(
             bus.ctx,
@@ -157,11 +106,8 @@ class FrontDoor(Actor):
             timeout_s=client_timeout_s,
             probe=self._probe,
             gone=self._client_gone,
-            live_peers=lambda: {live.identity for live in self._live.values()},
+            live_peers=lambda: {live.identity for live in self._admission.live.values()},
         )
-        self._rids = itertools.count(1)
-        self._live: dict[int, _Live] = {}
-        self._by_client: dict[tuple[bytes, str], int] = {}
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.daemon_state = v1.DaemonState.SERVING  # not `state`: that is the mailbox's own
@@ -193,7 +139,7 @@ class FrontDoor(Actor):
         return self.daemon_state is v1.DaemonState.DRAINING
 
     async def cancel_all(self) -> None:
-        for rid, live in list(self._live.items()):
+        for rid, live in list(self._admission.live.items()):
             if live.kind == "generate":
                 await self.send("tokenizer", m.CancelRequest(rid=rid))
 
@@ -204,7 +150,7 @@ class FrontDoor(Actor):
 
     @property
     def live_requests(self) -> int:
-        return len(self._live)
+        return len(self._admission.live)
 
     # ------------------------------------------------------------ client -> actors
 
@@ -289,10 +235,9 @@ class FrontDoor(Actor):
             # Refused once, not served: every reply frame of a request repeats its id.
             text = f"the request id is {len(env.id)} characters; the limit is {v1.MAX_ID_CHARS}"
             return await self._reject(identity, env.id, "invalid_field", text, param="id")
-        if len(raw_body) > SIZE_PEEK_BYTES:
-            floor, param = self._encoded_floor(raw_body)
-            if floor >= self._info.context_length:
-                return await self._reject(identity, env.id, "context_overflow", self._overflow_text(floor), param=param)
+        too_long = self._checks.encoded_refusal(raw_body)
+        if too_long is not None:
+            return await self._reject(identity, env.id, too_long.code, too_long.message, param=too_long.param)
         try:
             body = v1.decode_client_body(raw_body)
         except msgspec.ValidationError as exc:
@@ -311,7 +256,7 @@ class FrontDoor(Actor):
         elif isinstance(body, v1.Cancel):
             # No reply of its own: the generate's `done` says how it ended. A cancel
             # that loses the race with `done` is normal and silently ignored.
-            rid = self._by_client.get((identity, env.id))
+            rid = self._admission.by_client.get((identity, env.id))
             if rid is not None:
                 await self.send("tokenizer", m.CancelRequest(rid=rid))
         elif isinstance(body, v1.Status):
@@ -342,12 +287,12 @@ class FrontDoor(Actor):
         await self._reply(identity, client_id, welcome)
 
     async def _generate(self, identity: bytes, client_id: str, gen: v1.Generate) -> None:
-        problem = self._check_generate(gen)
+        problem = self._checks.refusal(gen)
         if problem is not None:
             return await self._reject(identity, client_id, problem.code, problem.message, param=problem.param)
         if self.draining:
             return await self._reject(identity, client_id, "shutting_down", "the daemon is shutting down")
-        if (identity, client_id) in self._by_client:
+        if (identity, client_id) in self._admission.by_client:
             return await self._reject(
                 identity, client_id, "duplicate_request", f"request id {_short(client_id)!r} is already running"
             )
@@ -368,95 +313,22 @@ class FrontDoor(Actor):
             ),
         )
 
-    def _check_generate(self, gen: v1.Generate) -> v1.Error | None:
-        """The refusal for a generate this daemon cannot run, naming the field at fault."""
-        if (gen.messages is None) == (gen.prompt is None):
-            text = "generate needs exactly one of `messages` or `prompt`"
-            return v1.Error(code="invalid_field", message=text, param="messages" if gen.messages is None else "prompt")
-        if gen.messages is not None and not gen.messages:
-            return v1.Error(code="invalid_field", message="`messages` is empty", param="messages")
-        if len(gen.user) > v1.MAX_USER_CHARS:
-            text = f"`user` is {len(gen.user)} characters; the limit is {v1.MAX_USER_CHARS}"
-            return v1.Error(code="invalid_field", message=text, param="user")
-        if gen.model is not None and gen.model not in self._model_names:
-            text = f"model {gen.model!r} is not served here; this daemon serves {self._info.model!r}"
-            return v1.Error(code="unknown_model", message=text, param="model")
-        bad = validate_sampling(gen.sampling)
-        if bad is not None:
-            return v1.Error(code="invalid_field", message=bad.message, param=bad.param)
-        if gen.messages is not None and len(gen.messages) > v1.MAX_MESSAGES:
-            text = f"{len(gen.messages)} messages; a request may hold at most {v1.MAX_MESSAGES}"
-            return v1.Error(code="invalid_field", message=text, param="messages")
-        if gen.prompt is not None:
-            floor = self._floor.of(len(gen.prompt))
-        else:
-            messages = gen.messages or []
-            floor = self._floor.of(kept_chars(messages), len(kept_positions([msg.role for msg in messages])))
-        if floor >= self._info.context_length:
-            return v1.Error(code="context_overflow", message=self._overflow_text(floor), param=prompt_field(gen.prompt))
-        return None
-
-    def _overflow_text(self, floor: int) -> str:
-        return (
-            f"the prompt is at least {floor} tokens, even after dropping every older turn that could go, "
-            f"but the model's context is {self._info.context_length} tokens, including the reply"
-        )
-
-    def _encoded_floor(self, raw_body: memoryview) -> tuple[int, str | None]:
-        """A lower bound on a large generate's tokens from its encoded text alone, read
-        without copying it out of the frame (a character is at most 4 UTF-8 bytes), and
-        the field it is about; 0 when the body is anything else, for the full decode."""
-        try:
-            shape = _size_decoder.decode(raw_body)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            return 0, None
-        if shape.prompt:
-            return self._floor.of(len(shape.prompt) // 4), "prompt"
-        if shape.messages:
-            kept = kept_positions([msg.role for msg in shape.messages])
-            return self._floor.of(sum(len(shape.messages[i].content) for i in kept) // 4, len(kept)), "messages"
-        return 0, None
-
     async def _admit(self, identity: bytes, client_id: str, kind: str, user: str = "") -> bool:
         """Whether a request of `kind` may go on; if not, the client has heard `busy`."""
-        busy = self._over_limit(identity, kind, user)
+        busy = self._admission.over_limit(identity, kind, user)
         if busy is None:
             return True
         log.info("peer %s request %r: busy: %s", peer_label(identity), _short(client_id), busy)
         await self._reply(identity, client_id, v1.Error(code="busy", message=busy, retry_after_s=BUSY_RETRY_AFTER_S))
         return False
 
-    def _over_limit(self, identity: bytes, kind: str, user: str) -> str | None:
-        if self._live_per_client[(identity, user, kind)] >= self._max_live_per_client:
-            who = "this client" if not user else "this user"
-            return f"{who} already has {self._max_live_per_client} {_LIVE_WORDS[kind]}"
-        if user and self._live_per_connection[(identity, kind)] >= self._max_live_per_connection:
-            return f"this connection already has {self._max_live_per_connection} {_LIVE_WORDS[kind]}, all its users together"
-        if self._live_total[kind] >= self._max_live:
-            return f"the daemon has {self._max_live} {_LIVE_WORDS[kind]}"
-        return None
-
     def _register(self, identity: bytes, client_id: str, kind: str, user: str = "") -> int:
-        rid = next(self._rids)
-        self._live[rid] = _Live(identity, client_id, kind, user)
-        if kind == "generate":
-            self._by_client[(identity, client_id)] = rid
-        self._live_per_client[(identity, user, kind)] += 1
-        self._live_per_connection[(identity, kind)] += 1
-        self._live_total[kind] += 1
         self.idle.clear()
-        return rid
+        return self._admission.register(identity, client_id, kind, user)
 
-    def _forget(self, rid: int) -> _Live | None:
-        live = self._live.pop(rid, None)
-        if live is not None:
-            if live.kind == "generate":
-                self._by_client.pop((live.identity, live.client_id), None)
-            key = (live.identity, live.user, live.kind)
-            _uncount(self._live_per_client, key)
-            _uncount(self._live_per_connection, (live.identity, live.kind))
-            self._live_total[live.kind] -= 1
-        if not self._live:
+    def _forget(self, rid: int) -> Live | None:
+        live = self._admission.forget(rid)
+        if not self._admission.live:
             self.idle.set()
         return live
 
@@ -464,7 +336,7 @@ class FrontDoor(Actor):
 
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.Outbound):
-            live = self._live.get(msg.rid)
+            live = self._admission.live.get(msg.rid)
             if live is None:
                 return  # its client vanished or it was aborted
             if msg.final:
@@ -509,10 +381,10 @@ class FrontDoor(Actor):
         if ended:
             log.info("peer %s %s; cancelling %d request(s)", peer_label(identity), why, len(ended))
 
-    async def _end_requests(self, identity: bytes) -> list[_Live]:
+    async def _end_requests(self, identity: bytes) -> list[Live]:
         """Forget every live request of a client we serve no more and cancel its work."""
         ended = []
-        for rid in [rid for rid, live in self._live.items() if live.identity == identity]:
+        for rid in self._admission.of_peer(identity):
             live = self._forget(rid)
             if live is not None:
                 ended.append(live)
