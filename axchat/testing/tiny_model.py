@@ -38,9 +38,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -64,6 +63,8 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+from axchat.testing.shapes import SHAPES  # noqa: E402  (after HF_HUB_OFFLINE is set)
+
 CORPUS_PATH = Path(__file__).with_name("corpus.txt")
 
 # Written last into the staging directory; records what was built so `ensure` can tell a
@@ -77,80 +78,6 @@ _REQUIRED_FILES = (
     "tokenizer_config.json",
     MARKER_FILE,
 )
-
-
-@dataclass(frozen=True)
-class Shape:
-    """Architecture sizes for one named shape; vocab_size None means 'the tokenizer's size'."""
-
-    tokenizer_vocab: int
-    config: dict[str, Any]
-    vocab_size: int | None
-    dtype: str
-
-
-SHAPES: dict[str, Shape] = {
-    "tiny": Shape(
-        tokenizer_vocab=1000,
-        config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=8192,  # long enough answers to cancel mid-stream at the lean path's speed
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-            rms_norm_eps=1e-6,
-            tie_word_embeddings=False,
-        ),
-        vocab_size=None,
-        dtype="float32",
-    ),
-    # Public HuggingFaceTB/SmolLM2-135M config.
-    "smollm2-135m": Shape(
-        tokenizer_vocab=1000,
-        config=dict(
-            hidden_size=576,
-            intermediate_size=1536,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            head_dim=64,
-            max_position_embeddings=8192,
-            rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-            rms_norm_eps=1e-5,
-            initializer_range=0.041666666666666664,
-            tie_word_embeddings=True,
-        ),
-        vocab_size=49152,
-        dtype="bfloat16",
-    ),
-    # Public meta-llama/Llama-3.2-1B config.
-    "llama-3.2-1b": Shape(
-        tokenizer_vocab=1000,
-        config=dict(
-            hidden_size=2048,
-            intermediate_size=8192,
-            num_hidden_layers=16,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            head_dim=64,
-            max_position_embeddings=131072,
-            rope_parameters={
-                "rope_type": "llama3",
-                "rope_theta": 500000.0,
-                "factor": 32.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 8192,
-            },
-            rms_norm_eps=1e-5,
-            tie_word_embeddings=True,
-        ),
-        vocab_size=128256,
-        dtype="bfloat16",
-    ),
-}
 
 
 def default_model_dir() -> Path:

@@ -8,12 +8,10 @@ partial turn; an answer the daemon could not give puts the prompt back in the in
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
-from typing import ClassVar, TextIO, cast
+from typing import ClassVar
 
 import zmq
 from textual import on, work
@@ -24,14 +22,13 @@ from textual.widgets import Markdown
 from textual.widgets.markdown import MarkdownStream
 from textual.worker import Worker, WorkerState
 
-from axchat import autostart, connection
-from axchat.aclient import AsyncClient, DaemonRestarted, DaemonUnavailable, GenerateHandle, RequestFailed
-from axchat.backoff import Backoff
+from axchat import connection
+from axchat.aclient import AsyncClient, DaemonRestarted, DaemonUnavailable, RequestFailed
 from axchat.connection import retry_once_async
-from axchat.endpoint import client_endpoint, describe
 from axchat.frontends.chat import commands
-from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn, open_conversation
-from axchat.frontends.chat.start_progress import StatusLineProgress
+from axchat.frontends.chat.answer import PendingAnswer
+from axchat.frontends.chat.conversation import Conversation, ConversationStore, Turn
+from axchat.frontends.chat.daemon_link import HEARTBEAT_S, RECONNECT_CAP_S, DaemonLink
 from axchat.frontends.chat.widgets import (
     AssistantBubble,
     ConversationView,
@@ -45,32 +42,11 @@ from axchat.frontends.loading import loading_line
 from axchat.protocol import v1
 from axchat.stats_line import format_host, format_stats
 
-CONNECT_TIMEOUT_S = 3.0
-HEARTBEAT_S = 5.0  # ask the daemon for its status after this long without traffic
 STALL_TIMEOUT_S = 300.0  # the heartbeat notices a dead daemon long before this
-RECONNECT_FIRST_S = 0.5
-RECONNECT_CAP_S = 8.0
 CANCEL_SEND_S = 1.0
 
 
-@dataclass
-class PendingAnswer:
-    """One exchange in flight: the user's turn, its bubbles, the answer so far."""
-
-    prompt: str
-    conversation: Conversation  # the one it belongs to, even after a /clear
-    user_turn: Turn
-    user_bubble: UserBubble
-    bubble: AssistantBubble
-    text: str = ""
-    handle: GenerateHandle | None = None
-    settled: bool = False
-    lost_daemon: bool = False
-    loading_shown: bool = False
-    started: float = field(default_factory=time.monotonic)
-
-
-class ChatApp(App[None]):
+class ChatApp(DaemonLink, App[None]):
     TITLE = "axchat"
     CSS = """
     ConversationView { height: 1fr; padding: 0 1; }
@@ -180,62 +156,13 @@ class ChatApp(App[None]):
             text += "\n" + format_stats(self.last_done.stats) + "\n" + format_host(self.last_done.stats)
         self.query_one(InfoFooter).show(text)
 
-    # ------------------------------------------------------------ connection
-
-    @work(exclusive=True, group="connect")
-    async def connect_daemon(self, lost: str | None = None) -> None:
-        """Hello until a daemon answers, backing off to a cap."""
-        old, self.client, self.welcome = self.client, None, None
-        if old is not None:
-            await old.close()
-        self.refresh_footer()
-        where = describe(client_endpoint(self.socket))
-        if lost is None:
-            self.status_line.say(f"connecting to the daemon at {where}…")
-        else:
-            self.status_line.say(f"daemon gone ({lost}); reconnecting…", error=True)
-        first_start = self.start_daemon and lost is None
-        # A stream autostart writes to as it would to stderr (it is one, in all it uses).
-        progress = cast(TextIO, StatusLineProgress(self, self.status_line.say)) if first_start else None
-
-        def unavailable(exc: DaemonUnavailable | RequestFailed, pause_s: float) -> None:
-            self.status_line.say(f"daemon unavailable: {exc} (retrying in {pause_s:g}s)", error=True)
-
-        self.client, self.welcome = await connection.connect_async(
-            self.socket,
-            backoff=Backoff(RECONNECT_FIRST_S, self.reconnect_cap_s),
-            unavailable=unavailable,
-            start_progress=progress,
-            connect_timeout_s=CONNECT_TIMEOUT_S,
-        )
-        self._last_traffic = time.monotonic()
-        self.status_line.say(f"connected: {self.welcome.model} on {self.welcome.device} ({where})")
-        self.refresh_footer()
-
-    def check_daemon(self) -> None:
-        quiet = time.monotonic() - self._last_traffic >= self.heartbeat_s
-        if self.client is not None and quiet and not self._pinging and not self._awaiting_restart:
-            self._pinging = True  # one ping at a time: a new one must not cancel the one waiting
-            self.ping_daemon(self.client)
-
-    @work(group="heartbeat")
-    async def ping_daemon(self, client: AsyncClient) -> None:
-        try:
-            gone = await connection.heartbeat(client)
-        finally:
-            self._pinging = False
-        if gone is None:
-            self._last_traffic = time.monotonic()
-        elif client is self.client:
-            self.daemon_lost(gone)
-
-    def daemon_lost(self, reason: str) -> None:
+    def answer_lost(self, reason: str) -> None:
+        """The daemon went away: the answer in flight, if any, fails and gives its prompt back."""
         pending = self.pending
         if pending is not None and not pending.settled:
             pending.lost_daemon = True
             self.fail_answer(pending, f"the daemon went away ({reason}); your prompt is back in the input")
             self.workers.cancel_group(self, "answer")
-        self.connect_daemon(lost=reason)
 
     # ------------------------------------------------------------ input
 
@@ -453,17 +380,3 @@ class ChatApp(App[None]):
         if self.client is not None:
             await self.client.close()
             self.client = None
-
-
-def run(args: argparse.Namespace) -> int:
-    store = ConversationStore()
-    app = ChatApp(
-        socket=args.socket,
-        conversation=open_conversation(store, resume=args.resume, system=args.system, temperature=args.temperature),
-        store=store,
-        max_tokens=args.max_tokens,
-        ignore_eos=args.ignore_eos,
-        start_daemon=autostart.enabled(args.no_autostart),
-    )
-    app.run()
-    return 0

@@ -46,9 +46,20 @@ def main(argv: list[str] | None = None) -> int:
         from axchat.frontends.chat import plain
 
         return plain.run(args)
-    from axchat.frontends.chat import app
+    from axchat import autostart
+    from axchat.frontends.chat.app import ChatApp
+    from axchat.frontends.chat.conversation import ConversationStore, open_conversation
 
-    return app.run(args)
+    store = ConversationStore()
+    ChatApp(
+        socket=args.socket,
+        conversation=open_conversation(store, resume=args.resume, system=args.system, temperature=args.temperature),
+        store=store,
+        max_tokens=args.max_tokens,
+        ignore_eos=args.ignore_eos,
+        start_daemon=autostart.enabled(args.no_autostart),
+    ).run()
+    return 0
 
 
 if __name__ == "__main__":
