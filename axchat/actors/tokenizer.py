@@ -306,9 +306,11 @@ def load_tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
     from axchat.actors.backends.base import ModelLoadError
+    from axchat.models import ollama_store
 
     try:
-        if model.endswith(".gguf"):  # the vocabulary and template in a GGUF file's metadata
+        # The vocabulary and template in a GGUF file's metadata (Ollama's blobs have no suffix).
+        if model.endswith(".gguf") or ollama_store.is_blob(Path(model)):
             path = Path(model)
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         return AutoTokenizer.from_pretrained(model)

@@ -230,6 +230,8 @@ async def _serve(
         labels = [b.info.device for b in on]
         info = replace(on[0].info, device=device_group.describe(labels))
         del on  # the device actors must be the backends' one owners
+    if model.ollama is not None:  # its blob is named for a digest: clients see Ollama's name
+        info = replace(info, model=model.ollama.name)
     eos_ids = set(info.eos_ids) | end_of_turn_ids(tokenizer)
 
     async with AsyncExitStack() as stack:

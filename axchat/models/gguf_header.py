@@ -93,12 +93,22 @@ class _Header:
         return None
 
 
+# general.file_type values (llama.cpp's llama_ftype) for the weight types named here.
+FILE_TYPES = {0: "f32", 1: "f16", 7: "q8_0", 15: "q4_k_m", 32: "bf16", 2: "q4_0", 14: "q4_k_s", 17: "q5_k_m", 18: "q6_k"}
+
+
 def _wanted(key: str) -> bool:
-    return key == "general.architecture" or key.endswith(".context_length")
+    return key in ("general.architecture", "general.file_type") or key.endswith(".context_length")
+
+
+def quantization(facts: dict[str, object]) -> str:
+    """The weight type general.file_type names, as llama.cpp spells it."""
+    kind = facts.get("general.file_type")
+    return FILE_TYPES.get(kind, f"file type {kind}") if isinstance(kind, int) else "?"
 
 
 def read_facts(path: Path) -> dict[str, object]:
-    """general.architecture and <arch>.context_length, when the header has them.
+    """general.architecture, general.file_type and <arch>.context_length, when the header has them.
     Raises GgufHeaderError (or ModelFileError for a file that is not a regular file)."""
     facts: dict[str, object] = {}
     with open_regular(path) as f:

@@ -1,4 +1,5 @@
-"""What `--model` names: a bundled model, a catalog name, a local path or a hub id, turned
+"""What `--model` names: a bundled model, a catalog name, a local path, a hub id or an
+Ollama model (`ollama:NAME[:TAG]`), turned
 into what `from_pretrained` loads plus the names clients may use for it."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from axchat.models import catalog, hub, store
+from axchat.models import catalog, hub, ollama_store, store
 from axchat.models.aipu_catalog import CATALOG as METIS_CATALOG
 
 # A hub id is ORG/NAME; anything else that is not a catalog name, a path or in the store
@@ -29,6 +30,8 @@ class ResolvedModel:
     aliases: tuple[str, ...]  # the user's spelling and the catalog name: generate requests may use either
     note: str | None = None  # one line worth logging about the choice
     from_hub: bool = False  # not in the store: from_pretrained would fetch it
+    # An Ollama model's params and system layers, as data: not yet the daemon's defaults.
+    ollama: ollama_store.OllamaModel | None = None
 
 
 def _looks_like_path(model: str) -> bool:
@@ -47,6 +50,12 @@ def resolve(model: str | None, root: Path | None = None) -> ResolvedModel:
                 f"(it knows jokes and quotes, nothing else); for a real model: {catalog.REAL_MODEL_HINT}"
             )
         return ResolvedModel(str(catalog.BUNDLED_DIR), (catalog.BUNDLED_NAME,), note)
+    if model.startswith(ollama_store.PREFIX):
+        try:
+            found = ollama_store.resolve(model.removeprefix(ollama_store.PREFIX))
+        except ollama_store.OllamaStoreError as exc:
+            raise ModelNotFound(str(exc)) from None
+        return ResolvedModel(str(found.blob), tuple(dict.fromkeys([model, found.name])), ollama=found)
     if _looks_like_path(model):
         return ResolvedModel(model, (model,))
     if model in METIS_CATALOG:

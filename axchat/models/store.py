@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from axchat.models import catalog
+from axchat.models import catalog, ollama_store
 from axchat.models.model_files import ModelFileError
 
 # Hidden, so a half-pulled model never looks like a model; kept across runs so a pull resumes.
@@ -75,8 +75,9 @@ def describe(path: Path, name: str) -> LocalModel:
 
 
 def gguf_file(path: Path) -> Path | None:
-    """A GGUF model: a .gguf file, or a directory holding one and no config.json."""
-    if path.is_file() and path.suffix == ".gguf":
+    """A GGUF model: a .gguf file, Ollama's blob of one (named for its digest), or a
+    directory holding one .gguf and no config.json."""
+    if path.is_file() and (path.suffix == ".gguf" or ollama_store.is_blob(path)):
         return path
     if path.is_dir() and not (path / "config.json").is_file():
         found = [p for p in sorted(path.glob("*.gguf")) if p.is_file()]  # not a FIFO or device so named

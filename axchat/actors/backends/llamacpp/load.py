@@ -15,6 +15,7 @@ from axchat.actors.backends.base import BackendInfo, ModelLoadError
 from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert, thread_choice
 from axchat.host_cores import default_threads
 from axchat.models import store
+from axchat.models.gguf_header import FILE_TYPES
 from axchat.models.model_files import ModelFileError
 
 if TYPE_CHECKING:
@@ -28,8 +29,6 @@ WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_k_m")
 # within noise of f16.
 DEFAULT_WEIGHT_TYPE = "q8_0"
 _FROM_DTYPE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-# general.file_type values (llama.cpp's llama_ftype) for the types we name.
-_FILE_TYPES = {0: "f32", 1: "f16", 7: "q8_0", 15: "q4_k_m", 32: "bf16", 2: "q4_0", 14: "q4_k_s", 17: "q5_k_m", 18: "q6_k"}
 # KV cells for running sequences, in bytes: enough for every one of `max_batch`
 # sequences to fill the context on small models; on larger ones they share this pool.
 RUNNING_KV_BYTES = 256 << 20
@@ -167,7 +166,7 @@ def load(
         meta = engine_mod.read_metadata(gguf)
     except engine_mod.EngineError as exc:
         raise ModelLoadError(str(exc)) from None
-    kind = _FILE_TYPES.get(int(meta.get("general.file_type", "-1")), f"file type {meta.get('general.file_type', '?')}")
+    kind = FILE_TYPES.get(int(meta.get("general.file_type", "-1")), f"file type {meta.get('general.file_type', '?')}")
     if hf_dir is None and quant != "auto" and quant != kind:
         log.info("%s holds %s weights; --quant %s applies to converted models only", gguf.name, kind, quant)
     arch = meta.get("general.architecture", "llama")
