@@ -16,11 +16,11 @@ and cannot fill every slot by looking new each time.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from axchat.endpoint import is_loopback_host
 from axchat.frontends.web.auth import CREDENTIAL, LOCAL
 from axchat.protocol import v1
 
@@ -33,12 +33,7 @@ class UserTrust:
     def trusts(self, remote: str | None) -> bool:
         if remote is None:
             return False
-        if remote in self.proxies:
-            return True
-        try:
-            return ipaddress.ip_address(remote).is_loopback
-        except ValueError:
-            return False
+        return remote in self.proxies or is_loopback_host(remote)
 
 
 NO_HEADER = UserTrust()  # no proxy header is trusted
@@ -58,11 +53,7 @@ def _connection(request: web.Request) -> str:
     peer = request.transport.get_extra_info("peername") if request.transport is not None else None
     if not isinstance(peer, tuple):
         return str(request.remote)
-    try:
-        loopback = ipaddress.ip_address(peer[0]).is_loopback
-    except ValueError:
-        loopback = False
-    return f"{peer[0]}:{peer[1]}" if loopback else str(peer[0])
+    return f"{peer[0]}:{peer[1]}" if is_loopback_host(peer[0]) else str(peer[0])
 
 
 def _namespaced(credential: str, source: str, name: str) -> str:

@@ -27,14 +27,15 @@ def _address(field: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address,
     raw = bytes.fromhex(hex_ip)
     # Each 4-byte word is stored little-endian on the machines this runs on.
     ordered = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    ip = ipaddress.ip_address(ordered)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip, int(hex_port, 16)
+    return _unmapped(ipaddress.ip_address(ordered)), int(hex_port, 16)
 
 
 def _normal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    return _unmapped(ipaddress.ip_address(host.split("%", 1)[0]))
+
+
+def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """`::ffff:127.0.0.1` as 127.0.0.1: a dual-stack socket names an IPv4 peer that way."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
