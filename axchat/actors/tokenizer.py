@@ -8,15 +8,16 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from axchat.actors import messages as m
 from axchat.actors.detokenizer import IncrementalDetokenizer, StopMatcher
 from axchat.actors.device.turn_end import end_of_turn
+from axchat.actors.chat_template import ChatTemplateError
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars, prompt_field
 from axchat.protocol.v1 import ChatMessage
@@ -49,7 +50,7 @@ class TokenizerActor(Actor):
         self,
         bus: Bus,
         supervisor: Supervisor,
-        tokenizer: Any,
+        tokenizer: TextTokenizer,
         *,
         context_length: int,
         eos_ids: Sequence[int],
@@ -66,7 +67,7 @@ class TokenizerActor(Actor):
         self._encoding: dict[int, asyncio.Task[None]] = {}
         self._cancelled_while_encoding: set[int] = set()
         self._streams: dict[int, _Stream] = {}
-        self._has_template = bool(getattr(tokenizer, "chat_template", None))
+        self._has_template = tokenizer.chat_template is not None
         self._fitter = PromptFitter(
             self._encode_text,
             self._render_chat,
@@ -117,6 +118,10 @@ class TokenizerActor(Actor):
         except PromptTooLong as exc:
             too_long = self._overflow(exc.min_tokens, prompt_field(msg.prompt), "at least ")
             await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=too_long))
+            return
+        except ChatTemplateError as exc:  # the model's template refused these messages
+            refused = m.Failure(code="invalid_field", message=str(exc), param="messages")
+            await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=refused))
             return
         tokenize_ms = (time.perf_counter() - t0) * 1e3
         if msg.rid in self._cancelled_while_encoding:
@@ -176,17 +181,17 @@ class TokenizerActor(Actor):
         """Token ids, and how many messages were dropped to make them fit."""
         if messages is None:
             self._fitter.check_length(len(prompt or ""))
-            return list(self._tok(prompt or "")["input_ids"]), 0  # special tokens as the model wants
+            return self._tok.encode(prompt or ""), 0  # special tokens as the model wants
         fitted = self._fitter.fit_chat(messages, self._context_length - reserve)
         return fitted.ids, fitted.dropped_messages
 
     def _encode_text(self, text: str) -> list[int]:
-        return list(self._tok(text, add_special_tokens=False)["input_ids"])
+        return self._tok.encode(text, add_special_tokens=False)
 
     def _render_chat(self, messages: list[ChatMessage]) -> str:
         convo = [{"role": msg.role, "content": msg.content} for msg in messages]
         if self._has_template:
-            return str(self._tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=False))
+            return self._tok.render_chat(convo, add_generation_prompt=True)
         return "".join(f"{c['role']}: {c['content']}\n" for c in convo) + "assistant:"
 
     def _check_fits(self, ids: list[int], param: str) -> m.Failure | None:
@@ -293,26 +298,48 @@ class TokenizerActor(Actor):
 END_OF_TURN_MARKERS = ("<|end|>", "<|eot_id|>")
 
 
-def end_of_turn_ids(tokenizer: Any) -> set[int]:
+class TextTokenizer(Protocol):
+    """What the daemon asks of a model's tokenizer (tokenizer_json.JsonTokenizer for a
+    Hugging Face directory, llamacpp.vocab.GgufTokenizer for a GGUF file)."""
+
+    chat_template: str | None
+    eos_token_id: int | None
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str: ...
+    def token_id(self, token: str | None) -> int | None: ...
+    def added_tokens(self) -> dict[int, str]: ...
+    def get_vocab(self) -> dict[str, int]: ...
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **kwargs: Any) -> str: ...
+
+
+def end_of_turn_ids(tokenizer: TextTokenizer) -> set[int]:
     """The tokenizer's eos and any end-of-turn marker it knows: a reply stops on each."""
-    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
-    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    ids.update(int(token_id) for token_id, token in decoder.items() if getattr(token, "content", str(token)) in END_OF_TURN_MARKERS)
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    ids.update(token_id for token_id, text in tokenizer.added_tokens().items() if text in END_OF_TURN_MARKERS)
     return ids
 
 
-def load_tokenizer(model: str) -> Any:
-    """The model's own tokenizer, or a one-line ModelLoadError."""
-    from transformers import AutoTokenizer
-
+def load_tokenizer(model: str) -> TextTokenizer:
+    """The model's own tokenizer (no transformers: see tokenizer_json), or a one-line ModelLoadError."""
     from axchat.actors.backends.base import ModelLoadError
+    from axchat.actors.chat_template import ChatTemplateError
+    from axchat.actors.tokenizer_json import JsonTokenizer, TokenizerFilesError
     from axchat.models import ollama_store
 
+    path = Path(model).expanduser()
     try:
         # The vocabulary and template in a GGUF file's metadata (Ollama's blobs have no suffix).
-        if model.endswith(".gguf") or ollama_store.is_blob(Path(model)):
-            path = Path(model)
-            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        return AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError) as exc:
+        if model.endswith(".gguf") or ollama_store.is_blob(path):
+            from axchat.actors.backends.llamacpp.engine import EngineError
+            from axchat.actors.backends.llamacpp.vocab import GgufTokenizer
+
+            try:
+                return GgufTokenizer(path)
+            except EngineError as exc:
+                raise ModelLoadError(str(exc)) from None
+        if not path.is_dir():
+            raise ModelLoadError(f"cannot load a tokenizer from {model}: not a local directory (axchat pull it first)")
+        return JsonTokenizer.from_dir(path)
+    except (OSError, TokenizerFilesError, ChatTemplateError) as exc:
         raise ModelLoadError.because(f"cannot load a tokenizer from {model}", exc) from None

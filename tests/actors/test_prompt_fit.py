@@ -33,11 +33,11 @@ class CountingFitter:
 
     def encode(self, text: str) -> list[int]:
         self.chars_encoded += len(text)
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+        return self.tok.encode(text, add_special_tokens=False)
 
     def render(self, messages: list[ChatMessage]) -> str:
         convo = [{"role": msg.role, "content": msg.content} for msg in messages]
-        return str(self.tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=False))
+        return self.tok.render_chat(convo, add_generation_prompt=True)
 
 
 def drop_one_turn_at_a_time(c: CountingFitter, messages: list[ChatMessage], limit: int) -> tuple[list[int], int]:
@@ -101,6 +101,6 @@ def test_a_prompt_that_cannot_fit_is_refused_before_any_tokenizing(tok: Any) -> 
 def test_the_length_bound_never_refuses_what_fits(tok: Any) -> None:
     """The bound is a floor: the densest text the vocabulary allows still passes it."""
     longest = max(tok.get_vocab(), key=len)
-    text = tok.convert_tokens_to_string([longest]) * 10
+    text = tok.decode([tok.token_id(longest)]) * 10
     c = CountingFitter(tok)
     assert c.fitter.min_tokens(len(text)) <= len(c.encode(text))

@@ -44,7 +44,7 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 _initialised = False
 
 
-def _init_once() -> None:
+def init_once() -> None:
     global _initialised
     if not _initialised:
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
@@ -54,7 +54,7 @@ def _init_once() -> None:
 
 def read_metadata(path: Path) -> dict[str, str]:
     """A GGUF file's key/values as strings (libllama reads only its header here)."""
-    _init_once()
+    init_once()
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
@@ -77,7 +77,7 @@ class Engine:
     def __init__(
         self, path: Path, *, cells: int, sequences: int, batch: int, threads: int, exact: bool
     ) -> None:
-        _init_once()
+        init_once()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 0
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)

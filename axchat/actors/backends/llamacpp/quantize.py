@@ -7,7 +7,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from axchat.actors.backends.llamacpp.engine import EngineError, _init_once
+from axchat.actors.backends.llamacpp.engine import EngineError, init_once
 
 QUANT_TYPES = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
 
@@ -17,7 +17,7 @@ class QuantizeError(EngineError):
 
 
 def quantize(src: Path, dst: Path, kind: str, threads: int) -> None:
-    _init_once()
+    init_once()
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = threads
     params.ftype = QUANT_TYPES[kind]
