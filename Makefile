@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # CPU build, from the local wheel store; an unpinned torch pulls a multi-GB CUDA build.
+# Only `make test` (and `make mini`) install it: the default engine runs without torch.
 TORCH  := torch==2.13.0
 # The CPU engine, the default one. No binary wheel on the index: axchat.engine_build
 # compiles llama.cpp for this CPU once (about 5-10 minutes on 2 cores), keeps the wheel in
@@ -22,7 +23,6 @@ export TOKENIZERS_PARALLELISM ?= false
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e .
 	touch $@
 
@@ -34,7 +34,12 @@ $(BIN)/.llamacpp-installed: $(BIN)/.installed $(ENGINE_BUILD)
 	@$(BIN)/python -m axchat.engine_build
 	@touch $@
 
-$(BIN)/.dev-installed: $(BIN)/.installed $(BIN)/.llamacpp-installed
+$(BIN)/.torch-installed: $(BIN)/.installed
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[torch]'
+	touch $@
+
+$(BIN)/.dev-installed: $(BIN)/.installed $(BIN)/.llamacpp-installed $(BIN)/.torch-installed
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
@@ -88,7 +93,7 @@ fortunes:
 # 30 epochs (or 60 minutes), then 12 more epochs at a lower learning rate.
 mini: SHELL := /bin/bash
 mini: .SHELLFLAGS := -o pipefail -c
-mini: venv fortunes
+mini: venv fortunes $(BIN)/.torch-installed
 	$(BIN)/pip install -q -e '.[train]'
 	nice -n 10 $(BIN)/python training/train_mini.py --out .cache/mini-base 2>&1 | tee training/train_mini.log
 	@# A second, gentler pass (lower learning rate) is what made later turns follow the history.

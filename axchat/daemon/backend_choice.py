@@ -4,14 +4,25 @@ the AIPU when asked for by device."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from axchat.daemon.config import ServeConfig
 
+log = logging.getLogger(__name__)
+
 
 def cuda_present() -> bool:
-    # Asking torch costs its import; without the driver's device node there is no GPU.
+    """A GPU torch can use. Asking torch costs its import; without the driver's device node
+    there is no GPU, and without torch (an extra) none that axchat can use: the model then
+    runs on llama.cpp, on the CPU."""
     if not Path("/dev/nvidiactl").exists():
+        return False
+    from axchat.actors.backends.torch_engine import missing_extra
+
+    why = missing_extra("a CUDA device")
+    if why is not None:
+        log.warning("%s; serving on the CPU", why)
         return False
     import torch
 

@@ -42,6 +42,10 @@ def candidates(cfg: ServeConfig) -> list[str]:
         return _aipu_candidates(cfg)
     if cfg.backend == "torch" and (cfg.device.startswith("cuda") or (cfg.device == "auto" and cuda_present())):
         # Untested here (no GPU on the build host): one torch backend per GPU.
+        from axchat.actors.backends.torch_engine import missing_extra
+
+        if (why := missing_extra(f"--devices {cfg.devices} on GPUs")) is not None:
+            raise DevicesRefused(why)
         import torch
 
         if cfg.device not in ("auto", "cuda", "cuda:0"):

@@ -5,15 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from axchat.actors.backends.base import BackendInfo, DeviceBackend
+from axchat.actors.backends.base import BackendInfo, DeviceBackend, ModelLoadError
 from axchat.actors.backends.load_options import LoadOptions
 
 
 def unavailable() -> str | None:
-    return None  # torch is a dependency of the package
+    from axchat.actors.backends.torch_engine import missing_extra
+
+    return missing_extra("the torch backend")
 
 
 def check_model(model: str) -> None:
+    why = unavailable()
+    if why is not None:
+        raise ModelLoadError(why)
     from axchat.actors.backends.torch_engine import load
 
     # Milliseconds, and a vanished or broken model fails here, before the long part.
