@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,6 +91,7 @@ def test_ask_status_and_chat_without_torch(lean: LeanVenv) -> None:
     facts = json.loads(status.stdout)
     assert facts["backend"] == "llamacpp"
     assert maps_torch(int(facts["pid"])) == []
+    assert facts["weights_bytes"] > 0 and facts["running_kv_bytes"] > 0
     answer = lean.run("ask", "--max-tokens", "8", "Tell me a quote")
     assert answer.returncode == 0 and answer.stdout.strip(), answer.stderr
     chat = lean.run("chat", "--plain", "--max-tokens", "8", stdin="Hello\nquit\n")
@@ -118,6 +120,9 @@ def test_web_bridge_without_torch(lean: LeanVenv) -> None:
             model = client.models.list().data[0].id
             reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
         assert reply.choices[0].message.content
+        with urllib.request.urlopen(found.group(1) + "metrics", timeout=60) as response:
+            metrics = response.read().decode()
+        assert 'axchat_daemon_memory_bytes{part="weights"}' in metrics
     finally:
         assert bridge.stop() == 0, bridge.log_text()
 

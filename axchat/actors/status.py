@@ -28,6 +28,9 @@ class ModelFacts(msgspec.Struct, frozen=True, gc=False):
     dtype_reason: str = ""
     compiled: bool = False
     compile_s: float = 0.0
+    weights_bytes: int = 0
+    running_kv_bytes: int = 0
+    prefix_kv_bytes: int = 0
 
     @classmethod
     def of(cls, info: BackendInfo) -> ModelFacts:
@@ -42,6 +45,9 @@ class ModelFacts(msgspec.Struct, frozen=True, gc=False):
             dtype_reason=info.dtype_reason,
             compiled=info.compiled,
             compile_s=info.compile_s,
+            weights_bytes=info.weights_bytes,
+            running_kv_bytes=info.running_kv_bytes,
+            prefix_kv_bytes=info.prefix_kv_bytes,
         )
 
 
@@ -80,6 +86,8 @@ class Totals(msgspec.Struct, gc=False):
 
 def status_reply(state: DaemonState, model: ModelFacts, device: DeviceSection, totals: Totals) -> StatusReply:
     """The one `status_reply`, from each part's section."""
+    # What the load planned is held only while the model is loaded (keep-alive unloads it).
+    held = (model.weights_bytes, model.running_kv_bytes, model.prefix_kv_bytes) if device.loaded else (0, 0, 0)
     return StatusReply(
         state=state,
         model=model.model,
@@ -114,6 +122,9 @@ def status_reply(state: DaemonState, model: ModelFacts, device: DeviceSection, t
         pid=totals.pid,
         tokens_per_s=totals.tokens_per_s,
         max_queued=totals.max_queued,
+        weights_bytes=held[0],
+        running_kv_bytes=held[1],
+        prefix_kv_bytes=held[2],
     )
 
 

@@ -55,7 +55,9 @@ class ServeConfig:
     # None: three quarters of max_running + max_queued, so that one connection (a web
     # bridge with all its users, one busy program) can never take every slot.
     max_per_connection: int | None = None
-    prefix_cache_mb: int = 256
+    # KV pools; None: a share of available memory (host_memory.default_kv_bytes).
+    prefix_cache_mb: int | None = None
+    running_kv_mb: int | None = None
     client_timeout_s: float = 30.0
     keep_alive_s: float | None = None  # None: keep the model loaded for ever
     socket_group: str | None = None  # group that may use the socket (system layout)
@@ -106,6 +108,15 @@ def _non_negative_int(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"expected an integer >= 0, got {value!r}")
     return value
+
+
+def _auto_or(convert: Callable[[object], int]) -> Callable[[object], int | None]:
+    """`auto` (None: the daemon decides), else what `convert` accepts."""
+
+    def auto_or(value: object) -> int | None:
+        return None if value == "auto" else convert(value)
+
+    return auto_or
 
 
 def _frame_bytes(value: object) -> int:
@@ -202,7 +213,8 @@ SETTINGS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "max_queued": ("max_queued", _positive_int),
     "max_per_client": ("max_per_client", _positive_int),
     "max_per_connection": ("max_per_connection", _positive_int),
-    "prefix_cache_mb": ("prefix_cache_mb", _non_negative_int),
+    "prefix_cache_mb": ("prefix_cache_mb", _auto_or(_non_negative_int)),
+    "running_kv_mb": ("running_kv_mb", _auto_or(_positive_int)),
     "client_timeout": ("client_timeout_s", _seconds),
     "build_root": ("build_root", _str),
     "aipu_device": ("aipu_device", _str),
@@ -305,7 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
         "max_per_client": "requests running or waiting, per client connection or per user behind one (default: 8)",
         "max_per_connection": "requests running or waiting on one connection, all its users together "
         "(default: 3/4 of max_running + max_queued)",
-        "prefix_cache_mb": "memory for kept conversation KV, 0 turns reuse off (default: 256)",
+        "prefix_cache_mb": "MiB of KV for kept conversations, 0 turns reuse off (default: auto, 1/64 of "
+        "available memory within 32-256 MiB)",
+        "running_kv_mb": "llama.cpp: MiB of KV for running sequences, at least one context (default: auto, 1/64 of "
+        "available memory within 32-256 MiB)",
         "client_timeout": "cancel the requests of a client silent this many seconds, 0: never (default: 30)",
         "build_root": "aipu: the Voyager SDK's build directory (default: $AXELERA_FRAMEWORK/build)",
         "aipu_device": (

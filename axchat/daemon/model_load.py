@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from axchat import host_memory
 from axchat.actors.backends import BackendInfo, DeviceBackend, LoadOptions, ModelLoadError, registry
 from axchat.actors.tokenizer import load_tokenizer
 from axchat.daemon.config import ServeConfig
@@ -34,7 +35,8 @@ def load_options(cfg: ServeConfig) -> LoadOptions:
         dtype=cfg.dtype,
         context=cfg.context,
         threads=cfg.threads,
-        prefix_cache_bytes=cfg.prefix_cache_mb << 20,
+        prefix_cache_bytes=kv_budget(cfg.prefix_cache_mb),
+        running_kv_bytes=kv_budget(cfg.running_kv_mb),
         compile=cfg.compile,
         quant=cfg.quant,
         build_root=cfg.build_root,
@@ -42,6 +44,11 @@ def load_options(cfg: ServeConfig) -> LoadOptions:
         aipu_runtime=cfg.aipu_runtime,
         tokenizer_dir=cfg.tokenizer_dir,
     )
+
+
+def kv_budget(mb: int | None) -> int:
+    """A KV pool's bytes: as configured, else the default share of available memory."""
+    return mb << 20 if mb is not None else host_memory.default_kv_bytes(host_memory.available_bytes())
 
 
 def load_device(

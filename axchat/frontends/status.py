@@ -41,6 +41,7 @@ def _human(status: dict[str, object]) -> str:
             f"slots {status.get('max_running', 0)}, queue limit {status.get('max_queued', 0)}",
             f"cache:    {status.get('prefix_cache_entries', 0)} kept conversation(s), "
             f"{int(status.get('prefix_cache_bytes', 0)) / 2**20:.1f} MiB",  # type: ignore[call-overload]
+            *_memory_lines(status),
             *_decode_lines(status),
             *_device_lines(status.get("devices") or []),  # type: ignore[arg-type]
             *_request_lines(status.get("requests") or []),  # type: ignore[arg-type]
@@ -59,6 +60,16 @@ def _residency(status: dict[str, object], now: float | None = None) -> str:
         return "model loaded" + (" (busy)" if status.get("running") or status.get("queued") else "")
     left = max(0.0, float(unloads_at) - (time.time() if now is None else now))  # type: ignore[arg-type]
     return f"model loaded; unloads in {left:.0f}s if no request comes"
+
+
+def _memory_lines(status: dict[str, object]) -> list[str]:
+    """The RSS by part, where the backend planned its memory."""
+    parts = [int(status.get(key, 0) or 0) for key in ("weights_bytes", "running_kv_bytes", "prefix_kv_bytes")]  # type: ignore[call-overload]
+    if not any(parts):
+        return []
+    weights, running, prefixes = (p / 2**20 for p in parts)
+    other = max(0, int(status["rss_bytes"]) - sum(parts)) / 2**20  # type: ignore[call-overload]
+    return [f"parts:    weights {weights:.0f} MiB, running KV {running:.0f} MiB, kept-prefix KV {prefixes:.0f} MiB, rest {other:.0f} MiB"]
 
 
 def _decode_lines(status: dict[str, object]) -> list[str]:

@@ -284,6 +284,12 @@ class StatusReply(_Message, tag="status_reply"):
     step_ms: float = 0.0  # mean decode forward, last 64 steps
     overhead_ms_per_token: float = 0.0  # mean daemon time between two decode steps, last 64
     devices: list[DeviceStatus] = []  # each device, where the daemon drives several
+    # The daemon's memory by part, from the load's plan (0: the backend plans none, or
+    # the model is unloaded): the weights, the KV cells for running sequences and for
+    # kept conversations (reserved, used or not); the rest of `rss_bytes` is everything else.
+    weights_bytes: int = 0
+    running_kv_bytes: int = 0
+    prefix_kv_bytes: int = 0
 
 
 class Pong(_Message, tag="pong"):

@@ -41,6 +41,10 @@ class BackendInfo:
     lanes: int = 1  # threads that split each matmul's columns (lean path on a CPU)
     compiled: bool = False
     compile_s: float = 0.0  # compile and warm-up before ready
+    # What the load planned to hold, in bytes (0: not planned, engines other than llama.cpp).
+    weights_bytes: int = 0
+    running_kv_bytes: int = 0
+    prefix_kv_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ class LoadOptions:
     # keep-alive passes back the plan measured at start-up, together with `threads`.
     lanes: int | None = None
     prefix_cache_bytes: int = 256 << 20  # 0: no prefix cache
+    running_kv_bytes: int = 256 << 20  # llama.cpp: KV cells for running sequences, at least one context
     compile: bool = False  # torch lean path: compile the decode step
     quant: str = "auto"  # llama.cpp: the weight type a converted model gets
     build_root: str | None = None  # aipu: where the SDK's compiled models live

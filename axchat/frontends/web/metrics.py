@@ -92,6 +92,7 @@ class BridgeMetrics:
             lines += _gauge(
                 "axchat_daemon_model_loaded", "1 while the model is loaded (keep-alive unloads it when idle).", int(status.loaded)
             )
+            lines += _memory_gauges(status)
             lines += _device_gauges(status.devices)
         return "\n".join(lines) + "\n"
 
@@ -123,6 +124,20 @@ def _device_gauges(devices: list[v1.DeviceStatus]) -> list[str]:
         name = "axchat_device_temperature_celsius"
         lines += [f"# HELP {name} The device's own temperature reading.", f"# TYPE {name} gauge"]
         lines += [f'{name}{{device="{d.name}",label="{_label(d.label)}"}} {d.temperature_c}' for d in readings]
+    return lines
+
+
+def _memory_gauges(status: v1.StatusReply) -> list[str]:
+    """The daemon's memory by part, one labelled gauge (the parts sum to its RSS)."""
+    name = "axchat_daemon_memory_bytes"
+    lines = [f"# HELP {name} The daemon's resident memory by part (weights, running KV, kept-prefix KV, the rest).", f"# TYPE {name} gauge"]
+    parts = {
+        "weights": status.weights_bytes,
+        "running_kv": status.running_kv_bytes,
+        "prefix_kv": status.prefix_kv_bytes,
+        "other": max(0, status.rss_bytes - status.weights_bytes - status.running_kv_bytes - status.prefix_kv_bytes),
+    }
+    lines += [f'{name}{{part="{part}"}} {value}' for part, value in parts.items()]
     return lines
 
 

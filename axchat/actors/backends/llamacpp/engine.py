@@ -68,6 +68,9 @@ def read_metadata(path: Path) -> dict[str, str]:
             key = buf.value.decode(errors="replace")
             llama_cpp.llama_model_meta_val_str_by_index(model, i, buf, len(buf))
             out[key] = buf.value.decode(errors="replace")
+        # Arrays are not among the values above; the vocabulary's size is its token array's.
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        out.setdefault(f"{out.get('general.architecture', 'llama')}.vocab_size", str(llama_cpp.llama_vocab_n_tokens(vocab)))
         return out
     finally:
         llama_cpp.llama_model_free(model)

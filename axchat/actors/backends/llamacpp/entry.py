@@ -41,6 +41,7 @@ def load(model: str, options: LoadOptions) -> DeviceBackend:
             context=options.context,
             threads=options.threads,
             prefix_cache_bytes=options.prefix_cache_bytes,
+            running_kv_bytes=options.running_kv_bytes,
         )
     except EngineError as exc:  # anything libllama refused past the checks in `load`
         raise ModelLoadError.because(f"llama.cpp cannot load {model}", exc) from None

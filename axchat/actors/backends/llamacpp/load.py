@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from axchat.actors.backends.base import BackendInfo, ModelLoadError
-from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert, thread_choice
+from axchat import host_memory
+from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert, memory_plan, thread_choice
 from axchat.host_cores import default_threads
 from axchat.models import store
 from axchat.models.gguf_header import FILE_TYPES
@@ -29,9 +30,6 @@ WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_k_m")
 # within noise of f16.
 DEFAULT_WEIGHT_TYPE = "q8_0"
 _FROM_DTYPE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-# KV cells for running sequences, in bytes: enough for every one of `max_batch`
-# sequences to fill the context on small models; on larger ones they share this pool.
-RUNNING_KV_BYTES = 256 << 20
 PARKED = 24  # sequence ids kept for prefix-cache entries beside the running ones
 BATCH_TOKENS = 512  # tokens one llama_decode takes; longer feeds are split
 PREFILL_CHUNK = 256
@@ -147,7 +145,12 @@ def load(
     threads: int | None = None,
     max_batch: int = 8,
     prefix_cache_bytes: int = 256 << 20,
+    running_kv_bytes: int = 256 << 20,
+    available_bytes: int | None = None,
 ) -> LlamaCppBackend:
+    """`running_kv_bytes`: KV for running sequences, enough for every one of `max_batch`
+    to fill the context on small models (on larger ones they share it), never less than
+    one context. `available_bytes` (default: what the host has free) bounds the plan."""
     from axchat.actors.backends.llamacpp import engine as engine_mod
     from axchat.actors.backends.llamacpp.backend import LlamaCppBackend
 
@@ -176,9 +179,21 @@ def load(
     ctx_len = context or trained
     exact = kind == "f32"
     per_cell = bytes_per_cell(meta, arch, 4 if exact else 2)
-    running = min(ctx_len * max_batch, max(ctx_len, RUNNING_KV_BYTES // per_cell))
+    running = min(ctx_len * max_batch, max(ctx_len, running_kv_bytes // per_cell))
     parked = min(prefix_cache_bytes // per_cell, ctx_len * 4) if prefix_cache_bytes else 0
     cells = -(-(running + parked) // 256) * 256
+    plan = memory_plan.MemoryPlan(
+        weights_bytes=gguf.stat().st_size,
+        running_kv_bytes=(cells - parked) * per_cell,
+        prefix_kv_bytes=parked * per_cell,
+        compute_bytes=memory_plan.compute_bytes(meta, arch, BATCH_TOKENS, cells, exact),
+    )
+    memory_plan.check(
+        plan,
+        host_memory.available_bytes() if available_bytes is None else available_bytes,
+        ctx_len=ctx_len,
+        running_set_by_context=running_kv_bytes // per_cell < ctx_len,
+    )
     engine = _engine(engine_mod, gguf, cells, max_batch + (PARKED if parked else 0), threads, exact)
     threads_reason = f"{threads} threads as asked"
     if measure_threads and threads > 1:
@@ -195,10 +210,17 @@ def load(
         decode_path="llama.cpp",
         dtype_reason=f"weights {kind} ({gguf.name}), KV {'f32, no flash attention' if exact else 'f16'}, {cells} cells; {threads_reason}",
         threads=threads,
+        weights_bytes=plan.weights_bytes,
+        running_kv_bytes=plan.running_kv_bytes,
+        prefix_kv_bytes=plan.prefix_kv_bytes,
     )
     # "as TYPE, N threads": the wording of the torch path's line, which the benches read.
     log.info(
         "loaded %s on llama.cpp as %s, %d thread%s, %d KV cells", info.model, kind, threads, "s" * (threads != 1), engine.cells
+    )
+    log.info(
+        "memory plan: weights %.0f MiB, running KV %.0f MiB, kept-prefix KV %.0f MiB, buffers ~%.0f MiB",
+        *(b / memory_plan.MIB for b in (plan.weights_bytes, plan.running_kv_bytes, plan.prefix_kv_bytes, plan.compute_bytes)),
     )
     return LlamaCppBackend(
         engine,
