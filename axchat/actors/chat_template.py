@@ -55,7 +55,7 @@ class _TemplateDict:
 class _Namespace(jinja2.utils.Namespace):
     """Jinja's namespace, refusing underscore names that reach CPython internals."""
 
-    def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805  (Jinja's signature, so namespace(self=...) works)
+    def __init__(*args: Any, **kwargs: Any) -> None:
         self, rest = args[0], args[1:]
         attrs = dict(*rest, **kwargs)
         for name in attrs:

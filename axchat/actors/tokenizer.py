@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from axchat.actors import messages as m
+from axchat.actors.chat_template import ChatTemplateError
 from axchat.actors.detokenizer import IncrementalDetokenizer, StopMatcher
 from axchat.actors.device.turn_end import end_of_turn
-from axchat.actors.chat_template import ChatTemplateError
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars, prompt_field
 from axchat.protocol.v1 import ChatMessage

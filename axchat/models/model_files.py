@@ -98,3 +98,15 @@ def weight_shards(model_dir: Path) -> list[Path]:
 def _present(path: Path) -> bool:
     """There, as anything at all: a dangling link or a FIFO is present and then refused."""
     return path.exists() or path.is_symlink()
+
+
+def declared_eos_ids(model_dir: Path) -> list[int]:
+    """The end ids the model's generation config (else its config) declares; [] when neither does."""
+    for name in ("generation_config.json", "config.json"):
+        try:
+            eos = json.loads((model_dir / name).read_text()).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if eos is not None:
+            return [int(i) for i in (eos if isinstance(eos, list) else [eos])]
+    return []

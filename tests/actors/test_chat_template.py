@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-
 import pytest
 
 transformers = pytest.importorskip("transformers", reason="the reference needs axchat[torch]")

@@ -22,6 +22,7 @@ from axchat.actors.backends.aipu.model_files import build_tree_files, model_dir_
 from axchat.actors.backends.aipu.temperature import CoreTemperatureProbe
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend, ModelLoadError
 from axchat.actors.backends.load_options import LoadOptions
+from axchat.models import model_files
 from axchat.models.aipu_catalog import CATALOG, reply_reserve_for
 
 log = logging.getLogger(__name__)
@@ -165,12 +166,4 @@ class AipuBackend(DeviceBackend):
 def _eos_ids(model_dir: Path | None) -> tuple[int, ...]:
     """The generation config's end ids where the model directory has one; the tokenizer's
     own eos is added by the daemon either way."""
-    if model_dir is None:
-        return ()
-    from transformers import GenerationConfig
-
-    try:
-        eos = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
-    except (OSError, ValueError):
-        return ()
-    return tuple(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return tuple(model_files.declared_eos_ids(model_dir)) if model_dir is not None else ()

@@ -4,18 +4,17 @@ by libllama for q8_0 and q4_k_m), size the KV cells, and describe what runs."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from axchat.actors.backends.base import BackendInfo, ModelLoadError
 from axchat import host_memory
+from axchat.actors.backends.base import BackendInfo, ModelLoadError
 from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert, memory_plan, thread_choice
 from axchat.host_cores import default_threads
-from axchat.models import store
+from axchat.models import model_files, store
 from axchat.models.gguf_header import FILE_TYPES
 from axchat.models.model_files import ModelFileError
 
@@ -120,16 +119,7 @@ def convert_if_needed(model: str, quant: str, dtype: str, threads: int | None, p
 
 
 def _eos_ids(model_dir: Path | None, meta: dict[str, str]) -> tuple[int, ...]:
-    ids: list[int] = []
-    if model_dir is not None:
-        for name in ("generation_config.json", "config.json"):
-            try:
-                eos = json.loads((model_dir / name).read_text()).get("eos_token_id")
-            except (OSError, ValueError):
-                continue
-            if eos is not None:
-                ids = list(eos) if isinstance(eos, list) else [eos]
-                break
+    ids = model_files.declared_eos_ids(model_dir) if model_dir is not None else []
     for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"):
         if not ids and key in meta:
             ids.append(int(meta[key]))
