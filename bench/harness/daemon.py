@@ -33,12 +33,19 @@ class Daemon:
     """One `axchat serve` on a socket in a private temporary directory (mode 0700)."""
 
     def __init__(
-        self, model: str, serve_args: list[str], log: Log, label: str = "daemon", env: dict[str, str] | None = None
+        self,
+        model: str,
+        serve_args: list[str],
+        log: Log,
+        label: str = "daemon",
+        env: dict[str, str] | None = None,
+        python: str = sys.executable,
     ) -> None:
+        """`python`: the interpreter whose axchat runs (another venv's, say)."""
         self.dir = Path(tempfile.mkdtemp(prefix="axchat-bench-"))
         self.socket = str(self.dir / "axchat.sock")
         self.log_path = self.dir / "serve.log"
-        self.cmd = [sys.executable, "-m", "axchat", "serve", "--model", model, "--socket", self.socket, *serve_args]
+        self.cmd = [python, "-m", "axchat", "serve", "--model", model, "--socket", self.socket, *serve_args]
         self.log = log
         self.label = label
         self.proc: subprocess.Popen[bytes] | None = None
