@@ -47,10 +47,12 @@ def longest_token_chars(tokenizer: Any) -> int:
     one per byte; SentencePiece: `▁` per space, `<0xNN>` for a byte), so the longest
     entry bounds it; special tokens are in the vocabulary too, and count."""
     try:
-        vocab = tokenizer.get_vocab()
+        # One entry at a time: a dict of the whole vocabulary would leave megabytes of
+        # freed small objects behind in the daemon for good.
+        entries = tokenizer.token_texts()
     except (AttributeError, NotImplementedError):
         return 0  # unknown: no cheap bound, every request is tokenized
-    return max((len(entry) for entry in vocab), default=0)
+    return max((len(entry) for entry in entries), default=0)
 
 
 def min_tokens(chars: int, max_token_chars: int) -> int:

@@ -6,7 +6,7 @@ transformers 5 applies them (tests/actors/test_tokenizer_json.py compares the tw
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,13 @@ class JsonTokenizer:
 
     def added_tokens(self) -> dict[int, str]:
         return {i: t.content for i, t in self._backend.get_added_tokens_decoder().items()}
+
+    def token_texts(self) -> Iterator[str]:
+        """Each vocabulary entry as the tokenizer spells it, special tokens included."""
+        for i in range(self._backend.get_vocab_size(with_added_tokens=True)):
+            text = self._backend.id_to_token(i)
+            if text is not None:
+                yield text
 
     def get_vocab(self) -> dict[str, int]:
         return self._backend.get_vocab(with_added_tokens=True)

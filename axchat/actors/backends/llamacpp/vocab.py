@@ -6,7 +6,7 @@ libllama's tokenizer functions read only the vocabulary, so any thread may call 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,9 @@ class GgufTokenizer:
         return {
             i: self._texts[i] for i in range(self._n) if llama_cpp.llama_vocab_get_attr(self._vocab, i) & _ATTR_CONTROL
         }
+
+    def token_texts(self) -> Iterator[str]:
+        return iter(self._texts)
 
     def get_vocab(self) -> dict[str, int]:
         return dict(self._vocab_map)
