@@ -21,28 +21,40 @@ log = logging.getLogger(__name__)
 PROBE_PROMPT = 32
 PROBE_STEPS = 6
 PROBE_SEQ = 0  # free at load: no request has started
+# A candidate whose first steps take (median) this many times the best one's so far cannot win:
+# its probe stops there. On a loaded CPU a 2-thread step took 5-20x a 1-thread one, and
+# probing it in full held the daemon's start-up for 5-11 s (the 135M shape).
+GIVE_UP_RATIO = 3.0
+GIVE_UP_AFTER = 2  # steps
 
 
-def _step_ms(engine: Engine, start: int) -> float:
-    times = []
+def _step_ms(engine: Engine, start: int, give_up_ms: float | None) -> tuple[float, int]:
+    """The median decode step and how many steps were run."""
+    times: list[float] = []
     for i in range(PROBE_STEPS):
         t0 = time.perf_counter()
         engine.run([5], [start + i], [PROBE_SEQ], [0])
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        if give_up_ms is not None and len(times) >= GIVE_UP_AFTER and statistics.median(times) > give_up_ms:
+            break
+    return statistics.median(times), len(times)
 
 
 def choose(engine: Engine, candidates: list[int]) -> tuple[int, str]:
     """The candidate with the fastest batch-1 decode step (set on the engine), and a
     line saying what was measured."""
+    # The prompt on the fewest threads: the one count that never collapses under load.
+    engine.set_threads(min(candidates))
     engine.run(list(range(4, 4 + PROBE_PROMPT)), list(range(PROBE_PROMPT)), [PROBE_SEQ] * PROBE_PROMPT, [PROBE_PROMPT - 1])
     measured: dict[int, list[float]] = {n: [] for n in candidates}
     position = PROBE_PROMPT
     for _ in range(2):  # interleaved, so a burst of load elsewhere hits both alike
-        for n in candidates:
+        for n in sorted(candidates):  # the fewest first: the others then have a figure to beat
             engine.set_threads(n)
-            measured[n].append(_step_ms(engine, position))
-            position += PROBE_STEPS
+            best = min((min(v) for v in measured.values() if v), default=None)
+            step, ran = _step_ms(engine, position, None if best is None else best * GIVE_UP_RATIO)
+            measured[n].append(step)
+            position += ran
     engine.forget(PROBE_SEQ)
     best = min(candidates, key=lambda n: min(measured[n]))
     engine.set_threads(best)
