@@ -138,3 +138,12 @@ def test_torch_where_it_is_needed_is_one_line_naming_the_extra(lean: LeanVenv, f
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert errors == ["axchat serve: error: the torch backend needs torch and transformers, which axchat installs only "
                       "as an extra: pip install 'axchat[torch]'"], done.stderr  # fmt: skip
+
+
+def test_the_test_model_builder_names_the_extra(lean: LeanVenv, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(lean.python), "-m", "axchat.testing.tiny_model", str(tmp_path / "m")],
+        capture_output=True, text=True, timeout=120, env=lean.env,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("needs torch and transformers, which axchat installs only as an extra: pip install 'axchat[torch]'")

@@ -310,7 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     args = parser.parse_args(argv)
+    from axchat.actors.backends.torch_engine import missing_extra
 
+    if (why := missing_extra("building a test model")) is not None:
+        print(f"{parser.prog}: error: {why}", file=sys.stderr)
+        return 2
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a one-shot CLI needs no "Writing model shards" bar
