@@ -10,7 +10,7 @@ from datetime import datetime
 
 import ollama
 import pytest
-from web_bridge import BridgeProcess, bridge_fixture, model_name_fixture  # noqa: F401
+from web_bridge import API_KEY, BridgeProcess, bridge_fixture, keyed_bridge_fixture, model_name_fixture  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 SHORT = {"num_predict": 6, "ignore_eos": True}
@@ -121,3 +121,16 @@ def test_options_reach_the_sampler(oc: ollama.Client, tag: str) -> None:
     assert first.message.content == again.message.content  # the seed makes a draw repeatable
     capped = oc.chat(model=tag, messages=hi, options={"num_predict": 3, "ignore_eos": True})
     assert capped.eval_count == 3 and capped.done_reason == "length"
+
+
+def test_api_keys_apply_as_on_the_openai_routes(keyed_bridge: BridgeProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OLLAMA_API_KEY", raising=False)
+    with ollama.Client(host=keyed_bridge.url, timeout=30) as keyless, pytest.raises(ollama.ResponseError) as caught:
+        keyless.list()
+    assert caught.value.status_code == 401 and caught.value.error.startswith("missing or wrong API key")
+    # Ollama's clients send $OLLAMA_API_KEY as a bearer key.
+    monkeypatch.setenv("OLLAMA_API_KEY", API_KEY)
+    with ollama.Client(host=keyed_bridge.url, timeout=30) as keyed:
+        (model,) = keyed.list().models
+        assert model.model is not None
+        assert keyed.generate(model=model.model, prompt="hi", options=SHORT).done_reason == "length"
