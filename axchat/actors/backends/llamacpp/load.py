@@ -4,6 +4,7 @@ by libllama for q8_0 and q4_k_m), size the KV cells, and describe what runs."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import time
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 from axchat.actors.backends.base import BackendInfo, ModelLoadError
 from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert, thread_choice
 from axchat.host_cores import default_threads
-from axchat.models import store
+from axchat.models import gguf_header, store
 from axchat.models.gguf_header import FILE_TYPES
 from axchat.models.model_files import ModelFileError
 
@@ -165,7 +166,7 @@ def load(
     try:
         meta = engine_mod.read_metadata(gguf)
     except engine_mod.EngineError as exc:
-        raise ModelLoadError(str(exc)) from None
+        raise ModelLoadError(_refused(gguf, exc)) from None
     kind = FILE_TYPES.get(int(meta.get("general.file_type", "-1")), f"file type {meta.get('general.file_type', '?')}")
     if hf_dir is None and quant != "auto" and quant != kind:
         log.info("%s holds %s weights; --quant %s applies to converted models only", gguf.name, kind, quant)
@@ -209,6 +210,23 @@ def load(
         prefill_chunk=PREFILL_CHUNK,
         prefix_cache_bytes=parked * per_cell,
     )
+
+
+def _refused(gguf: Path, exc: Exception) -> str:
+    """libllama's refusal of a GGUF in one line, naming the architecture its header
+    declares: a model newer than this llama.cpp build is the usual cause (Ollama's store
+    holds models its own newer engine runs), and the header says which one it is."""
+    try:
+        arch = gguf_header.read_facts(gguf).get("general.architecture")
+    except ModelFileError:
+        return str(exc)
+    if not isinstance(arch, str):
+        return str(exc)
+    try:
+        build = f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
+    except importlib.metadata.PackageNotFoundError:
+        build = "this llama.cpp build"
+    return f"{exc}: its architecture is {arch!r}, which {build} may not know (a newer llama-cpp-python may)"
 
 
 def bytes_per_cell(meta: dict[str, str], arch: str, kv_bytes: int) -> int:
