@@ -105,7 +105,7 @@ def from_daemon(
 OLLAMA_PREFIX = "/api/"
 
 
-def error_response(error: ApiError, path: str) -> web.Response:
+def error_response(error: ApiError, path: str = "") -> web.Response:
     """The answer in the shape of the API `path` belongs to: Ollama's or OpenAI's."""
     body = {"error": error.message} if path.startswith(OLLAMA_PREFIX) else error.body()
     return web.json_response(body, status=error.status, headers=error.headers())
