@@ -4,6 +4,7 @@ a real `axchat web` in front of a real daemon (the default path: llama.cpp, q8_0
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
@@ -146,3 +147,26 @@ def test_api_keys_apply_as_on_the_openai_routes(keyed_bridge: BridgeProcess, mon
         (model,) = keyed.list().models
         assert model.model is not None
         assert keyed.generate(model=model.model, prompt="hi", options=SHORT).done_reason == "length"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "api/chat", b"", 400),
+        ("POST", "api/generate", b"{not json", 400),
+        ("POST", "api/chat", json.dumps({"model": "m", "messages": [{"role": "user"}] * 5000}).encode(), 400),
+        ("GET", "api/chat", None, 405),
+        ("GET", "api/nothing", None, 404),
+    ],
+)
+def test_every_refusal_on_ollamas_routes_has_its_shape(
+    bridge: BridgeProcess, method: str, path: str, body: bytes | None, status: int
+) -> None:
+    request = urllib.request.Request(
+        bridge.url + path, data=body, method=method, headers={"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == status
+    answer = json.load(caught.value)
+    assert list(answer) == ["error"] and isinstance(answer["error"], str) and answer["error"]
