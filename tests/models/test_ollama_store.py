@@ -128,9 +128,9 @@ def test_the_daemon_serves_an_ollama_model(store: Path) -> None:
         assert served.stop() == 0, served.log_text()
 
 
-def _serve(store: Path, model: str) -> subprocess.CompletedProcess[str]:
+def _serve(store: Path, model: str, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "axchat", "serve", "--model", model, "--socket", str(short_socket_dir() / "d.sock")],
+        [sys.executable, "-m", "axchat", "serve", "--model", model, "--socket", str(short_socket_dir() / "d.sock"), *flags],
         env={**os.environ, "OLLAMA_MODELS": str(store)}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
@@ -142,14 +142,16 @@ def test_what_cannot_be_served_stops_the_daemon_in_one_line(store: Path) -> None
 
     future = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + text("general.architecture") + struct.pack("<I", 8) + text("nosucharch")
     write_model(store, future, ("registry.ollama.ai", "library", "future", "latest"))
-    done = _serve(store, "ollama:future")
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "its architecture is 'nosucharch'" in done.stderr.splitlines()[-1], done.stderr
+    for flags in ((), ("--check",)):  # the service's check before it starts says so too
+        done = _serve(store, "ollama:future", *flags)
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        assert "its architecture is 'nosucharch'" in done.stderr.splitlines()[-1], done.stderr
     # A params layer no request could run with is refused before any load.
     tiny = (store / "blobs").glob("sha256-*")
     gguf = next(p for p in tiny if p.read_bytes()[:4] == b"GGUF" and p.stat().st_size > 1000).read_bytes()
     write_model(store, gguf, ("registry.ollama.ai", "library", "odd", "latest"), params={"temperature": -1})
-    done = _serve(store, "ollama:odd")
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    last = done.stderr.splitlines()[-1]
-    assert "ollama:odd:latest: its params layer cannot be used: temperature" in last, done.stderr
+    for flags in ((), ("--check",)):
+        done = _serve(store, "ollama:odd", *flags)
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        last = done.stderr.splitlines()[-1]
+        assert "ollama:odd:latest: its params layer cannot be used: temperature must be" in last, done.stderr

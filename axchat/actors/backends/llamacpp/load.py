@@ -163,10 +163,7 @@ def load(
         if not is_llama_family(model):
             raise ModelLoadError(f"{model} is neither a GGUF file nor a Llama-family model directory")
         gguf = gguf_for(hf_dir, weight_type(quant, dtype), threads)
-    try:
-        meta = engine_mod.read_metadata(gguf)
-    except engine_mod.EngineError as exc:
-        raise ModelLoadError(_refused(gguf, exc)) from None
+    meta = read_metadata(gguf)
     kind = FILE_TYPES.get(int(meta.get("general.file_type", "-1")), f"file type {meta.get('general.file_type', '?')}")
     if hf_dir is None and quant != "auto" and quant != kind:
         log.info("%s holds %s weights; --quant %s applies to converted models only", gguf.name, kind, quant)
@@ -210,6 +207,17 @@ def load(
         prefill_chunk=PREFILL_CHUNK,
         prefix_cache_bytes=parked * per_cell,
     )
+
+
+def read_metadata(gguf: Path) -> dict[str, str]:
+    """The GGUF's key/values as libllama reads them (its header and vocabulary only), or
+    its refusal as a ModelLoadError line."""
+    from axchat.actors.backends.llamacpp import engine as engine_mod
+
+    try:
+        return engine_mod.read_metadata(gguf)
+    except engine_mod.EngineError as exc:
+        raise ModelLoadError(_refused(gguf, exc)) from None
 
 
 def _refused(gguf: Path, exc: Exception) -> str:
