@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from axchat.frontends.field_names import with_field_named
+from axchat.frontends.web.greedy_intent import top_k_for
 from axchat.frontends.web.ollama_schema import ChatBody, GenerateBody, Message, Options
 from axchat.frontends.web.openai_errors import ApiError
 from axchat.protocol import v1
@@ -116,7 +117,7 @@ def _sampling(options: Options | None, context_length: int) -> v1.Sampling:
         max_tokens = UNTIL_DONE
     given = {
         "temperature": opts.temperature,
-        "top_k": opts.top_k,
+        "top_k": top_k_for(opts.temperature, opts.top_k),
         "top_p": opts.top_p,
         "min_p": opts.min_p,
         "repetition_penalty": opts.repeat_penalty,

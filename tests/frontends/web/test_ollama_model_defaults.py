@@ -51,3 +51,19 @@ def test_a_request_that_leaves_them_out_gets_the_models_defaults(store_bridge: B
     # logits (random weights), where eight greedy tokens in a row do not come up.
     greedy = ask(store_bridge, [QUESTION], top_k=1)
     assert greedy.message.content != bare.message.content
+
+
+def test_an_explicit_temperature_of_zero_stays_greedy(store_bridge: BridgeProcess) -> None:
+    """Zero is also the protocol's default, which the model's own temperature fills in;
+    the bridge keeps the request greedy on both of its APIs."""
+    greedy = ask(store_bridge, [QUESTION], top_k=1).message.content
+    assert ask(store_bridge, [QUESTION], temperature=0).message.content == greedy
+    with store_bridge.openai_client() as client:
+        reply = client.chat.completions.create(
+            model="ollama:tiny",
+            messages=[QUESTION],  # type: ignore[list-item]
+            max_tokens=LENGTH["num_predict"],  # type: ignore[arg-type]
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
+    assert reply.choices[0].message.content == greedy
