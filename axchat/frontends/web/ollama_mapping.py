@@ -56,11 +56,11 @@ def digest(served: str) -> str:
     return hashlib.sha256(served.encode()).hexdigest()
 
 
-def structured_output(format: Any, model: str) -> None:
-    """The one judge of `format` (`"json"` or a JSON schema): refused with Ollama's 400
-    until the daemon can constrain a reply."""
+def structured_output(format: Any, model: str, generate: v1.Generate) -> v1.Generate:
+    """`generate` held to `format` (`"json"` or a JSON schema), the one place that judges
+    it: for now refused with Ollama's 400, as the daemon cannot yet constrain a reply."""
     if format is None or format == "":
-        return
+        return generate
     raise ApiError(400, f"structured output (`format`) is not available for {model!r} on this server", param="format")
 
 
@@ -69,7 +69,6 @@ def _refuse_unsupported(body: ChatBody | GenerateBody, images: bool) -> None:
         raise ApiError(400, f'"{body.model}" does not support thinking', param="think")
     if images:
         raise ApiError(400, f'"{body.model}" does not support images: axchat serves text models', param="images")
-    structured_output(body.format, body.model)
 
 
 def chat_to_generate(body: ChatBody, context_length: int) -> v1.Generate:
@@ -77,7 +76,8 @@ def chat_to_generate(body: ChatBody, context_length: int) -> v1.Generate:
     if body.tools:
         raise ApiError(400, f'"{body.model}" does not support tools', param="tools")
     messages = [_message(i, m) for i, m in enumerate(body.messages)]
-    return v1.Generate(messages=messages, sampling=_sampling(body.options, context_length))
+    generate = v1.Generate(messages=messages, sampling=_sampling(body.options, context_length))
+    return structured_output(body.format, body.model, generate)
 
 
 def generate_to_generate(body: GenerateBody, context_length: int) -> v1.Generate:
@@ -89,11 +89,13 @@ def generate_to_generate(body: GenerateBody, context_length: int) -> v1.Generate
     if body.raw:
         if body.system:
             raise ApiError(400, "raw mode does not support template, system, or context", param="system")
-        return v1.Generate(prompt=body.prompt, sampling=sampling)
-    messages = [v1.ChatMessage(role="user", content=body.prompt)]
-    if body.system:
-        messages.insert(0, v1.ChatMessage(role="system", content=body.system))
-    return v1.Generate(messages=messages, sampling=sampling)
+        generate = v1.Generate(prompt=body.prompt, sampling=sampling)
+    else:
+        messages = [v1.ChatMessage(role="user", content=body.prompt)]
+        if body.system:
+            messages.insert(0, v1.ChatMessage(role="system", content=body.system))
+        generate = v1.Generate(messages=messages, sampling=sampling)
+    return structured_output(body.format, body.model, generate)
 
 
 def _message(index: int, msg: Message) -> v1.ChatMessage:
