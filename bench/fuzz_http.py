@@ -26,23 +26,21 @@ import argparse
 import asyncio
 import json
 import random
-import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from harness import cli
-from harness.daemon import Daemon, bench_env
+from harness.bridge import Bridge
+from harness.daemon import Daemon
 from harness.machine import machine, model_info
 from harness.numbers import rnd
 from harness.output import BenchError, Log, run_main
 
 log = Log("fuzz_http")
 REPLY_TIMEOUT_S = 60.0
-LISTENING = re.compile(r"listening: (http://\S+/)")
 BODY_LIMIT = 8 << 20  # the bridge's (axchat.frontends.web.app.MAX_BODY_BYTES)
 
 
@@ -202,31 +200,22 @@ async def fuzz(args: argparse.Namespace, url: str, bridge: subprocess.Popen[str]
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     daemon = Daemon(args.model, args.serve_arg, log)
-    bridge: subprocess.Popen[str] | None = None
-    bridge_log = Path(tempfile.mkdtemp(prefix="axchat-fuzz-http-")) / "web.log"  # the daemon's dir goes at finish
+    bridge: Bridge | None = None
     try:
         daemon.start(args.ready_timeout)
-        with open(bridge_log, "w") as err:
-            bridge = subprocess.Popen(
-                [sys.executable, "-m", "axchat", "web", "--port", "0", "--socket", daemon.socket],
-                stdout=subprocess.DEVNULL, stderr=err, env=bench_env(), text=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not (found := LISTENING.search(bridge_log.read_text())):
-            if bridge.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"the bridge did not start: {bridge_log.read_text()[-2000:]}")
-            time.sleep(0.05)  # polling its log for the listening line, with a deadline
-        result = asyncio.run(fuzz(args, found.group(1), bridge))
+        bridge = Bridge(daemon.socket)
+        url = bridge.start()
+        assert bridge.proc is not None
+        result = asyncio.run(fuzz(args, url, bridge.proc))
     finally:
-        bridge_code = None
         if bridge is not None:
-            bridge.terminate()
-            bridge_code = bridge.wait(timeout=30)
+            bridge.stop()
         try:
             daemon.finish()
         except BenchError as exc:
             log(str(exc))
-    web_text = bridge_log.read_text()
+    assert bridge is not None
+    web_text = bridge.log_text()
     return {
         "bench": "fuzz_http",
         "model": model_info(Path(args.model)),
@@ -234,7 +223,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         **result,
         "tracebacks": daemon.final_log.count("Traceback") + web_text.count("Traceback"),
         "daemon_exit_code": daemon.exit_code,
-        "bridge_exit_code": bridge_code,
+        "bridge_exit_code": bridge.exit_code,
     }
 
 

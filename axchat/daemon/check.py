@@ -29,6 +29,7 @@ def check(cfg: ServeConfig) -> str:
     except (ep.EndpointError, curve_auth.ListenRefused) as exc:
         raise CheckFailed(str(exc)) from None
 
+    from axchat.daemon import request_defaults
     from axchat.daemon.backend_choice import choose_backend
     from axchat.models.readable import unreadable_part
     from axchat.models.resolve import ModelNotFound, ensure_available, resolve
@@ -36,7 +37,8 @@ def check(cfg: ServeConfig) -> str:
     try:  # before torch is imported: a misspelt name is refused in a fraction of a second
         resolved = resolve(cfg.model)
         ensure_available(resolved)
-    except ModelNotFound as exc:
+        request_defaults.check(resolved)
+    except (ModelNotFound, request_defaults.BadDefaults) as exc:
         raise CheckFailed(str(exc)) from None
     # What the daemon's load refuses first: files it may not read, shards outside the
     # directory, a GGUF header out of bounds.
@@ -63,7 +65,7 @@ def check(cfg: ServeConfig) -> str:
 
 def _check_llamacpp(cfg: ServeConfig, source: str, name: str, endpoint: str) -> str:
     from axchat.actors.backends import ModelLoadError, registry
-    from axchat.actors.backends.llamacpp.load import find_gguf, is_llama_family, weight_type
+    from axchat.actors.backends.llamacpp.load import find_gguf, is_llama_family, read_metadata, weight_type
 
     why = registry.engine("llamacpp").unavailable()
     if why is not None:
@@ -78,6 +80,7 @@ def _check_llamacpp(cfg: ServeConfig, source: str, name: str, endpoint: str) -> 
     try:
         if gguf is not None:
             weights, kind = gguf.name, read_facts(gguf).get("general.architecture", "unknown")
+            read_metadata(gguf)  # libllama itself must know the architecture, as the load will ask
         else:
             weights, kind = f"{weight_type(cfg.quant, cfg.dtype)} GGUF", read_config(Path(source)).get("model_type")
     except (ModelLoadError, ModelFileError, OSError) as exc:

@@ -21,6 +21,7 @@ from axchat.daemon.admission import Admission, Live
 from axchat.daemon.curve_auth import AllowList
 from axchat.daemon.generate_checks import GenerateChecks
 from axchat.daemon.peer_watch import PeerWatch
+from axchat.daemon.request_defaults import NO_DEFAULTS, RequestDefaults
 from axchat.protocol import v1
 from axchat.protocol.field_path import field_path
 from axchat.sizes import human_bytes
@@ -77,8 +78,10 @@ class FrontDoor(Actor):
         curve_server: tuple[bytes, bytes] | None = None,
         length_floor: LengthFloor = NO_FLOOR,
         allow_list: AllowList | None = None,
+        defaults: RequestDefaults = NO_DEFAULTS,
     ) -> None:
         super().__init__(bus, supervisor)
+        self._defaults = defaults
         self._checks = GenerateChecks(info, {info.model, *model_aliases}, length_floor)
         self._admission = Admission(
             max_live=max_live, max_per_client=max_live_per_client, max_per_connection=max_live_per_connection
@@ -287,6 +290,7 @@ class FrontDoor(Actor):
         await self._reply(identity, client_id, welcome)
 
     async def _generate(self, identity: bytes, client_id: str, gen: v1.Generate) -> None:
+        gen = self._defaults.apply(gen)
         problem = self._checks.refusal(gen)
         if problem is not None:
             return await self._reject(identity, client_id, problem.code, problem.message, param=problem.param)

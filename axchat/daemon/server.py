@@ -29,7 +29,7 @@ from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.reply import ReplyActor
 from axchat.actors.sampler import SamplerActor
 from axchat.actors.tokenizer import TokenizerActor, end_of_turn_ids
-from axchat.daemon import curve_auth, device_group, model_load, socket_lock
+from axchat.daemon import curve_auth, device_group, model_load, request_defaults, socket_lock
 from axchat.daemon.backend_choice import choose_backend
 from axchat.daemon.config import ServeConfig
 from axchat.daemon.frontdoor import FrontDoor
@@ -53,7 +53,8 @@ def resolve_model(cfg: ServeConfig) -> ResolvedModel:
     try:
         resolved = resolve(cfg.model)
         ensure_available(resolved)
-    except ModelNotFound as exc:
+        request_defaults.check(resolved)
+    except (ModelNotFound, request_defaults.BadDefaults) as exc:
         raise StartupError(str(exc)) from None
     if resolved.note:
         log.info("%s", resolved.note)
@@ -284,6 +285,7 @@ async def _serve(
                 curve_server=None if keys is None else (keys.public, keys.secret),
                 length_floor=tok.length_floor,
                 allow_list=allow_list,
+                defaults=request_defaults.for_model(model),
             )
         except zmq.ZMQError as exc:
             for made in (reply_stage, sampler, *devices, tok):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import re
 import stat
 from dataclasses import dataclass, field
@@ -91,10 +92,20 @@ def is_blob(path: Path) -> bool:
 
 
 def _unreadable(root: Path) -> str:
+    """How to let this process's user (the axchat service runs as its own) read the store."""
+    me = _user_name()
     return (
-        f"cannot read Ollama's store {root}: permission denied (Ollama's service runs as user ollama: "
-        f"`sudo setfacl -R -m u:$USER:rX {root}` or add this user to group ollama, then log in again)"
+        f"cannot read Ollama's store {root}: permission denied for user {me} (Ollama's service keeps it as user "
+        f"ollama): `sudo setfacl -R -m u:{me}:rX {root}` (again with -d for models pulled later), or "
+        f"`sudo usermod -aG ollama {me}` and restart axchat"
     )
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid with no passwd entry (a container's)
+        return str(os.geteuid())
 
 
 def _read_json(path: Path, what: str) -> dict[str, object]:

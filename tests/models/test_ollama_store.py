@@ -4,44 +4,21 @@ by a real daemon and listed by `axchat models`; each way a store can be wrong is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import pwd
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import DaemonProcess, RawClient, chat
+from conftest import DaemonProcess, RawClient, chat, short_socket_dir
+from ollama_layout import PARAMS, SYSTEM, write_model
 
 from axchat.models import ollama_store, resolve
 from axchat.protocol import v1
-
-PARAMS = {"stop": ["<|im_end|>"], "temperature": 0.6, "top_p": 0.9}
-SYSTEM = "You are a terse assistant."
-
-
-def _blob(root: Path, data: bytes) -> dict[str, object]:
-    digest = hashlib.sha256(data).hexdigest()
-    blobs = root / "blobs"
-    blobs.mkdir(parents=True, exist_ok=True)
-    (blobs / f"sha256-{digest}").write_bytes(data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
-
-
-def write_model(root: Path, gguf: bytes, name: tuple[str, str, str, str], extra: list[tuple[str, bytes]] = ()) -> Path:  # type: ignore[assignment]
-    """A manifest as `ollama pull` leaves it, its config and layers as blobs."""
-    layers = [{"mediaType": ollama_store.MODEL, **_blob(root, gguf)}]
-    layers += [{"mediaType": ollama_store.PARAMS, **_blob(root, json.dumps(PARAMS).encode())}]
-    layers += [{"mediaType": ollama_store.SYSTEM, **_blob(root, SYSTEM.encode())}]
-    layers += [{"mediaType": kind, **_blob(root, data)} for kind, data in extra]
-    config = {"mediaType": "application/vnd.docker.container.image.v1+json", **_blob(root, b'{"model_format":"gguf"}')}
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "config": config, "layers": layers}
-    path = root / "manifests" / Path(*name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest))
-    return path
 
 
 @pytest.fixture
@@ -109,6 +86,8 @@ def test_an_unreadable_store_says_how_to_grant_access(store: Path, monkeypatch: 
     monkeypatch.setattr(ollama_store.Path, "exists", lambda self: self == store)
     line = _refusal("ollama:tiny")
     assert "permission denied" in line and "setfacl" in line and str(store) in line
+    # Named for the user the daemon runs as (the service's own), not whoever reads the line.
+    assert f"u:{pwd.getpwuid(os.geteuid()).pw_name}:rX" in line
 
 
 def test_models_lists_ollamas_beside_axchats(store: Path, tmp_path: Path, llamacpp_f32_gguf: Path) -> None:
@@ -147,3 +126,32 @@ def test_the_daemon_serves_an_ollama_model(store: Path) -> None:
             client.close()
     finally:
         assert served.stop() == 0, served.log_text()
+
+
+def _serve(store: Path, model: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "axchat", "serve", "--model", model, "--socket", str(short_socket_dir() / "d.sock"), *flags],
+        env={**os.environ, "OLLAMA_MODELS": str(store)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_what_cannot_be_served_stops_the_daemon_in_one_line(store: Path) -> None:
+    # A GGUF whose architecture this llama.cpp does not know, as a newer Ollama may pull.
+    def text(s: str) -> bytes:
+        return struct.pack("<Q", len(s)) + s.encode()
+
+    future = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + text("general.architecture") + struct.pack("<I", 8) + text("nosucharch")
+    write_model(store, future, ("registry.ollama.ai", "library", "future", "latest"))
+    for flags in ((), ("--check",)):  # the service's check before it starts says so too
+        done = _serve(store, "ollama:future", *flags)
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        assert "its architecture is 'nosucharch'" in done.stderr.splitlines()[-1], done.stderr
+    # A params layer no request could run with is refused before any load.
+    tiny = (store / "blobs").glob("sha256-*")
+    gguf = next(p for p in tiny if p.read_bytes()[:4] == b"GGUF" and p.stat().st_size > 1000).read_bytes()
+    write_model(store, gguf, ("registry.ollama.ai", "library", "odd", "latest"), params={"temperature": -1})
+    for flags in ((), ("--check",)):
+        done = _serve(store, "ollama:odd", *flags)
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        last = done.stderr.splitlines()[-1]
+        assert "ollama:odd:latest: its params layer cannot be used: temperature must be" in last, done.stderr

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from axchat.frontends.web import routes_openai, routes_ops, routes_page
+from axchat.frontends.web import ollama_routes, routes_openai, routes_ops, routes_page
 from axchat.frontends.web.access_log import access_log_middleware
 from axchat.frontends.web.appkeys import BODY_TIMEOUT, LINK, METRICS, USER_TRUST
 from axchat.frontends.web.auth import bearer_key_middleware
@@ -56,5 +56,6 @@ def build_app(
     app.cleanup_ctx.append(daemon_link)
     app.add_routes(routes_ops.routes)
     app.add_routes(routes_openai.routes)
+    app.add_routes(ollama_routes.routes)
     app.add_routes(routes_page.routes)
     return app

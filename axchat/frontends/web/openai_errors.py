@@ -1,8 +1,9 @@
 """Every failure the bridge answers, in OpenAI's shape, `{"error": {message, type, param,
-code}}`, with the HTTP status an OpenAI client acts on (its SDKs pick the exception class
-by status alone): the error type, the answer for each daemon error code, and the
-middleware that turns whatever a handler raises into one (aiohttp's own 404/405/413
-included; a bug becomes a 500 whose details go to the log, not to the client)."""
+code}}` (on Ollama's routes, Ollama's `{"error": message}`), with the HTTP status an
+OpenAI client acts on (its SDKs pick the exception class by status alone): the error
+type, the answer for each daemon error code, and the middleware that turns whatever a
+handler raises into one (aiohttp's own 404/405/413 included; a bug becomes a 500 whose
+details go to the log, not to the client)."""
 
 from __future__ import annotations
 
@@ -100,8 +101,14 @@ def from_daemon(
     return ApiError(500, message, type="server_error", code=code)
 
 
-def error_response(error: ApiError) -> web.Response:
-    return web.json_response(error.body(), status=error.status, headers=error.headers())
+# Ollama's API answers under this prefix, its errors shaped `{"error": message}`.
+OLLAMA_PREFIX = "/api/"
+
+
+def error_response(error: ApiError, path: str = "") -> web.Response:
+    """The answer in the shape of the API `path` belongs to: Ollama's or OpenAI's."""
+    body = {"error": error.message} if path.startswith(OLLAMA_PREFIX) else error.body()
+    return web.json_response(body, status=error.status, headers=error.headers())
 
 
 @web.middleware
@@ -109,14 +116,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc)
+        return error_response(exc, request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status)
-        return error_response(ApiError(exc.status, exc.reason, code=code))
+        return error_response(ApiError(exc.status, exc.reason, code=code), request.path)
     except ConnectionError:
         raise  # the client is gone; nobody to answer
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(ApiError(500, "internal error in the web bridge", type="server_error", code="internal"))
+        return error_response(
+            ApiError(500, "internal error in the web bridge", type="server_error", code="internal"), request.path
+        )

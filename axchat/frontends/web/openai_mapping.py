@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any, Literal
 
+from axchat.frontends.web.greedy_intent import top_k_for
 from axchat.frontends.web.openai_errors import bad_request
 from axchat.frontends.web.openai_schema import ChatCompletionRequest, CompletionRequest, InMessage
 from axchat.protocol import v1
@@ -67,11 +68,12 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
         raise bad_request("only n=1 is supported", param="n")
     defaults = v1.Sampling()
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    top_k = top_k_for(req.temperature, req.top_k)
     # Range checks are the daemon's (`invalid_field` becomes a 400 naming the field).
     return v1.Sampling(
         temperature=defaults.temperature if req.temperature is None else req.temperature,
         top_p=defaults.top_p if req.top_p is None else req.top_p,
-        top_k=defaults.top_k if req.top_k is None else req.top_k,
+        top_k=defaults.top_k if top_k is None else top_k,
         min_p=defaults.min_p if req.min_p is None else req.min_p,
         repetition_penalty=defaults.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
         max_tokens=defaults.max_tokens if max_tokens is None else max_tokens,

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Literal
 
 from aiohttp import web
 
 from axchat.frontends.web import openai_mapping as mapping
-from axchat.frontends.web.appkeys import BODY_TIMEOUT, LINK, METRICS, USER_TRUST
+from axchat.frontends.web.appkeys import LINK, METRICS, USER_TRUST
 from axchat.frontends.web.end_user import end_user
 from axchat.frontends.web.generation import Generation
 from axchat.frontends.web.openai_errors import ApiError, from_daemon
 from axchat.frontends.web.openai_schema import ChatCompletionRequest, CompletionRequest, decode_body
+from axchat.frontends.web.request_body import read_body
 from axchat.frontends.web.sse import SseStream
 from axchat.protocol import v1
 
@@ -21,7 +21,7 @@ routes = web.RouteTableDef()
 
 @routes.post("/v1/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    body = decode_body(await _read_body(request), ChatCompletionRequest)
+    body = decode_body(await read_body(request), ChatCompletionRequest)
     generate = mapping.chat_to_generate(body)
     generate.user = end_user(request, body.user, request.app[USER_TRUST])
     return await _respond(request, "chat", generate, body.stream, mapping.include_usage(body))
@@ -29,7 +29,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/v1/completions")
 async def completions(request: web.Request) -> web.StreamResponse:
-    body = decode_body(await _read_body(request), CompletionRequest)
+    body = decode_body(await read_body(request), CompletionRequest)
     generate = mapping.completion_to_generate(body)
     generate.user = end_user(request, body.user, request.app[USER_TRUST])
     return await _respond(request, "text", generate, body.stream, mapping.include_usage(body))
@@ -47,17 +47,6 @@ async def model(request: web.Request) -> web.Response:
     if request.match_info["model"] != welcome.model:
         raise from_daemon("unknown_model", f"model {request.match_info['model']!r} is not served here")
     return web.json_response(_model_card(welcome))
-
-
-async def _read_body(request: web.Request) -> bytes:
-    """The body, within the bridge's body timeout: a client trickling it a byte at a
-    time must not hold a connection (and its buffer) for as long as it likes."""
-    limit = request.app[BODY_TIMEOUT]
-    try:
-        async with asyncio.timeout(limit):
-            return await request.read()
-    except TimeoutError:
-        raise ApiError(408, f"the request body did not arrive within {limit:g}s", code="timeout") from None
 
 
 def _model_card(welcome: v1.Welcome) -> dict[str, Any]:

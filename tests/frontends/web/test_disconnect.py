@@ -1,4 +1,5 @@
-"""An HTTP client that hangs up cancels its request on the daemon, streaming or not.
+"""An HTTP client that hangs up cancels its request on the daemon, streaming or not, on
+the OpenAI routes and on Ollama's.
 
 A private daemon and bridge, so that its log lines and its running count are this
 test's alone.
@@ -36,13 +37,13 @@ def own_bridge(own_daemon: DaemonProcess) -> Iterator[BridgeProcess]:
         yield bridge
 
 
-def open_request(bridge: BridgeProcess, body: dict[str, object]) -> socket.socket:
+def open_request(bridge: BridgeProcess, body: dict[str, object], path: str = "/v1/chat/completions") -> socket.socket:
     """A raw HTTP/1.1 request on a bare socket, so the test controls exactly when it closes."""
     url = urlsplit(bridge.url)
     payload = json.dumps(body).encode()
     conn = socket.create_connection((url.hostname, url.port), timeout=DEADLINE_S)
     conn.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode()
         + f"Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload
     )
@@ -99,4 +100,23 @@ def test_closing_a_whole_request_cancels_on_the_daemon(
     wait_until(lambda: running(daemon_status) == 1, "the daemon runs the request")
     conn.close()
     own_daemon.wait_for_line("finish=cancelled", timeout_s=DEADLINE_S)
+    wait_until(lambda: running(daemon_status) == 0, "the daemon runs nothing")
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["ndjson", "whole"])
+def test_closing_an_ollama_request_cancels_on_the_daemon(
+    own_daemon: DaemonProcess, own_bridge: BridgeProcess, daemon_status: RawClient, stream: bool
+) -> None:
+    held = {"num_predict": HELD["max_tokens"], "ignore_eos": True}
+    welcome = daemon_status.request(v1.Hello())
+    assert isinstance(welcome, v1.Welcome)
+    body = {"model": welcome.model, "prompt": "talk", "stream": stream, "options": held}
+    conn = open_request(own_bridge, body, path="/api/generate")
+    if stream:  # the first line leaves only after the daemon's first reply: it is generating
+        assert read_until(conn, b'{"model"').startswith(b"HTTP/1.1 200")
+    else:
+        wait_until(lambda: running(daemon_status) == 1, "the daemon runs the request")
+    conn.close()
+    line = own_daemon.wait_for_line("finish=cancelled", timeout_s=DEADLINE_S)
+    assert f"Tokens: {HELD_TOKENS}" not in line
     wait_until(lambda: running(daemon_status) == 0, "the daemon runs nothing")

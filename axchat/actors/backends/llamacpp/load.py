@@ -4,6 +4,7 @@ by libllama for q8_0 and q4_k_m), size the KV cells, and describe what runs."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from axchat import host_memory
 from axchat.actors.backends.base import BackendInfo, ModelLoadError
 from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert, memory_plan, thread_choice
 from axchat.host_cores import default_threads
-from axchat.models import model_files, store
+from axchat.models import gguf_header, model_files, store
 from axchat.models.gguf_header import FILE_TYPES
 from axchat.models.model_files import ModelFileError
 
@@ -155,10 +156,7 @@ def load(
         if not is_llama_family(model):
             raise ModelLoadError(f"{model} is neither a GGUF file nor a Llama-family model directory")
         gguf = gguf_for(hf_dir, weight_type(quant, dtype), threads)
-    try:
-        meta = engine_mod.read_metadata(gguf)
-    except engine_mod.EngineError as exc:
-        raise ModelLoadError(str(exc)) from None
+    meta = read_metadata(gguf)
     kind = FILE_TYPES.get(int(meta.get("general.file_type", "-1")), f"file type {meta.get('general.file_type', '?')}")
     if hf_dir is None and quant != "auto" and quant != kind:
         log.info("%s holds %s weights; --quant %s applies to converted models only", gguf.name, kind, quant)
@@ -221,6 +219,34 @@ def load(
         prefill_chunk=PREFILL_CHUNK,
         prefix_cache_bytes=parked * per_cell,
     )
+
+
+def read_metadata(gguf: Path) -> dict[str, str]:
+    """The GGUF's key/values as libllama reads them (its header and vocabulary only), or
+    its refusal as a ModelLoadError line."""
+    from axchat.actors.backends.llamacpp import engine as engine_mod
+
+    try:
+        return engine_mod.read_metadata(gguf)
+    except engine_mod.EngineError as exc:
+        raise ModelLoadError(_refused(gguf, exc)) from None
+
+
+def _refused(gguf: Path, exc: Exception) -> str:
+    """libllama's refusal of a GGUF in one line, naming the architecture its header
+    declares: a model newer than this llama.cpp build is the usual cause (Ollama's store
+    holds models its own newer engine runs), and the header says which one it is."""
+    try:
+        arch = gguf_header.read_facts(gguf).get("general.architecture")
+    except ModelFileError:
+        return str(exc)
+    if not isinstance(arch, str):
+        return str(exc)
+    try:
+        build = f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
+    except importlib.metadata.PackageNotFoundError:
+        build = "this llama.cpp build"
+    return f"{exc}: its architecture is {arch!r}, which {build} may not know (a newer llama-cpp-python may)"
 
 
 def bytes_per_cell(meta: dict[str, str], arch: str, kv_bytes: int) -> int:
