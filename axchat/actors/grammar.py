@@ -61,7 +61,10 @@ def build(constraint: Constraint, syntax: ToolSyntax, tokenizer: llg.LLTokenizer
         return Compiled(_check(llg.LLMatcher.grammar_from_regex(constraint.grammar), tokenizer, "constraint.grammar"), False)
     if kind == "lark":
         return Compiled(_check(llg.LLMatcher.grammar_from_lark(constraint.grammar), tokenizer, "constraint.grammar"), False)
-    return Compiled(_check(_tools_grammar(constraint, syntax, tokenizer), tokenizer, "constraint.tools"), tools=True)
+    text = _tools_grammar(constraint, syntax, tokenizer)
+    if not text:  # tool_choice "none": tools shown to the model, the reply free text
+        return Compiled("", tools=False)
+    return Compiled(_check(text, tokenizer, "constraint.tools"), tools=True)
 
 
 def _from_schema(text: str, param: str) -> str:
@@ -115,8 +118,11 @@ def _tools_grammar(constraint: Constraint, syntax: ToolSyntax, tokenizer: llg.LL
             "x-guidance": JSON_OPTIONS,  # inline schemas take their options from here
         }
     choice = constraint.tool_choice
-    if choice not in ("auto", "required") and choice not in names:
-        raise BadConstraint("constraint.tool_choice", f"constraint.tool_choice {choice!r} is not auto, required or a tool's name")
+    if choice not in ("auto", "required", "none") and choice not in names:
+        why = f"constraint.tool_choice {choice!r} is not auto, required, none or a tool's name"
+        raise BadConstraint("constraint.tool_choice", why)
+    if choice == "none":
+        return ""
     offered = [bodies[choice]] if choice in names else list(bodies.values())
     call = "call: " + " | ".join(f"%json {json.dumps(body)}" for body in offered)
     more = f"{{0,{MAX_PARALLEL_CALLS - 1}}}" if constraint.parallel_tool_calls and not syntax.leading_only else ""

@@ -16,9 +16,9 @@ from typing import Any
 
 from axchat.actors import messages as m
 from axchat.actors.constraint_check import ConstraintChecker
-from axchat.actors.grammar import Compiled
 from axchat.actors.detokenizer import IncrementalDetokenizer, StopMatcher
 from axchat.actors.device.turn_end import end_of_turn
+from axchat.actors.grammar import Compiled
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars, prompt_field
 from axchat.actors.token_mask import ConstraintVocab
@@ -121,7 +121,7 @@ class TokenizerActor(Actor):
                 await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=checked))
                 return
             compiled = checked
-        tools = template_tools(msg.constraint) if compiled is not None and compiled.tools else None
+        tools = template_tools(msg.constraint) if msg.constraint is not None and msg.constraint.kind == "tools" else None
         try:
             async with self._client_turn(msg.client):
                 if msg.rid in self._cancelled_while_encoding:
@@ -150,7 +150,7 @@ class TokenizerActor(Actor):
             tokenize_ms=tokenize_ms,
             detok=IncrementalDetokenizer(self._tok, ids),
             stops=StopMatcher(msg.sampling.stop),
-            calls=CallSplitter(self._constraints.syntax) if tools is not None else None,
+            calls=CallSplitter(self._constraints.syntax) if compiled is not None and compiled.tools else None,
         )
         await self.send(
             "device",
@@ -162,7 +162,7 @@ class TokenizerActor(Actor):
                 sampling=msg.sampling,
                 eos_ids=self._eos_ids,
                 more_coming=sum(1 for rid in self._encoding if rid != msg.rid and rid not in self._cancelled_while_encoding),
-                grammar=compiled.grammar if compiled is not None else "",
+                grammar=compiled.grammar if compiled is not None else "",  # "" for tool_choice none
             ),
         )
         # A cancel that came in while the admit was being sent was parked as "while
@@ -203,8 +203,10 @@ class TokenizerActor(Actor):
         return list(self._tok(text, add_special_tokens=False)["input_ids"])
 
     def _render_chat(self, messages: list[ChatMessage], tools: list[dict[str, Any]] | None = None) -> str:
-        convo = [template_message(msg) for msg in messages]
-        if tools is not None and not template_knows_tools(getattr(self._tok, "chat_template", None)):
+        knows_tools = template_knows_tools(getattr(self._tok, "chat_template", None))
+        calls_as_text = None if knows_tools else self._constraints.syntax
+        convo = [template_message(msg, calls_as_text) for msg in messages]
+        if tools is not None and not knows_tools:
             convo.insert(0, {"role": "system", "content": tools_preamble(tools, self._constraints.syntax)})
         if self._has_template:
             extra = {"tools": tools} if tools is not None else {}

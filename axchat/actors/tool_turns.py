@@ -8,7 +8,7 @@ import json
 import os
 from typing import Any
 
-from axchat.actors.tool_syntax import CallSplitter, parse_calls
+from axchat.actors.tool_syntax import CallSplitter, ToolSyntax, parse_calls
 from axchat.protocol.v1 import ChatMessage, Constraint, ToolCall
 
 
@@ -24,9 +24,18 @@ def template_tools(constraint: Constraint | None) -> list[dict[str, Any]]:
     ]
 
 
-def template_message(msg: ChatMessage) -> dict[str, Any]:
+def template_message(msg: ChatMessage, calls_as_text: ToolSyntax | None = None) -> dict[str, Any]:
+    """`msg` for the template; with `calls_as_text` (a template that renders no calls)
+    an assistant's calls are written into its text as the model would have written them."""
     out: dict[str, Any] = {"role": msg.role, "content": msg.content}
-    if msg.tool_calls:
+    if msg.tool_calls and calls_as_text is not None:
+        syntax = calls_as_text
+        written = [
+            f"{syntax.opening}{json.dumps({'name': c.name, syntax.args_key: _arguments(c.arguments)})}{syntax.closing}"
+            for c in msg.tool_calls
+        ]
+        out["content"] = msg.content + "\n".join(written)
+    elif msg.tool_calls:
         out["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments(c.arguments)}}
             for c in msg.tool_calls

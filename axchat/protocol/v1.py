@@ -119,7 +119,7 @@ class Constraint(msgspec.Struct, omit_defaults=True, gc=False):
     schema: str = ""
     grammar: str = ""
     tools: list[ToolSpec] = []
-    tool_choice: str = "auto"  # "auto", "required", or the name of one tool
+    tool_choice: str = "auto"  # "auto", "required", "none" (tools shown, no call), or one tool's name
     parallel_tool_calls: bool = True
 
 

@@ -8,9 +8,9 @@ import json
 import uuid
 
 import jsonschema
+from conftest import HELD, RawClient, chat
 
 from axchat.protocol import v1
-from conftest import HELD, RawClient, chat
 
 # Strings, numbers and arrays are bounded (and objects closed): a random model never
 # chooses to end a string or a fraction's digits, so an unbounded one runs to max_tokens. Bounds are what a schema
@@ -148,7 +148,7 @@ def test_constrained_and_free_requests_share_the_device(raw: RawClient) -> None:
     first = next(f for f in raw.stream("held") if isinstance(f, v1.Delta))
     _, free = reply(raw, chat("hello", max_tokens=16))
     assert free.finish_reason in ("stop", "length")
-    text, done = reply(raw, constrained("data", SCHEMAS[1]))
+    text, _done = reply(raw, constrained("data", SCHEMAS[1]))
     jsonschema.validate(json.loads(text), SCHEMAS[1])
     status = raw.request(v1.Status())
     assert isinstance(status, v1.StatusReply) and any(r.state == "decode" for r in status.requests)
