@@ -112,15 +112,18 @@ class TokenizerActor(Actor):
             self.supervisor.on_handler_error(self, msg, exc)
 
     async def _encode(self, msg: m.Encode) -> None:
+        # A constraint is checked on its own thread while the prompt is encoded: its
+        # compile stays off the first token's path.
+        checking = None if msg.constraint is None else asyncio.ensure_future(self._constraints.check(msg.constraint))
+        try:
+            await self._encode_checked(msg, checking)
+        finally:
+            if checking is not None:
+                checking.cancel()  # a no-op once awaited; else its answer is not needed
+
+    async def _encode_checked(self, msg: m.Encode, checking: asyncio.Future[Compiled | m.Failure] | None) -> None:
         t0 = time.perf_counter()
         reserve = min(msg.sampling.max_tokens, self._reply_reserve)
-        compiled: Compiled | None = None
-        if msg.constraint is not None:
-            checked = await self._constraints.check(msg.constraint)
-            if isinstance(checked, m.Failure):
-                await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=checked))
-                return
-            compiled = checked
         tools = template_tools(msg.constraint) if msg.constraint is not None and msg.constraint.kind == "tools" else None
         try:
             async with self._client_turn(msg.client):
@@ -139,6 +142,9 @@ class TokenizerActor(Actor):
             await self.send("reply", self._finished_early(msg, len(ids), tokenize_ms))
             return
         error = self._check_fits(ids, prompt_field(msg.prompt))
+        compiled = await checking if checking is not None and error is None else None
+        if isinstance(compiled, m.Failure):
+            error = compiled
         if error is not None:
             await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error))
             return
@@ -150,7 +156,7 @@ class TokenizerActor(Actor):
             tokenize_ms=tokenize_ms,
             detok=IncrementalDetokenizer(self._tok, ids),
             stops=StopMatcher(msg.sampling.stop),
-            calls=CallSplitter(self._constraints.syntax) if compiled is not None and compiled.tools else None,
+            calls=CallSplitter(self._constraints.syntax) if isinstance(compiled, Compiled) and compiled.tools else None,
         )
         await self.send(
             "device",
@@ -162,7 +168,7 @@ class TokenizerActor(Actor):
                 sampling=msg.sampling,
                 eos_ids=self._eos_ids,
                 more_coming=sum(1 for rid in self._encoding if rid != msg.rid and rid not in self._cancelled_while_encoding),
-                grammar=compiled.grammar if compiled is not None else "",  # "" for tool_choice none
+                grammar=compiled.grammar if isinstance(compiled, Compiled) else "",  # "" for tool_choice none
             ),
         )
         # A cancel that came in while the admit was being sent was parked as "while

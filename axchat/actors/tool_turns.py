@@ -13,12 +13,13 @@ from axchat.protocol.v1 import ChatMessage, Constraint, ToolCall
 
 
 def template_tools(constraint: Constraint | None) -> list[dict[str, Any]]:
-    """The tools for the template's `tools=`, their schemas as objects (checked already)."""
+    """The tools for the template's `tools=`, their schemas as objects (one that is no
+    JSON is checked, and the request refused, beside the encode that renders this)."""
     tools = constraint.tools if constraint is not None else []
     return [
         {
             "type": "function",
-            "function": {"name": t.name, "description": t.description, "parameters": json.loads(t.parameters)},
+            "function": {"name": t.name, "description": t.description, "parameters": _arguments(t.parameters)},
         }
         for t in tools
     ]

@@ -29,8 +29,9 @@ class Constraints:
             return
 
         def build() -> TokenMask:
-            matcher = compile_matcher(vocab, grammar_text)
-            return TokenMask(matcher, vocab.get().vocab_size)
+            mask = TokenMask(compile_matcher(vocab, grammar_text), vocab.get().vocab_size)
+            fill_together([mask])  # the first token's, in the same trip
+            return mask
 
         self._compiling[seq.rid] = asyncio.get_running_loop().run_in_executor(self._compile, build)
 
