@@ -12,7 +12,10 @@ drift in machine load hits both alike; each figure is the median over rounds.
 
 Keys: `constrained_over_free_bB` = aggregate decode tokens/s constrained / free at
 batch B; `ttft_ratio` = median client-side first-token time constrained / free at the
-smallest batch (it includes the constraint's check and compile).
+smallest batch (it includes the constraint's check and compile). `mask_ms_per_step_bB`:
+the constraint's own work per decode step of B streams, timed in this process on the
+model's vocabulary (B masks filled together, then B masked greedy choices from random
+rows), independent of the daemon's timings.
 
 Prints ONE JSON object on stdout; progress goes to stderr. Any failure exits 1.
 """
@@ -24,6 +27,7 @@ import asyncio
 import json
 import statistics
 import sys
+import time
 from typing import Any
 
 from harness import cli
@@ -108,6 +112,38 @@ async def run_all(socket: str, args: argparse.Namespace) -> dict[str, Any]:
     return runs
 
 
+def mask_cost(model_dir: Any, batch: int, steps: int = 64) -> dict[str, float]:
+    """Milliseconds a step of `batch` constrained streams spends on masks and masked choices."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from axchat.actors import grammar
+    from axchat.actors.token_choice import SequenceSampler
+    from axchat.actors.token_mask import ConstrainedChoice, ConstraintVocab, TokenMask, compile_matcher, fill_together
+    from axchat.actors.tool_syntax import HERMES
+    from axchat.protocol import v1
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    vocab = ConstraintVocab(tok, [0], int(model_info(model_dir).get("vocab_size") or tok.get_vocab_size()))
+    compiled = grammar.build(v1.Constraint(kind="json_schema", schema=json.dumps(SCHEMA)), HERMES, vocab.get())
+    n = vocab.get().vocab_size
+    choices = [
+        ConstrainedChoice(SequenceSampler(v1.Sampling(), []), TokenMask(compile_matcher(vocab, compiled.grammar), n))
+        for _ in range(batch)
+    ]
+    rows = np.random.default_rng(0).standard_normal((batch, n)).astype(np.float32)
+    fill_s = choose_s = 0.0
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fill_together([c.mask for c in choices])
+        t1 = time.perf_counter()
+        for c, row in zip(choices, rows, strict=True):
+            c.choose(row)
+        fill_s, choose_s = fill_s + t1 - t0, choose_s + time.perf_counter() - t1
+        rows = np.roll(rows, 7, axis=1)  # other tokens next step
+    return {"masks": rnd(fill_s * 1e3 / steps, 3), "choices": rnd(choose_s * 1e3 / steps, 3)}  # type: ignore[dict-item]
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = cli.model_dir(args.model)
     load = LoadAtStart()
@@ -124,6 +160,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         out[f"constrained_over_free_b{n}"] = rnd(med(c["agg_tok_s"] / f["agg_tok_s"] for c, f in zip(con, free, strict=True)), 3)
         out[f"free_tok_s_b{n}"] = rnd(med(f["agg_tok_s"] for f in free), 1)
         out[f"constrained_tok_s_b{n}"] = rnd(med(c["agg_tok_s"] for c in con), 1)
+        out[f"mask_ms_per_step_b{n}"] = mask_cost(model_dir, n)
     lo = min(args.batch_sizes)
     free_ttft = med(f["ttft_ms"] for f in runs[f"free_b{lo}"])
     con_ttft = med(c["ttft_ms"] for c in runs[f"constrained_b{lo}"])
