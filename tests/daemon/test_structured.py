@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import jsonschema
-from conftest import HELD, RawClient, chat
+import pytest
+from conftest import HELD, DaemonProcess, RawClient, chat, connected
 
 from axchat.protocol import v1
 
@@ -160,3 +163,30 @@ def test_constrained_and_free_requests_share_the_device(raw: RawClient) -> None:
         last = frame
     assert isinstance(last, v1.Done) and last.finish_reason == "cancelled"
     assert set(held_text) <= {"a", "b"} and held_text
+
+
+def emulated_card(tmp: Path) -> dict[str, str]:
+    return {"AXCHAT_AIPU_EMULATOR_DIR": str(tmp / "card"), "XDG_CACHE_HOME": str(tmp / "cache")}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[["--backend", "torch"], ["--device", "aipu", "--aipu-runtime", "emulator"]],
+    ids=["torch", "aipu-emulated"],
+)
+def other_backend(request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """The other engines beside the default one: the constraint lives in axchat's token
+    choice, so it holds whatever computes the logits (the AIPU is its emulator: no card here)."""
+    env = emulated_card(tmp_path_factory.mktemp("card")) if "aipu" in request.param else None
+    d = DaemonProcess(tiny_model_dir, *request.param, env=env).wait_ready()
+    yield d
+    assert d.stop() == 0, d.log_text()
+
+
+def test_every_backend_keeps_the_constraint(other_backend: DaemonProcess) -> None:
+    for raw in connected(other_backend):
+        for k in (0, 2, 4, 6):
+            for sampling in ({}, {"temperature": 1.0, "seed": k}):
+                text, done = reply(raw, constrained(f"data {k}", SCHEMAS[k], **sampling))
+                assert done.finish_reason == "stop", (text, done)
+                jsonschema.validate(json.loads(text), SCHEMAS[k], format_checker=FORMATS)
