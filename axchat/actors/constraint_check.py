@@ -31,7 +31,11 @@ class ConstraintChecker:
 
         def compile_it() -> grammar.Compiled | m.Failure:
             try:
-                return grammar.build(constraint, self.syntax, vocab.get())
+                tokenizer = vocab.get()
+            except TypeError as exc:  # a tokenizer with no tokenizer.json behind it
+                return m.Failure(code="invalid_field", message=f"constraints cannot be used here: {exc}", param="constraint")
+            try:
+                return grammar.build(constraint, self.syntax, tokenizer)
             except grammar.BadConstraint as exc:
                 return m.Failure(code="invalid_field", message=exc.message, param=exc.param)
 

@@ -38,10 +38,18 @@ class ConstraintVocab:
             return self._built
 
     def _build(self) -> llg.LLTokenizer:
-        tok = self._source
-        rust = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None) or tok
+        rust = _rust_tokenizer(self._source)
         n_vocab = max(self._vocab_size, int(rust.get_vocab_size(with_added_tokens=True)))
         return llg.LLTokenizer(rust.to_str(), n_vocab=n_vocab, eos_token=self._eos or None)
+
+
+def _rust_tokenizer(tok: Any) -> Any:
+    """The `tokenizers.Tokenizer` inside whatever the daemon holds: a Hugging Face fast
+    tokenizer (`backend_tokenizer`), a wrapper around one, or the tokenizer itself."""
+    for candidate in (tok, *(getattr(tok, name, None) for name in ("backend_tokenizer", "_tokenizer", "tokenizer"))):
+        if candidate is not None and hasattr(candidate, "to_str") and hasattr(candidate, "get_vocab_size"):
+            return candidate
+    raise TypeError(f"no tokenizer.json behind {type(tok).__name__}: constraints need one")
 
 
 def compile_matcher(vocab: ConstraintVocab, grammar_text: str) -> llg.LLMatcher:
