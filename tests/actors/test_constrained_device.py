@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import zmq.asyncio
+from test_device_scheduling import FailLoudly
 from tokenizers import Tokenizer
 
 from axchat.actors import grammar
@@ -49,14 +50,6 @@ class Tokens(Actor):
             while len(self.ended) < n:
                 self.changed.clear()
                 await self.changed.wait()
-
-
-class FailLoudly:
-    def on_handler_error(self, actor: Actor, msg: m.ActorMessage, exc: BaseException) -> None:
-        raise AssertionError(f"{actor.name} failed on {msg}") from exc
-
-    def on_task_error(self, actor: Actor, task_name: str, exc: BaseException) -> None:
-        raise AssertionError(f"{actor.name} lost its task {task_name}") from exc
 
 
 @pytest.fixture
