@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 
 from axchat.actors import grammar
 from axchat.actors import messages as m
+from axchat.actors.device import constrained
 from axchat.actors.device.actor import DeviceActor
 from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.sampler import SamplerActor
@@ -117,3 +118,30 @@ async def test_a_dead_end_ends_its_request_with_constraint_failed(rig, monkeypat
     assert dead.reason == "error" and dead.error is not None and dead.error.code == "constraint_failed", dead
     assert 0 < dead.completion_tokens < 200
     assert tokens.ended[2].reason == "length" and len(tokens.tokens[2]) == 200
+
+
+async def test_a_slow_compile_holds_only_its_own_request(rig, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A matcher still compiling when its prompt is in (held here by a gate) leaves the
+    step loop free: a free stream beside it runs to its end meanwhile."""
+    bus, tokens, vocab = rig
+    gate, entered = threading.Event(), threading.Event()
+    real = constrained.compile_matcher
+
+    def held_compile(*args: object) -> object:
+        entered.set()
+        assert gate.wait(60)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(constrained, "compile_matcher", held_compile)
+    await send(bus, admit(1, vocab, constrained=True), admit(2, vocab, constrained=False, ignore_eos=True))
+    async with asyncio.timeout(60):
+        while 2 not in tokens.ended:
+            tokens.changed.clear()
+            await tokens.changed.wait()
+    assert entered.is_set() and 1 not in tokens.tokens and 1 not in tokens.ended
+    assert len(tokens.tokens[2]) == 200
+    gate.set()
+    await tokens.until_ended(2)
+    assert tokens.ended[1].reason == "stop"
+    items = json.loads(vocab.get().decode_str(tokens.tokens[1]))
+    assert 2 <= len(items) <= 3

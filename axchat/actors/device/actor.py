@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
@@ -182,6 +183,10 @@ class DeviceActor(ForwardPasses, Actor):
         an argmax costs microseconds, the round trip through the sampler actor
         (two hops and a copy of the row each way) about a millisecond a token."""
         seq.state = SeqState.SAMPLING
+        if first and self.constraints.compiling(seq):  # a copy: the device reuses its rows
+            seq.state = SeqState.GRAMMAR
+            self.constraints.after_compile(seq, np.array(logits, dtype=np.float32), self._choose_next, self._end)
+            return
         if first:
             mask = await self.constraints.ready(seq)
             sampler = SequenceSampler(seq.sampling, seq.prompt_ids)

@@ -21,6 +21,7 @@ class SeqState(enum.Enum):
     PREFILL = "prefill"  # has a slot, prompt not all fed yet
     COMPUTING = "computing"  # in a forward pass on the device thread
     SAMPLING = "sampling"  # logits are with the sampler
+    GRAMMAR = "grammar"  # prompt in, its grammar's matcher still compiling: the others decode on
     READY = "ready"  # next token known, waiting for a decode step
 
 
