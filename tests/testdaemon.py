@@ -135,11 +135,11 @@ def install_tokenize_gate() -> None:
 
     ungated = TokenizerActor._encode_blocking
 
-    def gated_encode(self: Any, messages: list[Any] | None, prompt: str | None, reserve: int) -> Any:
+    def gated_encode(self: Any, messages: list[Any] | None, prompt: str | None, *rest: Any) -> Any:
         texts = [prompt or ""] if messages is None else [msg.content for msg in messages]
         if any(HOLD_MARKER in text for text in texts):
             _wait_for_gate(gate)
-        return ungated(self, messages, prompt, reserve)
+        return ungated(self, messages, prompt, *rest)
 
     TokenizerActor._encode_blocking = gated_encode  # type: ignore[method-assign]
 

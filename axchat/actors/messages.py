@@ -20,7 +20,17 @@ from typing import Union
 import msgspec
 
 from axchat.actors.status import DeviceSection, ModelFacts
-from axchat.protocol.v1 import ChatMessage, DaemonState, Error, ErrorCode, ErrorInfo, FinishReason, Sampling
+from axchat.protocol.v1 import (
+    ChatMessage,
+    Constraint,
+    DaemonState,
+    Error,
+    ErrorCode,
+    ErrorInfo,
+    FinishReason,
+    Sampling,
+    ToolCall,
+)
 
 
 class _Internal(msgspec.Struct, tag_field="t", gc=False):
@@ -57,6 +67,7 @@ class Encode(_Internal, tag="encode"):
     sampling: Sampling
     received_ns: int  # time.monotonic_ns() when the front door read the frame
     cpu_ns: int  # time.process_time_ns() then, for the per-request CPU figure
+    constraint: Constraint | None = None
 
 
 class CancelRequest(_Internal, tag="cancel"):
@@ -98,6 +109,7 @@ class Admit(_Internal, tag="admit"):
     # Other prompts the tokenizer was still encoding when it sent this one: a burst of
     # requests still arriving, which an idle device waits for to prefill them together.
     more_coming: int = 0
+    grammar: str = ""  # llguidance grammar the reply must match (checked by the tokenizer); "" = none
 
 
 class QueuePosition(_Internal, tag="queue_position"):
@@ -191,6 +203,7 @@ class Finished(_Internal, tag="finished"):
     timings: DeviceTimings
     error: Failure | None = None
     device: str = ""  # which of several devices served it ("" with one)
+    tool_calls: list[ToolCall] = []
 
 
 class Rejected(_Internal, tag="rejected"):

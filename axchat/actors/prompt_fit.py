@@ -129,7 +129,9 @@ class PromptFitter:
         if floor >= self._context:
             raise PromptTooLong(floor)
 
-    def fit_chat(self, messages: list[ChatMessage], limit: int) -> Fitted:
+    def fit_chat(
+        self, messages: list[ChatMessage], limit: int, render: Callable[[list[ChatMessage]], str] | None = None
+    ) -> Fitted:
         """Drop the oldest whole turns (a user message and the replies after it) until
         the conversation leaves `limit` tokens free for the reply; the system prompt and
         the newest turn always stay."""
@@ -151,14 +153,21 @@ class PromptFitter:
                 break
             budget -= cost
             first -= 1
-        return self._settle(system, turns, first, limit)
+        return self._settle(system, turns, first, limit, render or self._render)
 
-    def _settle(self, system: list[ChatMessage], turns: list[list[ChatMessage]], first: int, limit: int) -> Fitted:
+    def _settle(
+        self,
+        system: list[ChatMessage],
+        turns: list[list[ChatMessage]],
+        first: int,
+        limit: int,
+        render: Callable[[list[ChatMessage]], str],
+    ) -> Fitted:
         """The estimate is close, not exact (the template's own tokens, merges at the
         seams): check it with one encode of what is kept, then correct by whole turns."""
 
         def encode_from(start: int) -> list[int]:
-            return self._encode(self._render(system + [msg for turn in turns[start:] for msg in turn]))
+            return self._encode(render(system + [msg for turn in turns[start:] for msg in turn]))
 
         def dropped(start: int) -> int:
             return sum(len(turn) for turn in turns[:start])

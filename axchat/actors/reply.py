@@ -59,5 +59,8 @@ class ReplyActor(Actor):
             cached_tokens=msg.cached_tokens,
         )
         error = msg.error.as_done_error() if msg.error is not None else None
-        done = v1.Done(finish_reason=msg.reason, usage=usage, stats=stats, error=error, trimmed_messages=msg.trimmed_messages)
+        done = v1.Done(
+            finish_reason=msg.reason, usage=usage, stats=stats, error=error,
+            trimmed_messages=msg.trimmed_messages, tool_calls=msg.tool_calls,
+        )
         await self._out(msg.rid, done, final=True)

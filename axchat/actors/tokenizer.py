@@ -16,10 +16,15 @@ from typing import Any, Protocol
 
 from axchat.actors import messages as m
 from axchat.actors.chat_template import ChatTemplateError
+from axchat.actors.constraint_check import ConstraintChecker
 from axchat.actors.detokenizer import IncrementalDetokenizer, StopMatcher
 from axchat.actors.device.turn_end import end_of_turn
+from axchat.actors.grammar import Compiled
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars, prompt_field
+from axchat.actors.token_mask import ConstraintVocab
+from axchat.actors.tool_syntax import CallSplitter, template_knows_tools, tools_preamble
+from axchat.actors.tool_turns import calls_of, template_message, template_tools
 from axchat.protocol.v1 import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ class _Stream:
     tokenize_ms: float
     detok: IncrementalDetokenizer
     stops: StopMatcher
+    calls: CallSplitter | None = None  # a tools request: its calls' text, kept from the deltas
     pending_ids: list[int] = field(default_factory=list)
     emitted_tokens: int = 0
 
@@ -55,6 +61,7 @@ class TokenizerActor(Actor):
         context_length: int,
         eos_ids: Sequence[int],
         reply_reserve: int | None = None,
+        vocab: ConstraintVocab | None = None,
     ) -> None:
         super().__init__(bus, supervisor)
         self._tok = tokenizer
@@ -68,6 +75,7 @@ class TokenizerActor(Actor):
         self._cancelled_while_encoding: set[int] = set()
         self._streams: dict[int, _Stream] = {}
         self._has_template = tokenizer.chat_template is not None
+        self._constraints = ConstraintChecker(vocab)
         self._fitter = PromptFitter(
             self._encode_text,
             self._render_chat,
@@ -105,15 +113,26 @@ class TokenizerActor(Actor):
             self.supervisor.on_handler_error(self, msg, exc)
 
     async def _encode(self, msg: m.Encode) -> None:
+        # A constraint is checked on its own thread while the prompt is encoded: its
+        # compile stays off the first token's path.
+        checking = None if msg.constraint is None else asyncio.ensure_future(self._constraints.check(msg.constraint))
+        try:
+            await self._encode_checked(msg, checking)
+        finally:
+            if checking is not None:
+                checking.cancel()  # a no-op once awaited; else its answer is not needed
+
+    async def _encode_checked(self, msg: m.Encode, checking: asyncio.Future[Compiled | m.Failure] | None) -> None:
         t0 = time.perf_counter()
         reserve = min(msg.sampling.max_tokens, self._reply_reserve)
+        tools = template_tools(msg.constraint) if msg.constraint is not None and msg.constraint.kind == "tools" else None
         try:
             async with self._client_turn(msg.client):
                 if msg.rid in self._cancelled_while_encoding:
                     ids, trimmed = [], 0  # cancelled while waiting its turn: no work at all
                 else:
                     ids, trimmed = await asyncio.get_running_loop().run_in_executor(
-                        self._pool, self._encode_blocking, msg.messages, msg.prompt, reserve
+                        self._pool, self._encode_blocking, msg.messages, msg.prompt, reserve, tools
                     )
         except PromptTooLong as exc:
             too_long = self._overflow(exc.min_tokens, prompt_field(msg.prompt), "at least ")
@@ -128,6 +147,9 @@ class TokenizerActor(Actor):
             await self.send("reply", self._finished_early(msg, len(ids), tokenize_ms))
             return
         error = self._check_fits(ids, prompt_field(msg.prompt))
+        compiled = await checking if checking is not None and error is None else None
+        if isinstance(compiled, m.Failure):
+            error = compiled
         if error is not None:
             await self.send("reply", m.Rejected(rid=msg.rid, label=msg.label, error=error))
             return
@@ -139,6 +161,7 @@ class TokenizerActor(Actor):
             tokenize_ms=tokenize_ms,
             detok=IncrementalDetokenizer(self._tok, ids),
             stops=StopMatcher(msg.sampling.stop),
+            calls=CallSplitter(self._constraints.syntax) if isinstance(compiled, Compiled) and compiled.tools else None,
         )
         await self.send(
             "device",
@@ -150,6 +173,7 @@ class TokenizerActor(Actor):
                 sampling=msg.sampling,
                 eos_ids=self._eos_ids,
                 more_coming=sum(1 for rid in self._encoding if rid != msg.rid and rid not in self._cancelled_while_encoding),
+                grammar=compiled.grammar if isinstance(compiled, Compiled) else "",  # "" for tool_choice none
             ),
         )
         # A cancel that came in while the admit was being sent was parked as "while
@@ -176,22 +200,28 @@ class TokenizerActor(Actor):
                 self._client_turns[client] = (lock, users - 1)
 
     def _encode_blocking(
-        self, messages: list[ChatMessage] | None, prompt: str | None, reserve: int
+        self, messages: list[ChatMessage] | None, prompt: str | None, reserve: int, tools: list[dict[str, Any]] | None
     ) -> tuple[list[int], int]:
         """Token ids, and how many messages were dropped to make them fit."""
         if messages is None:
             self._fitter.check_length(len(prompt or ""))
             return self._tok.encode(prompt or ""), 0  # special tokens as the model wants
-        fitted = self._fitter.fit_chat(messages, self._context_length - reserve)
+        render = functools.partial(self._render_chat, tools=tools) if tools is not None else None
+        fitted = self._fitter.fit_chat(messages, self._context_length - reserve, render)
         return fitted.ids, fitted.dropped_messages
 
     def _encode_text(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False)
 
-    def _render_chat(self, messages: list[ChatMessage]) -> str:
-        convo = [{"role": msg.role, "content": msg.content} for msg in messages]
+    def _render_chat(self, messages: list[ChatMessage], tools: list[dict[str, Any]] | None = None) -> str:
+        knows_tools = template_knows_tools(getattr(self._tok, "chat_template", None))
+        calls_as_text = None if knows_tools else self._constraints.syntax
+        convo = [template_message(msg, calls_as_text) for msg in messages]
+        if tools is not None and not knows_tools:
+            convo.insert(0, {"role": "system", "content": tools_preamble(tools, self._constraints.syntax)})
         if self._has_template:
-            return self._tok.render_chat(convo, add_generation_prompt=True)
+            extra = {"tools": tools} if tools is not None else {}
+            return self._tok.render_chat(convo, add_generation_prompt=True, **extra)
         return "".join(f"{c['role']}: {c['content']}\n" for c in convo) + "assistant:"
 
     def _check_fits(self, ids: list[int], param: str) -> m.Failure | None:
@@ -237,7 +267,8 @@ class TokenizerActor(Actor):
         for token_id in msg.token_ids:
             stream.emitted_tokens += 1
             stream.pending_ids.append(token_id)
-            text += stream.stops.feed(stream.detok.push(token_id))
+            piece = stream.stops.feed(stream.detok.push(token_id))
+            text += stream.calls.feed(piece) if stream.calls is not None else piece
             if stream.stops.stopped:
                 await self.send("device", m.StopSequence(rid=msg.rid, completion_tokens=stream.emitted_tokens))
                 break  # the rest come after the stop string: never shown or counted
@@ -259,6 +290,8 @@ class TokenizerActor(Actor):
         if not stream.stops.stopped:
             tail = stream.stops.feed(stream.detok.flush())  # a stop string may complete here
             tail += stream.stops.flush()
+            if stream.calls is not None:
+                tail = stream.calls.feed(tail) + stream.calls.flush()
             if tail or stream.pending_ids:
                 await self._emit(msg.rid, stream, tail)
         # The device ends a turn where a reported stop string says, but it may have ended
@@ -284,6 +317,7 @@ class TokenizerActor(Actor):
                 timings=msg.timings,
                 error=msg.error,
                 device="" if msg.device == "device" else msg.device,
+                tool_calls=calls_of(stream.calls, msg.rid),
             ),
         )
 
@@ -291,6 +325,7 @@ class TokenizerActor(Actor):
         for task in list(self._encoding.values()):
             task.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._constraints.close()
 
 
 # Added tokens that end an assistant turn in chat templates whose `eos_token` is another

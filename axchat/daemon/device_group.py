@@ -20,6 +20,7 @@ from axchat.actors.device.actor import DeviceActor
 from axchat.actors.device.peers import Peers
 from axchat.actors.mailbox import Actor, Bus
 from axchat.actors.placer import PLACER_NAME, DeviceSpec, PlacerActor, device_name
+from axchat.actors.token_mask import ConstraintVocab
 from axchat.daemon import model_load
 from axchat.daemon.backend_choice import cuda_present
 from axchat.daemon.config import ServeConfig
@@ -154,7 +155,9 @@ def device_actor(
     )
 
 
-def build(bus: Bus, supervisor: DaemonSupervisor, cfg: ServeConfig, model: str, loaded: list[Loaded]) -> DeviceGroup:
+def build(
+    bus: Bus, supervisor: DaemonSupervisor, cfg: ServeConfig, model: str, loaded: list[Loaded], vocab: ConstraintVocab | None = None
+) -> DeviceGroup:
     """A device actor per loaded device and the placer in front of them. Takes the
     backends out of `loaded`: each device actor must be its backend's one owner."""
     devices: list[DeviceActor] = []
@@ -172,6 +175,7 @@ def build(bus: Bus, supervisor: DaemonSupervisor, cfg: ServeConfig, model: str, 
             backend,
             name=device_name(len(devices)),
             peers=Peers(status=PLACER_NAME, ended=PLACER_NAME, residency=PLACER_NAME),
+            vocab=vocab,
         )
         del backend
         devices.append(device)

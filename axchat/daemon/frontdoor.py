@@ -314,6 +314,7 @@ class FrontDoor(Actor):
                 sampling=gen.sampling,
                 received_ns=time.monotonic_ns(),
                 cpu_ns=time.process_time_ns(),
+                constraint=gen.constraint,
             ),
         )
 

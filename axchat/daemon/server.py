@@ -28,6 +28,7 @@ from axchat.actors.device.residency import Residency
 from axchat.actors.mailbox import Actor, Bus, send_close
 from axchat.actors.reply import ReplyActor
 from axchat.actors.sampler import SamplerActor
+from axchat.actors.token_mask import ConstraintVocab
 from axchat.actors.tokenizer import TokenizerActor, end_of_turn_ids
 from axchat.daemon import curve_auth, device_group, model_load, request_defaults, socket_lock
 from axchat.daemon.backend_choice import choose_backend
@@ -234,6 +235,7 @@ async def _serve(
     if model.ollama is not None:  # its blob is named for a digest: clients see Ollama's name
         info = replace(info, model=model.ollama.name)
     eos_ids = set(info.eos_ids) | end_of_turn_ids(tokenizer)
+    vocab = ConstraintVocab(tokenizer, sorted(eos_ids), info.vocab_size)
 
     async with AsyncExitStack() as stack:
         ctx = zmq.asyncio.Context()
@@ -249,13 +251,13 @@ async def _serve(
         # Consumers first, so nothing is ever sent to an inbox that does not exist;
         # the front door last, so no client is served before the chain is whole.
         if backend is not None:
-            device = device_group.device_actor(bus, supervisor, cfg, model.source, backend)
+            device = device_group.device_actor(bus, supervisor, cfg, model.source, backend, vocab=vocab)
             del backend  # the device actor is its one owner, so that unloading frees it
             devices: list[Actor] = [device]
             device_actors, max_running = [device], device.max_running
         else:
             assert loaded is not None
-            group = device_group.build(bus, supervisor, cfg, model.source, loaded)
+            group = device_group.build(bus, supervisor, cfg, model.source, loaded, vocab)
             del loaded  # emptied of backends: the device actors own them
             devices, device_actors, max_running = group.actors, group.devices, group.max_running
         # The reply stage hears the devices' readings as messages, never holding a
@@ -269,6 +271,7 @@ async def _serve(
             context_length=info.context_length,
             eos_ids=sorted(eos_ids),
             reply_reserve=info.reply_reserve,
+            vocab=vocab,
         )
         try:
             door = FrontDoor(

@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import sys
+from pathlib import Path
 from typing import TextIO
 
 import msgspec
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed, so a sampled answer can be repeated")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--raw", action="store_true", help="send the prompt as raw text, without the chat template")
+    p.add_argument("--json-schema", metavar="FILE", help="the answer must be JSON valid for the JSON schema in FILE")
     p.add_argument("--ignore-eos", action="store_true", help=argparse.SUPPRESS)  # benchmarks need exact lengths
     p.add_argument(
         "--stats", "--show-stats", action="store_true", help="print the seed's timing line to stderr (--show-stats: the seed's spelling)"
@@ -84,6 +86,16 @@ def read_prompt(args: argparse.Namespace, stdin: TextIO) -> str:
     return text
 
 
+def read_schema(args: argparse.Namespace) -> v1.Constraint | None:
+    """The constraint --json-schema asks for; the daemon judges the schema itself."""
+    if args.json_schema is None:
+        return None
+    try:
+        return v1.Constraint(kind="json_schema", schema=Path(args.json_schema).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--json-schema: cannot read {args.json_schema}: {exc}") from None
+
+
 def in_flag_words(error: v1.Error) -> str:
     """The daemon's sentence with the field at fault (`error.param`, a protocol path such
     as `sampling.max_tokens`) called by the flag that set it: the user typed flags."""
@@ -96,6 +108,8 @@ def in_flag_words(error: v1.Error) -> str:
 def _flag_for(param: str) -> str | None:
     """The flag that sets the sampling field `param` names (`sampling.stop[1]` ->
     `--stop[1]`), or None for a field no flag sets alone (the prompt, the messages)."""
+    if param == "constraint.schema":
+        return "--json-schema"
     if not param.startswith("sampling."):
         return None
     field, bracket, rest = param.removeprefix("sampling.").partition("[")
@@ -117,13 +131,14 @@ def build_request(args: argparse.Namespace, prompt: str) -> v1.Generate:
         stop=list(args.stop),
         ignore_eos=args.ignore_eos,
     )
+    constraint = read_schema(args)
     if args.raw:
-        return v1.Generate(prompt=prompt, sampling=sampling)
+        return v1.Generate(prompt=prompt, sampling=sampling, constraint=constraint)
     messages = []
     if args.system:
         messages.append(v1.ChatMessage(role="system", content=args.system))
     messages.append(v1.ChatMessage(role="user", content=prompt))
-    return v1.Generate(messages=messages, sampling=sampling)
+    return v1.Generate(messages=messages, sampling=sampling, constraint=constraint)
 
 
 def _json_line(out: TextIO, event: dict[str, object]) -> None:
@@ -227,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     curve_keys.use_key_flags(args)
     try:
         prompt = read_prompt(args, sys.stdin)
+        read_schema(args)  # a missing file is a usage error, before any daemon is asked
     except UsageError as exc:
         print(f"axchat ask: {exc}", file=sys.stderr)
         return EXIT_USAGE

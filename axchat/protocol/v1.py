@@ -24,7 +24,9 @@ PROTOCOL_MAJOR = 1
 # 1.4: stats.device and status_reply.devices, for a daemon driving several devices.
 # 1.5: bounds on the envelope's `id` and on a generate's number of messages; the
 # `forbidden` error code, for a client whose key was revoked while connected.
-PROTOCOL_MINOR = 5
+# 1.6: generate.constraint (structured output and tool calls), ChatMessage.tool_calls
+# and tool_call_id, done.tool_calls, the `constraint_failed` error code.
+PROTOCOL_MINOR = 6
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # Default cap on one frame's size; the daemon announces its own in `welcome`.
@@ -38,6 +40,8 @@ MAX_USER_CHARS = 256
 MAX_ID_CHARS = 128
 # Most messages in one generate: each one is a chat-template render and an encode.
 MAX_MESSAGES = 4096
+# Most tools one constraint may offer: each is a branch of the grammar compiled per request.
+MAX_TOOLS = 128
 
 ErrorCode = Literal[
     "bad_frame",  # not two frames, or a frame that is not MessagePack
@@ -54,6 +58,7 @@ ErrorCode = Literal[
     "load_failed",  # the model was unloaded (keep-alive) and reloading it failed
     "daemon_restarted",  # never sent: a client's own verdict when its connection dropped mid-request
     "forbidden",  # the client's CURVE key is no longer on the daemon's allow-list
+    "constraint_failed",  # a constrained reply reached a state its grammar cannot continue from
 ]
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -78,9 +83,44 @@ class Hello(_Message, tag="hello"):
     client: str = ""
 
 
+class ToolCall(msgspec.Struct, omit_defaults=True, gc=False):
+    """A call the model made: `arguments` is JSON text of an object."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 class ChatMessage(msgspec.Struct, omit_defaults=True, gc=False):
     role: Literal["system", "user", "assistant", "tool"]
     content: str
+    # 1.6: an assistant turn's calls, and on a `tool` message the call it answers;
+    # both reach the chat template as Hugging Face templates expect them.
+    tool_calls: list[ToolCall] = []
+    tool_call_id: str = ""
+
+
+class ToolSpec(msgspec.Struct, omit_defaults=True, gc=False):
+    """A function the model may call; `parameters` is JSON text of a JSON schema."""
+
+    name: str
+    description: str = ""
+    parameters: str = "{}"
+
+
+class Constraint(msgspec.Struct, omit_defaults=True, gc=False):
+    """What the reply must match (1.6). `kind` picks the field that says it:
+    `json_schema` (`schema`, JSON text), `json_object` (any JSON object), `regex` and
+    `lark` (`grammar`, llguidance's syntax), `tools` (`tools`, `tool_choice`,
+    `parallel_tool_calls`: the reply is text or calls in the model family's syntax,
+    parsed into `done.tool_calls`)."""
+
+    kind: Literal["json_schema", "json_object", "regex", "lark", "tools"]
+    schema: str = ""
+    grammar: str = ""
+    tools: list[ToolSpec] = []
+    tool_choice: str = "auto"  # "auto", "required", "none" (tools shown, no call), or one tool's name
+    parallel_tool_calls: bool = True
 
 
 class Sampling(msgspec.Struct, omit_defaults=True, gc=False):
@@ -108,6 +148,7 @@ class Generate(_Message, tag="generate"):
     # web bridge). Admission limits, fairness and prefix-cache privacy then apply per
     # (connection, user) instead of per connection. "" = the connection itself.
     user: str = ""
+    constraint: Constraint | None = None  # 1.6: what the reply must match
 
 
 class Cancel(_Message, tag="cancel"):
@@ -181,6 +222,8 @@ class Done(_Message, tag="done"):
     error: ErrorInfo | None = None
     # Oldest whole turns dropped so the conversation fit the context (system kept).
     trimmed_messages: int = 0
+    # 1.6: the calls a `tools` constraint's reply made (their text is not in the deltas).
+    tool_calls: list[ToolCall] = []
 
 
 class Queued(_Message, tag="queued"):

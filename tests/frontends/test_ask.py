@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import HELD_ARGS, HELD_TOKENS, DaemonProcess, RawClient, ask_streaming, chat, short_socket_dir
 
@@ -91,6 +92,20 @@ def test_ask_sampling_flags_reach_the_daemon(daemon: DaemonProcess) -> None:
     other = axchat(*args, "--seed", "4", "Hi")
     assert one.stdout == two.stdout
     assert one.stdout != other.stdout
+
+
+def test_ask_json_schema_answers_valid_json(daemon: DaemonProcess, tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}, "c": {"enum": ["x", "y"]}},
+              "required": ["n", "c"], "additionalProperties": False}
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    proc = axchat("ask", "--socket", daemon.socket, "--json-schema", str(path), "Give me data")
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert set(answer) == {"n", "c"} and 0 <= answer["n"] <= 9 and answer["c"] in ("x", "y")
+    path.write_text("{broken")
+    bad = axchat("ask", "--socket", daemon.socket, "--json-schema", str(path), "Give me data")
+    assert bad.returncode == 1 and "--json-schema" in bad.stderr, bad.stderr
 
 
 def test_ask_reports_daemon_errors(daemon: DaemonProcess) -> None:

@@ -12,12 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
-from axchat.actors.device import planner
+from axchat.actors.device import constrained, planner
 from axchat.actors.device.burst import Burst
 from axchat.actors.device.clock import DecodeClock, PrefillRate
+from axchat.actors.device.constrained import Constraints
 from axchat.actors.device.device_thread import BackendReadings, DeviceThread
 from axchat.actors.device.forward_passes import ForwardPasses
 from axchat.actors.device.peers import ONE_DEVICE, Peers
@@ -28,6 +30,7 @@ from axchat.actors.device.waiting_line import WaitingLine
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.status import DeviceSection
 from axchat.actors.token_choice import SequenceSampler
+from axchat.actors.token_mask import ConstrainedChoice, ConstraintVocab
 from axchat.protocol.v1 import FinishReason
 
 
@@ -45,6 +48,7 @@ class DeviceActor(ForwardPasses, Actor):
         loader: BackendLoader | None = None,
         name: str = "device",
         peers: Peers = ONE_DEVICE,
+        vocab: ConstraintVocab | None = None,
     ) -> None:
         self.name = name  # before the inbox is bound under it
         super().__init__(bus, supervisor)
@@ -80,6 +84,7 @@ class DeviceActor(ForwardPasses, Actor):
             moved=self._residency_moved if peers.residency is not None else None,
         )
         self.clock = DecodeClock()
+        self.constraints = Constraints(vocab)
 
     @property
     def backend(self) -> DeviceBackend | None:
@@ -104,6 +109,7 @@ class DeviceActor(ForwardPasses, Actor):
             seq = DeviceSequence(msg.rid, msg.label, msg.client, msg.prompt_ids, msg.sampling, frozenset(msg.eos_ids))
             if msg.queued_since_ns:
                 seq.admitted_ns = msg.queued_since_ns  # waited in a placer's line first
+            self.constraints.admit(seq, msg.grammar)
             self.burst.admitted(msg.more_coming)
             self._model.idle.stop()
             self._waiting.push(seq)
@@ -168,6 +174,8 @@ class DeviceActor(ForwardPasses, Actor):
         seq = self._running.get(msg.rid)
         if seq is None or seq.state is not SeqState.SAMPLING:
             return  # ended while the sampler worked
+        if seq.mask is not None:
+            seq.mask.consume(msg.token_id)
         await self._take_tokens(seq, [msg.token_id])
 
     async def _choose_next(self, seq: DeviceSequence, logits: Any, first: bool) -> None:
@@ -175,12 +183,20 @@ class DeviceActor(ForwardPasses, Actor):
         an argmax costs microseconds, the round trip through the sampler actor
         (two hops and a copy of the row each way) about a millisecond a token."""
         seq.state = SeqState.SAMPLING
+        if first and self.constraints.compiling(seq):  # a copy: the device reuses its rows
+            seq.state = SeqState.GRAMMAR
+            self.constraints.after_compile(seq, np.array(logits, dtype=np.float32), self._choose_next, self._end)
+            return
         if first:
+            mask = await self.constraints.ready(seq)
             sampler = SequenceSampler(seq.sampling, seq.prompt_ids)
-            seq.greedy = sampler if sampler.greedy else None
+            seq.greedy = (sampler if mask is None else ConstrainedChoice(sampler, mask)) if sampler.greedy else None
         if seq.greedy is not None:
             await self._take_tokens(seq, [seq.greedy.choose(logits)])
-        elif first:
+            return
+        if seq.mask is not None:
+            logits = seq.mask.allowed(logits)  # the sampler draws among what the grammar allows
+        if first:
             sampling, context = seq.sampling, seq.prompt_ids
             row = m.Logits(rid=seq.rid, data=logits.tobytes(), sampling=sampling, context_ids=context, reply_to=self.name)
             await self.send(self._peers.sampler, row)
@@ -194,11 +210,16 @@ class DeviceActor(ForwardPasses, Actor):
         if seq.completion_tokens == 0:
             seq.timings.first_token_ns = now
         seq.timings.last_token_ns = now
+        dead_end = constrained.dead_end(seq)
+        if dead_end is not None:
+            tokens = tokens[:-1]  # the last was chosen from a row the grammar allowed nothing in
         turn = self._turn(seq, tokens)
         seq.completion_tokens = turn.completion_tokens
         if turn.kept:
             await self._emit(seq, tokens[: turn.kept])
-        if turn.reason is not None:
+        if dead_end is not None and turn.reason is None:
+            await self._end(seq, "error", dead_end)
+        elif turn.reason is not None:
             await self._end(seq, turn.reason)
         else:
             seq.next_token = tokens[-1]
@@ -243,6 +264,7 @@ class DeviceActor(ForwardPasses, Actor):
 
     async def _end(self, seq: DeviceSequence, reason: FinishReason, error: m.Failure | None = None) -> None:
         self._running.pop(seq.rid, None)
+        self.constraints.forget(seq.rid)
         keep = None
         connection = m.connection_of(seq.client)
         if self._limits.prefix_cache and reason != "error" and seq.prefilled and connection not in self._gone_connections:
@@ -371,3 +393,4 @@ class DeviceActor(ForwardPasses, Actor):
             await asyncio.wait([self._stepper])  # waits without swallowing our own cancel
         await self._model.close()
         self._thread.shutdown()
+        self.constraints.close()

@@ -14,6 +14,7 @@ from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
 from axchat.actors.device import planner, run_ahead
 from axchat.actors.device.clock import DecodeClock, PrefillRate
+from axchat.actors.device.constrained import Constraints
 from axchat.actors.device.device_thread import BackendReadings, DeviceThread
 from axchat.actors.device.fair_queue import FairQueue
 from axchat.actors.device.prompt_chunks import ChunkSizer
@@ -31,6 +32,7 @@ class ForwardPasses:
     _waiting: FairQueue[DeviceSequence]
     _chunks: ChunkSizer | None
     _interrupt: threading.Event
+    constraints: Constraints
     clock: DecodeClock
     prefill_rate: PrefillRate
 
@@ -159,7 +161,7 @@ class ForwardPasses:
         lanes = []
         for seq in seqs:
             assert seq.greedy is not None
-            lanes.append(run_ahead.Lane(seq.rid, seq.next_token, seq.greedy.choose, self._room(seq), seq.end_ids))
+            lanes.append(run_ahead.Lane(seq.rid, seq.next_token, seq.greedy.choose, self._room(seq), seq.end_ids, seq.mask))
         backend = self._loaded()
         done = await self._forward(
             seqs, run_ahead.run, self.clock.timed(backend.decode), lanes, self._interrupt
@@ -198,6 +200,7 @@ class ForwardPasses:
         await self._decoded(seqs, logits)
 
     async def _decoded(self, seqs: list[DeviceSequence], logits: Any) -> None:
+        await self.constraints.fill(seqs)  # the step's masks together, off the loop
         for seq, row in zip(seqs, logits, strict=True):
             if await self._ended_during_forward(seq):
                 continue

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from axchat.actors.device.turn_end import end_of_turn
+from axchat.actors.token_mask import TokenMask, fill_together
 
 # A run's length in time: long enough that the loop's per-token work is spread over
 # several tokens at small-model speeds (135M shape here: 9 one-stream steps, or 2 steps
@@ -45,6 +46,7 @@ class Lane:
     choose: Callable[[Any], int]
     room: int
     ends: frozenset[int]
+    mask: TokenMask | None = None  # a constrained stream's grammar mask
     chosen: list[int] = field(default_factory=list)
 
     @property
@@ -68,10 +70,13 @@ def run(
     while True:
         step_start = time.monotonic_ns()
         rows = decode([lane.rid for lane in active], [lane.token for lane in active])
+        fill_together([lane.mask for lane in active if lane.mask is not None])
         still = []
         for lane, row in zip(active, rows, strict=True):
             token = lane.choose(row)
             lane.chosen.append(token)
+            if lane.mask is not None and lane.mask.failed is not None:
+                continue  # a dead end: the loop ends the stream with the reason
             if end_of_turn(len(lane.chosen) - 1, (token,), ends=lane.ends, limit=lane.room).reason is None:
                 lane.token = token
                 still.append(lane)

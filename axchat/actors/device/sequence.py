@@ -13,6 +13,7 @@ from axchat.protocol.v1 import FinishReason, RequestInfo, Sampling
 
 if TYPE_CHECKING:
     from axchat.actors.token_choice import SequenceSampler
+    from axchat.actors.token_mask import ConstrainedChoice, TokenMask
 
 
 class SeqState(enum.Enum):
@@ -20,6 +21,7 @@ class SeqState(enum.Enum):
     PREFILL = "prefill"  # has a slot, prompt not all fed yet
     COMPUTING = "computing"  # in a forward pass on the device thread
     SAMPLING = "sampling"  # logits are with the sampler
+    GRAMMAR = "grammar"  # prompt in, its grammar's matcher still compiling: the others decode on
     READY = "ready"  # next token known, waiting for a decode step
 
 
@@ -44,7 +46,8 @@ class DeviceSequence:
     stop_at: int | None = None  # the reply's token at which the tokenizer found a stop string
     admitted_ns: int = field(default_factory=time.monotonic_ns)
     timings: m.DeviceTimings = field(default_factory=m.DeviceTimings)
-    greedy: SequenceSampler | None = None  # set for greedy requests: sampled here, not by the sampler actor
+    greedy: SequenceSampler | ConstrainedChoice | None = None  # set for greedy requests: sampled here, not by the sampler actor
+    mask: TokenMask | None = None  # the grammar's mask, for a constrained request
 
     @property
     def end_ids(self) -> frozenset[int]:

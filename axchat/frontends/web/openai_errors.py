@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from axchat.frontends.field_names import with_field_named
+from axchat.frontends.web import structured
 from axchat.protocol import v1
 
 log = logging.getLogger("axchat.web")
@@ -25,6 +26,14 @@ UNAVAILABLE_RETRY_S = 5.0
 
 # The daemon's sampling settings sit under `sampling.`; OpenAI's are top level.
 _SAMPLING_PREFIX = "sampling."
+# The daemon's names for a constraint's fields, in OpenAI's words (a tool's: tools[i].function.x).
+_CONSTRAINT_NAMES = {
+    "constraint": "response_format",
+    "constraint.schema": "response_format.json_schema.schema",
+    "constraint.grammar": "response_format",
+    "constraint.tools": "tools",
+    "constraint.tool_choice": "tool_choice",
+}
 
 
 class ApiError(Exception):
@@ -81,6 +90,9 @@ def from_daemon(
             api_param = param.removeprefix(_SAMPLING_PREFIX)
             message = with_field_named(message, param, f"`{api_param}`")
             param = api_param
+        elif param is not None and param.startswith("constraint"):
+            named = structured.api_param(param, _CONSTRAINT_NAMES, "tools[{i}].function.{field}")
+            message, param = with_field_named(message, param, f"`{named}`"), named
         return ApiError(400, message, code="invalid_value", param=param)
     if code == "context_overflow":
         return ApiError(400, message, code="context_length_exceeded", param=param or "messages")

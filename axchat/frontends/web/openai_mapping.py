@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from axchat.frontends.web.greedy_intent import top_k_for
 from axchat.frontends.web.openai_errors import bad_request
-from axchat.frontends.web.openai_schema import ChatCompletionRequest, CompletionRequest, InMessage
+from axchat.frontends.web.openai_schema import ChatCompletionRequest, CompletionRequest, InMessage, NamedToolChoice
+from axchat.frontends.web.structured import OfferedTool, json_constraint, tools_constraint
 from axchat.protocol import v1
 
 # OpenAI's "developer" role is its newer name for "system".
@@ -34,7 +35,35 @@ def chat_to_generate(req: ChatCompletionRequest) -> v1.Generate:
         raise bad_request("`messages` must not be empty", param="messages")
     messages = [_message(i, m) for i, m in enumerate(req.messages)]
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    return v1.Generate(messages=messages, sampling=_sampling(req, max_tokens), model=req.model)
+    generate = v1.Generate(messages=messages, sampling=_sampling(req, max_tokens), model=req.model)
+    generate.constraint = _constraint(req)
+    return generate
+
+
+def _constraint(req: ChatCompletionRequest) -> v1.Constraint | None:
+    """Tools take precedence over `response_format` (with `tool_choice` "none" they are
+    shown to the model and the reply is free text)."""
+    choice = req.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        choice = choice.function.name
+    elif choice is not None and choice not in ("auto", "none", "required"):
+        raise bad_request("`tool_choice` must be auto, none, required or a named function", param="tool_choice")
+    if req.tools:
+        offered = [OfferedTool(t.function.name, t.function.description, bytes(t.function.parameters)) for t in req.tools]
+        parallel = True if req.parallel_tool_calls is None else req.parallel_tool_calls
+        return tools_constraint(offered, choice or "auto", parallel)
+    if isinstance(choice, str) and choice not in ("auto", "none"):
+        raise bad_request("`tool_choice` needs `tools`", param="tool_choice")
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return json_constraint()
+    if fmt.type == "json_schema":
+        if fmt.json_schema is None:
+            raise bad_request("`json_schema` is required with type json_schema", param="response_format.json_schema")
+        return json_constraint(bytes(fmt.json_schema.schema))
+    raise bad_request(f"unsupported response_format type {fmt.type!r}", param="response_format.type")
 
 
 def completion_to_generate(req: CompletionRequest) -> v1.Generate:
@@ -60,7 +89,8 @@ def _message(index: int, msg: InMessage) -> v1.ChatMessage:
         if any(part.type != "text" for part in content):
             raise bad_request("only text content parts are supported", param=f"messages[{index}].content")
         content = "".join(part.text or "" for part in content)
-    return v1.ChatMessage(role=role, content=content or "")
+    calls = [v1.ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments) for c in msg.tool_calls or []]
+    return v1.ChatMessage(role=role, content=content or "", tool_calls=calls, tool_call_id=msg.tool_call_id or "")
 
 
 def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> v1.Sampling:
@@ -104,11 +134,15 @@ class ResponseShape:
     def _envelope(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "system_fingerprint": None}
 
-    def _choice(self, text: str | None, finish_reason: str | None, *, whole: bool) -> dict[str, Any]:
+    def _choice(
+        self, text: str | None, finish_reason: str | None, *, whole: bool, calls: list[v1.ToolCall] | None = None
+    ) -> dict[str, Any]:
         if self.kind == "text":
             return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         if whole:
-            message = {"role": "assistant", "content": text, "refusal": None}
+            message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None, "refusal": None}
+            if calls:
+                message["tool_calls"] = [_call_body(c) for c in calls]
             return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
         delta = {} if text is None else {"content": text}
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -130,14 +164,27 @@ class ResponseShape:
     def text_chunk(self, text: str, with_usage: bool) -> dict[str, Any]:
         return self._chunk([self._choice(text, None, whole=False)], None, with_usage)
 
+    def tool_calls_chunk(self, calls: list[v1.ToolCall], with_usage: bool) -> dict[str, Any]:
+        """Each call whole in one delta: the SDK's reassembly takes one piece as well as many."""
+        delta = {"tool_calls": [{"index": i, **_call_body(c)} for i, c in enumerate(calls)]}
+        return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}], None, with_usage)
+
     def finish_chunk(self, finish_reason: str, with_usage: bool) -> dict[str, Any]:
         return self._chunk([self._choice(None, finish_reason, whole=False)], None, with_usage)
 
     def usage_chunk(self, usage: v1.Usage) -> dict[str, Any]:
         return self._chunk([], usage_body(usage), True)
 
-    def whole(self, text: str, finish_reason: str, usage: v1.Usage) -> dict[str, Any]:
+    def whole(self, text: str, finish_reason: str, usage: v1.Usage, calls: list[v1.ToolCall] | None = None) -> dict[str, Any]:
         body = self._envelope("chat.completion" if self.kind == "chat" else "text_completion")
-        body["choices"] = [self._choice(text, finish_reason, whole=True)]
+        body["choices"] = [self._choice(text, finish_reason, whole=True, calls=calls)]
         body["usage"] = usage_body(usage)
         return body
+
+
+def finish_reason(done: v1.Done) -> str:
+    return "tool_calls" if done.tool_calls and done.finish_reason == "stop" else FINISH_REASONS[done.finish_reason]
+
+
+def _call_body(call: v1.ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}

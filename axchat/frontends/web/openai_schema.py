@@ -21,9 +21,56 @@ class ContentPart(msgspec.Struct, forbid_unknown_fields=False):
     text: str | None = None
 
 
+class FunctionCall(msgspec.Struct, forbid_unknown_fields=False):
+    name: str
+    arguments: str = "{}"
+
+
+class InToolCall(msgspec.Struct, forbid_unknown_fields=False):
+    id: str
+    function: FunctionCall
+    type: str = "function"
+
+
 class InMessage(msgspec.Struct, forbid_unknown_fields=False):
     role: str
     content: Union[str, list[ContentPart], None] = None
+    tool_calls: list[InToolCall] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+
+
+class JsonSchemaFormat(msgspec.Struct, forbid_unknown_fields=False):
+    name: str = ""
+    # Raw: the schema's JSON text as the client sent it, passed on without a rebuild.
+    schema: msgspec.Raw = msgspec.Raw(b"{}")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(msgspec.Struct, forbid_unknown_fields=False):
+    type: str
+    json_schema: JsonSchemaFormat | None = None
+
+
+class FunctionDef(msgspec.Struct, forbid_unknown_fields=False):
+    name: str
+    description: str = ""
+    parameters: msgspec.Raw = msgspec.Raw(b"{}")
+    strict: bool | None = None
+
+
+class Tool(msgspec.Struct, forbid_unknown_fields=False):
+    function: FunctionDef
+    type: str = "function"
+
+
+class NamedFunction(msgspec.Struct, forbid_unknown_fields=False):
+    name: str
+
+
+class NamedToolChoice(msgspec.Struct, forbid_unknown_fields=False):
+    function: NamedFunction
+    type: str = "function"
 
 
 class StreamOptions(msgspec.Struct, forbid_unknown_fields=False):
@@ -53,6 +100,10 @@ class ChatCompletionRequest(_Common, kw_only=True):
     # messages is refused here, before half a million of them are mapped and encoded.
     messages: Annotated[list[InMessage], msgspec.Meta(max_length=v1.MAX_MESSAGES)]
     max_completion_tokens: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[Tool], msgspec.Meta(max_length=v1.MAX_TOOLS)] | None = None
+    tool_choice: Union[str, NamedToolChoice, None] = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_Common, kw_only=True):

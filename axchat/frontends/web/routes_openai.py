@@ -66,7 +66,7 @@ async def _respond(
             return await _stream(request, run, shape, with_usage)
         text = "".join([piece async for piece in run.texts()])
         done = _checked(run)
-        return web.json_response(shape.whole(text, mapping.FINISH_REASONS[done.finish_reason], done.usage))
+        return web.json_response(shape.whole(text, mapping.finish_reason(done), done.usage, done.tool_calls))
 
 
 async def _stream(
@@ -85,7 +85,9 @@ async def _stream(
         # The 200 is already sent: OpenAI-style servers put the error in the stream.
         await sse.send(exc.body())
     else:
-        await sse.send(shape.finish_chunk(mapping.FINISH_REASONS[done.finish_reason], with_usage))
+        if done.tool_calls:
+            await sse.send(shape.tool_calls_chunk(done.tool_calls, with_usage))
+        await sse.send(shape.finish_chunk(mapping.finish_reason(done), with_usage))
         if with_usage:
             await sse.send(shape.usage_chunk(done.usage))
     await sse.close()

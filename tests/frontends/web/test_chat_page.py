@@ -169,3 +169,25 @@ def test_a_missing_api_key_points_at_the_page_settings(page: sync_api.Page) -> N
     page.press("#prompt", "Enter")
     sync_api.expect(page.locator(".message.error")).to_contain_text("Settings → API key")
     sync_api.expect(page.locator("#prompt")).to_have_value("hello")
+
+
+def test_tool_calls_are_shown_readably(page: sync_api.Page) -> None:
+    """With tools in the settings the page offers them; the calls the model makes (made
+    certain here by asking for one, as a client may) show as name(arguments)."""
+
+    def require_a_call(route: sync_api.Route) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        route.continue_(post_data=json.dumps({**body, "tool_choice": "required"}))
+
+    page.route("**/v1/chat/completions", require_a_call)
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"enum": ["Oslo", "Lima"]}}, "required": ["city"], "additionalProperties": False}}}
+    page.click("#toggle-settings")
+    page.fill("#tools", json.dumps([tool]))
+    page.fill("#prompt", "weather?")
+    page.press("#prompt", "Enter")
+    call = page.locator(".message.assistant .tool-call pre").first
+    sync_api.expect(call).to_contain_text("get_weather(")
+    args = json.loads(call.inner_text().removeprefix("get_weather(").removesuffix(")"))
+    assert args["city"] in ("Oslo", "Lima")
+    sync_api.expect(page.locator(".message.assistant .stats")).to_contain_text("tool_calls")

@@ -4,8 +4,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const SETTINGS = ["system", "temperature", "max-tokens", "api-key"];
-const history = []; // {role, content}, oldest first, as the API wants it
+const SETTINGS = ["system", "temperature", "max-tokens", "api-key", "tools"];
+const history = []; // {role, content, tool_calls?}, oldest first, as the API wants it
 let running = null; // AbortController of the answer in progress
 
 function headers() {
@@ -75,7 +75,45 @@ async function errorText(response) {
   }
 }
 
+// The tools setting, parsed; null when empty. Throws on text that is not a JSON list.
+function offeredTools() {
+  const text = $("tools").value.trim();
+  if (!text) return null;
+  const tools = JSON.parse(text);
+  if (!Array.isArray(tools)) throw new Error("the tools setting must be a JSON list");
+  return tools;
+}
+
+// Each call as `name(arguments)`, the arguments pretty-printed; set as text, never HTML.
+function showToolCalls(bubble, calls) {
+  for (const call of calls) {
+    const box = document.createElement("div");
+    box.className = "tool-call";
+    const label = document.createElement("span");
+    label.className = "muted";
+    label.textContent = "tool call";
+    const code = document.createElement("pre");
+    let args = call.arguments;
+    try {
+      args = JSON.stringify(JSON.parse(call.arguments), null, 2);
+    } catch {
+      // shown as it came
+    }
+    code.textContent = `${call.name}(${args})`;
+    box.append(label, code);
+    bubble.append(box);
+  }
+}
+
 async function send(prompt) {
+  let tools;
+  try {
+    tools = offeredTools();
+  } catch (err) {
+    addMessage("error", `Error: tools: ${err.message}`);
+    $("prompt").value = prompt;
+    return;
+  }
   const messages = [];
   const system = $("system").value.trim();
   if (system) messages.push({ role: "system", content: system });
@@ -89,6 +127,7 @@ async function send(prompt) {
   let answer = "";
   let usage = null;
   let finish = null;
+  const calls = []; // by index, reassembled from delta.tool_calls pieces
   const started = performance.now();
   let firstAt = null;
   // Deltas can come hundreds a second; rendering the whole answer's Markdown for each
@@ -112,6 +151,7 @@ async function send(prompt) {
         stream: true,
         stream_options: { include_usage: true },
         user: tabUser(),
+        ...(tools ? { tools } : {}),
       }),
     });
     if (!response.ok) throw new Error(await errorText(response));
@@ -121,6 +161,12 @@ async function send(prompt) {
       const choice = chunk.choices?.[0];
       if (!choice) continue;
       if (choice.finish_reason) finish = choice.finish_reason;
+      for (const piece of choice.delta?.tool_calls || []) {
+        const call = (calls[piece.index] ??= { id: "", name: "", arguments: "" });
+        call.id += piece.id || "";
+        call.name += piece.function?.name || "";
+        call.arguments += piece.function?.arguments || "";
+      }
       if (choice.delta?.content) {
         if (firstAt === null) {
           firstAt = performance.now();
@@ -149,7 +195,12 @@ async function send(prompt) {
   // The last render now, and none later: a queued one would wipe the stats added below.
   if (frame) cancelAnimationFrame(frame);
   render();
-  history.push({ role: "assistant", content: answer });
+  showToolCalls(bubble, calls);
+  const turn = { role: "assistant", content: answer };
+  if (calls.length) {
+    turn.tool_calls = calls.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } }));
+  }
+  history.push(turn);
   const stats = document.createElement("span");
   stats.className = "stats muted";
   const seconds = (performance.now() - started) / 1000;

@@ -1,0 +1,144 @@
+"""Constrained token choice with llguidance: the model's vocabulary as llguidance sees
+it, one matcher per request, its allowed-token mask applied to a row of logits.
+
+The masks of a step's constrained rows are filled together (`fill_together`: llguidance's
+own threads, the GIL released), on whichever thread asks: the device thread in a run of
+greedy steps, a worker of the device actor otherwise, never the event loop."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import llguidance as llg
+import numpy as np
+from llguidance.numpy import fill_next_token_bitmask_par
+
+from axchat.actors import grammar
+
+
+class ConstraintVocab:
+    """The llguidance tokenizer, built on first use (a large vocabulary takes about a
+    second) from the tokenizer's own `tokenizer.json` text: no torch, no transformers.
+    One per daemon, shared by the tokenizer actor (checks) and the device (matchers)."""
+
+    def __init__(self, tokenizer: Any, eos_ids: Sequence[int], vocab_size: int) -> None:
+        self._source = tokenizer
+        self._eos = sorted(set(eos_ids))
+        self._vocab_size = vocab_size
+        self._lock = threading.Lock()
+        self._built: llg.LLTokenizer | None = None
+        self.chat_template: str | None = getattr(tokenizer, "chat_template", None)
+
+    def get(self) -> llg.LLTokenizer:
+        with self._lock:
+            if self._built is None:
+                self._built = self._build()
+            return self._built
+
+    def _build(self) -> llg.LLTokenizer:
+        rust = _rust_tokenizer(self._source)
+        n_vocab = max(self._vocab_size, int(rust.get_vocab_size(with_added_tokens=True)))
+        return llg.LLTokenizer(rust.to_str(), n_vocab=n_vocab, eos_token=self._eos or None)
+
+
+def _rust_tokenizer(tok: Any) -> Any:
+    """The `tokenizers.Tokenizer` inside whatever the daemon holds: a Hugging Face fast
+    tokenizer (`backend_tokenizer`), a wrapper around one, or the tokenizer itself."""
+    for candidate in (tok, *(getattr(tok, name, None) for name in ("backend_tokenizer", "_tokenizer", "tokenizer"))):
+        if candidate is not None and hasattr(candidate, "to_str") and hasattr(candidate, "get_vocab_size"):
+            return candidate
+    raise TypeError(f"no tokenizer.json behind {type(tok).__name__}: constraints need one")
+
+
+def compile_matcher(vocab: ConstraintVocab, grammar_text: str) -> llg.LLMatcher:
+    """A fresh matcher (its compile drops the GIL); one in error is still returned: its
+    first mask reports it."""
+    return llg.LLMatcher(vocab.get(), grammar_text, log_level=0, limits=grammar.limits())
+
+
+class TokenMask:
+    """One request's matcher and the mask of its next token."""
+
+    __slots__ = ("_n", "bits", "failed", "filled", "matcher")
+
+    def __init__(self, matcher: llg.LLMatcher, vocab_size: int) -> None:
+        self.matcher = matcher
+        self._n = vocab_size
+        self.bits = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
+        self.filled = False
+        self.failed: str | None = None  # why the grammar cannot go on
+
+    def allowed(self, row: np.ndarray) -> np.ndarray:
+        """A copy of `row` with every token the grammar forbids at -inf."""
+        if not self.filled:
+            fill_together([self])
+        ok = np.unpackbits(self.bits.view(np.uint8), bitorder="little", count=min(self._n, row.size)).view(bool)
+        out = _scratch(row.size)
+        out.fill(-np.inf)
+        np.copyto(out[: ok.size], row[: ok.size], where=ok)
+        if self.failed is None and not ok.any():
+            self.failed = self.matcher.get_error() or "no token can continue the reply"
+        return out
+
+    def consume(self, token: int) -> None:
+        self.filled = False
+        if self.failed is None and not self.matcher.consume_token(token):
+            self.failed = self.matcher.get_error() or f"token {token} does not continue the reply"
+
+
+class ConstrainedChoice:
+    """A sampler whose choices the grammar masks first: what the device calls for a
+    constrained greedy stream, on the loop or in a run of steps on its thread."""
+
+    __slots__ = ("mask", "sampler")
+
+    def __init__(self, sampler: Any, mask: TokenMask) -> None:
+        self.sampler = sampler
+        self.mask = mask
+
+    @property
+    def greedy(self) -> bool:
+        return bool(self.sampler.greedy)
+
+    def choose(self, logits: Any) -> int:
+        token = int(self.sampler.choose(self.mask.allowed(np.asarray(logits))))
+        self.mask.consume(token)
+        return token
+
+
+_local = threading.local()
+_executor_lock = threading.Lock()
+_executor: llg.LLExecutor | None = None
+
+
+def _scratch(n: int) -> np.ndarray:
+    buf: np.ndarray | None = getattr(_local, "row", None)
+    if buf is None or buf.size < n:
+        buf = np.empty(n, dtype=np.float32)
+        _local.row = buf
+    return buf[:n]
+
+
+def _llg_executor() -> llg.LLExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = llg.LLExecutor(num_threads=2)  # the daemon's CPUs go to the engine
+        return _executor
+
+
+def fill_together(masks: Sequence[TokenMask]) -> None:
+    """Fill the next-token mask of each of `masks` not yet filled, in one parallel call."""
+    todo = [mask for mask in masks if not mask.filled and mask.failed is None]
+    if not todo:
+        return
+    words = todo[0].bits.size
+    batch = np.zeros((len(todo), words), dtype=np.int32)
+    fill_next_token_bitmask_par(_llg_executor(), [(mask.matcher, i) for i, mask in enumerate(todo)], batch)
+    for i, mask in enumerate(todo):
+        mask.bits[:] = batch[i]
+        mask.filled = True
+        if mask.matcher.is_error():
+            mask.failed = mask.matcher.get_error() or "the grammar failed"
