@@ -13,14 +13,19 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import msgspec
+
 from axchat.frontends.field_names import with_field_named
 from axchat.frontends.web.greedy_intent import top_k_for
-from axchat.frontends.web.ollama_schema import ChatBody, GenerateBody, Message, Options
+from axchat.frontends.web.ollama_schema import ChatBody, GenerateBody, Message, Options, Tool
 from axchat.frontends.web.openai_errors import ApiError
+from axchat.frontends.web.structured import OfferedTool, api_param, json_constraint, tools_constraint
 from axchat.protocol import v1
 
 PREFIX = "ollama:"
 DEFAULT_TAG = "latest"
+_json = msgspec.json
+
 _ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
     "system": "system",
     "user": "user",
@@ -57,11 +62,25 @@ def digest(served: str) -> str:
 
 
 def structured_output(format: Any, model: str, generate: v1.Generate) -> v1.Generate:
-    """`generate` held to `format` (`"json"` or a JSON schema), the one place that judges
-    it: for now refused with Ollama's 400, as the daemon cannot yet constrain a reply."""
+    """`generate` held to `format` (`"json"` or a JSON schema) by the daemon's constraint,
+    which judges the schema (a bad one is a 400 before anything is generated)."""
     if format is None or format == "":
         return generate
-    raise ApiError(400, f"structured output (`format`) is not available for {model!r} on this server", param="format")
+    if not isinstance(format, (str, dict)) or (isinstance(format, str) and format != "json"):
+        raise ApiError(400, 'format must be "json" or a JSON schema (an object)', param="format")
+    generate.constraint = json_constraint(format)
+    return generate
+
+
+def _tools_constraint(tools: list[Tool]) -> v1.Constraint:
+    """Ollama offers tools as OpenAI does and lets the model choose: text or calls."""
+    offered = [OfferedTool(t.function.name, t.function.description, t.function.parameters) for t in tools]
+    return tools_constraint(offered, "auto", parallel=True)
+
+
+# The daemon's names for a bad constraint's fields, as Ollama's clients sent them.
+_CONSTRAINT_PARAMS = {"constraint.schema": "format"}
+_TOOL_PARAM = "tools[{i}].function.{field}"
 
 
 def _refuse_unsupported(body: ChatBody | GenerateBody, images: bool) -> None:
@@ -73,10 +92,11 @@ def _refuse_unsupported(body: ChatBody | GenerateBody, images: bool) -> None:
 
 def chat_to_generate(body: ChatBody, context_length: int) -> v1.Generate:
     _refuse_unsupported(body, any(m.images for m in body.messages))
-    if body.tools:
-        raise ApiError(400, f'"{body.model}" does not support tools', param="tools")
     messages = [_message(i, m) for i, m in enumerate(body.messages)]
     generate = v1.Generate(messages=messages, sampling=_sampling(body.options, context_length))
+    if body.tools:  # tools take precedence over `format`, as on the OpenAI routes
+        generate.constraint = _tools_constraint(body.tools)
+        return generate
     return structured_output(body.format, body.model, generate)
 
 
@@ -102,7 +122,11 @@ def _message(index: int, msg: Message) -> v1.ChatMessage:
     role = _ROLES.get(msg.role)
     if role is None:
         raise ApiError(400, f"unsupported role {msg.role!r} in messages[{index}]", param=f"messages[{index}].role")
-    return v1.ChatMessage(role=role, content=msg.content)
+    calls = [
+        v1.ToolCall(id=f"call_{index}_{n}", name=c.function.name, arguments=_json.encode(c.function.arguments).decode())
+        for n, c in enumerate(msg.tool_calls or [])
+    ]
+    return v1.ChatMessage(role=role, content=msg.content, tool_calls=calls)
 
 
 def _sampling(options: Options | None, context_length: int) -> v1.Sampling:
@@ -137,6 +161,9 @@ def in_ollama_words(exc: ApiError, requested: str) -> ApiError:
     and options by Ollama's names."""
     if exc.code == "model_not_found":
         return not_found(requested)
+    if exc.param is not None and exc.param.startswith("constraint."):
+        exc.param = api_param(exc.param, _CONSTRAINT_PARAMS, _TOOL_PARAM)
+        return exc
     if exc.code == "invalid_value" and exc.param is not None and "." not in exc.param:
         name = f"options.{_OPTION_NAMES.get(exc.param, exc.param)}"
         exc.message = with_field_named(exc.message, f"`{exc.param}`", f"`{name}`")
@@ -169,6 +196,10 @@ class ResponseShape:
 
     def final(self, text: str, done: v1.Done, now_ns: int) -> dict[str, Any]:
         body = self.chunk(text)
+        if self.kind == "chat" and done.tool_calls:
+            body["message"]["tool_calls"] = [
+                {"function": {"name": c.name, "arguments": _json.decode(c.arguments)}} for c in done.tool_calls
+            ]
         stats = done.stats
         prefill_ns = int(stats.prefill_ms * 1e6)
         body.update(

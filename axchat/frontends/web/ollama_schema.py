@@ -27,10 +27,32 @@ class Options(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     ignore_eos: bool = False
 
 
+class CallFunction(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    name: str
+    arguments: dict[str, Any] = msgspec.field(default_factory=dict)  # Ollama sends an object, not JSON text
+
+
+class ToolCall(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    function: CallFunction
+
+
 class Message(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     role: str
     content: str = ""
     images: list[str] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn's calls, sent back with the results
+    tool_name: str | None = None  # a `tool` turn: which function's result it holds
+
+
+class ToolFunction(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    name: str
+    description: str = ""
+    parameters: Any = None  # a JSON schema, judged by the daemon
+
+
+class Tool(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    type: str = "function"
+    function: ToolFunction
 
 
 class _Common(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
@@ -47,7 +69,7 @@ class ChatBody(_Common, kw_only=True):
     # The daemon's own bound, checked as the body is decoded: an 8 MiB body of empty
     # messages is refused before half a million of them are built.
     messages: Annotated[list[Message], msgspec.Meta(max_length=v1.MAX_MESSAGES)] = msgspec.field(default_factory=list)
-    tools: list[Any] | None = None
+    tools: list[Tool] | None = None
 
 
 class GenerateBody(_Common, kw_only=True):

@@ -115,7 +115,7 @@ def test_errors_are_shaped_as_ollama_shapes_them(oc: ollama.Client, tag: str) ->
         (lambda: oc.chat(model=tag, messages=hi, options={"temperature": -1}), "`options.temperature`"),
         (lambda: oc.chat(model=tag, messages=hi, options={"repeat_penalty": 0}), "`options.repeat_penalty`"),
         (lambda: oc.chat(model=tag, messages=hi, options={"num_ctx": 1 << 30}), "num_ctx"),
-        (lambda: oc.chat(model=tag, messages=hi, format="json"), "structured output"),
+        (lambda: oc.chat(model=tag, messages=hi, format={"type": 5}), "format"),
         (lambda: oc.chat(model=tag, messages=[{"role": "wizard", "content": "hi"}]), "unsupported role"),
     ]
     for call, words in cases:
@@ -153,6 +153,7 @@ def test_api_keys_apply_as_on_the_openai_routes(keyed_bridge: BridgeProcess, mon
     ("method", "path", "body", "status"),
     [
         ("POST", "api/chat", b"", 400),
+        ("POST", "api/chat", json.dumps({"model": "m", "messages": [], "format": "yaml"}).encode(), 400),
         ("POST", "api/generate", b"{not json", 400),
         ("POST", "api/chat", json.dumps({"model": "m", "messages": [{"role": "user"}] * 5000}).encode(), 400),
         ("GET", "api/chat", None, 405),
@@ -170,3 +171,59 @@ def test_every_refusal_on_ollamas_routes_has_its_shape(
     assert caught.value.code == status
     answer = json.load(caught.value)
     assert list(answer) == ["error"] and isinstance(answer["error"], str) and answer["error"]
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def test_format_holds_the_reply_to_json_and_to_a_schema(oc: ollama.Client, tag: str) -> None:
+    """The random-weight model knows no JSON: only the constraint makes these valid."""
+    hi = [{"role": "user", "content": "Who are you?"}]
+    anything = oc.chat(model=tag, messages=hi, format="json", options={"num_predict": 30})
+    assert anything.message.content.startswith("{")  # an unbounded string may outrun 30 tokens
+    if anything.done_reason == "stop":
+        assert isinstance(json.loads(anything.message.content), dict)
+    person = oc.chat(model=tag, messages=hi, format=PERSON, options={"num_predict": 200})
+    reply = json.loads(person.message.content)
+    assert set(reply) == {"name", "age"} and 0 <= reply["age"] <= 120 and len(reply["name"]) <= 12
+    streamed = "".join(part.message.content for part in oc.chat(model=tag, messages=hi, format=PERSON, stream=True))
+    assert set(json.loads(streamed)) == {"name", "age"}
+    generated = oc.generate(model=tag, prompt="Who are you?", format=PERSON, options={"num_predict": 200})
+    assert set(json.loads(generated.response)) == {"name", "age"}
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_tools_are_offered_and_a_tool_turn_is_rendered(
+    bridge: BridgeProcess, oc: ollama.Client, other: ollama.Client, tag: str
+) -> None:
+    """Ollama lets the model choose between text and a call; a random model answers in
+    text, and a follow-up with the call and its result reaches the prompt."""
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    first = oc.chat(model=tag, messages=ask, tools=[WEATHER], options=SHORT)
+    assert first.done_reason == "length"
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    turns = [*ask, {"role": "assistant", "content": "", "tool_calls": [call]},
+             {"role": "tool", "content": "sunny, 21 C", "tool_name": "get_weather"}]  # fmt: skip
+    second = other.chat(model=tag, messages=turns, tools=[WEATHER], options=SHORT)  # no prefix of the first cached
+    assert second.done_reason == "length" and second.prompt_eval_count > first.prompt_eval_count
+    # A schema the client itself would not send: the bridge refuses it before any token.
+    bad = {"type": "function", "function": {"name": "x", "parameters": {"type": 5}}}
+    body = json.dumps({"model": tag, "messages": ask, "tools": [WEATHER, bad], "stream": False}).encode()
+    request = urllib.request.Request(bridge.url + "api/chat", data=body, headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 400 and list(json.load(caught.value)) == ["error"]
