@@ -34,9 +34,6 @@ HEAVY = ("torch", "transformers", "llama_cpp", "numpy", "zmq")
 
 # The lean torch path's shape: batches of 4, chunked prompts that ride in decode steps.
 LEAN = StepLimits(max_batch=4, prefill_chunk=64, prefix_cache=True, prefill_rows=4, mixed_steps=True)
-# A backend that takes several prompts in one forward but cannot mix them into a decode
-# step: newcomers go in groups, gathered on an idle device.
-GROUPING = StepLimits(max_batch=4, prefill_chunk=64, prefix_cache=True, prefill_rows=4)
 # A card that holds one sequence and takes each prompt whole (the AIPU).
 CARD = StepLimits(max_batch=1, prefill_chunk=None, kv_survives_switch=False)
 
@@ -121,14 +118,14 @@ def test_prefill_and_decoding_take_turns() -> None:
 def test_newcomers_are_restored_then_prefilled_together() -> None:
     stream = decoding(1)
     fresh = [seq(2, 30), seq(3, 11), seq(4, 50)]
-    assert plan([stream, *fresh], GROUPING) == Restore(tuple(fresh))
+    assert plan([stream, *fresh]) == Restore(tuple(fresh))
     for s in fresh:
         s.started = True  # prefix restore found nothing
-    assert plan([stream, *fresh], GROUPING) == PrefillGroup(tuple(fresh))
+    assert plan([stream, *fresh]) == PrefillGroup(tuple(fresh))
 
 
 def test_a_group_is_bounded_by_padded_tokens_and_rows() -> None:
-    many_rows = StepLimits(max_batch=8, prefill_chunk=64, prefill_rows=8)
+    many_rows = StepLimits(max_batch=8, prefill_chunk=64, prefill_rows=8, mixed_steps=True)
     width = 120  # four rows padded to this fit the budget; a fifth does not
     assert width <= WHOLE_PROMPT and 4 * width <= GROUP_TOKENS < 5 * width
     stream = decoding(9)  # paused by the group's forward
@@ -136,7 +133,7 @@ def test_a_group_is_bounded_by_padded_tokens_and_rows() -> None:
     assert plan([stream, *wide], many_rows) == PrefillGroup(tuple(wide[:4]))
     # With no stream to pause, rows alone bound it.
     assert plan(wide, many_rows) == PrefillGroup(tuple(wide))
-    two_rows = StepLimits(max_batch=4, prefill_chunk=64, prefill_rows=2)
+    two_rows = StepLimits(max_batch=4, prefill_chunk=64, prefill_rows=2, mixed_steps=True)
     short = [seq(i, 8, started=True) for i in range(1, 5)]
     assert plan(short, two_rows) == PrefillGroup(tuple(short[:2]))
 
@@ -153,64 +150,26 @@ def test_a_mostly_cached_prompt_counts_as_short() -> None:
     assert plan([s]) == PrefillPiece(s, 600, whole=True)
 
 
-# ------------------------------------------------------------------ newcomers ride
-
-
-def test_a_newcomers_short_prompt_rides_whole_in_the_decode_step() -> None:
-    """With streams decoding, a short prompt goes in their step, whoever's turn it is:
-    they keep moving and it gets its first token from that same forward."""
-    stream, fresh = decoding(1), seq(2, 40)
-    assert plan([stream, fresh], step_ms=30.0) == Restore((fresh,))
-    fresh.started, fresh.prefilled = True, 8  # 8 tokens of it were cached
-    for turn in (False, True):
-        assert plan([stream, fresh], decode_next=turn, step_ms=30.0) == DecodeWithChunk((stream,), fresh, 40, 30.0)
-
-
-def test_a_burst_on_an_idle_device_goes_one_prompt_a_forward_the_rest_riding() -> None:
-    """No wait for a burst and no group: the first prompt goes alone at once, then one
-    newcomer rides in each decode step, so the k-th first token comes after about k
-    prompts' work instead of every one of them waiting for all (the median first token
-    about half as late)."""
-    burst = [seq(i, 60) for i in range(1, 5)]
-    announced = arrivals(100.0, more=3)
-    assert plan(burst, arrivals=announced) == Restore(tuple(burst))
-    for s in burst:
-        s.started = True
-    assert plan(burst, arrivals=announced) == PrefillPiece(burst[0], 60, whole=True)
-    burst[0].state, burst[0].prefilled = SeqState.READY, 60
-    assert plan(burst, arrivals=announced) == DecodeWithChunk((burst[0],), burst[1], 60, None)
-    burst[1].state, burst[1].prefilled = SeqState.READY, 60
-    assert plan(burst, arrivals=announced) == DecodeWithChunk((burst[0], burst[1]), burst[2], 60, None)
-
-
-def test_a_long_prompt_still_rides_in_chunks_behind_the_short_ones() -> None:
-    stream, long, short = decoding(1), seq(2, 600, started=True, prefilled=64), seq(3, 20, started=True)
-    assert plan([stream, long, short], step_ms=40.0) == DecodeWithChunk((stream,), short, 20, 40.0)
-    short.state, short.prefilled = SeqState.READY, 20
-    assert isinstance(plan([stream, long, short], step_ms=40.0), DecodeWithChunk)
-    assert plan([stream, long, short], step_ms=40.0).rider is long  # type: ignore[union-attr]
-
-
 # ------------------------------------------------------------------ gathering a burst
 
 
 def test_an_idle_device_waits_for_a_burst_the_tokenizer_announced() -> None:
     first = [seq(1, 20)]
     # Two more prompts still being encoded: wait for them up to GATHER_S from the start.
-    assert plan(first, GROUPING, arrivals=arrivals(100.0, more=2)) == Wait(100.0 + GATHER_S)
-    assert plan(first, GROUPING, arrivals=arrivals(100.05, more=1, since=100.0)) == Wait(100.0 + GATHER_S)
+    assert plan(first, arrivals=arrivals(100.0, more=2)) == Wait(100.0 + GATHER_S)
+    assert plan(first, arrivals=arrivals(100.05, more=1, since=100.0)) == Wait(100.0 + GATHER_S)
     # A burst that never arrives (rejected, say) delays the first only until then.
-    assert plan(first, GROUPING, arrivals=arrivals(100.0 + GATHER_S, more=1, since=100.0)) == Restore(tuple(first))
+    assert plan(first, arrivals=arrivals(100.0 + GATHER_S, more=1, since=100.0)) == Restore(tuple(first))
 
 
 def test_after_a_burst_the_device_goes_once_none_has_come_for_a_quiet_window() -> None:
     burst = [seq(1, 20), seq(2, 30)]
     quiet_ends = 100.0 + QUIET_S
-    assert plan(burst, GROUPING, arrivals=arrivals(100.005, since=100.0)) == Wait(quiet_ends)
-    assert plan(burst, GROUPING, arrivals=arrivals(quiet_ends, since=100.0)) == Restore(tuple(burst))
+    assert plan(burst, arrivals=arrivals(100.005, since=100.0)) == Wait(quiet_ends)
+    assert plan(burst, arrivals=arrivals(quiet_ends, since=100.0)) == Restore(tuple(burst))
     # The overall deadline still holds however the arrivals trickle in.
     late = arrivals(100.0 + GATHER_S, last_admit=100.0 + GATHER_S - 0.001, since=100.0)
-    assert plan(burst, GROUPING, arrivals=late) == Restore(tuple(burst))
+    assert plan(burst, arrivals=late) == Restore(tuple(burst))
 
 
 def test_a_lone_newcomer_waits_a_share_of_its_expected_prefill_at_most_the_quiet_window() -> None:
@@ -218,12 +177,12 @@ def test_a_lone_newcomer_waits_a_share_of_its_expected_prefill_at_most_the_quiet
     # 20 tokens at 10 ms each: a 200 ms prefill, of which it waits LONE_SHARE.
     expected = 100.0 + LONE_SHARE * 10.0 * 20 / 1e3
     assert expected < 100.0 + QUIET_S
-    assert plan(lone, GROUPING, arrivals=arrivals(100.0, ms_per_token=10.0)) == Wait(expected)
-    assert plan(lone, GROUPING, arrivals=arrivals(expected, ms_per_token=10.0, since=100.0)) == Restore(tuple(lone))
+    assert plan(lone, arrivals=arrivals(100.0, ms_per_token=10.0)) == Wait(expected)
+    assert plan(lone, arrivals=arrivals(expected, ms_per_token=10.0, since=100.0)) == Restore(tuple(lone))
     # A long prompt's share is capped; before any prefill was measured it goes at once.
     long = [seq(1, 120)]
-    assert plan(long, GROUPING, arrivals=arrivals(100.0, ms_per_token=10.0)) == Wait(100.0 + QUIET_S)
-    assert plan(lone, GROUPING, arrivals=arrivals(100.0)) == Restore(tuple(lone))
+    assert plan(long, arrivals=arrivals(100.0, ms_per_token=10.0)) == Wait(100.0 + QUIET_S)
+    assert plan(lone, arrivals=arrivals(100.0)) == Restore(tuple(lone))
 
 
 def test_no_wait_while_a_stream_decodes_or_the_group_cannot_grow() -> None:

@@ -217,9 +217,7 @@ async def test_long_prompt_is_chunked_between_decode_steps(rig) -> None:  # type
     assert backend.inner.live_sequences() == 0
 
 
-async def three_arrive_while_one_decodes(rig) -> LoggedTorchBackend:  # type: ignore[no-untyped-def]
-    """Request 1 (8 prompt tokens) decodes; 2, 3 and 4 (30, 11, 50) arrive during its
-    first decode step; all four make 6 tokens."""
+async def test_newcomers_short_prompts_go_in_one_forward_together(rig) -> None:  # type: ignore[no-untyped-def]
     bus, backend, tokenizer, _, telemetry = rig
     sender = Collector(bus, FailLoudly(), "test-sender")
     try:
@@ -229,60 +227,27 @@ async def three_arrive_while_one_decodes(rig) -> LoggedTorchBackend:  # type: ig
         await tokenizer.until(lambda: len(tokenizer.ended) == 4)
     finally:
         sender.discard()
-    assert all(e.completion_tokens == 6 and e.reason == "length" for e in tokenizer.ended.values())
-    return backend  # type: ignore[no-any-return]
-
-
-async def test_newcomers_short_prompts_ride_whole_one_a_decode_step(rig) -> None:  # type: ignore[no-untyped-def]
-    backend = await three_arrive_while_one_decodes(rig)
-
-    feeds = [c for c in backend.calls if c[0] in ("prefill", "extend", "extend_batch")]
-    assert feeds == [("extend", (1,), 8)]  # the only prompt in a forward of its own
-    # Each newcomer's whole prompt in the decode step of those already running, in
-    # admission order: its first token comes from that forward.
-    rides = [(c[1], c[2]) for c in backend.calls if c[0] == "decode+extend"]
-    assert rides == [((1, 2), 30), ((1, 2, 3), 11), ((1, 2, 3, 4), 50)]
-
-
-async def announced_burst(rig) -> LoggedTorchBackend:  # type: ignore[no-untyped-def]
-    """Requests 1, 2, 3 (21, 22, 23 prompt tokens, 4 tokens each) reach an idle device,
-    the tokenizer saying at each how many more it is encoding (2, then 1, then none)."""
-    bus, backend, tokenizer, device, _ = rig
-    device.burst.gather_s = 60.0  # longer than any test: the last arrival, not the deadline, ends a wait
-    sender = Collector(bus, FailLoudly(), "test-sender")
-    try:
-        for rid, more in ((1, 2), (2, 1), (3, 0)):
-            await sender.send("device", msgspec.structs.replace(admit(rid, 20 + rid, 4), more_coming=more))
-        await tokenizer.until(lambda: len(tokenizer.ended) == 3)
-    finally:
-        sender.discard()
-    return backend  # type: ignore[no-any-return]
-
-
-async def test_an_idle_device_starts_a_burst_at_once_one_prompt_a_forward(rig) -> None:  # type: ignore[no-untyped-def]
-    backend = await announced_burst(rig)
-
-    feeds = [c for c in backend.calls if c[0] in ("prefill", "extend", "extend_batch", "decode+extend")]
-    assert feeds[0] == ("extend", (1,), 21)
-    # Every later prompt whole in one forward: alone or riding, never grouped.
-    assert sorted((c[1][-1], c[2]) for c in feeds[1:]) == [(2, 22), (3, 23)]
-    assert all(c[0] != "extend_batch" for c in feeds)
-
-
-@pytest.mark.parametrize("rig", [False], ids=["no-mixed-steps"], indirect=True)
-async def test_newcomers_short_prompts_go_in_one_forward_together(rig) -> None:  # type: ignore[no-untyped-def]
-    backend = await three_arrive_while_one_decodes(rig)
 
     feeds = [c for c in backend.calls if c[0] in ("prefill", "extend", "extend_batch")]
     assert feeds[0] == ("extend", (1,), 8)
     # All three newcomers, whole prompts, in one forward (prefix restore found nothing).
     assert feeds[1:] == [("extend_batch", (2, 3, 4), 91)]
     assert any(c[0] == "decode" and set(c[1]) == {1, 2, 3, 4} for c in backend.calls)
+    assert all(e.completion_tokens == 6 and e.reason == "length" for e in tokenizer.ended.values())
 
 
-@pytest.mark.parametrize("rig", [False], ids=["no-mixed-steps"], indirect=True)
+
 async def test_an_idle_device_waits_for_a_burst_the_tokenizer_is_still_encoding(rig) -> None:  # type: ignore[no-untyped-def]
-    backend = await announced_burst(rig)
+    bus, backend, tokenizer, device, _ = rig
+    device.burst.gather_s = 60.0  # longer than any test: the last arrival, not the deadline, ends the wait
+    sender = Collector(bus, FailLoudly(), "test-sender")
+    try:
+        # The tokenizer says two more prompts are being encoded, then one, then none.
+        for rid, more in ((1, 2), (2, 1), (3, 0)):
+            await sender.send("device", msgspec.structs.replace(admit(rid, 20 + rid, 4), more_coming=more))
+        await tokenizer.until(lambda: len(tokenizer.ended) == 3)
+    finally:
+        sender.discard()
 
     feeds = [c for c in backend.calls if c[0] in ("prefill", "extend", "extend_batch")]
     assert feeds == [("extend_batch", (1, 2, 3), 66)]  # one forward for the whole burst

@@ -3,18 +3,14 @@ can do and what forwards cost lately, the next step to run. Nothing here touches
 backend, a thread or a socket (and nothing imports torch), so the policy can be read and
 tested on its own; the device actor runs the plans.
 
-The policy, in short: a decode step for every sequence whose next token is known, with
-prompt work riding in it where the backend can mix the two (`newcomer_rider`): a
-newcomer's short prompt whole, one a step, else a long prompt's chunk sized to cost
-about one decode step. On an idle device the first newcomer goes alone at once and the
-rest of a burst ride behind it, so the k-th first token comes after about k prompts'
-work: under a burst of 8 the median client waits about half of what a single forward
-of all 8 prompts would make everyone wait, and the streams already started keep moving.
-Backends that cannot mix steps alternate decode steps with prefill work, group
-newcomers' short prompts in one forward, and an idle one first waits a moment for a
-burst still on its way (`gather_until`). Admission is fair across clients
-(`FairQueue`), and nothing is ever evicted: a device whose KV does not survive a switch
-simply runs one at a time."""
+The policy, in short: a decode step for every sequence whose next token is known,
+alternating with prefill work so running streams keep moving while prompts go in.
+Newcomers' short prompts go whole, together in one forward where the backend can; a long
+prompt goes in chunks sized to cost about one decode step, riding inside the decode step
+where the backend can. Admission is fair across clients (`FairQueue`), and nothing is
+ever evicted: a device whose KV does not survive a switch simply runs one at a time.
+An idle device first waits a moment for a burst of newcomers still on their way
+(`gather_until`), so that they go in one forward and decode together from the start."""
 
 from __future__ import annotations
 
@@ -38,9 +34,8 @@ WHOLE_PROMPT = 128
 # tokens. The bound keeps the pause it makes in running streams to a few prompts' worth;
 # with no stream running there is nobody to pause, and the group is bounded by rows alone.
 GROUP_TOKENS = 512
-# How long an idle device that cannot mix steps waits for prompts the tokenizer says are
-# still being encoded (a burst of clients), so that they go in the first forward with
-# the first one. Measured
+# How long an idle device waits for prompts the tokenizer says are still being encoded
+# (a burst of clients), so that they go in the first forward with the first one. Measured
 # with bench/concurrency.py (8 clients, llama.cpp, 2 cores): starting the first prompt
 # alone made the other seven wait for its forward and then paused its stream for theirs.
 GATHER_S = 0.1
@@ -242,12 +237,6 @@ def next_step(
     # one back from the sampler alone would split the batch into singles.
     sampling = any(s.state is SeqState.SAMPLING for s in running)
     ready = [] if sampling else [s for s in running if s.state is SeqState.READY]
-    if ready and limits.mixed_steps:
-        ride = newcomer_rider(prefilling, limits)
-        if isinstance(ride, Restore):
-            return ride
-        if ride is not None:
-            return DecodeWithChunk(tuple(ready[: limits.max_batch]), ride, len(ride.prompt_ids), recent_step_ms)
     if prefilling and not (ready and decode_next):
         until = gather_until(running, limits, arrivals) if arrivals is not None else None
         if until is not None:
@@ -278,16 +267,6 @@ def next_step(
     return None
 
 
-def newcomer_rider(prefilling: Sequence[DeviceSequence], limits: StepLimits) -> DeviceSequence | Restore | None:
-    """Who rides whole in the running streams' next decode step: the oldest newcomer
-    whose prompt is short, once the unstarted ones are restored (only then is it known
-    what is short); None: no short prompt waits."""
-    fresh = tuple(s for s in prefilling if not s.started)
-    if fresh:
-        return Restore(fresh)
-    return next((s for s in prefilling if whole_prompt(s, limits)), None)
-
-
 def gather_until(running: Sequence[DeviceSequence], limits: StepLimits, arrivals: Arrivals) -> float | None:
     """When an idle device stops waiting for newcomers on their way; None: go now.
 
@@ -299,7 +278,7 @@ def gather_until(running: Sequence[DeviceSequence], limits: StepLimits, arrivals
     prefilling = [s for s in running if s.state is SeqState.PREFILL]
     busy = len(prefilling) != len(running) or any(s.started for s in prefilling)
     room = min(limits.prefill_rows, arrivals.slots) - len(prefilling)
-    if not prefilling or busy or room <= 0 or limits.prefill_rows <= 1 or limits.mixed_steps:
+    if not prefilling or busy or room <= 0 or limits.prefill_rows <= 1:
         return None
     deadline = (arrivals.now if arrivals.waiting_since is None else arrivals.waiting_since) + arrivals.gather_s
     if arrivals.more_coming <= 0:
@@ -326,7 +305,7 @@ def prefill_group(
             continue
         wider = max(width, seq.prompt_left)
         too_wide = others_running and wider * (len(group) + 1) > GROUP_TOKENS
-        if group and (too_wide or len(group) == limits.prefill_rows or limits.mixed_steps):
+        if group and (too_wide or len(group) == limits.prefill_rows):
             break
         group.append(seq)
         width = wider
