@@ -312,7 +312,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "gguf": str(gguf),
         "weight_type": kind,
         "llama_server_binary": str(binary),
-        "llama_server_args": server_cmd[3:9],
+        "llama_server_args": server_cmd[3:11],
         "model": model_info(model_dir),
         "serve_args": args.serve_arg,
         "machine": load.machine(),
