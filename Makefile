@@ -18,7 +18,7 @@ MODEL  ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test venv dev lint clean stop browser systemd-analyze fortunes haproxy mini tmux
+.PHONY: run test venv dev lint clean stop browser systemd-analyze fortunes haproxy mini tmux peers
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -108,6 +108,14 @@ haproxy:
 
 test: dev browser systemd-analyze fortunes haproxy tmux
 	$(BIN)/python -m pytest -q
+
+# axchat web against llama.cpp's own llama-server on the same GGUF, in one interleaved run
+# (bench/peers.py; JSON on stdout). Not part of `make test`: the first run compiles
+# llama-server from the engine's llama.cpp source (minutes on 2 cores, then cached).
+PEERS_MODEL ?= .cache/bench-models/smollm2-135m
+peers: dev
+	@test -d $(PEERS_MODEL) || $(BIN)/python -m axchat.testing.tiny_model $(PEERS_MODEL) --shape smollm2-135m
+	$(BIN)/python bench/peers.py --model $(PEERS_MODEL)
 
 lint: dev
 	$(BIN)/pip install -q ruff mypy

@@ -48,6 +48,10 @@ __all__ = [
 ]
 
 
+# Frames the reader takes per wake before it polls again (and lets the monitor speak).
+DRAIN_FRAMES = 256
+
+
 class GenerateHandle:
     """One running generate: iterate it for `delta`s up to `done`/`error`; `cancel()`
     asks the daemon to stop it (the stream then ends with `done`, cancelled)."""
@@ -61,6 +65,10 @@ class GenerateHandle:
     async def cancel(self) -> None:
         if not self.finished:
             await self.client._send(self.request_id, v1.Cancel())
+
+    def backlog(self) -> bool:
+        """Whether an event has already arrived that `events()` has not yet given."""
+        return not self._queue.empty()
 
     async def events(self, stall_timeout_s: float = 300.0) -> AsyncIterator[v1.DaemonMessage]:
         try:
@@ -212,26 +220,35 @@ class AsyncClient:
                     if event["event"] == zmq.EVENT_DISCONNECTED:
                         self._dropped()
                     continue
-                env_raw, body_raw = await self._sock.recv_multipart()
-                env = v1.decode_envelope(env_raw)
-                try:
-                    body = v1.decode_daemon_body(body_raw)
-                except msgspec.ValidationError:
-                    continue  # a message type from a newer minor version
-                if env.id == "" and isinstance(body, v1.Error):
-                    # Not tied to a request: every waiter hears it.
-                    for queue in self._waiting.values():
-                        queue.put_nowait(RequestFailed(body))
-                    continue
-                waiter = self._waiting.get(env.id)
-                if waiter is not None:
-                    waiter.put_nowait(body)
+                # Every frame already here, without a poll each: several streams' deltas
+                # usually arrive together, and a poll costs more than the frame.
+                for _ in range(DRAIN_FRAMES):
+                    try:
+                        env_raw, body_raw = await self._sock.recv_multipart(flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._route(env_raw, body_raw)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # forward, never swallow: waiters must not hang
             for queue in self._waiting.values():
                 queue.put_nowait(exc)
             raise
+
+    def _route(self, env_raw: bytes, body_raw: bytes) -> None:
+        env = v1.decode_envelope(env_raw)
+        try:
+            body = v1.decode_daemon_body(body_raw)
+        except msgspec.ValidationError:
+            return  # a message type from a newer minor version
+        if env.id == "" and isinstance(body, v1.Error):
+            # Not tied to a request: every waiter hears it.
+            for queue in self._waiting.values():
+                queue.put_nowait(RequestFailed(body))
+            return
+        waiter = self._waiting.get(env.id)
+        if waiter is not None:
+            waiter.put_nowait(body)
 
     def _note_refusal(self, event: dict[str, Any]) -> bool:
         """A refused handshake fails every waiter now: no answer will ever come."""

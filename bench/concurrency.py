@@ -40,20 +40,10 @@ log = Log("concurrency")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = cli.parser("concurrency", __doc__)
-    p.add_argument("--clients", default="1,2,4,8", help="comma-separated client counts (default 1,2,4,8)")
-    p.add_argument("--tokens", type=int, default=64, help="greedy tokens per request (default 64)")
-    p.add_argument("--rounds", type=int, default=2, help="times each client count is run (default 2)")
-    p.add_argument("--prompt-words", type=int, default=30, help="words in each client's question (default 30)")
+    cli.add_round_args(p, clients="1,2,4,8", rounds=2, rounds_help="times each client count is run")
     cli.add_daemon_args(p, timeout_help="seconds one round of N clients may take (default 600)")
     args = p.parse_args(argv)
-    try:
-        args.client_counts = [int(x) for x in args.clients.split(",") if x.strip()]
-    except ValueError:
-        p.error("--clients takes comma-separated integers")
-    if not args.client_counts or min(args.client_counts) < 1:
-        p.error("--clients: every count must be at least 1")
-    if args.tokens < 2 or args.rounds < 1:
-        p.error("--tokens must be at least 2 and --rounds at least 1")
+    cli.check_round_args(p, args)
     return args
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import faulthandler
 import logging
 import sys
 
+from axchat import event_loop
 from axchat.daemon.config import ConfigError, ServeConfig, parse
 from axchat.daemon.server import StartupError, run
 from axchat.logs import setup_logging
@@ -15,11 +15,7 @@ log = logging.getLogger("axchat.daemon")
 
 
 def _run_loop(cfg: ServeConfig) -> int:
-    try:
-        import uvloop
-    except ImportError:  # uvloop is optional: plain asyncio serves the same protocol
-        return asyncio.run(run(cfg))
-    return uvloop.run(run(cfg))
+    return event_loop.run(run(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,3 +43,23 @@ def model_dir(given: str) -> Path:
     if not path.is_dir():
         raise BenchError(f"--model {given}: no such directory")
     return path
+
+
+def add_round_args(p: argparse.ArgumentParser, *, clients: str, rounds: int, rounds_help: str) -> None:
+    """`--clients` (comma-separated counts), `--tokens`, `--rounds`, `--prompt-words`."""
+    p.add_argument("--clients", default=clients, help=f"comma-separated client counts (default {clients})")
+    p.add_argument("--tokens", type=int, default=64, help="greedy tokens per request (default 64)")
+    p.add_argument("--rounds", type=int, default=rounds, help=f"{rounds_help} (default {rounds})")
+    p.add_argument("--prompt-words", type=int, default=30, help="words in each client's question (default 30)")
+
+
+def check_round_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`args.client_counts` from `--clients`; a usage error for counts, tokens or rounds out of range."""
+    try:
+        args.client_counts = [int(x) for x in args.clients.split(",") if x.strip()]
+    except ValueError:
+        p.error("--clients takes comma-separated integers")
+    if not args.client_counts or min(args.client_counts) < 1:
+        p.error("--clients: every count must be at least 1")
+    if args.tokens < 2 or args.rounds < 1:
+        p.error("--tokens must be at least 2 and --rounds at least 1")

@@ -10,8 +10,27 @@ from typing import Any
 from harness.output import BenchError
 
 
+class Timed:
+    """A stream's first-token time and rate from its `sent`, `first`, `done_at`
+    (time.monotonic() seconds) and `completion_tokens`."""
+
+    sent: float
+    first: float | None
+    done_at: float | None
+    completion_tokens: int
+
+    def ttft_ms(self) -> float | None:
+        return None if self.first is None else (self.first - self.sent) * 1e3
+
+    def tok_s(self) -> float | None:
+        """Completion tokens / (done - first token): a client's rate."""
+        if self.first is None or self.done_at is None or self.done_at <= self.first:
+            return None
+        return self.completion_tokens / (self.done_at - self.first)
+
+
 @dataclass
-class Stream:
+class Stream(Timed):
     """Client-side timeline of one streamed generate (time.monotonic() seconds)."""
 
     sent: float = 0.0
@@ -24,15 +43,6 @@ class Stream:
     @property
     def completion_tokens(self) -> int:
         return self.done.usage.completion_tokens if self.done is not None else sum(n for _, n in self.deltas)
-
-    def ttft_ms(self) -> float | None:
-        return None if self.first is None else (self.first - self.sent) * 1e3
-
-    def tok_s(self) -> float | None:
-        """Completion tokens / (done - first delta), as the issue defines a client's rate."""
-        if self.first is None or self.done_at is None or self.done_at <= self.first:
-            return None
-        return self.completion_tokens / (self.done_at - self.first)
 
     def first_delta_tokens(self) -> int:
         """Token ids in the first delta: 1 when the first token spells text. Later deltas

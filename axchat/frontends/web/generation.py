@@ -68,10 +68,12 @@ class Generation:
 
     async def texts(self) -> AsyncIterator[str]:
         """The reply's text pieces; afterwards `done` is set (or ApiError raised when the
-        daemon failed before any text)."""
-        assert self._events is not None and self._first is not None
+        daemon failed before any text). Deltas that arrived together come as one piece:
+        a reply the client reads behind the daemon costs one event, not one a delta."""
+        assert self._events is not None and self._first is not None and self._handle is not None
         last = self._started
         seen_text = False
+        held: list[str] = []
         event: v1.DaemonMessage | None = self._first
         while event is not None:
             if isinstance(event, v1.Delta):
@@ -80,16 +82,21 @@ class Generation:
                     seen_text = True
                     self._metrics.ttft.observe(now - self._started)
                 elif seen_text and event.token_ids:
-                    per_token = (now - last) / len(event.token_ids)
-                    for _ in event.token_ids:
-                        self._metrics.itl.observe(per_token)
+                    self._metrics.itl.observe_many((now - last) / len(event.token_ids), len(event.token_ids))
                 last = now
                 if event.text:
-                    yield event.text
+                    held.append(event.text)
+                if held and not self._handle.backlog():
+                    yield "".join(held)
+                    held.clear()
             elif isinstance(event, v1.Done):
+                if held:
+                    yield "".join(held)
                 self._finish(event)
                 return
             elif isinstance(event, v1.Error):  # not expected after the first frame, but typed
+                if held:
+                    yield "".join(held)
                 raise from_error(event)
             try:
                 event = await anext(self._events)

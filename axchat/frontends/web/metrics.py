@@ -23,9 +23,13 @@ class Histogram:
         self.count = 0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
+        self.observe_many(value, 1)
+
+    def observe_many(self, value: float, times: int) -> None:
+        """`value` observed `times` times (a delta's tokens share its gap)."""
+        self.counts[bisect.bisect_left(self.buckets, value)] += times
+        self.sum += value * times
+        self.count += times
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]

@@ -12,6 +12,8 @@ import time
 import uuid
 from typing import Any, Literal
 
+import msgspec
+
 from axchat.frontends.web.greedy_intent import top_k_for
 from axchat.frontends.web.openai_errors import bad_request
 from axchat.frontends.web.openai_schema import ChatCompletionRequest, CompletionRequest, InMessage, NamedToolChoice
@@ -28,6 +30,11 @@ _ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
 }
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "stop"}
+
+_encoder = msgspec.json.Encoder()
+# Stands for a chunk's text while its envelope is encoded: the id, model and the rest
+# come before the text, so a model name holding it could not move where the text goes.
+_MARK = "\x00" + uuid.uuid4().hex
 
 
 def chat_to_generate(req: ChatCompletionRequest) -> v1.Generate:
@@ -130,6 +137,7 @@ class ResponseShape:
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
         self.model = model
         self.created = int(time.time())
+        self._around_text: dict[bool, tuple[bytes, bytes]] = {}
 
     def _envelope(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "system_fingerprint": None}
@@ -168,6 +176,17 @@ class ResponseShape:
         """Each call whole in one delta: the SDK's reassembly takes one piece as well as many."""
         delta = {"tool_calls": [{"index": i, **_call_body(c)} for i, c in enumerate(calls)]}
         return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}], None, with_usage)
+
+    def text_chunk_json(self, text: str, with_usage: bool) -> bytes:
+        """`text_chunk` as JSON, the hot path of a stream: the envelope around the text
+        is encoded once per response, and each piece costs the encoding of its text."""
+        around = self._around_text.get(with_usage)
+        if around is None:
+            whole = _encoder.encode(self.text_chunk(_MARK, with_usage))
+            head, mark, tail = whole.partition(_encoder.encode(_MARK))
+            assert mark, "the chunk's text is where the envelope holds it"
+            around = self._around_text[with_usage] = (head, tail)
+        return around[0] + _encoder.encode(text) + around[1]
 
     def finish_chunk(self, finish_reason: str, with_usage: bool) -> dict[str, Any]:
         return self._chunk([self._choice(None, finish_reason, whole=False)], None, with_usage)

@@ -79,7 +79,7 @@ async def _stream(
         await sse.send(first)
     try:
         async for piece in run.texts():
-            await sse.send(shape.text_chunk(piece, with_usage))
+            await sse.send_json(shape.text_chunk_json(piece, with_usage))
         done = _checked(run)
     except ApiError as exc:
         # The 200 is already sent: OpenAI-style servers put the error in the stream.

@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from axchat import curve_keys
+from axchat import curve_keys, event_loop
 from axchat.endpoint import is_loopback_host
 from axchat.frontends.web.api_key import ENV_API_KEY, MIN_KEY_CHARS, UnusableKey, find_keys
 from axchat.frontends.web.inflight import DEFAULT_MAX_REQUESTS
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         access = f"no API key: Unix user {os.getuid()} only"
     try:
-        asyncio.run(serve(args.host, args.port, app, args.header_timeout, f"daemon {args.socket or 'default socket'}, {access}"))
+        event_loop.run(serve(args.host, args.port, app, args.header_timeout, f"daemon {args.socket or 'default socket'}, {access}"))
     except OSError as exc:  # the port is taken, the address is not ours
         print(f"axchat web: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -27,7 +27,11 @@ class SseStream:
 
     async def send(self, obj: Any) -> None:
         """Raises ConnectionError once the client has gone."""
-        await self.response.write(b"data: " + _encoder.encode(obj) + b"\n\n")
+        await self.send_json(_encoder.encode(obj))
+
+    async def send_json(self, data: bytes) -> None:
+        """An event of JSON already encoded."""
+        await self.response.write(b"data: " + data + b"\n\n")
 
     async def close(self) -> None:
         await self.response.write(b"data: [DONE]\n\n")

@@ -106,3 +106,15 @@ def test_the_parameter_comes_from_the_daemons_field_not_its_text() -> None:
     # An old daemon (protocol < 1.3) sends no param: the answer is still a 400.
     old = from_error(v1.Error(code="invalid_field", message="sampling.top_p must be in (0, 1], got 2"))
     assert (old.status, old.code, old.param) == (400, "invalid_value", None)
+
+
+@pytest.mark.parametrize("kind", ["chat", "text"])
+@pytest.mark.parametrize("with_usage", [False, True])
+def test_a_streamed_text_chunk_encodes_as_its_object_whatever_the_text_or_model(kind: str, with_usage: bool) -> None:
+    """The stream's chunks are encoded from a per-response envelope; each must be the
+    very JSON of the chunk object, quotes, control characters and all."""
+    shape = mapping.ResponseShape(kind, 'a "model"\x00 named\nstrangely')  # type: ignore[arg-type]
+    for text in ["hi", "", 'a "quote"\n\x00\u2028', "é 😀"]:
+        encoded = shape.text_chunk_json(text, with_usage)
+        assert encoded == msgspec.json.encode(shape.text_chunk(text, with_usage))
+        assert msgspec.json.decode(encoded) == shape.text_chunk(text, with_usage)
