@@ -14,12 +14,16 @@ def _duration(ms: float) -> str:
 
 
 def format_stats(stats: Stats) -> str:
-    """`Tokenization: 0.4ms | Prefill: 3.1ms | TTFT: 0.573s | Gen: 2.111s | Tokens/sec: 9.95 | Tokens: 21`"""
-    return (
+    """`Tokenization: 0.4ms | Prefill: 3.1ms | TTFT: 0.573s | Gen: 2.111s | Tokens/sec: 9.95 | Tokens: 21`,
+    and `| Drafts: 12/20` (proposed tokens kept, of those verified) where any were proposed."""
+    line = (
         f"Tokenization: {_duration(stats.tokenize_ms)} | Prefill: {_duration(stats.prefill_ms)} | "
         f"TTFT: {stats.ttft_ms / 1000:.3f}s | Gen: {stats.generate_ms / 1000:.3f}s | "
         f"Tokens/sec: {stats.tokens_per_s:.2f} | Tokens: {stats.completion_tokens}"
     )
+    if stats.draft_proposed:
+        line += f" | Drafts: {stats.draft_accepted}/{stats.draft_proposed}"
+    return line
 
 
 def format_host(stats: Stats) -> str:

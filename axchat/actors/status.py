@@ -76,6 +76,8 @@ class Totals(msgspec.Struct, gc=False):
     tokens_per_s: float
     max_queued: int
     temperatures: dict[str, float | None] = {}  # each device's own reading, by name
+    draft_proposed_total: int = 0
+    draft_accepted_total: int = 0
 
 
 def status_reply(state: DaemonState, model: ModelFacts, device: DeviceSection, totals: Totals) -> StatusReply:
@@ -114,6 +116,8 @@ def status_reply(state: DaemonState, model: ModelFacts, device: DeviceSection, t
         pid=totals.pid,
         tokens_per_s=totals.tokens_per_s,
         max_queued=totals.max_queued,
+        draft_proposed_total=totals.draft_proposed_total,
+        draft_accepted_total=totals.draft_accepted_total,
     )
 
 

@@ -165,6 +165,8 @@ class Stats(msgspec.Struct, gc=False):
     cpu_percent: float = 0.0
     device_temp_c: float | None = None
     device: str = ""  # which device served it, where the daemon drives several ("" with one)
+    draft_proposed: int = 0  # proposed tokens verified in its decode steps (speculative decoding)
+    draft_accepted: int = 0  # of those, kept: each a token that cost no step of its own
 
 
 class ErrorInfo(msgspec.Struct, gc=False):
@@ -284,6 +286,8 @@ class StatusReply(_Message, tag="status_reply"):
     step_ms: float = 0.0  # mean decode forward, last 64 steps
     overhead_ms_per_token: float = 0.0  # mean daemon time between two decode steps, last 64
     devices: list[DeviceStatus] = []  # each device, where the daemon drives several
+    draft_proposed_total: int = 0  # proposed tokens verified since start (speculative decoding)
+    draft_accepted_total: int = 0  # of those, kept
 
 
 class Pong(_Message, tag="pong"):

@@ -19,6 +19,7 @@ from axchat.actors.device import planner
 from axchat.actors.device.burst import Burst
 from axchat.actors.device.clock import DecodeClock, PrefillRate
 from axchat.actors.device.device_thread import BackendReadings, DeviceThread
+from axchat.actors.device.drafts import Speculation, drafter_for
 from axchat.actors.device.forward_passes import ForwardPasses
 from axchat.actors.device.peers import ONE_DEVICE, Peers
 from axchat.actors.device.residency import BackendLoader, LoadProgress, Residency, ResidentModel
@@ -45,6 +46,7 @@ class DeviceActor(ForwardPasses, Actor):
         loader: BackendLoader | None = None,
         name: str = "device",
         peers: Peers = ONE_DEVICE,
+        speculate: str = "off",
     ) -> None:
         self.name = name  # before the inbox is bound under it
         super().__init__(bus, supervisor)
@@ -53,6 +55,8 @@ class DeviceActor(ForwardPasses, Actor):
         # once here rather than from a backend that may be unloaded later.
         self._limits = planner.StepLimits.of(backend.capabilities)
         self._context_length = backend.info.context_length
+        # Greedy streams propose tokens (drafts.py) where the engine can verify them.
+        self._speculate = speculate != "off" and backend.capabilities.drafts
         self.max_running = self._limits.running_limit(max_running)
         self._chunks = self._limits.chunk_sizer()
         self._gone_connections: set[str] = set()  # disconnected, with sequences still ending
@@ -178,8 +182,13 @@ class DeviceActor(ForwardPasses, Actor):
         if first:
             sampler = SequenceSampler(seq.sampling, seq.prompt_ids)
             seq.greedy = sampler if sampler.greedy else None
+            if seq.greedy is not None and self._speculate:
+                seq.spec = Speculation(drafter_for(seq.prompt_ids))
         if seq.greedy is not None:
-            await self._take_tokens(seq, [seq.greedy.choose(logits)])
+            token = seq.greedy.choose(logits)
+            if seq.spec is not None:
+                seq.spec.settle((), (token,))
+            await self._take_tokens(seq, [token])
         elif first:
             sampling, context = seq.sampling, seq.prompt_ids
             row = m.Logits(rid=seq.rid, data=logits.tobytes(), sampling=sampling, context_ids=context, reply_to=self.name)

@@ -12,6 +12,7 @@ from axchat.actors import messages as m
 from axchat.protocol.v1 import FinishReason, RequestInfo, Sampling
 
 if TYPE_CHECKING:
+    from axchat.actors.device.drafts import Speculation
     from axchat.actors.token_choice import SequenceSampler
 
 
@@ -45,6 +46,7 @@ class DeviceSequence:
     admitted_ns: int = field(default_factory=time.monotonic_ns)
     timings: m.DeviceTimings = field(default_factory=m.DeviceTimings)
     greedy: SequenceSampler | None = None  # set for greedy requests: sampled here, not by the sampler actor
+    spec: Speculation | None = None  # a greedy request's proposals, where speculation is on
 
     @property
     def end_ids(self) -> frozenset[int]:
@@ -63,6 +65,8 @@ class DeviceSequence:
 
     def ended(self, reason: FinishReason, error: m.Failure | None, device: str) -> m.Ended:
         """What the device tells of it when it ends, served by `device`."""
+        if self.spec is not None:
+            self.timings.draft_proposed, self.timings.draft_accepted = self.spec.proposed, self.spec.accepted
         return m.Ended(
             rid=self.rid,
             reason=reason,
