@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from axchat.actors.device.speculation_plan import StreamOutlook, draft_lengths
+from axchat.actors.device.speculation_plan import NEVER_TRIED, StepCost, StreamOutlook, draft_lengths, flat_rows
 from axchat.actors.device.turn_end import end_of_turn
 
 # Test and benchmark hook: a JSON file {"reply": [token ids], "corrupt": p, "seed": s}
@@ -118,14 +118,14 @@ class Speculation:
     drafter: Drafter
     proposed: int = 0  # proposed tokens verified, since the stream began
     accepted: int = 0  # of those, kept
-    idle_steps: int = 0  # steps since it last had a proposal verified
+    since_tried: int = NEVER_TRIED  # steps since it last had a proposal verified
     _hits: float = PRIOR_HITS
     _trials: float = PRIOR_TRIALS
 
     def outlook(self, room: int) -> StreamOutlook:
         """For the step's rule, with `room` tokens it may still make (the step's first
         token among them, so at most `room - 1` proposals)."""
-        return StreamOutlook(self._hits / self._trials, max(room - 1, 0), self.idle_steps)
+        return StreamOutlook(self._hits / self._trials, max(room - 1, 0), self.since_tried)
 
     def draft(self, k: int) -> list[int]:
         return self.drafter.propose(k) if k > 0 else []
@@ -134,10 +134,10 @@ class Speculation:
         """The step verified `draft` and the stream chose `chosen`."""
         self.drafter.accept(chosen)
         if not draft:
-            self.idle_steps += 1
+            self.since_tried += 1
             return
         kept = min(len(chosen) - 1, len(draft))
-        self.idle_steps = 0
+        self.since_tried = 0
         self.proposed += len(draft)
         self.accepted += kept
         # Per-token odds: the kept guesses were hits; a rejection is one miss (the
@@ -166,10 +166,15 @@ def verify(
 
 
 def step_drafts(
-    streams: Sequence[tuple[Speculation | None, int]], *, row_budget: int, others_waiting: bool
+    streams: Sequence[tuple[Speculation | None, int]],
+    *,
+    row_budget: int,
+    others_waiting: bool,
+    cost: StepCost = flat_rows,
 ) -> list[list[int]]:
     """Each stream's proposal for the next decode step: `streams` are (its speculation,
-    None when it does not speculate; the tokens it may still make), in step order."""
+    None when it does not speculate; the tokens it may still make), in step order;
+    `cost` the step's measured cost by rows."""
     outlooks = [spec.outlook(room) if spec is not None else StreamOutlook(0.0, 0) for spec, room in streams]
-    lengths = draft_lengths(outlooks, row_budget=row_budget, others_waiting=others_waiting)
+    lengths = draft_lengths(outlooks, row_budget=row_budget, others_waiting=others_waiting, cost=cost)
     return [spec.draft(k) if spec is not None else [] for (spec, _), k in zip(streams, lengths, strict=True)]

@@ -149,7 +149,12 @@ class ForwardPasses:
         # Proposals only where nobody else needs the device: no prompt going in, nobody
         # waiting (their rows come first).
         others = bool(self._waiting) or any(s.state is SeqState.PREFILL for s in self._running.values())
-        drafts = step_drafts([(s.spec, self._room(s)) for s in seqs], row_budget=self._limits.max_batch, others_waiting=others)
+        drafts = step_drafts(
+            [(s.spec, self._room(s)) for s in seqs],
+            row_budget=self._limits.max_batch,
+            others_waiting=others,
+            cost=self.clock.rows.cost,
+        )
         if any(drafts):
             await self._decode_drafts(seqs, drafts)
             return
@@ -197,7 +202,8 @@ class ForwardPasses:
         decode = backend.decode_drafts if speculating else run_ahead.without_drafts(backend.decode)
         trim = backend.trim if speculating else None
         done = await self._forward(
-            seqs, run_ahead.run, self.clock.timed(decode), lanes, self._interrupt, None, trim, self._limits.max_batch
+            seqs, run_ahead.run, self.clock.timed(decode), lanes, self._interrupt, None, trim, self._limits.max_batch,
+            self.clock.rows.cost,
         )
         if done is None:
             return

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from axchat.actors.device.drafts import Speculation, step_drafts, verify
+from axchat.actors.device.speculation_plan import StepCost, flat_rows
 from axchat.actors.device.turn_end import end_of_turn
 
 # A run's length in time: long enough that the loop's per-token work is spread over
@@ -75,10 +76,11 @@ def run(
     budget_ms: float | None = None,
     trim: Callable[[int, int], None] | None = None,
     row_budget: int = 0,
+    cost: StepCost = flat_rows,
 ) -> Sequence[Lane]:
     """Decode steps for `lanes` until a bound (module docstring); on the device thread.
     `decode` is the backend's `decode_drafts`, `trim` its `trim` (None: no lane
-    speculates), `row_budget` the rows a step may take. Each lane's `chosen` gets its
+    speculates), `row_budget` the rows a step may take, `cost` their measured cost. Each lane's `chosen` gets its
     tokens in order; returns `lanes`. The first step always runs: it is the step the
     planner asked for."""
     active = list(lanes)
@@ -87,7 +89,7 @@ def run(
     while True:
         step_start = time.monotonic_ns()
         streams = [(lane.spec if trim is not None else None, lane.room - len(lane.chosen)) for lane in active]
-        drafts = step_drafts(streams, row_budget=row_budget, others_waiting=False)
+        drafts = step_drafts(streams, row_budget=row_budget, others_waiting=False, cost=cost)
         rows = decode([lane.rid for lane in active], [lane.token for lane in active], drafts)
         still = []
         for lane, lane_rows, draft in zip(active, rows, drafts, strict=True):

@@ -1,10 +1,13 @@
 """How many proposed tokens each stream may have verified in the next decode step: the
 one rule for speculation's share of a batch.
 
-Verifying a proposed token is one more row in the step's `llama_decode`; on a CPU the
-weights are read once for every row, so a row costs a fraction of a one-row step
-(`ROW_COST`). A stream proposes the number of tokens that gives it the most tokens per
-unit of step cost, judged from its recent acceptance, within the rows the batch has
+Verifying a proposed token is one more row in the step's `llama_decode`: the weights
+are read once for all rows, but each row still costs compute, and on some CPUs
+llama.cpp's kernels for several rows cost far more than its one-row kernel (on this
+project's 2-core AVX-512 machine, 2 rows cost 2-3 one-row steps and 8 rows 3.7). So
+each step's cost by its rows is measured as steps run (clock.RowCosts), and a stream
+proposes the number of tokens that gives it the most tokens per unit of step cost,
+judged from its recent acceptance, within the rows the batch has
 spare: the step's rows beyond one per decoding stream, and none while anyone else needs
 the device (a prompt going in, a request waiting for a slot). So a full batch never
 speculates, one stream alone may take every spare row, and a speculating stream never
@@ -13,19 +16,29 @@ takes a row another stream needs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 # The longest proposal one stream may have verified in a step.
 MAX_DRAFT = 8
-# A verified row's cost against a one-row decode step: the step's extra compute for it
-# (activations and attention), the weights being read once for all rows. Rough for a
-# small model on 2 CPU cores (bench/speculative.py); it only sets how much acceptance
-# a longer proposal needs.
+# Before a step of some number of rows was timed, each row beyond those timed is taken
+# to add this share of a one-row step (the weights are read once for all rows): an
+# optimistic guess, so that the first proposals are tried and the real cost is learnt.
 ROW_COST = 0.1
-# A stream whose proposals were mostly wrong stops proposing; it tries one token again
-# after this many steps, so that it notices when its text turns repetitive.
-PROBE_EVERY = 16
+# A stream whose proposals were not worth their rows proposes again, to see whether
+# its text has turned predictable, once the steps since its last try have paid for
+# such a try this many times over (a try of 7 rows costing 2.7 steps more, measured
+# on a 2-core CPU, comes every 135 steps); a new stream tries at once.
+PROBE_SHARE = 0.02
+NEVER_TRIED = 1 << 30
+
+# A step's cost by the rows it feeds, against the cost of `base` rows: `cost(base, rows)`.
+StepCost = Callable[[int, int], float]
+
+
+def flat_rows(base: int, rows: int) -> float:
+    """The guess before anything was timed: ROW_COST a row beyond `base`."""
+    return 1.0 + ROW_COST * (rows - base) / max(base, 1)
 
 
 @dataclass(frozen=True)
@@ -34,20 +47,20 @@ class StreamOutlook:
 
     acceptance: float  # the chance that its next proposed token is right, from recent steps
     most: int  # proposed tokens it could have verified now (its length limit, its drafter)
-    idle_steps: int = 0  # steps since it last had a proposal verified
+    since_tried: int = NEVER_TRIED  # steps since it last had a proposal verified
 
 
-def best_length(acceptance: float, most: int, row_cost: float = ROW_COST) -> int:
+def best_length(acceptance: float, most: int, cost: Callable[[int], float]) -> int:
     """The proposal length with the most expected tokens per unit of step cost: a step
     verifying k proposals, each right with chance `acceptance` given the ones before,
-    yields 1 + a + ... + a^k tokens and costs 1 + k * row_cost."""
+    yields 1 + a + ... + a^k tokens and costs `cost(k)` (a step without proposals: 1)."""
     a = min(max(acceptance, 0.0), 1.0)
     best_k, best_rate = 0, 1.0
     expected, term = 1.0, 1.0
     for k in range(1, max(most, 0) + 1):
         term *= a
         expected += term
-        rate = expected / (1.0 + k * row_cost)
+        rate = expected / cost(k)
         if rate > best_rate:
             best_k, best_rate = k, rate
     return best_k
@@ -58,25 +71,32 @@ def draft_lengths(
     *,
     row_budget: int,
     others_waiting: bool,
+    cost: StepCost = flat_rows,
     max_draft: int = MAX_DRAFT,
-    row_cost: float = ROW_COST,
 ) -> list[int]:
     """Proposed tokens each of `streams` (the step's decoding streams, in order) may have
     verified this step. `row_budget`: rows one step takes (the backend's batch);
     `others_waiting`: a prompt or a waiting request needs the device, so nobody
-    speculates. Spare rows are dealt one at a time round the streams that want more,
-    so none takes a second before each has had its first."""
-    spare = row_budget - len(streams)
+    speculates; `cost`: the step's cost by rows, as measured. A stream whose proposals
+    do not pay tries its longest now and then (PROBE_SHARE). Spare rows are dealt one at
+    a time round the streams that want more, so none takes a second before each has had
+    its first."""
+    base = len(streams)
+    spare = row_budget - base
     if others_waiting or spare <= 0:
-        return [0] * len(streams)
+        return [0] * base
     wants = []
     for s in streams:
-        most = min(s.most, max_draft)
-        k = best_length(s.acceptance, most, row_cost)
-        if k == 0 and most > 0 and s.idle_steps >= PROBE_EVERY:
-            k = 1
+        most = min(s.most, max_draft, spare)
+
+        def extra(k: int) -> float:
+            return cost(base, base + k)
+
+        k = best_length(s.acceptance, most, extra)
+        if k == 0 and most > 0 and s.since_tried * PROBE_SHARE >= extra(most) - 1.0:
+            k = most
         wants.append(k)
-    given = [0] * len(streams)
+    given = [0] * base
     while spare > 0:
         dealt = False
         for i, want in enumerate(wants):
