@@ -14,19 +14,19 @@ def _duration(ms: float) -> str:
 
 
 def format_stats(stats: Stats) -> str:
-    """`Tokenization: 0.4ms | Prefill: 3.1ms | TTFT: 0.573s | Gen: 2.111s | Tokens/sec: 9.95 | Tokens: 21`,
-    and `| Drafts: 12/20` (proposed tokens kept, of those verified) where any were proposed."""
-    line = (
+    """`Tokenization: 0.4ms | Prefill: 3.1ms | TTFT: 0.573s | Gen: 2.111s | Tokens/sec: 9.95 | Tokens: 21`"""
+    return (
         f"Tokenization: {_duration(stats.tokenize_ms)} | Prefill: {_duration(stats.prefill_ms)} | "
         f"TTFT: {stats.ttft_ms / 1000:.3f}s | Gen: {stats.generate_ms / 1000:.3f}s | "
         f"Tokens/sec: {stats.tokens_per_s:.2f} | Tokens: {stats.completion_tokens}"
     )
-    if stats.draft_proposed:
-        line += f" | Drafts: {stats.draft_accepted}/{stats.draft_proposed}"
-    return line
 
 
 def format_host(stats: Stats) -> str:
-    """The seed's second and third lines, joined: CPU and device temperature."""
+    """The seed's second and third lines, joined: CPU and device temperature; then, where
+    speculative decoding proposed any, `| Drafts: 12/20` (kept, of those verified)."""
     temp = "n/a" if stats.device_temp_c is None else f"{stats.device_temp_c:.1f}°C"
-    return f"CPU %: {stats.cpu_percent:.1f} | Core Temp: {temp}"
+    line = f"CPU %: {stats.cpu_percent:.1f} | Core Temp: {temp}"
+    if stats.draft_proposed:
+        line += f" | Drafts: {stats.draft_accepted}/{stats.draft_proposed}"
+    return line

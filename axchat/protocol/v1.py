@@ -24,7 +24,8 @@ PROTOCOL_MAJOR = 1
 # 1.4: stats.device and status_reply.devices, for a daemon driving several devices.
 # 1.5: bounds on the envelope's `id` and on a generate's number of messages; the
 # `forbidden` error code, for a client whose key was revoked while connected.
-PROTOCOL_MINOR = 5
+# 1.6: speculative decoding's counts, stats.draft_* and status_reply.draft_*_total.
+PROTOCOL_MINOR = 6
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # Default cap on one frame's size; the daemon announces its own in `welcome`.

@@ -30,6 +30,10 @@ ROW_COST = 0.1
 # such a try this many times over (a try of 7 rows costing 2.7 steps more, measured
 # on a 2-core CPU, comes every 135 steps); a new stream tries at once.
 PROBE_SHARE = 0.02
+# A proposal must promise this much more than a plain step's token per unit of cost:
+# near break-even the gain is lost in the noise of the costs measured (a shared CPU's
+# step times move by tens of percent), while the loss is real.
+MARGIN = 0.15
 NEVER_TRIED = 1 << 30
 
 # A step's cost by the rows it feeds, against the cost of `base` rows: `cost(base, rows)`.
@@ -53,9 +57,10 @@ class StreamOutlook:
 def best_length(acceptance: float, most: int, cost: Callable[[int], float]) -> int:
     """The proposal length with the most expected tokens per unit of step cost: a step
     verifying k proposals, each right with chance `acceptance` given the ones before,
-    yields 1 + a + ... + a^k tokens and costs `cost(k)` (a step without proposals: 1)."""
+    yields 1 + a + ... + a^k tokens and costs `cost(k)` (a step without proposals: 1).
+    A length must beat the plain step by MARGIN."""
     a = min(max(acceptance, 0.0), 1.0)
-    best_k, best_rate = 0, 1.0
+    best_k, best_rate = 0, 1.0 + MARGIN
     expected, term = 1.0, 1.0
     for k in range(1, max(most, 0) + 1):
         term *= a
