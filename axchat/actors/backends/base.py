@@ -105,7 +105,8 @@ class DeviceBackend(abc.ABC):
     ) -> list[np.ndarray]:
         """A decode step that also feeds each sequence its proposed tokens `drafts` (which
         may be empty) after its next token, in one forward; returns for each sequence
-        float32 logits (1 + len(draft), vocab), after each token it was fed. Backends
+        float32 logits (1 + n, vocab), after each token it was fed: n is len(draft), or
+        fewer where the backend had no room for the proposals (then it fed the first n). Backends
         without `capabilities.drafts` are only ever asked with empty drafts."""
         if any(drafts):
             raise NotImplementedError(f"{type(self).__name__} cannot verify drafts")

@@ -175,7 +175,8 @@ class ForwardPasses:
         )
         if rows is None:
             return
-        for seq, seq_rows, draft in zip(seqs, rows, drafts, strict=True):
+        for seq, seq_rows, proposed in zip(seqs, rows, drafts, strict=True):
+            draft = proposed[: len(seq_rows) - 1]  # what the backend had room to verify
             if not draft:
                 if not await self._ended_during_forward(seq):
                     await self._choose_next(seq, seq_rows[0], first=False)

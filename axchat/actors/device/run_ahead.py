@@ -92,7 +92,8 @@ def run(
         drafts = step_drafts(streams, row_budget=row_budget, others_waiting=False, cost=cost)
         rows = decode([lane.rid for lane in active], [lane.token for lane in active], drafts)
         still = []
-        for lane, lane_rows, draft in zip(active, rows, drafts, strict=True):
+        for lane, lane_rows, proposed in zip(active, rows, drafts, strict=True):
+            draft = proposed[: len(lane_rows) - 1]  # what the backend had room to verify
             chosen = verify(lane.choose, lane_rows, draft, produced=len(lane.chosen), ends=lane.ends, room=lane.room)
             if lane.spec is not None:
                 lane.spec.settle(draft, chosen)

@@ -135,7 +135,15 @@ class LlamaCppBackend(DeviceBackend):
     ) -> list[np.ndarray]:
         # One llama_decode for every row: the weights are read once for all of them.
         pieces = [[t, *d] for t, d in zip(token_ids, drafts, strict=True)]
-        logits = self._feed(seq_ids, pieces, every_row=True)
+        try:
+            logits = self._feed(seq_ids, pieces, every_row=True)
+        except NoKvRoom:
+            if not any(drafts):
+                raise
+            # Proposals never take the cells a plain step needs: the step goes without.
+            self._undo(seq_ids)
+            pieces = [[t] for t in token_ids]
+            logits = self._feed(seq_ids, pieces, every_row=True)
         rows, at = [], 0
         for piece in pieces:
             rows.append(logits[at : at + len(piece)])
