@@ -11,7 +11,8 @@ stream starts: an earlier greedy reply of the same request, a share p of its tok
 proposed wrong, chosen by a fixed seed).
 
 Workloads, one interleaved run (each round runs every item once, odd rounds in reverse
-order, so drift in machine load hits each alike; medians over rounds):
+order, so drift in machine load hits each alike; each ratio is the median over rounds
+of that round's ratio):
 - batch 1, the mechanism's bound: the oracle daemon at p = 0, 0.25, 0.5, 1, against the
   off daemon, on the same request (`--tokens` greedy tokens, ignore_eos);
 - n-gram drafts on a copy-heavy request (a text to repeat, in the prompt), default
@@ -156,14 +157,16 @@ async def measure(daemons: dict[str, Daemon], oracle_file: Path, args: argparse.
             agg[daemon].append(await concurrent(sock[daemon], streams, args.timeout))
             log(f"round {r + 1}: 8 streams {daemon}: {agg[daemon][-1]:.2f} tok/s")
 
-    def rate(name: str) -> float:
-        return statistics.median(run.tok_s for run in results[name])
+    def ratio(name: str, base: str) -> float | None:
+        """The median over rounds of each round's ratio: a round's two figures are
+        minutes apart, rounds may be far apart in the machine's load."""
+        return rnd(statistics.median(a.tok_s / b.tok_s for a, b in zip(results[name], results[base], strict=True)), 3)
 
     copy_runs = results["copy_ngram"]
     proposed = sum(run.proposed for run in copy_runs)
-    out: dict[str, Any] = {f"speedup_p{int(p * 100)}": rnd(rate(f"p{p}") / rate("off"), 3) for p in CORRUPT}
-    out["ngram_speedup"] = rnd(rate("copy_ngram") / rate("copy_off"), 3)
-    out["agg_ratio_c8"] = rnd(statistics.median(agg["ngram"]) / statistics.median(agg["off"]), 3)
+    out: dict[str, Any] = {f"speedup_p{int(p * 100)}": ratio(f"p{p}", "off") for p in CORRUPT}
+    out["ngram_speedup"] = ratio("copy_ngram", "copy_off")
+    out["agg_ratio_c8"] = rnd(statistics.median(a / b for a, b in zip(agg["ngram"], agg["off"], strict=True)), 3)
     out["acceptance_ngram"] = rnd(sum(run.accepted for run in copy_runs) / proposed, 3) if proposed else 0.0
     out["tok_s"] = {name: [rnd(run.tok_s, 2) for run in runs] for name, runs in results.items()}
     out["agg_tok_s_c8"] = {k: [rnd(v, 2) for v in vs] for k, vs in agg.items()}

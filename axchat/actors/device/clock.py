@@ -11,8 +11,8 @@ from typing import Any
 from axchat.actors.device.sequence import ms
 from axchat.actors.device.speculation_plan import flat_rows
 
-# How much each new measurement of a step's time moves its smoothed value.
-ROW_WEIGHT = 0.25
+# Steps of one row count whose fastest stands for its cost.
+ROW_WINDOW = 8
 
 
 class DecodeClock:
@@ -65,15 +65,19 @@ class DecodeClock:
 
 
 class RowCosts:
-    """Decode steps' time by the rows they fed (a row per stream and per proposed token),
-    smoothed: what a proposed token costs (speculation_plan.py)."""
+    """Decode steps' time by the rows they fed (a row per stream and per proposed token):
+    what a proposed token costs (speculation_plan.py). Each row count's cost is the
+    fastest of its last few steps: other work on a shared CPU only ever slows a step,
+    and one slowed step of a count tried rarely must not make it look dear for long."""
 
     def __init__(self) -> None:
+        self._recent: dict[int, collections.deque[float]] = {}
         self._ms: dict[int, float] = {}
 
     def observe(self, rows: int, spent_ms: float) -> None:
-        old = self._ms.get(rows)
-        self._ms[rows] = spent_ms if old is None else old + ROW_WEIGHT * (spent_ms - old)
+        recent = self._recent.setdefault(rows, collections.deque(maxlen=ROW_WINDOW))
+        recent.append(spent_ms)
+        self._ms[rows] = min(recent)
 
     def cost(self, base: int, rows: int) -> float:
         """A step of `rows` rows against one of `base` rows, from the times measured.
