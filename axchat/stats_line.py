@@ -23,6 +23,10 @@ def format_stats(stats: Stats) -> str:
 
 
 def format_host(stats: Stats) -> str:
-    """The seed's second and third lines, joined: CPU and device temperature."""
+    """The seed's second and third lines, joined: CPU and device temperature; then, where
+    speculative decoding proposed any, `| Drafts: 12/20` (kept, of those verified)."""
     temp = "n/a" if stats.device_temp_c is None else f"{stats.device_temp_c:.1f}°C"
-    return f"CPU %: {stats.cpu_percent:.1f} | Core Temp: {temp}"
+    line = f"CPU %: {stats.cpu_percent:.1f} | Core Temp: {temp}"
+    if stats.draft_proposed:
+        line += f" | Drafts: {stats.draft_accepted}/{stats.draft_proposed}"
+    return line

@@ -248,6 +248,20 @@ def raw_f32(daemon_f32: DaemonProcess) -> Iterator[RawClient]:
     yield from connected(daemon_f32)
 
 
+def collect(raw: RawClient, rid: str) -> tuple[list[int], str, v1.Done]:
+    """A request's reply: its tokens, its text and its `done` (which it must end with)."""
+    tokens: list[int] = []
+    text = ""
+    for body in raw.stream(rid):
+        if isinstance(body, v1.Delta):
+            tokens += body.token_ids
+            text += body.text
+        else:
+            assert isinstance(body, v1.Done), body
+            return tokens, text, body
+    raise AssertionError("no terminal frame")
+
+
 def chat(text: str, **sampling: object) -> v1.Generate:
     return v1.Generate(
         messages=[v1.ChatMessage(role="user", content=text)],

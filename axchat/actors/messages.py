@@ -170,6 +170,8 @@ class DeviceTimings(msgspec.Struct, gc=False):
     first_token_ns: int = 0
     last_token_ns: int = 0
     prefill_start_ns: int = 0
+    draft_proposed: int = 0  # proposed tokens verified (speculative decoding)
+    draft_accepted: int = 0  # of those, kept
 
 
 class Ended(_Internal, tag="ended"):

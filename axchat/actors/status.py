@@ -82,6 +82,8 @@ class Totals(msgspec.Struct, gc=False):
     tokens_per_s: float
     max_queued: int
     temperatures: dict[str, float | None] = {}  # each device's own reading, by name
+    draft_proposed_total: int = 0
+    draft_accepted_total: int = 0
 
 
 def status_reply(state: DaemonState, model: ModelFacts, device: DeviceSection, totals: Totals) -> StatusReply:
@@ -125,6 +127,8 @@ def status_reply(state: DaemonState, model: ModelFacts, device: DeviceSection, t
         weights_bytes=held[0],
         running_kv_bytes=held[1],
         prefix_kv_bytes=held[2],
+        draft_proposed_total=totals.draft_proposed_total,
+        draft_accepted_total=totals.draft_accepted_total,
     )
 
 

@@ -55,6 +55,8 @@ class Telemetry:
         self._process.cpu_percent(None)  # primes the counter status reports from
         self.requests_total = 0
         self.completion_tokens_total = 0
+        self.draft_proposed_total = 0
+        self.draft_accepted_total = 0
 
     def device_reading(self, msg: m.DeviceReading) -> None:
         self._device_temperatures[msg.device] = msg.temperature_c
@@ -85,9 +87,13 @@ class Telemetry:
             cpu_percent=(time.process_time_ns() - msg.cpu_ns) / wall_ns * 100,
             device_temp_c=self._temperature_c(msg.device or "device"),
             device=msg.device,
+            draft_proposed=t.draft_proposed,
+            draft_accepted=t.draft_accepted,
         )
         self.requests_total += 1
         self.completion_tokens_total += msg.completion_tokens
+        self.draft_proposed_total += t.draft_proposed
+        self.draft_accepted_total += t.draft_accepted
         log.info(
             "request %s finish=%s prompt_tokens=%d cached_tokens=%d trimmed_messages=%d | %s | %s | Engine: %s",
             msg.label,
@@ -115,6 +121,8 @@ class Telemetry:
             tokens_per_s=self._recent_rate(),
             max_queued=self._max_queued,
             temperatures=dict(self._device_temperatures),
+            draft_proposed_total=self.draft_proposed_total,
+            draft_accepted_total=self.draft_accepted_total,
         )
 
     def _temperature_c(self, device: str | None = None) -> float | None:

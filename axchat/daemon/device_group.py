@@ -150,6 +150,7 @@ def device_actor(
         backend,
         max_running=cfg.max_running,
         keep_alive_s=cfg.keep_alive_s,
+        speculate=cfg.speculate,
         loader=model_load.device_loader(cfg, model, backend.info),
         **placement,
     )

@@ -35,6 +35,8 @@ def _human(status: dict[str, object]) -> str:
             f"state:    {status['state']}, up {uptime:.0f}s, pid {status['pid']}",
             f"requests: {status['running']} running, {status['queued']} queued, {status['requests_total']} served",
             f"tokens:   {status['completion_tokens_total']} generated; {status['kv_sequences']} KV sequence(s) held",
+            f"drafts:   {status.get('draft_accepted_total', 0)} of {status.get('draft_proposed_total', 0)} proposed "
+            "tokens kept (speculative decoding)",
             f"host:     CPU {status['cpu_percent']:.1f}%, RSS {int(status['rss_bytes']) / 2**20:.0f} MiB, "  # type: ignore[call-overload]
             f"temp {'n/a' if temp is None else f'{temp:.1f}°C'}",
             f"rate:     {status.get('tokens_per_s', 0.0):.1f} tokens/s over the last 10s; "

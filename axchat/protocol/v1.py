@@ -26,7 +26,9 @@ PROTOCOL_MAJOR = 1
 # `forbidden` error code, for a client whose key was revoked while connected.
 # 1.6: generate.constraint (structured output and tool calls), ChatMessage.tool_calls
 # and tool_call_id, done.tool_calls, the `constraint_failed` error code.
-PROTOCOL_MINOR = 6
+# 1.7: speculative decoding's counts, stats.draft_* and status_reply.draft_*_total;
+# status_reply's memory parts (weights_bytes, running_kv_bytes, prefix_kv_bytes).
+PROTOCOL_MINOR = 7
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # Default cap on one frame's size; the daemon announces its own in `welcome`.
@@ -206,6 +208,8 @@ class Stats(msgspec.Struct, gc=False):
     cpu_percent: float = 0.0
     device_temp_c: float | None = None
     device: str = ""  # which device served it, where the daemon drives several ("" with one)
+    draft_proposed: int = 0  # proposed tokens verified in its decode steps (speculative decoding)
+    draft_accepted: int = 0  # of those, kept: each a token that cost no step of its own
 
 
 class ErrorInfo(msgspec.Struct, gc=False):
@@ -333,6 +337,8 @@ class StatusReply(_Message, tag="status_reply"):
     weights_bytes: int = 0
     running_kv_bytes: int = 0
     prefix_kv_bytes: int = 0
+    draft_proposed_total: int = 0  # proposed tokens verified since start (speculative decoding)
+    draft_accepted_total: int = 0  # of those, kept
 
 
 class Pong(_Message, tag="pong"):

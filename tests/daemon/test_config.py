@@ -199,3 +199,13 @@ def test_devices_is_a_count_or_all_from_file_env_or_flag(layout: tuple[Path, Pat
     for bad in ("0", "two", "-1"):
         with pytest.raises(ConfigError, match="devices: expected a number of devices or all"):
             parse(["--devices", bad], env)
+
+
+def test_speculation_is_on_unless_turned_off(layout: tuple[Path, Path, dict[str, str]]) -> None:
+    _, user, env = layout
+    assert parse([], env).speculate == "ngram"
+    user.write_text('speculate = "off"\n')
+    assert parse([], env).speculate == "off"
+    assert parse(["--speculate", "ngram"], env).speculate == "ngram"
+    with pytest.raises(ConfigError, match="speculate"):
+        parse(["--speculate", "draft"], env)

@@ -13,7 +13,7 @@ from conftest import DaemonProcess, RawClient, chat
 
 from axchat.frontends.ask import in_flag_words
 from axchat.protocol import v1
-from axchat.stats_line import format_stats
+from axchat.stats_line import format_host, format_stats
 
 
 def run_ask(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -93,3 +93,8 @@ def test_every_option_has_help(module: str) -> None:
 def test_stats_line_reads_as_readme_shows_it() -> None:
     stats = v1.Stats(tokenize_ms=0.6363, prefill_ms=3.7, ttft_ms=8.0, generate_ms=99.0, tokens_per_s=202.22, completion_tokens=20)
     assert format_stats(stats).startswith("Tokenization: 0.6ms | Prefill: 3.7ms | TTFT: 0.008s | Gen: 0.099s")
+
+
+def test_host_line_counts_drafts_only_where_any_were_proposed() -> None:
+    assert "Drafts" not in format_host(v1.Stats(cpu_percent=97.5))
+    assert format_host(v1.Stats(cpu_percent=97.5, draft_proposed=20, draft_accepted=12)).endswith("| Drafts: 12/20")

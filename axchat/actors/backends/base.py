@@ -62,6 +62,9 @@ class Capabilities:
     prefill_rows: int = 1
     # A decode step can carry a prompt chunk in the same forward (`decode_and_extend`).
     mixed_steps: bool = False
+    # A decode step can feed proposed tokens after each sequence's next one, with logits
+    # after every row, and drop the rejected ones' KV (`decode_drafts`, `trim`).
+    drafts: bool = False
 
 
 class DeviceBackend(abc.ABC):
@@ -100,6 +103,21 @@ class DeviceBackend(abc.ABC):
         read once for both, so the chunk adds little to the step. Returns the decode
         logits (len(seq_ids), vocab) and the chunk's (vocab,)."""
         return self.decode(seq_ids, token_ids), self.extend(chunk_seq, chunk_ids)
+
+    def decode_drafts(
+        self, seq_ids: Sequence[int], token_ids: Sequence[int], drafts: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        """A decode step that also feeds each sequence its proposed tokens `drafts` (which
+        may be empty) after its next token, in one forward; returns for each sequence
+        float32 logits (1 + n, vocab), after each token it was fed: n is len(draft), or
+        fewer where the backend had no room for the proposals (then it fed the first n). Backends
+        without `capabilities.drafts` are only ever asked with empty drafts."""
+        if any(drafts):
+            raise NotImplementedError(f"{type(self).__name__} cannot verify drafts")
+        return [row[None] for row in self.decode(seq_ids, token_ids)]
+
+    def trim(self, seq_id: int, drop: int) -> None:  # noqa: B027 - only backends with drafts
+        """Forget the KV of the last `drop` tokens fed to `seq_id` (rejected drafts)."""
 
     def start(self, seq_id: int, prompt_ids: Sequence[int], salt: str) -> int:
         """Begin `seq_id` with the KV of the longest cached prefix of `prompt_ids`

@@ -22,6 +22,7 @@ from axchat.actors.device.clock import DecodeClock, PrefillRate
 from axchat.actors.device.constrained import Constraints
 from axchat.actors.device.device_thread import BackendReadings, DeviceThread
 from axchat.actors.device.forward_passes import ForwardPasses
+from axchat.actors.device.greedy_choice import choose_chooser
 from axchat.actors.device.peers import ONE_DEVICE, Peers
 from axchat.actors.device.residency import BackendLoader, LoadProgress, Residency, ResidentModel
 from axchat.actors.device.sequence import DeviceSequence, SeqState
@@ -29,8 +30,7 @@ from axchat.actors.device.turn_end import TurnEnd, end_of_turn
 from axchat.actors.device.waiting_line import WaitingLine
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.status import DeviceSection
-from axchat.actors.token_choice import SequenceSampler
-from axchat.actors.token_mask import ConstrainedChoice, ConstraintVocab
+from axchat.actors.token_mask import ConstraintVocab
 from axchat.protocol.v1 import FinishReason
 
 
@@ -49,6 +49,7 @@ class DeviceActor(ForwardPasses, Actor):
         name: str = "device",
         peers: Peers = ONE_DEVICE,
         vocab: ConstraintVocab | None = None,
+        speculate: str = "off",
     ) -> None:
         self.name = name  # before the inbox is bound under it
         super().__init__(bus, supervisor)
@@ -57,6 +58,8 @@ class DeviceActor(ForwardPasses, Actor):
         # once here rather than from a backend that may be unloaded later.
         self._limits = planner.StepLimits.of(backend.capabilities)
         self._context_length = backend.info.context_length
+        # Greedy streams propose tokens (drafts.py) where the engine can verify them.
+        self._speculate = speculate != "off" and backend.capabilities.drafts
         self.max_running = self._limits.running_limit(max_running)
         self._chunks = self._limits.chunk_sizer()
         self._gone_connections: set[str] = set()  # disconnected, with sequences still ending
@@ -179,20 +182,19 @@ class DeviceActor(ForwardPasses, Actor):
         await self._take_tokens(seq, [msg.token_id])
 
     async def _choose_next(self, seq: DeviceSequence, logits: Any, first: bool) -> None:
-        """Hand a row of logits on for the next token. Greedy requests pick it here:
-        an argmax costs microseconds, the round trip through the sampler actor
-        (two hops and a copy of the row each way) about a millisecond a token."""
+        """Hand a row of logits on for the next token (greedy_choice.py: who picks it)."""
         seq.state = SeqState.SAMPLING
         if first and self.constraints.compiling(seq):  # a copy: the device reuses its rows
             seq.state = SeqState.GRAMMAR
             self.constraints.after_compile(seq, np.array(logits, dtype=np.float32), self._choose_next, self._end)
             return
         if first:
-            mask = await self.constraints.ready(seq)
-            sampler = SequenceSampler(seq.sampling, seq.prompt_ids)
-            seq.greedy = (sampler if mask is None else ConstrainedChoice(sampler, mask)) if sampler.greedy else None
+            choose_chooser(seq, await self.constraints.ready(seq), self._speculate)
         if seq.greedy is not None:
-            await self._take_tokens(seq, [seq.greedy.choose(logits)])
+            token = seq.greedy.choose(logits)
+            if seq.spec is not None:
+                seq.spec.settle((), (token,))
+            await self._take_tokens(seq, [token])
             return
         if seq.mask is not None:
             logits = seq.mask.allowed(logits)  # the sampler draws among what the grammar allows

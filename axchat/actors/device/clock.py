@@ -9,6 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 from axchat.actors.device.sequence import ms
+from axchat.actors.device.speculation_plan import flat_rows
+
+# Steps of one row count whose fastest stands for its cost.
+ROW_WINDOW = 8
 
 
 class DecodeClock:
@@ -24,6 +28,7 @@ class DecodeClock:
         self._forward: collections.deque[int] = collections.deque(maxlen=window)
         self._gaps: collections.deque[int] = collections.deque(maxlen=window)
         self._last_end_ns = 0
+        self.rows = RowCosts()
 
     def timed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """`fn` as run on the device thread, its duration recorded as a decode forward."""
@@ -35,6 +40,8 @@ class DecodeClock:
             finally:
                 end = time.monotonic_ns()
                 self._forward.append(end - start)
+                # (sequence ids, tokens) or, verifying proposals, (..., drafts)
+                self.rows.observe(len(args[0]) + sum(map(len, args[2])) if len(args) > 2 else len(args[0]), ms(end - start))
                 if self._last_end_ns:
                     self._gaps.append(start - self._last_end_ns)
                 self._last_end_ns = end
@@ -55,6 +62,42 @@ class DecodeClock:
 
     def overhead_ms(self) -> float:
         return ms(sum(self._gaps) // len(self._gaps)) if self._gaps else 0.0
+
+
+class RowCosts:
+    """Decode steps' time by the rows they fed (a row per stream and per proposed token):
+    what a proposed token costs (speculation_plan.py). Each row count's cost is the
+    fastest of its last few steps: other work on a shared CPU only ever slows a step,
+    and one slowed step of a count tried rarely must not make it look dear for long."""
+
+    def __init__(self) -> None:
+        self._recent: dict[int, collections.deque[float]] = {}
+        self._ms: dict[int, float] = {}
+
+    def observe(self, rows: int, spent_ms: float) -> None:
+        recent = self._recent.setdefault(rows, collections.deque(maxlen=ROW_WINDOW))
+        recent.append(spent_ms)
+        self._ms[rows] = min(recent)
+
+    def cost(self, base: int, rows: int) -> float:
+        """A step of `rows` rows against one of `base` rows, from the times measured.
+        A row count not measured costs what the next larger measured one does (a step
+        never costs less for more rows, and llama.cpp's cost is far from linear: one row
+        has a kernel of its own); beyond every measured one, or before any, it is
+        `flat_rows`'s optimistic guess, so that it gets tried and measured."""
+        at_base, at_rows = self._ms_at(base), self._ms_at(rows)
+        if at_base is None or at_rows is None:
+            return flat_rows(base, rows)
+        return max(at_rows / at_base, 1.0)
+
+    def _ms_at(self, rows: int) -> float | None:
+        if rows in self._ms:
+            return self._ms[rows]
+        above = min((r for r in self._ms if r > rows), default=None)
+        if above is not None:
+            return self._ms[above]
+        below = max((r for r in self._ms if r < rows), default=None)
+        return None if below is None else self._ms[below] * flat_rows(below, rows)
 
 
 class PrefillRate:

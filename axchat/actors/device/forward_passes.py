@@ -16,6 +16,7 @@ from axchat.actors.device import planner, run_ahead
 from axchat.actors.device.clock import DecodeClock, PrefillRate
 from axchat.actors.device.constrained import Constraints
 from axchat.actors.device.device_thread import BackendReadings, DeviceThread
+from axchat.actors.device.drafts import step_drafts, verify
 from axchat.actors.device.fair_queue import FairQueue
 from axchat.actors.device.prompt_chunks import ChunkSizer
 from axchat.actors.device.sequence import DeviceSequence, SeqState, ms
@@ -35,6 +36,7 @@ class ForwardPasses:
     constraints: Constraints
     clock: DecodeClock
     prefill_rate: PrefillRate
+    _limits: planner.StepLimits
 
     if TYPE_CHECKING:
 
@@ -146,6 +148,18 @@ class ForwardPasses:
         if planner.may_run_ahead(seqs, running=len(self._running), waiting=len(self._waiting)):
             await self._decode_run(seqs)
             return
+        # Proposals only where nobody else needs the device: no prompt going in, nobody
+        # waiting (their rows come first).
+        others = bool(self._waiting) or any(s.state is SeqState.PREFILL for s in self._running.values())
+        drafts = step_drafts(
+            [(s.spec, self._room(s)) for s in seqs],
+            row_budget=self._limits.max_batch,
+            others_waiting=others,
+            cost=self.clock.rows.cost,
+        )
+        if any(drafts):
+            await self._decode_drafts(seqs, drafts)
+            return
         # Timed per call, not wrapped once: a kept bound method would hold the backend
         # (and so an unloaded model) alive.
         logits = await self._forward(
@@ -154,6 +168,31 @@ class ForwardPasses:
         if logits is not None:
             await self._decoded(seqs, logits)
 
+    async def _decode_drafts(self, seqs: list[DeviceSequence], drafts: list[list[int]]) -> None:
+        """A decode step verifying the greedy streams' proposals (drafts.py) beside the
+        others' plain rows."""
+        backend = self._loaded()
+        rows = await self._forward(
+            seqs, self.clock.timed(backend.decode_drafts), [s.rid for s in seqs], [s.next_token for s in seqs], drafts
+        )
+        if rows is None:
+            return
+        await self.constraints.fill(seqs)  # constrained streams ride along unspeculated
+        for seq, seq_rows, proposed in zip(seqs, rows, drafts, strict=True):
+            draft = proposed[: len(seq_rows) - 1]  # what the backend had room to verify
+            if not draft:
+                if not await self._ended_during_forward(seq):
+                    await self._choose_next(seq, seq_rows[0], first=False)
+                continue
+            assert seq.greedy is not None and seq.spec is not None  # only greedy streams propose
+            chosen = verify(seq.greedy.choose, seq_rows, draft, produced=0, ends=seq.end_ids, room=self._room(seq))
+            seq.spec.settle(draft, chosen)
+            if len(draft) >= len(chosen):  # queued before any later forward or release
+                self._thread.spawn(backend.trim, seq.rid, len(draft) + 1 - len(chosen))
+            seq.fed.extend(chosen[:-1])
+            if not await self._ended_during_forward(seq):
+                await self._take_tokens(seq, chosen)
+
     async def _decode_run(self, seqs: list[DeviceSequence]) -> None:
         """Decode steps on the device thread until a bound (run_ahead.py); then each
         stream's tokens are taken in one pass, as one step's would be."""
@@ -161,10 +200,16 @@ class ForwardPasses:
         lanes = []
         for seq in seqs:
             assert seq.greedy is not None
-            lanes.append(run_ahead.Lane(seq.rid, seq.next_token, seq.greedy.choose, self._room(seq), seq.end_ids, seq.mask))
+            lanes.append(
+                run_ahead.Lane(seq.rid, seq.next_token, seq.greedy.choose, self._room(seq), seq.end_ids, seq.mask, seq.spec)
+            )
         backend = self._loaded()
+        speculating = any(lane.spec is not None for lane in lanes)
+        decode = backend.decode_drafts if speculating else run_ahead.without_drafts(backend.decode)
+        trim = backend.trim if speculating else None
         done = await self._forward(
-            seqs, run_ahead.run, self.clock.timed(backend.decode), lanes, self._interrupt
+            seqs, run_ahead.run, self.clock.timed(decode), lanes, self._interrupt, None, trim, self._limits.max_batch,
+            self.clock.rows.cost,
         )
         if done is None:
             return

@@ -10,6 +10,9 @@ the next tokens need nothing from the loop: the device thread picks them itself
 (an argmax, microseconds) and feeds them straight back, for a bounded time, and the
 loop then handles a run of tokens per stream in one pass and one message.
 
+Each step may also verify proposed tokens (drafts.py) within the rows the batch has
+spare (speculation_plan.py): a stream then gets several tokens from one step.
+
 Bounds: a run stops at the first step boundary after anything arrives for the device
 (a newcomer, a cancel, a stop string: `interrupt`), when the next step would pass
 `budget_ms`, or when every lane has ended. A stream's text then arrives in pieces of
@@ -25,6 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from axchat.actors.device.drafts import Speculation, step_drafts, verify
+from axchat.actors.device.speculation_plan import StepCost, flat_rows
 from axchat.actors.device.turn_end import end_of_turn
 from axchat.actors.token_mask import TokenMask, fill_together
 
@@ -39,14 +44,15 @@ BUDGET_MS = 75.0
 class Lane:
     """One stream's part in a run: fed `token` first; `choose` picks from a row of
     logits; it ends where `end_of_turn` says, with `ends` its end-of-turn ids and
-    `room` the tokens it may still make."""
+    `room` the tokens it may still make; `spec`: its proposals, None when it makes none."""
 
     rid: int
     token: int
     choose: Callable[[Any], int]
     room: int
     ends: frozenset[int]
-    mask: TokenMask | None = None  # a constrained stream's grammar mask
+    mask: TokenMask | None = None  # a constrained stream's grammar mask (such a stream never proposes)
+    spec: Speculation | None = None
     chosen: list[int] = field(default_factory=list)
 
     @property
@@ -55,30 +61,52 @@ class Lane:
         return self.chosen[:-1]
 
 
+def without_drafts(decode: Callable[[Sequence[int], Sequence[int]], Any]) -> Callable[..., Sequence[Any]]:
+    """A backend's plain `decode` in `decode_drafts`' shape, for runs where no lane
+    speculates."""
+
+    def rows(seq_ids: Sequence[int], token_ids: Sequence[int], drafts: Sequence[Sequence[int]]) -> Sequence[Any]:
+        return [row[None] for row in decode(seq_ids, token_ids)]
+
+    return rows
+
+
 def run(
-    decode: Callable[[Sequence[int], Sequence[int]], Any],
+    decode: Callable[[Sequence[int], Sequence[int], Sequence[Sequence[int]]], Sequence[Any]],
     lanes: Sequence[Lane],
     interrupt: threading.Event,
     budget_ms: float | None = None,
+    trim: Callable[[int, int], None] | None = None,
+    row_budget: int = 0,
+    cost: StepCost = flat_rows,
 ) -> Sequence[Lane]:
     """Decode steps for `lanes` until a bound (module docstring); on the device thread.
-    Each lane's `chosen` gets its tokens in order; returns `lanes`. The first step
-    always runs: it is the step the planner asked for."""
+    `decode` is the backend's `decode_drafts`, `trim` its `trim` (None: no lane
+    speculates), `row_budget` the rows a step may take, `cost` their measured cost. Each lane's `chosen` gets its
+    tokens in order; returns `lanes`. The first step always runs: it is the step the
+    planner asked for."""
     active = list(lanes)
     start = time.monotonic_ns()
     budget_ns = (BUDGET_MS if budget_ms is None else budget_ms) * 1e6
     while True:
         step_start = time.monotonic_ns()
-        rows = decode([lane.rid for lane in active], [lane.token for lane in active])
+        streams = [(lane.spec if trim is not None else None, lane.room - len(lane.chosen)) for lane in active]
+        drafts = step_drafts(streams, row_budget=row_budget, others_waiting=False, cost=cost)
+        rows = decode([lane.rid for lane in active], [lane.token for lane in active], drafts)
         fill_together([lane.mask for lane in active if lane.mask is not None])
         still = []
-        for lane, row in zip(active, rows, strict=True):
-            token = lane.choose(row)
-            lane.chosen.append(token)
+        for lane, lane_rows, proposed in zip(active, rows, drafts, strict=True):
+            draft = proposed[: len(lane_rows) - 1]  # what the backend had room to verify
+            chosen = verify(lane.choose, lane_rows, draft, produced=len(lane.chosen), ends=lane.ends, room=lane.room)
+            if lane.spec is not None:
+                lane.spec.settle(draft, chosen)
+            if trim is not None and len(draft) >= len(chosen):
+                trim(lane.rid, len(draft) + 1 - len(chosen))
+            lane.chosen.extend(chosen)
             if lane.mask is not None and lane.mask.failed is not None:
                 continue  # a dead end: the loop ends the stream with the reason
-            if end_of_turn(len(lane.chosen) - 1, (token,), ends=lane.ends, limit=lane.room).reason is None:
-                lane.token = token
+            if end_of_turn(len(lane.chosen) - 1, chosen[-1:], ends=lane.ends, limit=lane.room).reason is None:
+                lane.token = chosen[-1]
                 still.append(lane)
         active = still
         now = time.monotonic_ns()

@@ -12,6 +12,7 @@ from axchat.actors import messages as m
 from axchat.protocol.v1 import FinishReason, RequestInfo, Sampling
 
 if TYPE_CHECKING:
+    from axchat.actors.device.drafts import Speculation
     from axchat.actors.token_choice import SequenceSampler
     from axchat.actors.token_mask import ConstrainedChoice, TokenMask
 
@@ -48,6 +49,7 @@ class DeviceSequence:
     timings: m.DeviceTimings = field(default_factory=m.DeviceTimings)
     greedy: SequenceSampler | ConstrainedChoice | None = None  # set for greedy requests: sampled here, not by the sampler actor
     mask: TokenMask | None = None  # the grammar's mask, for a constrained request
+    spec: Speculation | None = None  # a free greedy request's proposals, where speculation is on
 
     @property
     def end_ids(self) -> frozenset[int]:
@@ -66,6 +68,8 @@ class DeviceSequence:
 
     def ended(self, reason: FinishReason, error: m.Failure | None, device: str) -> m.Ended:
         """What the device tells of it when it ends, served by `device`."""
+        if self.spec is not None:
+            self.timings.draft_proposed, self.timings.draft_accepted = self.spec.proposed, self.spec.accepted
         return m.Ended(
             rid=self.rid,
             reason=reason,

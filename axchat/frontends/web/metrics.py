@@ -97,6 +97,11 @@ class BridgeMetrics:
                 "axchat_daemon_model_loaded", "1 while the model is loaded (keep-alive unloads it when idle).", int(status.loaded)
             )
             lines += _memory_gauges(status)
+            for name, help_text, value in (
+                ("axchat_daemon_draft_proposed_tokens_total", "Proposed tokens verified (speculative decoding).", status.draft_proposed_total),
+                ("axchat_daemon_draft_accepted_tokens_total", "Of those, kept.", status.draft_accepted_total),
+            ):
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {value}"]
             lines += _device_gauges(status.devices)
         return "\n".join(lines) + "\n"
 

@@ -1,7 +1,7 @@
 """The llamacpp backend on real llama.cpp with the tiny model converted to GGUF: greedy
 tokens equal transformers' (f32), batching does not change a request's output, the
 prefix cache shares cells and restores what a fresh prefill computes, cancellation
-frees cells, and the converted file is cached."""
+frees cells, proposed tokens give way to plain steps, and the converted file is cached."""
 
 from __future__ import annotations
 
@@ -162,3 +162,17 @@ def test_each_turn_supersedes_the_entry_it_started_from(backend: LlamaCppBackend
     for i, (salt, p) in enumerate(others.items()):  # nobody else was pushed out
         assert backend.start(3000 + i, p, salt) == len(p) - 1
         backend.release(3000 + i)
+
+
+def test_proposals_never_take_the_cells_a_plain_step_needs(tiny_model_dir: Path, llamacpp_f32_gguf: Path) -> None:
+    b = load.load(str(tiny_model_dir), quant="f32", threads=1, context=256, prefix_cache_bytes=0)
+    seqs = list(range(b.capabilities.max_batch))
+    fill = b.engine.cells // len(seqs) - 1  # a cell left for each sequence's next token
+    for s in seqs:
+        b.start(s, prompt(fill, s), "c")
+    b.extend_batch(seqs, [prompt(fill, s) for s in seqs])
+    rows = b.decode_drafts(seqs, [7] * len(seqs), [[8, 9, 10]] * len(seqs))
+    assert [len(r) for r in rows] == [1] * len(seqs)  # no room for the proposals: fed without
+    b.trim(0, 1)  # a cell back: exactly one more token fits
+    assert [len(r) for r in b.decode_drafts([0], [7], [[8, 9]])] == [1]
+    b.close()

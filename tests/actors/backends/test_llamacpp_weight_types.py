@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, RawClient, chat, connected
+from conftest import DaemonProcess, RawClient, chat, collect, connected
 from testdaemon import PREFILL_GATE_ENV, PREFILL_GATE_TOKENS
 
 from axchat.actors.backends.llamacpp.load import DEFAULT_WEIGHT_TYPE, WEIGHT_TYPES
@@ -82,19 +82,6 @@ def answer(raw: RawClient, request: v1.Generate, rid: str | None = None) -> tupl
     rid = rid or uuid.uuid4().hex[:8]
     raw.send(rid, request)
     return collect(raw, rid)
-
-
-def collect(raw: RawClient, rid: str) -> tuple[list[int], str, v1.Done]:
-    tokens: list[int] = []
-    text = ""
-    for body in raw.stream(rid):
-        if isinstance(body, v1.Delta):
-            tokens += body.token_ids
-            text += body.text
-        else:
-            assert isinstance(body, v1.Done), body
-            return tokens, text, body
-    raise AssertionError("no terminal frame")
 
 
 def agreement(got: dict[str, list[int]], want: dict[str, list[int]]) -> float:

@@ -40,6 +40,7 @@ class LlamaCppBackend(DeviceBackend):
             prefix_cache=prefix_cache_bytes > 0 and parked > 0,
             prefill_rows=max_batch,
             mixed_steps=True,
+            drafts=True,
         )
         self._bytes_per_cell = bytes_per_cell
         self._max_batch = max_batch
@@ -74,18 +75,22 @@ class LlamaCppBackend(DeviceBackend):
 
     # ------------------------------------------------------------ feeding
 
-    def _feed(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
-        """Each sequence's piece in one batch, in the caller's order; logits after each."""
+    def _feed(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]], every_row: bool = False) -> np.ndarray:
+        """Each sequence's piece in one batch, in the caller's order; logits after each
+        piece, or with `every_row` after each token of each piece."""
         tokens: list[int] = []
         positions: list[int] = []
         seqs: list[int] = []
         want: list[int] = []
         for seq_id, piece in zip(seq_ids, pieces, strict=True):
             start = self._length[seq_id]
+            if every_row:
+                want.extend(range(len(tokens), len(tokens) + len(piece)))
             tokens.extend(piece)
             positions.extend(range(start, start + len(piece)))
             seqs.extend([self._seq[seq_id]] * len(piece))
-            want.append(len(tokens) - 1)
+            if not every_row:
+                want.append(len(tokens) - 1)
         try:
             logits = self.engine.run(tokens, positions, seqs, want)
         except NoKvRoom:
@@ -124,6 +129,31 @@ class LlamaCppBackend(DeviceBackend):
     ) -> tuple[np.ndarray, np.ndarray]:
         logits = self._feed([*seq_ids, chunk_seq], [*([t] for t in token_ids), chunk_ids])
         return logits[:-1], logits[-1]
+
+    def decode_drafts(
+        self, seq_ids: Sequence[int], token_ids: Sequence[int], drafts: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        # One llama_decode for every row: the weights are read once for all of them.
+        pieces = [[t, *d] for t, d in zip(token_ids, drafts, strict=True)]
+        try:
+            logits = self._feed(seq_ids, pieces, every_row=True)
+        except NoKvRoom:
+            if not any(drafts):
+                raise
+            # Proposals never take the cells a plain step needs: the step goes without.
+            self._undo(seq_ids)
+            pieces = [[t] for t in token_ids]
+            logits = self._feed(seq_ids, pieces, every_row=True)
+        rows, at = [], 0
+        for piece in pieces:
+            rows.append(logits[at : at + len(piece)])
+            at += len(piece)
+        return rows
+
+    def trim(self, seq_id: int, drop: int) -> None:
+        if drop > 0:
+            self._length[seq_id] -= drop
+            self.engine.forget(self._seq[seq_id], self._length[seq_id])
 
     def start(self, seq_id: int, prompt_ids: Sequence[int], salt: str) -> int:
         llama_seq = self._claim(seq_id)

@@ -1,0 +1,72 @@
+"""Drafters and the verification of their proposals (no engine: rows of logits made here)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from axchat.actors.device.drafts import NgramDrafter, OracleDrafter, Speculation, verify
+
+VOCAB = 16
+
+
+def rows_choosing(tokens: list[int]) -> np.ndarray:
+    rows = np.zeros((len(tokens), VOCAB), dtype=np.float32)
+    rows[np.arange(len(tokens)), tokens] = 1.0
+    return rows
+
+
+def argmax(row: np.ndarray) -> int:
+    return int(np.argmax(row))
+
+
+def test_ngram_proposes_what_followed_the_last_tokens_earlier() -> None:
+    d = NgramDrafter([1, 2, 3, 4, 5, 9, 1, 2])
+    assert d.propose(3) == [3, 4, 5]
+    d.accept([3])
+    assert d.propose(2) == [4, 5]
+
+
+def test_ngram_prefers_the_longest_and_latest_match() -> None:
+    d = NgramDrafter([7, 2, 3, 8, 1, 2, 3, 6, 0, 1, 2, 3])
+    assert d.propose(1) == [6]  # "1 2 3" last continued with 6; "2 3" alone would say 8 or 6
+    assert NgramDrafter([5, 6, 7]).propose(4) == []  # nothing repeats
+    assert NgramDrafter([1, 2, 1, 2]).propose(0) == []
+
+
+def test_ngram_follows_a_loop_in_its_own_reply() -> None:
+    d = NgramDrafter([9])
+    d.accept([4, 5, 6, 4, 5])
+    assert d.propose(4) == [6, 4, 5]
+
+
+def test_oracle_proposes_the_reply_with_corrupted_positions_wrong() -> None:
+    d = OracleDrafter([3, 4, 5, 6], frozenset({1}))
+    d.accept([3])
+    first, second = d.propose(2)
+    assert first != 4 and second == 5
+    assert OracleDrafter([0, 1], frozenset({0})).propose(1) == [1]
+
+
+def test_verify_keeps_the_agreeing_prefix_and_the_correction() -> None:
+    rows = rows_choosing([4, 5, 7, 8])
+    assert verify(argmax, rows, [4, 5, 6], produced=0, ends=frozenset(), room=100) == [4, 5, 7]
+    assert verify(argmax, rows, [4, 5, 7], produced=0, ends=frozenset(), room=100) == [4, 5, 7, 8]  # all right: a bonus token
+    assert verify(argmax, rows[:1], [], produced=0, ends=frozenset(), room=100) == [4]
+
+
+def test_verify_stops_at_the_end_of_the_turn() -> None:
+    rows = rows_choosing([4, 2, 7, 8])
+    assert verify(argmax, rows, [4, 2, 7], produced=0, ends=frozenset({2}), room=100) == [4, 2]
+    assert verify(argmax, rows, [4, 2, 7], produced=5, ends=frozenset(), room=7) == [4, 2]
+
+
+def test_speculation_counts_and_backs_off_when_wrong() -> None:
+    spec = Speculation(NgramDrafter([1, 2, 3, 1, 2]))
+    start = spec.outlook(100).acceptance
+    spec.settle([3, 1], [3, 1, 2])
+    assert (spec.proposed, spec.accepted) == (2, 2)
+    assert spec.outlook(100).acceptance > start
+    for _ in range(10):
+        spec.settle([9, 9], [0])
+    assert spec.outlook(100).acceptance < 0.1
+    assert spec.outlook(1).most == 0  # one token left: nothing to propose after it
