@@ -104,7 +104,7 @@ def test_verified_drafts_give_the_same_tokens_in_fewer_steps_and_exact_kv() -> N
     for corrupt, fewer in ((frozenset(), True), (frozenset(range(0, 60, 3)), False)):
         spec = Speculation(OracleDrafter(truth, corrupt))
         spec.settle((), (0,))  # the first token, as the actor records it
-        fast = Lane(1, 0, lambda row: int(np.argmax(row)), 40, frozenset(), spec)
+        fast = Lane(1, 0, lambda row: int(np.argmax(row)), 40, frozenset(), spec=spec)
         script = DraftScript()
         run_ahead.run(script, [fast], threading.Event(), budget_ms=60_000, trim=script.trim, row_budget=8)
         assert fast.chosen == plain.chosen
