@@ -89,7 +89,9 @@ class Totals(msgspec.Struct, gc=False):
 def status_reply(state: DaemonState, model: ModelFacts, device: DeviceSection, totals: Totals) -> StatusReply:
     """The one `status_reply`, from each part's section."""
     # What the load planned is held only while the model is loaded (keep-alive unloads it).
-    held = (model.weights_bytes, model.running_kv_bytes, model.prefix_kv_bytes) if device.loaded else (0, 0, 0)
+    # Kept conversations' KV is host memory taken as they finish: what they hold now.
+    kept = min(model.prefix_kv_bytes, device.prefix_cache_bytes)
+    held = (model.weights_bytes, model.running_kv_bytes, kept) if device.loaded else (0, 0, 0)
     return StatusReply(
         state=state,
         model=model.model,

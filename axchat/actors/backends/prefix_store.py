@@ -85,8 +85,8 @@ class PrefixStore(Generic[KV]):
         return self._entries[best_key].kv, best_n
 
     def discard(self, kv: KV) -> None:
-        """Drop the entry holding `kv`, if it is still here."""
-        for key in [k for k, e in self._entries.items() if e.kv is kv or e.kv == kv]:
+        """Drop the entry holding this very `kv` object, if it is still here."""
+        for key in [k for k, e in self._entries.items() if e.kv is kv]:
             self._drop(key)
 
     def forget(self, connection: str) -> None:

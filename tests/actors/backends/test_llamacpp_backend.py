@@ -142,9 +142,9 @@ def test_a_long_neighbour_leaves_a_sequences_logits_as_alone(backend: LlamaCppBa
 
 def test_each_turn_supersedes_the_entry_it_started_from(backend: LlamaCppBackend) -> None:
     """A conversation's next turn never extends its last entry exactly (the answer comes
-    back as re-tokenized text), so without this every turn parked one more entry and a
-    few chatty conversations pushed the others' out of the parked ids."""
-    others = {f"u{i}": prompt(20, 300 + i) for i in range(load.PARKED - 2)}
+    back as re-tokenized text), so without this every turn kept one more entry and a
+    few chatty conversations pushed the others' out of the cache."""
+    others = {f"u{i}": prompt(20, 300 + i) for i in range(22)}
     for i, (salt, p) in enumerate(others.items()):
         backend.start(1000 + i, p, salt)
         backend.extend(1000 + i, p)

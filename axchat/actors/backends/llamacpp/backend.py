@@ -3,9 +3,12 @@ whose KV cells all sequences share. A decode step is one `llama_decode` of every
 sequence's next token; prompt pieces of several sequences (and a long prompt's chunk
 beside a decode step) go in the same batch, as llama-server does.
 
-A finished sequence's cells stay under its sequence id as a prefix-cache entry (parked);
-a later request of the same client shares the longest matching prefix with `seq_cp`
-(cells are shared, not copied) and feeds only the rest.
+A finished sequence's KV is copied out to host memory as a prefix-cache entry and its
+cells freed; a later request of the same client gets the entry sharing the longest
+prefix copied back in (a memory copy, far cheaper than its prefill) and feeds only the
+rest. Kept out of the pool, entries cost the running sequences nothing: llama.cpp's
+attention spans every used cell of the pool (masked per sequence), so kept cells there
+would slow every decode step by the size of the cache.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ class LlamaCppBackend(DeviceBackend):
         info: BackendInfo,
         *,
         max_batch: int,
-        parked: int,
         bytes_per_cell: int,
         prefill_chunk: int = 256,
         prefix_cache_bytes: int = 0,
@@ -37,23 +39,22 @@ class LlamaCppBackend(DeviceBackend):
             max_batch=max_batch,
             kv_survives_switch=True,
             prefill_chunk=prefill_chunk,
-            prefix_cache=prefix_cache_bytes > 0 and parked > 0,
+            prefix_cache=prefix_cache_bytes > 0,
             prefill_rows=max_batch,
             mixed_steps=True,
             drafts=True,
         )
         self._bytes_per_cell = bytes_per_cell
         self._max_batch = max_batch
-        self._parked_max = parked
-        # Entries are the llama.cpp sequence ids holding the kept cells.
-        self._prefixes: PrefixStore[int] = PrefixStore(prefix_cache_bytes, on_drop=self._free)
-        self._free_ids = list(range(max_batch + parked))[::-1]  # popped from the end: 0 first
+        # Entries are llama.cpp sequence states (Engine.save), in host memory.
+        self._prefixes: PrefixStore[np.ndarray] = PrefixStore(prefix_cache_bytes)
+        self._free_ids = list(range(max_batch))[::-1]  # popped from the end: 0 first
         self._seq: dict[int, int] = {}  # request sequence -> llama.cpp sequence id
         self._length: dict[int, int] = {}  # positions of KV each holds
         # The kept entry each sequence started from: the next turn of a conversation
         # supersedes it (its tail, the last answer as generated, rarely matches the
         # answer as the client sends it back, so it is never a strict prefix).
-        self._parent: dict[int, int] = {}
+        self._parent: dict[int, np.ndarray] = {}
 
     # ------------------------------------------------------------ sequence ids
 
@@ -66,8 +67,6 @@ class LlamaCppBackend(DeviceBackend):
             raise ValueError(f"sequence {seq_id} is already started")
         if len(self._seq) >= self._max_batch:
             raise RuntimeError(f"all {self._max_batch} sequences are running")
-        if not self._free_ids:
-            self._prefixes.drop_oldest()  # a parked prefix gives up its id
         llama_seq = self._free_ids.pop()
         self._seq[seq_id] = llama_seq
         self._length[seq_id] = 0
@@ -94,13 +93,8 @@ class LlamaCppBackend(DeviceBackend):
         try:
             logits = self.engine.run(tokens, positions, seqs, want)
         except NoKvRoom:
-            # Kept prefixes give way to running sequences; what the failed call wrote is
-            # dropped so that the retry starts from the same KV.
-            self._undo(seq_ids)
-            if not len(self._prefixes):
-                raise
-            self._prefixes.clear()
-            logits = self.engine.run(tokens, positions, seqs, want)
+            self._undo(seq_ids)  # what the failed call wrote, so that the KV is as before
+            raise
         for seq_id, piece in zip(seq_ids, pieces, strict=True):
             self._length[seq_id] += len(piece)
         return logits
@@ -163,7 +157,10 @@ class LlamaCppBackend(DeviceBackend):
         if found is None:
             return 0
         kept, n = found
-        self.engine.share(kept, llama_seq, n)
+        if not self.engine.restore(kept, llama_seq):
+            self.engine.forget(llama_seq)  # no run of free cells for it: a fresh prefill
+            return 0
+        self.engine.forget(llama_seq, n)  # the entry's tail past the shared prefix
         self._parent[seq_id] = kept
         self._length[seq_id] = n
         return n
@@ -180,19 +177,17 @@ class LlamaCppBackend(DeviceBackend):
             if length == len(tokens) and length > 0:
                 if parent is not None:
                     # Without this each turn would add an entry, and a few chatty
-                    # conversations would push everyone else's out of the parked ids.
+                    # conversations would push everyone else's out of the cache.
                     self._prefixes.discard(parent)
-                if len(self._prefixes) >= self._parked_max:
-                    self._prefixes.drop_oldest()
-                if self._prefixes.put(salt, tokens, llama_seq, length * self._bytes_per_cell):
-                    return
+                blob = self.engine.save(llama_seq)
+                self._prefixes.put(salt, tokens, blob, blob.nbytes)
         self._free(llama_seq)
 
     def live_sequences(self) -> int:
         return len(self._seq)
 
     def forget_prefixes(self, connection: str) -> None:
-        self._prefixes.forget(connection)  # its cells go back to the pool (the store's on_drop)
+        self._prefixes.forget(connection)
 
     def prefix_cache_usage(self) -> tuple[int, int]:
         return len(self._prefixes), self._prefixes.bytes

@@ -24,7 +24,7 @@ class EngineError(Exception):
 
 
 class NoKvRoom(EngineError):
-    """The KV cells are all taken: free some (parked prefixes) and try again."""
+    """The KV cells are all taken by running sequences."""
 
 
 # llama.cpp logs every tensor at load; only its warnings and errors belong in our log.
@@ -163,9 +163,18 @@ class Engine:
         """Drop the sequence's KV from position `start` on."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq, start, -1)
 
-    def share(self, src: int, dst: int, length: int) -> None:
-        """`dst` sees `src`'s first `length` positions: the cells are shared, not copied."""
-        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, 0, length)
+    def save(self, seq: int) -> np.ndarray:
+        """A copy of the sequence's KV in host memory (llama.cpp's own sequence state)."""
+        size = int(llama_cpp.llama_state_seq_get_size(self.ctx, seq))
+        blob = np.empty(size, dtype=np.uint8)
+        written = llama_cpp.llama_state_seq_get_data(self.ctx, blob.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size, seq)
+        return blob[:written]
+
+    def restore(self, blob: np.ndarray, seq: int) -> bool:
+        """`blob` (from `save`) back into the empty sequence `seq`; False when the pool has
+        no run of free cells for it (llama.cpp places a sequence's state contiguously)."""
+        src = blob.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        return int(llama_cpp.llama_state_seq_set_data(self.ctx, src, blob.nbytes, seq)) > 0
 
     def close(self) -> None:
         if self.ctx:

@@ -30,7 +30,6 @@ WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_k_m")
 # within noise of f16.
 DEFAULT_WEIGHT_TYPE = "q8_0"
 _FROM_DTYPE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-PARKED = 24  # sequence ids kept for prefix-cache entries beside the running ones
 BATCH_TOKENS = 512  # tokens one llama_decode takes; longer feeds are split
 PREFILL_CHUNK = 256
 
@@ -168,12 +167,13 @@ def load(
     exact = kind == "f32"
     per_cell = bytes_per_cell(meta, arch, 4 if exact else 2)
     running = min(ctx_len * max_batch, max(ctx_len, running_kv_bytes // per_cell))
-    parked = min(prefix_cache_bytes // per_cell, ctx_len * 4) if prefix_cache_bytes else 0
-    cells = -(-(running + parked) // 256) * 256
+    # Kept conversations live in host memory, outside the pool (backend.py says why).
+    kept = min(prefix_cache_bytes, ctx_len * 4 * per_cell)
+    cells = -(-running // 256) * 256
     plan = memory_plan.MemoryPlan(
         weights_bytes=gguf.stat().st_size,
-        running_kv_bytes=(cells - parked) * per_cell,
-        prefix_kv_bytes=parked * per_cell,
+        running_kv_bytes=cells * per_cell,
+        prefix_kv_bytes=kept,
         compute_bytes=memory_plan.compute_bytes(meta, arch, BATCH_TOKENS, cells, exact),
     )
     memory_plan.check(
@@ -182,7 +182,7 @@ def load(
         ctx_len=ctx_len,
         running_set_by_context=running_kv_bytes // per_cell < ctx_len,
     )
-    engine = _engine(engine_mod, gguf, cells, max_batch + (PARKED if parked else 0), threads, exact)
+    engine = _engine(engine_mod, gguf, cells, max_batch, threads, exact)
     threads_reason = f"{threads} threads as asked"
     if measure_threads and threads > 1:
         threads, threads_reason = thread_choice.choose(engine, [threads, 1])
@@ -214,10 +214,9 @@ def load(
         engine,
         info,
         max_batch=max_batch,
-        parked=PARKED if parked else 0,
         bytes_per_cell=per_cell,
         prefill_chunk=PREFILL_CHUNK,
-        prefix_cache_bytes=parked * per_cell,
+        prefix_cache_bytes=kept,
     )
 
 

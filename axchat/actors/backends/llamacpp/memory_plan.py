@@ -17,7 +17,7 @@ HEADROOM_BYTES = 128 * MIB
 class MemoryPlan:
     weights_bytes: int  # the GGUF file: mapped, and every page is read each step
     running_kv_bytes: int
-    prefix_kv_bytes: int  # cells reserved for kept conversations
+    prefix_kv_bytes: int  # kept conversations (host memory, filled as they come)
     compute_bytes: int  # llama.cpp's graph buffers and logits, estimated
 
     @property
