@@ -176,3 +176,21 @@ def test_proposals_never_take_the_cells_a_plain_step_needs(tiny_model_dir: Path,
     b.trim(0, 1)  # a cell back: exactly one more token fits
     assert [len(r) for r in b.decode_drafts([0], [7], [[8, 9]])] == [1]
     b.close()
+
+
+def test_kept_conversations_take_no_cells_from_running_sequences(backend: LlamaCppBackend) -> None:
+    """A kept conversation lives in host memory: the pool's cells (which every decode
+    step's attention spans) hold running sequences only, and the next turn gets it back."""
+    import llama_cpp
+
+    p = prompt(30, 11)
+    backend.start(1, p, "a")
+    backend.extend(1, p)
+    backend.release(1, keep=("a", p))
+    assert backend.prefix_cache_usage()[0] == 1
+    ids = range(backend.capabilities.max_batch)
+    assert all(llama_cpp.llama_memory_seq_pos_max(backend.engine.memory, s) == -1 for s in ids)
+    assert backend.start(2, p, "a") == len(p) - 1  # all of it but the token that gives logits
+    assert backend.start(3, p, "b") == 0  # another client's conversation is not its own
+    backend.release(2)
+    backend.release(3)
