@@ -20,7 +20,8 @@ from axchat.actors import grammar
 
 class ConstraintVocab:
     """The llguidance tokenizer, built on first use (a large vocabulary takes about a
-    second) from the tokenizer's own `tokenizer.json` text: no torch, no transformers.
+    second) from the tokenizer's own `tokenizer.json` text, or a GGUF's vocabulary through
+    libllama: no torch, no transformers.
     One per daemon, shared by the tokenizer actor (checks) and the device (matchers)."""
 
     def __init__(self, tokenizer: Any, eos_ids: Sequence[int], vocab_size: int) -> None:
@@ -38,6 +39,9 @@ class ConstraintVocab:
             return self._built
 
     def _build(self) -> llg.LLTokenizer:
+        from_gguf = getattr(self._source, "llguidance_tokenizer", None)  # a GGUF's own vocabulary
+        if from_gguf is not None:
+            return from_gguf(self._vocab_size, self._eos)  # type: ignore[no-any-return]
         rust = _rust_tokenizer(self._source)
         n_vocab = max(self._vocab_size, int(rust.get_vocab_size(with_added_tokens=True)))
         return llg.LLTokenizer(rust.to_str(), n_vocab=n_vocab, eos_token=self._eos or None)

@@ -4,6 +4,7 @@ same weights served from the Hugging Face directory."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -48,3 +49,45 @@ def test_a_gguf_file_runs_with_its_own_tokenizer_and_template(
         reference.close()
     assert done.usage.prompt_tokens == expected_done.usage.prompt_tokens  # same template, same ids
     assert text == expected and text.strip()
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}, "ok": {"type": "boolean"}},
+    "required": ["n", "ok"],
+    "additionalProperties": False,
+}
+
+
+def test_a_gguf_file_alone_holds_replies_to_a_schema(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """No tokenizer.json beside it: the constraint engine reads the GGUF's own vocabulary
+    through libllama. The default weight type, and a random model that knows no JSON."""
+    from axchat.actors.backends.llamacpp.load import gguf_for
+
+    alone = tmp_path / "tiny-q8_0.gguf"
+    shutil.copy(gguf_for(tiny_model_dir, "q8_0", threads=1), alone)
+    served = DaemonProcess(alone).wait_ready()
+    try:
+        client = RawClient(served.socket)
+        try:
+            constraint = v1.Constraint(kind="json_schema", schema=json.dumps(SCHEMA))
+            for i in range(3):
+                ask = v1.Generate(
+                    messages=[v1.ChatMessage(role="user", content=f"Tell me about cats {i}")],
+                    sampling=v1.Sampling(max_tokens=64),
+                    constraint=constraint,
+                )
+                client.send(f"c{i}", ask)
+                text, done = "", None
+                for body in client.stream(f"c{i}"):
+                    if isinstance(body, v1.Delta):
+                        text += body.text
+                    elif isinstance(body, v1.Done):
+                        done = body
+                assert done is not None and done.finish_reason == "stop", (done, text)
+                reply = json.loads(text)
+                assert set(reply) == {"n", "ok"} and 0 <= reply["n"] <= 99 and isinstance(reply["ok"], bool)
+        finally:
+            client.close()
+    finally:
+        assert served.stop() == 0, served.log_text()

@@ -74,6 +74,14 @@ class GgufTokenizer:
     def token_texts(self) -> Iterator[str]:
         return iter(self._texts)
 
+    def llguidance_tokenizer(self, n_vocab: int, eos_ids: Sequence[int]) -> Any:
+        """The constraint engine's tokenizer from this vocabulary (there is no
+        tokenizer.json to build it from): llguidance's own llama.cpp reader, which keeps
+        calling libllama's tokenizer, so this object must outlive it (the daemon's does)."""
+        from llguidance.llamacpp import lltokenizer_from_vocab
+
+        return lltokenizer_from_vocab(self._vocab, n_vocab=n_vocab, eos_token=list(eos_ids) or None)
+
     def get_vocab(self) -> dict[str, int]:
         return dict(self._vocab_map)
 
