@@ -1,9 +1,9 @@
 """The served model's own request defaults, for every client alike: an Ollama model's
 params layer (sampling settings, stop strings) and system layer (the system prompt).
 
-A request's own values win. The wire cannot tell a field a client left out from one it
-set to the protocol's default (encoders omit defaults), so a sampling field at the
-protocol's default takes the model's; stop strings apply when the request names none;
+A request's own values win: a sampling field the request lists in `sampling.given`, or
+one away from the protocol's default (encoders omit defaults, so an older client's field
+at its default reads as left out); stop strings apply when the request names none;
 the system prompt when the conversation does not open with one. Raw prompts get no
 system prompt: they are the exact text to continue."""
 
@@ -68,7 +68,10 @@ class RequestDefaults:
 
     def apply(self, gen: v1.Generate) -> v1.Generate:
         """`gen` with the model's defaults where it has none of its own."""
-        changes = {k: v for k, v in self.sampling.items() if getattr(gen.sampling, k) == getattr(_PROTOCOL, k)}
+        own = set(gen.sampling.given)
+        changes = {
+            k: v for k, v in self.sampling.items() if k not in own and getattr(gen.sampling, k) == getattr(_PROTOCOL, k)
+        }
         messages = gen.messages
         if self.system and messages and messages[0].role != "system":
             messages = [v1.ChatMessage(role="system", content=self.system), *messages]

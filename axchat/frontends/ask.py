@@ -38,20 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", help="daemon socket path or endpoint (default: $AXCHAT_SOCKET or the per-user default)")
     curve_keys.add_key_flags(p)
     p.add_argument("--system", "--system-prompt", help="system prompt (--system-prompt: the seed's spelling)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
+    p.add_argument("--temperature", type=float, help="sampling temperature; 0 = greedy (default)")
     p.add_argument(
-        "--top-p", type=float, default=1.0, help="keep the likeliest tokens up to this total probability (default 1: off)"
+        "--top-p", type=float, help="keep the likeliest tokens up to this total probability (default 1: off)"
     )
-    p.add_argument("--top-k", type=int, default=0, help="keep only the K likeliest tokens (default 0: off)")
+    p.add_argument("--top-k", type=int, help="keep only the K likeliest tokens (default 0: off)")
     p.add_argument(
-        "--min-p", type=float, default=0.0, help="drop tokens less likely than this fraction of the best (default 0: off)"
+        "--min-p", type=float, help="drop tokens less likely than this fraction of the best (default 0: off)"
     )
     p.add_argument(
-        "--repetition-penalty", type=float, default=1.0, help="penalise tokens already seen; 1 = off (default)"
+        "--repetition-penalty", type=float, help="penalise tokens already seen; 1 = off (default)"
     )
-    p.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens (default 256)")
+    p.add_argument("--max-tokens", type=int, help="longest answer, in tokens (default 256)")
     p.add_argument("--seed", type=int, help="random seed, so a sampled answer can be repeated")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--raw", action="store_true", help="send the prompt as raw text, without the chat template")
     p.add_argument("--json-schema", metavar="FILE", help="the answer must be JSON valid for the JSON schema in FILE")
     p.add_argument("--ignore-eos", action="store_true", help=argparse.SUPPRESS)  # benchmarks need exact lengths
@@ -119,18 +119,14 @@ def _flag_for(param: str) -> str | None:
     return None
 
 
+_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_tokens", "seed", "stop")
+
+
 def build_request(args: argparse.Namespace, prompt: str) -> v1.Generate:
-    sampling = v1.Sampling(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        stop=list(args.stop),
-        ignore_eos=args.ignore_eos,
-    )
+    # Options left out are None here, so that the daemon knows which ones were given
+    # (`given`: a model's own defaults fill only the others).
+    own = {name: getattr(args, name) for name in _SAMPLING if getattr(args, name) is not None}
+    sampling = v1.Sampling(**own, ignore_eos=args.ignore_eos, given=sorted(own))
     constraint = read_schema(args)
     if args.raw:
         return v1.Generate(prompt=prompt, sampling=sampling, constraint=constraint)

@@ -27,7 +27,8 @@ PROTOCOL_MAJOR = 1
 # 1.6: generate.constraint (structured output and tool calls), ChatMessage.tool_calls
 # and tool_call_id, done.tool_calls, the `constraint_failed` error code.
 # 1.7: speculative decoding's counts, stats.draft_* and status_reply.draft_*_total;
-# status_reply's memory parts (weights_bytes, running_kv_bytes, prefix_kv_bytes).
+# status_reply's memory parts (weights_bytes, running_kv_bytes, prefix_kv_bytes);
+# sampling.given.
 PROTOCOL_MINOR = 7
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
@@ -137,6 +138,10 @@ class Sampling(msgspec.Struct, omit_defaults=True, gc=False):
     seed: int | None = None
     stop: list[str] = []
     ignore_eos: bool = False  # benchmarks need an exact token count
+    # 1.7: the fields above the client set itself, even to their default: a served model's
+    # own defaults (an Ollama model's params) fill only the others. Encoders omit a field
+    # at its default, so without this a value equal to it could not override the model's.
+    given: list[str] = []
 
 
 class Generate(_Message, tag="generate"):

@@ -54,3 +54,11 @@ def test_a_params_layer_no_request_could_use_is_one_line(params: dict[str, objec
         RequestDefaults.from_ollama("ollama:odd:latest", params, None)
     line = str(caught.value)
     assert "\n" not in line and line.startswith("ollama:odd:latest: its params layer") and words in line
+
+
+def test_a_field_the_request_gives_wins_even_at_the_protocols_default() -> None:
+    """top_p 1 and no stop strings, said on purpose: `given` tells them from left out."""
+    own = v1.Generate(messages=[USER], sampling=v1.Sampling(top_p=1.0, stop=[], given=["stop", "top_p"]))
+    got = DEFAULTS.apply(own)
+    assert (got.sampling.top_p, got.sampling.stop) == (1.0, [])
+    assert got.sampling.temperature == 0.6  # not given: the model's

@@ -153,7 +153,10 @@ def _sampling(options: Options | None, context_length: int) -> v1.Sampling:
     }
     # An option left out keeps the protocol's default; range checks are the daemon's
     # (`invalid_field` becomes a 400 naming the option).
-    return v1.Sampling(**{k: v for k, v in given.items() if v is not None}, ignore_eos=opts.ignore_eos)  # type: ignore[arg-type]
+    own = {k: v for k, v in given.items() if v is not None}
+    if opts.seed is not None:  # -1 ("fresh randomness") is a choice too: not the model's seed
+        own.setdefault("seed", None)
+    return v1.Sampling(**own, ignore_eos=opts.ignore_eos, given=sorted(own))  # type: ignore[arg-type]
 
 
 def in_ollama_words(exc: ApiError, requested: str) -> ApiError:

@@ -117,7 +117,17 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
         seed=req.seed,
         stop=stop,
         ignore_eos=req.ignore_eos,
+        given=[name for name, value in _set_by(req, top_k, max_tokens) if value is not None],
     )
+
+
+def _set_by(req: ChatCompletionRequest | CompletionRequest, top_k: int | None, max_tokens: int | None) -> list[tuple[str, object]]:
+    """The sampling fields as the request set them (None: left out)."""
+    return [
+        ("temperature", req.temperature), ("top_p", req.top_p), ("top_k", top_k), ("min_p", req.min_p),
+        ("repetition_penalty", req.repetition_penalty), ("max_tokens", max_tokens), ("seed", req.seed),
+        ("stop", req.stop),
+    ]  # fmt: skip
 
 
 def usage_body(usage: v1.Usage) -> dict[str, Any]:

@@ -28,6 +28,13 @@ def test_fields_map_onto_sampling() -> None:
     s = gen.sampling
     assert (s.temperature, s.top_p, s.max_tokens, s.stop, s.seed) == (0.7, 0.9, 9, ["END"], 3)
     assert gen.model == "m"
+    assert set(s.given) == {"temperature", "top_p", "max_tokens", "stop", "seed"}
+
+
+def test_a_value_at_the_protocols_default_is_still_given() -> None:
+    """So that a model's own defaults (an Ollama model's params) do not replace it."""
+    s = mapping.chat_to_generate(chat(top_p=1.0, stop=[])).sampling
+    assert s.top_p == 1.0 and s.stop == [] and set(s.given) == {"top_p", "stop"}
 
 
 def test_messages_roles_and_content_parts() -> None:
