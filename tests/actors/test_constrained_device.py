@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import zmq.asyncio
+from bus_teardown import assert_context_terminates, close_actors
 from test_device_scheduling import FailLoudly
 from tokenizers import Tokenizer
 
@@ -20,7 +21,7 @@ from axchat.actors import grammar
 from axchat.actors import messages as m
 from axchat.actors.device import constrained
 from axchat.actors.device.actor import DeviceActor
-from axchat.actors.mailbox import Actor, Bus, send_close
+from axchat.actors.mailbox import Actor, Bus
 from axchat.actors.sampler import SamplerActor
 from axchat.actors.token_mask import ConstraintVocab
 from axchat.actors.tool_syntax import HERMES
@@ -66,13 +67,8 @@ async def rig(tiny_model_dir: Path) -> AsyncIterator[tuple[Bus, Tokens, Constrai
     actors: list[Actor] = [tokens, SamplerActor(bus, sup), DeviceActor(bus, sup, load.load(str(tiny_model_dir), threads=1), vocab=vocab)]  # type: ignore[arg-type]
     tasks = [asyncio.create_task(a.run()) for a in actors]
     yield bus, tokens, vocab
-    for actor, task in zip(actors, tasks, strict=True):
-        await send_close(bus, actor.name)
-        await asyncio.wait_for(task, 10)
-    term = threading.Thread(target=ctx.term, daemon=True)
-    term.start()
-    term.join(5)
-    assert not term.is_alive(), "a socket leaked"
+    await close_actors(bus, actors, tasks)
+    assert_context_terminates(ctx)
 
 
 def admit(rid: int, vocab: ConstraintVocab, *, constrained: bool, **sampling: object) -> m.Admit:

@@ -15,6 +15,7 @@ import msgspec
 import numpy as np
 import pytest
 import zmq.asyncio
+from bus_teardown import assert_context_terminates, close_actors
 
 from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
@@ -24,7 +25,7 @@ from axchat.actors.device import run_ahead
 from axchat.actors.device.actor import DeviceActor
 from axchat.actors.device.planner import ALONE_CHUNK
 from axchat.actors.device.prompt_chunks import MIN_TOKENS, ROUND
-from axchat.actors.mailbox import Actor, Bus, send_close
+from axchat.actors.mailbox import Actor, Bus
 from axchat.actors.sampler import SamplerActor
 from axchat.actors.status import DeviceSection
 from axchat.protocol import v1
@@ -154,13 +155,8 @@ async def rig(request: pytest.FixtureRequest, engine: DeviceBackend) -> AsyncIte
     others = [telemetry, SamplerActor(bus, sup), device]  # type: ignore[arg-type]
     tasks = [asyncio.create_task(a.run()) for a in [tokenizer, *others]]
     yield bus, backend, tokenizer, device, telemetry
-    for actor, task in zip([tokenizer, *others], tasks, strict=True):
-        await send_close(bus, actor.name)
-        await asyncio.wait_for(task, 10)
-    term = threading.Thread(target=ctx.term, daemon=True)
-    term.start()
-    term.join(5)
-    assert not term.is_alive(), "a socket leaked"
+    await close_actors(bus, [tokenizer, *others], tasks)
+    assert_context_terminates(ctx)
 
 
 def admit(rid: int, n_prompt: int, max_tokens: int) -> m.Admit:

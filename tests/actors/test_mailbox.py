@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
 import zmq.asyncio
+from bus_teardown import assert_context_terminates
 
 from axchat.actors import messages as m
 from axchat.actors.mailbox import Actor, ActorState, Bus, send_close
@@ -50,13 +50,8 @@ class Echo(Actor):
 async def bus() -> AsyncIterator[Bus]:
     ctx = zmq.asyncio.Context()
     yield Bus(ctx, "test")
-    # Every socket must be closed by its owner by now; a context that will not
-    # terminate means one leaked. A daemon thread, so a leak fails the test
-    # instead of hanging the run.
-    term = threading.Thread(target=ctx.term, daemon=True)
-    term.start()
-    term.join(5)
-    assert not term.is_alive(), "ZeroMQ context did not terminate: a socket leaked"
+    # Every socket must be closed by its owner by now.
+    assert_context_terminates(ctx)
 
 
 class Sender(Actor):

@@ -8,12 +8,12 @@ held, cancels reaching the right device, and status waiting for every device's r
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
 import zmq.asyncio
+from bus_teardown import assert_context_terminates
 
 from axchat.actors import messages as m
 from axchat.actors.mailbox import Actor, Bus, send_close
@@ -84,10 +84,7 @@ async def rig() -> AsyncIterator[tuple[Actor, dict[str, Inbox], Supervision]]:
             await send_close(bus, name)
         await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE_S)
         driver.discard()
-        term = threading.Thread(target=ctx.term, daemon=True)
-        term.start()
-        term.join(5)
-        assert not term.is_alive(), "ZeroMQ context did not terminate: a socket leaked"
+        assert_context_terminates(ctx)
 
 
 def admit(rid: int, client: str, prompt: list[int]) -> m.Admit:
@@ -187,10 +184,7 @@ async def test_group_supervisor_turns_a_dead_device_actor_into_device_down() -> 
         sup.close()
         for actor in (dead, other):
             actor.discard()
-        term = threading.Thread(target=ctx.term, daemon=True)
-        term.start()
-        term.join(5)
-        assert not term.is_alive(), "ZeroMQ context did not terminate: a socket leaked"
+        assert_context_terminates(ctx)
 
 
 async def test_the_sampler_answers_the_device_that_sent_the_logits() -> None:
@@ -218,10 +212,7 @@ async def test_the_sampler_answers_the_device_that_sent_the_logits() -> None:
         for name in ("sampler", "device-1", "device"):
             await send_close(bus, name)
         await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE_S)
-        term = threading.Thread(target=ctx.term, daemon=True)
-        term.start()
-        term.join(5)
-        assert not term.is_alive(), "ZeroMQ context did not terminate: a socket leaked"
+        assert_context_terminates(ctx)
 
 
 async def test_a_burst_announced_to_the_placer_is_shared_out(rig: tuple[Actor, dict[str, Inbox], Supervision]) -> None:
