@@ -9,7 +9,6 @@ a byte budget, least recently used first out.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -27,11 +26,8 @@ class _Entry(Generic[KV]):
 
 
 class PrefixStore(Generic[KV]):
-    def __init__(self, budget_bytes: int, on_drop: Callable[[KV], None] | None = None) -> None:
+    def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = budget_bytes
-        # Told of every entry leaving the store, for KV that must be freed explicitly
-        # (llama.cpp's cells), not just dropped.
-        self._on_drop = on_drop
         self._entries: collections.OrderedDict[int, _Entry[KV]] = collections.OrderedDict()
         self._next_key = 0
         self.bytes = 0
@@ -54,17 +50,6 @@ class PrefixStore(Generic[KV]):
         while self.bytes > self.budget_bytes:
             self._drop(next(iter(self._entries)))
         return True
-
-    def drop_oldest(self) -> bool:
-        """Evict the least recently used entry; False when there is none."""
-        if not self._entries:
-            return False
-        self._drop(next(iter(self._entries)))
-        return True
-
-    def clear(self) -> None:
-        while self.drop_oldest():
-            pass
 
     def longest_match(self, salt: str, tokens: list[int], limit: int) -> tuple[KV, int] | None:
         """The KV sharing the longest prefix with `tokens` (at most `limit` tokens of
@@ -98,5 +83,3 @@ class PrefixStore(Generic[KV]):
     def _drop(self, key: int) -> None:
         entry = self._entries.pop(key)
         self.bytes -= entry.nbytes
-        if self._on_drop is not None:
-            self._on_drop(entry.kv)

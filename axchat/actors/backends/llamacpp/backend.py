@@ -29,7 +29,6 @@ class LlamaCppBackend(DeviceBackend):
         info: BackendInfo,
         *,
         max_batch: int,
-        bytes_per_cell: int,
         prefill_chunk: int = 256,
         prefix_cache_bytes: int = 0,
     ) -> None:
@@ -44,7 +43,6 @@ class LlamaCppBackend(DeviceBackend):
             mixed_steps=True,
             drafts=True,
         )
-        self._bytes_per_cell = bytes_per_cell
         self._max_batch = max_batch
         # Entries are llama.cpp sequence states (Engine.save), in host memory.
         self._prefixes: PrefixStore[np.ndarray] = PrefixStore(prefix_cache_bytes)

@@ -214,7 +214,6 @@ def load(
         engine,
         info,
         max_batch=max_batch,
-        bytes_per_cell=per_cell,
         prefill_chunk=PREFILL_CHUNK,
         prefix_cache_bytes=kept,
     )
