@@ -1,7 +1,7 @@
 """Speculative decoding: tokens/s with proposals verified in the decode step, against none.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/speculative.py --shape smollm2=DIR --shape llama1b=DIR \
-        [--tokens 128] [--rounds 2] [--c8-tokens 32]
+        [--tokens 128] [--rounds 2] [--c8-tokens 32] [--copy-model KEY=DIR] [--no-copy | --copy-only]
 
 Per shape (a model directory built with `python -m axchat.testing.tiny_model --shape ...`),
 three daemons on the default path (llama.cpp, q8_0), each in its own socket directory:
@@ -10,14 +10,20 @@ test and benchmark hook `$AXCHAT_TEST_ORACLE_DRAFTS` (a JSON file read as each g
 stream starts: an earlier greedy reply of the same request, a share p of its tokens
 proposed wrong, chosen by a fixed seed).
 
+The daemons compared with each other run on one llama.cpp thread count: the first
+measures at load as the default path does, the others are given its choice.
+
 Workloads, one interleaved run (each round runs every item once, odd rounds in reverse
 order, so drift in machine load hits each alike; each ratio is the median over rounds
 of that round's ratio):
 - batch 1, the mechanism's bound: the oracle daemon at p = 0, 0.25, 0.5, 1, against the
   off daemon, on the same request (`--tokens` greedy tokens, ignore_eos);
-- n-gram drafts on a copy-heavy request (a text to repeat, in the prompt), default
-  against off; random-weight models do not copy, so what n-gram finds there is the
-  model's own loops (its acceptance is reported beside);
+- n-gram drafts on a request to repeat a text, default against off, on the random model
+  (`ngram_speedup_nocopy`: it does not copy, so this is what the mode costs when it finds
+  little) and on a copy model of the same shape (`ngram_speedup`, `acceptance_ngram`):
+  `axchat.testing.copy_model`, a small Llama trained to repeat a passage from its prompt,
+  embedded exactly into the shape, so a step costs what the shape's does; its requests
+  are the corpus paragraphs held out of its training, replies ending at end-of-turn;
 - 8 concurrent streams: aggregate tokens/s, default against off.
 
 tokens/s is client side: completion tokens / (done - first delta). Prints ONE JSON
@@ -56,12 +62,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=128, help="greedy tokens of each batch-1 request (default 128)")
     p.add_argument("--c8-tokens", type=int, default=32, help="greedy tokens of each of the 8 streams (default 32)")
     p.add_argument("--rounds", type=int, default=2, help="rounds of the interleaved run (default 2)")
+    p.add_argument("--copy-model", action="append", default=[], help="KEY=DIR, the copy model of a shape "
+                   "(default: `python -m axchat.testing.copy_model`'s for the shape's random model, built and cached on first use)")
+    p.add_argument("--copy-tokens", type=int, default=256, help="most tokens of a copy reply (default 256)")
+    p.add_argument("--no-copy", action="store_true", help="skip the copy-heavy workload")
+    p.add_argument("--copy-only", action="store_true", help="only the copy-heavy workload")
     cli.add_daemon_args(p, timeout_help="seconds one request may take (default 600)")
     args = p.parse_args(argv)
     try:
         args.shapes = dict(item.split("=", 1) for item in args.shape)
+        args.copy_models = dict(item.split("=", 1) for item in args.copy_model)
     except ValueError:
-        p.error("--shape takes KEY=DIR")
+        p.error("--shape and --copy-model take KEY=DIR")
     return args
 
 
@@ -109,6 +121,22 @@ def chat(text: str, tokens: int) -> Any:
     return v1.Generate(messages=[v1.ChatMessage(role="user", content=text)], sampling=greedy(tokens))
 
 
+def start_pinned(daemons: dict[str, Daemon], args: argparse.Namespace) -> str | None:
+    """Start `daemons`, the first choosing its llama.cpp thread count as the default path
+    does, the others given its choice: daemons compared with each other must compute
+    alike (on a busy machine two of them may measure differently at load). The count, or
+    None where `--serve-arg` set it."""
+    first, *others = daemons.values()
+    first.start(args.ready_timeout)
+    chosen = first.threads()
+    pinned = not any(a.startswith("--threads") for a in args.serve_arg) and chosen is not None
+    for d in others:
+        if pinned:
+            d.cmd += ["--threads", chosen.split()[0]]
+        d.start(args.ready_timeout)
+    return chosen if pinned else None
+
+
 def bench_shape(key: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
     oracle_file = Path(tempfile.mkdtemp(prefix="axchat-oracle-")) / "drafts.json"
     daemons = {
@@ -117,9 +145,8 @@ def bench_shape(key: str, model: str, args: argparse.Namespace) -> dict[str, Any
         "oracle": Daemon(model, list(args.serve_arg), log, f"{key} oracle", env={ORACLE_ENV: str(oracle_file)}),
     }
     try:
-        for d in daemons.values():
-            d.start(args.ready_timeout)
-        return asyncio.run(measure(daemons, oracle_file, args))
+        threads = start_pinned(daemons, args)
+        return {"threads_pinned": threads, **asyncio.run(measure(daemons, oracle_file, args))}
     finally:
         for d in daemons.values():
             d.finish()
@@ -165,9 +192,9 @@ async def measure(daemons: dict[str, Daemon], oracle_file: Path, args: argparse.
     copy_runs = results["copy_ngram"]
     proposed = sum(run.proposed for run in copy_runs)
     out: dict[str, Any] = {f"speedup_p{int(p * 100)}": ratio(f"p{p}", "off") for p in CORRUPT}
-    out["ngram_speedup"] = ratio("copy_ngram", "copy_off")
+    out["ngram_speedup_nocopy"] = ratio("copy_ngram", "copy_off")
     out["agg_ratio_c8"] = rnd(statistics.median(a / b for a, b in zip(agg["ngram"], agg["off"], strict=True)), 3)
-    out["acceptance_ngram"] = rnd(sum(run.accepted for run in copy_runs) / proposed, 3) if proposed else 0.0
+    out["acceptance_ngram_nocopy"] = rnd(sum(run.accepted for run in copy_runs) / proposed, 3) if proposed else 0.0
     out["tok_s"] = {name: [rnd(run.tok_s, 2) for run in runs] for name, runs in results.items()}
     out["agg_tok_s_c8"] = {k: [rnd(v, 2) for v in vs] for k, vs in agg.items()}
     out["oracle_acceptance"] = {
@@ -177,13 +204,99 @@ async def measure(daemons: dict[str, Daemon], oracle_file: Path, args: argparse.
     return out
 
 
+def copier_for(key: str, model: Path, args: argparse.Namespace) -> Path | None:
+    """The copy model of `key`: `--copy-model`, else the copier of the random model's
+    shape (trained on first use, minutes, then cached), else none."""
+    from axchat.testing import copy_model
+
+    if key in args.copy_models:
+        return cli.model_dir(args.copy_models[key])
+    shape = model_info(model)["shape"]
+    if shape not in copy_model.COPY_SHAPES:
+        return None
+    log(f"{key}: the copy model of shape {shape} (trained once, then cached)")
+    return copy_model.ensure(shape=shape, progress=lambda line: log(f"{key} copier: {line}"))
+
+
+def copy_chat(passage: str, max_tokens: int) -> Any:
+    """The copier's task: repeat the passage; the reply ends at its end-of-turn token."""
+    from axchat.protocol import v1
+    from axchat.testing.copy_training import COPY_INSTRUCTION
+
+    sampling = v1.Sampling(temperature=0.0, max_tokens=max_tokens)
+    return v1.Generate(messages=[v1.ChatMessage(role="user", content=COPY_INSTRUCTION + passage)], sampling=sampling)
+
+
+def bench_copy(key: str, model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """n-gram drafts on a model that copies: the default against `--speculate off`."""
+    daemons = {
+        "off": Daemon(str(model), ["--speculate", "off", *args.serve_arg], log, f"{key} copier off"),
+        "ngram": Daemon(str(model), list(args.serve_arg), log, f"{key} copier ngram"),
+    }
+    try:
+        threads = start_pinned(daemons, args)
+        return {"model": model_info(model), "threads_pinned": threads, **asyncio.run(measure_copy(daemons, model, args))}
+    finally:
+        for d in daemons.values():
+            d.finish()
+
+
+async def measure_copy(daemons: dict[str, Daemon], model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenizers import Tokenizer
+
+    from axchat.testing import copy_training, tiny_model
+
+    passages = copy_training.held_out_passages(tiny_model.CORPUS_PATH.read_text(encoding="utf-8"))
+    tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
+    wanted = [tokenizer.encode(p, add_special_tokens=False).ids for p in passages]
+    requests = [copy_chat(p, args.copy_tokens) for p in passages]
+    sock = {k: d.socket for k, d in daemons.items()}
+    log("copier warm-up (untimed)")
+    for s in sock.values():
+        await one(s, chat(filler(5), 8), args.timeout)
+    runs: dict[str, list[Run]] = {"off": [], "ngram": []}
+    for r in range(args.rounds):
+        order = list(enumerate(requests)) if r % 2 == 0 else list(reversed(list(enumerate(requests))))
+        for i, request in order:
+            pair = ("off", "ngram") if (r + i) % 2 == 0 else ("ngram", "off")
+            got = {name: await one(sock[name], request, args.timeout) for name in pair}
+            if got["ngram"].ids != got["off"].ids:
+                raise BenchError(f"copy passage {i}: the n-gram reply differs from the reply without speculation")
+            for name in pair:
+                runs[name].append(got[name])
+            log(f"round {r + 1} passage {i}: off {got['off'].tok_s:.2f}, ngram {got['ngram'].tok_s:.2f} tok/s, "
+                f"drafts {got['ngram'].accepted}/{got['ngram'].proposed}")
+    ngram, off = runs["ngram"], runs["off"]
+    proposed = sum(x.proposed for x in ngram)
+
+    def copied(ids: list[int], want: list[int]) -> float:
+        """The share of the passage the reply repeats before its first wrong token."""
+        same = next((n for n, (a, b) in enumerate(zip(ids, want, strict=False)) if a != b), min(len(ids), len(want)))
+        return same / len(want)
+
+    replies = off[: len(requests)]  # round 1, passages in order
+    return {
+        "ngram_speedup": rnd(statistics.median(a.tok_s / b.tok_s for a, b in zip(ngram, off, strict=True)), 3),
+        "acceptance_ngram": rnd(sum(x.accepted for x in ngram) / proposed, 3) if proposed else 0.0,
+        "copy_tokens": [len(x.ids) for x in replies],
+        "copied_share": [rnd(copied(x.ids, w), 3) for x, w in zip(replies, wanted, strict=True)],
+        "tok_s": {name: [rnd(x.tok_s, 2) for x in rs] for name, rs in runs.items()},
+        "drafts": {"proposed": proposed, "accepted": sum(x.accepted for x in ngram)},
+    }
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     load = LoadAtStart()
     out: dict[str, Any] = {"tokens": args.tokens, "c8_tokens": args.c8_tokens, "rounds": args.rounds}
     for key, given in args.shapes.items():
         model = cli.model_dir(given)
         log(f"shape {key}: {model}")
-        out[key] = {"model": model_info(model), **bench_shape(key, str(model), args)}
+        out[key] = {"model": model_info(model), **({} if args.copy_only else bench_shape(key, str(model), args))}
+        copier = None if args.no_copy else copier_for(key, model, args)
+        copied = bench_copy(key, copier, args) if copier is not None else {}
+        # The copy-heavy workload's figures are the shape's n-gram figures.
+        out[key].update(ngram_speedup=copied.pop("ngram_speedup", None), acceptance_ngram=copied.pop("acceptance_ngram", None))
+        out[key]["copy"] = copied or None
     out["machine"] = load.machine()
     out["notes"] = load.notes()
     return out
