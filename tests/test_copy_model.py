@@ -1,12 +1,12 @@
-"""Tests for axchat.testing.copy_model: a small model embedded in a bigger shape computes
-the same logits (the benchmark's copier costs what the shape costs, and copies as the
-small model does)."""
+"""Tests for axchat.testing.embedding and copy_training, which build the benchmark's copy
+model: a small model embedded in a bigger shape computes the same logits (the copier
+costs what the shape costs, and copies as the small model does)."""
 
 from __future__ import annotations
 
 import pytest
 
-from axchat.testing import copy_model, copy_training
+from axchat.testing import copy_training, embedding
 from axchat.testing.shapes import SHAPES
 
 SMALL = copy_training.Recipe(hidden=48, intermediate=96, layers=2, heads=4, kv_heads=2)
@@ -46,7 +46,7 @@ def test_embedded_model_computes_the_small_ones_logits(rope_from: str, tied: boo
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
     config = LlamaConfig(vocab_size=300, hidden_act="silu", **SPECIAL, **big)
-    model = copy_model.big_model(copy_model.embed(small, config, FILLER), config, "float32")
+    model = embedding.big_model(embedding.embed(small, config, FILLER), config, "float32")
     ids = torch.randint(4, SMALL_VOCAB, (2, 300))  # long enough for llama3 RoPE's scaled frequencies to matter
     with torch.no_grad():
         want = small(ids).logits
@@ -57,6 +57,10 @@ def test_embedded_model_computes_the_small_ones_logits(rope_from: str, tied: boo
     torch.testing.assert_close(
         got[..., SMALL_VOCAB:], want[..., FILLER : FILLER + 1].expand(-1, -1, 100), rtol=1e-4, atol=1e-4
     )
+    # And the small model read back out of the big one is the small model.
+    back = embedding.extract(model, small.config)
+    for name, value in small.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[name], value, rtol=1e-6, atol=1e-6, msg=name)
 
 
 def test_a_shape_too_small_is_refused() -> None:
@@ -68,7 +72,7 @@ def test_a_shape_too_small_is_refused() -> None:
         vocab_size=300, **SPECIAL, **{**big, "num_key_value_heads": 1}
     )  # 6 query heads a group, 2 kv heads needed
     with pytest.raises(ValueError, match="does not fit"):
-        copy_model.embed(small, narrow, FILLER)
+        embedding.embed(small, narrow, FILLER)
 
 
 def test_training_examples_score_the_reply_only() -> None:
