@@ -229,13 +229,17 @@ def copy_chat(passage: str, max_tokens: int) -> Any:
 
 def bench_copy(key: str, model: Path, args: argparse.Namespace) -> dict[str, Any]:
     """n-gram drafts on a model that copies: the default against `--speculate off`."""
+    from axchat.testing import copy_model
+
     daemons = {
         "off": Daemon(str(model), ["--speculate", "off", *args.serve_arg], log, f"{key} copier off"),
         "ngram": Daemon(str(model), list(args.serve_arg), log, f"{key} copier ngram"),
     }
     try:
         threads = start_pinned(daemons, args)
-        return {"model": model_info(model), "threads_pinned": threads, **asyncio.run(measure_copy(daemons, model, args))}
+        marker = model / copy_model.MARKER_FILE
+        info = {**model_info(model), "shape": json.loads(marker.read_text())["shape"] if marker.is_file() else None}
+        return {"model": info, "threads_pinned": threads, **asyncio.run(measure_copy(daemons, model, args))}
     finally:
         for d in daemons.values():
             d.finish()

@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--verify", action="store_true", help="then compare its logits with the copier's (float32)")
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a one-shot CLI needs no "Writing model shards" bar
     started = time.monotonic()
     recipe = copy_training.Recipe(steps=args.steps)
     path = ensure(
