@@ -6,6 +6,12 @@ The task, in the test tokenizer's chat template: the user asks `COPY_INSTRUCTION
 a passage, the assistant answers the passage, then `<|im_end|>`. Passages are spans of
 `corpus.txt` (its last paragraphs held out for the benchmark) and shuffles of its words,
 so the model learns to copy, not to recite the corpus. The loss is on the reply only.
+
+Training starts from an analytic copier (`_previous_token_head`, `_induction_head`),
+which alone repeats about two tokens in three; from random weights the two heads took
+more steps than a few CPU minutes allow (1000 steps: a tenth of the tokens right).
+Training then teaches what it lacks: where the passage starts, which of a repeated
+token's continuations to take.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 COPY_INSTRUCTION = "Repeat this text exactly:\n"
-HELD_OUT_PARAGRAPHS = 4
-MAX_SPAN = 400  # tokens from a passage in the prompt to its copy, at most  # the corpus's last paragraphs: the benchmark's passages, never trained on
+HELD_OUT_PARAGRAPHS = 4  # the corpus's last paragraphs: the benchmark's passages, never trained on
+MAX_SPAN = 400  # tokens from a passage in the prompt to its copy, at most
 
 
 @dataclass(frozen=True)
