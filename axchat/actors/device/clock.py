@@ -28,6 +28,7 @@ class DecodeClock:
         self._forward: collections.deque[int] = collections.deque(maxlen=window)
         self._gaps: collections.deque[int] = collections.deque(maxlen=window)
         self._last_end_ns = 0
+        self._drafting_ns = 0  # a draft model's guesses for the next step (device thread)
         self.rows = RowCosts()
 
     def timed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -39,12 +40,28 @@ class DecodeClock:
                 return fn(*args)
             finally:
                 end = time.monotonic_ns()
+                start -= self._drafting_ns  # the step's proposals are part of its cost
+                self._drafting_ns = 0
                 self._forward.append(end - start)
                 # (sequence ids, tokens) or, verifying proposals, (..., drafts)
                 self.rows.observe(len(args[0]) + sum(map(len, args[2])) if len(args) > 2 else len(args[0]), ms(end - start))
                 if self._last_end_ns:
                     self._gaps.append(start - self._last_end_ns)
                 self._last_end_ns = end
+
+        return run
+
+    def drafting(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn`, a draft model guessing the proposals of the next `timed` step, as run on
+        the device thread: its duration is counted in that step's, so that what a
+        proposed token costs (RowCosts) includes guessing it."""
+
+        def run(*args: Any) -> Any:
+            start = time.monotonic_ns()
+            try:
+                return fn(*args)
+            finally:
+                self._drafting_ns += time.monotonic_ns() - start
 
         return run
 

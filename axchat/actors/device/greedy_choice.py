@@ -12,11 +12,12 @@ from axchat.actors.token_choice import SequenceSampler
 from axchat.actors.token_mask import ConstrainedChoice, TokenMask
 
 
-def choose_chooser(seq: DeviceSequence, mask: TokenMask | None, speculate: bool) -> None:
+def choose_chooser(seq: DeviceSequence, mask: TokenMask | None, speculate: str | None) -> None:
+    """`speculate`: the mode greedy streams propose in ("ngram", "draft"), None for none."""
     sampler = SequenceSampler(seq.sampling, seq.prompt_ids)
     if not sampler.greedy:
         seq.greedy = None
         return
     seq.greedy = sampler if mask is None else ConstrainedChoice(sampler, mask)
-    if mask is None and speculate:  # a grammar's stream never proposes: its masks are per position
-        seq.spec = Speculation(drafter_for(seq.prompt_ids))
+    if mask is None and speculate is not None:  # a grammar's stream never proposes: its masks are per position
+        seq.spec = Speculation(drafter_for(seq.rid, seq.prompt_ids, speculate))

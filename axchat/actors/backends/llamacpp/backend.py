@@ -9,6 +9,9 @@ prefix copied back in (a memory copy, far cheaper than its prefill) and feeds on
 rest. Kept out of the pool, entries cost the running sequences nothing: llama.cpp's
 attention spans every used cell of the pool (masked per sequence), so kept cells there
 would slow every decode step by the size of the cache.
+
+With `--draft-model`, a second model in its own context (draft_model.py) guesses the
+tokens a decode step verifies; a released sequence frees its cells there too.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend
+from axchat.actors.backends.llamacpp.draft_model import DraftModel
 from axchat.actors.backends.llamacpp.engine import Engine, NoKvRoom
 from axchat.actors.backends.prefix_store import PrefixStore
 
@@ -31,8 +35,10 @@ class LlamaCppBackend(DeviceBackend):
         max_batch: int,
         prefill_chunk: int = 256,
         prefix_cache_bytes: int = 0,
+        draft: DraftModel | None = None,
     ) -> None:
         self.engine = engine
+        self.draft = draft
         self.info = info
         self.capabilities = Capabilities(
             max_batch=max_batch,
@@ -42,6 +48,7 @@ class LlamaCppBackend(DeviceBackend):
             prefill_rows=max_batch,
             mixed_steps=True,
             drafts=True,
+            draft_model=draft is not None,
         )
         self._max_batch = max_batch
         # Entries are llama.cpp sequence states (Engine.save), in host memory.
@@ -142,6 +149,12 @@ class LlamaCppBackend(DeviceBackend):
             at += len(piece)
         return rows
 
+    def propose(
+        self, seq_ids: Sequence[int], histories: Sequence[Sequence[int]], lengths: Sequence[int]
+    ) -> list[list[int]]:
+        assert self.draft is not None, "proposals asked of a backend loaded without a draft model"
+        return self.draft.propose(seq_ids, histories, lengths)
+
     def trim(self, seq_id: int, drop: int) -> None:
         if drop > 0:
             self._length[seq_id] -= drop
@@ -164,6 +177,8 @@ class LlamaCppBackend(DeviceBackend):
         return n
 
     def release(self, seq_id: int, keep: tuple[str, list[int]] | None = None) -> None:
+        if self.draft is not None:
+            self.draft.release(seq_id)
         llama_seq = self._seq.pop(seq_id, None)
         if llama_seq is None:
             return
@@ -194,4 +209,6 @@ class LlamaCppBackend(DeviceBackend):
         self._seq.clear()
         self._length.clear()
         self._parent.clear()
+        if self.draft is not None:
+            self.draft.close()
         self.engine.close()

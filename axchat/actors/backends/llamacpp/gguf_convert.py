@@ -96,7 +96,7 @@ def _tensor_name(name: str) -> str | None:
     return None if short is None else f"blk.{parts[2]}.{short}.{parts[-1]}"
 
 
-def _tokenizer(model_dir: Path, vocab_size: int) -> dict[str, Any]:
+def gguf_vocabulary(model_dir: Path, vocab_size: int) -> dict[str, Any]:
     """The vocabulary as GGUF keys want it, padded with unused tokens to the model's size."""
     import gguf
 
@@ -195,7 +195,7 @@ def convert(model_dir: Path, out: Path, kind: str, progress: Callable[[float], N
     elif rope["rope_type"] not in ("default", "llama3"):
         raise ConversionError(f"rope scaling {rope['rope_type']!r} is not converted")
 
-    tok = _tokenizer(model_dir, vocab)
+    tok = gguf_vocabulary(model_dir, vocab)
     writer.add_tokenizer_model("gpt2" if tok["byte_level"] else "llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tok["tokens"])

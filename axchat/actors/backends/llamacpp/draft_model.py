@@ -1,0 +1,105 @@
+"""A draft model's proposals: a smaller model of the same vocabulary in a llama.cpp
+context of its own (its own sequences and KV cells), beside the model's in the same
+process and on the same device thread. For the streams that speculate in a step it
+guesses each one's next tokens greedily, all streams together: one small `llama_decode`
+per guessed token.
+
+Each stream's draft KV follows the tokens the stream chose (its prompt, then its
+reply): before guessing, the cells past the longest prefix that still agrees with them
+(guesses the model rejected) are dropped and the rest is fed, so a stream that did not
+speculate for a while, or a new one, catches up in the same batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from axchat.actors.backends.llamacpp.engine import Engine, NoKvRoom
+
+
+class DraftModel:
+    def __init__(self, engine: Engine, max_sequences: int) -> None:
+        self.engine = engine
+        self._free_ids = list(range(max_sequences))[::-1]  # popped from the end: 0 first
+        self._seq: dict[int, int] = {}  # request sequence -> the draft context's sequence id
+        self._fed: dict[int, list[int]] = {}  # the tokens whose KV the draft holds, in order
+        self._agreed: dict[int, int] = {}  # how many of those are the stream's own choices
+
+    def propose(self, seq_ids: Sequence[int], histories: Sequence[Sequence[int]], lengths: Sequence[int]) -> list[list[int]]:
+        """`lengths[i]` guesses for the tokens after `histories[i]` (all that sequence
+        has chosen: its prompt, its reply, its next token last). Fewer when the draft's
+        cells run out: a step then verifies fewer proposals, never other tokens."""
+        out: list[list[int]] = [[] for _ in seq_ids]
+        live = [i for i, k in enumerate(lengths) if k > 0]
+        pieces = [self._catch_up(seq_ids[i], histories[i]) for i in live]
+        try:
+            rows = self._feed([seq_ids[i] for i in live], pieces)
+            for step in range(max((lengths[i] for i in live), default=0)):
+                guesses = rows.argmax(axis=1)
+                for i, guess in zip(live, guesses.tolist(), strict=True):
+                    out[i].append(int(guess))
+                live_next = [j for j, i in enumerate(live) if lengths[i] > step + 1]
+                if not live_next:
+                    break
+                live = [live[j] for j in live_next]
+                # The last guess is never fed: the model's verification decides what follows it.
+                rows = self._feed([seq_ids[i] for i in live], [[out[i][-1]] for i in live])
+        except NoKvRoom:
+            pass  # what was guessed so far stands; the failed call left no cells behind
+        return out
+
+    def _catch_up(self, seq_id: int, history: Sequence[int]) -> list[int]:
+        """Drop the draft cells past what agrees with `history`; return the rest to feed
+        (at least its last token, whose logits the first guess needs)."""
+        if seq_id not in self._seq:
+            self._seq[seq_id] = self._free_ids.pop()
+            self._fed[seq_id], self._agreed[seq_id] = [], 0
+        fed = self._fed[seq_id]
+        same = self._agreed[seq_id]
+        most = min(len(fed), len(history) - 1)
+        while same < most and fed[same] == history[same]:
+            same += 1
+        if same < len(fed):
+            self.engine.forget(self._seq[seq_id], same)
+            del fed[same:]
+        self._agreed[seq_id] = same
+        return list(history[same:])
+
+    def _feed(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
+        tokens: list[int] = []
+        positions: list[int] = []
+        seqs: list[int] = []
+        want: list[int] = []
+        for seq_id, piece in zip(seq_ids, pieces, strict=True):
+            start = len(self._fed[seq_id])
+            tokens.extend(piece)
+            positions.extend(range(start, start + len(piece)))
+            seqs.extend([self._seq[seq_id]] * len(piece))
+            want.append(len(tokens) - 1)
+        try:
+            logits = self.engine.run(tokens, positions, seqs, want)
+        except NoKvRoom:
+            for seq_id in seq_ids:
+                self.engine.forget(self._seq[seq_id], len(self._fed[seq_id]))
+            raise
+        for seq_id, piece in zip(seq_ids, pieces, strict=True):
+            self._fed[seq_id].extend(piece)
+        return logits
+
+    def release(self, seq_id: int) -> None:
+        llama_seq = self._seq.pop(seq_id, None)
+        if llama_seq is None:
+            return
+        del self._fed[seq_id], self._agreed[seq_id]
+        self.engine.forget(llama_seq)
+        self._free_ids.append(llama_seq)
+
+    def live_sequences(self) -> int:
+        return len(self._seq)
+
+    def close(self) -> None:
+        self._seq.clear()
+        self._fed.clear()
+        self._agreed.clear()
+        self.engine.close()
