@@ -3,6 +3,8 @@ measured step costs it reads."""
 
 from __future__ import annotations
 
+import math
+
 from axchat.actors.device.clock import RowCosts
 from axchat.actors.device.speculation_plan import MAX_DRAFT, StreamOutlook, best_length, draft_lengths, flat_rows
 
@@ -77,6 +79,9 @@ def test_a_new_stream_tries_at_once_and_a_wrong_one_tries_again_when_it_has_paid
 def test_row_costs_are_measured_and_bounded_by_larger_steps() -> None:
     costs = RowCosts()
     assert costs.cost(1, 3) == flat_rows(1, 3)  # nothing measured: the optimistic guess
+    costs.observe(8, 38.0)
+    assert costs.cost(1, 8) == math.inf  # no plain step yet: proposals wait for one
+    assert draft_lengths([StreamOutlook(1.0, 7)], row_budget=8, others_waiting=False, cost=costs.cost) == [0]
     costs.observe(1, 10.0)
     costs.observe(8, 38.0)
     assert costs.cost(1, 8) == 3.8

@@ -4,6 +4,7 @@ what a prompt token costs in a whole-prompt forward."""
 from __future__ import annotations
 
 import collections
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -101,7 +102,13 @@ class RowCosts:
         A row count not measured costs what the next larger measured one does (a step
         never costs less for more rows, and llama.cpp's cost is far from linear: one row
         has a kernel of its own); beyond every measured one, or before any, it is
-        `flat_rows`'s optimistic guess, so that it gets tried and measured."""
+        `flat_rows`'s optimistic guess, so that it gets tried and measured. While only
+        larger steps than `base` were measured, proposals cost without bound: taking a
+        larger step's time for the plain step would make them look free, and streams
+        that propose at every step (a draft model's) would never run the plain step that
+        measures it."""
+        if base not in self._ms and any(r > base for r in self._ms):
+            return math.inf
         at_base, at_rows = self._ms_at(base), self._ms_at(rows)
         if at_base is None or at_rows is None:
             return flat_rows(base, rows)
