@@ -75,10 +75,12 @@ def test_speculation_counts_and_backs_off_when_wrong() -> None:
 
 
 def test_a_draft_models_streams_are_guessed_for_in_one_call() -> None:
-    calls: list[tuple[list[int], list[list[int]], list[int]]] = []
+    calls: list[tuple[list[int], list[list[int]], list[int], list[int]]] = []
 
-    def model(seq_ids: Sequence[int], histories: Sequence[Sequence[int]], lengths: Sequence[int]) -> list[list[int]]:
-        calls.append((list(seq_ids), [list(h) for h in histories], list(lengths)))
+    def model(
+        seq_ids: Sequence[int], histories: Sequence[Sequence[int]], prompts: Sequence[int], lengths: Sequence[int]
+    ) -> list[list[int]]:
+        calls.append((list(seq_ids), [list(h) for h in histories], list(prompts), list(lengths)))
         return [[seq_id] * k for seq_id, k in zip(seq_ids, lengths, strict=True)]
 
     a, b, idle = (Speculation(ModelDrafter(rid, [1, 2])) for rid in (7, 8, 9))
@@ -86,5 +88,5 @@ def test_a_draft_models_streams_are_guessed_for_in_one_call() -> None:
     ngram = Speculation(NgramDrafter([4, 5, 6, 4, 5]))
     got = proposals([a, None, ngram, b, idle], [2, 3, 1, 1, 0], model)
     assert got == [[7, 7], [], [6], [8], []]
-    assert calls == [([7, 8], [[1, 2, 3], [1, 2]], [2, 1])]
+    assert calls == [([7, 8], [[1, 2, 3], [1, 2]], [2, 2], [2, 1])]
     assert proposals([ngram, None], [1, 0]) == [[6], []]  # no draft model's stream: no call

@@ -119,11 +119,16 @@ class DeviceBackend(abc.ABC):
         return [row[None] for row in self.decode(seq_ids, token_ids)]
 
     def propose(
-        self, seq_ids: Sequence[int], histories: Sequence[Sequence[int]], lengths: Sequence[int]
+        self,
+        seq_ids: Sequence[int],
+        histories: Sequence[Sequence[int]],
+        prompt_lengths: Sequence[int],
+        lengths: Sequence[int],
     ) -> list[list[int]]:
         """The draft model's guesses, `lengths[i]` (or fewer) for the tokens after
-        `histories[i]`: everything sequence `seq_ids[i]` has chosen, its next token last.
-        Only called when `capabilities.draft_model` is set."""
+        `histories[i]`: everything sequence `seq_ids[i]` has chosen (its prompt, the
+        first `prompt_lengths[i]`, then its reply, its next token last). Only called
+        when `capabilities.draft_model` is set."""
         raise NotImplementedError(f"{type(self).__name__} has no draft model")
 
     def trim(self, seq_id: int, drop: int) -> None:  # noqa: B027 - only backends with drafts

@@ -111,13 +111,15 @@ class ModelDrafter:
     def __init__(self, rid: int, prompt: Sequence[int]) -> None:
         self.rid = rid
         self.history = list(prompt)
+        self.prompt_length = len(prompt)
 
     def accept(self, tokens: Sequence[int]) -> None:
         self.history.extend(tokens)
 
 
-# The backend's `propose`: (sequence ids, their histories, how many guesses each).
-ModelProposals = Callable[[Sequence[int], Sequence[Sequence[int]], Sequence[int]], list[list[int]]]
+# The backend's `propose`: (sequence ids, their histories, their prompts' lengths, how
+# many guesses each).
+ModelProposals = Callable[[Sequence[int], Sequence[Sequence[int]], Sequence[int], Sequence[int]], list[list[int]]]
 
 
 def drafter_for(rid: int, prompt: Sequence[int], mode: str) -> Drafter | ModelDrafter:
@@ -214,7 +216,10 @@ def proposals(
             out[i] = spec.drafter.propose(k)
     if batch:
         assert model is not None, "a draft model's stream in a step without the draft model"
-        guessed = model([d.rid for _, d in batch], [d.history for _, d in batch], [lengths[i] for i, _ in batch])
+        drafters = [d for _, d in batch]
+        guessed = model(
+            [d.rid for d in drafters], [d.history for d in drafters], [d.prompt_length for d in drafters], [lengths[i] for i, _ in batch]
+        )
         for (i, _), guess in zip(batch, guessed, strict=True):
             out[i] = guess
     return out

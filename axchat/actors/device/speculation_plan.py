@@ -5,7 +5,8 @@ Verifying a proposed token is one more row in the step's `llama_decode`: the wei
 are read once for all rows, but each row still costs compute, and on some CPUs
 llama.cpp's kernels for several rows cost far more than its one-row kernel (on this
 project's 2-core AVX-512 machine, 2 rows cost 2-3 one-row steps and 8 rows 3.7). So
-each step's cost by its rows is measured as steps run (clock.RowCosts), and a stream
+each step's cost by its rows is measured as steps run (clock.RowCosts; a draft model's
+guessing counts in the step it guessed for), and a stream
 proposes the number of tokens that gives it the most tokens per unit of step cost,
 judged from its recent acceptance, within the rows the batch has
 spare: the step's rows beyond one per decoding stream, and none while anyone else needs

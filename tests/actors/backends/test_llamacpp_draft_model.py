@@ -26,7 +26,8 @@ def test_guesses_are_greedy_choices_for_several_sequences_at_once(backend: Llama
     assert backend.capabilities.draft_model
     prompts = [prompt(9, 1), prompt(30, 2)]
     want = [greedy(backend, 10 + i, p, 8) for i, p in enumerate(prompts)]
-    got = backend.propose([1, 2], [[*p, w[0]] for p, w in zip(prompts, want, strict=True)], [6, 3])
+    histories = [[*p, w[0]] for p, w in zip(prompts, want, strict=True)]
+    got = backend.propose([1, 2], histories, [len(p) for p in prompts], [6, 3])
     assert got == [want[0][1:7], want[1][1:4]]
     assert backend.draft is not None and backend.draft.live_sequences() == 2
     backend.release(1)
@@ -38,14 +39,16 @@ def test_after_a_rejected_guess_the_draft_follows_the_sequences_own_tokens(backe
     ids = prompt(12, 3)
     want = greedy(backend, 10, ids, 12)
     history = [*ids, want[0]]
-    assert backend.propose([1], [history], [4]) == [want[1:5]]
+    n = len(ids)
+    assert backend.propose([1], [history], [n], [4]) == [want[1:5]]
     # The model kept two guesses and chose a token of its own after them (not the draft's).
     other = (want[3] + 1) % backend.info.vocab_size
     history += [*want[1:3], other]
-    fresh = backend.propose([2], [history], [3])
-    assert backend.propose([1], [history], [3]) == fresh
+    fresh = backend.propose([2], [history], [n], [3])
+    assert backend.propose([1], [history], [n], [3]) == fresh
     # A sequence that did not speculate for a while catches up in the same batch.
-    assert backend.propose([1, 2], [[*history, 5, 6], [*history, 5, 6]], [2, 2]) == backend.propose([3], [[*history, 5, 6]], [2]) * 2
+    later = [*history, 5, 6]
+    assert backend.propose([1, 2], [later, later], [n, n], [2, 2]) == backend.propose([3], [later], [n], [2]) * 2
 
 
 def test_the_two_readers_of_a_vocabulary_agree(tiny_model_dir: Path, llamacpp_f32_gguf: Path) -> None:

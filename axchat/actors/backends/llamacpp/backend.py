@@ -150,10 +150,14 @@ class LlamaCppBackend(DeviceBackend):
         return rows
 
     def propose(
-        self, seq_ids: Sequence[int], histories: Sequence[Sequence[int]], lengths: Sequence[int]
+        self,
+        seq_ids: Sequence[int],
+        histories: Sequence[Sequence[int]],
+        prompt_lengths: Sequence[int],
+        lengths: Sequence[int],
     ) -> list[list[int]]:
         assert self.draft is not None, "proposals asked of a backend loaded without a draft model"
-        return self.draft.propose(seq_ids, histories, lengths)
+        return self.draft.propose(seq_ids, histories, prompt_lengths, lengths)
 
     def trim(self, seq_id: int, drop: int) -> None:
         if drop > 0:

@@ -6,8 +6,8 @@ per guessed token.
 
 Each stream's draft KV follows the tokens the stream chose (its prompt, then its
 reply): before guessing, the cells past the longest prefix that still agrees with them
-(guesses the model rejected) are dropped and the rest is fed, so a stream that did not
-speculate for a while, or a new one, catches up in the same batch."""
+(guesses the model rejected) are dropped and the rest is fed, so a new stream, or one
+that did not speculate for a while, catches up in the same call."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from axchat.actors.backends.llamacpp.engine import Engine, NoKvRoom
+
+# Reply tokens one catching-up forward feeds: no more than a decode step verifying the
+# longest proposal does (speculation_plan.MAX_DRAFT + 1), so that they are computed by
+# the kernels that computed them in the model.
+REPLY_ROWS = 9
 
 
 class DraftModel:
@@ -26,32 +31,57 @@ class DraftModel:
         self._fed: dict[int, list[int]] = {}  # the tokens whose KV the draft holds, in order
         self._agreed: dict[int, int] = {}  # how many of those are the stream's own choices
 
-    def propose(self, seq_ids: Sequence[int], histories: Sequence[Sequence[int]], lengths: Sequence[int]) -> list[list[int]]:
+    def propose(
+        self, seq_ids: Sequence[int], histories: Sequence[Sequence[int]], prompt_lengths: Sequence[int], lengths: Sequence[int]
+    ) -> list[list[int]]:
         """`lengths[i]` guesses for the tokens after `histories[i]` (all that sequence
-        has chosen: its prompt, its reply, its next token last). Fewer when the draft's
-        cells run out: a step then verifies fewer proposals, never other tokens."""
+        has chosen: its prompt, the first `prompt_lengths[i]` tokens, then its reply, its
+        next token last). Fewer when the draft's cells run out: a step then verifies
+        fewer proposals, never other tokens."""
         out: list[list[int]] = [[] for _ in seq_ids]
         live = [i for i, k in enumerate(lengths) if k > 0]
-        pieces = [self._catch_up(seq_ids[i], histories[i]) for i in live]
         try:
-            rows = self._feed([seq_ids[i] for i in live], pieces)
+            rows = self._catch_up([seq_ids[i] for i in live], [histories[i] for i in live], [prompt_lengths[i] for i in live])
             for step in range(max((lengths[i] for i in live), default=0)):
                 guesses = rows.argmax(axis=1)
                 for i, guess in zip(live, guesses.tolist(), strict=True):
                     out[i].append(int(guess))
-                live_next = [j for j, i in enumerate(live) if lengths[i] > step + 1]
-                if not live_next:
+                live = [i for i in live if lengths[i] > step + 1]
+                if not live:
                     break
-                live = [live[j] for j in live_next]
                 # The last guess is never fed: the model's verification decides what follows it.
                 rows = self._feed([seq_ids[i] for i in live], [[out[i][-1]] for i in live])
         except NoKvRoom:
             pass  # what was guessed so far stands; the failed call left no cells behind
         return out
 
-    def _catch_up(self, seq_id: int, history: Sequence[int]) -> list[int]:
-        """Drop the draft cells past what agrees with `history`; return the rest to feed
-        (at least its last token, whose logits the first guess needs)."""
+    def _catch_up(self, seq_ids: Sequence[int], histories: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> np.ndarray:
+        """Each sequence's draft KV made to hold its history but the last token, which is
+        fed to get the logits returned (a row each). Prompts go in a forward of their
+        own and reply tokens at most REPLY_ROWS a forward, as the model fed them: llama.cpp
+        computes long batches with other kernels, whose rounding alone changes many of a
+        random-weight model's choices."""
+        prompts: dict[int, list[int]] = {}
+        replies: dict[int, list[int]] = {}
+        for seq_id, history, prompt_length in zip(seq_ids, histories, prompt_lengths, strict=True):
+            same = self._agree(seq_id, history)
+            split = min(max(same, prompt_length), len(history) - 1)  # the last token's logits are wanted
+            prompts[seq_id] = list(history[same:split])
+            replies[seq_id] = list(history[split:])
+        if any(prompts.values()):
+            self._feed([s for s in seq_ids if prompts[s]], [prompts[s] for s in seq_ids if prompts[s]])
+        rows: dict[int, np.ndarray] = {}
+        while any(replies.values()):
+            now = [s for s in seq_ids if replies[s]]
+            pieces = [replies[s][:REPLY_ROWS] for s in now]
+            for seq_id, row in zip(now, self._feed(now, pieces), strict=True):
+                rows[seq_id] = row
+                del replies[seq_id][:REPLY_ROWS]
+        return np.stack([rows[s] for s in seq_ids]) if seq_ids else np.empty((0, 0), dtype=np.float32)
+
+    def _agree(self, seq_id: int, history: Sequence[int]) -> int:
+        """Drop the draft cells past what agrees with `history` (and its last token,
+        whose logits are wanted); return how many are kept."""
         if seq_id not in self._seq:
             self._seq[seq_id] = self._free_ids.pop()
             self._fed[seq_id], self._agreed[seq_id] = [], 0
@@ -64,7 +94,7 @@ class DraftModel:
             self.engine.forget(self._seq[seq_id], same)
             del fed[same:]
         self._agreed[seq_id] = same
-        return list(history[same:])
+        return same
 
     def _feed(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
         tokens: list[int] = []

@@ -194,6 +194,7 @@ def load(
             engine.close()
             raise
         threads_reason += f"; draft model {draft_gguf.name}"
+        log.info("draft model %s proposes tokens: its own context of %d KV cells", draft_gguf.name, draft.engine.cells)
     info = BackendInfo(
         backend="llamacpp",
         model=_display_name(model),
