@@ -2,8 +2,8 @@
 model as its own draft model (every guess right) and with another random-weight model
 of the same vocabulary as the draft (most guesses wrong) give the same replies, over
 length limits, stop strings, a cancel, a conversation's second turn (prefix reuse) and
-two concurrent streams. A draft model of another vocabulary is refused in one line,
-by `serve --check` and by `serve`."""
+two concurrent streams; so does the bundled axchat-mini drafting for itself. A draft
+model of another vocabulary is refused in one line, by `serve --check` and by `serve`."""
 
 from __future__ import annotations
 
@@ -206,3 +206,21 @@ def test_serve_check_refuses_a_draft_model_on_another_backend(tiny_model_dir: Pa
     assert done.returncode == 1 and done.stderr.splitlines() == [
         "axchat serve: error: --draft-model runs on the llamacpp backend only, not torch"
     ], done.stderr
+
+
+def test_axchat_mini_drafting_for_itself_changes_no_token() -> None:
+    """A trained model (the bundled one), named as the draft model by its catalog name."""
+    off, itself = DaemonProcess(None, "--speculate", "off"), DaemonProcess(None, "--draft-model", "axchat-mini")
+    try:
+        for d in (off, itself):
+            d.wait_ready()
+        counts = []
+        for prompt in ("Tell me a joke", "Give me a quote", COPY):
+            request = chat(prompt, max_tokens=60, temperature=0.0)
+            got = run(itself, request)
+            same(got, run(off, request))
+            counts.append(drafts(got))
+        assert all(accepted == proposed for proposed, accepted in counts) and sum(p for p, _ in counts) > 0, counts
+    finally:
+        for d in (off, itself):
+            assert d.stop() == 0, d.log_text()
