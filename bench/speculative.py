@@ -85,6 +85,7 @@ class Run:
     tok_s: float
     proposed: int
     accepted: int
+    ttft_ms: float = 0.0
 
 
 async def one(socket: str, request: Any, timeout_s: float) -> Run:
@@ -104,7 +105,7 @@ async def one(socket: str, request: Any, timeout_s: float) -> Run:
                     raise BenchError(f"done with error {ev.error.code}: {ev.error.message}")
                 elapsed = time.monotonic() - (first or time.monotonic())
                 tok_s = len(ids) / elapsed if elapsed > 0 else 0.0
-                return Run(ids, tok_s, ev.stats.draft_proposed, ev.stats.draft_accepted)
+                return Run(ids, tok_s, ev.stats.draft_proposed, ev.stats.draft_accepted, ev.stats.ttft_ms)
             elif isinstance(ev, v1.Error):
                 raise BenchError(f"error {ev.code}: {ev.message}")
     raise BenchError("stream ended without done")
@@ -221,6 +222,8 @@ def bench_draft(key: str, model: str, args: argparse.Namespace) -> dict[str, Any
             out[key_speedup] = rnd(statistics.median(a.tok_s / b.tok_s for a, b in zip(runs[name], runs["off"], strict=True)), 3)
             out[key_acceptance] = rnd(sum(r.accepted for r in runs[name]) / proposed, 3) if proposed else None
     out["draft_tok_s"] = {name: [rnd(r.tok_s, 2) for r in rs] for name, rs in runs.items()}
+    # The draft model reads each prompt with the model: in the time to the first token.
+    out["draft_ttft_ms"] = {name: [rnd(r.ttft_ms, 1) for r in rs] for name, rs in runs.items()}
     out["draft_proposed"] = {name: [r.proposed for r in rs] for name, rs in runs.items()}
     return out
 

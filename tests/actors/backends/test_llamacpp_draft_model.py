@@ -65,3 +65,15 @@ def test_a_difference_is_named() -> None:
     assert difference(model, Vocabulary(("a", "c", "<eos>"))) == "its token 1 is 'c', the model's 'b'"
     assert difference(model, Vocabulary(("a", "b", "<eos>"), {"eos": 1})) == "its eos token is 1, the model's 2"
     assert difference(model, Vocabulary(("a", "b", "<eos>"), {"eos": 2})) is None  # a bos only one names is not compared
+
+
+def test_the_draft_reads_a_prompt_with_the_model_and_a_release_frees_it(backend: LlamaCppBackend) -> None:
+    ids = prompt(40, 4)
+    want = greedy(backend, 10, ids, 6)
+    assert backend.draft is not None
+    backend.prefill(1, ids[:25])  # a long prompt in chunks: the draft takes each
+    backend.extend(1, ids[25:])
+    assert backend.draft.live_sequences() == 1
+    assert backend.propose([1], [[*ids, want[0]]], [len(ids)], [5]) == [want[1:6]]
+    backend.release(1)
+    assert backend.draft.live_sequences() == 0

@@ -110,15 +110,23 @@ class LlamaCppBackend(DeviceBackend):
 
     # ------------------------------------------------------------ DeviceBackend
 
+    def _prompt(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
+        """Prompt pieces, then the same pieces to the draft model."""
+        starts = [self._length[s] for s in seq_ids]
+        logits = self._feed(seq_ids, pieces)
+        if self.draft is not None:
+            self.draft.follow(seq_ids, pieces, starts)
+        return logits
+
     def prefill(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
         self._claim(seq_id)
-        return self._feed([seq_id], [token_ids])[0]
+        return self._prompt([seq_id], [token_ids])[0]
 
     def extend(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
-        return self._feed([seq_id], [token_ids])[0]
+        return self._prompt([seq_id], [token_ids])[0]
 
     def extend_batch(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
-        return self._feed(seq_ids, pieces)
+        return self._prompt(seq_ids, pieces)
 
     def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
         return self._feed(seq_ids, [[t] for t in token_ids])
@@ -126,7 +134,10 @@ class LlamaCppBackend(DeviceBackend):
     def decode_and_extend(
         self, seq_ids: Sequence[int], token_ids: Sequence[int], chunk_seq: int, chunk_ids: Sequence[int]
     ) -> tuple[np.ndarray, np.ndarray]:
+        start = self._length[chunk_seq]
         logits = self._feed([*seq_ids, chunk_seq], [*([t] for t in token_ids), chunk_ids])
+        if self.draft is not None:
+            self.draft.follow([chunk_seq], [chunk_ids], [start])
         return logits[:-1], logits[-1]
 
     def decode_drafts(
@@ -178,6 +189,8 @@ class LlamaCppBackend(DeviceBackend):
         self.engine.forget(llama_seq, n)  # the entry's tail past the shared prefix
         self._parent[seq_id] = kept
         self._length[seq_id] = n
+        if self.draft is not None:  # it keeps no conversations: it reads the prefix again
+            self.draft.follow([seq_id], [prompt_ids[:n]], [0])
         return n
 
     def release(self, seq_id: int, keep: tuple[str, list[int]] | None = None) -> None:

@@ -4,10 +4,10 @@ process and on the same device thread. For the streams that speculate in a step 
 guesses each one's next tokens greedily, all streams together: one small `llama_decode`
 per guessed token.
 
-Each stream's draft KV follows the tokens the stream chose (its prompt, then its
-reply): before guessing, the cells past the longest prefix that still agrees with them
-(guesses the model rejected) are dropped and the rest is fed, so a new stream, or one
-that did not speculate for a while, catches up in the same call."""
+Each stream's draft KV follows the tokens the stream chose: its prompt as the model is
+fed it (`follow`), then its reply: before guessing, the cells past the longest prefix
+that still agrees with them (guesses the model rejected) are dropped and the rest is
+fed, so a stream that did not speculate for a while catches up in the same call."""
 
 from __future__ import annotations
 
@@ -79,13 +79,29 @@ class DraftModel:
                 del replies[seq_id][:REPLY_ROWS]
         return np.stack([rows[s] for s in seq_ids]) if seq_ids else np.empty((0, 0), dtype=np.float32)
 
-    def _agree(self, seq_id: int, history: Sequence[int]) -> int:
-        """Drop the draft cells past what agrees with `history` (and its last token,
-        whose logits are wanted); return how many are kept."""
+    def follow(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]], starts: Sequence[int]) -> None:
+        """The model was fed these prompt pieces at positions `starts`: the draft takes
+        them too, in the same chunks and within the prompt's own forwards (whose measured
+        time so includes them), rather than all at once in the step where a stream first
+        proposes, which would hold every other stream of that step. A sequence whose
+        draft is behind (its cells ran out once) catches up when it next proposes."""
+        now = [(s, p) for s, p, at in zip(seq_ids, pieces, starts, strict=True) if p and len(self._fed_of(s)) == at]
+        if now:
+            try:
+                self._feed([s for s, _ in now], [p for _, p in now], logits=False)
+            except NoKvRoom:
+                pass
+
+    def _fed_of(self, seq_id: int) -> list[int]:
         if seq_id not in self._seq:
             self._seq[seq_id] = self._free_ids.pop()
             self._fed[seq_id], self._agreed[seq_id] = [], 0
-        fed = self._fed[seq_id]
+        return self._fed[seq_id]
+
+    def _agree(self, seq_id: int, history: Sequence[int]) -> int:
+        """Drop the draft cells past what agrees with `history` (and its last token,
+        whose logits are wanted); return how many are kept."""
+        fed = self._fed_of(seq_id)
         same = self._agreed[seq_id]
         most = min(len(fed), len(history) - 1)
         while same < most and fed[same] == history[same]:
@@ -96,7 +112,9 @@ class DraftModel:
         self._agreed[seq_id] = same
         return same
 
-    def _feed(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
+    def _feed(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]], logits: bool = True) -> np.ndarray:
+        """Each piece after its sequence's draft cells, in one batch; with `logits`, the
+        logits after each piece."""
         tokens: list[int] = []
         positions: list[int] = []
         seqs: list[int] = []
@@ -106,16 +124,17 @@ class DraftModel:
             tokens.extend(piece)
             positions.extend(range(start, start + len(piece)))
             seqs.extend([self._seq[seq_id]] * len(piece))
-            want.append(len(tokens) - 1)
+            if logits:
+                want.append(len(tokens) - 1)
         try:
-            logits = self.engine.run(tokens, positions, seqs, want)
+            rows = self.engine.run(tokens, positions, seqs, want)
         except NoKvRoom:
             for seq_id in seq_ids:
                 self.engine.forget(self._seq[seq_id], len(self._fed[seq_id]))
             raise
         for seq_id, piece in zip(seq_ids, pieces, strict=True):
             self._fed[seq_id].extend(piece)
-        return logits
+        return rows
 
     def release(self, seq_id: int) -> None:
         llama_seq = self._seq.pop(seq_id, None)
