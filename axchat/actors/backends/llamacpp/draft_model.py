@@ -11,6 +11,7 @@ fed, so a stream that did not speculate for a while catches up in the same call.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -87,10 +88,8 @@ class DraftModel:
         draft is behind (its cells ran out once) catches up when it next proposes."""
         now = [(s, p) for s, p, at in zip(seq_ids, pieces, starts, strict=True) if p and len(self._fed_of(s)) == at]
         if now:
-            try:
+            with contextlib.suppress(NoKvRoom):  # the failed call left no cells; they catch up later
                 self._feed([s for s, _ in now], [p for _, p in now], logits=False)
-            except NoKvRoom:
-                pass
 
     def _fed_of(self, seq_id: int) -> list[int]:
         if seq_id not in self._seq:
