@@ -129,7 +129,8 @@ class TokenizerActor(Actor):
         try:
             async with self._client_turn(msg.client):
                 if msg.rid in self._cancelled_while_encoding:
-                    ids, trimmed = [], 0  # cancelled while waiting its turn: no work at all
+                    ids: list[int] = []
+                    trimmed = 0  # cancelled while waiting its turn: no work at all
                 else:
                     ids, trimmed = await asyncio.get_running_loop().run_in_executor(
                         self._pool, self._encode_blocking, msg.messages, msg.prompt, reserve, tools

@@ -283,12 +283,15 @@ class DaemonState(enum.StrEnum):
     DRAINING = "draining"  # shutting down: admits no new generate
 
 
+DeviceState = Literal["serving", "unloaded", "loading", "down"]
+
+
 class DeviceStatus(msgspec.Struct, gc=False):
     """One device of a daemon that drives several (`--devices`), for `status`."""
 
     name: str  # the daemon's name for it: device-0, device-1, ...
     label: str  # what it is: a card's name, cuda:1
-    state: Literal["serving", "unloaded", "loading", "down"]
+    state: DeviceState
     running: int = 0
     queued: int = 0  # waiting on this device (the daemon's shared line is in StatusReply.queued)
     max_running: int = 0
@@ -375,11 +378,11 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return _encoder.encode(envelope)
 
 
-def decode_envelope(frame: bytes) -> Envelope:
+def decode_envelope(frame: bytes | memoryview) -> Envelope:
     return _envelope_decoder.decode(frame)
 
 
-def decode_client_body(frame: bytes) -> ClientMessage:
+def decode_client_body(frame: bytes | memoryview) -> ClientMessage:
     return _client_decoder.decode(frame)
 
 
