@@ -40,7 +40,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/tags")
 async def tags(request: web.Request) -> web.Response:
-    return web.json_response(ollama_models.tags(await request.app[LINK].welcome()))
+    return web.json_response(ollama_models.tags(await request.app[LINK].status()))
 
 
 @routes.post("/api/show")
