@@ -70,3 +70,12 @@ def test_speculation_counts_and_backs_off_when_wrong() -> None:
         spec.settle([9, 9], [0])
     assert spec.outlook(100).acceptance < 0.1
     assert spec.outlook(1).most == 0  # one token left: nothing to propose after it
+
+
+def test_forced_tokens_count_but_leave_the_guesses_odds_alone() -> None:
+    spec = Speculation(NgramDrafter([1, 2, 3]))
+    start = spec.outlook(100).acceptance
+    spec.settle([7, 8, 9], [7, 8, 9, 4], sure=3)  # only forced tokens, all kept
+    assert (spec.proposed, spec.accepted) == (3, 3) and spec.outlook(100).acceptance == start
+    spec.settle([7, 8, 5], [7, 8, 6], sure=2)  # forced tokens kept, the guess after them wrong
+    assert (spec.proposed, spec.accepted) == (6, 5) and spec.outlook(100).acceptance < start

@@ -163,28 +163,35 @@ def test_concurrent_streams_are_identical(trio_f32: Trio, streams: int) -> None:
             assert sum(g.done.stats.draft_accepted for g in got if g is not None) > 0
 
 
+def cancelled_after(d: DaemonProcess, request: v1.Generate, tokens: int) -> list[int]:
+    """The token ids of a (held) request cancelled once it has streamed `tokens`; it must
+    end as cancelled."""
+    client = RawClient(d.socket)
+    try:
+        client.send("held", request)
+        ids: list[int] = []
+        stream = client.stream("held")
+        for body in stream:
+            assert isinstance(body, v1.Delta)
+            ids += body.token_ids
+            if len(ids) >= tokens:
+                break
+        client.send("held", v1.Cancel())
+        for body in stream:
+            if isinstance(body, v1.Delta):
+                ids += body.token_ids
+            else:
+                assert isinstance(body, v1.Done) and body.finish_reason == "cancelled"
+    finally:
+        client.close()
+    return ids
+
+
 def test_cancel_mid_run_keeps_the_tokens_so_far_and_the_daemon_exact(trio: Trio) -> None:
     reference = run(trio.off, chat(COPY, max_tokens=200, temperature=0.0, ignore_eos=True))
     with_oracle(trio, reference, 0.0)
     for d in (trio.ngram, trio.oracle):
-        client = RawClient(d.socket)
-        try:
-            client.send("held", chat(COPY, temperature=0.0, **HELD))
-            ids: list[int] = []
-            stream = client.stream("held")
-            for body in stream:
-                assert isinstance(body, v1.Delta)
-                ids += body.token_ids
-                if len(ids) >= 5:
-                    break
-            client.send("held", v1.Cancel())
-            for body in stream:
-                if isinstance(body, v1.Delta):
-                    ids += body.token_ids
-                else:
-                    assert isinstance(body, v1.Done) and body.finish_reason == "cancelled"
-        finally:
-            client.close()
+        ids = cancelled_after(d, chat(COPY, temperature=0.0, **HELD), 5)
         n = min(len(ids), len(reference.token_ids))
         assert ids[:n] == reference.token_ids[:n]
         # What the cancelled stream left in the KV does not leak into the next one.
