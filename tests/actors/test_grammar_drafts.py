@@ -40,7 +40,9 @@ FORM = {
 @pytest.fixture(scope="module")
 def vocab(tiny_model_dir: Path) -> ConstraintVocab:
     tok = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
-    return ConstraintVocab(tok, [tok.token_to_id("<|im_end|>")], tok.get_vocab_size())
+    eos = tok.token_to_id("<|im_end|>")
+    assert eos is not None
+    return ConstraintVocab(tok, [eos], tok.get_vocab_size())
 
 
 def form_mask(vocab: ConstraintVocab) -> TokenMask:

@@ -88,15 +88,13 @@ def trio(
     """Speculation off, n-gram (the default) and oracle drafts, each its own daemon."""
     model = tiny_model_dir if request.param == "tiny" else None
     oracle_file = tmp_path_factory.mktemp("oracle") / "drafts.json"
-    daemons = [
-        DaemonProcess(model, "--speculate", "off"),
-        DaemonProcess(model),
-        DaemonProcess(model, env={ORACLE_ENV: str(oracle_file)}),
-    ]
-    for d in daemons:
+    off, ngram = DaemonProcess(model, "--speculate", "off"), DaemonProcess(model)
+    oracle = DaemonProcess(model, env={ORACLE_ENV: str(oracle_file)})
+    trio = Trio(off, ngram, oracle, oracle_file)
+    for d in trio.all():
         d.wait_ready()
-    yield Trio(*daemons, oracle_file)
-    for d in daemons:
+    yield trio
+    for d in trio.all():
         assert d.stop() == 0, d.log_text()
 
 
