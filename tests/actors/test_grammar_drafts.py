@@ -89,6 +89,33 @@ def test_a_proposals_masks_are_each_positions_own(vocab: ConstraintVocab) -> Non
         assert ahead.matcher.compute_ff_tokens() == alone.matcher.compute_ff_tokens()
 
 
+def test_masks_of_several_proposals_filled_together_equal_each_filled_alone(vocab: ConstraintVocab) -> None:
+    rng = np.random.default_rng(2)
+    walk = greedy_under(form_mask(vocab))
+    tokens = [walk.choose(rng.standard_normal(vocab.get().vocab_size).astype(np.float32)) for _ in range(24)]
+    cases = [(0, 6), (3, 0), (9, 2), (14, 7)]  # (tokens chosen before, proposal length): one proposes nothing
+
+    def masks() -> list[TokenMask]:
+        out = []
+        for start, k in cases:
+            mask = form_mask(vocab)
+            mask.matcher.consume_tokens(tokens[:start])
+            mask.expect(tokens[start : start + k])
+            out.append(mask)
+        return out
+
+    together, alone = masks(), masks()
+    fill_together(together)
+    for mask in alone:
+        fill_together([mask])
+    for (start, k), a, b in zip(cases, together, alone, strict=True):
+        for token in tokens[start : start + k + 1]:
+            assert a.filled and np.array_equal(a.bits, b.bits)
+            a.consume(token)
+            b.consume(token)
+        assert not a.filled  # past the proposal: the next fill is the next step's
+
+
 class Model:
     """A scripted `decode_drafts`: each sequence's rows are random, seeded by everything
     it was fed up to that row, so they depend on its history and nothing else (as a

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +179,41 @@ def test_beside_a_sampled_stream_the_loop_verifies_the_same_tokens(
     same(got, want)
     valid(kind, got)
     assert got.done.stats is not None and got.done.stats.draft_accepted > 0
+
+
+def test_concurrent_constrained_streams_share_the_spare_rows_and_stay_identical(
+    pair_f32: tuple[DaemonProcess, DaemonProcess],
+) -> None:
+    """Three constrained streams in one batch: their masks, proposals' included, are
+    filled together in each step."""
+    kinds = ["json_schema", "regex", "tools"]
+    requests = [constrained(kind, 400, text=f"fill in the form ({i})") for i, kind in enumerate(kinds)]
+    got: dict[DaemonProcess, list[Reply | None]] = {}
+    for d in pair_f32:
+        got[d] = [None] * len(requests)
+
+        def one(i: int, d: DaemonProcess = d) -> None:
+            got[d][i] = run(d, requests[i], rid=f"c{i}")
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    off, ngram = pair_f32
+    for kind, want, reply in zip(kinds, got[off], got[ngram], strict=True):
+        assert want is not None and reply is not None
+        same(reply, want)
+        valid(kind, reply)
+    assert sum(r.done.stats.draft_accepted for r in got[ngram] if r is not None and r.done.stats is not None) > 0
+
+
+def test_a_stop_string_ends_a_constrained_reply_alike(trio: Trio) -> None:
+    base = run(trio.off, constrained("regex", 200))
+    stop = base.text[len(base.text) // 2 : len(base.text) // 2 + 3]
+    request = constrained("regex", 200, stop=[stop])
+    want = run(trio.off, request)
+    assert want.done.finish_reason == "stop" and stop not in want.text
+    with_oracle(trio, base, 0.25)
+    for d in (trio.ngram, trio.oracle):
+        same(run(d, request), want)
