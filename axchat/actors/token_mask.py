@@ -91,7 +91,7 @@ class TokenMask:
         self.ahead = list(proposal[: self.matcher.validate_tokens(list(proposal))]) if proposal and self.failed is None else []
         if len(self.ahead) >= self._rows.shape[0]:  # grows to the longest proposal once
             self._rows = np.zeros((len(self.ahead) + 1, self._rows.shape[1]), dtype=np.int32)
-        return self.ahead
+        return list(self.ahead)  # a copy: choices consume `ahead` as the step's rows are verified
 
     def allowed(self, row: np.ndarray) -> np.ndarray:
         """A copy of `row` with every token the grammar forbids at -inf."""
