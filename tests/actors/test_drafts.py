@@ -74,6 +74,15 @@ def test_speculation_counts_and_backs_off_when_wrong() -> None:
     assert spec.outlook(1).most == 0  # one token left: nothing to propose after it
 
 
+def test_forced_tokens_count_but_leave_the_guesses_odds_alone() -> None:
+    spec = Speculation(NgramDrafter([1, 2, 3]))
+    start = spec.outlook(100).acceptance
+    spec.settle([7, 8, 9], [7, 8, 9, 4], sure=3)  # only forced tokens, all kept
+    assert (spec.proposed, spec.accepted) == (3, 3) and spec.outlook(100).acceptance == start
+    spec.settle([7, 8, 5], [7, 8, 6], sure=2)  # forced tokens kept, the guess after them wrong
+    assert (spec.proposed, spec.accepted) == (6, 5) and spec.outlook(100).acceptance < start
+
+
 def test_a_draft_models_streams_are_guessed_for_in_one_call() -> None:
     calls: list[tuple[list[int], list[list[int]], list[int], list[int]]] = []
 

@@ -112,7 +112,7 @@ def test_stop_strings_end_replies_alike(daemons: Daemons) -> None:
 def test_cancel_mid_run_frees_the_draft_sequence_and_stays_exact(daemons: Daemons) -> None:
     reference = run(daemons.off, chat(COPY, max_tokens=200, temperature=0.0, ignore_eos=True))
     for d in daemons.drafting():
-        ids = cancelled_after(RawClient(d.socket), chat(COPY, temperature=0.0, **HELD), 5)
+        ids = cancelled_after(d, chat(COPY, temperature=0.0, **HELD), 5)
         client = RawClient(d.socket)
         try:
             status = client.request(v1.Status())

@@ -59,6 +59,10 @@ class NgramDrafter:
         self._history.extend(tokens)
 
     def propose(self, k: int) -> list[int]:
+        return self.propose_after((), k)
+
+    def propose_after(self, extra: Sequence[int], k: int) -> list[int]:
+        """Up to `k` guesses for the tokens after those chosen so far and then `extra`."""
         if k <= 0:
             return []
         h = self._history
@@ -69,8 +73,9 @@ class NgramDrafter:
                 if end + 1 >= n:
                     index[tuple(h[end + 1 - n : end + 1])] = end + 1
         self._indexed = max(self._indexed, len(h) - 1)
+        tail = [*h[-NGRAM_MAX:], *extra][-NGRAM_MAX:]
         for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
-            at = self._index[n].get(tuple(h[-n:])) if len(h) >= n else None
+            at = self._index[n].get(tuple(tail[-n:])) if len(tail) >= n else None
             if at is not None:
                 return h[at : at + k]
         return []
@@ -89,7 +94,10 @@ class OracleDrafter:
         self._made += len(tokens)
 
     def propose(self, k: int) -> list[int]:
-        at = self._made
+        return self.propose_after((), k)
+
+    def propose_after(self, extra: Sequence[int], k: int) -> list[int]:
+        at = self._made + len(extra)
         # Another id that surely exists in the vocabulary: one below, or above id 0.
         return [(t - 1 if t else 1) if at + i in self._corrupt else t for i, t in enumerate(self._reply[at : at + k])]
 
@@ -122,11 +130,8 @@ class ModelDrafter:
 ModelProposals = Callable[[Sequence[int], Sequence[Sequence[int]], Sequence[int], Sequence[int]], list[list[int]]]
 
 
-def drafter_for(rid: int, prompt: Sequence[int], mode: str) -> Drafter | ModelDrafter:
-    """The drafter of greedy stream `rid` starting from `prompt`, speculating in `mode`
-    ("ngram" or "draft")."""
-    if mode == "draft":
-        return ModelDrafter(rid, prompt)
+def drafter_for(prompt: Sequence[int]) -> Drafter:
+    """The drafter of a greedy stream starting from `prompt` (with no draft model)."""
     oracle = os.environ.get(ORACLE_ENV)
     if oracle and os.path.exists(oracle):
         return OracleDrafter.from_file(oracle)
@@ -150,20 +155,28 @@ class Speculation:
         token among them, so at most `room - 1` proposals)."""
         return StreamOutlook(self._hits / self._trials, max(room - 1, 0), self.since_tried)
 
-    def settle(self, draft: Sequence[int], chosen: Sequence[int]) -> None:
-        """The step verified `draft` and the stream chose `chosen`."""
+    def draft(self, k: int) -> list[int]:
+        """Its drafter's proposal (a draft model guesses for its streams together: `proposals`)."""
+        assert not isinstance(self.drafter, ModelDrafter), "a draft model's stream proposed alone"
+        return self.drafter.propose(k) if k > 0 else []
+
+    def settle(self, draft: Sequence[int], chosen: Sequence[int], sure: int = 0) -> None:
+        """The step verified `draft` and the stream chose `chosen`; the first `sure` of
+        `draft` were no guesses (its grammar forced them): counted, but they tell
+        nothing of the guesses' odds."""
         self.drafter.accept(chosen)
-        if not draft:
-            self.since_tried += 1
-            return
         kept = min(len(chosen) - 1, len(draft))
-        self.since_tried = 0
         self.proposed += len(draft)
         self.accepted += kept
+        if len(draft) <= sure or kept < sure:  # no guess was tested
+            self.since_tried += 1
+            return
+        self.since_tried = 0
+        hits = kept - sure
         # Per-token odds: the kept guesses were hits; a rejection is one miss (the
         # guesses after it were never tested).
-        self._hits = DECAY * self._hits + kept
-        self._trials = DECAY * self._trials + kept + (1 if kept < len(draft) else 0)
+        self._hits = DECAY * self._hits + hits
+        self._trials = DECAY * self._trials + hits + (1 if kept < len(draft) else 0)
 
 
 def verify(
@@ -213,7 +226,7 @@ def proposals(
         if isinstance(spec.drafter, ModelDrafter):
             batch.append((i, spec.drafter))
         else:
-            out[i] = spec.drafter.propose(k)
+            out[i] = spec.draft(k)
     if batch:
         assert model is not None, "a draft model's stream in a step without the draft model"
         drafters = [d for _, d in batch]

@@ -197,7 +197,7 @@ class ForwardPasses:
         )
         if rows is None:
             return
-        await self.constraints.fill(seqs)  # constrained streams ride along unspeculated
+        await self.constraints.fill(seqs)  # with the masks after each constrained proposal
         for seq, seq_rows, proposed in zip(seqs, rows, drafts, strict=True):
             draft = proposed[: len(seq_rows) - 1]  # what the backend had room to verify
             if not draft:

@@ -57,12 +57,18 @@ class BackendCapabilities(Protocol):
     """What the planner reads of `backends.base.Capabilities` (named here so that the
     planner needs no backend module)."""
 
-    max_batch: int
-    kv_survives_switch: bool
-    prefill_chunk: int | None
-    prefix_cache: bool
-    prefill_rows: int
-    mixed_steps: bool
+    @property
+    def max_batch(self) -> int: ...
+    @property
+    def kv_survives_switch(self) -> bool: ...
+    @property
+    def prefill_chunk(self) -> int | None: ...
+    @property
+    def prefix_cache(self) -> bool: ...
+    @property
+    def prefill_rows(self) -> int: ...
+    @property
+    def mixed_steps(self) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ class Lane:
     choose: Callable[[Any], int]
     room: int
     ends: frozenset[int]
-    mask: TokenMask | None = None  # a constrained stream's grammar mask (such a stream never proposes)
+    mask: TokenMask | None = None  # a constrained stream's grammar mask
     spec: Speculation | None = None
     chosen: list[int] = field(default_factory=list)
 

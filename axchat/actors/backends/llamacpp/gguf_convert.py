@@ -134,8 +134,15 @@ def gguf_vocabulary(model_dir: Path, vocab_size: int) -> dict[str, Any]:
     if template is None and jinja.is_file():
         template = jinja.read_text()
     ids = {t: i for i, t in by_id.items()}
-    named = {k: ids.get(v if isinstance(v, str) else (v or {}).get("content")) for k, v in tok_config.items() if k in ("bos_token", "eos_token", "pad_token")}
+    named = {k: ids.get(_token_text(v)) for k, v in tok_config.items() if k in ("bos_token", "eos_token", "pad_token")}
     return {"tokens": tokens, "types": types, "merges": merges, "byte_level": byte_level, "template": template, **named}
+
+
+def _token_text(value: Any) -> str:
+    """A special token as tokenizer_config.json gives it: its text, or an object holding it."""
+    if isinstance(value, dict):
+        return str(value.get("content", ""))
+    return value if isinstance(value, str) else ""
 
 
 def _weight_type(kind: str) -> tuple[Any, Callable[[np.ndarray], np.ndarray], int]:
