@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HELD, DaemonProcess, RawClient, chat, short_socket_dir
+from test_constrained_speculation import constrained
 from test_speculative_identity import COPY, PROMPTS, Reply, cancelled_after, on_one_connection, run, same
 
 from axchat.protocol import v1
@@ -224,3 +225,14 @@ def test_axchat_mini_drafting_for_itself_changes_no_token() -> None:
     finally:
         for d in (off, itself):
             assert d.stop() == 0, d.log_text()
+
+
+def test_a_constrained_stream_beside_the_draft_model_keeps_its_tokens(daemons: Daemons) -> None:
+    """Under a grammar a stream proposes its forced tokens and n-gram guesses, the draft
+    model guessing for the free streams only: the reply is still off's."""
+    request = constrained("json_schema", 80)
+    want = run(daemons.off, request)
+    for d in daemons.drafting():
+        got = run(d, request)
+        same(got, want)
+        assert drafts(got)[0] > 0  # the forced property names were proposed
