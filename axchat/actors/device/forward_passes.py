@@ -240,9 +240,9 @@ class ForwardPasses:
             await self._take_tokens(seq, lane.chosen)
 
     async def _decode_with_chunk(self, plan: planner.DecodeWithChunk) -> None:
-        """A decode step carrying the next chunk of a long prompt. The chunk is sized so
-        that what it adds to the step is about one step (measured): the streams then
-        wait about two steps a token while the prompt goes in."""
+        """A decode step carrying a newcomer's short prompt whole, or the next chunk of a
+        long prompt. A chunk is sized so that what it adds to the step is about one step
+        (measured): the streams then wait about two steps a token while the prompt goes in."""
         assert self._chunks is not None
         seqs, rider = list(plan.seqs), plan.rider
         for seq in seqs:
