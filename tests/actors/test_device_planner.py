@@ -147,9 +147,15 @@ def test_a_burst_goes_half_together_then_one_newcomer_rides_whole_in_each_decode
     # A newcomer's short prompt rides before a long prompt's next chunk.
     long = seq(9, 600, started=True, prefilled=64)
     assert plan([*burst[:5], long], EIGHT) == DecodeWithChunk(tuple(burst[:4]), burst[4], 65, None)
-    # While one stream waits for its token nothing decodes: the newcomer waits too.
+    # While a stream's token is with the sampler nothing decodes: the newcomer waits
+    # for the step it will ride in, a reply away.
     burst[0].state = SeqState.SAMPLING
     assert plan(burst[:6], EIGHT, decode_next=True) is None
+    # With no stream able to step (their grammars still compiling), it goes alone
+    # rather than wait with the device idle.
+    for s in burst[:4]:
+        s.state = SeqState.GRAMMAR
+    assert plan([*burst[:5], long], EIGHT, decode_next=True) == PrefillPiece(burst[4], 65, whole=True)
 
 
 def test_newcomers_outnumbering_the_streams_send_a_lead_group_ahead() -> None:

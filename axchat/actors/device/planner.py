@@ -263,8 +263,10 @@ def next_step(
                 streams = len(running) - len(prefilling)
                 coming = arrivals.more_coming if arrivals is not None and not streams else 0
                 rows = min(rows, lead_group(short, coming, streams))
-                if not rows and not ready:
-                    return None  # they ride in the streams' next step, once it can go
+                if not rows and sampling:
+                    return None  # they ride in the streams' next step, the sampler's reply away
+                if not ready:
+                    rows = max(rows, 1)  # no step to ride in (grammars compiling): go alone
             group = prefill_group(prefilling, limits, others_running=len(prefilling) != len(running), rows=rows)
             if len(group) > 1:
                 return PrefillGroup(tuple(group))
