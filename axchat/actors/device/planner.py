@@ -301,10 +301,12 @@ def lead_group(newcomers: int, coming: int, streams: int) -> int:
     where a single forward of all of them makes every one wait for all of them. But
     each prompt that rides holds every running stream's token for a prompt's forward,
     and the first-started streams carry every later one: started one at a time, the
-    first stream of a burst of 8 streamed its reply markedly slower than the last. Starting half a burst together, the rest riding,
-    keeps the median first token near half the burst's prefill and halves what the
-    first streams carry (bench/burst_order.py measures the orders side by side).
-    `coming`: prompts still on their way to an idle device."""
+    first stream of a burst of 8 streamed its reply markedly slower than the last, and
+    the median first token came no sooner (each step adds its own cost). Starting half
+    a burst together, the rest riding, keeps the median first token near half the
+    burst's prefill and halves what the first streams carry (bench/burst_order.py
+    measures the orders side by side). `coming`: prompts still on their way to an idle
+    device."""
     return max(0, (newcomers + coming - streams + 1) // 2)
 
 
