@@ -16,7 +16,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import msgspec
@@ -250,7 +250,7 @@ class AsyncClient:
         if waiter is not None:
             waiter.put_nowait(body)
 
-    def _note_refusal(self, event: dict[str, Any]) -> bool:
+    def _note_refusal(self, event: Mapping[str, Any]) -> bool:
         """A refused handshake fails every waiter now: no answer will ever come."""
         if self._refused is not None:
             return True  # the first cause stands; the drop that follows a refusal is no restart

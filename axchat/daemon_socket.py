@@ -7,6 +7,7 @@ starts in milliseconds.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +114,7 @@ class DaemonSocket:
         if path is not None and not path.exists():
             raise DaemonUnavailable(f"no axchat daemon is running at {path}; {HOW_TO_START}")
 
-    def refusal(self, event: dict[str, Any]) -> str | None:
+    def refusal(self, event: Mapping[str, Any]) -> str | None:
         """Why a monitor event means the daemon refused our keys; None when it does not."""
         return curve_keys.refusal(event["event"], event["value"], self.endpoint, self.keys)
 

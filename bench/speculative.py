@@ -1,7 +1,8 @@
 """Speculative decoding: tokens/s with proposals verified in the decode step, against none.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/speculative.py --shape smollm2=DIR --shape llama1b=DIR \
-        [--tokens 128] [--rounds 2] [--c8-tokens 32] [--copy-model KEY=DIR] [--no-copy | --copy-only]
+        [--tokens 128] [--rounds 2] [--c8-tokens 32] [--draft smollm2=DIR] [--draft-only]
+        [--copy-model KEY=DIR] [--no-copy | --copy-only]
 
 Per shape (a model directory built with `python -m axchat.testing.tiny_model --shape ...`),
 three daemons on the default path (llama.cpp, q8_0), each in its own socket directory:
@@ -26,6 +27,15 @@ of that round's ratio):
   are the corpus paragraphs held out of its training, replies ending at end-of-turn;
 - 8 concurrent streams: aggregate tokens/s, default against off.
 
+Draft models (`--speculate draft`), in a run of their own per shape after those daemons
+stopped: `--speculate off`, the model as its own draft model (`--draft-model` the same
+directory: every guess right, each costing a step of the model itself: the cost side
+of the mechanism, which the planner should decline once measured) and, with `--draft
+KEY=DIR`, that draft model (checked first with `serve --check`: a draft model of another
+vocabulary is reported, not run), on the batch-1 request. `--draft-only` runs just these.
+Random weights guess another model's tokens almost never, so `draft_speedup` is what a
+wrong draft model costs, not what a trained one gains.
+
 tokens/s is client side: completion tokens / (done - first delta). Prints ONE JSON
 object; progress goes to stderr; any failure exits 1.
 """
@@ -36,6 +46,8 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import cli
-from harness.daemon import Daemon
+from harness.daemon import Daemon, bench_env
 from harness.machine import LoadAtStart, model_info
 from harness.numbers import rnd
 from harness.output import BenchError, Log, run_main
@@ -62,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=128, help="greedy tokens of each batch-1 request (default 128)")
     p.add_argument("--c8-tokens", type=int, default=32, help="greedy tokens of each of the 8 streams (default 32)")
     p.add_argument("--rounds", type=int, default=2, help="rounds of the interleaved run (default 2)")
+    p.add_argument("--draft", action="append", default=[], help="KEY=DIR: a draft model for shape KEY (repeatable)")
+    p.add_argument("--draft-only", action="store_true", help="only the draft-model measurements")
     p.add_argument("--copy-model", action="append", default=[], help="KEY=DIR, the copy model of a shape "
                    "(default: `python -m axchat.testing.copy_model`'s for the shape's random model, built and cached on first use)")
     p.add_argument("--copy-tokens", type=int, default=256, help="most tokens of a copy reply (default 256)")
@@ -71,9 +85,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     try:
         args.shapes = dict(item.split("=", 1) for item in args.shape)
+        args.drafts = dict(item.split("=", 1) for item in args.draft)
         args.copy_models = dict(item.split("=", 1) for item in args.copy_model)
     except ValueError:
-        p.error("--shape and --copy-model take KEY=DIR")
+        p.error("--shape, --draft and --copy-model take KEY=DIR")
     return args
 
 
@@ -83,6 +98,7 @@ class Run:
     tok_s: float
     proposed: int
     accepted: int
+    ttft_ms: float = 0.0
 
 
 async def one(socket: str, request: Any, timeout_s: float) -> Run:
@@ -102,7 +118,7 @@ async def one(socket: str, request: Any, timeout_s: float) -> Run:
                     raise BenchError(f"done with error {ev.error.code}: {ev.error.message}")
                 elapsed = time.monotonic() - (first or time.monotonic())
                 tok_s = len(ids) / elapsed if elapsed > 0 else 0.0
-                return Run(ids, tok_s, ev.stats.draft_proposed, ev.stats.draft_accepted)
+                return Run(ids, tok_s, ev.stats.draft_proposed, ev.stats.draft_accepted, ev.stats.ttft_ms)
             elif isinstance(ev, v1.Error):
                 raise BenchError(f"error {ev.code}: {ev.message}")
     raise BenchError("stream ended without done")
@@ -289,18 +305,75 @@ async def measure_copy(daemons: dict[str, Daemon], model: Path, args: argparse.N
     }
 
 
+def bench_draft(key: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The draft-model keys of one shape (module docstring)."""
+    out: dict[str, Any] = {}
+    serve = {"off": ["--speculate", "off"], "self": ["--draft-model", model]}
+    draft = args.drafts.get(key)
+    if draft is not None:
+        draft = str(cli.model_dir(draft))
+        check = subprocess.run(
+            [sys.executable, "-m", "axchat", "serve", "--check", "--model", model, "--draft-model", draft],
+            capture_output=True, text=True, env=bench_env(), timeout=args.ready_timeout,
+        )  # fmt: skip
+        if check.returncode == 0:
+            serve["draft"] = ["--draft-model", draft]
+        else:
+            out["draft_refused"] = (check.stderr.strip().splitlines() or ["(no output)"])[-1]
+    daemons = {name: Daemon(model, [*flags, *args.serve_arg], log, f"{key} {name}") for name, flags in serve.items()}
+    try:
+        out["draft_threads_pinned"] = start_pinned(daemons, args)
+        runs = asyncio.run(measure_draft({k: d.socket for k, d in daemons.items()}, args))
+    finally:
+        for d in daemons.values():
+            d.finish()
+    keys = {"self": ("draft_self_speedup", "draft_self_acceptance"), "draft": ("draft_speedup", "acceptance_draft")}
+    for name, (key_speedup, key_acceptance) in keys.items():
+        if name in runs:
+            proposed = sum(r.proposed for r in runs[name])
+            out[key_speedup] = rnd(statistics.median(a.tok_s / b.tok_s for a, b in zip(runs[name], runs["off"], strict=True)), 3)
+            out[key_acceptance] = rnd(sum(r.accepted for r in runs[name]) / proposed, 3) if proposed else None
+    out["draft_tok_s"] = {name: [rnd(r.tok_s, 2) for r in rs] for name, rs in runs.items()}
+    # The draft model reads each prompt with the model: in the time to the first token.
+    out["draft_ttft_ms"] = {name: [rnd(r.ttft_ms, 1) for r in rs] for name, rs in runs.items()}
+    out["draft_proposed"] = {name: [r.proposed for r in rs] for name, rs in runs.items()}
+    return out
+
+
+async def measure_draft(sock: dict[str, str], args: argparse.Namespace) -> dict[str, list[Run]]:
+    question = chat(filler(30), args.tokens)
+    for s in sock.values():
+        await one(s, chat(filler(5), 8), args.timeout)  # warm-up, untimed
+    runs: dict[str, list[Run]] = {name: [] for name in sock}
+    reference: list[int] | None = None
+    for r in range(args.rounds):
+        for name in list(sock) if r % 2 == 0 else reversed(list(sock)):
+            run = await one(sock[name], question, args.timeout)
+            reference = reference or run.ids
+            if run.ids != reference:
+                raise BenchError(f"draft {name}: the reply differs from the other daemons'")
+            runs[name].append(run)
+            log(f"round {r + 1}: draft {name}: {run.tok_s:.2f} tok/s, drafts {run.accepted}/{run.proposed}")
+    return runs
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     load = LoadAtStart()
     out: dict[str, Any] = {"tokens": args.tokens, "c8_tokens": args.c8_tokens, "rounds": args.rounds}
     for key, given in args.shapes.items():
         model = cli.model_dir(given)
         log(f"shape {key}: {model}")
-        out[key] = {"model": model_info(model), **({} if args.copy_only else bench_shape(key, str(model), args))}
-        copier = None if args.no_copy else copier_for(key, model, args)
-        copied = bench_copy(key, copier, args) if copier is not None else {}
-        # The copy-heavy workload's figures are the shape's n-gram figures.
-        out[key].update(ngram_speedup=copied.pop("ngram_speedup", None), acceptance_ngram=copied.pop("acceptance_ngram", None))
-        out[key]["copy"] = copied or None
+        out[key] = {"model": model_info(model)}
+        if not (args.draft_only or args.copy_only):
+            out[key].update(bench_shape(key, str(model), args))
+        if not args.copy_only:
+            out[key].update(bench_draft(key, str(model), args))
+        if not (args.no_copy or args.draft_only):
+            copier = copier_for(key, model, args)
+            copied = bench_copy(key, copier, args) if copier is not None else {}
+            # The copy-heavy workload's figures are the shape's n-gram figures.
+            out[key].update(ngram_speedup=copied.pop("ngram_speedup", None), acceptance_ngram=copied.pop("acceptance_ngram", None))
+            out[key]["copy"] = copied or None
     out["machine"] = load.machine()
     out["notes"] = load.notes()
     return out

@@ -10,12 +10,22 @@ at least 1000 items, so the grammar is still open after --tokens tokens and ever
 is masked). Free and constrained alternate within each round, in alternating order, so
 drift in machine load hits both alike; each figure is the median over rounds.
 
+Speculation (the daemon's default n-gram mode, in which a constrained greedy stream
+proposes the tokens its grammar forces and n-gram guesses the grammar allows): a second
+daemon with `--speculate off` runs beside the first, and each round also sends one
+batch-1 request to each (alternating which goes first) constrained by a schema of long
+property names (an array of at least 1000 objects, so it is still open after --tokens
+tokens; the names are forced, the values free).
+
 Keys: `constrained_over_free_bB` = aggregate decode tokens/s constrained / free at
 batch B; `ttft_ratio` = median client-side first-token time constrained / free at the
 smallest batch (it includes the constraint's check and compile). `mask_ms_per_step_bB`:
 the constraint's own work per decode step of B streams, timed in this process on the
 model's vocabulary (B masks filled together, then B masked greedy choices from random
-rows), independent of the daemon's timings.
+rows), independent of the daemon's timings. `speculation_b1`: `speedup` = median over
+rounds of that round's tokens/s with speculation over without, `tok_s` of each, and the
+speculating daemon's proposed and accepted tokens per request (`accepted_share`:
+accepted / completion tokens).
 
 Prints ONE JSON object on stdout; progress goes to stderr. Any failure exits 1.
 """
@@ -56,6 +66,23 @@ SCHEMA = {
     },
 }
 
+# Long names forced between short free values: what a form-filling or extraction schema looks like.
+LONG_NAMES = {
+    "type": "array",
+    "minItems": 1000,
+    "items": {
+        "type": "object",
+        "properties": {
+            "customer_full_name": {"type": "string", "maxLength": 12},
+            "shipping_address_first_line": {"type": "string", "maxLength": 16},
+            "order_total_in_whole_cents": {"type": "integer", "minimum": 0, "maximum": 99999},
+            "express_delivery_requested": {"type": "boolean"},
+        },
+        "required": ["customer_full_name", "shipping_address_first_line", "order_total_in_whole_cents", "express_delivery_requested"],
+        "additionalProperties": False,
+    },
+}
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = cli.parser("structured", __doc__)
@@ -71,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def one_batch(socket: str, n: int, constrained: bool, args: argparse.Namespace, tag: str) -> dict[str, float]:
+async def one_batch(socket: str, n: int, constrained: bool, args: argparse.Namespace, tag: str, schema: Any = SCHEMA) -> dict[str, float]:
     from axchat.aclient import AsyncClient
     from axchat.protocol import v1
 
@@ -83,7 +110,7 @@ async def one_batch(socket: str, n: int, constrained: bool, args: argparse.Names
             text = filler(args.prompt_words, salt=f"{tag}-{i}")  # no two prompts alike: no cache hits
             gen = v1.Generate(messages=[v1.ChatMessage(role="user", content=text)], sampling=greedy(args.tokens))
             if constrained:
-                gen.constraint = v1.Constraint(kind="json_schema", schema=json.dumps(SCHEMA))
+                gen.constraint = v1.Constraint(kind="json_schema", schema=json.dumps(schema))
             reqs.append(gen)
         recs: list[Stream] = await asyncio.gather(
             *(stream(c, r, args.timeout, f"{tag} client {i + 1}") for i, (c, r) in enumerate(zip(clients, reqs, strict=True)))
@@ -93,15 +120,29 @@ async def one_batch(socket: str, n: int, constrained: bool, args: argparse.Names
     start = min(r.first for r in recs if r.first is not None)
     end = max(r.done_at for r in recs if r.done_at is not None)
     total = sum(r.completion_tokens for r in recs)
-    return {"agg_tok_s": total / (end - start), "ttft_ms": statistics.median(r.ttft_ms() or 0.0 for r in recs)}
+    stats = [r.done.stats for r in recs if r.done is not None and r.done.stats is not None]
+    return {
+        "agg_tok_s": total / (end - start),
+        "ttft_ms": statistics.median(r.ttft_ms() or 0.0 for r in recs),
+        "proposed": sum(st.draft_proposed for st in stats) / n,
+        "accepted": sum(st.draft_accepted for st in stats) / n,
+        "completion": total / n,
+    }
 
 
-async def run_all(socket: str, args: argparse.Namespace) -> dict[str, Any]:
+async def run_all(socket: str, off_socket: str, args: argparse.Namespace) -> dict[str, Any]:
     log("warm-up (untimed): free and constrained, at the largest batch")
+    short = argparse.Namespace(**{**vars(args), "tokens": 4})
     for constrained in (False, True):
-        await one_batch(socket, max(args.batch_sizes), constrained, argparse.Namespace(**{**vars(args), "tokens": 4}), "warm")
+        await one_batch(socket, max(args.batch_sizes), constrained, short, "warm")
+    await one_batch(off_socket, 1, True, short, "warm-off", LONG_NAMES)
     runs: dict[str, list[dict[str, float]]] = {}
     for r in range(args.rounds):
+        order = (("spec_on_b1", socket), ("spec_off_b1", off_socket))
+        for key, sock in order if r % 2 == 0 else order[::-1]:
+            res = await one_batch(sock, 1, True, args, f"r{r}-{key}", LONG_NAMES)
+            runs.setdefault(key, []).append(res)
+            log(f"round {r + 1}/{args.rounds} {key}: {res['agg_tok_s']:.1f} tok/s, accepted {res['accepted']:.0f}/{res['proposed']:.0f}")
         for n in args.batch_sizes:
             order = (False, True) if (r + n) % 2 == 0 else (True, False)
             for constrained in order:
@@ -148,11 +189,16 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = cli.model_dir(args.model)
     load = LoadAtStart()
     daemon = Daemon(str(model_dir), args.serve_arg, log)
+    off = Daemon(str(model_dir), ["--speculate", "off", *args.serve_arg], log, "speculate off")
     try:
         daemon.start(args.ready_timeout)
-        runs = asyncio.run(run_all(daemon.socket, args))
+        off.start(args.ready_timeout)
+        runs = asyncio.run(run_all(daemon.socket, off.socket, args))
     finally:
-        warnings = daemon.finish()
+        try:
+            warnings = daemon.finish()
+        finally:
+            warnings += off.finish()
     med = statistics.median
     out: dict[str, Any] = {}
     for n in args.batch_sizes:
@@ -166,6 +212,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     con_ttft = med(c["ttft_ms"] for c in runs[f"constrained_b{lo}"])
     out["ttft_ratio"] = rnd(con_ttft / free_ttft, 3) if free_ttft else None
     out["ttft_ms"] = {"free": rnd(free_ttft), "constrained": rnd(con_ttft), "batch": lo}
+    on, off_runs = runs["spec_on_b1"], runs["spec_off_b1"]
+    out["speculation_b1"] = {
+        "speedup": rnd(med(a["agg_tok_s"] / b["agg_tok_s"] for a, b in zip(on, off_runs, strict=True)), 3),
+        "tok_s": {"on": rnd(med(a["agg_tok_s"] for a in on), 1), "off": rnd(med(b["agg_tok_s"] for b in off_runs), 1)},
+        "proposed": rnd(med(a["proposed"] for a in on), 1),
+        "accepted": rnd(med(a["accepted"] for a in on), 1),
+        "accepted_share": rnd(med(a["accepted"] / a["completion"] for a in on), 3),
+    }
     return {
         **out,
         "runs": {k: [{kk: rnd(vv, 2) for kk, vv in v.items()} for v in vs] for k, vs in runs.items()},

@@ -30,6 +30,7 @@ from axchat.protocol.v1 import (
     FinishReason,
     Sampling,
     ToolCall,
+    ToolCallPiece,
 )
 
 
@@ -189,6 +190,7 @@ class TextOut(_Internal, tag="text"):
     rid: int
     text: str
     token_ids: list[int]
+    tool_calls: list[ToolCallPiece] = []
 
 
 class Finished(_Internal, tag="finished"):

@@ -26,7 +26,7 @@ from axchat.actors.device.waiting_line import WaitingLine
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prefix_affinity import PrefixAffinity, block_fingerprints
 from axchat.actors.status import DeviceSection
-from axchat.protocol.v1 import DeviceStatus, FinishReason, RequestInfo
+from axchat.protocol.v1 import DeviceState, DeviceStatus, FinishReason, RequestInfo
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +324,7 @@ class PlacerActor(Actor):
         reports = list(round_.reports.values())
         now = time.monotonic()
         statuses = []
+        state: DeviceState
         for name, device in self._devices.items():
             report = round_.reports.get(name)
             state, reason = "down", device.reason

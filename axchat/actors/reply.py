@@ -29,7 +29,7 @@ class ReplyActor(Actor):
 
     async def handle(self, msg: m.ActorMessage) -> None:
         if isinstance(msg, m.TextOut):
-            await self._out(msg.rid, v1.Delta(text=msg.text, token_ids=msg.token_ids), final=False)
+            await self._out(msg.rid, v1.Delta(text=msg.text, token_ids=msg.token_ids, tool_calls=msg.tool_calls), final=False)
         elif isinstance(msg, m.QueuePosition):
             await self._out(msg.rid, v1.Queued(position=msg.position), final=False)
         elif isinstance(msg, m.Loading):

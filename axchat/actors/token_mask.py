@@ -13,7 +13,7 @@ from typing import Any
 
 import llguidance as llg
 import numpy as np
-from llguidance.numpy import fill_next_token_bitmask_par
+from llguidance.numpy import fill_next_token_bitmask_par, fill_next_token_bitmask_par_with_draft_tokens
 
 from axchat.actors import grammar
 
@@ -63,16 +63,35 @@ def compile_matcher(vocab: ConstraintVocab, grammar_text: str) -> llg.LLMatcher:
 
 
 class TokenMask:
-    """One request's matcher and the mask of its next token."""
+    """One request's matcher and the mask of its next token, and, for a greedy stream
+    that proposed tokens (grammar_drafts.py), the masks after each of them: filled in the
+    same trip as the next token's, so a step verifying a proposal chooses each of its
+    rows under that row's own mask."""
 
-    __slots__ = ("_n", "bits", "failed", "filled", "matcher")
+    __slots__ = ("_at", "_n", "_rows", "ahead", "failed", "filled", "matcher")
 
     def __init__(self, matcher: llg.LLMatcher, vocab_size: int) -> None:
         self.matcher = matcher
         self._n = vocab_size
-        self.bits = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
+        self._rows = np.zeros((1, (vocab_size + 31) // 32), dtype=np.int32)
+        self._at = 0  # the row of the next token's mask
+        self.ahead: list[int] = []  # proposed tokens after the next one: row _at + i + 1 follows ahead[: i + 1]
         self.filled = False
         self.failed: str | None = None  # why the grammar cannot go on
+
+    @property
+    def bits(self) -> np.ndarray:
+        """The next token's mask, a bit per token id."""
+        return self._rows[self._at]
+
+    def expect(self, proposal: Sequence[int]) -> list[int]:
+        """Have the next fill also give the masks after each token of `proposal`; returns
+        the part of it the grammar allows, the rest dropped (never verified)."""
+        self.filled, self._at = False, 0
+        self.ahead = list(proposal[: self.matcher.validate_tokens(list(proposal))]) if proposal and self.failed is None else []
+        if len(self.ahead) >= self._rows.shape[0]:  # grows to the longest proposal once
+            self._rows = np.zeros((len(self.ahead) + 1, self._rows.shape[1]), dtype=np.int32)
+        return list(self.ahead)  # a copy: choices consume `ahead` as the step's rows are verified
 
     def allowed(self, row: np.ndarray) -> np.ndarray:
         """A copy of `row` with every token the grammar forbids at -inf."""
@@ -87,7 +106,12 @@ class TokenMask:
         return out
 
     def consume(self, token: int) -> None:
-        self.filled = False
+        if self.filled and self.ahead and self.ahead[0] == token:
+            self._at += 1  # the proposal's next mask is this state's: still filled
+            del self.ahead[0]
+        else:
+            self.filled, self._at = False, 0
+            self.ahead.clear()
         if self.failed is None and not self.matcher.consume_token(token):
             self.failed = self.matcher.get_error() or f"token {token} does not continue the reply"
 
@@ -134,15 +158,39 @@ def _llg_executor() -> llg.LLExecutor:
 
 
 def fill_together(masks: Sequence[TokenMask]) -> None:
-    """Fill the next-token mask of each of `masks` not yet filled, in one parallel call."""
+    """Fill the next-token mask of each of `masks` not yet filled, and the masks after
+    each token it expects (`TokenMask.expect`), in one parallel call: llguidance steps
+    each matcher through its proposal and back."""
     todo = [mask for mask in masks if not mask.filled and mask.failed is None]
     if not todo:
         return
-    words = todo[0].bits.size
-    batch = np.zeros((len(todo), words), dtype=np.int32)
-    fill_next_token_bitmask_par(_llg_executor(), [(mask.matcher, i) for i, mask in enumerate(todo)], batch)
-    for i, mask in enumerate(todo):
-        mask.bits[:] = batch[i]
+    starts, rows = [], 0
+    for mask in todo:
+        starts.append(rows)
+        rows += 1 + len(mask.ahead)
+    batch = _batch(rows, todo[0].bits.size)
+    pairs = list(zip(todo, starts, strict=True))
+    plain = [(mask.matcher, at) for mask, at in pairs if not mask.ahead]
+    ahead = [(mask.matcher, at, mask.ahead) for mask, at in pairs if mask.ahead]
+    if plain:  # (llguidance refuses an empty proposal)
+        fill_next_token_bitmask_par(_llg_executor(), plain, batch)
+    if ahead:
+        fill_next_token_bitmask_par_with_draft_tokens(_llg_executor(), ahead, batch)
+    for mask, at in zip(todo, starts, strict=True):
+        n = 1 + len(mask.ahead)
+        mask._rows[:n] = batch[at : at + n]
+        mask._at = 0
         mask.filled = True
         if mask.matcher.is_error():
             mask.failed = mask.matcher.get_error() or "the grammar failed"
+
+
+def _batch(rows: int, words: int) -> np.ndarray:
+    """The fill's target, kept per thread and grown as needed (no allocation a step)."""
+    buf: np.ndarray | None = getattr(_local, "masks", None)
+    if buf is None or buf.shape[0] < rows or buf.shape[1] != words:
+        buf = np.zeros((max(rows, 2 * (buf.shape[0] if buf is not None else 1)), words), dtype=np.int32)
+        _local.masks = buf
+    out = buf[:rows]
+    out.fill(0)
+    return out

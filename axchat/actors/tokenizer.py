@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from axchat.actors import messages as m
+from axchat.actors.call_stream import ToolReply
 from axchat.actors.chat_template import ChatTemplateError
 from axchat.actors.constraint_check import ConstraintChecker
 from axchat.actors.detokenizer import IncrementalDetokenizer, StopMatcher
@@ -23,9 +25,9 @@ from axchat.actors.grammar import Compiled
 from axchat.actors.mailbox import Actor, Bus, Supervisor
 from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_chars, prompt_field
 from axchat.actors.token_mask import ConstraintVocab
-from axchat.actors.tool_syntax import CallSplitter, template_knows_tools, tools_preamble
-from axchat.actors.tool_turns import calls_of, template_message, template_tools
-from axchat.protocol.v1 import ChatMessage
+from axchat.actors.tool_syntax import template_knows_tools, tools_preamble
+from axchat.actors.tool_turns import template_message, template_tools
+from axchat.protocol.v1 import ChatMessage, ToolCallPiece, merged_pieces
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ class _Stream:
     tokenize_ms: float
     detok: IncrementalDetokenizer
     stops: StopMatcher
-    calls: CallSplitter | None = None  # a tools request: its calls' text, kept from the deltas
+    calls: ToolReply | None = None  # a tools request: its calls, apart from the deltas' text
     pending_ids: list[int] = field(default_factory=list)
     emitted_tokens: int = 0
 
@@ -129,7 +131,8 @@ class TokenizerActor(Actor):
         try:
             async with self._client_turn(msg.client):
                 if msg.rid in self._cancelled_while_encoding:
-                    ids, trimmed = [], 0  # cancelled while waiting its turn: no work at all
+                    ids: list[int] = []
+                    trimmed = 0  # cancelled while waiting its turn: no work at all
                 else:
                     ids, trimmed = await asyncio.get_running_loop().run_in_executor(
                         self._pool, self._encode_blocking, msg.messages, msg.prompt, reserve, tools
@@ -161,7 +164,9 @@ class TokenizerActor(Actor):
             tokenize_ms=tokenize_ms,
             detok=IncrementalDetokenizer(self._tok, ids),
             stops=StopMatcher(msg.sampling.stop),
-            calls=CallSplitter(self._constraints.syntax) if isinstance(compiled, Compiled) and compiled.tools else None,
+            calls=ToolReply(self._constraints.syntax, f"{os.getpid():x}{msg.rid:x}")
+            if isinstance(compiled, Compiled) and compiled.tools
+            else None,
         )
         await self.send(
             "device",
@@ -264,24 +269,30 @@ class TokenizerActor(Actor):
         # Decoding one token's window takes microseconds; an executor hop would cost
         # more than the work, so this stays on the loop.
         text = ""
+        calls: list[ToolCallPiece] = []
         for token_id in msg.token_ids:
             stream.emitted_tokens += 1
             stream.pending_ids.append(token_id)
             piece = stream.stops.feed(stream.detok.push(token_id))
-            text += stream.calls.feed(piece) if stream.calls is not None else piece
+            if stream.calls is None:
+                text += piece
+            else:
+                shown, more = stream.calls.feed(piece)
+                text += shown
+                calls += more
             if stream.stops.stopped:
                 await self.send("device", m.StopSequence(rid=msg.rid, completion_tokens=stream.emitted_tokens))
                 break  # the rest come after the stop string: never shown or counted
         # A token that adds no text and holds nothing back (one the tokenizer cannot
         # spell, say) still gets its delta, so token ids stream as they are made.
         nothing_held = not stream.detok.holding and not stream.stops.holding
-        if text or stream.stops.stopped or nothing_held:
-            await self._emit(msg.rid, stream, text)
+        if text or calls or stream.stops.stopped or nothing_held:
+            await self._emit(msg.rid, stream, text, calls)
 
-    async def _emit(self, rid: int, stream: _Stream, text: str) -> None:
+    async def _emit(self, rid: int, stream: _Stream, text: str, calls: list[ToolCallPiece] | None = None) -> None:
         ids, stream.pending_ids = stream.pending_ids, []
-        if text or ids:
-            await self.send("reply", m.TextOut(rid=rid, text=text, token_ids=ids))
+        if text or ids or calls:
+            await self.send("reply", m.TextOut(rid=rid, text=text, token_ids=ids, tool_calls=merged_pieces(calls or [])))
 
     async def _ended(self, msg: m.Ended) -> None:
         stream = self._streams.pop(msg.rid, None)
@@ -290,10 +301,13 @@ class TokenizerActor(Actor):
         if not stream.stops.stopped:
             tail = stream.stops.feed(stream.detok.flush())  # a stop string may complete here
             tail += stream.stops.flush()
+            calls: list[ToolCallPiece] = []
             if stream.calls is not None:
-                tail = stream.calls.feed(tail) + stream.calls.flush()
-            if tail or stream.pending_ids:
-                await self._emit(msg.rid, stream, tail)
+                tail, calls = stream.calls.feed(tail)
+                held, last = stream.calls.flush()
+                tail, calls = tail + held, calls + last
+            if tail or stream.pending_ids or calls:
+                await self._emit(msg.rid, stream, tail, calls)
         # The device ends a turn where a reported stop string says, but it may have ended
         # first (its end-of-turn token or length limit came in the same run of tokens,
         # or the stop string completed in the last bytes): the same rule settles it here.
@@ -317,7 +331,7 @@ class TokenizerActor(Actor):
                 timings=msg.timings,
                 error=msg.error,
                 device="" if msg.device == "device" else msg.device,
-                tool_calls=calls_of(stream.calls, msg.rid),
+                tool_calls=stream.calls.calls if stream.calls is not None else [],
             ),
         )
 

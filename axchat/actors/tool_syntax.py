@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from axchat.protocol.v1 import ToolCall
-
 
 @dataclass(frozen=True)
 class ToolSyntax:
@@ -106,24 +104,3 @@ def _partial_suffix(text: str, opening: str) -> int:
         if opening.startswith(text[-n:]):
             return n
     return 0
-
-
-def parse_calls(calls_text: str, syntax: ToolSyntax, id_prefix: str) -> list[ToolCall]:
-    """The calls in `calls_text` (from the first opening on); a call cut short (the
-    reply hit its length) is left out."""
-    calls: list[ToolCall] = []
-    decoder = json.JSONDecoder()
-    rest = calls_text
-    while True:
-        at = rest.find(syntax.opening)
-        if at < 0:
-            return calls
-        start = at + len(syntax.opening) - (1 if syntax.opening.endswith("{") else 0)
-        try:
-            obj, end = decoder.raw_decode(rest, start)
-        except json.JSONDecodeError:
-            return calls
-        if isinstance(obj, dict) and isinstance(obj.get("name"), str):
-            args = obj.get(syntax.args_key, {})
-            calls.append(ToolCall(id=f"call_{id_prefix}_{len(calls)}", name=obj["name"], arguments=json.dumps(args)))
-        rest = rest[end:]

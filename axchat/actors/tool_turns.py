@@ -1,15 +1,13 @@
 """Tool use as the chat template sees it: the tools offered, the calls an assistant
-turn made and the `tool` messages answering them, in Hugging Face's message shape; and
-the calls read back out of a reply."""
+turn made and the `tool` messages answering them, in Hugging Face's message shape."""
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
-from axchat.actors.tool_syntax import CallSplitter, ToolSyntax, parse_calls
-from axchat.protocol.v1 import ChatMessage, Constraint, ToolCall
+from axchat.actors.tool_syntax import ToolSyntax
+from axchat.protocol.v1 import ChatMessage, Constraint
 
 
 def template_tools(constraint: Constraint | None) -> list[dict[str, Any]]:
@@ -53,10 +51,3 @@ def _arguments(text: str) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         return text
-
-
-def calls_of(splitter: CallSplitter | None, rid: int) -> list[ToolCall]:
-    """The calls a finished reply made, each with an id unique to this daemon's run."""
-    if splitter is None or splitter.calls_text is None:
-        return []
-    return parse_calls(splitter.calls_text, splitter.syntax, f"{os.getpid():x}{rid:x}")

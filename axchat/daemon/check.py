@@ -47,8 +47,14 @@ def check(cfg: ServeConfig) -> str:
         raise CheckFailed(unreadable)
 
     backend, _ = choose_backend(cfg, resolved.source)
+    from axchat.daemon.draft_choice import DraftRefused, draft_source
+
+    try:
+        draft = draft_source(cfg, backend)
+    except DraftRefused as exc:
+        raise CheckFailed(str(exc)) from None
     if backend == "llamacpp":
-        return _check_llamacpp(cfg, resolved.source, resolved.aliases[0], endpoint)
+        return _check_llamacpp(cfg, resolved.source, resolved.aliases[0], endpoint, draft)
     if backend != "torch":
         raise CheckFailed(f"unknown backend {cfg.backend!r}")
     from axchat.actors.backends.torch_engine import load as torch_load
@@ -63,7 +69,7 @@ def check(cfg: ServeConfig) -> str:
     return f"ok: model {model}, device {device}, dtype {dtype}, socket {ep.describe(endpoint)}"
 
 
-def _check_llamacpp(cfg: ServeConfig, source: str, name: str, endpoint: str) -> str:
+def _check_llamacpp(cfg: ServeConfig, source: str, name: str, endpoint: str, draft: str | None) -> str:
     from axchat.actors.backends import ModelLoadError, registry
     from axchat.actors.backends.llamacpp.load import find_gguf, is_llama_family, read_metadata, weight_type
 
@@ -85,4 +91,32 @@ def _check_llamacpp(cfg: ServeConfig, source: str, name: str, endpoint: str) -> 
             weights, kind = f"{weight_type(cfg.quant, cfg.dtype)} GGUF", read_config(Path(source)).get("model_type")
     except (ModelLoadError, ModelFileError, OSError) as exc:
         raise CheckFailed(str(exc)) from None
-    return f"ok: model {name} ({kind}), backend llamacpp, device cpu, weights {weights}, socket {ep.describe(endpoint)}"
+    drafting = ""
+    if draft is not None:
+        _check_draft_vocabulary(source, cfg.draft_model or draft, draft)
+        drafting = f", draft model {cfg.draft_model}"
+    return f"ok: model {name} ({kind}), backend llamacpp, device cpu, weights {weights}{drafting}, socket {ep.describe(endpoint)}"
+
+
+def _check_draft_vocabulary(source: str, named: str, draft: str) -> None:
+    """The load's refusal of a draft model of another vocabulary, before any conversion:
+    a Hugging Face directory is read as the conversion would write it."""
+    from axchat.actors.backends.llamacpp import same_vocabulary
+    from axchat.actors.backends.llamacpp.engine import EngineError
+    from axchat.actors.backends.llamacpp.gguf_convert import ConversionError
+    from axchat.actors.backends.llamacpp.load import find_gguf, is_llama_family, refused_draft
+
+    def read(model: str) -> same_vocabulary.Vocabulary:
+        gguf = find_gguf(model)
+        if gguf is not None:
+            return same_vocabulary.of_gguf(gguf)
+        if not is_llama_family(model):
+            raise CheckFailed(f"--draft-model {named} is neither a GGUF file nor a Llama-family model directory")
+        return same_vocabulary.of_hf_dir(Path(model).expanduser())
+
+    try:
+        why = same_vocabulary.difference(read(source), read(draft))
+    except (EngineError, ConversionError, OSError, KeyError, ValueError) as exc:
+        raise CheckFailed(f"--draft-model {named}: cannot read a vocabulary: {exc}") from None
+    if why is not None:
+        raise CheckFailed(refused_draft(named, why))

@@ -27,7 +27,8 @@ BACKEND_CHOICES = ("auto", "llamacpp", "torch", "aipu")
 # llamacpp weight types; "auto": the float type an explicit --dtype names, else q8_0.
 QUANTS = ("auto", "f32", "f16", "bf16", "q8_0", "q4_k_m")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-SPECULATE_MODES = ("off", "ngram")
+# auto: draft with a draft model, else ngram.
+SPECULATE_MODES = ("auto", "off", "ngram", "draft")
 # Keep-alive of a daemon a client started for you (`--autostarted`), as Ollama does: a
 # per-user daemon nobody asked for should not hold a model's memory all day. A service
 # someone installed keeps its model for ever unless told otherwise.
@@ -71,7 +72,8 @@ class ServeConfig:
     keys_dir: str | None = None  # CURVE keys for a tcp:// socket; None: $XDG_CONFIG_HOME/axchat/keys
     insecure_tcp: bool = False  # a tcp:// socket without CURVE, allowed on loopback only
     devices: int | str = 1  # how many devices to drive, or "all" (daemon/device_group.py)
-    speculate: str = "ngram"  # greedy streams' proposed tokens (actors/device/drafts.py)
+    speculate: str = "auto"  # greedy streams' proposed tokens (actors/device/drafts.py); parse resolves auto
+    draft_model: str | None = None  # llama.cpp: the model that proposes them with --speculate draft
 
 
 class ConfigError(Exception):
@@ -226,6 +228,7 @@ SETTINGS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "insecure_tcp": ("insecure_tcp", _bool),
     "devices": ("devices", _device_count),
     "speculate": ("speculate", _choice(*SPECULATE_MODES)),
+    "draft_model": ("draft_model", _str),
 }
 
 
@@ -336,9 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
         "that many GPUs, cuda:0 up; the CPU is one device. Requests are placed on the device holding their "
         "conversation's prefix, else the least loaded; fairness between clients holds across devices",
         "aipu_runtime": "aipu: real or emulator (default: $AXCHAT_AIPU_RUNTIME, else real)",
-        "speculate": "speculative decoding of greedy requests: off, or ngram (propose the tokens that followed "
-        "the reply's last few tokens earlier in the prompt or reply, verify them in the decode step; output "
-        "unchanged; only with rows the batch has spare) (default: ngram)",
+        "speculate": "speculative decoding of greedy requests: off; ngram (propose the tokens that followed "
+        "the reply's last few tokens earlier in the prompt or reply); or draft (--draft-model proposes them). "
+        "Proposals are verified in the decode step, output unchanged, only with rows the batch has spare "
+        "(default: draft with --draft-model, else ngram)",
+        "draft_model": "llama.cpp: a smaller model with the same vocabulary (a GGUF file, a Hugging Face directory "
+        "or a pulled catalog name) that proposes tokens for --speculate draft, e.g. SmolLM2-135M for SmolLM2-1.7B",
         "tokenizer_dir": "aipu: tokenizer directory (default: <build-root>/tokenizers/<org_model>, else the hub)",
         "keys_dir": "tcp:// sockets: directory with the CURVE server key pair and allowed_clients/ "
         "(default: $XDG_CONFIG_HOME/axchat/keys; make them with `axchat keys`)",
@@ -378,4 +384,8 @@ def parse(argv: list[str], environ: Mapping[str, str] | None = None) -> ServeCon
     cfg = replace(cfg, **flags, check=check)
     if cfg.device == "aipu":
         cfg = replace(cfg, backend="aipu")
+    if cfg.speculate == "auto":
+        cfg = replace(cfg, speculate="draft" if cfg.draft_model else "ngram")
+    if cfg.speculate == "draft" and not cfg.draft_model:
+        raise ConfigError("speculate: draft needs a draft model (draft_model, --draft-model)")
     return cfg

@@ -39,6 +39,8 @@ def load_options(cfg: ServeConfig) -> LoadOptions:
         running_kv_bytes=kv_budget(cfg.running_kv_mb),
         compile=cfg.compile,
         quant=cfg.quant,
+        # Loaded only where it is used: `--speculate off` need not unset a configured one.
+        draft_model=cfg.draft_model if cfg.speculate == "draft" else None,
         build_root=cfg.build_root,
         aipu_device=cfg.aipu_device,
         aipu_runtime=cfg.aipu_runtime,

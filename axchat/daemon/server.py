@@ -33,6 +33,7 @@ from axchat.actors.tokenizer import TokenizerActor, end_of_turn_ids
 from axchat.daemon import curve_auth, device_group, model_load, request_defaults, socket_lock
 from axchat.daemon.backend_choice import choose_backend
 from axchat.daemon.config import ServeConfig
+from axchat.daemon.draft_choice import DraftRefused, draft_source
 from axchat.daemon.frontdoor import FrontDoor
 from axchat.daemon.notify import EXTEND_TIMEOUT_S, Notifier, ping_watchdog
 from axchat.daemon.supervisor import DaemonSupervisor
@@ -188,7 +189,10 @@ async def run(cfg: ServeConfig) -> int:
         backend, why = choose_backend(cfg, model)
         if why:
             log.info("%s", why)
-        cfg = replace(cfg, backend=backend)
+        try:
+            cfg = replace(cfg, backend=backend, draft_model=draft_source(cfg, backend))
+        except DraftRefused as exc:
+            raise StartupError(str(exc)) from None
         log.info(
             "loading %s (backend %s, device %s, dtype %s, keep-alive %s)",
             model,

@@ -29,7 +29,8 @@ PROTOCOL_MAJOR = 1
 # 1.7: speculative decoding's counts, stats.draft_* and status_reply.draft_*_total;
 # status_reply's memory parts (weights_bytes, running_kv_bytes, prefix_kv_bytes);
 # sampling.given.
-PROTOCOL_MINOR = 7
+# 1.8: delta.tool_calls, a tool call's name and arguments as they are made.
+PROTOCOL_MINOR = 8
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
 
 # Default cap on one frame's size; the daemon announces its own in `welcome`.
@@ -189,9 +190,32 @@ class Welcome(_Message, tag="welcome"):
     client_timeout_s: float = 0.0
 
 
+class ToolCallPiece(msgspec.Struct, omit_defaults=True, gc=False):
+    """Part of a call as it streams: its first piece names it, later ones add arguments text."""
+
+    index: int  # which call of the reply, from 0
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+def merged_pieces(pieces: list[ToolCallPiece]) -> list[ToolCallPiece]:
+    """Pieces that came together as few as they can be: a call's arguments text joined."""
+    out: list[ToolCallPiece] = []
+    for piece in pieces:
+        last = out[-1] if out else None
+        if last is not None and last.index == piece.index and not piece.name:
+            out[-1] = ToolCallPiece(index=last.index, id=last.id, name=last.name, arguments=last.arguments + piece.arguments)
+        else:
+            out.append(piece)
+    return out
+
+
 class Delta(_Message, tag="delta"):
     text: str
     token_ids: list[int]
+    # 1.8: pieces of the reply's tool calls; joined per index they make done.tool_calls.
+    tool_calls: list[ToolCallPiece] = []
 
 
 class Usage(msgspec.Struct, gc=False):
@@ -283,12 +307,15 @@ class DaemonState(enum.StrEnum):
     DRAINING = "draining"  # shutting down: admits no new generate
 
 
+DeviceState = Literal["serving", "unloaded", "loading", "down"]
+
+
 class DeviceStatus(msgspec.Struct, gc=False):
     """One device of a daemon that drives several (`--devices`), for `status`."""
 
     name: str  # the daemon's name for it: device-0, device-1, ...
     label: str  # what it is: a card's name, cuda:1
-    state: Literal["serving", "unloaded", "loading", "down"]
+    state: DeviceState
     running: int = 0
     queued: int = 0  # waiting on this device (the daemon's shared line is in StatusReply.queued)
     max_running: int = 0
@@ -375,11 +402,11 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return _encoder.encode(envelope)
 
 
-def decode_envelope(frame: bytes) -> Envelope:
+def decode_envelope(frame: bytes | memoryview) -> Envelope:
     return _envelope_decoder.decode(frame)
 
 
-def decode_client_body(frame: bytes) -> ClientMessage:
+def decode_client_body(frame: bytes | memoryview) -> ClientMessage:
     return _client_decoder.decode(frame)
 
 

@@ -144,7 +144,7 @@ def _pad_vocabulary(tokenizer: PreTrainedTokenizerFast, size: int) -> None:
     for i in range(len(tokenizer), size):
         word = f"\u0120w{i}"  # the byte-level alphabet's space, then the word
         vocab[word if word not in vocab else f"{word}_"] = i
-    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(spec))  # type: ignore[attr-defined]
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(spec))  # type: ignore[attr-defined,assignment]
 
 
 def _build_into(staging: Path, *, seed: int, shape: str) -> None:

@@ -115,17 +115,64 @@ def test_prefill_and_decoding_take_turns() -> None:
 # ------------------------------------------------------------------ grouped prefill
 
 
+# Rows for a burst of 8, as llama.cpp's backend has; and a backend of as many rows that
+# cannot carry prompt in a decode step.
+EIGHT = StepLimits(max_batch=8, prefill_chunk=64, prefix_cache=True, prefill_rows=8, mixed_steps=True)
+UNMIXED = StepLimits(max_batch=8, prefill_chunk=64, prefill_rows=8, mixed_steps=False)
+
+
 def test_newcomers_are_restored_then_prefilled_together() -> None:
+    """Where a decode step cannot carry a prompt, newcomers' short prompts all go in one
+    forward together."""
     stream = decoding(1)
     fresh = [seq(2, 30), seq(3, 11), seq(4, 50)]
-    assert plan([stream, *fresh]) == Restore(tuple(fresh))
+    assert plan([stream, *fresh], UNMIXED) == Restore(tuple(fresh))
     for s in fresh:
         s.started = True  # prefix restore found nothing
-    assert plan([stream, *fresh]) == PrefillGroup(tuple(fresh))
+    assert plan([stream, *fresh], UNMIXED) == PrefillGroup(tuple(fresh))
+
+
+def test_a_burst_goes_half_together_then_one_newcomer_rides_whole_in_each_decode_step() -> None:
+    burst = [seq(i, 60 + i, started=True) for i in range(1, 9)]
+    # An idle device: the first half of the burst in a forward of its own.
+    assert plan(burst, EIGHT) == PrefillGroup(tuple(burst[:4]))
+    for s in burst[:4]:
+        s.prefilled, s.state = len(s.prompt_ids), SeqState.READY
+    # Four streams for four newcomers: each decode step carries the next one's whole
+    # prompt, whichever way the turn stood.
+    for decode_next in (False, True):
+        assert plan(burst, EIGHT, decode_next=decode_next, step_ms=30.0) == DecodeWithChunk(
+            tuple(burst[:4]), burst[4], 65, 30.0
+        )
+    # A newcomer's short prompt rides before a long prompt's next chunk.
+    long = seq(9, 600, started=True, prefilled=64)
+    assert plan([*burst[:5], long], EIGHT) == DecodeWithChunk(tuple(burst[:4]), burst[4], 65, None)
+    # While a stream's token is with the sampler nothing decodes: the newcomer waits
+    # for the step it will ride in, a reply away.
+    burst[0].state = SeqState.SAMPLING
+    assert plan(burst[:6], EIGHT, decode_next=True) is None
+    # With no stream able to step (their grammars still compiling), it goes alone
+    # rather than wait with the device idle.
+    for s in burst[:4]:
+        s.state = SeqState.GRAMMAR
+    assert plan([*burst[:5], long], EIGHT, decode_next=True) == PrefillPiece(burst[4], 65, whole=True)
+
+
+def test_newcomers_outnumbering_the_streams_send_a_lead_group_ahead() -> None:
+    streams = [decoding(i) for i in (1, 2)]
+    newcomers = [seq(i, 20, started=True) for i in range(3, 10)]
+    # Seven newcomers, two streams: half of the five the streams do not outnumber, in a
+    # forward of their own; then the streams' step, carrying the next newcomer.
+    assert plan([*streams, *newcomers], EIGHT) == PrefillGroup(tuple(newcomers[:3]))
+    assert plan([*streams, *newcomers], EIGHT, decode_next=True) == DecodeWithChunk(
+        tuple(streams), newcomers[0], 20, None
+    )
+    assert [planner.lead_group(n, 0, 0) for n in range(1, 9)] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert planner.lead_group(4, 0, 4) == 0 and planner.lead_group(1, 7, 0) == 4
 
 
 def test_a_group_is_bounded_by_padded_tokens_and_rows() -> None:
-    many_rows = StepLimits(max_batch=8, prefill_chunk=64, prefill_rows=8, mixed_steps=True)
+    many_rows = UNMIXED
     width = 120  # four rows padded to this fit the budget; a fifth does not
     assert width <= WHOLE_PROMPT and 4 * width <= GROUP_TOKENS < 5 * width
     stream = decoding(9)  # paused by the group's forward
@@ -133,7 +180,7 @@ def test_a_group_is_bounded_by_padded_tokens_and_rows() -> None:
     assert plan([stream, *wide], many_rows) == PrefillGroup(tuple(wide[:4]))
     # With no stream to pause, rows alone bound it.
     assert plan(wide, many_rows) == PrefillGroup(tuple(wide))
-    two_rows = StepLimits(max_batch=4, prefill_chunk=64, prefill_rows=2, mixed_steps=True)
+    two_rows = StepLimits(max_batch=4, prefill_chunk=64, prefill_rows=2)
     short = [seq(i, 8, started=True) for i in range(1, 5)]
     assert plan(short, two_rows) == PrefillGroup(tuple(short[:2]))
 
@@ -156,10 +203,25 @@ def test_a_mostly_cached_prompt_counts_as_short() -> None:
 def test_an_idle_device_waits_for_a_burst_the_tokenizer_announced() -> None:
     first = [seq(1, 20)]
     # Two more prompts still being encoded: wait for them up to GATHER_S from the start.
-    assert plan(first, arrivals=arrivals(100.0, more=2)) == Wait(100.0 + GATHER_S)
-    assert plan(first, arrivals=arrivals(100.05, more=1, since=100.0)) == Wait(100.0 + GATHER_S)
+    assert plan(first, UNMIXED, arrivals=arrivals(100.0, more=2)) == Wait(100.0 + GATHER_S)
+    assert plan(first, UNMIXED, arrivals=arrivals(100.05, more=1, since=100.0)) == Wait(100.0 + GATHER_S)
     # A burst that never arrives (rejected, say) delays the first only until then.
-    assert plan(first, arrivals=arrivals(100.0 + GATHER_S, more=1, since=100.0)) == Restore(tuple(first))
+    assert plan(first, UNMIXED, arrivals=arrivals(100.0 + GATHER_S, more=1, since=100.0)) == Restore(tuple(first))
+
+
+def test_with_mixed_steps_an_idle_device_waits_only_for_the_lead_group() -> None:
+    """The rest of the burst rides behind the lead group as it comes."""
+    first = [seq(1, 20)]
+    assert plan(first, EIGHT, arrivals=arrivals(100.0, more=2, slots=8)) == Wait(100.0 + GATHER_S)
+    assert plan(first, EIGHT, arrivals=arrivals(100.05, more=1, since=100.0, slots=8)) == Restore(tuple(first))
+    half = [seq(i, 20) for i in range(1, 5)]
+    assert plan(half[:3], EIGHT, arrivals=arrivals(100.0, more=5, slots=8)) == Wait(100.0 + GATHER_S)
+    assert plan(half, EIGHT, arrivals=arrivals(100.0, more=4, slots=8)) == Restore(tuple(half))
+    # The lead group counts the prompts on their way: half of all eight.
+    five = [*half, seq(5, 20)]
+    for s in five:
+        s.started = True
+    assert plan(five, EIGHT, arrivals=arrivals(100.0, more=3, slots=8)) == PrefillGroup(tuple(half))
 
 
 def test_after_a_burst_the_device_goes_once_none_has_come_for_a_quiet_window() -> None:

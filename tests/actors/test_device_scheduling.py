@@ -213,7 +213,10 @@ async def test_long_prompt_is_chunked_between_decode_steps(rig) -> None:  # type
     assert backend.inner.live_sequences() == 0
 
 
+@pytest.mark.parametrize("rig", [True, False], ids=["mixed-steps", "no-mixed-steps"], indirect=True)
 async def test_newcomers_short_prompts_go_in_one_forward_together(rig) -> None:  # type: ignore[no-untyped-def]
+    """Without mixed steps, all in one forward; with them, the newcomers that outnumber
+    the running stream send a lead group ahead and the rest ride whole in its steps."""
     bus, backend, tokenizer, _, telemetry = rig
     sender = Collector(bus, FailLoudly(), "test-sender")
     try:
@@ -224,16 +227,24 @@ async def test_newcomers_short_prompts_go_in_one_forward_together(rig) -> None: 
     finally:
         sender.discard()
 
-    feeds = [c for c in backend.calls if c[0] in ("prefill", "extend", "extend_batch")]
+    feeds = [c for c in backend.calls if c[0] in ("prefill", "extend", "extend_batch", "decode+extend")]
     assert feeds[0] == ("extend", (1,), 8)
-    # All three newcomers, whole prompts, in one forward (prefix restore found nothing).
-    assert feeds[1:] == [("extend_batch", (2, 3, 4), 91)]
+    if backend.capabilities.mixed_steps:
+        # One stream, three newcomers: half of the two it does not outnumber goes
+        # alone, then the next two ride whole, each in the decode step of all before it.
+        assert feeds[1:] == [("extend", (2,), 30), ("decode+extend", (1, 2, 3), 11), ("decode+extend", (1, 2, 3, 4), 50)]
+    else:
+        # All three newcomers, whole prompts, in one forward (prefix restore found nothing).
+        assert feeds[1:] == [("extend_batch", (2, 3, 4), 91)]
     assert any(c[0] == "decode" and set(c[1]) == {1, 2, 3, 4} for c in backend.calls)
     assert all(e.completion_tokens == 6 and e.reason == "length" for e in tokenizer.ended.values())
 
 
 
+@pytest.mark.parametrize("rig", [True, False], ids=["mixed-steps", "no-mixed-steps"], indirect=True)
 async def test_an_idle_device_waits_for_a_burst_the_tokenizer_is_still_encoding(rig) -> None:  # type: ignore[no-untyped-def]
+    """Without mixed steps it waits for the whole burst; with them, for its lead group
+    (half of it), the rest riding behind."""
     bus, backend, tokenizer, device, _ = rig
     device.burst.gather_s = 60.0  # longer than any test: the last arrival, not the deadline, ends the wait
     sender = Collector(bus, FailLoudly(), "test-sender")
@@ -245,9 +256,14 @@ async def test_an_idle_device_waits_for_a_burst_the_tokenizer_is_still_encoding(
     finally:
         sender.discard()
 
-    feeds = [c for c in backend.calls if c[0] in ("prefill", "extend", "extend_batch")]
-    assert feeds == [("extend_batch", (1, 2, 3), 66)]  # one forward for the whole burst
-    assert all(c[0] != "decode" or set(c[1]) == {1, 2, 3} for c in backend.calls)
+    feeds = [c for c in backend.calls if c[0] in ("prefill", "extend", "extend_batch", "decode+extend")]
+    if backend.capabilities.mixed_steps:
+        assert feeds == [("extend_batch", (1, 2), 43), ("decode+extend", (1, 2, 3), 23)]
+        # Then they decode together until the first two, a step ahead, end.
+        assert [set(c[1]) for c in backend.calls if c[0] == "decode"] == [{1, 2, 3}] * 2 + [{3}]
+    else:
+        assert feeds == [("extend_batch", (1, 2, 3), 66)]  # one forward for the whole burst
+        assert all(c[0] != "decode" or set(c[1]) == {1, 2, 3} for c in backend.calls)
 
 
 async def test_a_burst_that_never_arrives_delays_the_first_prompt_only_until_the_deadline(rig) -> None:  # type: ignore[no-untyped-def]

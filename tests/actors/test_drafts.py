@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from axchat.actors.device.drafts import NgramDrafter, OracleDrafter, Speculation, verify
+from axchat.actors.device.drafts import ModelDrafter, NgramDrafter, OracleDrafter, Speculation, proposals, verify
 
 VOCAB = 16
 
@@ -70,3 +72,30 @@ def test_speculation_counts_and_backs_off_when_wrong() -> None:
         spec.settle([9, 9], [0])
     assert spec.outlook(100).acceptance < 0.1
     assert spec.outlook(1).most == 0  # one token left: nothing to propose after it
+
+
+def test_forced_tokens_count_but_leave_the_guesses_odds_alone() -> None:
+    spec = Speculation(NgramDrafter([1, 2, 3]))
+    start = spec.outlook(100).acceptance
+    spec.settle([7, 8, 9], [7, 8, 9, 4], sure=3)  # only forced tokens, all kept
+    assert (spec.proposed, spec.accepted) == (3, 3) and spec.outlook(100).acceptance == start
+    spec.settle([7, 8, 5], [7, 8, 6], sure=2)  # forced tokens kept, the guess after them wrong
+    assert (spec.proposed, spec.accepted) == (6, 5) and spec.outlook(100).acceptance < start
+
+
+def test_a_draft_models_streams_are_guessed_for_in_one_call() -> None:
+    calls: list[tuple[list[int], list[list[int]], list[int], list[int]]] = []
+
+    def model(
+        seq_ids: Sequence[int], histories: Sequence[Sequence[int]], prompts: Sequence[int], lengths: Sequence[int]
+    ) -> list[list[int]]:
+        calls.append((list(seq_ids), [list(h) for h in histories], list(prompts), list(lengths)))
+        return [[seq_id] * k for seq_id, k in zip(seq_ids, lengths, strict=True)]
+
+    a, b, idle = (Speculation(ModelDrafter(rid, [1, 2])) for rid in (7, 8, 9))
+    a.settle((), (3,))  # the stream's first token: the draft model reads it too
+    ngram = Speculation(NgramDrafter([4, 5, 6, 4, 5]))
+    got = proposals([a, None, ngram, b, idle], [2, 3, 1, 1, 0], model)
+    assert got == [[7, 7], [], [6], [8], []]
+    assert calls == [([7, 8], [[1, 2, 3], [1, 2]], [2, 2], [2, 1])]
+    assert proposals([ngram, None], [1, 0]) == [[6], []]  # no draft model's stream: no call

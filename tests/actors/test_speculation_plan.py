@@ -3,6 +3,8 @@ measured step costs it reads."""
 
 from __future__ import annotations
 
+import math
+
 from axchat.actors.device.clock import RowCosts
 from axchat.actors.device.speculation_plan import MAX_DRAFT, StreamOutlook, best_length, draft_lengths, flat_rows
 
@@ -77,6 +79,9 @@ def test_a_new_stream_tries_at_once_and_a_wrong_one_tries_again_when_it_has_paid
 def test_row_costs_are_measured_and_bounded_by_larger_steps() -> None:
     costs = RowCosts()
     assert costs.cost(1, 3) == flat_rows(1, 3)  # nothing measured: the optimistic guess
+    costs.observe(8, 38.0)
+    assert costs.cost(1, 8) == math.inf  # no plain step yet: proposals wait for one
+    assert draft_lengths([StreamOutlook(1.0, 7)], row_budget=8, others_waiting=False, cost=costs.cost) == [0]
     costs.observe(1, 10.0)
     costs.observe(8, 38.0)
     assert costs.cost(1, 8) == 3.8
@@ -84,3 +89,16 @@ def test_row_costs_are_measured_and_bounded_by_larger_steps() -> None:
     assert costs.cost(8, 9) == flat_rows(8, 9)  # beyond them: the guess from the last
     costs.observe(8, 90.0)  # slowed by other work: the fastest recent step stands
     assert costs.cost(1, 8) == 3.8
+
+
+def test_forced_tokens_are_priced_as_sure_and_dealt_first() -> None:
+    dear = lambda k: cpu_like(1, 1 + k)  # noqa: E731
+    assert best_length(0.0, 8, dear) == 0
+    assert best_length(0.0, 8, dear, sure=7) == 7  # 8 tokens for 4 steps' cost, every one of them
+    assert best_length(0.0, 8, dear, sure=1) == 0  # 2 tokens for 2 steps' cost: not worth it
+    forced = StreamOutlook(acceptance=0.0, most=100, since_tried=0, sure=3)
+    guessing = StreamOutlook(acceptance=0.9, most=100, since_tried=0)
+    # 4 spare rows: the forced stream's 3 sure ones first, the guesser gets what is left.
+    assert draft_lengths([guessing, forced], row_budget=6, others_waiting=False) == [1, 3]
+    assert draft_lengths([guessing, guessing], row_budget=6, others_waiting=False) == [2, 2]
+    assert draft_lengths([forced] * 8, row_budget=8, others_waiting=False) == [0] * 8  # still only spare rows

@@ -207,5 +207,16 @@ def test_speculation_is_on_unless_turned_off(layout: tuple[Path, Path, dict[str,
     user.write_text('speculate = "off"\n')
     assert parse([], env).speculate == "off"
     assert parse(["--speculate", "ngram"], env).speculate == "ngram"
-    with pytest.raises(ConfigError, match="speculate"):
+    with pytest.raises(ConfigError, match="speculate: draft needs a draft model"):
         parse(["--speculate", "draft"], env)
+
+
+def test_a_draft_model_means_draft_speculation_unless_another_mode_is_named(layout: tuple[Path, Path, dict[str, str]]) -> None:
+    _, user, env = layout
+    user.write_text('draft_model = "/srv/models/SmolLM2-135M-Instruct"\n')
+    cfg = parse([], env)
+    assert (cfg.speculate, cfg.draft_model) == ("draft", "/srv/models/SmolLM2-135M-Instruct")
+    assert parse(["--speculate", "off"], env).speculate == "off"  # the configured draft model goes unloaded
+    assert parse(["--draft-model", "small.gguf"], {**env, "AXCHAT_SPECULATE": "ngram"}).speculate == "ngram"
+    with pytest.raises(ConfigError, match="speculate: expected one of"):
+        parse(["--speculate", "model"], env)

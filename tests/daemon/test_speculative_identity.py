@@ -79,6 +79,20 @@ def run(d: DaemonProcess, request: v1.Generate, rid: str = "r") -> Reply:
         client.close()
 
 
+def on_one_connection(d: DaemonProcess, requests: list[v1.Generate]) -> list[Reply]:
+    """The replies to `requests`, one after the other on one connection (whose kept
+    prefixes are its own)."""
+    client = RawClient(d.socket)
+    try:
+        replies = []
+        for i, request in enumerate(requests):
+            client.send(f"t{i}", request)
+            replies.append(Reply(*collect(client, f"t{i}")))
+    finally:
+        client.close()
+    return replies
+
+
 def same(a: Reply, b: Reply) -> None:
     assert (a.token_ids, a.text, a.done.finish_reason, a.done.usage.completion_tokens) == (
         b.token_ids,
@@ -163,28 +177,35 @@ def test_concurrent_streams_are_identical(trio_f32: Trio, streams: int) -> None:
             assert sum(g.done.stats.draft_accepted for g in got if g is not None) > 0
 
 
+def cancelled_after(d: DaemonProcess, request: v1.Generate, tokens: int) -> list[int]:
+    """The token ids of a (held) request cancelled once it has streamed `tokens`; it must
+    end as cancelled."""
+    client = RawClient(d.socket)
+    try:
+        client.send("held", request)
+        ids: list[int] = []
+        stream = client.stream("held")
+        for body in stream:
+            assert isinstance(body, v1.Delta)
+            ids += body.token_ids
+            if len(ids) >= tokens:
+                break
+        client.send("held", v1.Cancel())
+        for body in stream:
+            if isinstance(body, v1.Delta):
+                ids += body.token_ids
+            else:
+                assert isinstance(body, v1.Done) and body.finish_reason == "cancelled"
+    finally:
+        client.close()
+    return ids
+
+
 def test_cancel_mid_run_keeps_the_tokens_so_far_and_the_daemon_exact(trio: Trio) -> None:
     reference = run(trio.off, chat(COPY, max_tokens=200, temperature=0.0, ignore_eos=True))
     with_oracle(trio, reference, 0.0)
     for d in (trio.ngram, trio.oracle):
-        client = RawClient(d.socket)
-        try:
-            client.send("held", chat(COPY, temperature=0.0, **HELD))
-            ids: list[int] = []
-            stream = client.stream("held")
-            for body in stream:
-                assert isinstance(body, v1.Delta)
-                ids += body.token_ids
-                if len(ids) >= 5:
-                    break
-            client.send("held", v1.Cancel())
-            for body in stream:
-                if isinstance(body, v1.Delta):
-                    ids += body.token_ids
-                else:
-                    assert isinstance(body, v1.Done) and body.finish_reason == "cancelled"
-        finally:
-            client.close()
+        ids = cancelled_after(d, chat(COPY, temperature=0.0, **HELD), 5)
         n = min(len(ids), len(reference.token_ids))
         assert ids[:n] == reference.token_ids[:n]
         # What the cancelled stream left in the KV does not leak into the next one.
@@ -199,13 +220,6 @@ def test_second_turn_reuses_the_prefix_and_stays_identical(trio: Trio) -> None:
     want = run(trio.off, second)
     with_oracle(trio, want, 0.25)
     for d in (trio.ngram, trio.oracle):
-        client = RawClient(d.socket)  # one connection: its prefixes are its own
-        try:
-            replies = []
-            for rid, request in (("t1", v1.Generate(messages=first, sampling=second.sampling)), ("t2", second)):
-                client.send(rid, request)
-                replies.append(Reply(*collect(client, rid)))
-        finally:
-            client.close()
+        replies = on_one_connection(d, [v1.Generate(messages=first, sampling=second.sampling), second])
         same(replies[1], want)
         assert replies[1].done.usage.cached_tokens > 0

@@ -130,6 +130,25 @@ def test_tool_calls_name_only_listed_functions_with_valid_arguments(raw: RawClie
             assert len({c.id for c in done.tool_calls}) == len(done.tool_calls)
 
 
+def test_tool_calls_stream_in_deltas_that_join_into_the_done_list(raw: RawClient) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}, "n": {"type": "integer", "minimum": 0, "maximum": 99}}, "required": ["city", "n"], "additionalProperties": False}
+    tools = [v1.ToolSpec(name="lookup", parameters=json.dumps(schema)), v1.ToolSpec(name="other", parameters=json.dumps(schema))]
+    for i in range(3):
+        gen = chat(f"look something up {i}", max_tokens=MAX_TOKENS, **({"temperature": 1.0, "seed": i} if i else {}))
+        gen.constraint = v1.Constraint(kind="tools", tools=tools, tool_choice="required", parallel_tool_calls=True)
+        raw.send(f"pieces{i}", gen)
+        events = list(raw.stream(f"pieces{i}"))
+        done = events[-1]
+        assert isinstance(done, v1.Done) and done.finish_reason == "stop" and done.tool_calls, done
+        joined: dict[int, list[str]] = {}
+        for event in events[:-1]:
+            for piece in event.tool_calls if isinstance(event, v1.Delta) else []:
+                entry = joined.setdefault(piece.index, ["", "", ""])
+                assert not (piece.name and entry[1]), "a call is named in its first piece only"
+                entry[0], entry[1], entry[2] = entry[0] + piece.id, entry[1] + piece.name, entry[2] + piece.arguments
+        assert [tuple(joined[i]) for i in sorted(joined)] == [(c.id, c.name, c.arguments) for c in done.tool_calls]
+
+
 def test_tool_choice_auto_answers_in_text_or_valid_calls(raw: RawClient) -> None:
     schema = {"type": "object", "properties": {"q": {"type": "string", "maxLength": 8}}, "required": ["q"], "additionalProperties": False}
     tools = [v1.ToolSpec(name="search", parameters=json.dumps(schema))]

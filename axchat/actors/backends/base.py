@@ -65,6 +65,8 @@ class Capabilities:
     # A decode step can feed proposed tokens after each sequence's next one, with logits
     # after every row, and drop the rejected ones' KV (`decode_drafts`, `trim`).
     drafts: bool = False
+    # A draft model guesses the proposed tokens (`propose`).
+    draft_model: bool = False
 
 
 class DeviceBackend(abc.ABC):
@@ -115,6 +117,19 @@ class DeviceBackend(abc.ABC):
         if any(drafts):
             raise NotImplementedError(f"{type(self).__name__} cannot verify drafts")
         return [row[None] for row in self.decode(seq_ids, token_ids)]
+
+    def propose(
+        self,
+        seq_ids: Sequence[int],
+        histories: Sequence[Sequence[int]],
+        prompt_lengths: Sequence[int],
+        lengths: Sequence[int],
+    ) -> list[list[int]]:
+        """The draft model's guesses, `lengths[i]` (or fewer) for the tokens after
+        `histories[i]`: everything sequence `seq_ids[i]` has chosen (its prompt, the
+        first `prompt_lengths[i]`, then its reply, its next token last). Only called
+        when `capabilities.draft_model` is set."""
+        raise NotImplementedError(f"{type(self).__name__} has no draft model")
 
     def trim(self, seq_id: int, drop: int) -> None:  # noqa: B027 - only backends with drafts
         """Forget the KV of the last `drop` tokens fed to `seq_id` (rejected drafts)."""

@@ -21,6 +21,7 @@ class LoadOptions:
     running_kv_bytes: int = 256 << 20  # llama.cpp: KV cells for running sequences, at least one context
     compile: bool = False  # torch lean path: compile the decode step
     quant: str = "auto"  # llama.cpp: the weight type a converted model gets
+    draft_model: str | None = None  # llama.cpp: a smaller model of the same vocabulary that proposes tokens
     build_root: str | None = None  # aipu: where the SDK's compiled models live
     aipu_device: str | None = None  # aipu: card selector
     aipu_runtime: str | None = None  # aipu: "real" or "emulator"; None: $AXCHAT_AIPU_RUNTIME, else real

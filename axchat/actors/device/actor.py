@@ -58,8 +58,10 @@ class DeviceActor(ForwardPasses, Actor):
         # once here rather than from a backend that may be unloaded later.
         self._limits = planner.StepLimits.of(backend.capabilities)
         self._context_length = backend.info.context_length
-        # Greedy streams propose tokens (drafts.py) where the engine can verify them.
-        self._speculate = speculate != "off" and backend.capabilities.drafts
+        # Greedy streams propose tokens (drafts.py) where the engine can verify them (and
+        # with a draft model only where it loaded one).
+        usable = backend.capabilities.drafts and (speculate != "draft" or backend.capabilities.draft_model)
+        self._speculate: str | None = speculate if speculate != "off" and usable else None
         self.max_running = self._limits.running_limit(max_running)
         self._chunks = self._limits.chunk_sizer()
         self._gone_connections: set[str] = set()  # disconnected, with sequences still ending

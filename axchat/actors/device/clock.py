@@ -4,6 +4,7 @@ what a prompt token costs in a whole-prompt forward."""
 from __future__ import annotations
 
 import collections
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ class DecodeClock:
         self._forward: collections.deque[int] = collections.deque(maxlen=window)
         self._gaps: collections.deque[int] = collections.deque(maxlen=window)
         self._last_end_ns = 0
+        self._drafting_ns = 0  # a draft model's guesses for the next step (device thread)
         self.rows = RowCosts()
 
     def timed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -39,12 +41,28 @@ class DecodeClock:
                 return fn(*args)
             finally:
                 end = time.monotonic_ns()
+                start -= self._drafting_ns  # the step's proposals are part of its cost
+                self._drafting_ns = 0
                 self._forward.append(end - start)
                 # (sequence ids, tokens) or, verifying proposals, (..., drafts)
                 self.rows.observe(len(args[0]) + sum(map(len, args[2])) if len(args) > 2 else len(args[0]), ms(end - start))
                 if self._last_end_ns:
                     self._gaps.append(start - self._last_end_ns)
                 self._last_end_ns = end
+
+        return run
+
+    def drafting(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn`, a draft model guessing the proposals of the next `timed` step, as run on
+        the device thread: its duration is counted in that step's, so that what a
+        proposed token costs (RowCosts) includes guessing it."""
+
+        def run(*args: Any) -> Any:
+            start = time.monotonic_ns()
+            try:
+                return fn(*args)
+            finally:
+                self._drafting_ns += time.monotonic_ns() - start
 
         return run
 
@@ -84,7 +102,13 @@ class RowCosts:
         A row count not measured costs what the next larger measured one does (a step
         never costs less for more rows, and llama.cpp's cost is far from linear: one row
         has a kernel of its own); beyond every measured one, or before any, it is
-        `flat_rows`'s optimistic guess, so that it gets tried and measured."""
+        `flat_rows`'s optimistic guess, so that it gets tried and measured. While only
+        larger steps than `base` were measured, proposals cost without bound: taking a
+        larger step's time for the plain step would make them look free, and streams
+        that propose at every step (a draft model's) would never run the plain step that
+        measures it."""
+        if base not in self._ms and any(r > base for r in self._ms):
+            return math.inf
         at_base, at_rows = self._ms_at(base), self._ms_at(rows)
         if at_base is None or at_rows is None:
             return flat_rows(base, rows)

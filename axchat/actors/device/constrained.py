@@ -1,7 +1,8 @@
 """The device's part in constrained decoding: each constrained sequence's matcher,
 compiled while its prompt is prefilled, and its masks filled off the event loop, a
-step's rows together (a run of greedy steps fills them on the device thread instead:
-run_ahead.py)."""
+step's rows together, with the masks after each token a greedy stream proposed
+(grammar_drafts.py); a run of greedy steps fills them on the device thread instead
+(run_ahead.py)."""
 
 from __future__ import annotations
 
@@ -86,7 +87,9 @@ class Constraints:
         return seq.mask
 
     async def fill(self, seqs: Sequence[DeviceSequence]) -> None:
-        masks = [s.mask for s in seqs if s.mask is not None and not s.mask.filled and s.pending_end is None]
+        # An ending stream chooses nothing more, unless the step verified its proposal
+        # (its kept tokens are still fed and counted, as a free stream's are).
+        masks = [s.mask for s in seqs if s.mask is not None and not s.mask.filled and (s.pending_end is None or s.mask.ahead)]
         if masks:
             await asyncio.get_running_loop().run_in_executor(self._masks, fill_together, masks)
 

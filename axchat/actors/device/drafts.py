@@ -5,9 +5,10 @@ Each kept token is the one the stream would have chosen without the guess, so gr
 output is unchanged; the rejected guesses' KV is dropped (`backend.trim`).
 
 Drafters: `NgramDrafter` (prompt lookup: the tokens that followed the latest earlier
-occurrence of the stream's last few tokens, in its prompt or its reply) and, for tests
-and benchmarks only, `OracleDrafter` (a known reply, partly corrupted), chosen through
-`$AXCHAT_TEST_ORACLE_DRAFTS`, never through the protocol."""
+occurrence of the stream's last few tokens, in its prompt or its reply), `ModelDrafter`
+(a draft model's guesses, made by the backend for every stream of a step at once) and,
+for tests and benchmarks only, `OracleDrafter` (a known reply, partly corrupted), chosen
+through `$AXCHAT_TEST_ORACLE_DRAFTS`, never through the protocol."""
 
 from __future__ import annotations
 
@@ -58,6 +59,10 @@ class NgramDrafter:
         self._history.extend(tokens)
 
     def propose(self, k: int) -> list[int]:
+        return self.propose_after((), k)
+
+    def propose_after(self, extra: Sequence[int], k: int) -> list[int]:
+        """Up to `k` guesses for the tokens after those chosen so far and then `extra`."""
         if k <= 0:
             return []
         h = self._history
@@ -68,8 +73,9 @@ class NgramDrafter:
                 if end + 1 >= n:
                     index[tuple(h[end + 1 - n : end + 1])] = end + 1
         self._indexed = max(self._indexed, len(h) - 1)
+        tail = [*h[-NGRAM_MAX:], *extra][-NGRAM_MAX:]
         for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
-            at = self._index[n].get(tuple(h[-n:])) if len(h) >= n else None
+            at = self._index[n].get(tuple(tail[-n:])) if len(tail) >= n else None
             if at is not None:
                 return h[at : at + k]
         return []
@@ -88,7 +94,10 @@ class OracleDrafter:
         self._made += len(tokens)
 
     def propose(self, k: int) -> list[int]:
-        at = self._made
+        return self.propose_after((), k)
+
+    def propose_after(self, extra: Sequence[int], k: int) -> list[int]:
+        at = self._made + len(extra)
         # Another id that surely exists in the vocabulary: one below, or above id 0.
         return [(t - 1 if t else 1) if at + i in self._corrupt else t for i, t in enumerate(self._reply[at : at + k])]
 
@@ -102,8 +111,27 @@ class OracleDrafter:
         return cls(reply, frozenset(pick.sample(range(len(reply)), round(share * len(reply)))))
 
 
+class ModelDrafter:
+    """A stream whose guesses a draft model makes: the backend's `propose`, for all such
+    streams of a step in one batch (`proposals`). Keeps what the draft model reads:
+    every token the stream chose, its prompt first."""
+
+    def __init__(self, rid: int, prompt: Sequence[int]) -> None:
+        self.rid = rid
+        self.history = list(prompt)
+        self.prompt_length = len(prompt)
+
+    def accept(self, tokens: Sequence[int]) -> None:
+        self.history.extend(tokens)
+
+
+# The backend's `propose`: (sequence ids, their histories, their prompts' lengths, how
+# many guesses each).
+ModelProposals = Callable[[Sequence[int], Sequence[Sequence[int]], Sequence[int], Sequence[int]], list[list[int]]]
+
+
 def drafter_for(prompt: Sequence[int]) -> Drafter:
-    """The drafter of a greedy stream starting from `prompt`."""
+    """The drafter of a greedy stream starting from `prompt` (with no draft model)."""
     oracle = os.environ.get(ORACLE_ENV)
     if oracle and os.path.exists(oracle):
         return OracleDrafter.from_file(oracle)
@@ -115,7 +143,7 @@ class Speculation:
     """One greedy stream's proposals: its drafter, its recent acceptance, its totals.
     Touched by one side at a time: the device thread during a run ahead, else the loop."""
 
-    drafter: Drafter
+    drafter: Drafter | ModelDrafter
     proposed: int = 0  # proposed tokens verified, since the stream began
     accepted: int = 0  # of those, kept
     since_tried: int = NEVER_TRIED  # steps since it last had a proposal verified
@@ -128,22 +156,27 @@ class Speculation:
         return StreamOutlook(self._hits / self._trials, max(room - 1, 0), self.since_tried)
 
     def draft(self, k: int) -> list[int]:
+        """Its drafter's proposal (a draft model guesses for its streams together: `proposals`)."""
+        assert not isinstance(self.drafter, ModelDrafter), "a draft model's stream proposed alone"
         return self.drafter.propose(k) if k > 0 else []
 
-    def settle(self, draft: Sequence[int], chosen: Sequence[int]) -> None:
-        """The step verified `draft` and the stream chose `chosen`."""
+    def settle(self, draft: Sequence[int], chosen: Sequence[int], sure: int = 0) -> None:
+        """The step verified `draft` and the stream chose `chosen`; the first `sure` of
+        `draft` were no guesses (its grammar forced them): counted, but they tell
+        nothing of the guesses' odds."""
         self.drafter.accept(chosen)
-        if not draft:
-            self.since_tried += 1
-            return
         kept = min(len(chosen) - 1, len(draft))
-        self.since_tried = 0
         self.proposed += len(draft)
         self.accepted += kept
+        if len(draft) <= sure or kept < sure:  # no guess was tested
+            self.since_tried += 1
+            return
+        self.since_tried = 0
+        hits = kept - sure
         # Per-token odds: the kept guesses were hits; a rejection is one miss (the
         # guesses after it were never tested).
-        self._hits = DECAY * self._hits + kept
-        self._trials = DECAY * self._trials + kept + (1 if kept < len(draft) else 0)
+        self._hits = DECAY * self._hits + hits
+        self._trials = DECAY * self._trials + hits + (1 if kept < len(draft) else 0)
 
 
 def verify(
@@ -165,16 +198,54 @@ def verify(
     return chosen
 
 
+def step_lengths(
+    streams: Sequence[tuple[Speculation | None, int]],
+    *,
+    row_budget: int,
+    others_waiting: bool,
+    cost: StepCost = flat_rows,
+) -> list[int]:
+    """How many tokens each stream may propose in the next decode step: `streams` are
+    (its speculation, None when it does not speculate; the tokens it may still make), in
+    step order; `cost` the step's measured cost by rows."""
+    outlooks = [spec.outlook(room) if spec is not None else StreamOutlook(0.0, 0) for spec, room in streams]
+    return draft_lengths(outlooks, row_budget=row_budget, others_waiting=others_waiting, cost=cost)
+
+
+def proposals(
+    specs: Sequence[Speculation | None], lengths: Sequence[int], model: ModelProposals | None = None
+) -> list[list[int]]:
+    """Each stream's proposed tokens, `lengths[i]` at most: from its own drafter, or
+    with those of every other stream a draft model guesses for, in one call of `model`
+    (on the device thread, which owns the draft model)."""
+    out: list[list[int]] = [[] for _ in specs]
+    batch: list[tuple[int, ModelDrafter]] = []
+    for i, (spec, k) in enumerate(zip(specs, lengths, strict=True)):
+        if spec is None or k <= 0:
+            continue
+        if isinstance(spec.drafter, ModelDrafter):
+            batch.append((i, spec.drafter))
+        else:
+            out[i] = spec.draft(k)
+    if batch:
+        assert model is not None, "a draft model's stream in a step without the draft model"
+        drafters = [d for _, d in batch]
+        guessed = model(
+            [d.rid for d in drafters], [d.history for d in drafters], [d.prompt_length for d in drafters], [lengths[i] for i, _ in batch]
+        )
+        for (i, _), guess in zip(batch, guessed, strict=True):
+            out[i] = guess
+    return out
+
+
 def step_drafts(
     streams: Sequence[tuple[Speculation | None, int]],
     *,
     row_budget: int,
     others_waiting: bool,
     cost: StepCost = flat_rows,
+    model: ModelProposals | None = None,
 ) -> list[list[int]]:
-    """Each stream's proposal for the next decode step: `streams` are (its speculation,
-    None when it does not speculate; the tokens it may still make), in step order;
-    `cost` the step's measured cost by rows."""
-    outlooks = [spec.outlook(room) if spec is not None else StreamOutlook(0.0, 0) for spec, room in streams]
-    lengths = draft_lengths(outlooks, row_budget=row_budget, others_waiting=others_waiting, cost=cost)
-    return [spec.draft(k) if spec is not None else [] for (spec, _), k in zip(streams, lengths, strict=True)]
+    """Each stream's proposal for the next decode step (`step_lengths`, `proposals`)."""
+    lengths = step_lengths(streams, row_budget=row_budget, others_waiting=others_waiting, cost=cost)
+    return proposals([spec for spec, _ in streams], lengths, model)

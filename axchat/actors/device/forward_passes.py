@@ -16,7 +16,7 @@ from axchat.actors.device import planner, run_ahead
 from axchat.actors.device.clock import DecodeClock, PrefillRate
 from axchat.actors.device.constrained import Constraints
 from axchat.actors.device.device_thread import BackendReadings, DeviceThread
-from axchat.actors.device.drafts import step_drafts, verify
+from axchat.actors.device.drafts import ModelProposals, Speculation, proposals, step_lengths, verify
 from axchat.actors.device.fair_queue import FairQueue
 from axchat.actors.device.prompt_chunks import ChunkSizer
 from axchat.actors.device.sequence import DeviceSequence, SeqState, ms
@@ -37,6 +37,7 @@ class ForwardPasses:
     clock: DecodeClock
     prefill_rate: PrefillRate
     _limits: planner.StepLimits
+    _speculate: str | None  # "ngram", "draft" (the backend's draft model guesses) or None
 
     if TYPE_CHECKING:
 
@@ -151,15 +152,19 @@ class ForwardPasses:
         # Proposals only where nobody else needs the device: no prompt going in, nobody
         # waiting (their rows come first).
         others = bool(self._waiting) or any(s.state is SeqState.PREFILL for s in self._running.values())
-        drafts = step_drafts(
+        lengths = step_lengths(
             [(s.spec, self._room(s)) for s in seqs],
             row_budget=self._limits.max_batch,
             others_waiting=others,
             cost=self.clock.rows.cost,
         )
-        if any(drafts):
-            await self._decode_drafts(seqs, drafts)
-            return
+        if any(lengths):
+            drafts = await self._proposals(seqs, lengths)
+            if drafts is None:
+                return
+            if any(drafts):
+                await self._decode_drafts(seqs, drafts)
+                return
         # Timed per call, not wrapped once: a kept bound method would hold the backend
         # (and so an unloaded model) alive.
         logits = await self._forward(
@@ -167,6 +172,21 @@ class ForwardPasses:
         )
         if logits is not None:
             await self._decoded(seqs, logits)
+
+    def _model_proposals(self) -> ModelProposals | None:
+        """The draft model's guessing, timed as part of the step it proposes for; None
+        without a draft model. Made per step: a kept bound method would hold the backend."""
+        return self.clock.drafting(self._loaded().propose) if self._speculate == "draft" else None
+
+    async def _proposals(self, seqs: list[DeviceSequence], lengths: list[int]) -> list[list[int]] | None:
+        """Each stream's proposal of at most `lengths[i]` tokens: a draft model's on the
+        device thread (None when that failed: the streams are ended), else at once here."""
+        specs: list[Speculation | None] = [s.spec for s in seqs]
+        model = self._model_proposals()
+        if model is None:
+            return proposals(specs, lengths)
+        drafts: list[list[int]] | None = await self._forward(seqs, proposals, specs, lengths, model)
+        return drafts
 
     async def _decode_drafts(self, seqs: list[DeviceSequence], drafts: list[list[int]]) -> None:
         """A decode step verifying the greedy streams' proposals (drafts.py) beside the
@@ -177,7 +197,7 @@ class ForwardPasses:
         )
         if rows is None:
             return
-        await self.constraints.fill(seqs)  # constrained streams ride along unspeculated
+        await self.constraints.fill(seqs)  # with the masks after each constrained proposal
         for seq, seq_rows, proposed in zip(seqs, rows, drafts, strict=True):
             draft = proposed[: len(seq_rows) - 1]  # what the backend had room to verify
             if not draft:
@@ -209,7 +229,7 @@ class ForwardPasses:
         trim = backend.trim if speculating else None
         done = await self._forward(
             seqs, run_ahead.run, self.clock.timed(decode), lanes, self._interrupt, None, trim, self._limits.max_batch,
-            self.clock.rows.cost,
+            self.clock.rows.cost, self._model_proposals() if speculating else None,
         )
         if done is None:
             return
@@ -220,9 +240,9 @@ class ForwardPasses:
             await self._take_tokens(seq, lane.chosen)
 
     async def _decode_with_chunk(self, plan: planner.DecodeWithChunk) -> None:
-        """A decode step carrying the next chunk of a long prompt. The chunk is sized so
-        that what it adds to the step is about one step (measured): the streams then
-        wait about two steps a token while the prompt goes in."""
+        """A decode step carrying a newcomer's short prompt whole, or the next chunk of a
+        long prompt. A chunk is sized so that what it adds to the step is about one step
+        (measured): the streams then wait about two steps a token while the prompt goes in."""
         assert self._chunks is not None
         seqs, rider = list(plan.seqs), plan.rider
         for seq in seqs:

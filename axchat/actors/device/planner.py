@@ -5,12 +5,15 @@ tested on its own; the device actor runs the plans.
 
 The policy, in short: a decode step for every sequence whose next token is known,
 alternating with prefill work so running streams keep moving while prompts go in.
-Newcomers' short prompts go whole, together in one forward where the backend can; a long
-prompt goes in chunks sized to cost about one decode step, riding inside the decode step
-where the backend can. Admission is fair across clients (`FairQueue`), and nothing is
-ever evicted: a device whose KV does not survive a switch simply runs one at a time.
-An idle device first waits a moment for a burst of newcomers still on their way
-(`gather_until`), so that they go in one forward and decode together from the start."""
+Newcomers' short prompts go whole: where the backend can mix prompt and decode tokens in
+a forward, a lead group together in a forward of its own and the rest riding whole in
+the running streams' decode steps, one a step (`lead_group`); elsewhere all together in
+one forward. A long prompt goes in chunks sized to cost about one decode step, riding
+inside the decode step where the backend can. Admission is fair across clients
+(`FairQueue`), and nothing is ever evicted: a device whose KV does not survive a switch
+simply runs one at a time. An idle device first waits a moment for a burst of newcomers
+still on their way (`gather_until`), until its lead group (or, without mixed steps, the
+whole burst) is there."""
 
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ WHOLE_PROMPT = 128
 # with no stream running there is nobody to pause, and the group is bounded by rows alone.
 GROUP_TOKENS = 512
 # How long an idle device waits for prompts the tokenizer says are still being encoded
-# (a burst of clients), so that they go in the first forward with the first one. Measured
+# (a burst of clients), so that they go in the first forward with the first one (with
+# mixed steps, until the lead group is there: `lead_group`). Measured
 # with bench/concurrency.py (8 clients, llama.cpp, 2 cores): starting the first prompt
 # alone made the other seven wait for its forward and then paused its stream for theirs.
 GATHER_S = 0.1
@@ -57,12 +61,18 @@ class BackendCapabilities(Protocol):
     """What the planner reads of `backends.base.Capabilities` (named here so that the
     planner needs no backend module)."""
 
-    max_batch: int
-    kv_survives_switch: bool
-    prefill_chunk: int | None
-    prefix_cache: bool
-    prefill_rows: int
-    mixed_steps: bool
+    @property
+    def max_batch(self) -> int: ...
+    @property
+    def kv_survives_switch(self) -> bool: ...
+    @property
+    def prefill_chunk(self) -> int | None: ...
+    @property
+    def prefix_cache(self) -> bool: ...
+    @property
+    def prefill_rows(self) -> int: ...
+    @property
+    def mixed_steps(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -247,7 +257,17 @@ def next_step(
             fresh = tuple(s for s in prefilling if not s.started)
             if fresh:
                 return Restore(fresh)
-            group = prefill_group(prefilling, limits, others_running=len(prefilling) != len(running))
+            rows = limits.prefill_rows
+            short = sum(whole_prompt(s, limits) for s in prefilling)
+            if limits.mixed_steps and short:
+                streams = len(running) - len(prefilling)
+                coming = arrivals.more_coming if arrivals is not None and not streams else 0
+                rows = min(rows, lead_group(short, coming, streams))
+                if not rows and sampling:
+                    return None  # they ride in the streams' next step, the sampler's reply away
+                if not ready:
+                    rows = max(rows, 1)  # no step to ride in (grammars compiling): go alone
+            group = prefill_group(prefilling, limits, others_running=len(prefilling) != len(running), rows=rows)
             if len(group) > 1:
                 return PrefillGroup(tuple(group))
             if group:
@@ -258,13 +278,36 @@ def next_step(
             return _piece(prefilling[0], running, limits, recent_step_ms, chunks)
     if ready:
         batch = tuple(ready[: limits.max_batch])
-        rider = next((s for s in prefilling if s.started), None)
+        riders = [s for s in prefilling if s.started]
+        # A newcomer's short prompt rides whole (its first token one step away), before
+        # a long prompt's next chunk.
+        rider = next((s for s in riders if whole_prompt(s, limits)), riders[0] if riders else None)
         if limits.mixed_steps and rider is not None:
             assert chunks is not None  # mixed steps imply a chunked backend
-            end = min(len(rider.prompt_ids), rider.prefilled + chunks.next(recent_step_ms or 0.0))
+            end = len(rider.prompt_ids)
+            if not whole_prompt(rider, limits):
+                end = min(end, rider.prefilled + chunks.next(recent_step_ms or 0.0))
             return DecodeWithChunk(batch, rider, end, recent_step_ms)
         return Decode(batch)
     return None
+
+
+def lead_group(newcomers: int, coming: int, streams: int) -> int:
+    """How many newcomers' short prompts go in a forward of their own (backends with
+    mixed steps), the rest riding whole one a decode step after it: half of those the
+    running streams do not outnumber, rounded up; 0: they all ride.
+
+    One a step, the k-th newcomer's first token comes after about k prompts' work
+    where a single forward of all of them makes every one wait for all of them. But
+    each prompt that rides holds every running stream's token for a prompt's forward,
+    and the first-started streams carry every later one: started one at a time, the
+    first stream of a burst of 8 streamed its reply markedly slower than the last, and
+    the median first token came no sooner (each step adds its own cost). Starting half
+    a burst together, the rest riding, keeps the median first token near half the
+    burst's prefill and halves what the first streams carry (bench/burst_order.py
+    measures the orders side by side). `coming`: prompts still on their way to an idle
+    device."""
+    return max(0, (newcomers + coming - streams + 1) // 2)
 
 
 def gather_until(running: Sequence[DeviceSequence], limits: StepLimits, arrivals: Arrivals) -> float | None:
@@ -280,6 +323,10 @@ def gather_until(running: Sequence[DeviceSequence], limits: StepLimits, arrivals
     room = min(limits.prefill_rows, arrivals.slots) - len(prefilling)
     if not prefilling or busy or room <= 0 or limits.prefill_rows <= 1:
         return None
+    # With mixed steps only the lead group goes first: the rest ride behind it as they come.
+    lead = lead_group(len(prefilling), arrivals.more_coming, 0)
+    if limits.mixed_steps and arrivals.more_coming > 0 and len(prefilling) >= lead:
+        return None
     deadline = (arrivals.now if arrivals.waiting_since is None else arrivals.waiting_since) + arrivals.gather_s
     if arrivals.more_coming <= 0:
         if len(prefilling) > 1:
@@ -292,11 +339,12 @@ def gather_until(running: Sequence[DeviceSequence], limits: StepLimits, arrivals
 
 
 def prefill_group(
-    prefilling: Sequence[DeviceSequence], limits: StepLimits, *, others_running: bool = True
+    prefilling: Sequence[DeviceSequence], limits: StepLimits, *, others_running: bool = True, rows: int | None = None
 ) -> list[DeviceSequence]:
     """Started sequences whose (uncached) prompts go whole in one forward together,
-    oldest first, within the backend's rows and, while `others_running` (streams that
-    the forward pauses), GROUP_TOKENS."""
+    oldest first, within `rows` (default: the backend's) and, while `others_running`
+    (streams that the forward pauses), GROUP_TOKENS."""
+    rows = limits.prefill_rows if rows is None else rows
     group: list[DeviceSequence] = []
     width = 0  # the longest piece in the group: every row is padded to it
     for seq in prefilling:
@@ -305,7 +353,7 @@ def prefill_group(
             continue
         wider = max(width, seq.prompt_left)
         too_wide = others_running and wider * (len(group) + 1) > GROUP_TOKENS
-        if group and (too_wide or len(group) == limits.prefill_rows):
+        if len(group) >= rows or (group and too_wide):
             break
         group.append(seq)
         width = wider

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from axchat.actors.device.drafts import Speculation, step_drafts, verify
+from axchat.actors.device.drafts import ModelProposals, Speculation, step_drafts, verify
 from axchat.actors.device.speculation_plan import StepCost, flat_rows
 from axchat.actors.device.turn_end import end_of_turn
 from axchat.actors.token_mask import TokenMask, fill_together
@@ -51,7 +51,7 @@ class Lane:
     choose: Callable[[Any], int]
     room: int
     ends: frozenset[int]
-    mask: TokenMask | None = None  # a constrained stream's grammar mask (such a stream never proposes)
+    mask: TokenMask | None = None  # a constrained stream's grammar mask
     spec: Speculation | None = None
     chosen: list[int] = field(default_factory=list)
 
@@ -79,10 +79,12 @@ def run(
     trim: Callable[[int, int], None] | None = None,
     row_budget: int = 0,
     cost: StepCost = flat_rows,
+    model: ModelProposals | None = None,
 ) -> Sequence[Lane]:
     """Decode steps for `lanes` until a bound (module docstring); on the device thread.
     `decode` is the backend's `decode_drafts`, `trim` its `trim` (None: no lane
-    speculates), `row_budget` the rows a step may take, `cost` their measured cost. Each lane's `chosen` gets its
+    speculates), `row_budget` the rows a step may take, `cost` their measured cost,
+    `model` the draft model's guessing (None: none). Each lane's `chosen` gets its
     tokens in order; returns `lanes`. The first step always runs: it is the step the
     planner asked for."""
     active = list(lanes)
@@ -91,7 +93,7 @@ def run(
     while True:
         step_start = time.monotonic_ns()
         streams = [(lane.spec if trim is not None else None, lane.room - len(lane.chosen)) for lane in active]
-        drafts = step_drafts(streams, row_budget=row_budget, others_waiting=False, cost=cost)
+        drafts = step_drafts(streams, row_budget=row_budget, others_waiting=False, cost=cost, model=model)
         rows = decode([lane.rid for lane in active], [lane.token for lane in active], drafts)
         fill_together([lane.mask for lane in active if lane.mask is not None])
         still = []

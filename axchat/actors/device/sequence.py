@@ -49,7 +49,7 @@ class DeviceSequence:
     timings: m.DeviceTimings = field(default_factory=m.DeviceTimings)
     greedy: SequenceSampler | ConstrainedChoice | None = None  # set for greedy requests: sampled here, not by the sampler actor
     mask: TokenMask | None = None  # the grammar's mask, for a constrained request
-    spec: Speculation | None = None  # a free greedy request's proposals, where speculation is on
+    spec: Speculation | None = None  # a greedy request's proposals, where speculation is on
 
     @property
     def end_ids(self) -> frozenset[int]:

@@ -5,7 +5,8 @@ Verifying a proposed token is one more row in the step's `llama_decode`: the wei
 are read once for all rows, but each row still costs compute, and on some CPUs
 llama.cpp's kernels for several rows cost far more than its one-row kernel (on this
 project's 2-core AVX-512 machine, 2 rows cost 2-3 one-row steps and 8 rows 3.7). So
-each step's cost by its rows is measured as steps run (clock.RowCosts), and a stream
+each step's cost by its rows is measured as steps run (clock.RowCosts; a draft model's
+guessing counts in the step it guessed for), and a stream
 proposes the number of tokens that gives it the most tokens per unit of step cost,
 judged from its recent acceptance, within the rows the batch has
 spare: the step's rows beyond one per decoding stream, and none while anyone else needs
@@ -52,18 +53,19 @@ class StreamOutlook:
     acceptance: float  # the chance that its next proposed token is right, from recent steps
     most: int  # proposed tokens it could have verified now (its length limit, its drafter)
     since_tried: int = NEVER_TRIED  # steps since it last had a proposal verified
+    sure: int = 0  # its first proposed tokens that are surely right (a grammar forces them)
 
 
-def best_length(acceptance: float, most: int, cost: Callable[[int], float]) -> int:
+def best_length(acceptance: float, most: int, cost: Callable[[int], float], sure: int = 0) -> int:
     """The proposal length with the most expected tokens per unit of step cost: a step
     verifying k proposals, each right with chance `acceptance` given the ones before,
-    yields 1 + a + ... + a^k tokens and costs `cost(k)` (a step without proposals: 1).
-    A length must beat the plain step by MARGIN."""
+    yields 1 + a + ... + a^k tokens and costs `cost(k)` (a step without proposals: 1);
+    the first `sure` are right for certain. A length must beat the plain step by MARGIN."""
     a = min(max(acceptance, 0.0), 1.0)
     best_k, best_rate = 0, 1.0 + MARGIN
     expected, term = 1.0, 1.0
     for k in range(1, max(most, 0) + 1):
-        term *= a
+        term *= 1.0 if k <= sure else a
         expected += term
         rate = expected / cost(k)
         if rate > best_rate:
@@ -85,7 +87,8 @@ def draft_lengths(
     speculates; `cost`: the step's cost by rows, as measured. A stream whose proposals
     do not pay tries its longest now and then (PROBE_SHARE). Spare rows are dealt one at
     a time round the streams that want more, so none takes a second before each has had
-    its first."""
+    its first; rows for surely right tokens first, as each yields a token where a guess
+    yields less."""
     base = len(streams)
     spare = row_budget - base
     if others_waiting or spare <= 0:
@@ -97,18 +100,19 @@ def draft_lengths(
         def extra(k: int) -> float:
             return cost(base, base + k)
 
-        k = best_length(s.acceptance, most, extra)
+        k = best_length(s.acceptance, most, extra, s.sure)
         if k == 0 and most > 0 and s.since_tried * PROBE_SHARE >= extra(most) - 1.0:
             k = most
         wants.append(k)
     given = [0] * base
-    while spare > 0:
-        dealt = False
-        for i, want in enumerate(wants):
-            if spare > 0 and given[i] < want:
-                given[i] += 1
-                spare -= 1
-                dealt = True
-        if not dealt:
-            break
+    for caps in ([min(w, s.sure) for w, s in zip(wants, streams, strict=True)], wants):
+        while spare > 0:
+            dealt = False
+            for i, cap in enumerate(caps):
+                if spare > 0 and given[i] < cap:
+                    given[i] += 1
+                    spare -= 1
+                    dealt = True
+            if not dealt:
+                break
     return given

@@ -66,19 +66,21 @@ class Generation:
             self._metrics.count_request(self._endpoint, _outcome_of(exc))
             await self._abandon()
 
-    async def texts(self) -> AsyncIterator[str]:
-        """The reply's text pieces; afterwards `done` is set (or ApiError raised when the
-        daemon failed before any text). Deltas that arrived together come as one piece:
-        a reply the client reads behind the daemon costs one event, not one a delta."""
+    async def pieces(self) -> AsyncIterator[str | list[v1.ToolCallPiece]]:
+        """The reply's text pieces, and its tool calls' pieces as lists (after all the
+        text: a reply's calls end it); afterwards `done` is set (or ApiError raised when
+        the daemon failed before any text). Deltas that arrived together come as one
+        piece: a reply the client reads behind the daemon costs one event, not one a delta."""
         assert self._events is not None and self._first is not None and self._handle is not None
         last = self._started
         seen_text = False
         held: list[str] = []
+        calls: list[v1.ToolCallPiece] = []
         event: v1.DaemonMessage | None = self._first
         while event is not None:
             if isinstance(event, v1.Delta):
                 now = time.monotonic()
-                if not seen_text and event.text:
+                if not seen_text and (event.text or event.tool_calls):
                     seen_text = True
                     self._metrics.ttft.observe(now - self._started)
                 elif seen_text and event.token_ids:
@@ -86,17 +88,19 @@ class Generation:
                 last = now
                 if event.text:
                     held.append(event.text)
-                if held and not self._handle.backlog():
-                    yield "".join(held)
-                    held.clear()
+                if event.tool_calls:
+                    calls += event.tool_calls
+                if (held or calls) and not self._handle.backlog():
+                    for piece in _together(held, calls):
+                        yield piece
             elif isinstance(event, v1.Done):
-                if held:
-                    yield "".join(held)
+                for piece in _together(held, calls):
+                    yield piece
                 self._finish(event)
                 return
             elif isinstance(event, v1.Error):  # not expected after the first frame, but typed
-                if held:
-                    yield "".join(held)
+                for piece in _together(held, calls):
+                    yield piece
                 raise from_error(event)
             try:
                 event = await anext(self._events)
@@ -127,6 +131,18 @@ class Generation:
         if self._events is not None:
             await self._events.aclose()  # type: ignore[attr-defined]
             self._events = None
+
+
+def _together(held: list[str], calls: list[v1.ToolCallPiece]) -> list[str | list[v1.ToolCallPiece]]:
+    """What arrived since the last piece went out, as at most two pieces; empties both."""
+    out: list[str | list[v1.ToolCallPiece]] = []
+    if held:
+        out.append("".join(held))
+        held.clear()
+    if calls:
+        out.append(v1.merged_pieces(calls))
+        calls.clear()
+    return out
 
 
 def _outcome_of(exc: BaseException | None) -> str:

@@ -141,7 +141,7 @@ def _sampling(options: Options | None, context_length: int) -> v1.Sampling:
     max_tokens = opts.num_predict
     if max_tokens in (-1, -2):  # Ollama's "until it stops" and "until the context is full"
         max_tokens = UNTIL_DONE
-    given = {
+    given: dict[str, Any] = {
         "temperature": opts.temperature,
         "top_k": top_k_for(opts.temperature, opts.top_k),
         "top_p": opts.top_p,

@@ -28,20 +28,20 @@ def _details(welcome: v1.Welcome | v1.StatusReply) -> dict[str, Any]:
     }
 
 
-def _entry(model: v1.Welcome | v1.StatusReply) -> dict[str, Any]:
+def _entry(model: v1.StatusReply) -> dict[str, Any]:
     name = listed_name(model.model)
     return {
         "name": name,
         "model": name,
         "modified_at": iso_time(_STARTED),
-        "size": 0,
+        "size": model.weights_bytes,  # 0 from a backend that plans no memory, or unloaded
         "digest": digest(model.model),
         "details": _details(model),
     }
 
 
-def tags(welcome: v1.Welcome) -> dict[str, Any]:
-    return {"models": [_entry(welcome)]}
+def tags(status: v1.StatusReply) -> dict[str, Any]:
+    return {"models": [_entry(status)]}
 
 
 def show(welcome: v1.Welcome) -> dict[str, Any]:
@@ -52,7 +52,9 @@ def show(welcome: v1.Welcome) -> dict[str, Any]:
         "template": "",
         "details": _details(welcome),
         "model_info": {"general.context_length": welcome.context_length},
-        "capabilities": ["completion"],
+        # Clients check for "tools" before they offer a model tools: every model can
+        # call them here, the grammar keeping its calls well formed.
+        "capabilities": ["completion", "tools"],
         "modified_at": iso_time(_STARTED),
     }
 
@@ -62,6 +64,7 @@ def ps(status: v1.StatusReply) -> dict[str, Any]:
         return {"models": []}
     entry = _entry(status)
     entry["expires_at"] = _NEVER if status.unloads_at is None else iso_time(status.unloads_at)
+    entry["size"] = status.weights_bytes + status.running_kv_bytes + status.prefix_kv_bytes
     entry["size_vram"] = 0
     entry["context_length"] = status.context_length
     return {"models": [entry]}

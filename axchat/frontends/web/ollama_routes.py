@@ -40,7 +40,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/tags")
 async def tags(request: web.Request) -> web.Response:
-    return web.json_response(ollama_models.tags(await request.app[LINK].welcome()))
+    return web.json_response(ollama_models.tags(await request.app[LINK].status()))
 
 
 @routes.post("/api/show")
@@ -92,7 +92,7 @@ async def _respond(
         async with Generation(link, generate, request.app[METRICS], f"ollama.{kind}") as run:
             if body.stream:
                 return await _stream(request, run, shape)
-            text = "".join([piece async for piece in run.texts()])
+            text = "".join([piece async for piece in run.pieces() if isinstance(piece, str)])
             done = _finished(run)
     except ApiError as exc:
         raise mapping.in_ollama_words(exc, body.model) from None
@@ -105,8 +105,9 @@ async def _stream(request: web.Request, run: Generation, shape: mapping.Response
     )
     await response.prepare(request)
     try:
-        async for piece in run.texts():
-            await response.write(_encoder.encode(shape.chunk(piece)) + b"\n")
+        async for piece in run.pieces():
+            if isinstance(piece, str):  # Ollama gives a reply's calls whole, in its last line
+                await response.write(_encoder.encode(shape.chunk(piece)) + b"\n")
         done = _finished(run)
     except ApiError as exc:
         # The 200 is already sent: Ollama puts the error in the stream as its last line.

@@ -182,9 +182,10 @@ class ResponseShape:
     def text_chunk(self, text: str, with_usage: bool) -> dict[str, Any]:
         return self._chunk([self._choice(text, None, whole=False)], None, with_usage)
 
-    def tool_calls_chunk(self, calls: list[v1.ToolCall], with_usage: bool) -> dict[str, Any]:
-        """Each call whole in one delta: the SDK's reassembly takes one piece as well as many."""
-        delta = {"tool_calls": [{"index": i, **_call_body(c)} for i, c in enumerate(calls)]}
+    def tool_calls_chunk(self, pieces: list[v1.ToolCallPiece], with_usage: bool) -> dict[str, Any]:
+        """Calls as they stream: a call's first piece carries its id, type and name, the
+        rest more of its arguments, which the client joins."""
+        delta = {"tool_calls": [_piece_body(p) for p in pieces]}
         return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}], None, with_usage)
 
     def text_chunk_json(self, text: str, with_usage: bool) -> bytes:
@@ -213,6 +214,12 @@ class ResponseShape:
 
 def finish_reason(done: v1.Done) -> str:
     return "tool_calls" if done.tool_calls and done.finish_reason == "stop" else FINISH_REASONS[done.finish_reason]
+
+
+def _piece_body(piece: v1.ToolCallPiece) -> dict[str, Any]:
+    if piece.name:
+        return {"index": piece.index, "id": piece.id, "type": "function", "function": {"name": piece.name, "arguments": piece.arguments}}
+    return {"index": piece.index, "function": {"arguments": piece.arguments}}
 
 
 def _call_body(call: v1.ToolCall) -> dict[str, Any]:

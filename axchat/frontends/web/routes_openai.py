@@ -64,7 +64,7 @@ async def _respond(
     async with Generation(link, generate, request.app[METRICS], endpoint) as run:
         if stream:
             return await _stream(request, run, shape, with_usage)
-        text = "".join([piece async for piece in run.texts()])
+        text = "".join([piece async for piece in run.pieces() if isinstance(piece, str)])
         done = _checked(run)
         return web.json_response(shape.whole(text, mapping.finish_reason(done), done.usage, done.tool_calls))
 
@@ -78,15 +78,16 @@ async def _stream(
     if first is not None:
         await sse.send(first)
     try:
-        async for piece in run.texts():
-            await sse.send_json(shape.text_chunk_json(piece, with_usage))
+        async for piece in run.pieces():
+            if isinstance(piece, str):
+                await sse.send_json(shape.text_chunk_json(piece, with_usage))
+            else:
+                await sse.send(shape.tool_calls_chunk(piece, with_usage))
         done = _checked(run)
     except ApiError as exc:
         # The 200 is already sent: OpenAI-style servers put the error in the stream.
         await sse.send(exc.body())
     else:
-        if done.tool_calls:
-            await sse.send(shape.tool_calls_chunk(done.tool_calls, with_usage))
         await sse.send(shape.finish_chunk(mapping.finish_reason(done), with_usage))
         if with_usage:
             await sse.send(shape.usage_chunk(done.usage))

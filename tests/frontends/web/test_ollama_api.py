@@ -84,10 +84,12 @@ def test_an_empty_request_loads_the_model(oc: ollama.Client, tag: str) -> None:
 
 def test_show_ps_and_version(oc: ollama.Client, tag: str, bridge: BridgeProcess) -> None:
     shown = oc.show(tag)
-    assert shown.capabilities == ["completion"] and shown.details is not None
+    assert shown.capabilities == ["completion", "tools"] and shown.details is not None
     assert shown.modelinfo is not None and shown.modelinfo["general.context_length"] > 0
     (running,) = oc.ps().models
     assert running.model == tag and running.context_length == shown.modelinfo["general.context_length"]
+    (listed,) = oc.list().models
+    assert listed.size and running.size and running.size > listed.size  # weights, and weights + KV
     with urllib.request.urlopen(bridge.url + "api/version", timeout=10) as r:
         assert json.load(r)["version"]
     # Ollama's clients probe `HEAD /` to see whether a server is up.

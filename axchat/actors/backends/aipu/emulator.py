@@ -282,7 +282,7 @@ class Context:
         for index in range(device.subdevice_count):
             if len(held) == num_sub_devices:
                 break
-            lock = open(directory / f"{device.name.replace(':', '_')}.sub{index}.lock", "wb")  # noqa: SIM115
+            lock: IO[bytes] = open(directory / f"{device.name.replace(':', '_')}.sub{index}.lock", "wb")  # noqa: SIM115
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

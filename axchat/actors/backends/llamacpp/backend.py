@@ -9,6 +9,9 @@ prefix copied back in (a memory copy, far cheaper than its prefill) and feeds on
 rest. Kept out of the pool, entries cost the running sequences nothing: llama.cpp's
 attention spans every used cell of the pool (masked per sequence), so kept cells there
 would slow every decode step by the size of the cache.
+
+With `--draft-model`, a second model in its own context (draft_model.py) guesses the
+tokens a decode step verifies; a released sequence frees its cells there too.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend
+from axchat.actors.backends.llamacpp.draft_model import DraftModel
 from axchat.actors.backends.llamacpp.engine import Engine, NoKvRoom
 from axchat.actors.backends.prefix_store import PrefixStore
 
@@ -31,8 +35,10 @@ class LlamaCppBackend(DeviceBackend):
         max_batch: int,
         prefill_chunk: int = 256,
         prefix_cache_bytes: int = 0,
+        draft: DraftModel | None = None,
     ) -> None:
         self.engine = engine
+        self.draft = draft
         self.info = info
         self.capabilities = Capabilities(
             max_batch=max_batch,
@@ -42,6 +48,7 @@ class LlamaCppBackend(DeviceBackend):
             prefill_rows=max_batch,
             mixed_steps=True,
             drafts=True,
+            draft_model=draft is not None,
         )
         self._max_batch = max_batch
         # Entries are llama.cpp sequence states (Engine.save), in host memory.
@@ -103,15 +110,23 @@ class LlamaCppBackend(DeviceBackend):
 
     # ------------------------------------------------------------ DeviceBackend
 
+    def _prompt(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
+        """Prompt pieces, then the same pieces to the draft model."""
+        starts = [self._length[s] for s in seq_ids]
+        logits = self._feed(seq_ids, pieces)
+        if self.draft is not None:
+            self.draft.follow(seq_ids, pieces, starts)
+        return logits
+
     def prefill(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
         self._claim(seq_id)
-        return self._feed([seq_id], [token_ids])[0]
+        return self._prompt([seq_id], [token_ids])[0]
 
     def extend(self, seq_id: int, token_ids: Sequence[int]) -> np.ndarray:
-        return self._feed([seq_id], [token_ids])[0]
+        return self._prompt([seq_id], [token_ids])[0]
 
     def extend_batch(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> np.ndarray:
-        return self._feed(seq_ids, pieces)
+        return self._prompt(seq_ids, pieces)
 
     def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
         return self._feed(seq_ids, [[t] for t in token_ids])
@@ -119,7 +134,10 @@ class LlamaCppBackend(DeviceBackend):
     def decode_and_extend(
         self, seq_ids: Sequence[int], token_ids: Sequence[int], chunk_seq: int, chunk_ids: Sequence[int]
     ) -> tuple[np.ndarray, np.ndarray]:
+        start = self._length[chunk_seq]
         logits = self._feed([*seq_ids, chunk_seq], [*([t] for t in token_ids), chunk_ids])
+        if self.draft is not None:
+            self.draft.follow([chunk_seq], [chunk_ids], [start])
         return logits[:-1], logits[-1]
 
     def decode_drafts(
@@ -142,6 +160,16 @@ class LlamaCppBackend(DeviceBackend):
             at += len(piece)
         return rows
 
+    def propose(
+        self,
+        seq_ids: Sequence[int],
+        histories: Sequence[Sequence[int]],
+        prompt_lengths: Sequence[int],
+        lengths: Sequence[int],
+    ) -> list[list[int]]:
+        assert self.draft is not None, "proposals asked of a backend loaded without a draft model"
+        return self.draft.propose(seq_ids, histories, prompt_lengths, lengths)
+
     def trim(self, seq_id: int, drop: int) -> None:
         if drop > 0:
             self._length[seq_id] -= drop
@@ -161,9 +189,13 @@ class LlamaCppBackend(DeviceBackend):
         self.engine.forget(llama_seq, n)  # the entry's tail past the shared prefix
         self._parent[seq_id] = kept
         self._length[seq_id] = n
+        if self.draft is not None:  # it keeps no conversations: it reads the prefix again
+            self.draft.follow([seq_id], [prompt_ids[:n]], [0])
         return n
 
     def release(self, seq_id: int, keep: tuple[str, list[int]] | None = None) -> None:
+        if self.draft is not None:
+            self.draft.release(seq_id)
         llama_seq = self._seq.pop(seq_id, None)
         if llama_seq is None:
             return
@@ -194,4 +226,6 @@ class LlamaCppBackend(DeviceBackend):
         self._seq.clear()
         self._length.clear()
         self._parent.clear()
+        if self.draft is not None:
+            self.draft.close()
         self.engine.close()

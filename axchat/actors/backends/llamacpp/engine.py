@@ -78,7 +78,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 class Engine:
     def __init__(
-        self, path: Path, *, cells: int, sequences: int, batch: int, threads: int, exact: bool
+        self, path: Path, *, cells: int, sequences: int, batch: int, threads: int, exact: bool, unified: bool = True
     ) -> None:
         init_once()
         mparams = llama_cpp.llama_model_default_params()
@@ -93,7 +93,10 @@ class Engine:
         cparams.n_seq_max = sequences
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
-        cparams.kv_unified = True  # one pool of cells for every sequence, as the prefix cache needs
+        # One pool of cells for every sequence (the daemon's): any one of them may fill
+        # the context. `unified=False` gives each of `sequences` a fixed stream of
+        # cells / sequences, as llama-server -np does (bench/burst_order.py compares them).
+        cparams.kv_unified = unified
         cparams.no_perf = True
         cparams.embeddings = False
         if exact:

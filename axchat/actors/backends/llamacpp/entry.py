@@ -23,7 +23,9 @@ def prepare(model: str, options: LoadOptions, progress: Callable[[str], None]) -
     if llamacpp.unavailable() is None:  # else `load` says why
         from axchat.actors.backends.llamacpp.load import convert_if_needed
 
-        convert_if_needed(model, options.quant, options.dtype, options.threads, progress)
+        for path in (model, options.draft_model):
+            if path is not None:
+                convert_if_needed(path, options.quant, options.dtype, options.threads, progress)
 
 
 def load(model: str, options: LoadOptions) -> DeviceBackend:
@@ -42,6 +44,7 @@ def load(model: str, options: LoadOptions) -> DeviceBackend:
             threads=options.threads,
             prefix_cache_bytes=options.prefix_cache_bytes,
             running_kv_bytes=options.running_kv_bytes,
+            draft_model=options.draft_model,
         )
     except EngineError as exc:  # anything libllama refused past the checks in `load`
         raise ModelLoadError.because(f"llama.cpp cannot load {model}", exc) from None

@@ -96,7 +96,7 @@ def _tensor_name(name: str) -> str | None:
     return None if short is None else f"blk.{parts[2]}.{short}.{parts[-1]}"
 
 
-def _tokenizer(model_dir: Path, vocab_size: int) -> dict[str, Any]:
+def gguf_vocabulary(model_dir: Path, vocab_size: int) -> dict[str, Any]:
     """The vocabulary as GGUF keys want it, padded with unused tokens to the model's size."""
     import gguf
 
@@ -134,8 +134,15 @@ def _tokenizer(model_dir: Path, vocab_size: int) -> dict[str, Any]:
     if template is None and jinja.is_file():
         template = jinja.read_text()
     ids = {t: i for i, t in by_id.items()}
-    named = {k: ids.get(v if isinstance(v, str) else (v or {}).get("content")) for k, v in tok_config.items() if k in ("bos_token", "eos_token", "pad_token")}
+    named = {k: ids.get(_token_text(v)) for k, v in tok_config.items() if k in ("bos_token", "eos_token", "pad_token")}
     return {"tokens": tokens, "types": types, "merges": merges, "byte_level": byte_level, "template": template, **named}
+
+
+def _token_text(value: Any) -> str:
+    """A special token as tokenizer_config.json gives it: its text, or an object holding it."""
+    if isinstance(value, dict):
+        return str(value.get("content", ""))
+    return value if isinstance(value, str) else ""
 
 
 def _weight_type(kind: str) -> tuple[Any, Callable[[np.ndarray], np.ndarray], int]:
@@ -195,7 +202,7 @@ def convert(model_dir: Path, out: Path, kind: str, progress: Callable[[float], N
     elif rope["rope_type"] not in ("default", "llama3"):
         raise ConversionError(f"rope scaling {rope['rope_type']!r} is not converted")
 
-    tok = _tokenizer(model_dir, vocab)
+    tok = gguf_vocabulary(model_dir, vocab)
     writer.add_tokenizer_model("gpt2" if tok["byte_level"] else "llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tok["tokens"])

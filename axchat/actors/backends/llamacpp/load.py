@@ -137,24 +137,20 @@ def load(
     prefix_cache_bytes: int = 256 << 20,
     running_kv_bytes: int = 256 << 20,
     available_bytes: int | None = None,
+    draft_model: str | None = None,
 ) -> LlamaCppBackend:
     """`running_kv_bytes`: KV for running sequences, enough for every one of `max_batch`
     to fill the context on small models (on larger ones they share it), never less than
-    one context. `available_bytes` (default: what the host has free) bounds the plan."""
+    one context. `available_bytes` (default: what the host has free) bounds the plan.
+    `draft_model`: a smaller model of the same vocabulary that proposes tokens, with as
+    many cells as the model's (its cells are smaller)."""
     from axchat.actors.backends.llamacpp import engine as engine_mod
     from axchat.actors.backends.llamacpp.backend import LlamaCppBackend
 
     measure_threads = threads is None
     threads = threads or default_threads()
-    gguf = find_gguf(model)
-    hf_dir: Path | None = None
-    if gguf is None:
-        hf_dir = Path(model).expanduser()
-        if not (hf_dir / "config.json").is_file():
-            raise ModelLoadError(f"cannot load a model config from {model}: no config.json (nor one .gguf file)")
-        if not is_llama_family(model):
-            raise ModelLoadError(f"{model} is neither a GGUF file nor a Llama-family model directory")
-        gguf = gguf_for(hf_dir, weight_type(quant, dtype), threads)
+    gguf, hf_dir = model_gguf(model, quant, dtype, threads)
+    draft_gguf = None if draft_model is None else draft_gguf_for(draft_model, gguf, quant, dtype, threads)
     meta = read_metadata(gguf)
     kind = FILE_TYPES.get(int(meta.get("general.file_type", "-1")), f"file type {meta.get('general.file_type', '?')}")
     if hf_dir is None and quant != "auto" and quant != kind:
@@ -170,11 +166,13 @@ def load(
     # Kept conversations live in host memory, outside the pool (backend.py says why).
     kept = min(prefix_cache_bytes, ctx_len * 4 * per_cell)
     cells = -(-running // 256) * 256
+    draft_meta = {} if draft_gguf is None else read_metadata(draft_gguf)
     plan = memory_plan.MemoryPlan(
         weights_bytes=gguf.stat().st_size,
         running_kv_bytes=cells * per_cell,
         prefix_kv_bytes=kept,
         compute_bytes=memory_plan.compute_bytes(meta, arch, BATCH_TOKENS, cells, exact),
+        draft_bytes=0 if draft_gguf is None else _draft_bytes(draft_gguf, draft_meta, cells),
     )
     memory_plan.check(
         plan,
@@ -186,6 +184,17 @@ def load(
     threads_reason = f"{threads} threads as asked"
     if measure_threads and threads > 1:
         threads, threads_reason = thread_choice.choose(engine, [threads, 1])
+    draft = None
+    if draft_gguf is not None:
+        from axchat.actors.backends.llamacpp.draft_model import DraftModel
+
+        try:
+            draft = DraftModel(_engine(engine_mod, draft_gguf, cells, max_batch, threads, _is_f32(draft_meta)), max_batch)
+        except BaseException:
+            engine.close()
+            raise
+        threads_reason += f"; draft model {draft_gguf.name}"
+        log.info("draft model %s proposes tokens: its own context of %d KV cells", draft_gguf.name, draft.engine.cells)
     info = BackendInfo(
         backend="llamacpp",
         model=_display_name(model),
@@ -207,8 +216,11 @@ def load(
         "loaded %s on llama.cpp as %s, %d thread%s, %d KV cells", info.model, kind, threads, "s" * (threads != 1), engine.cells
     )
     log.info(
-        "memory plan: weights %.0f MiB, running KV %.0f MiB, kept-prefix KV %.0f MiB, buffers ~%.0f MiB",
-        *(b / memory_plan.MIB for b in (plan.weights_bytes, plan.running_kv_bytes, plan.prefix_kv_bytes, plan.compute_bytes)),
+        "memory plan: weights %.0f MiB, running KV %.0f MiB, kept-prefix KV %.0f MiB, buffers ~%.0f MiB, draft model %.0f MiB",
+        *(
+            b / memory_plan.MIB
+            for b in (plan.weights_bytes, plan.running_kv_bytes, plan.prefix_kv_bytes, plan.compute_bytes, plan.draft_bytes)
+        ),
     )
     return LlamaCppBackend(
         engine,
@@ -216,7 +228,57 @@ def load(
         max_batch=max_batch,
         prefill_chunk=PREFILL_CHUNK,
         prefix_cache_bytes=kept,
+        draft=draft,
     )
+
+
+def model_gguf(model: str, quant: str, dtype: str, threads: int) -> tuple[Path, Path | None]:
+    """The GGUF file `model` names, or its Hugging Face directory's converted one (and
+    that directory)."""
+    gguf = find_gguf(model)
+    if gguf is not None:
+        return gguf, None
+    hf_dir = Path(model).expanduser()
+    if not (hf_dir / "config.json").is_file():
+        raise ModelLoadError(f"cannot load a model config from {model}: no config.json (nor one .gguf file)")
+    if not is_llama_family(model):
+        raise ModelLoadError(f"{model} is neither a GGUF file nor a Llama-family model directory")
+    return gguf_for(hf_dir, weight_type(quant, dtype), threads), hf_dir
+
+
+def draft_gguf_for(draft_model: str, gguf: Path, quant: str, dtype: str, threads: int) -> Path:
+    """The draft model's GGUF (made as the model's is), refused in one line unless its
+    vocabulary is the model's (`gguf`)."""
+    from axchat.actors.backends.llamacpp import engine as engine_mod
+    from axchat.actors.backends.llamacpp import same_vocabulary
+
+    try:
+        draft, _ = model_gguf(draft_model, quant, dtype, threads)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"--draft-model: {exc}") from None
+    try:
+        why = same_vocabulary.difference(same_vocabulary.of_gguf(gguf), same_vocabulary.of_gguf(draft))
+    except engine_mod.EngineError as exc:
+        raise ModelLoadError(f"--draft-model: {exc}") from None
+    if why is not None:
+        raise ModelLoadError(refused_draft(draft_model, why))
+    return draft
+
+
+def refused_draft(draft_model: str, why: str) -> str:
+    return f"--draft-model {draft_model} has another vocabulary than the model ({why}): a draft model must share it"
+
+
+def _is_f32(meta: dict[str, str]) -> bool:
+    return FILE_TYPES.get(int(meta.get("general.file_type", "-1"))) == "f32"
+
+
+def _draft_bytes(gguf: Path, meta: dict[str, str], cells: int) -> int:
+    """The draft model's weights, its KV for `cells` and its buffers."""
+    arch = meta.get("general.architecture", "llama")
+    exact = _is_f32(meta)
+    per_cell = bytes_per_cell(meta, arch, 4 if exact else 2)
+    return gguf.stat().st_size + cells * per_cell + memory_plan.compute_bytes(meta, arch, BATCH_TOKENS, cells, exact)
 
 
 def read_metadata(gguf: Path) -> dict[str, str]:

@@ -19,10 +19,11 @@ class MemoryPlan:
     running_kv_bytes: int
     prefix_kv_bytes: int  # kept conversations (host memory, filled as they come)
     compute_bytes: int  # llama.cpp's graph buffers and logits, estimated
+    draft_bytes: int = 0  # a draft model's weights, KV and buffers (--draft-model)
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.running_kv_bytes + self.prefix_kv_bytes + self.compute_bytes
+        return self.weights_bytes + self.running_kv_bytes + self.prefix_kv_bytes + self.compute_bytes + self.draft_bytes
 
 
 def compute_bytes(meta: dict[str, str], arch: str, batch: int, cells: int, exact: bool) -> int:
@@ -50,6 +51,7 @@ def refusal(plan: MemoryPlan, available: int, *, ctx_len: int, running_set_by_co
         "running KV": plan.running_kv_bytes,
         "kept-prefix KV": plan.prefix_kv_bytes,
         "buffers": plan.compute_bytes,
+        **({"draft model": plan.draft_bytes} if plan.draft_bytes else {}),
     }
     largest = max(parts, key=lambda k: parts[k])
     lower = {
@@ -61,6 +63,7 @@ def refusal(plan: MemoryPlan, available: int, *, ctx_len: int, running_set_by_co
         ),
         "kept-prefix KV": "--prefix-cache-mb (0 turns conversation reuse off)",
         "buffers": "--context",
+        "draft model": "a smaller --draft-model, or none",
     }[largest]
     detail = ", ".join(f"{name} {size / MIB:.0f}" for name, size in parts.items())
     return (
