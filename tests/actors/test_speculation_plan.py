@@ -76,7 +76,7 @@ def test_a_new_stream_tries_at_once_and_a_wrong_one_tries_again_when_it_has_paid
     assert draft_lengths([due], row_budget=8, others_waiting=False, cost=cpu_like) == [7]
 
 
-def test_row_costs_are_measured_and_bounded_by_larger_steps() -> None:
+def test_row_costs_are_measured_and_lie_between_measured_neighbours() -> None:
     costs = RowCosts()
     assert costs.cost(1, 3) == flat_rows(1, 3)  # nothing measured: the optimistic guess
     costs.observe(8, 38.0)
@@ -85,7 +85,7 @@ def test_row_costs_are_measured_and_bounded_by_larger_steps() -> None:
     costs.observe(1, 10.0)
     costs.observe(8, 38.0)
     assert costs.cost(1, 8) == 3.8
-    assert costs.cost(1, 4) == 3.8  # not measured: as dear as the next larger measured
+    assert costs.cost(1, 4) == (10.0 + 3 / 7 * 28.0) / 10.0  # not measured: between its neighbours
     assert costs.cost(8, 9) == flat_rows(8, 9)  # beyond them: the guess from the last
     costs.observe(8, 90.0)  # slowed by other work: the fastest recent step stands
     assert costs.cost(1, 8) == 3.8

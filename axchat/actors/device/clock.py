@@ -99,14 +99,15 @@ class RowCosts:
 
     def cost(self, base: int, rows: int) -> float:
         """A step of `rows` rows against one of `base` rows, from the times measured.
-        A row count not measured costs what the next larger measured one does (a step
-        never costs less for more rows, and llama.cpp's cost is far from linear: one row
-        has a kernel of its own); beyond every measured one, or before any, it is
-        `flat_rows`'s optimistic guess, so that it gets tried and measured. While only
-        larger steps than `base` were measured, proposals cost without bound: taking a
-        larger step's time for the plain step would make them look free, and streams
-        that propose at every step (a draft model's) would never run the plain step that
-        measures it."""
+        A row count not measured, between two measured ones, costs the straight line
+        between them: once tried it is measured, so a guess too low corrects itself in
+        one step (pricing it as the next larger one would keep a stream whose long tries
+        failed from ever trying a short one). Beyond every measured count, or before
+        any, it is `flat_rows`'s optimistic guess, so that it gets tried and measured.
+        While only larger steps than `base` were measured, proposals cost without bound:
+        taking a larger step's time for the plain step would make them look free, and
+        streams that propose at every step (a draft model's) would never run the plain
+        step that measures it."""
         if base not in self._ms and any(r > base for r in self._ms):
             return math.inf
         at_base, at_rows = self._ms_at(base), self._ms_at(rows)
@@ -118,9 +119,12 @@ class RowCosts:
         if rows in self._ms:
             return self._ms[rows]
         above = min((r for r in self._ms if r > rows), default=None)
+        below = max((r for r in self._ms if r < rows), default=None)
+        if above is not None and below is not None:
+            share = (rows - below) / (above - below)
+            return self._ms[below] + share * (self._ms[above] - self._ms[below])
         if above is not None:
             return self._ms[above]
-        below = max((r for r in self._ms if r < rows), default=None)
         return None if below is None else self._ms[below] * flat_rows(below, rows)
 
 
