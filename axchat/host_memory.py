@@ -1,9 +1,10 @@
 """How much memory this process may still take: the machine's available memory, capped
 by a cgroup v2 limit (systemd's MemoryMax=, a container's --memory), and the share of it
-the KV cache gets by default."""
+the KV cache gets by default; and handing the C heap's freed pages back."""
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import psutil
@@ -39,3 +40,18 @@ def available_bytes() -> int:
 def default_kv_bytes(available: int) -> int:
     """One KV pool's default budget on a machine with `available` bytes free."""
     return int(min(KV_CEILING_BYTES, max(KV_FLOOR_BYTES, available * KV_SHARE)))
+
+
+def return_freed_heap() -> None:
+    """Ask the C allocator to return freed heap pages to the system.
+
+    glibc keeps freed memory in its arenas (after a few large frees it stops using mmap
+    for big blocks): without this, a model's pages freed at unload stay resident, and
+    what a load only needed for a moment (a vocabulary read for its metadata, parse
+    buffers) stays in the process for good. Not glibc: nothing to do."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # this process's own symbols: libc is among them
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, NamedTuple
-
-import llguidance as llg
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from axchat.actors.tool_syntax import ToolSyntax
 from axchat.protocol.v1 import MAX_TOOLS, Constraint
+
+# llguidance is imported where it is called: a daemon maps its library only once a
+# request asks for a constraint.
+if TYPE_CHECKING:
+    import llguidance as llg
 
 # About 20 ms of regex analysis, 20k lexer states (~40 MB at most), a 100k-symbol
 # grammar; each token's mask at most ~4 ms of lexer work and ~1 ms of parser items.
@@ -34,6 +37,8 @@ _TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def limits() -> llg.LLParserLimits:
+    import llguidance as llg
+
     return llg.LLParserLimits(**LIMITS)  # type: ignore[arg-type]
 
 
@@ -51,6 +56,8 @@ class Compiled(NamedTuple):
 
 def build(constraint: Constraint, syntax: ToolSyntax, tokenizer: llg.LLTokenizer) -> Compiled:
     """The grammar for `constraint`; raises BadConstraint naming the field at fault."""
+    import llguidance as llg
+
     kind = constraint.kind
     if kind == "json_schema":
         grammar = _check(_from_schema(constraint.schema, "constraint.schema"), tokenizer, "constraint.schema")
@@ -78,6 +85,8 @@ def _from_schema(text: str, param: str) -> str:
 
 
 def _schema_grammar(schema: Any, param: str = "constraint") -> str:
+    import llguidance as llg
+
     try:
         return llg.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)  # type: ignore[arg-type]
     except (ValueError, RecursionError) as exc:
@@ -85,6 +94,8 @@ def _schema_grammar(schema: Any, param: str = "constraint") -> str:
 
 
 def _check(grammar: str, tokenizer: llg.LLTokenizer, param: str) -> str:
+    import llguidance as llg
+
     error = llg.LLMatcher.validate_grammar(grammar, tokenizer, limits=limits())
     if error:
         raise BadConstraint(param, f"{param} cannot be used: {_first_line(error)}")
@@ -96,6 +107,8 @@ def _first_line(error: str) -> str:
 
 
 def _tools_grammar(constraint: Constraint, syntax: ToolSyntax, tokenizer: llg.LLTokenizer) -> str:
+    import llguidance as llg
+
     tools = constraint.tools
     if not tools:
         raise BadConstraint("constraint.tools", "constraint.tools is empty: a tools constraint needs at least one")

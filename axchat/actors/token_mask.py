@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import llguidance as llg
 import numpy as np
-from llguidance.numpy import fill_next_token_bitmask_par, fill_next_token_bitmask_par_with_draft_tokens
 
 from axchat.actors import grammar
+
+# llguidance is imported where it is called (see grammar.py).
+if TYPE_CHECKING:
+    import llguidance as llg
 
 
 class ConstraintVocab:
@@ -42,6 +44,8 @@ class ConstraintVocab:
         from_gguf = getattr(self._source, "llguidance_tokenizer", None)  # a GGUF's own vocabulary
         if from_gguf is not None:
             return from_gguf(self._vocab_size, self._eos)  # type: ignore[no-any-return]
+        import llguidance as llg
+
         rust = _rust_tokenizer(self._source)
         n_vocab = max(self._vocab_size, int(rust.get_vocab_size(with_added_tokens=True)))
         return llg.LLTokenizer(rust.to_str(), n_vocab=n_vocab, eos_token=self._eos or None)
@@ -59,6 +63,8 @@ def _rust_tokenizer(tok: Any) -> Any:
 def compile_matcher(vocab: ConstraintVocab, grammar_text: str) -> llg.LLMatcher:
     """A fresh matcher (its compile drops the GIL); one in error is still returned: its
     first mask reports it."""
+    import llguidance as llg
+
     return llg.LLMatcher(vocab.get(), grammar_text, log_level=0, limits=grammar.limits())
 
 
@@ -153,6 +159,8 @@ def _llg_executor() -> llg.LLExecutor:
     global _executor
     with _executor_lock:
         if _executor is None:
+            import llguidance as llg
+
             _executor = llg.LLExecutor(num_threads=2)  # the daemon's CPUs go to the engine
         return _executor
 
@@ -172,6 +180,8 @@ def fill_together(masks: Sequence[TokenMask]) -> None:
     pairs = list(zip(todo, starts, strict=True))
     plain = [(mask.matcher, at) for mask, at in pairs if not mask.ahead]
     ahead = [(mask.matcher, at, mask.ahead) for mask, at in pairs if mask.ahead]
+    from llguidance.numpy import fill_next_token_bitmask_par, fill_next_token_bitmask_par_with_draft_tokens
+
     if plain:  # (llguidance refuses an empty proposal)
         fill_next_token_bitmask_par(_llg_executor(), plain, batch)
     if ahead:

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from axchat.models import catalog, hub, ollama_store, store
+from axchat.models import catalog, ollama_store, store
 from axchat.models.aipu_catalog import CATALOG as METIS_CATALOG
 
 # A hub id is ORG/NAME; anything else that is not a catalog name, a path or in the store
@@ -95,6 +95,8 @@ def ensure_available(resolved: ResolvedModel, timeout_s: float = HUB_PROBE_TIMEO
     how = f"`axchat pull {name}` fetches it where there is a network; `axchat models` lists what is here"
     if _offline():
         raise ModelNotFound(f"model {name} is not here, and HF_HUB_OFFLINE is set: {how}")
+    from axchat.models import hub  # http.client and urllib: only for a model not here
+
     try:
         hub.probe(resolved.source, timeout_s)
     except hub.HubError as exc:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import enum
 import gc
 import logging
@@ -18,6 +16,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from axchat import host_memory
 
 if TYPE_CHECKING:
     from axchat.actors.backends.base import DeviceBackend
@@ -247,19 +247,4 @@ def free_device_memory() -> None:
     torch = sys.modules.get("torch")  # never import it here: the AIPU path has no torch
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
-    _trim_c_heap()
-
-
-def _trim_c_heap() -> None:
-    # glibc keeps freed memory in its arenas (after a few large frees it stops using
-    # mmap for big blocks), so without a trim the weights' pages stay resident: the
-    # process would look as big unloaded as loaded. Not glibc: nothing to do.
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
+    host_memory.return_freed_heap()

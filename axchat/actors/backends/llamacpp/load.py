@@ -4,7 +4,6 @@ by libllama for q8_0 and q4_k_m), size the KV cells, and describe what runs."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import time
 from collections.abc import Callable
@@ -302,6 +301,8 @@ def _refused(gguf: Path, exc: Exception) -> str:
         return str(exc)
     if not isinstance(arch, str):
         return str(exc)
+    import importlib.metadata  # only here: it imports zipfile, email, csv...
+
     try:
         build = f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
     except importlib.metadata.PackageNotFoundError:
