@@ -1,6 +1,6 @@
-"""The default path without torch: the daemon on llama.cpp never maps libtorch, and a
-fresh `make run` venv (no torch, no transformers in it at all) serves `ask`, `chat`,
-`status` and `web`.
+"""The default path without torch: the daemon on llama.cpp never maps libtorch (nor, until
+a request needs them, the `tokenizers` and llguidance libraries), and a fresh `make run`
+venv (no torch, no transformers in it at all) serves `ask`, `chat`, `status` and `web`.
 
 The venv is real, made by the Makefile as a user's clone makes it: `make run VENV=...`
 installs the package without the torch extra from the package index (pip's cache makes
@@ -17,13 +17,16 @@ import re
 import shutil
 import subprocess
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
-from conftest import DaemonProcess, LoggedProcess, short_socket_dir
+from conftest import DaemonProcess, LoggedProcess, chat, collect, connected, serving, short_socket_dir
 from terminal_pane import Pane
+
+from axchat.protocol import v1
 
 REPO = Path(__file__).resolve().parents[1]
 MAKE_TIMEOUT_S = 900  # a fresh venv: pip from its cache, the engine's self-test on every weight type
@@ -38,6 +41,34 @@ def maps_torch(pid: int) -> list[str]:
 def test_the_default_daemon_never_maps_libtorch(daemon: DaemonProcess) -> None:
     # The shared venv has torch installed: only what the daemon imports decides.
     assert maps_torch(daemon.proc.pid) == []
+
+
+# Native libraries a default daemon has no use for while it serves plain chats: the
+# `tokenizers` library (libllama's vocabulary, which the engine holds anyway, tokenizes
+# a converted model) and llguidance (loaded by the first constrained request); the rest
+# are the web bridge's (aiohttp and its C parts), never the daemon's.
+UNUSED_AT_START = ("torch", "tokenizers.abi3", "llguidance", "aiohttp", "yarl", "multidict")
+
+
+def unused_mapped(pid: int) -> list[str]:
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return [name for name in UNUSED_AT_START if name in maps]
+
+
+def test_a_default_daemon_maps_tokenizers_and_llguidance_only_when_a_request_needs_them(tiny_model_dir: Path) -> None:
+    # A daemon of its own: the session's daemon may have served constrained requests.
+    for d in serving(tiny_model_dir):
+        for client in connected(d):
+            client.send("plain", chat("Tell me a story", max_tokens=8))
+            assert collect(client, "plain")[2].finish_reason in ("length", "stop")
+            assert unused_mapped(d.proc.pid) == []
+            gen = chat("Give JSON", max_tokens=16)
+            gen.constraint = v1.Constraint(kind="json_schema", schema=json.dumps({"type": "object"}))
+            rid = uuid.uuid4().hex[:8]
+            client.send(rid, gen)
+            done = collect(client, rid)[2]
+            assert done.finish_reason in ("length", "stop")
+            assert unused_mapped(d.proc.pid) == ["llguidance"]
 
 
 class LeanVenv:

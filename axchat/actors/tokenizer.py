@@ -349,7 +349,8 @@ END_OF_TURN_MARKERS = ("<|end|>", "<|eot_id|>")
 
 class TextTokenizer(Protocol):
     """What the daemon asks of a model's tokenizer (tokenizer_json.JsonTokenizer for a
-    Hugging Face directory, llamacpp.vocab.GgufTokenizer for a GGUF file)."""
+    Hugging Face directory, llamacpp.vocab.LlamaTokenizer for a GGUF file and for a
+    directory converted to one that libllama tokenizes alike)."""
 
     chat_template: str | None
     eos_token_id: int | None
@@ -370,26 +371,31 @@ def end_of_turn_ids(tokenizer: TextTokenizer) -> set[int]:
     return ids
 
 
-def load_tokenizer(model: str) -> TextTokenizer:
-    """The model's own tokenizer (no transformers: see tokenizer_json), or a one-line ModelLoadError."""
+def load_tokenizer(model: str, vocab_gguf: str | None = None) -> TextTokenizer:
+    """The model's own tokenizer (no transformers: see tokenizer_json), or a one-line
+    ModelLoadError. `vocab_gguf`: a GGUF file whose libllama vocabulary encodes as the
+    directory's tokenizer files do (BackendInfo.vocab_gguf), read instead of tokenizer.json."""
     from axchat.actors.backends.base import ModelLoadError
     from axchat.actors.chat_template import ChatTemplateError
-    from axchat.actors.tokenizer_json import JsonTokenizer, TokenizerFilesError
+    from axchat.actors.tokenizer_files import TokenizerFilesError
     from axchat.models import ollama_store
 
     path = Path(model).expanduser()
     try:
         # The vocabulary and template in a GGUF file's metadata (Ollama's blobs have no suffix).
-        if model.endswith(".gguf") or ollama_store.is_blob(path):
+        gguf_only = model.endswith(".gguf") or ollama_store.is_blob(path)
+        if gguf_only or vocab_gguf is not None:
             from axchat.actors.backends.llamacpp.engine import EngineError
-            from axchat.actors.backends.llamacpp.vocab import GgufTokenizer
+            from axchat.actors.backends.llamacpp.vocab import LlamaTokenizer
 
             try:
-                return GgufTokenizer(path)
+                return LlamaTokenizer(path) if gguf_only else LlamaTokenizer(Path(vocab_gguf or ""), path)
             except EngineError as exc:
                 raise ModelLoadError(str(exc)) from None
         if not path.is_dir():
             raise ModelLoadError(f"cannot load a tokenizer from {model}: not a local directory (axchat pull it first)")
+        from axchat.actors.tokenizer_json import JsonTokenizer
+
         return JsonTokenizer.from_dir(path)
     except (OSError, TokenizerFilesError, ChatTemplateError) as exc:
         raise ModelLoadError.because(f"cannot load a tokenizer from {model}", exc) from None

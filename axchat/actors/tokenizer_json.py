@@ -1,59 +1,19 @@
 """A Hugging Face tokenizer directory read without transformers: `tokenizer.json` through
 the `tokenizers` library (the engine transformers' fast tokenizers wrap), the special
-tokens and chat template from `tokenizer_config.json` / `chat_template.jinja`, applied as
-transformers 5 applies them (tests/actors/test_tokenizer_json.py compares the two)."""
+tokens and chat template from `tokenizer_config.json` / `chat_template.jinja`
+(tokenizer_files.py), applied as transformers 5 applies them
+(tests/actors/test_tokenizer_json.py compares the two)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer, processors
 
-from axchat.actors.chat_template import SPECIAL_TOKEN_NAMES, ChatTemplate
-
-TOKENIZER_FILE = "tokenizer.json"
-CONFIG_FILE = "tokenizer_config.json"
-TEMPLATE_FILE = "chat_template.jinja"
-LEGACY_SPECIAL_FILE = "special_tokens_map.json"  # older saves keep the named tokens here
-
-
-class TokenizerFilesError(ValueError):
-    """The directory's tokenizer files are missing or unreadable; one line."""
-
-
-def _token_text(value: Any) -> str | None:
-    """A special token as a config spells it: a string, or an AddedToken's dict."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
-        return str(value["content"])
-    return None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerFilesError(f"cannot read {path.name}: {exc}") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _template_source(directory: Path, config: Mapping[str, Any]) -> str | None:
-    """chat_template.jinja wins over the config's copy, as in transformers; a config's list
-    of named templates gives its `default`."""
-    file = directory / TEMPLATE_FILE
-    if file.is_file():
-        return file.read_text(encoding="utf-8")
-    template = config.get("chat_template")
-    if isinstance(template, list):
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
-        template = named.get("default")
-    return template if isinstance(template, str) and template else None
+from axchat.actors.chat_template import ChatTemplate
+from axchat.actors.tokenizer_files import TOKENIZER_FILE, TokenizerFiles, TokenizerFilesError
 
 
 def _clean_up_spaces(text: str) -> str:
@@ -67,20 +27,20 @@ def _clean_up_spaces(text: str) -> str:
 class JsonTokenizer:
     """Encode, decode and render chats for one model, from its tokenizer files."""
 
-    def __init__(self, backend: Tokenizer, config: Mapping[str, Any], template_source: str | None) -> None:
+    def __init__(self, backend: Tokenizer, files: TokenizerFiles) -> None:
         self._backend = backend
         # The file may carry training-time truncation or padding; a prompt is encoded whole.
         backend.no_truncation()
         backend.no_padding()
-        self.special_tokens = {name: text for name in SPECIAL_TOKEN_NAMES if (text := _token_text(config.get(name)))}
+        self.special_tokens = files.special_tokens
         self.bos_token_id = self.token_id(self.special_tokens.get("bos_token"))
         self.eos_token_id = self.token_id(self.special_tokens.get("eos_token"))
-        if "add_bos_token" in config or "add_eos_token" in config or backend.post_processor is None:
-            self._set_post_processor(bool(config.get("add_bos_token")), bool(config.get("add_eos_token")))
+        if files.says_adds() or backend.post_processor is None:
+            self._set_post_processor(files.add_bos, files.add_eos)
         # Only for non-BPE models, as transformers 5 does: on BPE it would eat real spaces.
-        self._clean_up = bool(config.get("clean_up_tokenization_spaces")) and type(backend.model).__name__ != "BPE"
-        self.chat_template = template_source
-        self._template = ChatTemplate(template_source, self.special_tokens) if template_source else None
+        self._clean_up = bool(files.config.get("clean_up_tokenization_spaces")) and type(backend.model).__name__ != "BPE"
+        self.chat_template = files.template_source
+        self._template = ChatTemplate(files.template_source, self.special_tokens) if files.template_source else None
 
     @classmethod
     def from_dir(cls, directory: Path) -> JsonTokenizer:
@@ -90,8 +50,7 @@ class JsonTokenizer:
             backend = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
         except Exception as exc:  # the Rust side raises plain Exception for a malformed file
             raise TokenizerFilesError(f"cannot read {TOKENIZER_FILE}: {exc}") from None
-        config = {**_read_json(directory / LEGACY_SPECIAL_FILE), **_read_json(directory / CONFIG_FILE)}
-        return cls(backend, config, _template_source(directory, config))
+        return cls(backend, TokenizerFiles.read(directory))
 
     @property
     def backend_tokenizer(self) -> Tokenizer:

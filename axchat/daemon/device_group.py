@@ -121,7 +121,7 @@ async def load_devices(
     first = next(r.backend for r in results if r.backend is not None)
     from axchat.actors.tokenizer import load_tokenizer
 
-    tokenizer = await loop.run_in_executor(None, load_tokenizer, first.info.tokenizer or model)
+    tokenizer = await loop.run_in_executor(None, load_tokenizer, first.info.tokenizer or model, first.info.vocab_gguf)
     return results, tokenizer
 
 

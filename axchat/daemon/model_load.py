@@ -96,7 +96,7 @@ async def load_model(
     """Start-up: the device and the tokenizer, each in a worker thread."""
     loop = asyncio.get_running_loop()
     backend = await in_own_thread(load_device, cfg.backend, model, load_options(cfg), progress)
-    tokenizer = await loop.run_in_executor(None, load_tokenizer, backend.info.tokenizer or model)
+    tokenizer = await loop.run_in_executor(None, load_tokenizer, backend.info.tokenizer or model, backend.info.vocab_gguf)
     host_memory.return_freed_heap()  # what the loads held only for a while
     return backend, tokenizer
 

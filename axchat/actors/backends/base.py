@@ -45,6 +45,9 @@ class BackendInfo:
     weights_bytes: int = 0
     running_kv_bytes: int = 0
     prefix_kv_bytes: int = 0
+    # llama.cpp: the GGUF file whose vocabulary, which the engine holds anyway, encodes as the
+    # model's tokenizer files do; the tokenizer reads it instead of loading a copy of its own.
+    vocab_gguf: str | None = None
 
 
 @dataclass(frozen=True)

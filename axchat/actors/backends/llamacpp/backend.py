@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from axchat.actors.backends.base import BackendInfo, Capabilities, DeviceBackend
+from axchat.actors.backends.llamacpp import vocab_share
 from axchat.actors.backends.llamacpp.draft_model import DraftModel
 from axchat.actors.backends.llamacpp.engine import Engine, NoKvRoom
 from axchat.actors.backends.prefix_store import PrefixStore
@@ -40,6 +41,9 @@ class LlamaCppBackend(DeviceBackend):
         self.engine = engine
         self.draft = draft
         self.info = info
+        # The tokenizer reads the model's own vocabulary while this backend holds it.
+        self._vocab = vocab_share.share_of(engine.path)
+        self._vocab.lend(engine.model)
         self.capabilities = Capabilities(
             max_batch=max_batch,
             kv_survives_switch=True,
@@ -228,4 +232,5 @@ class LlamaCppBackend(DeviceBackend):
         self._parent.clear()
         if self.draft is not None:
             self.draft.close()
+        self._vocab.take_back(self.engine.model)
         self.engine.close()

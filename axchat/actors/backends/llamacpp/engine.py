@@ -81,6 +81,7 @@ class Engine:
         self, path: Path, *, cells: int, sequences: int, batch: int, threads: int, exact: bool, unified: bool = True
     ) -> None:
         init_once()
+        self.path = path
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 0
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)

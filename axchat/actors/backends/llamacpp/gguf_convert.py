@@ -3,8 +3,9 @@ file with the `gguf` package's writer, in f32, f16 or bf16; quantized types are 
 from that by libllama (`quantize.py`).
 
 The file carries the model's own vocabulary (padded to the model's vocab size) and chat
-template, so it is usable on its own, though axchat never lets llama.cpp tokenize: the
-tokenizer actor does, with the Hugging Face tokenizer.
+template, so it is usable on its own. Its pre-tokenizer key names libllama's split only
+where that gives the Hugging Face tokenizer's ids exactly (`tokenizer_match`); the
+daemon then tokenizes with libllama, else with the Hugging Face tokenizer.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from axchat.actors.backends.llamacpp import safetensors_read
+from axchat.actors.backends.llamacpp import safetensors_read, tokenizer_match
 from axchat.models.model_files import ModelFileError
 
 # Bumped whenever the written file would differ for the same source: part of the cache key.
-CONVERTER_VERSION = 2
+CONVERTER_VERSION = 3
 ARCHITECTURES = ("LlamaForCausalLM",)
 FLOAT_TYPES = ("f32", "f16", "bf16")
 
@@ -135,7 +136,8 @@ def gguf_vocabulary(model_dir: Path, vocab_size: int) -> dict[str, Any]:
         template = jinja.read_text()
     ids = {t: i for i, t in by_id.items()}
     named = {k: ids.get(_token_text(v)) for k, v in tok_config.items() if k in ("bos_token", "eos_token", "pad_token")}
-    return {"tokens": tokens, "types": types, "merges": merges, "byte_level": byte_level, "template": template, **named}
+    pre = tokenizer_match.llama_pre_tokenizer(spec)
+    return {"tokens": tokens, "types": types, "merges": merges, "byte_level": byte_level, "pre": pre, "template": template, **named}
 
 
 def _token_text(value: Any) -> str:
@@ -204,7 +206,7 @@ def convert(model_dir: Path, out: Path, kind: str, progress: Callable[[float], N
 
     tok = gguf_vocabulary(model_dir, vocab)
     writer.add_tokenizer_model("gpt2" if tok["byte_level"] else "llama")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(tok["pre"])
     writer.add_token_list(tok["tokens"])
     writer.add_token_types(tok["types"])
     if tok["merges"]:
@@ -214,7 +216,7 @@ def convert(model_dir: Path, out: Path, kind: str, progress: Callable[[float], N
     for key, add in (("bos_token", writer.add_bos_token_id), ("eos_token", writer.add_eos_token_id), ("pad_token", writer.add_pad_token_id)):
         if tok.get(key) is not None:
             add(int(tok[key]))
-    writer.add_add_bos_token(False)  # the tokenizer actor decides; llama.cpp never tokenizes here
+    writer.add_add_bos_token(False)  # the tokenizer actor adds bos itself, as tokenizer_config.json says
     if tok["template"]:
         writer.add_chat_template(tok["template"])
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from axchat import host_memory
 from axchat.actors.backends.base import BackendInfo, ModelLoadError
-from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert, memory_plan, thread_choice
+from axchat.actors.backends.llamacpp import gguf_cache, gguf_convert, memory_plan, thread_choice, tokenizer_match
 from axchat.host_cores import default_threads
 from axchat.models import gguf_header, model_files, store
 from axchat.models.gguf_header import FILE_TYPES
@@ -194,6 +194,8 @@ def load(
             raise
         threads_reason += f"; draft model {draft_gguf.name}"
         log.info("draft model %s proposes tokens: its own context of %d KV cells", draft_gguf.name, draft.engine.cells)
+    # Our conversion names a pre-tokenizer only where libllama's ids are the tokenizer's.
+    same_ids = hf_dir is not None and meta.get("tokenizer.ggml.pre", tokenizer_match.NO_MATCH) != tokenizer_match.NO_MATCH
     info = BackendInfo(
         backend="llamacpp",
         model=_display_name(model),
@@ -209,6 +211,7 @@ def load(
         weights_bytes=plan.weights_bytes,
         running_kv_bytes=plan.running_kv_bytes,
         prefix_kv_bytes=plan.prefix_kv_bytes,
+        vocab_gguf=str(gguf) if same_ids else None,
     )
     # "as TYPE, N threads": the wording of the torch path's line, which the benches read.
     log.info(

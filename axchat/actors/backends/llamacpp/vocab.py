@@ -1,7 +1,11 @@
-"""A GGUF file's own tokenizer and chat template through libllama, loaded vocabulary-only
-(no weights): what serves a .gguf with no Hugging Face files beside it.
+"""The tokenizer interface (tokenizer.TextTokenizer) over libllama's vocabulary of a GGUF
+file, the one the loaded engine already holds (vocab_share): for a .gguf served alone,
+its special tokens and chat template from the file; for a Hugging Face model converted
+to a GGUF that says libllama splits text as its tokenizer.json does (tokenizer_match),
+everything but the vocabulary from the model's tokenizer files, so the ids are the
+`tokenizers` library's own (tests/actors/backends/test_llama_vocab.py).
 
-libllama's tokenizer functions read only the vocabulary, so any thread may call them."""
+libllama's tokenizer functions only read the vocabulary, so any thread may call them."""
 
 from __future__ import annotations
 
@@ -12,84 +16,139 @@ from typing import Any
 
 import llama_cpp
 
-from axchat.actors.backends.llamacpp import engine
+from axchat.actors.backends.llamacpp import vocab_share
 from axchat.actors.chat_template import ChatTemplate
+from axchat.actors.tokenizer_files import TOKENIZER_FILE, TokenizerFiles
 
-# llama_token_attr bits: a control token (bos, eos, <|im_start|>...) is special in transformers' sense.
-_ATTR_CONTROL = 1 << 3
+# Added tokens: control tokens (bos, eos, <|im_start|>...) are special in transformers'
+# sense; user-defined ones are added but not special. Unused ones pad the vocabulary.
+_ATTR_UNUSED = llama_cpp.LLAMA_TOKEN_ATTR_UNUSED
+_ATTR_ADDED = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
 
 
-class GgufTokenizer:
-    """The tokenizer interface of tokenizer_json.JsonTokenizer over libllama's vocabulary."""
+class LlamaTokenizer:
+    """Encode, decode and render chats for one model, on libllama's vocabulary."""
 
-    def __init__(self, path: Path) -> None:
-        engine.init_once()
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-        if not self._model:
-            raise engine.EngineError(f"llama.cpp cannot read the vocabulary of {path}")
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self._n = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        self._texts = [llama_cpp.llama_vocab_get_text(self._vocab, i).decode(errors="replace") for i in range(self._n)]
-        self.bos_token_id = self._known(llama_cpp.llama_vocab_bos(self._vocab))
-        self.eos_token_id = self._known(llama_cpp.llama_vocab_eos(self._vocab))
-        self.special_tokens = {
-            name: self._texts[i] for name, i in (("bos_token", self.bos_token_id), ("eos_token", self.eos_token_id)) if i is not None
-        }
-        template = llama_cpp.llama_model_chat_template(self._model, None)
-        self.chat_template = template.decode() if template else None
+    def __init__(self, path: Path, model_dir: Path | None = None) -> None:
+        """`model_dir`: the Hugging Face model `path` was converted from, whose files give
+        the special tokens, the chat template and the rules (what encoding adds, how ids
+        decode); None: the GGUF file's own."""
+        self._share = vocab_share.share_of(path)
+        self._files = TokenizerFiles.read(model_dir) if model_dir is not None else None
+        self._json = model_dir / TOKENIZER_FILE if model_dir is not None else None
+        self._found: dict[str, int | None] = {}
+        with self._share.vocab() as vocab:
+            self._n = llama_cpp.llama_vocab_n_tokens(vocab)
+            bos, eos = self._known(llama_cpp.llama_vocab_bos(vocab)), self._known(llama_cpp.llama_vocab_eos(vocab))
+            named = {name: self._text(vocab, i) for name, i in (("bos_token", bos), ("eos_token", eos)) if i is not None}
+        if self._files is None:
+            self.special_tokens, self.chat_template = named, self._share.chat_template()
+            self.bos_token_id, self.eos_token_id = bos, eos
+        else:
+            self.special_tokens, self.chat_template = self._files.special_tokens, self._files.template_source
+            self.bos_token_id = self.token_id(self.special_tokens.get("bos_token"))
+            self.eos_token_id = self.token_id(self.special_tokens.get("eos_token"))
         self._template = ChatTemplate(self.chat_template, self.special_tokens) if self.chat_template else None
-        self._vocab_map = {text: i for i, text in enumerate(self._texts)}
 
     def _known(self, token: int) -> int | None:
         return token if 0 <= token < self._n else None
+
+    @staticmethod
+    def _text(vocab: Any, token: int) -> str:
+        return bytes(llama_cpp.llama_vocab_get_text(vocab, token)).decode(errors="replace")
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         data = text.encode()
         room = len(data) + 8
         buf = (llama_cpp.llama_token * room)()
-        # Special tokens written in the text are parsed as the tokens they name, as transformers does.
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, room, add_special_tokens, True)
-        return list(buf[:n])
+        # As the Hugging Face files say, bos and eos are added here, not by libllama.
+        llama_adds = add_special_tokens and self._files is None
+        with self._share.vocab() as vocab:
+            # Special tokens written in the text are parsed as the tokens they name, as transformers does.
+            n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, room, llama_adds, True)
+        ids = list(buf[:n])
+        if add_special_tokens and self._files is not None:
+            if self._files.add_bos and self.bos_token_id is not None:
+                ids.insert(0, self.bos_token_id)
+            if self._files.add_eos and self.eos_token_id is not None:
+                ids.append(self.eos_token_id)
+        return ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        if self._files is not None:
+            return self._pieces(ids, skip_special_tokens).decode(errors="replace")
         tokens = (llama_cpp.llama_token * max(1, len(ids)))(*ids)
         room = 64 + 32 * len(ids)
         out = ctypes.create_string_buffer(room)
-        n = llama_cpp.llama_detokenize(self._vocab, tokens, len(ids), out, room, skip_special_tokens, not skip_special_tokens)
-        if n < 0:  # a token longer than we guessed: llama.cpp says how much room it needs
-            out = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_detokenize(self._vocab, tokens, len(ids), out, -n, skip_special_tokens, not skip_special_tokens)
+        with self._share.vocab() as vocab:
+            n = llama_cpp.llama_detokenize(vocab, tokens, len(ids), out, room, skip_special_tokens, not skip_special_tokens)
+            if n < 0:  # a token longer than we guessed: llama.cpp says how much room it needs
+                out = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_detokenize(vocab, tokens, len(ids), out, -n, skip_special_tokens, not skip_special_tokens)
         return out.raw[:n].decode(errors="replace")
 
+    def _pieces(self, ids: Sequence[int], skip_special: bool) -> bytes:
+        """Each token's bytes, joined: the `tokenizers` library's byte-level decode.
+        (llama_detokenize would also drop spaces before punctuation for this split.)"""
+        out = bytearray()
+        buf = ctypes.create_string_buffer(256)
+        with self._share.vocab() as vocab:
+            for token in ids:
+                n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, not skip_special)
+                if n < 0:
+                    buf = ctypes.create_string_buffer(-n)
+                    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, not skip_special)
+                out += buf.raw[:n]
+        return bytes(out)
+
     def token_id(self, token: str | None) -> int | None:
-        return None if token is None else self._vocab_map.get(token)
+        if token is None:
+            return None
+        if token not in self._found:
+            self._found[token] = self._find(token)
+        return self._found[token]
+
+    def _find(self, token: str) -> int | None:
+        # A special token's text encodes to that one token; any other entry is looked for.
+        ids = self.encode(token, add_special_tokens=False)
+        with self._share.vocab() as vocab:
+            if len(ids) == 1 and self._text(vocab, ids[0]) == token:
+                return ids[0]
+            wanted = token.encode()
+            return next((i for i in range(self._n) if bytes(llama_cpp.llama_vocab_get_text(vocab, i)) == wanted), None)
 
     def added_tokens(self) -> dict[int, str]:
-        return {
-            i: self._texts[i] for i in range(self._n) if llama_cpp.llama_vocab_get_attr(self._vocab, i) & _ATTR_CONTROL
-        }
+        with self._share.vocab() as vocab:
+            return {
+                i: self._text(vocab, i) for i in range(self._n) if llama_cpp.llama_vocab_get_attr(vocab, i) & _ATTR_ADDED
+            }
 
     def token_texts(self) -> Iterator[str]:
-        return iter(self._texts)
-
-    def llguidance_tokenizer(self, n_vocab: int, eos_ids: Sequence[int]) -> Any:
-        """The constraint engine's tokenizer from this vocabulary (there is no
-        tokenizer.json to build it from): llguidance's own llama.cpp reader, which keeps
-        calling libllama's tokenizer, so this object must outlive it (the daemon's does)."""
-        from llguidance.llamacpp import lltokenizer_from_vocab
-
-        return lltokenizer_from_vocab(self._vocab, n_vocab=n_vocab, eos_token=list(eos_ids) or None)
+        """Each vocabulary entry as the tokenizer spells it; not the file's padding."""
+        with self._share.vocab() as vocab:
+            for i in range(self._n):
+                if not llama_cpp.llama_vocab_get_attr(vocab, i) & _ATTR_UNUSED:
+                    yield self._text(vocab, i)
 
     def get_vocab(self) -> dict[str, int]:
-        return dict(self._vocab_map)
+        with self._share.vocab() as vocab:
+            return {self._text(vocab, i): i for i in range(self._n)}
+
+    def llguidance_tokenizer(self, n_vocab: int, eos_ids: Sequence[int]) -> Any:
+        """The constraint engine's tokenizer: from the model's tokenizer.json where there
+        is one (llguidance reads it itself), else llguidance's own reader of a llama.cpp
+        vocabulary, which keeps calling libllama, so it gets one that is never freed."""
+        import llguidance as llg
+
+        eos = list(eos_ids) or None
+        if self._json is not None:
+            return llg.LLTokenizer(self._json.read_text(encoding="utf-8"), n_vocab=max(n_vocab, self._n), eos_token=eos)
+        from llguidance.llamacpp import lltokenizer_from_vocab
+
+        return lltokenizer_from_vocab(self._share.pinned(), n_vocab=n_vocab, eos_token=eos)
 
     def render_chat(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **kwargs: Any) -> str:
         if self._template is None:
             raise ValueError("the model has no chat template")
         return self._template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
 
-    def __del__(self) -> None:
-        if getattr(self, "_model", None):
-            llama_cpp.llama_model_free(self._model)
