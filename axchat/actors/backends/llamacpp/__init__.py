@@ -10,7 +10,9 @@ import functools
 def unavailable() -> str | None:
     """Why llama_cpp cannot be used here (one line), or None when it can."""
     try:
-        import llama_cpp  # noqa: F401
+        from axchat.actors.backends.llamacpp import c_api
+
+        c_api.load()  # the C API alone: the first import of llama_cpp in a daemon is this one
     except Exception as exc:  # ImportError, or OSError from a libllama that will not load
         return (
             f"llama-cpp-python is not usable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
