@@ -93,7 +93,6 @@ async def load_devices(
     count = len(names) if cfg.devices == "all" else int(cfg.devices)
     if count > len(names):
         log.warning("--devices %s: only %d candidate device(s): %s", cfg.devices, len(names), ", ".join(names))
-    loop = asyncio.get_running_loop()
     results: list[Loaded] = []
     loaded = 0
     for label in names:
@@ -121,7 +120,7 @@ async def load_devices(
     first = next(r.backend for r in results if r.backend is not None)
     from axchat.actors.tokenizer import load_tokenizer
 
-    tokenizer = await loop.run_in_executor(None, load_tokenizer, first.info.tokenizer or model, first.info.vocab_gguf)
+    tokenizer = await model_load.in_own_thread(load_tokenizer, first.info.tokenizer or model, first.info.vocab_gguf)
     return results, tokenizer
 
 

@@ -94,9 +94,10 @@ async def load_model(
     cfg: ServeConfig, model: str, progress: Callable[[str], None] = _no_progress
 ) -> tuple[DeviceBackend, Any]:
     """Start-up: the device and the tokenizer, each in a worker thread."""
-    loop = asyncio.get_running_loop()
     backend = await in_own_thread(load_device, cfg.backend, model, load_options(cfg), progress)
-    tokenizer = await loop.run_in_executor(None, load_tokenizer, backend.info.tokenizer or model, backend.info.vocab_gguf)
+    # Its own thread too: nothing else runs on the loop's default executor, whose thread
+    # (and its malloc arena) would stay for good.
+    tokenizer = await in_own_thread(load_tokenizer, backend.info.tokenizer or model, backend.info.vocab_gguf)
     host_memory.return_freed_heap()  # what the loads held only for a while
     return backend, tokenizer
 
