@@ -63,6 +63,7 @@ def assert_alike(ours: LlamaTokenizer, library: JsonTokenizer) -> None:
         ids = [rng.randrange(size) for _ in range(rng.randint(1, 12))]
         for skip in (False, True):
             assert ours.decode(ids, skip) == library.decode(ids, skip), ids
+    assert ours.decode([5, size + 1000, 7]) == library.decode([5, size + 1000, 7])  # no such token: nothing
     assert ours.bos_token_id == library.bos_token_id and ours.eos_token_id == library.eos_token_id
     assert ours.special_tokens == library.special_tokens and ours.chat_template == library.chat_template
     assert ours.added_tokens() == library.added_tokens()

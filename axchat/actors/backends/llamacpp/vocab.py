@@ -23,7 +23,8 @@ from axchat.actors.tokenizer_files import TOKENIZER_FILE, TokenizerFiles
 # Added tokens: control tokens (bos, eos, <|im_start|>...) are special in transformers'
 # sense; user-defined ones are added but not special. Unused ones pad the vocabulary.
 _ATTR_UNUSED = llama_cpp.LLAMA_TOKEN_ATTR_UNUSED
-_ATTR_ADDED = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+_ATTR_CONTROL = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+_ATTR_ADDED = _ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
 
 
 class LlamaTokenizer:
@@ -37,6 +38,10 @@ class LlamaTokenizer:
         self._files = TokenizerFiles.read(model_dir) if model_dir is not None else None
         self._json = model_dir / TOKENIZER_FILE if model_dir is not None else None
         self._found: dict[str, int | None] = {}
+        # Each decoded token's bytes and whether it is special, learnt as replies use
+        # them: a decode on the event loop then makes no libllama call for a token seen
+        # before (a reply's tokens repeat). At most one entry per token in the vocabulary.
+        self._piece_of: dict[int, tuple[bytes, bool]] = {}
         with self._share.vocab() as vocab:
             self._n = llama_cpp.llama_vocab_n_tokens(vocab)
             bos, eos = self._known(llama_cpp.llama_vocab_bos(vocab)), self._known(llama_cpp.llama_vocab_eos(vocab))
@@ -90,16 +95,31 @@ class LlamaTokenizer:
     def _pieces(self, ids: Sequence[int], skip_special: bool) -> bytes:
         """Each token's bytes, joined: the `tokenizers` library's byte-level decode.
         (llama_detokenize would also drop spaces before punctuation for this split.)"""
-        out = bytearray()
+        pieces = self._piece_of
+        if any(token not in pieces for token in ids):
+            self._learn_pieces(ids)
+        out = []
+        for token in ids:
+            piece, special = pieces[token]
+            if not (skip_special and special):
+                out.append(piece)
+        return b"".join(out)
+
+    def _learn_pieces(self, ids: Sequence[int]) -> None:
         buf = ctypes.create_string_buffer(256)
         with self._share.vocab() as vocab:
             for token in ids:
-                n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, not skip_special)
+                if token in self._piece_of:
+                    continue
+                if not 0 <= token < self._n:  # no such token: nothing, as the tokenizers library gives
+                    self._piece_of[token] = (b"", False)
+                    continue
+                n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
                 if n < 0:
                     buf = ctypes.create_string_buffer(-n)
-                    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, not skip_special)
-                out += buf.raw[:n]
-        return bytes(out)
+                    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+                special = bool(llama_cpp.llama_vocab_get_attr(vocab, token) & _ATTR_CONTROL)
+                self._piece_of[token] = (buf.raw[:n], special)
 
     def token_id(self, token: str | None) -> int | None:
         if token is None:

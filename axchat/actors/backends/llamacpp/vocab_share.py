@@ -11,10 +11,8 @@ frees (an encode in progress, at most)."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,54 +21,66 @@ import llama_cpp
 from axchat.actors.backends.llamacpp import engine
 
 
+class _Model:
+    """A loaded model and its vocabulary pointer, with the readers inside it now."""
+
+    __slots__ = ("model", "readers", "vocab")
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.vocab = llama_cpp.llama_model_get_vocab(model)
+        self.readers = 0
+
+
 class VocabShare:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
-        self._lenders: list[Any] = []  # loaded engines' models, the first one read
-        self._stand_in: Any = None  # a vocabulary-only model while none lends one
-        self._readers: dict[int, int] = {}  # model address -> readers inside its vocabulary
+        self._lenders: list[_Model] = []  # loaded engines' models, the first one read
+        self._stand_in: _Model | None = None  # a vocabulary-only model while none lends one
         self._pinned: Any = None
 
-    @contextlib.contextmanager
-    def vocab(self) -> Iterator[Any]:
-        """The vocabulary (a `llama_vocab *`) for the time of the `with`; any thread."""
+    def vocab(self) -> _Reading:
+        """`with share.vocab() as vocab:` the vocabulary (a `llama_vocab *`) for the time
+        of the `with`; any thread."""
+        return _Reading(self)
+
+    def _enter(self) -> _Model:
         with self._lock:
-            model = self._lenders[0] if self._lenders else self._stand_in_model()
-            key = _address(model)
-            self._readers[key] = self._readers.get(key, 0) + 1
-        try:
-            yield llama_cpp.llama_model_get_vocab(model)
-        finally:
-            with self._lock:
-                self._readers[key] -= 1
-                if not self._readers[key]:
-                    del self._readers[key]
-                    self._drained.notify_all()
+            held = self._lenders[0] if self._lenders else self._stand_in_model()
+            held.readers += 1
+            return held
+
+    def _leave(self, held: _Model) -> None:
+        with self._lock:
+            held.readers -= 1
+            if not held.readers:
+                self._drained.notify_all()
 
     def chat_template(self) -> str | None:
         """The chat template the file carries."""
         with self._lock:
-            model = self._lenders[0] if self._lenders else self._stand_in_model()
-            template = llama_cpp.llama_model_chat_template(model, None)
+            held = self._lenders[0] if self._lenders else self._stand_in_model()
+            template = llama_cpp.llama_model_chat_template(held.model, None)
         return template.decode() if template else None
 
     def lend(self, model: Any) -> None:
         """An engine loaded `model`: readers use its vocabulary from now on."""
         with self._lock:
-            self._lenders.append(model)
+            self._lenders.append(_Model(model))
             stand_in, self._stand_in = self._stand_in, None
             if stand_in is not None:
                 self._wait_unread(stand_in)
-                llama_cpp.llama_model_free(stand_in)
+                llama_cpp.llama_model_free(stand_in.model)
 
     def take_back(self, model: Any) -> None:
         """Before the engine frees `model`: returns once no reader is inside it."""
         with self._lock:
-            if model in self._lenders:
-                self._lenders.remove(model)
-            self._wait_unread(model)
+            key = _address(model)
+            for held in [h for h in self._lenders if _address(h.model) == key]:
+                self._lenders.remove(held)
+                self._wait_unread(held)
 
     def pinned(self) -> Any:
         """A vocabulary that lives as long as the process, for a library that keeps the
@@ -80,15 +90,32 @@ class VocabShare:
                 self._pinned = _vocab_only(self.path)
             return llama_cpp.llama_model_get_vocab(self._pinned)
 
-    def _stand_in_model(self) -> Any:
+    def _stand_in_model(self) -> _Model:
         if self._stand_in is None:
-            self._stand_in = _vocab_only(self.path)
+            self._stand_in = _Model(_vocab_only(self.path))
         return self._stand_in
 
-    def _wait_unread(self, model: Any) -> None:
-        key = _address(model)
-        while self._readers.get(key):
+    def _wait_unread(self, held: _Model) -> None:
+        while held.readers:
             self._drained.wait()
+
+
+class _Reading:
+    """One reader inside the share's current vocabulary (a plain class: this runs for
+    every decode on the event loop, where a generator-based context manager costs more
+    than the libllama call it guards)."""
+
+    __slots__ = ("_held", "_share")
+
+    def __init__(self, share: VocabShare) -> None:
+        self._share = share
+
+    def __enter__(self) -> Any:
+        self._held = self._share._enter()
+        return self._held.vocab
+
+    def __exit__(self, *exc: object) -> None:
+        self._share._leave(self._held)
 
 
 def _address(model: Any) -> int:
