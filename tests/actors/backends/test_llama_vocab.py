@@ -27,7 +27,7 @@ FIXED = [
     " ",
     "Hello, world!  How's it going?\n\n\tTabs\r\nand  spaces   ",
     "12345 3.14159 1,000,000 x2y3 2024-06-01",
-    "naïve café déjà vu — “quotes” ‘single’ e\u0301",
+    "naïve café déjà vu — “quotes” \u2018single\u2019 e\u0301",
     "日本語のテキスト、中文文本。한국어 Ελληνικά кириллица עברית العربية",
     "emoji 😀👍🏽 🇫🇷 family 👨\u200d👩\u200d👧",
     "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
