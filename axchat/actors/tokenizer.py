@@ -372,9 +372,8 @@ def end_of_turn_ids(tokenizer: TextTokenizer) -> set[int]:
 
 
 def load_tokenizer(model: str, vocab_gguf: str | None = None) -> TextTokenizer:
-    """The model's own tokenizer (no transformers: see tokenizer_json), or a one-line
-    ModelLoadError. `vocab_gguf`: a GGUF file whose libllama vocabulary encodes as the
-    directory's tokenizer files do (BackendInfo.vocab_gguf), read instead of tokenizer.json."""
+    """The model's own tokenizer (no transformers), or a one-line ModelLoadError; with
+    `vocab_gguf` (BackendInfo.vocab_gguf), on that file's libllama vocabulary."""
     from axchat.actors.backends.base import ModelLoadError
     from axchat.actors.chat_template import ChatTemplateError
     from axchat.actors.tokenizer_files import TokenizerFilesError
