@@ -13,6 +13,7 @@ import json
 
 from axchat.actors.tool_syntax import CallSplitter, ToolSyntax
 from axchat.protocol.v1 import ToolCall, ToolCallPiece
+from axchat.tool_call_pieces import merged_pieces
 
 
 class _Call:
@@ -183,22 +184,31 @@ class ToolReply:
         self._split = CallSplitter(syntax)
         self._stream = CallStream(syntax, id_prefix)
         self._fed = 0  # characters of the calls' text handed to the stream
+        self._pieces: list[ToolCallPiece] = []
 
     @property
     def calls(self) -> list[ToolCall]:
         return self._stream.calls
 
-    def feed(self, text: str) -> tuple[str, list[ToolCallPiece]]:
+    def feed(self, text: str) -> str:
+        """The part of `text` that is reply text; the rest goes to the calls."""
         shown = self._split.feed(text)
-        return shown, self._more()
+        self._more()
+        return shown
 
-    def flush(self) -> tuple[str, list[ToolCallPiece]]:
-        """At the reply's end: held text that never became a call, and the last pieces."""
-        return self._split.flush(), self._more()
+    def flush(self) -> str:
+        """At the reply's end: held text that never became a call."""
+        shown = self._split.flush()
+        self._more()
+        return shown
 
-    def _more(self) -> list[ToolCallPiece]:
+    def pieces(self) -> list[ToolCallPiece]:
+        """The calls' pieces since the last call of this, joined where they can be."""
+        pieces, self._pieces = merged_pieces(self._pieces), []
+        return pieces
+
+    def _more(self) -> None:
         calls_text = self._split.calls_text
-        if calls_text is None or len(calls_text) == self._fed:
-            return []
-        new, self._fed = calls_text[self._fed :], len(calls_text)
-        return self._stream.feed(new)
+        if calls_text is not None and len(calls_text) > self._fed:
+            new, self._fed = calls_text[self._fed :], len(calls_text)
+            self._pieces += self._stream.feed(new)

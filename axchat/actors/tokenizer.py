@@ -27,7 +27,7 @@ from axchat.actors.prompt_fit import PromptFitter, PromptTooLong, longest_token_
 from axchat.actors.token_mask import ConstraintVocab
 from axchat.actors.tool_syntax import template_knows_tools, tools_preamble
 from axchat.actors.tool_turns import template_message, template_tools
-from axchat.protocol.v1 import ChatMessage, ToolCallPiece, merged_pieces
+from axchat.protocol.v1 import ChatMessage, ToolCallPiece
 
 log = logging.getLogger(__name__)
 
@@ -269,30 +269,25 @@ class TokenizerActor(Actor):
         # Decoding one token's window takes microseconds; an executor hop would cost
         # more than the work, so this stays on the loop.
         text = ""
-        calls: list[ToolCallPiece] = []
         for token_id in msg.token_ids:
             stream.emitted_tokens += 1
             stream.pending_ids.append(token_id)
             piece = stream.stops.feed(stream.detok.push(token_id))
-            if stream.calls is None:
-                text += piece
-            else:
-                shown, more = stream.calls.feed(piece)
-                text += shown
-                calls += more
+            text += piece if stream.calls is None else stream.calls.feed(piece)
             if stream.stops.stopped:
                 await self.send("device", m.StopSequence(rid=msg.rid, completion_tokens=stream.emitted_tokens))
                 break  # the rest come after the stop string: never shown or counted
         # A token that adds no text and holds nothing back (one the tokenizer cannot
         # spell, say) still gets its delta, so token ids stream as they are made.
         nothing_held = not stream.detok.holding and not stream.stops.holding
+        calls = stream.calls.pieces() if stream.calls is not None else []
         if text or calls or stream.stops.stopped or nothing_held:
             await self._emit(msg.rid, stream, text, calls)
 
-    async def _emit(self, rid: int, stream: _Stream, text: str, calls: list[ToolCallPiece] | None = None) -> None:
+    async def _emit(self, rid: int, stream: _Stream, text: str, calls: list[ToolCallPiece]) -> None:
         ids, stream.pending_ids = stream.pending_ids, []
         if text or ids or calls:
-            await self.send("reply", m.TextOut(rid=rid, text=text, token_ids=ids, tool_calls=merged_pieces(calls or [])))
+            await self.send("reply", m.TextOut(rid=rid, text=text, token_ids=ids, tool_calls=calls))
 
     async def _ended(self, msg: m.Ended) -> None:
         stream = self._streams.pop(msg.rid, None)
@@ -301,11 +296,9 @@ class TokenizerActor(Actor):
         if not stream.stops.stopped:
             tail = stream.stops.feed(stream.detok.flush())  # a stop string may complete here
             tail += stream.stops.flush()
-            calls: list[ToolCallPiece] = []
             if stream.calls is not None:
-                tail, calls = stream.calls.feed(tail)
-                held, last = stream.calls.flush()
-                tail, calls = tail + held, calls + last
+                tail = stream.calls.feed(tail) + stream.calls.flush()
+            calls = stream.calls.pieces() if stream.calls is not None else []
             if tail or stream.pending_ids or calls:
                 await self._emit(msg.rid, stream, tail, calls)
         # The device ends a turn where a reported stop string says, but it may have ended

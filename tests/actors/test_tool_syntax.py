@@ -63,10 +63,10 @@ def stream_in_pieces(reply: str, syntax: ToolSyntax, size: int) -> tuple[str, li
     tool_reply = ToolReply(syntax, "s")
     shown, pieces = "", []
     for i in range(0, len(reply), size):
-        text, more = tool_reply.feed(reply[i : i + size])
-        shown, pieces = shown + text, pieces + v1.merged_pieces(more)
-    text, more = tool_reply.flush()
-    return shown + text, pieces + more, tool_reply
+        shown += tool_reply.feed(reply[i : i + size])
+        pieces += tool_reply.pieces()
+    shown += tool_reply.flush()
+    return shown, pieces + tool_reply.pieces(), tool_reply
 
 
 def joined(pieces: list[v1.ToolCallPiece]) -> dict[int, tuple[str, str, str]]:

@@ -16,6 +16,7 @@ from axchat.frontends.web.daemon_link import DaemonLink
 from axchat.frontends.web.metrics import BridgeMetrics
 from axchat.frontends.web.openai_errors import ApiError, daemon_unavailable, from_error
 from axchat.protocol import v1
+from axchat.tool_call_pieces import merged_pieces
 
 # Longest silence from the daemon inside one generate (a long prefill on a CPU, a wait
 # for a device slot) before the request is given up as a daemon failure.
@@ -140,7 +141,7 @@ def _together(held: list[str], calls: list[v1.ToolCallPiece]) -> list[str | list
         out.append("".join(held))
         held.clear()
     if calls:
-        out.append(v1.merged_pieces(calls))
+        out.append(merged_pieces(calls))
         calls.clear()
     return out
 
