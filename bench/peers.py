@@ -45,7 +45,7 @@ from typing import Any
 
 from harness import cli, llama_server
 from harness.daemon import Daemon, bench_env, serving
-from harness.http_stream import HttpStream, chat_stream, cpu_seconds
+from harness.http_stream import HttpStream, chat_stream, cpu_seconds, main_thread_cpu_seconds
 from harness.machine import LoadAtStart, model_info
 from harness.numbers import percentile, rnd
 from harness.output import BenchError, Log, run_main, tail
@@ -181,17 +181,23 @@ def summarize(recs: list[HttpStream], tokens: int) -> dict[str, Any]:
 class Side:
     """One server under test: its URL, its processes' pids, and what it measured."""
 
-    def __init__(self, name: str, url: str, model: str, pids: dict[str, int]) -> None:
-        self.name, self.url, self.model, self.pids = name, url, model, pids
+    def __init__(self, name: str, url: str, model: str, pids: dict[str, int], loop_pid: int | None = None) -> None:
+        """`loop_pid`: a process whose main thread's CPU is also counted apart (the
+        daemon's event loop, where its actors run, beside the engine's threads)."""
+        self.name, self.url, self.model, self.pids, self.loop_pid = name, url, model, pids, loop_pid
         self.runs: dict[int, list[dict[str, Any]]] = {}
         self.cpu_s = dict.fromkeys(pids, 0.0)
+        self.loop_s = 0.0
         self.tokens: dict[int, int] = {}
         self.cpu_by_n: dict[int, float] = {}
 
     async def measure(self, n: int, rnd_i: int, args: argparse.Namespace) -> dict[str, Any]:
         before = {k: cpu_seconds(p) for k, p in self.pids.items()}
+        loop_before = main_thread_cpu_seconds(self.loop_pid) if self.loop_pid is not None else 0.0
         res = summarize(await one_round(self.url, self.model, n, rnd_i, args, args.tokens), args.tokens)
         used = {k: cpu_seconds(p) - before[k] for k, p in self.pids.items()}
+        if self.loop_pid is not None:
+            self.loop_s += main_thread_cpu_seconds(self.loop_pid) - loop_before
         for k, v in used.items():
             self.cpu_s[k] += v
         self.cpu_by_n[n] = self.cpu_by_n.get(n, 0.0) + sum(used.values())
@@ -283,7 +289,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             server.wait_for(lambda: health(ls_url + "health"), args.ready_timeout)
             assert daemon.proc is not None
             sides = [
-                Side("axchat web", web_url, model_dir.name, {"daemon": daemon.proc.pid, "bridge": web.proc.pid}),
+                Side(
+                    "axchat web", web_url, model_dir.name, {"daemon": daemon.proc.pid, "bridge": web.proc.pid},
+                    loop_pid=daemon.proc.pid,
+                ),
                 Side("llama-server", ls_url, model_dir.name, {"llama-server": server.proc.pid}),
             ]
             asyncio.run(run_all(sides, args))
@@ -303,6 +312,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "axchat_cpu_ms_per_token": ax.cpu_ms_per_token(),
         "llamaserver_cpu_ms_per_token": ls.cpu_ms_per_token(),
         "axchat_cpu_ms_per_token_by_process": {k: rnd(1e3 * v / tokens, 2) for k, v in ax.cpu_s.items()},
+        "axchat_loop_cpu_ms_per_token": rnd(1e3 * ax.loop_s / tokens, 2),
         "axchat_web": ax_f,
         "llama_server": ls_f,
         "tokens": args.tokens,

@@ -12,6 +12,11 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+# numpy loads these on first use, about 40 ms (np.unique reads np.ma): loaded with the
+# daemon, not on the way to its first request's first token.
+import numpy.ma
+import numpy.random
+
 from axchat.protocol.v1 import Sampling
 
 MAX_STOP_STRINGS = 16

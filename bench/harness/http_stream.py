@@ -70,6 +70,16 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid`'s main thread alone (Linux /proc): for the
+    daemon, its event loop, where every actor's Python runs."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of `pid` and every live descendant (Linux /proc); a
     descendant that already exited is counted in its parent's `cutime` only when

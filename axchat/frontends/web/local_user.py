@@ -1,9 +1,10 @@
 """A bridge without API keys serves only its own Unix user. It listens on loopback, but
 loopback admits every account on the machine (the socket directory's 0700 rule does not
-reach TCP), so each request's connection is looked up in the kernel's socket table
-(`/proc/net/tcp`, `/proc/net/tcp6`) for the user owning the client's end, as identd
-does. A browser, `curl` or the `openai` client run by that user pass unchanged; anyone
-else gets 403, and so does a connection that cannot be found (it fails closed).
+reach TCP), so each request's connection is looked up in the kernel for the user owning
+the client's end, as identd does: by its four-tuple (`sock_diag.py`), else in the
+socket tables (`/proc/net/tcp`, `/proc/net/tcp6`). A browser, `curl` or the `openai`
+client run by that user pass unchanged; anyone else gets 403, and so does a connection
+that cannot be found (it fails closed).
 `/health` stays open for liveness checks."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from axchat.frontends.web import sock_diag
 from axchat.frontends.web.auth import CREDENTIAL, LOCAL
 from axchat.frontends.web.openai_errors import ApiError
 
@@ -41,9 +43,21 @@ def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IP
     return ip
 
 
-def socket_owner(client: tuple[str, int], server: tuple[str, int], tables: tuple[Path, ...] = TABLES) -> int | None:
+def socket_owner(client: tuple[str, int], server: tuple[str, int]) -> int | None:
     """The uid owning the TCP socket at `client` connected to `server`, or None."""
     want_local, want_remote = (_normal(client[0]), client[1]), (_normal(server[0]), server[1])
+    if sock_diag.available():
+        return sock_diag.tcp_owner(want_local, want_remote)
+    return table_owner(want_local, want_remote)
+
+
+def table_owner(
+    want_local: tuple[sock_diag.Address, int],
+    want_remote: tuple[sock_diag.Address, int],
+    tables: tuple[Path, ...] = TABLES,
+) -> int | None:
+    """`socket_owner` from the socket tables, which the kernel fills by walking its whole
+    socket hash: for a kernel that cannot be asked for one socket."""
     for table in tables:
         try:
             lines = table.read_text().splitlines()[1:]
