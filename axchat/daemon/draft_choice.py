@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from axchat.daemon.config import ServeConfig
+from axchat.daemon.startup_error import StartupError
 
 
-class DraftRefused(Exception):
+class DraftRefused(StartupError):
     """The draft model cannot be used as given; one line."""
 
 

@@ -117,8 +117,6 @@ class FrontDoor(Actor):
         self.idle = asyncio.Event()
         self.idle.set()
 
-    # ------------------------------------------------------------ lifecycle
-
     async def on_start(self) -> None:
         self._reader = self.run_in_background(self._read_clients(), "frontdoor-reader")
         self._watcher = self.run_in_background(self._peers.watch_disconnects(), "frontdoor-disconnects")

@@ -8,7 +8,8 @@ import sys
 
 from axchat import event_loop
 from axchat.daemon.config import ConfigError, ServeConfig, parse
-from axchat.daemon.server import StartupError, run
+from axchat.daemon.server import run
+from axchat.daemon.startup_error import StartupError
 from axchat.logs import setup_logging
 
 log = logging.getLogger("axchat.daemon")

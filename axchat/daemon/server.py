@@ -33,9 +33,10 @@ from axchat.actors.tokenizer import TokenizerActor, end_of_turn_ids
 from axchat.daemon import curve_auth, device_group, model_load, request_defaults, socket_lock
 from axchat.daemon.backend_choice import choose_backend
 from axchat.daemon.config import ServeConfig
-from axchat.daemon.draft_choice import DraftRefused, draft_source
+from axchat.daemon.draft_choice import draft_source
 from axchat.daemon.frontdoor import FrontDoor
 from axchat.daemon.notify import EXTEND_TIMEOUT_S, Notifier, ping_watchdog
+from axchat.daemon.startup_error import StartupError
 from axchat.daemon.supervisor import DaemonSupervisor
 from axchat.models.resolve import ModelNotFound, ResolvedModel, ensure_available, resolve
 
@@ -44,10 +45,6 @@ log = logging.getLogger("axchat.daemon")
 ACTOR_CLOSE_TIMEOUT_S = 5.0
 CONTEXT_TERM_TIMEOUT_S = 5.0
 CANCEL_GRACE_S = 5.0
-
-
-class StartupError(Exception):
-    """Anything that stops the daemon before it serves; one line for the user."""
 
 
 def resolve_model(cfg: ServeConfig) -> ResolvedModel:
@@ -189,10 +186,7 @@ async def run(cfg: ServeConfig) -> int:
         backend, why = choose_backend(cfg, model)
         if why:
             log.info("%s", why)
-        try:
-            cfg = replace(cfg, backend=backend, draft_model=draft_source(cfg, backend))
-        except DraftRefused as exc:
-            raise StartupError(str(exc)) from None
+        cfg = replace(cfg, backend=backend, draft_model=draft_source(cfg, backend))  # or DraftRefused
         log.info(
             "loading %s (backend %s, device %s, dtype %s, keep-alive %s)",
             model,
