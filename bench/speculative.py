@@ -28,13 +28,17 @@ of that round's ratio):
 - 8 concurrent streams: aggregate tokens/s, default against off.
 
 Draft models (`--speculate draft`), in a run of their own per shape after those daemons
-stopped: `--speculate off`, the model as its own draft model (`--draft-model` the same
-directory: every guess right, each costing a step of the model itself: the cost side
-of the mechanism, which the planner should decline once measured) and, with `--draft
-KEY=DIR`, that draft model (checked first with `serve --check`: a draft model of another
-vocabulary is reported, not run), on the batch-1 request. `--draft-only` runs just these.
-Random weights guess another model's tokens almost never, so `draft_speedup` is what a
-wrong draft model costs, not what a trained one gains.
+stopped (`--draft-only`: only this), on the copy model and the copy passages: `--speculate
+off` against the copy model with its draft model (`draft_speedup`, `acceptance_draft`:
+`copy_model.ensure_draft`, the same copier at its own small size with the shape's
+vocabulary, so a trained pair that agrees) and against the copy model as its own draft
+model (`draft_self_speedup`, `draft_self_acceptance`: every guess right, each costing a
+step of the model itself: the cost side, which the planner should decline once
+measured). With `--draft KEY=DIR`, also the `--shape` model against that draft model on
+the batch-1 request (`draft_speedup_given`, `acceptance_draft_given`; checked first with
+`serve --check`: a draft model of another vocabulary is reported, not run): with random
+weights, what a draft model that never agrees costs; with a real pair, what it gains.
+Every reply must equal `off`'s.
 
 tokens/s is client side: completion tokens / (done - first delta). Prints ONE JSON
 object; progress goes to stderr; any failure exits 1.
@@ -46,22 +50,19 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness import cli
-from harness.daemon import Daemon, bench_env
+from harness.daemon import Daemon
+from harness.draft_models import bench_draft
 from harness.machine import LoadAtStart, model_info
 from harness.numbers import rnd
 from harness.output import BenchError, Log, run_main
 from harness.prompts import filler
-from harness.stream import greedy
+from harness.speculation import Run, chat, concurrent, copy_chat, copy_passages, copy_shape, one, start_pinned
 
 log = Log("speculative")
 ORACLE_ENV = "AXCHAT_TEST_ORACLE_DRAFTS"  # axchat.actors.device.drafts.ORACLE_ENV
@@ -90,67 +91,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError:
         p.error("--shape, --draft and --copy-model take KEY=DIR")
     return args
-
-
-@dataclass
-class Run:
-    ids: list[int]
-    tok_s: float
-    proposed: int
-    accepted: int
-    ttft_ms: float = 0.0
-
-
-async def one(socket: str, request: Any, timeout_s: float) -> Run:
-    from axchat import aclient
-    from axchat.protocol import v1
-
-    async with aclient.connect(socket, connect_timeout_s=30.0) as client:
-        handle = await client.generate(request)
-        ids: list[int] = []
-        first = None
-        async for ev in handle.events(stall_timeout_s=timeout_s):
-            if isinstance(ev, v1.Delta) and ev.token_ids:
-                first = first or time.monotonic()
-                ids += ev.token_ids
-            elif isinstance(ev, v1.Done):
-                if ev.error is not None:
-                    raise BenchError(f"done with error {ev.error.code}: {ev.error.message}")
-                elapsed = time.monotonic() - (first or time.monotonic())
-                tok_s = len(ids) / elapsed if elapsed > 0 else 0.0
-                return Run(ids, tok_s, ev.stats.draft_proposed, ev.stats.draft_accepted, ev.stats.ttft_ms)
-            elif isinstance(ev, v1.Error):
-                raise BenchError(f"error {ev.code}: {ev.message}")
-    raise BenchError("stream ended without done")
-
-
-async def concurrent(socket: str, requests: list[Any], timeout_s: float) -> float:
-    """Aggregate tokens/s of `requests` sent at once, each on its own connection."""
-    start = time.monotonic()
-    runs = await asyncio.gather(*(one(socket, r, timeout_s) for r in requests))
-    return sum(len(r.ids) for r in runs) / (time.monotonic() - start)
-
-
-def chat(text: str, tokens: int) -> Any:
-    from axchat.protocol import v1
-
-    return v1.Generate(messages=[v1.ChatMessage(role="user", content=text)], sampling=greedy(tokens))
-
-
-def start_pinned(daemons: dict[str, Daemon], args: argparse.Namespace) -> str | None:
-    """Start `daemons`, the first choosing its llama.cpp thread count as the default path
-    does, the others given its choice: daemons compared with each other must compute
-    alike (on a busy machine two of them may measure differently at load). The count, or
-    None where `--serve-arg` set it."""
-    first, *others = daemons.values()
-    first.start(args.ready_timeout)
-    chosen = first.threads()
-    pinned = not any(a.startswith("--threads") for a in args.serve_arg) and chosen is not None
-    for d in others:
-        if pinned:
-            d.cmd += ["--threads", chosen.split()[0]]
-        d.start(args.ready_timeout)
-    return chosen if pinned else None
 
 
 def bench_shape(key: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -234,27 +174,15 @@ def copier_for(key: str, model: Path, args: argparse.Namespace) -> Path | None:
     return copy_model.ensure(shape=shape, progress=lambda line: log(f"{key} copier: {line}"))
 
 
-def copy_chat(passage: str, max_tokens: int) -> Any:
-    """The copier's task: repeat the passage; the reply ends at its end-of-turn token."""
-    from axchat.protocol import v1
-    from axchat.testing.copy_training import COPY_INSTRUCTION
-
-    sampling = v1.Sampling(temperature=0.0, max_tokens=max_tokens)
-    return v1.Generate(messages=[v1.ChatMessage(role="user", content=COPY_INSTRUCTION + passage)], sampling=sampling)
-
-
 def bench_copy(key: str, model: Path, args: argparse.Namespace) -> dict[str, Any]:
     """n-gram drafts on a model that copies: the default against `--speculate off`."""
-    from axchat.testing import copy_model
-
     daemons = {
         "off": Daemon(str(model), ["--speculate", "off", *args.serve_arg], log, f"{key} copier off"),
         "ngram": Daemon(str(model), list(args.serve_arg), log, f"{key} copier ngram"),
     }
     try:
         threads = start_pinned(daemons, args)
-        marker = model / copy_model.MARKER_FILE
-        info = {**model_info(model), "shape": json.loads(marker.read_text())["shape"] if marker.is_file() else None}
+        info = {**model_info(model), "shape": copy_shape(model)}
         return {"model": info, "threads_pinned": threads, **asyncio.run(measure_copy(daemons, model, args))}
     finally:
         for d in daemons.values():
@@ -264,9 +192,7 @@ def bench_copy(key: str, model: Path, args: argparse.Namespace) -> dict[str, Any
 async def measure_copy(daemons: dict[str, Daemon], model: Path, args: argparse.Namespace) -> dict[str, Any]:
     from tokenizers import Tokenizer
 
-    from axchat.testing import copy_training, tiny_model
-
-    passages = copy_training.held_out_passages(tiny_model.CORPUS_PATH.read_text(encoding="utf-8"))
+    passages = copy_passages()
     tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
     wanted = [tokenizer.encode(p, add_special_tokens=False).ids for p in passages]
     requests = [copy_chat(p, args.copy_tokens) for p in passages]
@@ -305,56 +231,28 @@ async def measure_copy(daemons: dict[str, Daemon], model: Path, args: argparse.N
     }
 
 
-def bench_draft(key: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
+def draft_models(key: str, model: Path, copier: Path | None, args: argparse.Namespace) -> dict[str, Any]:
     """The draft-model keys of one shape (module docstring)."""
+    from axchat.testing import copy_model
+
     out: dict[str, Any] = {}
-    serve = {"off": ["--speculate", "off"], "self": ["--draft-model", model]}
-    draft = args.drafts.get(key)
-    if draft is not None:
-        draft = str(cli.model_dir(draft))
-        check = subprocess.run(
-            [sys.executable, "-m", "axchat", "serve", "--check", "--model", model, "--draft-model", draft],
-            capture_output=True, text=True, env=bench_env(), timeout=args.ready_timeout,
-        )  # fmt: skip
-        if check.returncode == 0:
-            serve["draft"] = ["--draft-model", draft]
-        else:
-            out["draft_refused"] = (check.stderr.strip().splitlines() or ["(no output)"])[-1]
-    daemons = {name: Daemon(model, [*flags, *args.serve_arg], log, f"{key} {name}") for name, flags in serve.items()}
-    try:
-        out["draft_threads_pinned"] = start_pinned(daemons, args)
-        runs = asyncio.run(measure_draft({k: d.socket for k, d in daemons.items()}, args))
-    finally:
-        for d in daemons.values():
-            d.finish()
-    keys = {"self": ("draft_self_speedup", "draft_self_acceptance"), "draft": ("draft_speedup", "acceptance_draft")}
-    for name, (key_speedup, key_acceptance) in keys.items():
-        if name in runs:
-            proposed = sum(r.proposed for r in runs[name])
-            out[key_speedup] = rnd(statistics.median(a.tok_s / b.tok_s for a, b in zip(runs[name], runs["off"], strict=True)), 3)
-            out[key_acceptance] = rnd(sum(r.accepted for r in runs[name]) / proposed, 3) if proposed else None
-    out["draft_tok_s"] = {name: [rnd(r.tok_s, 2) for r in rs] for name, rs in runs.items()}
-    # The draft model reads each prompt with the model: in the time to the first token.
-    out["draft_ttft_ms"] = {name: [rnd(r.ttft_ms, 1) for r in rs] for name, rs in runs.items()}
-    out["draft_proposed"] = {name: [r.proposed for r in rs] for name, rs in runs.items()}
+    if copier is not None:
+        draft = copy_model.ensure_draft(copier)
+        requests = [copy_chat(p, args.copy_tokens) for p in copy_passages()]
+        pair = bench_draft(f"{key} copier", str(copier), str(draft), requests, args, log, self_draft=True)
+        speedup, acceptance = pair.get("speedup", {}), pair.get("acceptance", {})
+        out.update(draft_speedup=speedup.get("draft"), acceptance_draft=acceptance.get("draft"))
+        out.update(draft_self_speedup=speedup.get("self"), draft_self_acceptance=acceptance.get("self"))
+        out["draft"] = pair
+    if key in args.drafts:
+        draft = str(cli.model_dir(args.drafts[key]))
+        other = bench_draft(key, str(model), draft, [chat(filler(30), args.tokens)], args, log, self_draft=False)
+        out.update(
+            draft_speedup_given=other.get("speedup", {}).get("draft"),
+            acceptance_draft_given=other.get("acceptance", {}).get("draft"),
+        )
+        out["draft_given"] = other
     return out
-
-
-async def measure_draft(sock: dict[str, str], args: argparse.Namespace) -> dict[str, list[Run]]:
-    question = chat(filler(30), args.tokens)
-    for s in sock.values():
-        await one(s, chat(filler(5), 8), args.timeout)  # warm-up, untimed
-    runs: dict[str, list[Run]] = {name: [] for name in sock}
-    reference: list[int] | None = None
-    for r in range(args.rounds):
-        for name in list(sock) if r % 2 == 0 else reversed(list(sock)):
-            run = await one(sock[name], question, args.timeout)
-            reference = reference or run.ids
-            if run.ids != reference:
-                raise BenchError(f"draft {name}: the reply differs from the other daemons'")
-            runs[name].append(run)
-            log(f"round {r + 1}: draft {name}: {run.tok_s:.2f} tok/s, drafts {run.accepted}/{run.proposed}")
-    return runs
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -366,14 +264,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         out[key] = {"model": model_info(model)}
         if not (args.draft_only or args.copy_only):
             out[key].update(bench_shape(key, str(model), args))
+        copier = None if args.no_copy else copier_for(key, model, args)
         if not args.copy_only:
-            out[key].update(bench_draft(key, str(model), args))
-        if not (args.no_copy or args.draft_only):
-            copier = copier_for(key, model, args)
-            copied = bench_copy(key, copier, args) if copier is not None else {}
+            out[key].update(draft_models(key, model, copier, args))
+        if copier is not None and not args.draft_only:
+            copied = bench_copy(key, copier, args)
             # The copy-heavy workload's figures are the shape's n-gram figures.
             out[key].update(ngram_speedup=copied.pop("ngram_speedup", None), acceptance_ngram=copied.pop("acceptance_ngram", None))
-            out[key]["copy"] = copied or None
+            out[key]["copy"] = copied
     out["machine"] = load.machine()
     out["notes"] = load.notes()
     return out

@@ -91,3 +91,49 @@ def test_training_examples_score_the_reply_only() -> None:
     # The benchmark's passages are held out from training.
     held = copy_training.held_out_passages(corpus)
     assert held and not any(p in tokenizer.decode(ids) for p in held for ids, _ in examples)
+
+
+def test_the_draft_model_keeps_the_copy_models_vocabulary(tmp_path) -> None:
+    """The draft builder on an untrained copier embedded in the tiny shape, its vocabulary
+    padded past the tokenizer's as the benchmark shapes' are: the draft is the copier's
+    size, passes the vocabulary check `serve --draft-model` makes on a model directory,
+    and computes the copier's logits."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from axchat.actors.backends.llamacpp import same_vocabulary
+    from axchat.testing import copy_model, tiny_model
+
+    spec = SHAPES["tiny"]
+    recipe = copy_training.Recipe(hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1)
+    tokenizer = tiny_model.build_tokenizer(spec.tokenizer_vocab)
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    small = LlamaForCausalLM(
+        copy_training.small_config(recipe, spec.config, spec.config["hidden_size"], len(tokenizer), ids)
+    ).eval()
+    tiny_model._pad_vocabulary(tokenizer, spec.tokenizer_vocab + 100)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_act="silu", **ids, **spec.config)
+    source = tmp_path / "copy"
+    embedding.big_model(embedding.embed(small, config, tokenizer.pad_token_id), config, "float32").save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    marker = {"name": copy_model.MODEL_NAME, "shape": "tiny", "seed": 0, "recipe": asdict(recipe)}
+    (source / copy_model.MARKER_FILE).write_text(json.dumps(marker))
+
+    draft = copy_model.ensure_draft(source)
+
+    assert draft == tmp_path / "copy-draft"
+    built = json.loads((draft / "config.json").read_text())
+    assert (built["hidden_size"], built["num_hidden_layers"]) == (recipe.hidden, recipe.layers)
+    assert built["vocab_size"] == len(tokenizer)
+    model_vocab = same_vocabulary.of_hf_dir(source)
+    assert len(model_vocab.texts) == len(tokenizer) and model_vocab.special
+    assert same_vocabulary.difference(model_vocab, same_vocabulary.of_hf_dir(draft)) is None
+    assert copy_model.verify(draft) < 1e-4
+    # Built once: a second call finds it.
+    mtime = (draft / "model.safetensors").stat().st_mtime_ns
+    assert copy_model.ensure_draft(source) == draft
+    assert (draft / "model.safetensors").stat().st_mtime_ns == mtime
