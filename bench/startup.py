@@ -25,6 +25,7 @@ Prints ONE JSON object on stdout; progress on stderr. Timings on a busy machine 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -126,7 +127,14 @@ def llama_server(binary: Path, gguf: Path, cells: int, threads: int, timeout_s: 
             if time.monotonic() - t0 > timeout_s:
                 raise BenchError(f"llama-server not healthy after {timeout_s:.0f}s")
             time.sleep(0.05)  # polling a server's health with a deadline
-        return {"llama_server_ready_s": rnd(time.monotonic() - t0), "llama_server_rss_mib": rnd(rss_mib(proc.pid))}
+        out = {"llama_server_ready_s": rnd(time.monotonic() - t0), "llama_server_rss_mib": rnd(rss_mib(proc.pid))}
+        # The daemon's own request, so that both are compared having done the same work.
+        body = json.dumps({"prompt": "Once upon a time", "n_predict": 64, "ignore_eos": True}).encode()
+        post = urllib.request.Request(f"http://127.0.0.1:{port}/completion", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(post, timeout=timeout_s) as r:
+            r.read()
+        out["llama_server_rss_after_reply_mib"] = rnd(rss_mib(proc.pid))
+        return out
     finally:
         proc.terminate()
         try:
@@ -181,7 +189,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         out["llama_server_skipped"] = why
     else:
         out.update(llama_server(binary, gguf, cells, threads, args.ready_timeout))
-        out["rss_ratio"] = rnd(out["rss_mib"] / out["llama_server_rss_mib"])
+        out["rss_ratio"] = round(out["rss_mib"] / out["llama_server_rss_mib"], 3)
+        out["rss_ratio_after_reply"] = round(out["rss_after_reply_mib"] / out["llama_server_rss_after_reply_mib"], 3)
     return out
 
 

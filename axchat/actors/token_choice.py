@@ -6,16 +6,12 @@ Plain functions; the sampler actor (`sampler.py`) runs them off the event loop."
 from __future__ import annotations
 
 import math
+import random
 import threading
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import numpy as np
-
-# numpy loads these on first use, about 40 ms (np.unique reads np.ma): loaded with the
-# daemon, not on the way to its first request's first token.
-import numpy.ma
-import numpy.random
 
 from axchat.protocol.v1 import Sampling
 
@@ -63,7 +59,7 @@ def validate(params: Sampling) -> BadField | None:
         return _bad("repetition_penalty", f"must be a finite number > 0, got {rp!r}")
     if not _is_int(params.max_tokens) or not 1 <= params.max_tokens <= MAX_TOKENS_CEILING:
         return _bad("max_tokens", f"must be an integer from 1 to {MAX_TOKENS_CEILING}, got {params.max_tokens!r}")
-    # PCG64 refuses negative seeds; catching it here makes it a client error, not a crash.
+    # Refused rather than folded into another seed: a negative seed is a client's mistake.
     if params.seed is not None and (not _is_int(params.seed) or params.seed < 0):
         return _bad("seed", f"must be null or an integer >= 0, got {params.seed!r}")
     if len(params.stop) > MAX_STOP_STRINGS:
@@ -94,7 +90,7 @@ class SequenceSampler:
     Greedy (temperature 0) takes the argmax of the penalised logits and ignores top_k,
     top_p, min_p and the RNG. Otherwise the warpers run in Hugging Face's order:
     repetition penalty, temperature, top_k, top_p, min_p, then a softmax normalised in
-    float64 and one draw from a PCG64 generator seeded once per request, so a seed and a
+    float64 and one draw from a Mersenne Twister seeded once per request, so a seed and a
     sequence of logits fix the tokens. The penalty, as in HF, depends on whether a token
     occurred (prompt or output), not how often. NaN logits count as -inf; when no usable
     logit is left (all -inf or NaN) `choose` returns the raw array's argmax rather than
@@ -115,9 +111,11 @@ class SequenceSampler:
         self._greedy = not np.float32(params.temperature) > 0
         self._penalty = float(params.repetition_penalty)
         # Made even when greedy: it is cheap, and then every sampler has one to inspect.
-        self._rng = np.random.Generator(np.random.PCG64(params.seed))
-        ids = np.unique(np.asarray(context_ids, dtype=np.int64))
-        ids = ids[ids >= 0]  # a negative id would index from the vocabulary's end
+        # Python's own generator: numpy's (numpy.random, numpy.ma for np.unique) would add
+        # 8 MiB to the daemon, or 40 ms to the first request that loads them.
+        self._rng = random.Random(params.seed)
+        # a negative id would index from the vocabulary's end
+        ids = np.asarray(sorted({i for i in context_ids if i >= 0}), dtype=np.int64)
         # The penalty touches each seen id once however often it occurs, so a set plus a
         # growing id array (for fancy indexing) is all it needs; both grow by one at most
         # per token instead of being rebuilt from the history.
@@ -176,7 +174,7 @@ class SequenceSampler:
             # Infinite logits would make the softmax NaN; they hold all the mass between
             # them, so share it evenly.
             top = np.flatnonzero(y == math.inf)
-            return int(top[self._rng.integers(top.size)])
+            return int(top[self._rng.randrange(top.size)])
 
         # Top-k is scale-invariant, so it can run before the temperature without changing
         # HF's result. Only values are selected (np.partition and np.sort are 2-4x faster
