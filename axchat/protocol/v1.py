@@ -20,15 +20,13 @@ import msgspec
 
 PROTOCOL_MAJOR = 1
 # 1.1: the `loading` event, status_reply's model residency fields; 1.2: generate.user;
-# 1.3: error.param, the field a refusal is about.
-# 1.4: stats.device and status_reply.devices, for a daemon driving several devices.
+# 1.3: error.param; 1.4: stats.device and status_reply.devices (several devices).
 # 1.5: bounds on the envelope's `id` and on a generate's number of messages; the
 # `forbidden` error code, for a client whose key was revoked while connected.
 # 1.6: generate.constraint (structured output and tool calls), ChatMessage.tool_calls
 # and tool_call_id, done.tool_calls, the `constraint_failed` error code.
 # 1.7: speculative decoding's counts, stats.draft_* and status_reply.draft_*_total;
-# status_reply's memory parts (weights_bytes, running_kv_bytes, prefix_kv_bytes);
-# sampling.given.
+# status_reply's memory parts (weights_bytes, running_kv_bytes, prefix_kv_bytes), sampling.given.
 # 1.8: delta.tool_calls, a tool call's name and arguments as they are made.
 PROTOCOL_MINOR = 8
 PROTOCOL_VERSION = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
