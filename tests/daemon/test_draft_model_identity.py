@@ -140,16 +140,17 @@ def test_second_turn_reuses_the_prefix_and_stays_identical(daemons: Daemons) -> 
         assert replies[1].done.usage.cached_tokens > 0
 
 
-def test_two_concurrent_streams_are_identical(daemons_f32: Daemons) -> None:
-    requests = [chat(f"{PROMPTS[i]} ({i})", max_tokens=48, temperature=0.0, ignore_eos=True) for i in range(2)]
+@pytest.mark.parametrize("streams", [2, 8])
+def test_concurrent_streams_are_identical(daemons_f32: Daemons, streams: int) -> None:
+    requests = [chat(f"{PROMPTS[i % len(PROMPTS)]} ({i})", max_tokens=48, temperature=0.0, ignore_eos=True) for i in range(streams)]
     want = [run(daemons_f32.off, r) for r in requests]
     for d in daemons_f32.drafting():
-        got: list[Reply | None] = [None, None]
+        got: list[Reply | None] = [None] * streams
 
         def one(i: int, d: DaemonProcess = d, got: list[Reply | None] = got) -> None:
             got[i] = run(d, requests[i], rid=f"c{i}")
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
         for t in threads:
             t.start()
         for t in threads:
@@ -157,7 +158,8 @@ def test_two_concurrent_streams_are_identical(daemons_f32: Daemons) -> None:
         for g, w in zip(got, want, strict=True):
             assert g is not None
             same(g, w)
-        assert sum(drafts(g)[0] for g in got if g is not None) > 0
+        if streams == 2:  # eight fill the batch: the rule leaves them no spare rows
+            assert sum(drafts(g)[0] for g in got if g is not None) > 0
 
 
 # ---------------------------------------------------------------- another vocabulary
