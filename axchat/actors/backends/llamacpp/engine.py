@@ -12,6 +12,7 @@ import ctypes
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -52,14 +53,21 @@ def init_once() -> None:
         _initialised = True
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """A GGUF file's key/values as strings (libllama reads only its header here)."""
+def load_vocab_only(path: Path, what: str = "") -> Any:
+    """A `llama_model *` of the GGUF at `path` with its vocabulary and metadata but no
+    weights; the caller frees it (`llama_model_free`). `what`: what is read, for the error."""
     init_once()
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
     if not model:
-        raise EngineError(f"llama.cpp cannot read {path}")
+        raise EngineError(f"llama.cpp cannot read {what}{path}")
+    return model
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """A GGUF file's key/values as strings (libllama reads only its header here)."""
+    model = load_vocab_only(path)
     try:
         out: dict[str, str] = {}
         buf = ctypes.create_string_buffer(1 << 16)

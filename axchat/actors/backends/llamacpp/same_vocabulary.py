@@ -24,12 +24,7 @@ def of_gguf(path: Path) -> Vocabulary:
 
     from axchat.actors.backends.llamacpp import engine
 
-    engine.init_once()
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-    if not model:
-        raise engine.EngineError(f"llama.cpp cannot read the vocabulary of {path}")
+    model = engine.load_vocab_only(path, "the vocabulary of ")
     try:
         vocab = llama_cpp.llama_model_get_vocab(model)
         n = llama_cpp.llama_vocab_n_tokens(vocab)

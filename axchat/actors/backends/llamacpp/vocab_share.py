@@ -87,12 +87,12 @@ class VocabShare:
         pointer (llguidance's llama.cpp reader): a load of its own, made once."""
         with self._lock:
             if self._pinned is None:
-                self._pinned = _vocab_only(self.path)
+                self._pinned = engine.load_vocab_only(self.path, "the vocabulary of ")
             return llama_cpp.llama_model_get_vocab(self._pinned)
 
     def _stand_in_model(self) -> _Model:
         if self._stand_in is None:
-            self._stand_in = _Model(_vocab_only(self.path))
+            self._stand_in = _Model(engine.load_vocab_only(self.path, "the vocabulary of "))
         return self._stand_in
 
     def _wait_unread(self, held: _Model) -> None:
@@ -120,16 +120,6 @@ class _Reading:
 
 def _address(model: Any) -> int:
     return int(ctypes.cast(model, ctypes.c_void_p).value or 0)
-
-
-def _vocab_only(path: Path) -> Any:
-    engine.init_once()
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-    if not model:
-        raise engine.EngineError(f"llama.cpp cannot read the vocabulary of {path}")
-    return model
 
 
 _shares: dict[Path, VocabShare] = {}
