@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
 import pytest
 from conftest import HELD, DaemonProcess, RawClient, chat
-from test_speculative_identity import Reply, Trio, cancelled_after, run, same, with_oracle
+from test_speculative_identity import Reply, Trio, cancelled_after, run, same, together, with_oracle
 
 from axchat.actors.device.drafts import ORACLE_ENV
 from axchat.protocol import v1
@@ -188,24 +187,12 @@ def test_concurrent_constrained_streams_share_the_spare_rows_and_stay_identical(
     filled together in each step."""
     kinds = ["json_schema", "regex", "tools"]
     requests = [constrained(kind, 400, text=f"fill in the form ({i})") for i, kind in enumerate(kinds)]
-    got: dict[DaemonProcess, list[Reply | None]] = {}
-    for d in pair_f32:
-        got[d] = [None] * len(requests)
-
-        def one(i: int, d: DaemonProcess = d) -> None:
-            got[d][i] = run(d, requests[i], rid=f"c{i}")
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
     off, ngram = pair_f32
-    for kind, want, reply in zip(kinds, got[off], got[ngram], strict=True):
-        assert want is not None and reply is not None
+    wants, replies = together(off, requests), together(ngram, requests)
+    for kind, want, reply in zip(kinds, wants, replies, strict=True):
         same(reply, want)
         valid(kind, reply)
-    assert sum(r.done.stats.draft_accepted for r in got[ngram] if r is not None and r.done.stats is not None) > 0
+    assert sum(r.done.stats.draft_accepted for r in replies if r.done.stats is not None) > 0
 
 
 def test_a_stop_string_ends_a_constrained_reply_alike(trio: Trio) -> None:

@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import HELD, DaemonProcess, RawClient, chat, short_socket_dir
 from test_constrained_speculation import constrained
-from test_speculative_identity import COPY, PROMPTS, Reply, cancelled_after, on_one_connection, run, same
+from test_speculative_identity import COPY, PROMPTS, Reply, cancelled_after, on_one_connection, run, same, together
 
 from axchat.protocol import v1
 
@@ -145,21 +144,11 @@ def test_concurrent_streams_are_identical(daemons_f32: Daemons, streams: int) ->
     requests = [chat(f"{PROMPTS[i % len(PROMPTS)]} ({i})", max_tokens=48, temperature=0.0, ignore_eos=True) for i in range(streams)]
     want = [run(daemons_f32.off, r) for r in requests]
     for d in daemons_f32.drafting():
-        got: list[Reply | None] = [None] * streams
-
-        def one(i: int, d: DaemonProcess = d, got: list[Reply | None] = got) -> None:
-            got[i] = run(d, requests[i], rid=f"c{i}")
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=RUN_TIMEOUT_S)
+        got = together(d, requests, RUN_TIMEOUT_S)
         for g, w in zip(got, want, strict=True):
-            assert g is not None
             same(g, w)
         if streams == 2:  # eight fill the batch: the rule leaves them no spare rows
-            assert sum(drafts(g)[0] for g in got if g is not None) > 0
+            assert sum(drafts(g)[0] for g in got) > 0
 
 
 # ---------------------------------------------------------------- another vocabulary

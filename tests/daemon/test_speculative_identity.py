@@ -79,6 +79,22 @@ def run(d: DaemonProcess, request: v1.Generate, rid: str = "r") -> Reply:
         client.close()
 
 
+def together(d: DaemonProcess, requests: list[v1.Generate], timeout_s: float = 120) -> list[Reply]:
+    """The replies to `requests`, sent at once, each on a connection of its own."""
+    got: list[Reply | None] = [None] * len(requests)
+
+    def one(i: int) -> None:
+        got[i] = run(d, requests[i], rid=f"c{i}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout_s)
+    assert all(g is not None for g in got), "a concurrent request got no reply"
+    return [g for g in got if g is not None]
+
+
 def on_one_connection(d: DaemonProcess, requests: list[v1.Generate]) -> list[Reply]:
     """The replies to `requests`, one after the other on one connection (whose kept
     prefixes are its own)."""
@@ -160,21 +176,11 @@ def test_concurrent_streams_are_identical(trio_f32: Trio, streams: int) -> None:
     want = [run(trio.off, r) for r in requests]
     with_oracle(trio, want[0], 0.0)  # right for one stream, wrong for the others
     for d in (trio.ngram, trio.oracle):
-        got: list[Reply | None] = [None] * streams
-
-        def one(i: int, d: DaemonProcess = d, got: list[Reply | None] = got) -> None:
-            got[i] = run(d, requests[i], rid=f"c{i}")
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        got = together(d, requests)
         for g, w in zip(got, want, strict=True):
-            assert g is not None
             same(g, w)
         if d is trio.oracle and streams < 8:  # rows to spare: the right stream's drafts are verified
-            assert sum(g.done.stats.draft_accepted for g in got if g is not None) > 0
+            assert sum(g.done.stats.draft_accepted for g in got) > 0
 
 
 def cancelled_after(d: DaemonProcess, request: v1.Generate, tokens: int) -> list[int]:
