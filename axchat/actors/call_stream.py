@@ -159,8 +159,7 @@ class CallStream:
         self._call = None
         if call.name is None:
             return  # the grammar always writes a name; an object without one is no call
-        if call.args_start < 0:
-            call.args_start = call.args_end = call.sent_to = 0
+        if call.args_start < 0:  # no arguments written: the call takes none
             arguments = "{}"
             pieces.append(ToolCallPiece(index=call.index, arguments=arguments))
         else:
