@@ -114,8 +114,10 @@ class SequenceSampler:
         # Python's own generator: numpy's (numpy.random, numpy.ma for np.unique) would add
         # 8 MiB to the daemon, or 40 ms to the first request that loads them.
         self._rng = random.Random(params.seed)
-        # a negative id would index from the vocabulary's end
-        ids = np.asarray(sorted({i for i in context_ids if i >= 0}), dtype=np.int64)
+        # The distinct ids, sorted (what np.unique gives, without its numpy.ma import);
+        # a negative id would index from the vocabulary's end.
+        ids = np.sort(np.asarray(context_ids, dtype=np.int64))
+        ids = ids[(ids >= 0) & np.concatenate(([True], ids[1:] != ids[:-1]))]
         # The penalty touches each seen id once however often it occurs, so a set plus a
         # growing id array (for fancy indexing) is all it needs; both grow by one at most
         # per token instead of being rebuilt from the history.
