@@ -70,6 +70,10 @@ class Capabilities:
     drafts: bool = False
     # A draft model guesses the proposed tokens (`propose`).
     draft_model: bool = False
+    # KV cells every running sequence draws on, one per position it holds; None: each
+    # sequence has room for a whole context of its own. With a pool, the device feeds
+    # only what fits and moves a stream's KV out to host memory (`park`) to make room.
+    kv_cells: int | None = None
 
 
 class DeviceBackend(abc.ABC):
@@ -149,6 +153,16 @@ class DeviceBackend(abc.ABC):
     def release(self, seq_id: int, keep: tuple[str, list[int]] | None = None) -> None:
         """Free the sequence's KV, or with `keep=(salt, token_ids)` (the tokens its KV
         covers) hand it to the prefix cache. Releasing an unknown sequence is a no-op."""
+
+    def park(self, seq_id: int) -> None:
+        """Move the sequence's KV to host memory, freeing its cells (`unpark` brings it
+        back). Only called when `capabilities.kv_cells` is set."""
+        raise NotImplementedError(f"{type(self).__name__} has no KV pool")
+
+    def unpark(self, seq_id: int) -> bool:
+        """The parked sequence's KV back in cells; False when the pool has no room for
+        it now (it stays parked)."""
+        raise NotImplementedError(f"{type(self).__name__} has no KV pool")
 
     @abc.abstractmethod
     def live_sequences(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 
 from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
-from axchat.actors.device import constrained, planner
+from axchat.actors.device import constrained, kv_room, planner
 from axchat.actors.device.burst import Burst
 from axchat.actors.device.clock import DecodeClock, PrefillRate
 from axchat.actors.device.constrained import Constraints
@@ -58,6 +58,7 @@ class DeviceActor(ForwardPasses, Actor):
         # once here rather than from a backend that may be unloaded later.
         self._limits = planner.StepLimits.of(backend.capabilities)
         self._context_length = backend.info.context_length
+        self._pool = backend.capabilities.kv_cells  # None: no shared pool to fit (kv_room.py)
         # Greedy streams propose tokens (drafts.py) where the engine can verify them (and
         # with a draft model only where it loaded one).
         usable = backend.capabilities.drafts and (speculate != "draft" or backend.capabilities.draft_model)
@@ -314,8 +315,9 @@ class DeviceActor(ForwardPasses, Actor):
         return bool(chosen)
 
     def _plan(self) -> planner.Plan | None:
+        running = list(self._running.values())
         return planner.next_step(
-            list(self._running.values()),
+            running if self._pool is None else kv_room.visible(running, self._pool),
             self._limits,
             decode_next=self._decode_next,
             recent_step_ms=self.clock.recent_step_ms(),
@@ -325,8 +327,8 @@ class DeviceActor(ForwardPasses, Actor):
 
     async def _step(self) -> bool:
         """Run the planner's next step; False when nothing could run."""
+        restored = self._pool is not None and await self._fit_pool()
         plan = self._plan()
-        restored = False
         while isinstance(plan, planner.Restore):
             # Only restored prefixes tell what is left to feed, so the step goes on with
             # the same sequences: newcomers that arrived meanwhile wait for the next step
@@ -343,6 +345,8 @@ class DeviceActor(ForwardPasses, Actor):
             return restored
         if isinstance(plan, planner.PREFILL_PLANS):
             self.clock.interrupted()  # not a decode step: not one for the clock
+        if isinstance(plan, planner.Decode) and self._pool is not None and await self._room_for(plan):
+            return True  # the step changed: plan it again
         self._decode_next = planner.decode_next_after(plan, self._decode_next)
         await self._run(plan)
         return True

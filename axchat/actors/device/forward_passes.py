@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
-from axchat.actors.device import planner, run_ahead
+from axchat.actors.device import kv_room, planner, run_ahead
 from axchat.actors.device.clock import DecodeClock, PrefillRate
 from axchat.actors.device.constrained import Constraints
 from axchat.actors.device.device_thread import BackendReadings, DeviceThread
@@ -38,6 +38,7 @@ class ForwardPasses:
     prefill_rate: PrefillRate
     _limits: planner.StepLimits
     _speculate: str | None  # "ngram", "draft" (the backend's draft model guesses) or None
+    _pool: int | None  # the backend's KV cells, when its sequences share a pool
 
     if TYPE_CHECKING:
 
@@ -79,6 +80,48 @@ class ForwardPasses:
             return None
         await self._publish(self._thread.readings)
         return result
+
+    # ------------------------------------------------------------ the KV pool (kv_room.py)
+
+    async def _fit_pool(self) -> bool:
+        """Bring back parked streams that fit, and unblock prompt readers that hold each
+        other's cells; True when anything changed."""
+        assert self._pool is not None
+        running = list(self._running.values())
+        backend = self._loaded()
+        changed = False
+        for seq in kv_room.returning(running, self._pool):
+            back = await self._forward([seq], backend.unpark, seq.rid)
+            if seq.rid not in self._running or await self._ended_during_forward(seq):
+                continue
+            seq.state = SeqState.READY if back else SeqState.PARKED
+            if not back:
+                break  # no run of free cells for it yet (a sequence's state goes back whole)
+            changed = True
+        for seq in kv_room.unblock(running, self._pool):
+            await self._put_back(seq)
+            changed = True
+        return changed
+
+    async def _room_for(self, plan: planner.Decode) -> bool:
+        """Make room for `plan`'s step where the pool lacks it; True when anything moved."""
+        assert self._pool is not None
+        making = kv_room.make_room(list(self._running.values()), self._pool, plan.seqs)
+        for seq in making.restart:
+            await self._put_back(seq)
+        backend = self._loaded()
+        for seq in making.park:
+            await self._forward([seq], backend.park, seq.rid)
+            if seq.rid in self._running and not await self._ended_during_forward(seq):
+                seq.state = SeqState.PARKED
+                log.info("KV pool full: request %s parked until an older one ends", seq.label)
+        return bool(making)
+
+    async def _put_back(self, seq: DeviceSequence) -> None:
+        """A part-fed prompt gives its cells back; it is fed again from the start later."""
+        await self._thread.run(self._loaded().release, seq.rid, None)
+        seq.started, seq.prefilled, seq.cached_tokens = False, 0, 0
+        log.info("KV pool full: request %s reads its prompt again later", seq.label)
 
     async def _restore(self, seqs: list[DeviceSequence]) -> None:
         """Give each sequence its KV, with the longest cached prefix of its prompt."""
@@ -227,9 +270,10 @@ class ForwardPasses:
         speculating = any(lane.spec is not None for lane in lanes)
         decode = backend.decode_drafts if speculating else run_ahead.without_drafts(backend.decode)
         trim = backend.trim if speculating else None
+        cells = None if self._pool is None else kv_room.free(self._pool, list(self._running.values()))
         done = await self._forward(
             seqs, run_ahead.run, self.clock.timed(decode), lanes, self._interrupt, None, trim, self._limits.max_batch,
-            self.clock.rows.cost, self._model_proposals() if speculating else None,
+            self.clock.rows.cost, self._model_proposals() if speculating else None, cells,
         )
         if done is None:
             return

@@ -80,11 +80,13 @@ def run(
     row_budget: int = 0,
     cost: StepCost = flat_rows,
     model: ModelProposals | None = None,
+    cells: int | None = None,
 ) -> Sequence[Lane]:
     """Decode steps for `lanes` until a bound (module docstring); on the device thread.
     `decode` is the backend's `decode_drafts`, `trim` its `trim` (None: no lane
     speculates), `row_budget` the rows a step may take, `cost` their measured cost,
-    `model` the draft model's guessing (None: none). Each lane's `chosen` gets its
+    `model` the draft model's guessing (None: none), `cells` the KV cells free for the
+    run (None: no bound; a run stops before a step they cannot take, kv_room.py). Each lane's `chosen` gets its
     tokens in order; returns `lanes`. The first step always runs: it is the step the
     planner asked for."""
     active = list(lanes)
@@ -105,6 +107,8 @@ def run(
             if trim is not None and len(draft) >= len(chosen):
                 trim(lane.rid, len(draft) + 1 - len(chosen))
             lane.chosen.extend(chosen)
+            if cells is not None:
+                cells -= len(chosen)  # the token fed and the proposals kept
             if lane.mask is not None and lane.mask.failed is not None:
                 continue  # a dead end: the loop ends the stream with the reason
             if end_of_turn(len(lane.chosen) - 1, chosen[-1:], ends=lane.ends, limit=lane.room).reason is None:
@@ -114,3 +118,5 @@ def run(
         now = time.monotonic_ns()
         if not active or interrupt.is_set() or (now - start) + (now - step_start) > budget_ns:
             return lanes
+        if cells is not None and len(active) > cells:
+            return lanes  # the next step's cells are not free: the loop makes room first

@@ -24,6 +24,7 @@ class SeqState(enum.Enum):
     SAMPLING = "sampling"  # logits are with the sampler
     GRAMMAR = "grammar"  # prompt in, its grammar's matcher still compiling: the others decode on
     READY = "ready"  # next token known, waiting for a decode step
+    PARKED = "parked"  # next token known, its KV in host memory until the pool has room (kv_room.py)
 
 
 @dataclass(eq=False)  # by identity: two requests are never the same one

@@ -53,6 +53,7 @@ class LlamaCppBackend(DeviceBackend):
             mixed_steps=True,
             drafts=True,
             draft_model=draft is not None,
+            kv_cells=engine.cells,
         )
         self._max_batch = max_batch
         # Entries are llama.cpp sequence states (Engine.save), in host memory.
@@ -64,6 +65,7 @@ class LlamaCppBackend(DeviceBackend):
         # supersedes it (its tail, the last answer as generated, rarely matches the
         # answer as the client sends it back, so it is never a strict prefix).
         self._parent: dict[int, np.ndarray] = {}
+        self._parked: dict[int, np.ndarray] = {}  # sequences whose KV waits in host memory (`park`)
 
     # ------------------------------------------------------------ sequence ids
 
@@ -197,6 +199,20 @@ class LlamaCppBackend(DeviceBackend):
             self.draft.follow([seq_id], [prompt_ids[:n]], [0])
         return n
 
+    def park(self, seq_id: int) -> None:
+        llama_seq = self._seq[seq_id]
+        self._parked[seq_id] = self.engine.save(llama_seq)
+        self.engine.forget(llama_seq)
+        if self.draft is not None:  # it reads the history again when the stream next proposes
+            self.draft.release(seq_id)
+
+    def unpark(self, seq_id: int) -> bool:
+        if not self.engine.restore(self._parked[seq_id], self._seq[seq_id]):
+            self.engine.forget(self._seq[seq_id])  # what a failed restore may have placed
+            return False
+        del self._parked[seq_id]
+        return True
+
     def release(self, seq_id: int, keep: tuple[str, list[int]] | None = None) -> None:
         if self.draft is not None:
             self.draft.release(seq_id)
@@ -205,6 +221,7 @@ class LlamaCppBackend(DeviceBackend):
             return
         length = self._length.pop(seq_id)
         parent = self._parent.pop(seq_id, None)
+        parked = self._parked.pop(seq_id, None)
         if keep is not None and self.capabilities.prefix_cache:
             salt, tokens = keep
             # A sequence cut short mid-step has KV and ids that disagree: keep nothing.
@@ -213,7 +230,7 @@ class LlamaCppBackend(DeviceBackend):
                     # Without this each turn would add an entry, and a few chatty
                     # conversations would push everyone else's out of the cache.
                     self._prefixes.discard(parent)
-                blob = self.engine.save(llama_seq)
+                blob = self.engine.save(llama_seq) if parked is None else parked
                 self._prefixes.put(salt, tokens, blob, blob.nbytes)
         self._free(llama_seq)
 
@@ -230,6 +247,7 @@ class LlamaCppBackend(DeviceBackend):
         self._seq.clear()
         self._length.clear()
         self._parent.clear()
+        self._parked.clear()
         if self.draft is not None:
             self.draft.close()
         self._vocab.take_back(self.engine.model)
