@@ -48,7 +48,7 @@ def test_a_parked_stream_comes_back_only_with_room_to_grow() -> None:
     assert kv_room.held(b) == 0 and kv_room.free(100, [a, b]) == 60
     assert kv_room.returning([a, b], 40 + 30 + 2 * kv_room.RESERVE) == [b]
     assert kv_room.returning([a, b], 40 + 30 + 2 * kv_room.RESERVE - 1) == []  # else parked again next step
-    assert kv_room.visible([a, b, seq(3, 1)], 1000) == [a, b]  # newcomers wait behind it
+    assert kv_room.visible([a, b, seq(3, 1)], 1000) == [a]  # it cannot move, and newcomers wait behind it
 
 
 def test_prompt_readers_holding_each_others_cells_unblock_newest_first() -> None:

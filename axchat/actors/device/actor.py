@@ -16,7 +16,7 @@ import numpy as np
 
 from axchat.actors import messages as m
 from axchat.actors.backends.base import DeviceBackend
-from axchat.actors.device import constrained, kv_room, planner
+from axchat.actors.device import constrained, planner
 from axchat.actors.device.burst import Burst
 from axchat.actors.device.clock import DecodeClock, PrefillRate
 from axchat.actors.device.constrained import Constraints
@@ -76,8 +76,7 @@ class DeviceActor(ForwardPasses, Actor):
         self._wake = asyncio.Event()
         self._stepper: asyncio.Task[None] | None = None
         self._decode_next = False  # alternates prefill work with decode steps
-        # Set by anything that arrives for the device: a run of greedy steps on the
-        # device thread ends at its next step boundary (run_ahead.py).
+        # Set by anything that arrives for the device: a run ends at its next step (run_ahead.py).
         self._interrupt = threading.Event()
         # Newcomers on their way, for an idle device's wait (times on the loop's clock).
         self.burst = Burst(self._wake.set)
@@ -315,9 +314,8 @@ class DeviceActor(ForwardPasses, Actor):
         return bool(chosen)
 
     def _plan(self) -> planner.Plan | None:
-        running = list(self._running.values())
         return planner.next_step(
-            running if self._pool is None else kv_room.visible(running, self._pool),
+            self._movable(),
             self._limits,
             decode_next=self._decode_next,
             recent_step_ms=self.clock.recent_step_ms(),
@@ -345,8 +343,6 @@ class DeviceActor(ForwardPasses, Actor):
             return restored
         if isinstance(plan, planner.PREFILL_PLANS):
             self.clock.interrupted()  # not a decode step: not one for the clock
-        if isinstance(plan, planner.Decode) and self._pool is not None and await self._room_for(plan):
-            return True  # the step changed: plan it again
         self._decode_next = planner.decode_next_after(plan, self._decode_next)
         await self._run(plan)
         return True

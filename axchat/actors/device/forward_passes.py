@@ -56,6 +56,8 @@ class ForwardPasses:
         elif isinstance(plan, planner.PrefillPiece):
             await self._prefill_piece(plan)
         elif isinstance(plan, planner.Decode):
+            if self._pool is not None and await self._room_for(plan):
+                return  # some left the step to make room for it: the next plan says who goes
             await self._decode(list(plan.seqs))
         else:
             await self._decode_with_chunk(plan)
@@ -82,6 +84,12 @@ class ForwardPasses:
         return result
 
     # ------------------------------------------------------------ the KV pool (kv_room.py)
+
+    def _movable(self) -> list[DeviceSequence]:
+        """The running sequences that can take part in a step now (all of them, without a
+        shared pool)."""
+        running = list(self._running.values())
+        return running if self._pool is None else kv_room.visible(running, self._pool)
 
     async def _fit_pool(self) -> bool:
         """Bring back parked streams that fit, and unblock prompt readers that hold each
@@ -189,7 +197,7 @@ class ForwardPasses:
     async def _decode(self, seqs: list[DeviceSequence]) -> None:
         for seq in seqs:
             seq.fed.append(seq.next_token)
-        if planner.may_run_ahead(seqs, running=len(self._running), waiting=len(self._waiting)):
+        if planner.may_run_ahead(seqs, running=len(self._movable()), waiting=len(self._waiting)):
             await self._decode_run(seqs)
             return
         # Proposals only where nobody else needs the device: no prompt going in, nobody

@@ -59,14 +59,17 @@ def _streams(running: Sequence[DeviceSequence]) -> int:
 
 
 def visible(running: Sequence[DeviceSequence], pool: int) -> list[DeviceSequence]:
-    """`running` (in admission order) less the prompt readers that must wait for cells:
-    every one from the first whose prompt does not fit on, and all of them while a
-    parked stream waits to come back."""
+    """`running` (in admission order) less those that cannot move until cells free up:
+    parked streams, and prompt readers from the first whose prompt does not fit on (all
+    of them while a parked stream waits to come back). The planner sees only these, and
+    a run of steps (run_ahead.py) needs only these to be in it."""
     budget = free(pool, running)
     streams = _streams(running)
     blocked = any(s.state is SeqState.PARKED for s in running)
     out: list[DeviceSequence] = []
     for seq in running:
+        if seq.state is SeqState.PARKED:
+            continue
         if not _reading(seq):
             out.append(seq)
             continue
