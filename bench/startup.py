@@ -22,7 +22,7 @@ with the daemon's concurrency (`-np` its max_running sequences, `--kv-unified`: 
 for all of them, as the daemon holds) for `llama_server_same_slots_*` and
 `rss_ratio_same_slots*`. Each `*_ready_s` runs to its first healthy /health, each
 `*_rss_after_reply_mib` follows the daemon's own 64-token request. Each `rss_anon*` is
-the anonymous part of that RSS (RssAnon), with `rss_anon_ratio*`: mapped files count in
+the anonymous part of that RSS, with `rss_anon_ratio*`: mapped files count in
 RSS as far as the page cache holds them (a fresh venv's libraries, just written, count
 more), so that part of `rss_ratio` moves between runs and machines. Without a binary
 that part is skipped, saying so.
@@ -67,17 +67,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def rss_mib(pid: int, field: str = "VmRSS") -> float:
-    """VmRSS, or RssAnon: the process's own pages, without the mapped files (libraries,
-    the GGUF), whose resident share follows what the page cache holds of them."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no {field} for pid {pid}")
-
-
 def memory(pid: int, suffix: str = "") -> dict[str, float | None]:
-    return {f"rss{suffix}_mib": rnd(rss_mib(pid)), f"rss_anon{suffix}_mib": rnd(rss_mib(pid, "RssAnon"))}
+    """RSS, and its anonymous part: the process's own pages, without the mapped files
+    (libraries, the GGUF), whose resident share follows what the page cache holds of
+    them. Summed over /proc/PID/smaps, the kernel's walk of the page tables: VmRSS (a
+    counter) read right after a reply was seen up to 11 MiB above it, for seconds."""
+    rss = anon = 0
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if line.startswith("Rss:"):
+            rss += int(line.split()[1])
+        elif line.startswith("Anonymous:"):
+            anon += int(line.split()[1])
+    if not rss:
+        raise BenchError(f"no RSS for pid {pid}")
+    return {f"rss{suffix}_mib": rnd(rss / 1024), f"rss_anon{suffix}_mib": rnd(anon / 1024)}
 
 
 def fresh_venv(root: Path) -> tuple[Path, float]:
