@@ -54,6 +54,7 @@ log = Log("startup")
 REPO = Path(__file__).resolve().parents[1]
 CELLS_RE = re.compile(r"loaded .* (\d+) threads?, (\d+) KV cells")
 LLAMA_SERVER_CACHE = Path.home() / ".cache" / "axchat" / "llama-server"
+KEPT_WAIT_S = 10.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -195,7 +196,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 request = v1.Generate(prompt="Once upon a time", sampling=v1.Sampling(max_tokens=64, ignore_eos=True))
                 for _ in client.generate(request):
                     pass
-                after = client.status()
+                # The finished reply's KV is copied out of the pool just after its last
+                # token: RSS is read once that is done (or it will not be).
+                after, deadline = client.status(), time.monotonic() + KEPT_WAIT_S
+                while not after.prefix_cache_entries and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    after = client.status()
             out.update(memory(daemon.proc.pid, "_after_reply"))
             out["kv_cells"], out["threads"] = cells, threads
             out["memory_parts_mib"] = {
