@@ -16,8 +16,16 @@ cache, the engine from the wheel cached in ~/.cache/axchat/engine); `venv_mib` i
 
 llama-server (--llama-server PATH; else the newest one bench/peers.py built under
 ~/.cache/axchat/llama-server) serves the very GGUF file the daemon loaded with `-c` the
-daemon's KV cells, the same threads and batch sizes; `llama_server_ready_s` runs to its
-first healthy /health. Without a binary that part is skipped, saying so.
+daemon's KV cells, the same threads and batch sizes, twice: with its own default slots
+(`-np` auto: a few slots in one unified pool) for `llama_server_*` and `rss_ratio*`, and
+with the daemon's concurrency (`-np` its max_running sequences, `--kv-unified`: one pool
+for all of them, as the daemon holds) for `llama_server_same_slots_*` and
+`rss_ratio_same_slots*`. Each `*_ready_s` runs to its first healthy /health, each
+`*_rss_after_reply_mib` follows the daemon's own 64-token request. Each `rss_anon*` is
+the anonymous part of that RSS, with `rss_anon_ratio*`: mapped files count in
+RSS as far as the page cache holds them (a fresh venv's libraries, just written, count
+more), so that part of `rss_ratio` moves between runs and machines. Without a binary
+that part is skipped, saying so.
 
 Prints ONE JSON object on stdout; progress on stderr. Timings on a busy machine are noisy.
 """
@@ -46,6 +54,7 @@ log = Log("startup")
 REPO = Path(__file__).resolve().parents[1]
 CELLS_RE = re.compile(r"loaded .* (\d+) threads?, (\d+) KV cells")
 LLAMA_SERVER_CACHE = Path.home() / ".cache" / "axchat" / "llama-server"
+KEPT_WAIT_S = 10.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,11 +68,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmRSS for pid {pid}")
+def memory(pid: int, suffix: str = "") -> dict[str, float | None]:
+    """RSS, and its anonymous part: the process's own pages, without the mapped files
+    (libraries, the GGUF), whose resident share follows what the page cache holds of
+    them. Summed over /proc/PID/smaps, the kernel's walk of the page tables: VmRSS (a
+    counter) read right after a reply was seen up to 11 MiB above it, for seconds."""
+    rss = anon = 0
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if line.startswith("Rss:"):
+            rss += int(line.split()[1])
+        elif line.startswith("Anonymous:"):
+            anon += int(line.split()[1])
+    if not rss:
+        raise BenchError(f"no RSS for pid {pid}")
+    return {f"rss{suffix}_mib": rnd(rss / 1024), f"rss_anon{suffix}_mib": rnd(anon / 1024)}
 
 
 def fresh_venv(root: Path) -> tuple[Path, float]:
@@ -107,10 +125,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def llama_server(binary: Path, gguf: Path, cells: int, threads: int, timeout_s: float) -> dict[str, Any]:
+def llama_server(binary: Path, gguf: Path, cells: int, threads: int, timeout_s: float, slots: list[str]) -> dict[str, Any]:
+    """Ready time and RSS (at ready, after one reply) of llama-server with `slots` (its
+    -np/--kv-unified arguments; [] for its defaults), keys without a prefix."""
     port = free_port()
     cmd = [str(binary), "-m", str(gguf), "-c", str(cells), "-t", str(threads), "-tb", str(threads),
-           "-b", "512", "-ub", "512", "--host", "127.0.0.1", "--port", str(port), "--no-webui"]  # fmt: skip
+           "-b", "512", "-ub", "512", *slots, "--host", "127.0.0.1", "--port", str(port), "--no-webui"]  # fmt: skip
     log("starting llama-server: " + " ".join(cmd))
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -127,14 +147,13 @@ def llama_server(binary: Path, gguf: Path, cells: int, threads: int, timeout_s: 
             if time.monotonic() - t0 > timeout_s:
                 raise BenchError(f"llama-server not healthy after {timeout_s:.0f}s")
             time.sleep(0.05)  # polling a server's health with a deadline
-        out = {"llama_server_ready_s": rnd(time.monotonic() - t0), "llama_server_rss_mib": rnd(rss_mib(proc.pid))}
+        out = {"ready_s": rnd(time.monotonic() - t0), **memory(proc.pid)}
         # The daemon's own request, so that both are compared having done the same work.
         body = json.dumps({"prompt": "Once upon a time", "n_predict": 64, "ignore_eos": True}).encode()
         post = urllib.request.Request(f"http://127.0.0.1:{port}/completion", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(post, timeout=timeout_s) as r:
             r.read()
-        out["llama_server_rss_after_reply_mib"] = rnd(rss_mib(proc.pid))
-        return out
+        return out | memory(proc.pid, "_after_reply")
     finally:
         proc.terminate()
         try:
@@ -166,31 +185,47 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         with serving(daemon, args.ready_timeout):
             assert daemon.proc is not None and daemon.ready_s is not None
             out["ready_s"] = rnd(daemon.ready_s)
-            out["rss_mib"] = rnd(rss_mib(daemon.proc.pid))
+            out.update(memory(daemon.proc.pid))
             found = CELLS_RE.search(daemon.log_text())
             if found is None:
                 raise BenchError("the daemon's log names no KV cells (not on llama.cpp?)")
             threads, cells = int(found.group(1)), int(found.group(2))
             with Client(daemon.socket) as client:
                 status = client.status()
+                out["max_running"] = status.max_running
                 request = v1.Generate(prompt="Once upon a time", sampling=v1.Sampling(max_tokens=64, ignore_eos=True))
                 for _ in client.generate(request):
                     pass
-            out["rss_after_reply_mib"] = rnd(rss_mib(daemon.proc.pid))
+                # The finished reply's KV is copied out of the pool just after its last
+                # token: RSS is read once that is done (or it will not be).
+                after, deadline = client.status(), time.monotonic() + KEPT_WAIT_S
+                while not after.prefix_cache_entries and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    after = client.status()
+            out.update(memory(daemon.proc.pid, "_after_reply"))
             out["kv_cells"], out["threads"] = cells, threads
             out["memory_parts_mib"] = {
                 "weights": rnd(status.weights_bytes / 2**20),
                 "running_kv": rnd(status.running_kv_bytes / 2**20),
                 "prefix_kv": rnd(status.prefix_kv_bytes / 2**20),
+                # The reply's conversation, copied out of the pool to be resumed (llama-server
+                # keeps it in its slot's cells): part of rss_after_reply_mib.
+                "kept_after_reply": rnd(after.prefix_cache_bytes / 2**20),
             }
     binary, why = find_llama_server(args.llama_server)
     if binary is None:
         log(f"llama-server part skipped: {why}")
         out["llama_server_skipped"] = why
     else:
-        out.update(llama_server(binary, gguf, cells, threads, args.ready_timeout))
-        out["rss_ratio"] = round(out["rss_mib"] / out["llama_server_rss_mib"], 3)
-        out["rss_ratio_after_reply"] = round(out["rss_after_reply_mib"] / out["llama_server_rss_after_reply_mib"], 3)
+        # Its default slots, then the daemon's: as many sequences at once, in one pool.
+        same_slots = ["-np", str(out["max_running"]), "--kv-unified"]
+        for name, slots in (("", []), ("_same_slots", same_slots)):
+            peer = llama_server(binary, gguf, cells, threads, args.ready_timeout, slots)
+            out[f"llama_server{name}_args"] = " ".join(slots) or "(default -np)"
+            out.update({f"llama_server{name}_{key}": value for key, value in peer.items()})
+            out[f"rss_ratio{name}"] = round(out["rss_mib"] / peer["rss_mib"], 3)
+            out[f"rss_ratio{name}_after_reply"] = round(out["rss_after_reply_mib"] / peer["rss_after_reply_mib"], 3)
+            out[f"rss_anon_ratio{name}"] = round(out["rss_anon_mib"] / peer["rss_anon_mib"], 3)
     return out
 
 

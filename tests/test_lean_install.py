@@ -46,9 +46,10 @@ def test_the_default_daemon_never_maps_libtorch(daemon: DaemonProcess) -> None:
 # Native libraries a default daemon has no use for while it serves plain chats: the
 # `tokenizers` library (libllama's vocabulary, which the engine holds anyway, tokenizes
 # a converted model) and llguidance (loaded by the first constrained request); sqlite3,
-# which only llama-cpp-python's high-level half (its disk cache) imports; the rest are
+# which only llama-cpp-python's high-level half (its disk cache) imports; the statistics
+# module (its C part), which a median of a few load timings does not need; the rest are
 # the web bridge's (aiohttp and its C parts), never the daemon's.
-UNUSED_AT_START = ("torch", "tokenizers.abi3", "llguidance", "sqlite3", "aiohttp", "yarl", "multidict")
+UNUSED_AT_START = ("torch", "tokenizers.abi3", "llguidance", "sqlite3", "_statistics", "aiohttp", "yarl", "multidict")
 
 
 def unused_mapped(pid: int) -> list[str]:

@@ -9,7 +9,6 @@ threads decoded 20-30 times slower than 1. On an idle machine all the cores win.
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from typing import TYPE_CHECKING
 
@@ -28,6 +27,14 @@ GIVE_UP_RATIO = 3.0
 GIVE_UP_AFTER = 2  # steps
 
 
+def _median(values: list[float]) -> float:
+    # Not the statistics module's: it would bring fractions and its C part into every
+    # daemon (~0.3 MiB) for a handful of timings.
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def _step_ms(engine: Engine, start: int, give_up_ms: float | None) -> tuple[float, int]:
     """The median decode step and how many steps were run."""
     times: list[float] = []
@@ -35,9 +42,9 @@ def _step_ms(engine: Engine, start: int, give_up_ms: float | None) -> tuple[floa
         t0 = time.perf_counter()
         engine.run([5], [start + i], [PROBE_SEQ], [0])
         times.append((time.perf_counter() - t0) * 1e3)
-        if give_up_ms is not None and len(times) >= GIVE_UP_AFTER and statistics.median(times) > give_up_ms:
+        if give_up_ms is not None and len(times) >= GIVE_UP_AFTER and _median(times) > give_up_ms:
             break
-    return statistics.median(times), len(times)
+    return _median(times), len(times)
 
 
 def choose(engine: Engine, candidates: list[int]) -> tuple[int, str]:
