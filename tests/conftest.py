@@ -214,8 +214,13 @@ class RawClient:
 
 def serving(model: Path | str | None, *flags: str) -> Iterator[DaemonProcess]:
     """A ready daemon for a fixture's scope, which must exit 0 when stopped."""
-    d = DaemonProcess(model, *flags).wait_ready()
-    yield d
+    d = DaemonProcess(model, *flags)
+    try:
+        d.wait_ready()
+        yield d
+    except BaseException:
+        d.stop()  # a failed test's daemon must not outlive the run
+        raise
     code = d.stop()
     assert code == 0, d.log_text()
 
