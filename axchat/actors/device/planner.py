@@ -307,10 +307,12 @@ def lead_group(newcomers: int, coming: int, streams: int) -> int:
     over half the burst's prompt work, where one forward of all of them makes every one
     wait for all of it. The prompts that ride are carried by the lead group's streams:
     each holds every running stream for a prompt's forward, so the more of them ride,
-    the slower the first streams' replies go next to the last ones'. A group one
-    smaller (the median first token about a tenth sooner) left the first streams
-    carrying a third more prompt work (bench/burst_order.py measures the orders side by
-    side). `coming`: prompts still on their way to an idle device."""
+    the slower the first streams' replies go next to the last ones'. Half the burst
+    first, the rest one a step, brought the median first token a few hundredths of the
+    burst's prefill sooner, but the first streams carried a third more prompt work and
+    the last riders ended in a shrinking batch: per-client max/min 1.25 against 1.15
+    (bench/burst_order.py measures the orders side by side). `coming`: prompts still on
+    their way to an idle device."""
     outnumbering = newcomers + coming - streams
     return outnumbering // 2 + 1 if outnumbering > 0 else 0
 
