@@ -147,6 +147,10 @@ def test_a_burst_goes_past_its_median_together_then_the_rest_ride_whole_in_one_d
         assert plan(burst, EIGHT, decode_next=decode_next, step_ms=30.0) == DecodeWithPrompts(
             tuple(burst[:5]), riders, ends, 30.0
         )
+    # One that came during the lead group's forward gets its prefix back first, so that
+    # it rides in the same step.
+    late = seq(10, 66)
+    assert plan([*burst, late], EIGHT, decode_next=True) == Restore((late,))
     # Newcomers' short prompts ride before a long prompt's next chunk.
     long = seq(9, 600, started=True, prefilled=64)
     assert plan([*burst, long], EIGHT) == DecodeWithPrompts(tuple(burst[:5]), riders, ends, None)
@@ -224,21 +228,32 @@ def test_an_idle_device_waits_for_a_burst_the_tokenizer_announced() -> None:
 
 
 def test_with_mixed_steps_an_idle_device_waits_only_for_the_lead_group() -> None:
-    """The rest of the burst rides behind the lead group as it comes."""
+    """The rest of the burst rides behind the lead group as it comes. While prompts are
+    announced, more may follow them: the lead group is that of a burst filling every
+    slot (five of eight), not of the few announced so far."""
     first = [seq(1, 20)]
     assert plan(first, EIGHT, arrivals=arrivals(100.0, more=2, slots=8)) == Wait(100.0 + GATHER_S)
-    # Of three, two hold the median one: they go while the third is on its way.
-    two = [*first, seq(2, 20)]
-    assert plan(two, EIGHT, arrivals=arrivals(100.05, more=1, since=100.0, slots=8)) == Restore(tuple(two))
-    # The lead group counts the prompts on their way: five of all eight.
     half = [seq(i, 20) for i in range(1, 5)]
-    assert plan(half, EIGHT, arrivals=arrivals(100.0, more=4, slots=8)) == Wait(100.0 + GATHER_S)
+    # Four here and one announced: five known, whose lead group (three) is here, but the
+    # burst may be larger yet.
+    assert plan(half, EIGHT, arrivals=arrivals(100.0, more=1, slots=8)) == Wait(100.0 + GATHER_S)
     five = [*half, seq(5, 20)]
-    assert plan(five, EIGHT, arrivals=arrivals(100.0, more=3, slots=8)) == Restore(tuple(five))
-    six = [*half, seq(5, 20), seq(6, 20)]
+    assert plan(five, EIGHT, arrivals=arrivals(100.0, more=1, slots=8)) == Restore(tuple(five))
+    six = [*five, seq(6, 20)]
     for s in six:
         s.started = True
-    assert plan(six, EIGHT, arrivals=arrivals(100.0, more=2, slots=8)) == PrefillGroup(tuple(six[:5]))
+    assert plan(six, EIGHT, arrivals=arrivals(100.0, more=1, slots=8)) == PrefillGroup(tuple(six[:5]))
+    # With fewer slots, a full burst is smaller, and so is its lead group.
+    pair = [seq(7, 20), seq(8, 20)]
+    assert plan(pair, EIGHT, arrivals=arrivals(100.0, more=1, slots=3)) == Restore(tuple(pair))
+    # Once none is announced, the burst is what came: after a quiet window, a group of
+    # three holds the median of four.
+    four = [seq(i, 20) for i in range(11, 15)]
+    quiet = arrivals(100.0 + QUIET_S, last_admit=100.0, since=100.0, slots=8)
+    assert plan(four, EIGHT, arrivals=quiet) == Restore(tuple(four))
+    for s in four:
+        s.started = True
+    assert plan(four, EIGHT, arrivals=quiet) == PrefillGroup(tuple(four[:3]))
 
 
 def test_after_a_burst_the_device_goes_once_none_has_come_for_a_quiet_window() -> None:

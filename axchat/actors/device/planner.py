@@ -262,8 +262,10 @@ def next_step(
             short = sum(whole_prompt(s, limits) for s in prefilling)
             if limits.mixed_steps and short:
                 streams = len(running) - len(prefilling)
-                coming = arrivals.more_coming if arrivals is not None and not streams else 0
-                rows = min(rows, lead_group(short, coming, streams))
+                if arrivals is not None and not streams:
+                    rows = min(rows, announced_lead(short, arrivals, limits))
+                else:
+                    rows = min(rows, lead_group(short, 0, streams))
                 if not rows and sampling:
                     return None  # they ride in the streams' next step, the sampler's reply away
                 if not ready:
@@ -279,6 +281,9 @@ def next_step(
             return _piece(prefilling[0], running, limits, recent_step_ms, chunks)
     if ready:
         batch = tuple(ready[: limits.max_batch])
+        fresh = tuple(s for s in prefilling if not s.started)
+        if limits.mixed_steps and fresh:
+            return Restore(fresh)  # newcomers of the last moment ride in this step too
         riders = [s for s in prefilling if s.started]
         if limits.mixed_steps and riders:
             # Newcomers' short prompts ride whole and together (their first tokens one
@@ -317,6 +322,18 @@ def lead_group(newcomers: int, coming: int, streams: int) -> int:
     return outnumbering // 2 + 1 if outnumbering > 0 else 0
 
 
+def announced_lead(newcomers: int, arrivals: Arrivals, limits: StepLimits) -> int:
+    """An idle device's lead group (`lead_group`) for `newcomers` and the burst the
+    tokenizer announces. While it says prompts are still being encoded, more may follow
+    them (it announces only what it holds, and a burst reaches it in batches): the burst
+    is then taken to fill every slot, so that a group sized on the first few is not too
+    small; once it says none are, the burst is what came."""
+    burst = newcomers + arrivals.more_coming
+    if arrivals.more_coming > 0:
+        burst = max(burst, min(limits.prefill_rows, arrivals.slots))
+    return lead_group(burst, 0, 0)
+
+
 def gather_until(running: Sequence[DeviceSequence], limits: StepLimits, arrivals: Arrivals) -> float | None:
     """When an idle device stops waiting for newcomers on their way; None: go now.
 
@@ -331,7 +348,7 @@ def gather_until(running: Sequence[DeviceSequence], limits: StepLimits, arrivals
     if not prefilling or busy or room <= 0 or limits.prefill_rows <= 1:
         return None
     # With mixed steps only the lead group goes first: the rest ride behind it as they come.
-    lead = lead_group(len(prefilling), arrivals.more_coming, 0)
+    lead = announced_lead(len(prefilling), arrivals, limits)
     if limits.mixed_steps and arrivals.more_coming > 0 and len(prefilling) >= lead:
         return None
     deadline = (arrivals.now if arrivals.waiting_since is None else arrivals.waiting_since) + arrivals.gather_s
