@@ -73,9 +73,9 @@ def plan(running: list[DeviceSequence], limits: StepLimits = LEAN, *, decode_nex
 
 
 def arrivals(now: float, *, more: int = 0, last_admit: float = 100.0, since: float | None = None,
-             ms_per_token: float | None = None, slots: int = 4) -> Arrivals:
+             ms_per_token: float | None = None, slots: int = 4, waiting: int = 0) -> Arrivals:
     return Arrivals(now=now, more_coming=more, last_admit=last_admit, waiting_since=since,
-                    prefill_ms_per_token=ms_per_token, slots=slots)
+                    prefill_ms_per_token=ms_per_token, slots=slots, waiting=waiting)
 
 
 # ------------------------------------------------------------------ fairness
@@ -243,6 +243,10 @@ def test_with_mixed_steps_an_idle_device_waits_only_for_the_lead_group() -> None
     for s in six:
         s.started = True
     assert plan(six, EIGHT, arrivals=arrivals(100.0, more=1, slots=8)) == PrefillGroup(tuple(six[:5]))
+    # Those that came while the group's prefixes were restored wait for the next step,
+    # and are counted in the burst: five here and three waiting still make a group of five.
+    done = arrivals(100.0, slots=8, waiting=3)
+    assert plan(five, EIGHT, arrivals=done) == PrefillGroup(tuple(five))
     # With fewer slots, a full burst is smaller, and so is its lead group.
     pair = [seq(7, 20), seq(8, 20)]
     assert plan(pair, EIGHT, arrivals=arrivals(100.0, more=1, slots=3)) == Restore(tuple(pair))

@@ -185,6 +185,7 @@ class Arrivals:
     prefill_ms_per_token: float | None  # whole prompts' recent cost; None before any
     slots: int  # sequences that may run at once (the operator's `--max-running`)
     gather_s: float = GATHER_S  # the longest an announced burst is waited for
+    waiting: int = 0  # admitted to the device but not running yet (came during a restore)
 
 
 # ------------------------------------------------------------------ planning
@@ -286,11 +287,9 @@ def next_step(
             return Restore(fresh)  # newcomers of the last moment ride in this step too
         riders = [s for s in prefilling if s.started]
         if limits.mixed_steps and riders:
-            # Newcomers' short prompts ride whole and together (their first tokens one
-            # step away), bounded like a group that pauses running streams, before a
-            # long prompt's next chunk. Together rather than one a step: the streams
-            # carry the same prompt work either way, and the riders all start in the
-            # same step, so none of them ends its reply in a batch the others have left.
+            # Newcomers' short prompts ride whole, all in one step (bounded like a group
+            # that pauses streams), before a long prompt's next chunk: the streams carry
+            # as much as one a step, and no rider ends in a batch the others have left.
             whole = prefill_group(riders, limits)
             if whole:
                 return DecodeWithPrompts(batch, tuple(whole), tuple(len(s.prompt_ids) for s in whole), recent_step_ms)
@@ -323,14 +322,12 @@ def lead_group(newcomers: int, coming: int, streams: int) -> int:
 
 
 def announced_lead(newcomers: int, arrivals: Arrivals, limits: StepLimits) -> int:
-    """An idle device's lead group (`lead_group`) for `newcomers` and the burst the
-    tokenizer announces. While it says prompts are still being encoded, more may follow
-    them (it announces only what it holds, and a burst reaches it in batches): the burst
-    is then taken to fill every slot, so that a group sized on the first few is not too
-    small; once it says none are, the burst is what came."""
-    burst = newcomers + arrivals.more_coming
-    if arrivals.more_coming > 0:
-        burst = max(burst, min(limits.prefill_rows, arrivals.slots))
+    """An idle device's lead group for `newcomers` and the rest of their burst. While the
+    tokenizer says prompts are being encoded, more may follow (a burst reaches it in
+    batches): the burst is taken to fill every slot. Once it says none are, the burst is
+    what came, those waiting for the next step included."""
+    full = min(limits.prefill_rows, arrivals.slots)
+    burst = full if arrivals.more_coming > 0 else min(newcomers + arrivals.waiting, full)
     return lead_group(burst, 0, 0)
 
 
