@@ -18,7 +18,7 @@ from axchat.actors.device.planner import (
     WHOLE_PROMPT,
     Arrivals,
     Decode,
-    DecodeWithChunk,
+    DecodeWithPrompts,
     PrefillGroup,
     PrefillPiece,
     Restore,
@@ -73,9 +73,9 @@ def plan(running: list[DeviceSequence], limits: StepLimits = LEAN, *, decode_nex
 
 
 def arrivals(now: float, *, more: int = 0, last_admit: float = 100.0, since: float | None = None,
-             ms_per_token: float | None = None, slots: int = 4) -> Arrivals:
+             ms_per_token: float | None = None, slots: int = 4, waiting: int = 0) -> Arrivals:
     return Arrivals(now=now, more_coming=more, last_admit=last_admit, waiting_since=since,
-                    prefill_ms_per_token=ms_per_token, slots=slots)
+                    prefill_ms_per_token=ms_per_token, slots=slots, waiting=waiting)
 
 
 # ------------------------------------------------------------------ fairness
@@ -132,43 +132,61 @@ def test_newcomers_are_restored_then_prefilled_together() -> None:
     assert plan([stream, *fresh], UNMIXED) == PrefillGroup(tuple(fresh))
 
 
-def test_a_burst_goes_half_together_then_one_newcomer_rides_whole_in_each_decode_step() -> None:
+def test_a_burst_goes_past_its_median_together_then_the_rest_ride_whole_in_one_decode_step() -> None:
     burst = [seq(i, 60 + i, started=True) for i in range(1, 9)]
-    # An idle device: the first half of the burst in a forward of its own.
-    assert plan(burst, EIGHT) == PrefillGroup(tuple(burst[:4]))
-    for s in burst[:4]:
+    # An idle device: the smallest group that holds the median newcomer (five of eight)
+    # in a forward of its own.
+    assert plan(burst, EIGHT) == PrefillGroup(tuple(burst[:5]))
+    for s in burst[:5]:
         s.prefilled, s.state = len(s.prompt_ids), SeqState.READY
-    # Four streams for four newcomers: each decode step carries the next one's whole
-    # prompt, whichever way the turn stood.
+    # Five streams for three newcomers: the streams' next step carries all three whole
+    # prompts, whichever way the turn stood.
+    riders = tuple(burst[5:])
+    ends = tuple(len(s.prompt_ids) for s in riders)
     for decode_next in (False, True):
-        assert plan(burst, EIGHT, decode_next=decode_next, step_ms=30.0) == DecodeWithChunk(
-            tuple(burst[:4]), burst[4], 65, 30.0
+        assert plan(burst, EIGHT, decode_next=decode_next, step_ms=30.0) == DecodeWithPrompts(
+            tuple(burst[:5]), riders, ends, 30.0
         )
-    # A newcomer's short prompt rides before a long prompt's next chunk.
+    # One that came during the lead group's forward gets its prefix back first, so that
+    # it rides in the same step.
+    late = seq(10, 66)
+    assert plan([*burst, late], EIGHT, decode_next=True) == Restore((late,))
+    # Newcomers' short prompts ride before a long prompt's next chunk.
     long = seq(9, 600, started=True, prefilled=64)
-    assert plan([*burst[:5], long], EIGHT) == DecodeWithChunk(tuple(burst[:4]), burst[4], 65, None)
-    # While a stream's token is with the sampler nothing decodes: the newcomer waits
-    # for the step it will ride in, a reply away.
+    assert plan([*burst, long], EIGHT) == DecodeWithPrompts(tuple(burst[:5]), riders, ends, None)
+    # While a stream's token is with the sampler nothing decodes: the newcomers wait
+    # for the step they will ride in, a reply away.
     burst[0].state = SeqState.SAMPLING
-    assert plan(burst[:6], EIGHT, decode_next=True) is None
-    # With no stream able to step (their grammars still compiling), it goes alone
+    assert plan(burst, EIGHT, decode_next=True) is None
+    # With no stream able to step (their grammars still compiling), one goes alone
     # rather than wait with the device idle.
-    for s in burst[:4]:
+    for s in burst[:5]:
         s.state = SeqState.GRAMMAR
-    assert plan([*burst[:5], long], EIGHT, decode_next=True) == PrefillPiece(burst[4], 65, whole=True)
+    assert plan([*burst[:6], long], EIGHT, decode_next=True) == PrefillPiece(burst[5], 66, whole=True)
+
+
+def test_riders_in_one_step_are_bounded_like_a_group_that_pauses_streams() -> None:
+    many = StepLimits(max_batch=16, prefill_chunk=64, prefix_cache=True, prefill_rows=16, mixed_steps=True)
+    streams = [decoding(i) for i in range(1, 6)]
+    width = 103  # four short prompts of this fit the budget; a fifth does not
+    assert width <= WHOLE_PROMPT and 4 * width <= GROUP_TOKENS < 5 * width
+    wide = [seq(i, width, started=True) for i in range(6, 11)]
+    # As many newcomers as streams: none goes ahead, four ride in the streams' step.
+    assert plan([*streams, *wide], many) == DecodeWithPrompts(tuple(streams), tuple(wide[:4]), (width,) * 4, None)
 
 
 def test_newcomers_outnumbering_the_streams_send_a_lead_group_ahead() -> None:
     streams = [decoding(i) for i in (1, 2)]
     newcomers = [seq(i, 20, started=True) for i in range(3, 10)]
-    # Seven newcomers, two streams: half of the five the streams do not outnumber, in a
-    # forward of their own; then the streams' step, carrying the next newcomer.
+    # Seven newcomers, two streams: of the five the streams do not outnumber, the three
+    # that hold the median one in a forward of their own; then the streams' step,
+    # carrying the rest.
     assert plan([*streams, *newcomers], EIGHT) == PrefillGroup(tuple(newcomers[:3]))
-    assert plan([*streams, *newcomers], EIGHT, decode_next=True) == DecodeWithChunk(
-        tuple(streams), newcomers[0], 20, None
+    assert plan([*streams, *newcomers], EIGHT, decode_next=True) == DecodeWithPrompts(
+        tuple(streams), tuple(newcomers), (20,) * 7, None
     )
-    assert [planner.lead_group(n, 0, 0) for n in range(1, 9)] == [1, 1, 2, 2, 3, 3, 4, 4]
-    assert planner.lead_group(4, 0, 4) == 0 and planner.lead_group(1, 7, 0) == 4
+    assert [planner.lead_group(n, 0, 0) for n in range(1, 9)] == [1, 2, 2, 3, 3, 4, 4, 5]
+    assert planner.lead_group(4, 0, 4) == 0 and planner.lead_group(1, 7, 0) == 5
 
 
 def test_a_group_is_bounded_by_padded_tokens_and_rows() -> None:
@@ -210,18 +228,36 @@ def test_an_idle_device_waits_for_a_burst_the_tokenizer_announced() -> None:
 
 
 def test_with_mixed_steps_an_idle_device_waits_only_for_the_lead_group() -> None:
-    """The rest of the burst rides behind the lead group as it comes."""
+    """The rest of the burst rides behind the lead group as it comes. While prompts are
+    announced, more may follow them: the lead group is that of a burst filling every
+    slot (five of eight), not of the few announced so far."""
     first = [seq(1, 20)]
     assert plan(first, EIGHT, arrivals=arrivals(100.0, more=2, slots=8)) == Wait(100.0 + GATHER_S)
-    assert plan(first, EIGHT, arrivals=arrivals(100.05, more=1, since=100.0, slots=8)) == Restore(tuple(first))
     half = [seq(i, 20) for i in range(1, 5)]
-    assert plan(half[:3], EIGHT, arrivals=arrivals(100.0, more=5, slots=8)) == Wait(100.0 + GATHER_S)
-    assert plan(half, EIGHT, arrivals=arrivals(100.0, more=4, slots=8)) == Restore(tuple(half))
-    # The lead group counts the prompts on their way: half of all eight.
+    # Four here and one announced: five known, whose lead group (three) is here, but the
+    # burst may be larger yet.
+    assert plan(half, EIGHT, arrivals=arrivals(100.0, more=1, slots=8)) == Wait(100.0 + GATHER_S)
     five = [*half, seq(5, 20)]
-    for s in five:
+    assert plan(five, EIGHT, arrivals=arrivals(100.0, more=1, slots=8)) == Restore(tuple(five))
+    six = [*five, seq(6, 20)]
+    for s in six:
         s.started = True
-    assert plan(five, EIGHT, arrivals=arrivals(100.0, more=3, slots=8)) == PrefillGroup(tuple(half))
+    assert plan(six, EIGHT, arrivals=arrivals(100.0, more=1, slots=8)) == PrefillGroup(tuple(six[:5]))
+    # Those that came while the group's prefixes were restored wait for the next step,
+    # and are counted in the burst: five here and three waiting still make a group of five.
+    done = arrivals(100.0, slots=8, waiting=3)
+    assert plan(five, EIGHT, arrivals=done) == PrefillGroup(tuple(five))
+    # With fewer slots, a full burst is smaller, and so is its lead group.
+    pair = [seq(7, 20), seq(8, 20)]
+    assert plan(pair, EIGHT, arrivals=arrivals(100.0, more=1, slots=3)) == Restore(tuple(pair))
+    # Once none is announced, the burst is what came: after a quiet window, a group of
+    # three holds the median of four.
+    four = [seq(i, 20) for i in range(11, 15)]
+    quiet = arrivals(100.0 + QUIET_S, last_admit=100.0, since=100.0, slots=8)
+    assert plan(four, EIGHT, arrivals=quiet) == Restore(tuple(four))
+    for s in four:
+        s.started = True
+    assert plan(four, EIGHT, arrivals=quiet) == PrefillGroup(tuple(four[:3]))
 
 
 def test_after_a_burst_the_device_goes_once_none_has_come_for_a_quiet_window() -> None:
@@ -277,12 +313,12 @@ def test_a_long_prompts_chunk_rides_in_the_decode_step_sized_like_it() -> None:
     assert chunks is not None
     stream, long = decoding(1), seq(2, 600, started=True, prefilled=64)
     # Before any chunk was measured: the backend's own chunk.
-    assert plan([stream, long], step_ms=40.0, chunks=chunks) == DecodeWithChunk((stream,), long, 128, 40.0)
+    assert plan([stream, long], step_ms=40.0, chunks=chunks) == DecodeWithPrompts((stream,), (long,), (128,), 40.0)
     chunks.observe(64, 80.0)  # 1.25 ms a prompt token: a 40 ms step makes room for 32
-    assert plan([stream, long], step_ms=40.0, chunks=chunks) == DecodeWithChunk((stream,), long, 96, 40.0)
+    assert plan([stream, long], step_ms=40.0, chunks=chunks) == DecodeWithPrompts((stream,), (long,), (96,), 40.0)
     # The last chunk stops at the prompt's end.
     long.prefilled = 590
-    assert plan([stream, long], step_ms=40.0, chunks=chunks) == DecodeWithChunk((stream,), long, 600, 40.0)
+    assert plan([stream, long], step_ms=40.0, chunks=chunks) == DecodeWithPrompts((stream,), (long,), (600,), 40.0)
 
 
 def test_an_unstarted_long_prompt_restores_its_prefix_first() -> None:
@@ -341,7 +377,7 @@ def test_the_turn_after_a_prompt_goes_in_is_the_streams_and_after_a_decode_step_
     assert planner.decode_next_after(Wait(1.0), True) is True
     assert planner.decode_next_after(Restore((long,)), False) is False
     assert planner.decode_next_after(PrefillGroup((long,)), False) is True
-    assert planner.decode_next_after(DecodeWithChunk((stream,), long, 128, None), True) is False
+    assert planner.decode_next_after(DecodeWithPrompts((stream,), (long,), (128,), None), True) is False
 
 
 def test_a_step_runs_ahead_only_with_every_stream_greedy_in_it_and_nobody_waiting() -> None:

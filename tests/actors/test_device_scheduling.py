@@ -83,10 +83,15 @@ class LoggedTorchBackend:
         return self.inner.decode(seq_ids, token_ids)
 
     def decode_and_extend(
-        self, seq_ids: Sequence[int], token_ids: Sequence[int], chunk_seq: int, chunk_ids: Sequence[int]
+        self,
+        seq_ids: Sequence[int],
+        token_ids: Sequence[int],
+        chunk_seqs: Sequence[int],
+        chunks: Sequence[Sequence[int]],
     ) -> tuple[np.ndarray, np.ndarray]:
-        self._log("decode+extend", (*seq_ids, chunk_seq), len(chunk_ids))  # tokens: the chunk's
-        return self.inner.decode_and_extend(seq_ids, token_ids, chunk_seq, chunk_ids)
+        # tokens: the prompt pieces'
+        self._log("decode+extend", (*seq_ids, *chunk_seqs), sum(len(c) for c in chunks))
+        return self.inner.decode_and_extend(seq_ids, token_ids, chunk_seqs, chunks)
 
 
 class Collector(Actor):
@@ -230,9 +235,9 @@ async def test_newcomers_short_prompts_go_in_one_forward_together(rig) -> None: 
     feeds = [c for c in backend.calls if c[0] in ("prefill", "extend", "extend_batch", "decode+extend")]
     assert feeds[0] == ("extend", (1,), 8)
     if backend.capabilities.mixed_steps:
-        # One stream, three newcomers: half of the two it does not outnumber goes
-        # alone, then the next two ride whole, each in the decode step of all before it.
-        assert feeds[1:] == [("extend", (2,), 30), ("decode+extend", (1, 2, 3), 11), ("decode+extend", (1, 2, 3, 4), 50)]
+        # One stream, three newcomers: the two that hold the median of the two it does
+        # not outnumber go together, then the last rides whole in the decode step of all.
+        assert feeds[1:] == [("extend_batch", (2, 3), 41), ("decode+extend", (1, 2, 3, 4), 50)]
     else:
         # All three newcomers, whole prompts, in one forward (prefix restore found nothing).
         assert feeds[1:] == [("extend_batch", (2, 3, 4), 91)]
@@ -244,26 +249,28 @@ async def test_newcomers_short_prompts_go_in_one_forward_together(rig) -> None: 
 @pytest.mark.parametrize("rig", [True, False], ids=["mixed-steps", "no-mixed-steps"], indirect=True)
 async def test_an_idle_device_waits_for_a_burst_the_tokenizer_is_still_encoding(rig) -> None:  # type: ignore[no-untyped-def]
     """Without mixed steps it waits for the whole burst; with them, for its lead group
-    (half of it), the rest riding behind."""
+    (the smallest that holds the median prompt), the rest riding behind together."""
     bus, backend, tokenizer, device, _ = rig
     device.burst.gather_s = 60.0  # longer than any test: the last arrival, not the deadline, ends the wait
     sender = Collector(bus, FailLoudly(), "test-sender")
     try:
-        # The tokenizer says two more prompts are being encoded, then one, then none.
-        for rid, more in ((1, 2), (2, 1), (3, 0)):
-            await sender.send("device", msgspec.structs.replace(admit(rid, 20 + rid, 4), more_coming=more))
-        await tokenizer.until(lambda: len(tokenizer.ended) == 3)
+        # The tokenizer says four more prompts are being encoded, then three... then none.
+        for rid in range(1, 6):
+            await sender.send("device", msgspec.structs.replace(admit(rid, 20 + rid, 4), more_coming=5 - rid))
+        await tokenizer.until(lambda: len(tokenizer.ended) == 5)
     finally:
         sender.discard()
 
     feeds = [c for c in backend.calls if c[0] in ("prefill", "extend", "extend_batch", "decode+extend")]
     if backend.capabilities.mixed_steps:
-        assert feeds == [("extend_batch", (1, 2), 43), ("decode+extend", (1, 2, 3), 23)]
-        # Then they decode together until the first two, a step ahead, end.
-        assert [set(c[1]) for c in backend.calls if c[0] == "decode"] == [{1, 2, 3}] * 2 + [{3}]
+        # Three of five first, then the other two ride in the streams' first step, both.
+        assert feeds == [("extend_batch", (1, 2, 3), 66), ("decode+extend", (1, 2, 3, 4, 5), 49)]
+        # Then they decode together until the first three, a step ahead, end; the two
+        # riders end together.
+        assert [set(c[1]) for c in backend.calls if c[0] == "decode"] == [{1, 2, 3, 4, 5}] * 2 + [{4, 5}]
     else:
-        assert feeds == [("extend_batch", (1, 2, 3), 66)]  # one forward for the whole burst
-        assert all(c[0] != "decode" or set(c[1]) == {1, 2, 3} for c in backend.calls)
+        assert feeds == [("extend_batch", (1, 2, 3, 4, 5), 115)]  # one forward for the whole burst
+        assert all(c[0] != "decode" or set(c[1]) == {1, 2, 3, 4, 5} for c in backend.calls)
 
 
 async def test_a_burst_that_never_arrives_delays_the_first_prompt_only_until_the_deadline(rig) -> None:  # type: ignore[no-untyped-def]

@@ -63,7 +63,7 @@ class Capabilities:
     prefix_cache: bool = False
     # Sequences whose prompts one forward can take together (`extend_batch`); 1: one at a time.
     prefill_rows: int = 1
-    # A decode step can carry a prompt chunk in the same forward (`decode_and_extend`).
+    # A decode step can carry prompt pieces in the same forward (`decode_and_extend`).
     mixed_steps: bool = False
     # A decode step can feed proposed tokens after each sequence's next one, with logits
     # after every row, and drop the rejected ones' KV (`decode_drafts`, `trim`).
@@ -105,13 +105,18 @@ class DeviceBackend(abc.ABC):
         """Feed one token to each sequence; return float32 logits (len(seq_ids), vocab)."""
 
     def decode_and_extend(
-        self, seq_ids: Sequence[int], token_ids: Sequence[int], chunk_seq: int, chunk_ids: Sequence[int]
+        self,
+        seq_ids: Sequence[int],
+        token_ids: Sequence[int],
+        chunk_seqs: Sequence[int],
+        chunks: Sequence[Sequence[int]],
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A decode step for `seq_ids` and a prompt chunk for the started `chunk_seq`, in
-        one forward where the backend can (`capabilities.mixed_steps`): the weights are
-        read once for both, so the chunk adds little to the step. Returns the decode
-        logits (len(seq_ids), vocab) and the chunk's (vocab,)."""
-        return self.decode(seq_ids, token_ids), self.extend(chunk_seq, chunk_ids)
+        """A decode step for `seq_ids` and a prompt piece for each of the started
+        `chunk_seqs`, in one forward where the backend can (`capabilities.mixed_steps`):
+        the weights are read once for all, so the pieces add little to the step. Returns
+        the decode logits (len(seq_ids), vocab) and the pieces' (len(chunk_seqs), vocab),
+        after each piece."""
+        return self.decode(seq_ids, token_ids), self.extend_batch(chunk_seqs, chunks)
 
     def decode_drafts(
         self, seq_ids: Sequence[int], token_ids: Sequence[int], drafts: Sequence[Sequence[int]]

@@ -320,7 +320,7 @@ class DeviceActor(ForwardPasses, Actor):
             decode_next=self._decode_next,
             recent_step_ms=self.clock.recent_step_ms(),
             chunks=self._chunks,
-            arrivals=self.burst.arrivals(self.prefill_rate.ms_per_token(), self.max_running),
+            arrivals=self.burst.arrivals(self.prefill_rate.ms_per_token(), self.max_running, len(self._waiting)),
         )
 
     async def _step(self) -> bool:

@@ -22,7 +22,7 @@ class Burst:
     def admitted(self, more_coming: int) -> None:
         self.more_coming, self.last_admit = more_coming, asyncio.get_running_loop().time()
 
-    def arrivals(self, prefill_ms_per_token: float | None, slots: int) -> planner.Arrivals:
+    def arrivals(self, prefill_ms_per_token: float | None, slots: int, waiting: int) -> planner.Arrivals:
         return planner.Arrivals(
             now=asyncio.get_running_loop().time(),
             more_coming=self.more_coming,
@@ -31,6 +31,7 @@ class Burst:
             prefill_ms_per_token=prefill_ms_per_token,
             slots=slots,
             gather_s=self.gather_s,
+            waiting=waiting,
         )
 
     def wait_until(self, until: float) -> None:

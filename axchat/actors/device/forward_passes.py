@@ -60,7 +60,7 @@ class ForwardPasses:
                 return  # some left the step to make room for it: the next plan says who goes
             await self._decode(list(plan.seqs))
         else:
-            await self._decode_with_chunk(plan)
+            await self._decode_with_prompts(plan)
 
 
     def _loaded(self) -> DeviceBackend:
@@ -291,29 +291,30 @@ class ForwardPasses:
                 continue
             await self._take_tokens(seq, lane.chosen)
 
-    async def _decode_with_chunk(self, plan: planner.DecodeWithChunk) -> None:
-        """A decode step carrying a newcomer's short prompt whole, or the next chunk of a
+    async def _decode_with_prompts(self, plan: planner.DecodeWithPrompts) -> None:
+        """A decode step carrying newcomers' short prompts whole, or the next chunk of a
         long prompt. A chunk is sized so that what it adds to the step is about one step
         (measured): the streams then wait about two steps a token while the prompt goes in."""
         assert self._chunks is not None
-        seqs, rider = list(plan.seqs), plan.rider
+        seqs, riders = list(plan.seqs), list(plan.riders)
         for seq in seqs:
             seq.fed.append(seq.next_token)
-        piece = rider.prompt_ids[rider.prefilled : plan.end]
+        pieces = [r.prompt_ids[r.prefilled : end] for r, end in zip(riders, plan.ends, strict=True)]
         self.clock.interrupted()  # longer than a decode step: not one for the clock
         start = time.monotonic_ns()
         result = await self._forward(
-            [*seqs, rider], self._loaded().decode_and_extend,
-            [s.rid for s in seqs], [s.next_token for s in seqs], rider.rid, piece,
+            [*seqs, *riders], self._loaded().decode_and_extend,
+            [s.rid for s in seqs], [s.next_token for s in seqs], [r.rid for r in riders], pieces,
         )
         if result is None:
             return
         spent = ms(time.monotonic_ns() - start)
         if plan.step_ms:
-            self._chunks.observe(len(piece), max(spent - plan.step_ms, spent * 0.05))
-        logits, chunk_logits = result
-        rider.timings.prefill_ms += spent
-        await self._prompt_fed(rider, plan.end, chunk_logits)
+            self._chunks.observe(sum(map(len, pieces)), max(spent - plan.step_ms, spent * 0.05))
+        logits, prompt_logits = result
+        for rider, end, row in zip(riders, plan.ends, prompt_logits, strict=True):
+            rider.timings.prefill_ms += spent
+            await self._prompt_fed(rider, end, row)
         await self._decoded(seqs, logits)
 
     async def _decoded(self, seqs: list[DeviceSequence], logits: Any) -> None:

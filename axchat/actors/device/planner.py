@@ -6,9 +6,9 @@ tested on its own; the device actor runs the plans.
 The policy, in short: a decode step for every sequence whose next token is known,
 alternating with prefill work so running streams keep moving while prompts go in.
 Newcomers' short prompts go whole: where the backend can mix prompt and decode tokens in
-a forward, a lead group together in a forward of its own and the rest riding whole in
-the running streams' decode steps, one a step (`lead_group`); elsewhere all together in
-one forward. A long prompt goes in chunks sized to cost about one decode step, riding
+a forward, a lead group together in a forward of its own and the rest riding whole,
+together, in the running streams' next decode step (`lead_group`); elsewhere all
+together in one forward. A long prompt goes in chunks sized to cost about one decode step, riding
 inside the decode step where the backend can. Admission is fair across clients
 (`FairQueue`), and nothing is evicted here: a device whose KV does not survive a switch
 simply runs one at a time (a shared KV pool's limits are kv_room.py's: the actor shows
@@ -149,14 +149,15 @@ class Decode:
 
 
 @dataclass(frozen=True)
-class DecodeWithChunk:
-    """A decode step for `seqs` carrying `rider`'s long prompt up to `end` in the same
-    forward (`decode_and_extend`). `step_ms`: the decode step's recent cost the chunk
-    was sized against (None before any was measured)."""
+class DecodeWithPrompts:
+    """A decode step for `seqs` carrying each of `riders`' prompt up to its `ends` in the
+    same forward (`decode_and_extend`): newcomers' short prompts whole, or one long
+    prompt's next chunk. `step_ms`: the decode step's recent cost a chunk was sized
+    against (None before any was measured)."""
 
     seqs: tuple[DeviceSequence, ...]
-    rider: DeviceSequence
-    end: int
+    riders: tuple[DeviceSequence, ...]
+    ends: tuple[int, ...]
     step_ms: float | None
 
 
@@ -168,7 +169,7 @@ class Wait:
     until: float
 
 
-Forward = PrefillGroup | PrefillPiece | Decode | DecodeWithChunk  # a forward that feeds tokens
+Forward = PrefillGroup | PrefillPiece | Decode | DecodeWithPrompts  # a forward that feeds tokens
 Plan = Wait | Restore | Forward
 # Plans that put prompt in rather than advance streams: the next turn goes to decoding.
 PREFILL_PLANS = (PrefillGroup, PrefillPiece)
@@ -185,6 +186,7 @@ class Arrivals:
     prefill_ms_per_token: float | None  # whole prompts' recent cost; None before any
     slots: int  # sequences that may run at once (the operator's `--max-running`)
     gather_s: float = GATHER_S  # the longest an announced burst is waited for
+    waiting: int = 0  # admitted to the device but not running yet (came during a restore)
 
 
 # ------------------------------------------------------------------ planning
@@ -220,7 +222,7 @@ def decode_next_after(plan: Plan, decode_next: bool) -> bool:
     prompts may go again. A wait or a restore feeds nothing and leaves the turn as it was."""
     if isinstance(plan, PREFILL_PLANS):
         return True
-    if isinstance(plan, (Decode, DecodeWithChunk)):
+    if isinstance(plan, (Decode, DecodeWithPrompts)):
         return False
     return decode_next
 
@@ -262,8 +264,10 @@ def next_step(
             short = sum(whole_prompt(s, limits) for s in prefilling)
             if limits.mixed_steps and short:
                 streams = len(running) - len(prefilling)
-                coming = arrivals.more_coming if arrivals is not None and not streams else 0
-                rows = min(rows, lead_group(short, coming, streams))
+                if arrivals is not None and not streams:
+                    rows = min(rows, announced_lead(short, arrivals, limits))
+                else:
+                    rows = min(rows, lead_group(short, 0, streams))
                 if not rows and sampling:
                     return None  # they ride in the streams' next step, the sampler's reply away
                 if not ready:
@@ -279,36 +283,53 @@ def next_step(
             return _piece(prefilling[0], running, limits, recent_step_ms, chunks)
     if ready:
         batch = tuple(ready[: limits.max_batch])
+        fresh = tuple(s for s in prefilling if not s.started)
+        if limits.mixed_steps and fresh:
+            return Restore(fresh)  # newcomers of the last moment ride in this step too
         riders = [s for s in prefilling if s.started]
-        # A newcomer's short prompt rides whole (its first token one step away), before
-        # a long prompt's next chunk.
-        rider = next((s for s in riders if whole_prompt(s, limits)), riders[0] if riders else None)
-        if limits.mixed_steps and rider is not None:
+        if limits.mixed_steps and riders:
+            # Newcomers' short prompts ride whole, all in one step (bounded like a group
+            # that pauses streams), before a long prompt's next chunk: the streams carry
+            # as much as one a step, and no rider ends in a batch the others have left.
+            whole = prefill_group(riders, limits)
+            if whole:
+                return DecodeWithPrompts(batch, tuple(whole), tuple(len(s.prompt_ids) for s in whole), recent_step_ms)
             assert chunks is not None  # mixed steps imply a chunked backend
-            end = len(rider.prompt_ids)
-            if not whole_prompt(rider, limits):
-                end = min(end, rider.prefilled + chunks.next(recent_step_ms or 0.0))
-            return DecodeWithChunk(batch, rider, end, recent_step_ms)
+            long = riders[0]
+            end = min(len(long.prompt_ids), long.prefilled + chunks.next(recent_step_ms or 0.0))
+            return DecodeWithPrompts(batch, (long,), (end,), recent_step_ms)
         return Decode(batch)
     return None
 
 
 def lead_group(newcomers: int, coming: int, streams: int) -> int:
     """How many newcomers' short prompts go in a forward of their own (backends with
-    mixed steps), the rest riding whole one a decode step after it: half of those the
-    running streams do not outnumber, rounded up; 0: they all ride.
+    mixed steps), the rest riding whole together in the decode step after it: of the
+    newcomers the running streams do not outnumber, the smallest group that holds the
+    median one (half, plus one); 0: they all ride.
 
-    One a step, the k-th newcomer's first token comes after about k prompts' work
-    where a single forward of all of them makes every one wait for all of them. But
-    each prompt that rides holds every running stream's token for a prompt's forward,
-    and the first-started streams carry every later one: started one at a time, the
-    first stream of a burst of 8 streamed its reply markedly slower than the last, and
-    the median first token came no sooner (each step adds its own cost). Starting half
-    a burst together, the rest riding, keeps the median first token near half the
-    burst's prefill and halves what the first streams carry (bench/burst_order.py
-    measures the orders side by side). `coming`: prompts still on their way to an idle
-    device."""
-    return max(0, (newcomers + coming - streams + 1) // 2)
+    The median newcomer's first token then comes out of that forward, after a little
+    over half the burst's prompt work, where one forward of all of them makes every one
+    wait for all of it. The prompts that ride are carried by the lead group's streams:
+    each holds every running stream for a prompt's forward, so the more of them ride,
+    the slower the first streams' replies go next to the last ones'. Half the burst
+    first, the rest one a step, brought the median first token a few hundredths of the
+    burst's prefill sooner, but the first streams carried a third more prompt work and
+    the last riders ended in a shrinking batch: per-client max/min 1.25 against 1.15
+    (bench/burst_order.py measures the orders side by side). `coming`: prompts still on
+    their way to an idle device."""
+    outnumbering = newcomers + coming - streams
+    return outnumbering // 2 + 1 if outnumbering > 0 else 0
+
+
+def announced_lead(newcomers: int, arrivals: Arrivals, limits: StepLimits) -> int:
+    """An idle device's lead group for `newcomers` and the rest of their burst. While the
+    tokenizer says prompts are being encoded, more may follow (a burst reaches it in
+    batches): the burst is taken to fill every slot. Once it says none are, the burst is
+    what came, those waiting for the next step included."""
+    full = min(limits.prefill_rows, arrivals.slots)
+    burst = full if arrivals.more_coming > 0 else min(newcomers + arrivals.waiting, full)
+    return lead_group(burst, 0, 0)
 
 
 def gather_until(running: Sequence[DeviceSequence], limits: StepLimits, arrivals: Arrivals) -> float | None:
@@ -325,7 +346,7 @@ def gather_until(running: Sequence[DeviceSequence], limits: StepLimits, arrivals
     if not prefilling or busy or room <= 0 or limits.prefill_rows <= 1:
         return None
     # With mixed steps only the lead group goes first: the rest ride behind it as they come.
-    lead = lead_group(len(prefilling), arrivals.more_coming, 0)
+    lead = announced_lead(len(prefilling), arrivals, limits)
     if limits.mixed_steps and arrivals.more_coming > 0 and len(prefilling) >= lead:
         return None
     deadline = (arrivals.now if arrivals.waiting_since is None else arrivals.waiting_since) + arrivals.gather_s

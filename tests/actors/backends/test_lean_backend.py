@@ -98,15 +98,18 @@ def test_prompts_of_different_lengths_in_one_forward_match_transformers(backend:
         np.testing.assert_allclose(row, ref_logits(reference, [*prompts[s], first[s]]), atol=ATOL)
 
 
-def test_a_decode_step_carrying_a_prompt_chunk_matches_transformers(backend: LeanTorchBackend, reference) -> None:  # type: ignore[no-untyped-def]
-    a, b, long = prompt(12, 20), prompt(30, 21), prompt(100, 22)
+def test_a_decode_step_carrying_prompt_pieces_matches_transformers(backend: LeanTorchBackend, reference) -> None:  # type: ignore[no-untyped-def]
+    a, b, long, short = prompt(12, 20), prompt(30, 21), prompt(100, 22), prompt(9, 23)
     ta, tb = int(np.argmax(backend.prefill(1, a))), int(np.argmax(backend.prefill(2, b)))
     backend.start(3, long, "erin")
     backend.extend(3, long[:40])
-    decoded, chunk = backend.decode_and_extend([2, 1], [tb, ta], 3, long[40:90])
+    backend.start(4, short, "frank")
+    # Two prompt pieces ride in the step: a long prompt's chunk and a short prompt whole.
+    decoded, (chunk, whole) = backend.decode_and_extend([2, 1], [tb, ta], [3, 4], [long[40:90], short])
     np.testing.assert_allclose(decoded[0], ref_logits(reference, [*b, tb]), atol=ATOL)
     np.testing.assert_allclose(decoded[1], ref_logits(reference, [*a, ta]), atol=ATOL)
     np.testing.assert_allclose(chunk, ref_logits(reference, long[:90]), atol=ATOL)
+    np.testing.assert_allclose(whole, ref_logits(reference, short), atol=ATOL)
     # Every sequence's KV now ends where it should: the next step picks up from there.
     last = backend.extend(3, long[90:])
     np.testing.assert_allclose(last, ref_logits(reference, long), atol=ATOL)

@@ -79,17 +79,20 @@ def test_prefix_cache_shares_cells_and_restores_what_a_fresh_prefill_computes(ba
     assert backend.prefix_cache_usage() == (0, 0) and backend.start(5, turn2, "alice") == 0
 
 
-def test_a_decode_step_carrying_a_chunk_and_mixed_prompt_lengths_match_transformers(backend: LlamaCppBackend, reference) -> None:  # type: ignore[no-untyped-def]
-    a, b, long = prompt(12, 20), prompt(30, 21), prompt(100, 22)
+def test_a_decode_step_carrying_prompt_pieces_and_mixed_prompt_lengths_match_transformers(backend: LlamaCppBackend, reference) -> None:  # type: ignore[no-untyped-def]
+    a, b, long, short = prompt(12, 20), prompt(30, 21), prompt(100, 22), prompt(9, 23)
     for s, p in ((1, a), (2, b)):
         backend.start(s, p, "x")
     ta, tb = (int(np.argmax(r)) for r in backend.extend_batch([1, 2], [a, b]))
     backend.start(3, long, "erin")
     backend.extend(3, long[:40])
-    decoded, chunk = backend.decode_and_extend([2, 1], [tb, ta], 3, long[40:90])
+    backend.start(4, short, "frank")
+    # Two prompt pieces ride in the step: a long prompt's chunk and a short prompt whole.
+    decoded, (chunk, whole) = backend.decode_and_extend([2, 1], [tb, ta], [3, 4], [long[40:90], short])
     np.testing.assert_allclose(decoded[0], ref_logits(reference, [*b, tb]), atol=ATOL)
     np.testing.assert_allclose(decoded[1], ref_logits(reference, [*a, ta]), atol=ATOL)
     np.testing.assert_allclose(chunk, ref_logits(reference, long[:90]), atol=ATOL)
+    np.testing.assert_allclose(whole, ref_logits(reference, short), atol=ATOL)
 
 
 def test_release_frees_the_cells_and_a_full_cache_gives_way_to_running_sequences(tiny_model_dir: Path, llamacpp_f32_gguf: Path) -> None:

@@ -138,13 +138,17 @@ class LlamaCppBackend(DeviceBackend):
         return self._feed(seq_ids, [[t] for t in token_ids])
 
     def decode_and_extend(
-        self, seq_ids: Sequence[int], token_ids: Sequence[int], chunk_seq: int, chunk_ids: Sequence[int]
+        self,
+        seq_ids: Sequence[int],
+        token_ids: Sequence[int],
+        chunk_seqs: Sequence[int],
+        chunks: Sequence[Sequence[int]],
     ) -> tuple[np.ndarray, np.ndarray]:
-        start = self._length[chunk_seq]
-        logits = self._feed([*seq_ids, chunk_seq], [*([t] for t in token_ids), chunk_ids])
+        starts = [self._length[s] for s in chunk_seqs]
+        logits = self._feed([*seq_ids, *chunk_seqs], [*([t] for t in token_ids), *chunks])
         if self.draft is not None:
-            self.draft.follow([chunk_seq], [chunk_ids], [start])
-        return logits[:-1], logits[-1]
+            self.draft.follow(chunk_seqs, chunks, starts)
+        return logits[: len(seq_ids)], logits[len(seq_ids) :]
 
     def decode_drafts(
         self, seq_ids: Sequence[int], token_ids: Sequence[int], drafts: Sequence[Sequence[int]]

@@ -81,14 +81,20 @@ class LeanTorchBackend(DeviceBackend):
 
     @torch.inference_mode()
     def decode_and_extend(
-        self, seq_ids: Sequence[int], token_ids: Sequence[int], chunk_seq: int, chunk_ids: Sequence[int]
+        self,
+        seq_ids: Sequence[int],
+        token_ids: Sequence[int],
+        chunk_seqs: Sequence[int],
+        chunks: Sequence[Sequence[int]],
     ) -> tuple[np.ndarray, np.ndarray]:
         pieces = [[t] for t in token_ids]
         order, feed = self._rows(seq_ids, pieces)
-        _, chunk = self._rows([chunk_seq], [chunk_ids])
-        decoded, chunk_logits = self.lean.forward_feeds([feed, chunk])
-        self._length[chunk_seq] += len(chunk_ids)
-        return self._advanced(seq_ids, pieces, order, decoded), chunk_logits[0].cpu().numpy()
+        chunk_order, chunk_feed = self._rows(chunk_seqs, chunks)
+        decoded, chunk_logits = self.lean.forward_feeds([feed, chunk_feed])
+        return (
+            self._advanced(seq_ids, pieces, order, decoded),
+            self._advanced(chunk_seqs, chunks, chunk_order, chunk_logits),
+        )
 
     def _rows(self, seq_ids: Sequence[int], pieces: Sequence[Sequence[int]]) -> tuple[list[int], Feed]:
         """One feed of each sequence's piece, in slot order as the forward wants it (the
