@@ -10,9 +10,8 @@ a forward, a lead group together in a forward of its own and the rest riding who
 together, in the running streams' next decode step (`lead_group`); elsewhere all
 together in one forward. A long prompt goes in chunks sized to cost about one decode step, riding
 inside the decode step where the backend can. Admission is fair across clients
-(`FairQueue`), and nothing is evicted here: a device whose KV does not survive a switch
-simply runs one at a time (a shared KV pool's limits are kv_room.py's: the actor shows
-the planner only the prompts that fit). An idle device first waits a moment for a burst of newcomers
+(`FairQueue`), and nothing is evicted here (a KV pool's limits are kv_room.py's): a
+device whose KV does not survive a switch simply runs one at a time. An idle device first waits a moment for a burst of newcomers
 still on their way (`gather_until`), until its lead group (or, without mixed steps, the
 whole burst) is there."""
 
