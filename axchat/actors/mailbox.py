@@ -48,23 +48,46 @@ class Bus:
 
 
 class Outboxes:
-    """One PUSH socket per peer, made on first use; whoever sends to actors owns one."""
+    """One PUSH socket per peer, made on first use; whoever sends to actors owns one.
+
+    A message goes straight into the pipe when it has room (always, but for a peer
+    that is gone: the pipes are unbounded) through a plain socket sharing the async
+    one's handle, without pyzmq's asyncio future bookkeeping: about 1 us against 16 a
+    send and receive, on every token of every stream on the loop the engine shares
+    the CPU with. Only while an earlier send to that peer waits does a send wait
+    behind it, so that messages to a peer keep their order."""
 
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
         self._socks: dict[str, zmq.asyncio.Socket] = {}
+        self._now: dict[str, zmq.Socket[bytes]] = {}  # the same sockets, never waiting
+        self._parked: dict[str, int] = {}  # sends to each peer waiting for room
 
     async def send(self, to: str, msg: m.ActorMessage) -> None:
         sock = self._socks.get(to)
         if sock is None:
             sock = make_socket(self._bus.ctx, zmq.PUSH, connect=self._bus.endpoint(to))
             self._socks[to] = sock
-        await sock.send(m.encode(msg), copy=False)
+            self._now[to] = zmq.Socket.shadow(sock.underlying)
+            self._parked[to] = 0
+        data = m.encode(msg)
+        if not self._parked[to]:
+            try:
+                self._now[to].send(data, zmq.DONTWAIT, copy=False)
+                return
+            except zmq.Again:
+                pass
+        self._parked[to] += 1
+        try:
+            await sock.send(data, copy=False)
+        finally:
+            self._parked[to] -= 1
 
     def close(self) -> None:
         for sock in self._socks.values():
             sock.close(linger=0)
         self._socks.clear()
+        self._now.clear()
 
 
 class Actor:
@@ -78,6 +101,9 @@ class Actor:
         self.supervisor = supervisor
         self.state = ActorState.CREATED
         self._inbox = make_socket(bus.ctx, zmq.PULL, bind=bus.endpoint(self.name))
+        # The inbox read without waiting (Outboxes says why); the async socket waits
+        # when it is empty, and checks for mail before it does, so none is missed.
+        self._inbox_now: zmq.Socket[bytes] = zmq.Socket.shadow(self._inbox.underlying)
         self._outboxes = Outboxes(bus)
 
     async def run(self) -> None:
@@ -85,7 +111,7 @@ class Actor:
         try:
             await self.on_start()
             while self.state is ActorState.RUNNING:
-                msg = m.decode(await self._inbox.recv(copy=True))
+                msg = m.decode(await self._receive())
                 if isinstance(msg, m.Close):
                     break
                 await self._handle_one(msg)
@@ -103,6 +129,12 @@ class Actor:
             finally:
                 self._close_sockets()
                 self.state = ActorState.CLOSED
+
+    async def _receive(self) -> bytes:
+        try:
+            return self._inbox_now.recv(zmq.DONTWAIT)
+        except zmq.Again:
+            return await self._inbox.recv(copy=True)
 
     async def _handle_one(self, msg: m.ActorMessage) -> None:
         try:
