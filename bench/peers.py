@@ -25,6 +25,15 @@ client side; CPU = user + system seconds of the server's processes (daemon and b
 for axchat) over its measured rounds, per generated token. Ratios are axchat web over
 llama-server.
 
+Beside the two servers, in the same interleaved rounds (`--sides`): `axchat native`, the
+same requests straight to the daemon's socket with the reference async client (the
+bridge's hop left out), and `bare unified` / `bare streams`, a batched greedy loop on the
+engine alone in this process (bench/harness/bare_loop.py: the same GGUF, cells and
+threads; the burst's prompts, as long as the daemon counted them, in one forward, then
+decode steps) on the daemon's one KV pool and on llama-server's per-sequence streams:
+what the engine allows each layout before any server's work. Their ratios to
+llama-server come as `<side>_tok_s_ratio_c<N>` and `<side>_ttft_ratio_c<N>`.
+
 Prints ONE JSON object on stdout; progress goes to stderr. Every wait has a deadline.
 """
 
@@ -44,14 +53,17 @@ from pathlib import Path
 from typing import Any
 
 from harness import cli, llama_server
+from harness.bare_loop import BareLoop, BareRecord
 from harness.daemon import Daemon, bench_env, serving
 from harness.http_stream import HttpStream, chat_stream, cpu_seconds, main_thread_cpu_seconds
 from harness.machine import LoadAtStart, model_info
 from harness.numbers import percentile, rnd
 from harness.output import BenchError, Log, run_main, tail
 from harness.prompts import filler
+from harness.stream import Stream, greedy, stream
 
 log = Log("peers")
+SIDES = ("native", "bare_unified", "bare_streams")  # the optional ones, by their JSON names
 LISTENING = re.compile(r"listening: (http://\S+/)")
 LOADED = re.compile(r"loaded .* as (\S+), .*?(\d+) KV cells")
 
@@ -60,6 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = cli.parser("peers", __doc__)
     cli.add_round_args(p, clients="1,8", rounds=3, rounds_help="rounds of every count on both servers")
     p.add_argument("--threads", type=int, default=2, help="threads of both servers (default 2)")
+    p.add_argument(
+        "--sides",
+        default=",".join(SIDES),
+        help=f"comma-separated sides to run besides axchat web and llama-server (default: {','.join(SIDES)})",
+    )
     p.add_argument("--llama-server", help="a llama-server binary to use instead of the cached build")
     p.add_argument(
         "--build-only",
@@ -159,7 +176,46 @@ async def one_round(
         await asyncio.gather(*(s.close() for s in sessions))
 
 
-def summarize(recs: list[HttpStream], tokens: int) -> dict[str, Any]:
+async def native_round(socket_path: str, n: int, rnd_i: int, args: argparse.Namespace, tokens: int) -> list[Stream]:
+    """The same requests as `one_round`'s, straight to the daemon's socket, each client on
+    a connection of its own."""
+    from axchat.aclient import AsyncClient
+    from axchat.protocol import v1
+
+    clients = [AsyncClient(socket_path, connect_timeout_s=30.0) for _ in range(n)]
+    try:
+        await asyncio.gather(*(c.hello() for c in clients))
+        requests = [
+            v1.Generate(
+                messages=[
+                    v1.ChatMessage(role="user", content=filler(args.prompt_words, salt=f"client{i} round{rnd_i}"))
+                ],
+                sampling=greedy(tokens),
+                user=f"client{i}",
+            )
+            for i in range(n)
+        ]
+        return await asyncio.gather(
+            *(
+                stream(c, r, args.timeout, f"native client {i + 1}/{n}")
+                for i, (c, r) in enumerate(zip(clients, requests, strict=True))
+            )
+        )
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+
+
+def bare_side(name: str, loop: BareLoop, prompt_tokens: int) -> Side:
+    async def rounds(n: int, rnd_i: int, args: argparse.Namespace, tokens: int) -> list[BareRecord]:
+        # On this (main) thread, blocking the loop, which has nothing else to do meanwhile:
+        # llama.cpp's OpenMP threads are a team per calling thread, and a pool's changing
+        # worker threads would each start another team beside the idle, spinning ones.
+        return loop.round([prompt_tokens] * n, tokens)
+
+    return Side(name, "", "", {}, rounds=rounds)
+
+
+def summarize(recs: list[Any], tokens: int) -> dict[str, Any]:
     for i, r in enumerate(recs):
         if r.completion_tokens != tokens or r.first is None:
             raise BenchError(
@@ -174,17 +230,21 @@ def summarize(recs: list[HttpStream], tokens: int) -> dict[str, Any]:
         "client_tok_s": rates,
         "ttft_ms": [r.ttft_ms() for r in recs],
         "tokens": sum(r.completion_tokens for r in recs),
-        "chunks": sum(r.chunks for r in recs),
+        "chunks": sum(getattr(r, "chunks", None) or len(getattr(r, "deltas", ())) for r in recs),
     }
 
 
 class Side:
     """One server under test: its URL, its processes' pids, and what it measured."""
 
-    def __init__(self, name: str, url: str, model: str, pids: dict[str, int], loop_pid: int | None = None) -> None:
+    def __init__(
+        self, name: str, url: str, model: str, pids: dict[str, int], loop_pid: int | None = None, rounds: Any = None
+    ) -> None:
         """`loop_pid`: a process whose main thread's CPU is also counted apart (the
-        daemon's event loop, where its actors run, beside the engine's threads)."""
+        daemon's event loop, where its actors run, beside the engine's threads).
+        `rounds(n, rnd_i, args, tokens)`: a round's records (default: HTTP to `url`)."""
         self.name, self.url, self.model, self.pids, self.loop_pid = name, url, model, pids, loop_pid
+        self.round = rounds or (lambda n, rnd_i, args, tokens: one_round(url, model, n, rnd_i, args, tokens))
         self.runs: dict[int, list[dict[str, Any]]] = {}
         self.cpu_s = dict.fromkeys(pids, 0.0)
         self.loop_s = 0.0
@@ -194,7 +254,7 @@ class Side:
     async def measure(self, n: int, rnd_i: int, args: argparse.Namespace) -> dict[str, Any]:
         before = {k: cpu_seconds(p) for k, p in self.pids.items()}
         loop_before = main_thread_cpu_seconds(self.loop_pid) if self.loop_pid is not None else 0.0
-        res = summarize(await one_round(self.url, self.model, n, rnd_i, args, args.tokens), args.tokens)
+        res = summarize(await self.round(n, rnd_i, args, args.tokens), args.tokens)
         used = {k: cpu_seconds(p) - before[k] for k, p in self.pids.items()}
         if self.loop_pid is not None:
             self.loop_s += main_thread_cpu_seconds(self.loop_pid) - loop_before
@@ -218,7 +278,7 @@ class Side:
                 "ttft_ms_p50": rnd(percentile(ttfts, 50)),
                 "ttft_ms_p95": rnd(percentile(ttfts, 95)),
                 "client_max_over_min": rnd(med([b / a for a, b in zip(mins, maxs, strict=True) if a > 0] or [0.0]), 2),
-                "cpu_ms_per_token": rnd(1e3 * self.cpu_by_n[n] / self.tokens[n], 2),
+                "cpu_ms_per_token": rnd(1e3 * self.cpu_by_n[n] / self.tokens[n], 2) if self.pids else None,
                 "tokens_per_chunk": rnd(sum(r["tokens"] for r in runs) / max(1, sum(r["chunks"] for r in runs)), 2),
                 "tok_s_runs": [rnd(r["tok_s"], 2) for r in runs],
             }
@@ -231,8 +291,8 @@ class Side:
 
 async def warm_up(side: Side, args: argparse.Namespace) -> None:
     log(f"warm-up of {side.name} (untimed)")
-    await one_round(side.url, side.model, 1, -1, args, 8)
-    await one_round(side.url, side.model, max(args.client_counts), -2, args, 4)
+    await side.round(1, -1, args, 8)
+    await side.round(max(args.client_counts), -2, args, 4)
 
 
 async def run_all(sides: list[Side], args: argparse.Namespace) -> None:
@@ -249,6 +309,39 @@ async def run_all(sides: list[Side], args: argparse.Namespace) -> None:
                 )
 
 
+def optional_sides(
+    args: argparse.Namespace, daemon: Daemon, gguf: Path, cells: int, loops: list[BareLoop]
+) -> dict[str, Side]:
+    """The `--sides` asked for, by their JSON names; the bare loops are appended to `loops`
+    (to be closed)."""
+    asked = [x for x in args.sides.split(",") if x]
+    unknown = sorted(set(asked) - set(SIDES))
+    if unknown:
+        raise BenchError(f"unknown --sides {','.join(unknown)} (known: {','.join(SIDES)})")
+    out: dict[str, Side] = {}
+    if "native" in asked:
+        out["native"] = Side(
+            "axchat native", "", "", {"daemon": daemon.proc.pid} if daemon.proc else {},
+            rounds=lambda n, rnd_i, a, tokens: native_round(daemon.socket, n, rnd_i, a, tokens),
+        )  # fmt: skip
+    bare = [x for x in asked if x.startswith("bare_")]
+    if bare:
+        # The daemon's own count of the requests' prompt tokens (template included).
+        probe = asyncio.run(native_round(daemon.socket, 1, -3, args, 1))
+        prompt_tokens = probe[0].done.usage.prompt_tokens
+        for name in bare:
+            loop = BareLoop(
+                gguf,
+                cells=cells,
+                sequences=max(args.client_counts),
+                threads=args.threads,
+                unified=name == "bare_unified",
+            )
+            loops.append(loop)
+            out[name] = bare_side(name.replace("_", " "), loop, prompt_tokens)
+    return out
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return rnd(a / b, 3) if a is not None and b else None
 
@@ -262,6 +355,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="axchat-peers-"))
     daemon = Daemon(str(model_dir), [f"--threads={args.threads}", *args.serve_arg], log)
     procs: list[Process] = []
+    loops: list[BareLoop] = []
     with serving(daemon, args.ready_timeout):
         loaded = LOADED.search(daemon.log_text())
         if loaded is None:
@@ -290,15 +384,22 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             assert daemon.proc is not None
             sides = [
                 Side(
-                    "axchat web", web_url, model_dir.name, {"daemon": daemon.proc.pid, "bridge": web.proc.pid},
+                    "axchat web",
+                    web_url,
+                    model_dir.name,
+                    {"daemon": daemon.proc.pid, "bridge": web.proc.pid},
                     loop_pid=daemon.proc.pid,
                 ),
                 Side("llama-server", ls_url, model_dir.name, {"llama-server": server.proc.pid}),
             ]
+            extra = optional_sides(args, daemon, gguf, cells, loops)
+            sides += extra.values()
             asyncio.run(run_all(sides, args))
         finally:
             for proc in procs:
                 proc.stop()
+            for loop in loops:
+                loop.close()
     ax, ls = sides[0], sides[1]
     ax_f, ls_f = ax.figures(), ls.figures()
     out: dict[str, Any] = {}
@@ -306,6 +407,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         a, b = ax_f[str(n)], ls_f[str(n)]
         out[f"tok_s_ratio_c{n}"] = ratio(a["tok_s"], b["tok_s"])
         out[f"ttft_ratio_c{n}"] = ratio(a["ttft_ms_p50"], b["ttft_ms_p50"])
+    for name, side in extra.items():
+        f = side.figures()
+        for n in args.client_counts:
+            out[f"{name}_tok_s_ratio_c{n}"] = ratio(f[str(n)]["tok_s"], ls_f[str(n)]["tok_s"])
+            out[f"{name}_ttft_ratio_c{n}"] = ratio(f[str(n)]["ttft_ms_p50"], ls_f[str(n)]["ttft_ms_p50"])
+        out[name] = f
     tokens = sum(ax.tokens.values())
     return {
         **out,
