@@ -49,18 +49,19 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from harness import cli, llama_server
-from harness.bare_loop import BareLoop, BareRecord
+from harness.bare_loop import BareLoop
 from harness.daemon import Daemon, bench_env, serving
 from harness.http_stream import HttpStream, chat_stream, cpu_seconds, main_thread_cpu_seconds
 from harness.machine import LoadAtStart, model_info
 from harness.numbers import percentile, rnd
 from harness.output import BenchError, Log, run_main, tail
 from harness.prompts import filler
-from harness.stream import Stream, greedy, stream
+from harness.stream import Stream, Tally, greedy, stream
 
 log = Log("peers")
 SIDES = ("native", "bare_unified", "bare_streams")  # the optional ones, by their JSON names
@@ -206,7 +207,7 @@ async def native_round(socket_path: str, n: int, rnd_i: int, args: argparse.Name
 
 
 def bare_side(name: str, loop: BareLoop, prompt_tokens: int) -> Side:
-    async def rounds(n: int, rnd_i: int, args: argparse.Namespace, tokens: int) -> list[BareRecord]:
+    async def rounds(n: int, rnd_i: int, args: argparse.Namespace, tokens: int) -> list[Tally]:
         # On this (main) thread, blocking the loop, which has nothing else to do meanwhile:
         # llama.cpp's OpenMP threads are a team per calling thread, and a pool's changing
         # worker threads would each start another team beside the idle, spinning ones.
@@ -215,7 +216,7 @@ def bare_side(name: str, loop: BareLoop, prompt_tokens: int) -> Side:
     return Side(name, "", "", {}, rounds=rounds)
 
 
-def summarize(recs: list[Any], tokens: int) -> dict[str, Any]:
+def summarize(recs: Sequence[Tally | Stream], tokens: int) -> dict[str, Any]:
     for i, r in enumerate(recs):
         if r.completion_tokens != tokens or r.first is None:
             raise BenchError(
@@ -230,7 +231,7 @@ def summarize(recs: list[Any], tokens: int) -> dict[str, Any]:
         "client_tok_s": rates,
         "ttft_ms": [r.ttft_ms() for r in recs],
         "tokens": sum(r.completion_tokens for r in recs),
-        "chunks": sum(getattr(r, "chunks", None) or len(getattr(r, "deltas", ())) for r in recs),
+        "chunks": sum(r.chunks for r in recs),
     }
 
 

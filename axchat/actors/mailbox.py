@@ -61,7 +61,7 @@ class Outboxes:
         self._bus = bus
         self._socks: dict[str, zmq.asyncio.Socket] = {}
         self._now: dict[str, zmq.Socket[bytes]] = {}  # the same sockets, never waiting
-        self._parked: dict[str, int] = {}  # sends to each peer waiting for room
+        self._waiting: dict[str, int] = {}  # sends to each peer waiting for room
 
     async def send(self, to: str, msg: m.ActorMessage) -> None:
         sock = self._socks.get(to)
@@ -69,19 +69,19 @@ class Outboxes:
             sock = make_socket(self._bus.ctx, zmq.PUSH, connect=self._bus.endpoint(to))
             self._socks[to] = sock
             self._now[to] = zmq.Socket.shadow(sock.underlying)
-            self._parked[to] = 0
+            self._waiting[to] = 0
         data = m.encode(msg)
-        if not self._parked[to]:
+        if not self._waiting[to]:
             try:
                 self._now[to].send(data, zmq.DONTWAIT, copy=False)
                 return
             except zmq.Again:
                 pass
-        self._parked[to] += 1
+        self._waiting[to] += 1
         try:
             await sock.send(data, copy=False)
         finally:
-            self._parked[to] -= 1
+            self._waiting[to] -= 1
 
     def close(self) -> None:
         for sock in self._socks.values():

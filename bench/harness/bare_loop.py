@@ -11,22 +11,10 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.stream import Timed
-
-
-@dataclass
-class BareRecord(Timed):
-    """One sequence's times, in the shape the HTTP and native streams are read in."""
-
-    sent: float = 0.0
-    first: float | None = None
-    done_at: float | None = None
-    completion_tokens: int = 0
-    chunks: int = 0
+from harness.stream import Tally
 
 
 class BareLoop:
@@ -39,9 +27,9 @@ class BareLoop:
         self.vocab = self.engine.vocab_size
         self.rng = random.Random(0)
 
-    def round(self, prompt_lengths: list[int], tokens: int) -> list[BareRecord]:
+    def round(self, prompt_lengths: list[int], tokens: int) -> list[Tally]:
         e, n = self.engine, len(prompt_lengths)
-        recs = [BareRecord(sent=time.monotonic()) for _ in range(n)]
+        recs = [Tally(sent=time.monotonic()) for _ in range(n)]
         ids: list[int] = []
         pos: list[int] = []
         seqs: list[int] = []

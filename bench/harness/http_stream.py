@@ -6,21 +6,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.output import BenchError
-from harness.stream import Timed
+from harness.stream import Tally
 
 
-@dataclass
-class HttpStream(Timed):
-    sent: float = 0.0
-    first: float | None = None  # first chunk with content
-    done_at: float | None = None
-    chunks: int = 0  # chunks with content
-    completion_tokens: int = 0
+class HttpStream(Tally):
+    """One HTTP stream: `chunks` are its SSE events with content."""
 
 
 async def chat_stream(session: Any, url: str, body: dict[str, Any], what: str) -> HttpStream:

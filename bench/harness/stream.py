@@ -30,6 +30,18 @@ class Timed:
 
 
 @dataclass
+class Tally(Timed):
+    """A stream's times and counts where nothing else of it is kept (an HTTP stream, a
+    sequence of the bare loop): `chunks` is the pieces its tokens came in."""
+
+    sent: float = 0.0
+    first: float | None = None  # first piece with content
+    done_at: float | None = None
+    chunks: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
 class Stream(Timed):
     """Client-side timeline of one streamed generate (time.monotonic() seconds)."""
 
@@ -43,6 +55,11 @@ class Stream(Timed):
     @property
     def completion_tokens(self) -> int:
         return self.done.usage.completion_tokens if self.done is not None else sum(n for _, n in self.deltas)
+
+    @property
+    def chunks(self) -> int:
+        """Deltas that carried token ids."""
+        return len(self.deltas)
 
     def first_delta_tokens(self) -> int:
         """Token ids in the first delta: 1 when the first token spells text. Later deltas

@@ -31,11 +31,17 @@ from axchat.actors.device.sequence import DeviceSequence, SeqState
 RESERVE = 16
 
 
+def _kv_length(seq: DeviceSequence) -> int:
+    """Positions of KV `seq` has, in the pool or parked: the prompt fed so far and every
+    token fed after it."""
+    return seq.prefilled + len(seq.fed)
+
+
 def held(seq: DeviceSequence) -> int:
-    """Cells `seq` holds in the pool: the prompt fed so far and every token fed after it."""
+    """Cells `seq` holds in the pool now."""
     if not seq.started or seq.state is SeqState.PARKED:
         return 0
-    return seq.prefilled + len(seq.fed)
+    return _kv_length(seq)
 
 
 def free(pool: int, running: Sequence[DeviceSequence]) -> int:
@@ -65,6 +71,7 @@ def visible(running: Sequence[DeviceSequence], pool: int) -> list[DeviceSequence
     a run of steps (run_ahead.py) needs only these to be in it."""
     budget = free(pool, running)
     streams = _streams(running)
+    reserve = RESERVE * streams if len(running) > 1 else 0
     blocked = any(s.state is SeqState.PARKED for s in running)
     out: list[DeviceSequence] = []
     for seq in running:
@@ -74,7 +81,6 @@ def visible(running: Sequence[DeviceSequence], pool: int) -> list[DeviceSequence
             out.append(seq)
             continue
         need = _needs(seq)
-        reserve = RESERVE * streams if len(running) > 1 else 0
         if blocked or need + reserve > budget:
             blocked = True
             continue
@@ -94,7 +100,7 @@ def returning(running: Sequence[DeviceSequence], pool: int) -> list[DeviceSequen
         if seq.state is not SeqState.PARKED:
             continue
         streams += 1
-        need = seq.prefilled + len(seq.fed)
+        need = _kv_length(seq)
         if need + RESERVE * streams > budget and (streams > 1 or need > budget):
             break
         budget -= need
