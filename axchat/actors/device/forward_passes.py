@@ -21,7 +21,6 @@ from axchat.actors.device.drafts import ModelProposals, Speculation, proposals, 
 from axchat.actors.device.fair_queue import FairQueue
 from axchat.actors.device.prompt_chunks import ChunkSizer
 from axchat.actors.device.sequence import DeviceSequence, SeqState, ms
-from axchat.actors.device.turn_end import end_of_turn
 from axchat.protocol.v1 import FinishReason
 
 log = logging.getLogger(__name__)
@@ -331,11 +330,8 @@ class ForwardPasses:
             return None
         if not planner.may_run_ahead(seqs, running=len(self._running), waiting=len(self._waiting)):
             return None
-        for seq, lane in zip(seqs, lanes, strict=True):
-            produced = len(lane.chosen)
-            ended = end_of_turn(produced - 1, lane.chosen[-1:], ends=lane.ends, limit=lane.room).reason is not None
-            if ended or lane.mask is not None or seq.stop_at is not None:
-                return None
+        if any(lane.ended or lane.mask is not None or seq.stop_at is not None for seq, lane in zip(seqs, lanes, strict=True)):
+            return None
         if self._pool is not None and kv_room.free(self._pool, list(self._running.values())) < len(seqs):
             return None
         return [
