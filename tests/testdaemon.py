@@ -76,12 +76,10 @@ def install_held_requests() -> None:
     from axchat.actors.device import actor as device
     from axchat.actors.device import run_ahead
 
-    # Every job for sequences goes to the device thread through `_submit` (`_forward`
-    # and a run's queued successor alike).
-    unpaced = device.DeviceActor._submit
+    unpaced = device.DeviceActor._forward
     prefill_gate = os.environ.get(PREFILL_GATE_ENV)
 
-    def paced_submit(self: Any, seqs: list[Any], fn: Callable[..., Any], *args: Any) -> Any:
+    async def paced_forward(self: Any, seqs: list[Any], fn: Callable[..., Any], *args: Any) -> Any:
         if prefill_gate and any(_mid_prefill(s) for s in seqs):
             fn = _gated(fn, prefill_gate)
         if not _released() and any(s.sampling.max_tokens >= HELD_MIN_TOKENS for s in seqs):
@@ -89,9 +87,9 @@ def install_held_requests() -> None:
                 args = (_paced(args[0]), *args[1:])
             else:
                 fn = _paced(fn)
-        return unpaced(self, seqs, fn, *args)
+        return await unpaced(self, seqs, fn, *args)
 
-    device.DeviceActor._submit = paced_submit  # type: ignore[method-assign]
+    device.DeviceActor._forward = paced_forward  # type: ignore[method-assign]
 
 
 def _wait_for_gate(gate: str) -> None:
