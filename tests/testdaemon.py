@@ -76,10 +76,12 @@ def install_held_requests() -> None:
     from axchat.actors.device import actor as device
     from axchat.actors.device import run_ahead
 
-    unpaced = device.DeviceActor._forward
+    # Every job for sequences goes to the device thread through `_submit` (`_forward`
+    # and a run's queued successor alike).
+    unpaced = device.DeviceActor._submit
     prefill_gate = os.environ.get(PREFILL_GATE_ENV)
 
-    async def paced_forward(self: Any, seqs: list[Any], fn: Callable[..., Any], *args: Any) -> Any:
+    def paced_submit(self: Any, seqs: list[Any], fn: Callable[..., Any], *args: Any) -> Any:
         if prefill_gate and any(_mid_prefill(s) for s in seqs):
             fn = _gated(fn, prefill_gate)
         if not _released() and any(s.sampling.max_tokens >= HELD_MIN_TOKENS for s in seqs):
@@ -87,9 +89,9 @@ def install_held_requests() -> None:
                 args = (_paced(args[0]), *args[1:])
             else:
                 fn = _paced(fn)
-        return await unpaced(self, seqs, fn, *args)
+        return unpaced(self, seqs, fn, *args)
 
-    device.DeviceActor._forward = paced_forward  # type: ignore[method-assign]
+    device.DeviceActor._submit = paced_submit  # type: ignore[method-assign]
 
 
 def _wait_for_gate(gate: str) -> None:

@@ -339,7 +339,7 @@ async def test_a_newcomer_ends_a_run_at_the_next_step(rig, monkeypatch) -> None:
     assert tokenizer.ended[1].completion_tokens == 40 and tokenizer.ended[2].completion_tokens == 3
 
 
-async def arrive_while_held(backend, sender, telemetry, admits) -> None:  # type: ignore[no-untyped-def]
+async def arrive_while_held(backend, sender, telemetry, admits, running: int | None = None) -> None:  # type: ignore[no-untyped-def]
     """Send `admits` while the held call waits on the device thread, make sure the device
     actor has taken them in, then let the call go on."""
     assert await asyncio.get_running_loop().run_in_executor(None, backend.held.wait, 30)
@@ -349,5 +349,82 @@ async def arrive_while_held(backend, sender, telemetry, admits) -> None:  # type
     await sender.send("device", m.StatusQuery(rid=99, state=v1.DaemonState.SERVING))
     await telemetry.until(lambda: bool(telemetry.reports))
     report = telemetry.reports[-1]
-    assert report.running + report.queued == 1 + len(admits)
+    assert report.running + report.queued == (1 + len(admits) if running is None else running)
     backend.gate.set()
+
+
+def fed_to_backend(backend: LoggedTorchBackend, rid: int) -> int:
+    """Tokens the backend was given for `rid`: its prompt pieces and one per decode step."""
+    prompt = sum(c[2] for c in backend.calls if c[0] in ("prefill", "extend") and c[1] == (rid,))
+    return prompt + sum(1 for c in backend.calls if c[0] == "decode" and rid in c[1])
+
+
+async def test_a_run_that_ends_for_its_time_is_followed_by_the_next_before_its_tokens_go_out(rig, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    bus, backend, tokenizer, device, _ = rig
+    monkeypatch.setattr(run_ahead, "BUDGET_MS", 0.0)  # every run ends after its first step, for its time
+    queued_at_emit: list[bool] = []
+    emit = device._emit
+
+    async def watched(seq, tokens):  # type: ignore[no-untyped-def]
+        queued_at_emit.append(not device._thread.idle)
+        await emit(seq, tokens)
+
+    monkeypatch.setattr(device, "_emit", watched)
+    sender = Collector(bus, FailLoudly(), "test-sender")
+    try:
+        await sender.send("device", admit(1, 8, max_tokens=6))
+        await tokenizer.until(lambda: 1 in tokenizer.ended)
+    finally:
+        sender.discard()
+    assert tokenizer.pieces[1] == [1, 1, 1, 1, 1, 1]
+    assert tokenizer.ended[1].completion_tokens == 6 and tokenizer.ended[1].reason == "length"
+    # Each run's token went out while the next run was already queued on the device
+    # thread; the last run's (the stream ends there) with nothing queued behind it.
+    assert queued_at_emit[1:] == [True, True, True, True, False]
+    assert [c[0] for c in backend.calls].count("decode") == 5
+
+
+async def test_a_cancel_while_the_next_run_is_queued_ends_the_stream_after_that_run(rig, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    bus, backend, tokenizer, device, telemetry = rig
+    real_run, runs = run_ahead.run, []
+
+    def two_short_runs_then_a_long_one(decode, lanes, interrupt, budget_ms, *rest):  # type: ignore[no-untyped-def]
+        runs.append(len(runs))
+        return real_run(decode, lanes, interrupt, 0.0 if len(runs) <= 2 else 60_000.0, *rest)
+
+    monkeypatch.setattr(run_ahead, "run", two_short_runs_then_a_long_one)
+    real_decode, decodes = backend.decode, []
+
+    def decode(seq_ids, token_ids):  # type: ignore[no-untyped-def]
+        decodes.append(len(decodes))
+        if len(decodes) == 6:  # the long third run's fourth step holds the device
+            backend.hold = "decode"
+        return real_decode(seq_ids, token_ids)
+
+    backend.decode = decode  # type: ignore[method-assign]
+    released: list[tuple[int, int, int | None]] = []
+    release, gone = backend.release, threading.Event()
+
+    def logged_release(seq_id, keep=None):  # type: ignore[no-untyped-def]
+        released.append((seq_id, fed_to_backend(backend, seq_id), None if keep is None else len(keep[1])))
+        gone.set()
+        return release(seq_id, keep)
+
+    backend.release = logged_release  # type: ignore[method-assign]
+    sender = Collector(bus, FailLoudly(), "test-sender")
+    try:
+        await sender.send("device", admit(1, 8, max_tokens=40))
+        # The cancel arrives while the third run, queued before the second run's token
+        # went out, is held in its fourth step.
+        await arrive_while_held(backend, sender, telemetry, [m.CancelRequest(rid=1, reason="cancelled")], running=1)
+        await tokenizer.until(lambda: 1 in tokenizer.ended)
+        assert await asyncio.get_running_loop().run_in_executor(None, gone.wait, 30)  # queued after the end
+    finally:
+        sender.discard()
+    assert tokenizer.ended[1].reason == "cancelled"
+    assert tokenizer.tokens[1] == 3 == tokenizer.ended[1].completion_tokens  # nothing after the cancel went out
+    # The stream was released after the run in flight, and the conversation kept of it
+    # (where the backend keeps one) is what its KV holds: every token that run fed.
+    assert released[0][:2] == (1, 8 + 2 + 4)  # the prompt, a token from each short run, four steps
+    assert released[0][2] in (released[0][1], None)
+    assert released[0][2] is not None or not device._limits.prefix_cache

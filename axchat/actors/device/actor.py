@@ -207,9 +207,10 @@ class DeviceActor(ForwardPasses, Actor):
         else:
             await self.send(self._peers.sampler, m.Logits(rid=seq.rid, data=logits.tobytes()))
 
-    async def _take_tokens(self, seq: DeviceSequence, tokens: list[int]) -> None:
+    async def _take_tokens(self, seq: DeviceSequence, tokens: list[int], following: bool = False) -> None:
         """`seq`'s next tokens, in order: emitted in one message up to where its turn
-        ends, if it ends among them."""
+        ends, if it ends among them. `following`: a run already queued goes on with it
+        (forward_passes `_follow_on`): it stays COMPUTING, and an end waits for that run."""
         now = time.monotonic_ns()
         if seq.completion_tokens == 0:
             seq.timings.first_token_ns = now
@@ -221,7 +222,12 @@ class DeviceActor(ForwardPasses, Actor):
         seq.completion_tokens = turn.completion_tokens
         if turn.kept:
             await self._emit(seq, tokens[: turn.kept])
-        if dead_end is not None and turn.reason is None:
+        if following:
+            assert dead_end is None, "constrained streams do not follow on"
+            seq.next_token = tokens[-1]
+            if turn.reason is not None:
+                seq.pending_end = turn.reason
+        elif dead_end is not None and turn.reason is None:
             await self._end(seq, "error", dead_end)
         elif turn.reason is not None:
             await self._end(seq, turn.reason)

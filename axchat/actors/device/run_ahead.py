@@ -54,6 +54,7 @@ class Lane:
     mask: TokenMask | None = None  # a constrained stream's grammar mask
     spec: Speculation | None = None
     chosen: list[int] = field(default_factory=list)
+    ended: bool = False  # its turn ended (or its grammar allowed nothing) in the run
 
     @property
     def fed(self) -> list[int]:
@@ -110,10 +111,12 @@ def run(
             if cells is not None:
                 cells -= len(chosen)  # the token fed and the proposals kept
             if lane.mask is not None and lane.mask.failed is not None:
-                continue  # a dead end: the loop ends the stream with the reason
-            if end_of_turn(len(lane.chosen) - 1, chosen[-1:], ends=lane.ends, limit=lane.room).reason is None:
+                lane.ended = True  # a dead end: the loop ends the stream with the reason
+            elif end_of_turn(len(lane.chosen) - 1, chosen[-1:], ends=lane.ends, limit=lane.room).reason is None:
                 lane.token = chosen[-1]
                 still.append(lane)
+            else:
+                lane.ended = True
         active = still
         now = time.monotonic_ns()
         if not active or interrupt.is_set() or (now - start) + (now - step_start) > budget_ns:
