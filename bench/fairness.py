@@ -15,7 +15,7 @@ A gap is the time between two consecutive deltas of the same chatter answer, cli
 (the pause while a chatter's next answer starts is not a gap). Normal gaps are those that
 lie inside the normal windows; prefill gaps are those that overlap a long prompt's
 prefill window, so a chatter stalled for the whole prefill counts with its full stall.
-A delta may carry several tokens (the device's runs of greedy steps, at most 75 ms of
+A delta may carry several tokens (the device's runs of greedy steps, at most 150 ms of
 them), so `token_ratio` also compares gaps per token: each gap divided by the tokens it
 brought, counted once per token.
 

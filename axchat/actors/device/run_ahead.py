@@ -33,11 +33,14 @@ from axchat.actors.device.speculation_plan import StepCost, flat_rows
 from axchat.actors.device.turn_end import end_of_turn
 from axchat.actors.token_mask import TokenMask, fill_together
 
-# A run's length in time: long enough that the loop's per-token work is spread over
-# several tokens at small-model speeds (135M shape here: 9 one-stream steps, or 2 steps
-# of 8 streams, where 50 ms allowed only one and left batch 8 at 0.88x of bare llama.cpp
-# against 0.92x), short enough that text still streams (13 pieces a second at least).
-BUDGET_MS = 75.0
+# A run's length in time: long enough that each run boundary (the loop's work for the
+# run's tokens, taken from the engine's threads on a small CPU) is spread over several
+# steps, short enough that text still streams (7 pieces a second at least). 135M shape,
+# 2-core Xeon, a step of 8 streams ~40 ms: 75 ms ran them one step at a time; 150 ms
+# (3-4 steps) gave 8 clients 0.98-1.00x of llama-server's tokens/s against 0.94-0.96x
+# in three alternating pairs, and one stream 0.95-1.00x against 0.93-0.95x; 250 ms
+# gained no more.
+BUDGET_MS = 150.0
 
 
 @dataclass(eq=False)
