@@ -143,6 +143,9 @@ class Engine:
         """Feed tokens (each with its position and sequence id) and return float32 logits
         (len(want), vocab) after the tokens at the indices `want` (ascending)."""
         out = np.empty((len(want), self.vocab_size), dtype=np.float32)
+        # Copied with memmove: a numpy view of llama.cpp's buffer (np.ctypeslib.as_array)
+        # builds a ctypes array type per call, 0.6% of a one-stream decode in py-spy.
+        out_at, row_bytes = out.ctypes.data, self.vocab_size * 4
         n_total = len(tokens)
         row = 0
         for start in range(0, n_total, self.batch_size):
@@ -167,7 +170,7 @@ class Engine:
                 raise EngineError(f"llama_decode failed ({rc})")
             if picked:
                 logits = llama_cpp.llama_get_logits(self.ctx)
-                out[row : row + len(picked)] = np.ctypeslib.as_array(logits, shape=(len(picked), self.vocab_size))
+                ctypes.memmove(out_at + row * row_bytes, logits, len(picked) * row_bytes)
                 row += len(picked)
         return out
 
